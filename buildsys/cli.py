@@ -7,8 +7,8 @@ only here; tracebacks are shown with ``-v``.
 from __future__ import annotations
 
 import json
-import os
 import sys
+import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +16,10 @@ from pathlib import Path
 import click
 
 from buildsys import __version__
-from buildsys.errors import BuildsysError
+from buildsys.errors import BuildsysError, NotReproducible, StaleLock, TestFailed
 from buildsys.graph import Graph, build_graph
 from buildsys.recipe import load_recipes
+from buildsys.store import Store
 
 
 @dataclass
@@ -109,6 +110,151 @@ def render_dot(g: Graph, names: list[str]) -> str:
             out.append(f'  "{c}" -> "{p}";')
     out.append("}")
     return "\n".join(out)
+
+
+class Reporter:
+    """Progress lines on stderr: elapsed time, recipe, stage, detail."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+
+        self.console = Console(stderr=True, highlight=False)
+        self.started = time.monotonic()
+
+    def __call__(self, recipe: str, stage: str, detail: str) -> None:
+        t = time.monotonic() - self.started
+        self.console.print(f"[dim]{t:6.1f}s[/] [bold]{recipe}[/] {stage}: {detail}")
+
+
+@cli.command("lock")
+@click.argument("recipes", nargs=-1)
+@click.option("--upgrade", is_flag=True, help="Re-resolve everything against upstream now.")
+@click.option("--upgrade-package", "upgrade_packages", multiple=True, metavar="NAME",
+              help="Move this package to its newest version, keep every other pin (repeatable).")
+@click.option("--check", is_flag=True, help="Write nothing; exit 3 if any lock is missing or stale.")
+@click.pass_obj
+def lock_cmd(obj: Context, recipes: tuple[str, ...], upgrade: bool, upgrade_packages: tuple[str, ...],
+             check: bool) -> None:
+    """Resolve recipes (and their ancestors) into locks/*.lock."""
+    from buildsys.lock import check_locks, lock_recipes
+
+    g = obj.graph()
+    if check:
+        outcomes = check_locks(obj.project, g, recipes)
+        bad = [o for o in outcomes if o.status != "fresh"]
+        for o in outcomes:
+            click.echo(f"{o.recipe}: {o.status}" + (f" ({o.detail})" if o.detail else ""))
+        if bad:
+            raise StaleLock(bad[0].recipe, bad[0].path, f"{len(bad)} of {len(outcomes)} locks are missing or "
+                            f"stale: {', '.join(o.recipe for o in bad)}")
+        return
+    report = Reporter()
+    lock_recipes(obj.project, Store(obj.store), g, recipes, upgrade=upgrade, upgrade_packages=upgrade_packages,
+                 report=lambda o: report(o.recipe, o.status, str(o.path.relative_to(obj.project))))
+
+
+@cli.command("fetch")
+@click.argument("recipes", nargs=-1)
+@click.option("-j", "--jobs", default=8, show_default=True, help="Parallel downloads.")
+@click.pass_obj
+def fetch_cmd(obj: Context, recipes: tuple[str, ...], jobs: int) -> None:
+    """Download every locked artifact into the vendor store, hash-checked."""
+    from buildsys.lock import fresh_locks
+    from buildsys.vendor import fetch
+
+    g = obj.graph()
+    locks = fresh_locks(obj.project, g, recipes)
+    artifacts = {a.sha256: a for lock in locks.values() for a in lock.artifacts()}
+    result = fetch(Store(obj.store), sorted(artifacts.values(), key=lambda a: (a.kind, a.filename)), jobs=jobs)
+    click.echo(f"fetched {result.downloaded} files ({result.bytes / 1e6:.1f} MB) in {result.seconds:.1f}s, "
+               f"{result.skipped} already in the store")
+
+
+@cli.command("build")
+@click.argument("recipes", nargs=-1)
+@click.option("--verify", is_flag=True, help="Rebuild from nothing and prove the digests are equal.")
+@click.option("--no-cache", is_flag=True, help="Rebuild every layer.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (one object per image).")
+@click.pass_obj
+def build_cmd(obj: Context, recipes: tuple[str, ...], verify: bool, no_cache: bool, as_json: bool) -> None:
+    """Build the chains of RECIPES (default: all) with the network off."""
+    from buildsys.build import Builder
+    from buildsys.engine import Engine
+    from buildsys.lock import fresh_locks
+
+    g = obj.graph()
+    locks = fresh_locks(obj.project, g, recipes)
+    engine = Engine.connect()
+    report = Reporter()
+    store = Store(obj.store)
+    if verify:
+        from buildsys.verify import format_mismatch, verify as run_verify
+
+        results = run_verify(obj.project, store, g, locks, recipes, engine, report)
+        images = [r.first for r in results]
+        _print_images(images, as_json)
+        bad = [r for r in results if not r.equal]
+        for r in results:
+            if r.equal:
+                click.echo(f"{r.recipe}: reproducible ({len(r.first.chain)} layers, "
+                           f"image {r.first.record.config_digest}, manifest {r.first.record.manifest_digest})",
+                           err=as_json)
+        if bad:
+            raise NotReproducible("\n".join(format_mismatch(r) for r in bad if r.mismatch) or
+                                  "the rebuilt manifest differs", "fix the step that writes the named files; "
+                                  "`buildsys diff` compares two images file by file")
+        return
+    images = Builder(obj.project, store, g, locks, engine=engine, no_cache=no_cache, report=report).build(recipes)
+    _print_images(images, as_json)
+
+
+def _print_images(images: list, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps([i.to_json() for i in images], indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="images", title_justify="left")
+    for col in ("recipe", "image id", "manifest digest", "layers", "cached", "seconds"):
+        table.add_column(col)
+    for i in images:
+        table.add_row(i.recipe, i.record.config_digest, i.record.manifest_digest, str(len(i.chain)),
+                      "yes" if i.cached else "no", f"{i.seconds:.2f}")
+    Console(width=200).print(table)
+
+
+@cli.command("test")
+@click.argument("recipes", nargs=-1)
+@click.pass_obj
+def test_cmd(obj: Context, recipes: tuple[str, ...]) -> None:
+    """Run the [test] commands of each recipe and its ancestors inside its image, network off."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from buildsys.build import Builder
+    from buildsys.engine import Engine
+    from buildsys.lock import fresh_locks
+    from buildsys.testing import run_tests
+
+    g = obj.graph()
+    locks = fresh_locks(obj.project, g, recipes)
+    engine = Engine.connect()
+    images = Builder(obj.project, Store(obj.store), g, locks, engine=engine, report=Reporter()).build(recipes)
+    results = [r for img in images for r in run_tests(engine, g, img)]
+    table = Table(title="tests", title_justify="left")
+    for col in ("image", "from recipe", "command", "result", "seconds"):
+        table.add_column(col)
+    for r in results:
+        table.add_row(r.image, r.recipe, r.command, "[green]pass[/]" if r.ok else "[red]FAIL[/]", f"{r.seconds:.1f}")
+    Console(width=200).print(table)
+    failed = [r for r in results if not r.ok]
+    for r in failed:
+        click.echo(f"--- {r.image}: {r.command} (exit {r.exit_code}) ---\n{r.output.rstrip()}", err=True)
+    if failed:
+        raise TestFailed(f"{len(failed)} of {len(results)} test commands failed")
+    if not results:
+        click.echo("no [test] commands in these recipes or their ancestors")
 
 
 @cli.command("engine")

@@ -31,12 +31,16 @@ class Artifact:
 
 
 class Store:
-    def __init__(self, root: Path) -> None:
+    """Paths of one store. ``vendor_root`` lets a throw-away store (``build --verify``)
+    share the vendored, hash-checked inputs of the real one."""
+
+    def __init__(self, root: Path, vendor_root: Path | None = None) -> None:
         self.root = root
+        self.vendor_root = vendor_root or root / "vendor"
 
     @property
     def vendor(self) -> Path:
-        return self.root / "vendor" / "sha256"
+        return self.vendor_root / "sha256"
 
     @property
     def oci(self) -> Path:

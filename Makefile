@@ -1,0 +1,48 @@
+# The README's two commands: `make demo` and `make test`. Both install what
+# they need on a fresh Debian machine and start dockerd when none answers.
+PYTHON ?= python3
+VENV ?= .venv
+BUILDSYS = $(VENV)/bin/buildsys
+DEMO ?= base
+
+.PHONY: install deps venv dockerd demo test lint bench clean
+
+install: deps venv
+
+deps:
+	./scripts/install-deps.sh
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+dockerd: deps
+	./scripts/ensure-dockerd.sh
+
+# The main job on the bundled example stack: check the committed locks, fetch
+# what they pin, build with --verify (rebuild from nothing, compare), print digests.
+demo: install dockerd
+	$(BUILDSYS) graph
+	$(BUILDSYS) lock --check $(DEMO)
+	$(BUILDSYS) fetch $(DEMO)
+	$(BUILDSYS) build --verify $(DEMO)
+	$(BUILDSYS) build --json $(DEMO)
+
+# pytest's exit 5 (no test collected) is a failure here, with its own word.
+test: install dockerd
+	@$(VENV)/bin/pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+lint: venv
+	$(VENV)/bin/ruff check buildsys tests bench
+	$(VENV)/bin/mypy buildsys
+
+bench: install dockerd
+	$(VENV)/bin/python bench/bench_root.py
+
+clean:
+	rm -rf .buildsys

@@ -1,0 +1,134 @@
+"""Bootstrap a Debian root filesystem from vendored .debs, with no network.
+
+The locked .debs are linked into a throw-away local repository, indexed with
+``apt-ftparchive`` (a Release file naming the suite is required: without it
+mmdebstrap finds no essential packages and quietly writes an empty tarball,
+REPRODUCIBILITY.md), then ``mmdebstrap`` runs inside ``unshare --net``: a
+network namespace with only a downed loopback, so nothing can be downloaded
+even by mistake.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from debian import deb822
+
+from buildsys.errors import BuildError, NotVendored, ToolMissing
+from buildsys.lockfile import Lock, LockedDeb
+from buildsys.store import Store
+
+# The fixed build environment of DESIGN.md (SOURCE_DATE_EPOCH is added per layer).
+BUILD_ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "TZ": "UTC",
+    "LC_ALL": "C.UTF-8",
+    "LANG": "C.UTF-8",
+    "PYTHONHASHSEED": "0",
+    "DEBIAN_FRONTEND": "noninteractive",
+    "HOME": "/root",
+}
+BUILD_HOSTNAME = "buildsys"
+
+
+@dataclass(frozen=True)
+class Bootstrapped:
+    tarball: Path
+    installed: dict[str, str]  # package name -> version, read from the result's dpkg status
+
+
+def require_tools(*tools: tuple[str, str]) -> None:
+    for tool, package in tools:
+        if shutil.which(tool) is None:
+            raise ToolMissing(tool, package)
+
+
+def link_debs(store: Store, recipe: str, debs: Sequence[LockedDeb], folder: Path) -> None:
+    """Put the vendored .debs into ``folder`` under their own names (hardlinks, no copies)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for deb in debs:
+        src = store.vendor_path(deb.sha256)
+        if not src.is_file():
+            raise NotVendored(recipe, f"{deb.name} {deb.version} ({deb.filename})")
+        if src.stat().st_size != deb.size:
+            raise NotVendored(recipe, f"{deb.name} {deb.version} ({deb.filename})",
+                              f"damaged in the vendor store (size {src.stat().st_size}, locked {deb.size})")
+        dst = folder / deb.filename
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copyfile(src, dst)
+
+
+def make_local_repo(folder: Path, suite: str, codename: str) -> None:
+    """Index ``folder`` as a flat apt repository (``deb [trusted=yes] copy://folder ./``)."""
+    require_tools(("apt-ftparchive", "apt-utils"))
+    with open(folder / "Packages", "wb") as out:
+        _run(["apt-ftparchive", "packages", "."], cwd=folder, stdout=out, what="apt-ftparchive packages")
+    release = _run(["apt-ftparchive",
+                    "-o", f"APT::FTPArchive::Release::Suite={suite}",
+                    "-o", f"APT::FTPArchive::Release::Codename={codename}",
+                    "release", "."], cwd=folder, what="apt-ftparchive release")
+    (folder / "Release").write_bytes(release)
+
+
+def bootstrap_debian(store: Store, lock: Lock, run_steps: Sequence[str], out_dir: Path) -> Bootstrapped:
+    """Run mmdebstrap offline from the vendored .debs; return the rootfs tarball."""
+    assert lock.base is not None
+    base = lock.base
+    require_tools(("mmdebstrap", "mmdebstrap"), ("unshare", "util-linux"))
+    with tempfile.TemporaryDirectory(dir=store.tmp, prefix="repo-") as tmp:
+        repo = Path(tmp) / "repo"
+        link_debs(store, lock.recipe, [*base.packages, *lock.apt], repo)
+        make_local_repo(repo, base.suite, base.codename)
+        tarball = out_dir / "rootfs.tar"
+        status_copy = Path(tmp) / "status"
+        env = {**BUILD_ENV, "SOURCE_DATE_EPOCH": str(lock.source_date_epoch)}
+        cmd = [
+            "unshare", "--net", "--",
+            "mmdebstrap", "--quiet", "--mode=root", "--format=tar",
+            f"--variant={base.variant}", f"--architectures={base.architecture}",
+            '--aptopt=Acquire::Languages "none"',
+            '--aptopt=APT::Install-Recommends "false"',
+        ]
+        if base.include:
+            cmd.append("--include=" + ",".join(base.include))
+        # A fixed hostname and an empty machine-id, as on every layer (DESIGN.md).
+        cmd.append(f'--customize-hook=echo {BUILD_HOSTNAME} > "$1/etc/hostname"')
+        for i, step in enumerate(run_steps):
+            script = Path(tmp) / f"step-{i}.sh"
+            script.write_text(step + "\n")
+            envs = " ".join(f"{k}={v}" for k, v in sorted(env.items()))
+            cmd.append(f'--customize-hook=chroot "$1" /usr/bin/env -i {envs} /bin/sh -e < {script}')
+        cmd.append(f'--customize-hook=cp "$1/var/lib/dpkg/status" {status_copy}')
+        cmd += [base.suite, str(tarball), f"deb [trusted=yes] copy://{repo} ./"]
+        _run(cmd, env={**os.environ, **env}, what=f"mmdebstrap (offline bootstrap of '{lock.recipe}')",
+             recipe=lock.recipe)
+        if not tarball.is_file() or tarball.stat().st_size < 1 << 20 or not status_copy.is_file():
+            raise BuildError(lock.recipe, "mmdebstrap", "it wrote no usable root filesystem (no dpkg status)",
+                             hint="the local repository's Release may not name the suite; relock and refetch")
+        installed = {p["Package"]: p["Version"] for p in deb822.Deb822.iter_paragraphs(status_copy.open())
+                     if "installed" in p.get("Status", "")}
+    return Bootstrapped(tarball=tarball, installed=installed)
+
+
+def _run(cmd: list[str], *, what: str, recipe: str = "", cwd: Path | None = None,
+         env: dict[str, str] | None = None, stdout: object = None) -> bytes:
+    try:
+        proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=stdout or subprocess.PIPE, stderr=subprocess.PIPE,
+                              stdin=subprocess.DEVNULL, check=False)
+    except FileNotFoundError as e:  # pragma: no cover - require_tools checks first
+        raise ToolMissing(cmd[0], cmd[0]) from e
+    if proc.returncode != 0:
+        out = (proc.stdout or b"") if stdout is None else b""
+        raise BuildError(recipe or "bootstrap", what, (out + proc.stderr).decode(errors="replace"),
+                         hint="steps run with no network by design; anything they need must be locked")
+    return proc.stdout if stdout is None else b""
+
+

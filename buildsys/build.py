@@ -1,0 +1,228 @@
+"""Build chains of layers into canonical images, with a content-keyed cache.
+
+For each layer of a chain, in order: a cache hit (key: parent manifest
+digest, recipe hash, lock hash, normalizer and builder versions) reuses the
+stored image and starts nothing; a miss makes the layer (a Debian root is
+bootstrapped offline; see ``bootstrap``), normalizes it, writes the canonical
+image into the store's OCI layout and loads it into docker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from buildsys import bootstrap
+from buildsys.engine import Engine
+from buildsys.errors import BuildsysError
+from buildsys.graph import Graph
+from buildsys.image import OciLayout, make_config, oci_labels, write_docker_archive
+from buildsys.layer import NORMALIZER_VERSION, normalize_tar
+from buildsys.lockfile import Lock
+from buildsys.recipe import Recipe, canonical_json
+from buildsys.store import Store, atomic_write
+
+# Bump when the way a layer is made changes (build steps, environment), so
+# old cache entries stop matching. The normalizer has its own version.
+BUILDER_VERSION = "1"
+
+# The vendor store's mount point inside build containers; never part of a layer.
+VENDOR_MOUNT = "buildsys"
+
+
+@dataclass(frozen=True)
+class LayerRecord:
+    """One built image of a chain prefix: what the cache stores."""
+
+    recipe: str
+    config_digest: str
+    manifest_digest: str
+    diff_ids: tuple[str, ...]
+    layers: tuple[tuple[str, int], ...]  # (blob digest, size) per layer, bottom first
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["diff_ids"] = list(self.diff_ids)
+        d["layers"] = [list(x) for x in self.layers]
+        return d
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> LayerRecord:
+        return cls(recipe=d["recipe"], config_digest=d["config_digest"], manifest_digest=d["manifest_digest"],
+                   diff_ids=tuple(d["diff_ids"]), layers=tuple((x[0], int(x[1])) for x in d["layers"]))
+
+
+@dataclass
+class BuiltImage:
+    recipe: str
+    chain: list[str]
+    layers: list[LayerRecord]  # one per chain prefix; the last is the image itself
+    cached: bool  # True when every layer came from the cache
+    seconds: float
+    tag: str | None = None
+
+    @property
+    def record(self) -> LayerRecord:
+        return self.layers[-1]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "recipe": self.recipe,
+            "image_id": self.record.config_digest,
+            "manifest_digest": self.record.manifest_digest,
+            "diff_ids": list(self.record.diff_ids),
+            "chain": self.chain,
+            "cached": self.cached,
+            "tag": self.tag,
+        }
+
+
+# Progress events: (recipe, stage, detail). The CLI renders them.
+Reporter = Callable[[str, str, str], None]
+
+
+@dataclass
+class Builder:
+    project: Path
+    store: Store
+    graph: Graph
+    locks: Mapping[str, Lock]
+    engine: Engine | None = None
+    no_cache: bool = False
+    tag: bool = True  # tag chain images as RECIPE:latest (verify rebuilds do not)
+    report: Reporter = lambda recipe, stage, detail: None
+    _memo: dict[tuple[str, ...], tuple[LayerRecord, bool]] = field(default_factory=dict)
+
+    @property
+    def layout(self) -> OciLayout:
+        return OciLayout(self.store.oci)
+
+    def build(self, names: Sequence[str]) -> list[BuiltImage]:
+        return [self.build_chain(n) for n in self.graph.select(names)]
+
+    def build_chain(self, name: str) -> BuiltImage:
+        started = time.monotonic()
+        chain = self.graph.chain(name)
+        records: list[LayerRecord] = []
+        all_cached = True
+        parent: LayerRecord | None = None
+        for i in range(len(chain)):
+            prefix = tuple(chain[: i + 1])
+            if prefix not in self._memo:
+                self._memo[prefix] = self._layer(self.graph.recipes[prefix[-1]], parent)
+            parent, cached = self._memo[prefix]
+            records.append(parent)
+            all_cached &= cached
+            # A prefix that is some recipe's own chain is that recipe's image: tag it.
+            if self.tag and list(prefix) == self.graph.chain(prefix[-1]):
+                self._ensure_loaded(parent, tag=prefix[-1])
+        tag = f"{name}:latest" if self.tag else None
+        return BuiltImage(recipe=name, chain=chain, layers=records, cached=all_cached,
+                          seconds=time.monotonic() - started, tag=tag)
+
+    # -- one layer -------------------------------------------------------------
+
+    def cache_key(self, recipe: Recipe, parent: LayerRecord | None) -> str:
+        lock = self.locks[recipe.name]
+        key = {
+            "parent": parent.manifest_digest if parent else None,
+            "recipe": recipe.recipe_hash,
+            "lock": lock.lock_hash,
+            "normalizer": NORMALIZER_VERSION,
+            "builder": BUILDER_VERSION,
+        }
+        return hashlib.sha256(canonical_json(key)).hexdigest()
+
+    def _cache_path(self, key: str) -> Path:
+        return self.store.cache / "layers" / f"{key}.json"
+
+    def _cached(self, key: str) -> LayerRecord | None:
+        path = self._cache_path(key)
+        if self.no_cache or not path.is_file():
+            return None
+        record = LayerRecord.from_json(json.loads(path.read_text()))
+        blobs = [record.config_digest, record.manifest_digest, *(d for d, _ in record.layers)]
+        # An entry whose blobs were removed is a miss, never a half image.
+        return record if all(self.layout.has_blob(d) for d in blobs) else None
+
+    def _layer(self, recipe: Recipe, parent: LayerRecord | None) -> tuple[LayerRecord, bool]:
+        key = self.cache_key(recipe, parent)
+        hit = self._cached(key)
+        if hit is not None:
+            self.report(recipe.name, "cached", hit.config_digest[:19])
+            return hit, True
+        started = time.monotonic()
+        if recipe.is_root:
+            record = self._root_layer(recipe)
+        else:
+            raise BuildsysError(f"{recipe.path}: building layers on top of a root is not implemented yet",
+                                hint="only Debian root recipes can be built in this version")
+        atomic_write(self._cache_path(key), canonical_json(record.to_json()))
+        self.report(recipe.name, "built", f"{record.config_digest[:19]} in {time.monotonic() - started:.1f}s")
+        return record, False
+
+    def _root_layer(self, recipe: Recipe) -> LayerRecord:
+        lock = self.locks[recipe.name]
+        assert lock.base is not None
+        with tempfile.TemporaryDirectory(dir=self.store.tmp, prefix=f"build-{recipe.name}-") as tmp:
+            self.report(recipe.name, "bootstrap", f"mmdebstrap {lock.base.suite}/{lock.base.variant}, "
+                                                  f"{len(lock.base.packages)} packages, no network")
+            result = bootstrap.bootstrap_debian(self.store, lock, recipe.run, Path(tmp))
+            self._check_installed(recipe, lock, result.installed)
+            self.report(recipe.name, "normalize", f"{result.tarball.stat().st_size / 1e6:.0f} MB rootfs")
+            layer_tmp = Path(tmp) / "layer.tar"
+            with open(result.tarball, "rb") as src, open(layer_tmp, "wb") as dst:
+                info = normalize_tar(src, dst, lock.source_date_epoch)
+            result.tarball.unlink()
+            return self._write_image(recipe, lock, None, layer_tmp, info.digest, info.size,
+                                     created_by=f"buildsys: debootstrap {lock.base.suite} ({lock.base.variant})")
+
+    def _check_installed(self, recipe: Recipe, lock: Lock, installed: Mapping[str, str]) -> None:
+        """The bootstrap must install exactly what was locked: the lock is the bill of materials."""
+        assert lock.base is not None
+        locked = {p.name: p.version for p in (*lock.base.packages, *lock.apt)}
+        if installed != locked:
+            extra = sorted(set(locked) - set(installed))
+            missing = sorted(set(installed) - set(locked))
+            changed = sorted(n for n in set(locked) & set(installed) if locked[n] != installed[n])
+            raise BuildsysError(
+                f"{recipe.name}: the bootstrap installed a different package set than the lock lists "
+                f"(locked but not installed: {extra or '-'}; installed but not locked: {missing or '-'}; "
+                f"other version: {changed or '-'})",
+                hint=f"relock: `buildsys lock --upgrade {recipe.name}`; if it persists, this is a buildsys bug",
+            )
+
+    def _write_image(self, recipe: Recipe, lock: Lock, parent: LayerRecord | None, layer_file: Path,
+                     diff_id: str, size: int, created_by: str) -> LayerRecord:
+        layout = self.layout
+        digest = layout.add_blob_file(layer_file)
+        parent_config = layout.read_config(parent.config_digest) if parent else None
+        labels = oci_labels(recipe.name, recipe.recipe_hash, lock.lock_hash, recipe.description)
+        config = make_config(parent=parent_config, diff_id=diff_id, epoch=lock.source_date_epoch,
+                             image=recipe.image, labels=labels, created_by=created_by)
+        layers = [*(parent.layers if parent else ()), (digest, size)]
+        img = layout.write_image(config, layers)
+        return LayerRecord(recipe=recipe.name, config_digest=img.config_digest,
+                           manifest_digest=img.manifest_digest, diff_ids=tuple(img.diff_ids),
+                           layers=tuple((d, s) for d, s in layers))
+
+    # -- docker ---------------------------------------------------------------
+
+    def _ensure_loaded(self, record: LayerRecord, tag: str | None) -> None:
+        if self.engine is None:
+            return
+        if not self.engine.has_image(record.config_digest):
+            self.report(record.recipe, "load", "docker load")
+            with tempfile.TemporaryFile(dir=self.store.tmp) as archive:
+                write_docker_archive(self.layout, record.manifest_digest, [], archive)
+                archive.seek(0)
+                self.engine.load(archive)
+        if tag:
+            self.engine.tag(record.config_digest, tag, "latest")
+            self.layout.set_ref(tag, record.manifest_digest)

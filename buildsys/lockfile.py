@@ -1,0 +1,304 @@
+"""The lock file format: ``locks/<recipe>.lock`` (TOML, ``version = 1``).
+
+Deterministic by construction: keys sorted (``version`` first), arrays sorted
+by name, no timestamp of when it was written, so a relock with nothing new
+upstream is byte-identical. The lock hash (sha256 of the file's bytes) is what
+children record in ``[parents]`` and what goes into cache keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomlkit
+import tomlkit.exceptions
+
+from buildsys.errors import FormatVersionError, MissingLock, RecipeError, StaleLock
+from buildsys.recipe import Recipe
+from buildsys.store import Artifact, atomic_write
+
+LOCK_VERSION = 1
+
+
+@dataclass(frozen=True)
+class LockedDeb:
+    name: str
+    version: str
+    architecture: str
+    sha256: str
+    size: int
+    path: str  # archive path, e.g. pool/main/a/apt/apt_2.6.1_amd64.deb
+    mirror: str
+
+    @property
+    def filename(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+    def artifact(self) -> Artifact:
+        return Artifact(kind="deb", name=self.name, version=self.version, filename=self.filename,
+                        sha256=self.sha256, size=self.size, urls=(f"{self.mirror}/{self.path}",))
+
+    def to_toml(self) -> dict[str, Any]:
+        return {"architecture": self.architecture, "mirror": self.mirror, "name": self.name, "path": self.path,
+                "sha256": self.sha256, "size": self.size, "version": self.version}
+
+    @classmethod
+    def from_toml(cls, d: Mapping[str, Any]) -> LockedDeb:
+        return cls(name=d["name"], version=d["version"], architecture=d["architecture"], sha256=d["sha256"],
+                   size=int(d["size"]), path=d["path"], mirror=d["mirror"])
+
+
+@dataclass(frozen=True)
+class LockedFile:
+    url: str
+    name: str
+    sha256: str
+    size: int
+
+    def artifact(self) -> Artifact:
+        return Artifact(kind="file", name=self.name, version="", filename=self.name, sha256=self.sha256,
+                        size=self.size, urls=(self.url,))
+
+    def to_toml(self) -> dict[str, Any]:
+        return {"name": self.name, "sha256": self.sha256, "size": self.size, "url": self.url}
+
+    @classmethod
+    def from_toml(cls, d: Mapping[str, Any]) -> LockedFile:
+        return cls(url=d["url"], name=d["name"], sha256=d["sha256"], size=int(d["size"]))
+
+
+@dataclass(frozen=True)
+class LockedWheelFile:
+    name: str  # the file name, e.g. six-1.17.0-py2.py3-none-any.whl
+    sha256: str
+    url: str
+    size: int | None = None
+
+    def to_toml(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name, "sha256": self.sha256, "url": self.url}
+        if self.size is not None:
+            d["size"] = self.size
+        return d
+
+
+@dataclass(frozen=True)
+class LockedPip:
+    name: str
+    version: str
+    files: tuple[LockedWheelFile, ...]  # every acceptable file (pip-compile --generate-hashes)
+    # The file the image's interpreter installs (chosen at lock time for its tags).
+    selected: str | None = None
+
+    def artifacts(self) -> list[Artifact]:
+        chosen = [f for f in self.files if f.name == self.selected] if self.selected else list(self.files)
+        return [Artifact(kind="wheel", name=self.name, version=self.version, filename=f.name, sha256=f.sha256,
+                         size=f.size, urls=(f.url,)) for f in chosen]
+
+    def to_toml(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name, "version": self.version,
+                             "files": [f.to_toml() for f in sorted(self.files, key=lambda f: f.name)]}
+        if self.selected:
+            d["selected"] = self.selected
+        return d
+
+    @classmethod
+    def from_toml(cls, d: Mapping[str, Any]) -> LockedPip:
+        files = tuple(LockedWheelFile(name=f["name"], sha256=f["sha256"], url=f["url"], size=f.get("size"))
+                      for f in d.get("files", []))
+        return cls(name=d["name"], version=d["version"], files=files, selected=d.get("selected"))
+
+
+@dataclass(frozen=True)
+class DebianBaseLock:
+    suite: str
+    codename: str
+    variant: str
+    architecture: str
+    components: tuple[str, ...]
+    mirror: str
+    release_date: str
+    inrelease_sha256: str
+    include: tuple[str, ...]  # the recipe's [apt] packages, given to the bootstrap
+    packages: tuple[LockedDeb, ...]
+
+    def to_toml(self) -> dict[str, Any]:
+        return {
+            "architecture": self.architecture,
+            "codename": self.codename,
+            "components": list(self.components),
+            "include": list(self.include),
+            "inrelease-sha256": self.inrelease_sha256,
+            "kind": "debian",
+            "mirror": self.mirror,
+            "packages": [p.to_toml() for p in sorted(self.packages, key=lambda p: (p.name, p.architecture))],
+            "release-date": self.release_date,
+            "suite": self.suite,
+            "variant": self.variant,
+        }
+
+    @classmethod
+    def from_toml(cls, d: Mapping[str, Any]) -> DebianBaseLock:
+        return cls(suite=d["suite"], codename=d.get("codename", d["suite"]), variant=d["variant"],
+                   architecture=d["architecture"], components=tuple(d["components"]), mirror=d["mirror"],
+                   release_date=d["release-date"], inrelease_sha256=d["inrelease-sha256"],
+                   include=tuple(d.get("include", [])),
+                   packages=tuple(LockedDeb.from_toml(p) for p in d.get("packages", [])))
+
+
+@dataclass(frozen=True)
+class Lock:
+    recipe: str
+    recipe_hash: str
+    source_date_epoch: int
+    parents: Mapping[str, str] = field(default_factory=dict)  # parent name -> its lock hash
+    base: DebianBaseLock | None = None
+    apt: tuple[LockedDeb, ...] = ()
+    pip: tuple[LockedPip, ...] = ()
+    python: str | None = None  # the image's Python (e.g. "3.11") the pip set was resolved for
+    files: tuple[LockedFile, ...] = ()
+    # sha256 of the serialized bytes; filled by dumps()/read_lock().
+    lock_hash: str = ""
+
+    def artifacts(self) -> list[Artifact]:
+        arts: list[Artifact] = []
+        if self.base:
+            arts += [p.artifact() for p in self.base.packages]
+        arts += [p.artifact() for p in self.apt]
+        for p in self.pip:
+            arts += p.artifacts()
+        arts += [f.artifact() for f in self.files]
+        return arts
+
+    def to_toml(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "version": LOCK_VERSION,
+            "recipe": self.recipe,
+            "recipe-hash": self.recipe_hash,
+            "source-date-epoch": self.source_date_epoch,
+        }
+        if self.python:
+            d["python"] = self.python
+        if self.parents:
+            d["parents"] = dict(sorted(self.parents.items()))
+        if self.base:
+            d["base"] = self.base.to_toml()
+        if self.apt:
+            d["apt"] = [p.to_toml() for p in sorted(self.apt, key=lambda p: (p.name, p.architecture))]
+        if self.pip:
+            d["pip"] = [p.to_toml() for p in sorted(self.pip, key=lambda p: p.name)]
+        if self.files:
+            d["files"] = [f.to_toml() for f in sorted(self.files, key=lambda f: f.name)]
+        return d
+
+
+def dumps(lock: Lock) -> bytes:
+    """Serialize: version first, then scalars, tables and arrays of tables, each sorted."""
+    return _to_document(lock.to_toml()).as_string().encode()
+
+
+def _to_document(data: Mapping[str, Any]) -> tomlkit.TOMLDocument:
+    doc = tomlkit.document()
+    _fill(doc, data, top=True)
+    return doc
+
+
+def _is_aot(v: Any) -> bool:
+    return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)
+
+
+def _fill(container: Any, data: Mapping[str, Any], top: bool = False) -> None:
+    keys = sorted(data)
+    if top and "version" in data:
+        keys.remove("version")
+        keys.insert(0, "version")
+    scalars = [k for k in keys if not isinstance(data[k], dict) and not _is_aot(data[k])]
+    tables = [k for k in keys if isinstance(data[k], dict)]
+    aots = [k for k in keys if _is_aot(data[k])]
+    for k in scalars:
+        v = data[k]
+        container[k] = tomlkit.item(v).multiline(len(v) > 3) if isinstance(v, list) else v
+    for k in tables:
+        t = tomlkit.table()
+        _fill(t, data[k])
+        container[k] = t
+    for k in aots:
+        aot = tomlkit.aot()
+        for item in data[k]:
+            t = tomlkit.table()
+            _fill(t, item)
+            aot.append(t)
+        container[k] = aot
+
+
+def lock_path(project: Path, recipe: str) -> Path:
+    return project / "locks" / f"{recipe}.lock"
+
+
+def write_lock(project: Path, lock: Lock) -> tuple[Path, bool]:
+    """Write atomically; return (path, changed). Unchanged content is not rewritten."""
+    path = lock_path(project, lock.recipe)
+    data = dumps(lock)
+    if path.is_file() and path.read_bytes() == data:
+        return path, False
+    atomic_write(path, data)
+    return path, True
+
+
+def read_lock(path: Path) -> Lock:
+    raw = path.read_bytes()
+    try:
+        d = tomlkit.parse(raw.decode()).unwrap()
+    except (tomlkit.exceptions.ParseError, UnicodeDecodeError) as e:
+        raise RecipeError(path, f"lock file is not valid TOML: {e}", hint="relock: `buildsys lock`") from e
+    if d.get("version") != LOCK_VERSION:
+        raise FormatVersionError(path, d.get("version"), LOCK_VERSION)
+    try:
+        return Lock(
+            recipe=d["recipe"],
+            recipe_hash=d["recipe-hash"],
+            source_date_epoch=int(d["source-date-epoch"]),
+            parents=dict(d.get("parents", {})),
+            base=DebianBaseLock.from_toml(d["base"]) if "base" in d else None,
+            apt=tuple(LockedDeb.from_toml(p) for p in d.get("apt", [])),
+            pip=tuple(LockedPip.from_toml(p) for p in d.get("pip", [])),
+            python=d.get("python"),
+            files=tuple(LockedFile.from_toml(f) for f in d.get("files", [])),
+            lock_hash=hash_bytes(raw),
+        )
+    except KeyError as e:
+        raise RecipeError(path, f"lock file lacks key {e}", hint="relock: `buildsys lock`") from e
+
+
+def hash_bytes(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def load_lock(project: Path, recipe: str) -> Lock:
+    path = lock_path(project, recipe)
+    if not path.is_file():
+        raise MissingLock(recipe, path)
+    return read_lock(path)
+
+
+def check_fresh(project: Path, recipe: Recipe, locks: Mapping[str, Lock]) -> Lock:
+    """The recipe's lock, if it still matches the recipe and its parents' locks.
+
+    ``locks`` holds the already-checked locks of the ancestors.
+    """
+    lock = load_lock(project, recipe.name)
+    path = lock_path(project, recipe.name)
+    if lock.recipe != recipe.name:
+        raise StaleLock(recipe.name, path, f"it was written for recipe '{lock.recipe}'")
+    if lock.recipe_hash != recipe.recipe_hash:
+        raise StaleLock(recipe.name, path, f"recipes/{recipe.name}.toml changed since it was locked")
+    if set(lock.parents) != set(recipe.parents):
+        raise StaleLock(recipe.name, path, f"the recipe's parents are now {sorted(recipe.parents)}, "
+                                           f"the lock has {sorted(lock.parents)}")
+    for p in recipe.parents:
+        if lock.parents[p] != locks[p].lock_hash:
+            raise StaleLock(recipe.name, path, f"parent '{p}' was relocked since")
+    return lock

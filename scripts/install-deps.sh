@@ -1,0 +1,14 @@
+#!/bin/sh
+# Install the Debian packages buildsys needs, when any is missing.
+set -eu
+PKGS="docker.io mmdebstrap apt-utils debian-archive-keyring util-linux python3-venv ca-certificates"
+missing=""
+for p in $PKGS; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+echo "installing Debian packages:$missing" >&2
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing
