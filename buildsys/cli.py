@@ -7,7 +7,6 @@ only here; tracebacks are shown with ``-v``.
 from __future__ import annotations
 
 import json
-import sys
 import time
 import traceback
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ class BuildsysGroup(click.Group):
         try:
             return super().invoke(ctx)
         except BuildsysError as e:
-            verbose = bool(ctx.obj and ctx.obj.verbose) or "-v" in sys.argv or "--verbose" in sys.argv
+            verbose = bool(ctx.obj and ctx.obj.verbose)
             if verbose:
                 traceback.print_exc()
             click.echo(f"error: {e}", err=True)

@@ -7,6 +7,7 @@ refused operation is ``EngineError``.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
@@ -131,10 +132,8 @@ class Engine:
             raise _translate(f"running {command!r} in {image}", e) from e
         finally:
             if container is not None:
-                try:
+                with contextlib.suppress(*_TRANSPORT):
                     container.remove(force=True)
-                except _TRANSPORT:
-                    pass
 
 
 def _translate(what: str, e: Exception) -> BuildsysError:

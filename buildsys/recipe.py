@@ -7,6 +7,8 @@ name suggested, wrong types name the key path and the line.
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import hashlib
 import json
 import re
@@ -14,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import tomlkit
 import tomlkit.exceptions
@@ -23,6 +26,10 @@ from buildsys.errors import RecipeError, did_you_mean
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 DEBIAN_VARIANTS = ("extract", "custom", "essential", "apt", "required", "minbase", "buildd", "important", "standard")
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
+_URL_SCHEMES = ("http", "https", "file")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_APT_NAME = re.compile(r"[a-z0-9][a-z0-9+.-]+(:[a-z0-9-]+)?")
+_CRAN_NAME = re.compile(r"[A-Za-z][A-Za-z0-9.]*[A-Za-z0-9]")
 
 # Schema: a key maps to a type tag or a nested schema (a dict).
 # Type tags: "str", "str-list", "int-list", "str-map", "tables:<name>" (array of tables).
@@ -128,27 +135,241 @@ def canonical_json(data: Any) -> bytes:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def _line_of(text: str, keypath: str) -> int | None:
-    """Best-effort line number of ``keypath`` (tomlkit keeps no positions)."""
-    parts = [re.sub(r"\[\d+\]$", "", p) for p in keypath.split(".")]
-    lines = text.splitlines()
-    start = 0
-    # Find the deepest table header that prefixes the path, then the key below it.
-    for depth in range(len(parts) - 1, 0, -1):
-        header = re.compile(r"^\s*\[\[?\s*" + re.escape(".".join(parts[:depth])) + r"\s*\]\]?\s*$")
-        hit = next((i for i, ln in enumerate(lines) if header.match(ln)), None)
-        if hit is not None:
-            start = hit
-            parts = parts[depth:]
-            if not parts:
-                return hit + 1
-            break
-    key = re.compile(r"^\s*(\"?)" + re.escape(parts[0]) + r"\1\s*[=.]")
-    table = re.compile(r"^\s*\[\[?\s*" + re.escape(parts[0]) + r"[\].]")
-    for i in range(start, len(lines)):
-        if key.match(lines[i]) or (start == 0 and table.match(lines[i])):
-            return i + 1
+KeyPath = tuple[str | int, ...]
+
+
+def render_key(path: KeyPath) -> str:
+    """``("files", 1, "url")`` -> ``files[1].url``, quoting keys that are not bare, as TOML does."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + (part if _BARE_KEY.fullmatch(part) else json.dumps(part))
+    return out
+
+
+def _parse_key(keypath: str) -> KeyPath:
+    path: list[str | int] = []
+    for segment in keypath.split("."):
+        name, *indices = segment.split("[")
+        path.append(name)
+        path += [int(i.rstrip("]")) for i in indices]
+    return tuple(path)
+
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_SCALAR = re.compile(r"[^,\]}#\r\n]+")
+_WS = " \t"
+_WS_NL = " \t\r\n"
+
+
+class _Scanner:
+    """Where each key, table header and array element of a TOML text starts.
+
+    tomlkit keeps no source positions, so once it has accepted the text this
+    walks it again, only far enough to know where each key path first appears.
+    A path has array-of-tables entries and array elements as integers, the way
+    the validator names them (``files[1].url``, ``apt.packages[3]``).
+    """
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.pos = 0
+        self.found: dict[KeyPath, int] = {}  # key path -> offset of its first appearance
+        self.tables: dict[KeyPath, int] = {}  # array-of-tables path -> entries so far
+        self.assigned: set[KeyPath] = set()
+        self.duplicate: int | None = None  # offset of the first key assigned twice
+
+    def scan(self) -> dict[KeyPath, int]:
+        table: KeyPath = ()
+        while self.skip(_WS_NL, comments=True) < len(self.text):
+            start = self.pos
+            if self.text.startswith("[[", start):
+                self.pos += 2
+                keys = self.key()
+                self.expect("]]")
+                array = self.resolve(keys[:-1]) + keys[-1:]
+                self.tables[array] = self.tables.get(array, 0) + 1
+                table = (*array, self.tables[array] - 1)
+                self.mark(table, start)
+            elif self.text[start] == "[":
+                self.pos += 1
+                table = self.resolve(self.key())
+                self.expect("]")
+                self.mark(table, start)
+            else:
+                self.keyval(table)
+        return self.found
+
+    def mark(self, path: KeyPath, offset: int) -> None:
+        # Prefixes too: `image.user = ...` or `[base.debian]` is where "image" or "base" appears first.
+        for k in range(1, len(path) + 1):
+            self.found.setdefault(path[:k], offset)
+
+    def resolve(self, keys: tuple[str, ...]) -> KeyPath:
+        """A header's path, with the index of the latest entry of each array of tables on the way."""
+        path: KeyPath = ()
+        for k in keys:
+            path = (*path, k)
+            if path in self.tables:
+                path = (*path, self.tables[path] - 1)
+        return path
+
+    def skip(self, chars: str, comments: bool = False) -> int:
+        t = self.text
+        while self.pos < len(t):
+            if t[self.pos] in chars:
+                self.pos += 1
+            elif comments and t[self.pos] == "#":
+                end = t.find("\n", self.pos)
+                self.pos = len(t) if end < 0 else end
+            else:
+                break
+        return self.pos
+
+    def expect(self, token: str) -> None:
+        self.skip(_WS)
+        if not self.text.startswith(token, self.pos):
+            raise ValueError(f"expected {token!r} at offset {self.pos}")
+        self.pos += len(token)
+
+    def key(self) -> tuple[str, ...]:
+        parts = []
+        t = self.text
+        while True:
+            self.skip(_WS)
+            if t[self.pos] in "\"'":
+                start = self.pos
+                self.string(t[self.pos])
+                raw = t[start + 1 : self.pos - 1]
+                try:
+                    parts.append(json.loads(f'"{raw}"') if t[start] == '"' else raw)
+                except ValueError:
+                    parts.append(raw)
+            else:
+                m = _BARE_KEY.match(t, self.pos)
+                if not m:
+                    raise ValueError(f"no key at offset {self.pos}")
+                parts.append(m.group())
+                self.pos = m.end()
+            self.skip(_WS)
+            if self.pos < len(t) and t[self.pos] == ".":
+                self.pos += 1
+            else:
+                return tuple(parts)
+
+    def keyval(self, table: KeyPath) -> None:
+        start = self.pos
+        path = table + self.key()
+        self.expect("=")
+        if path in self.assigned and self.duplicate is None:
+            self.duplicate = start
+        self.assigned.add(path)
+        self.mark(path, start)
+        self.value(path)
+
+    def value(self, path: KeyPath) -> None:
+        self.skip(_WS)
+        t = self.text
+        if t.startswith(('"""', "'''"), self.pos):
+            self.string(t[self.pos : self.pos + 3])
+        elif t[self.pos] in "\"'":
+            self.string(t[self.pos])
+        elif t[self.pos] in "[{":
+            array = t[self.pos] == "["
+            close = "]" if array else "}"
+            self.pos += 1
+            index = 0
+            while self.skip(_WS_NL, comments=True) < len(t) and t[self.pos] != close:
+                if array:
+                    self.mark((*path, index), self.pos)
+                    self.value((*path, index))
+                    index += 1
+                else:
+                    self.keyval(path)
+                self.skip(_WS_NL, comments=True)
+                if t[self.pos] == ",":
+                    self.pos += 1
+                elif t[self.pos] != close:
+                    raise ValueError(f"expected ',' or {close!r} at offset {self.pos}")
+            self.pos += 1
+        else:
+            m = _SCALAR.match(t, self.pos)
+            if not m:
+                raise ValueError(f"no value at offset {self.pos}")
+            self.pos = m.end()
+
+    def string(self, quote: str) -> None:
+        t = self.text
+        i = self.pos + len(quote)
+        while not t.startswith(quote, i):
+            if i >= len(t):
+                raise ValueError("unterminated string")
+            i += 2 if t[i] == "\\" and quote[0] == '"' else 1
+        i += len(quote)
+        if len(quote) == 3:  # up to two quotes may sit right before the closing delimiter
+            for _ in range(2):
+                if i < len(t) and t[i] == quote[0]:
+                    i += 1
+        self.pos = i
+
+
+def _line_of(text: str, key: KeyPath | str) -> int | None:
+    """Line of ``key``, or of its nearest enclosing key or table that the text has."""
+    path = _parse_key(key) if isinstance(key, str) else key
+    scanner = _Scanner(text)
+    try:
+        found = scanner.scan()
+    except (IndexError, ValueError):  # pragma: no cover - tomlkit accepted the text; keep what was found
+        found = scanner.found
+    for k in range(len(path), 0, -1):
+        if path[:k] in found:
+            return text.count("\n", 0, found[path[:k]]) + 1
     return None
+
+
+# Names carried over from Dockerfiles and compose files, which difflib cannot match to ours.
+_ALIASES = {
+    "environment": "env",
+    "envs": "env",
+    "ports": "expose",
+    "port": "expose",
+    "command": "cmd",
+    "working_dir": "workdir",
+    "label": "labels",
+    "requirements": "packages",
+    "from": "parents",
+}
+
+
+def _tables(schema: Mapping[str, Any] = SCHEMA, header: str = "") -> list[tuple[str, Any]]:
+    """Every table of the schema with its header as written in TOML ("" for the top level)."""
+    out = [(header, schema)]
+    for key, spec in schema.items():
+        name = f"{header[1:-1]}.{key}" if header else key
+        if isinstance(spec, dict):
+            out += _tables(spec, f"[{name}]")
+        elif isinstance(spec, tuple):
+            out += _tables(spec[1], f"[[{name}]]")
+    return out
+
+
+def _suggest(key: str, schema: Mapping[str, Any]) -> str:
+    """A "did you mean" for an unknown key: a close name here, or the table where it belongs."""
+    wanted = _ALIASES.get(key.lower(), key.lower())
+    if wanted in schema:
+        return f" (did you mean '{wanted}'?)"
+    elsewhere = [h for h, s in _tables() if wanted in s and s is not schema]
+    if elsewhere == [""]:
+        return f" (did you mean the top-level '{wanted}'? top-level keys go above the first [table] header)"
+    if elsewhere:
+        tables = [h for h in elsewhere if h]
+        where = tables[0] if len(tables) == 1 else ", ".join(tables[:-1]) + " or " + tables[-1]
+        return f" (did you mean '{wanted}' in {where}?)" if wanted != key else f" (it belongs in {where})"
+    names = {**{a: t for a, t in _ALIASES.items() if t in schema}, **{k: k for k in schema}}
+    close = difflib.get_close_matches(key, sorted(names), n=1, cutoff=0.6)
+    return f" (did you mean '{names[close[0]]}'?)" if close else ""
 
 
 class _Validator:
@@ -156,30 +377,30 @@ class _Validator:
         self.path = path
         self.text = text
 
-    def fail(self, key: str, problem: str, hint: str | None = None) -> RecipeError:
-        return RecipeError(self.path, problem, key=key, line=_line_of(self.text, key), hint=hint)
+    def fail(self, key: KeyPath, problem: str, hint: str | None = None) -> RecipeError:
+        return RecipeError(self.path, problem, key=render_key(key), line=_line_of(self.text, key), hint=hint)
 
-    def check(self, data: Mapping[str, Any], schema: Mapping[str, Any], prefix: str = "") -> None:
+    def check(self, data: Mapping[str, Any], schema: Mapping[str, Any], prefix: KeyPath = ()) -> None:
         for key, value in data.items():
-            keypath = f"{prefix}{key}"
+            keypath = (*prefix, key)
             if key not in schema:
                 raise self.fail(
                     keypath,
-                    f"unknown key{did_you_mean(key, schema)}",
+                    f"unknown key{_suggest(key, schema)}",
                     hint=f"allowed here: {', '.join(sorted(schema))}",
                 )
             self.check_value(keypath, value, schema[key])
 
-    def check_value(self, keypath: str, value: Any, spec: Any) -> None:
+    def check_value(self, keypath: KeyPath, value: Any, spec: Any) -> None:
         if isinstance(spec, dict):
             if not isinstance(value, dict):
                 raise self.fail(keypath, f"must be a table, not {_kind(value)}")
-            self.check(value, spec, keypath + ".")
+            self.check(value, spec, keypath)
         elif isinstance(spec, tuple):  # array of tables
             if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-                raise self.fail(keypath, f"must be an array of tables ([[{keypath}]]), not {_kind(value)}")
+                raise self.fail(keypath, f"must be an array of tables ([[{render_key(keypath)}]]), not {_kind(value)}")
             for i, item in enumerate(value):
-                self.check(item, spec[1], f"{keypath}[{i}].")
+                self.check(item, spec[1], (*keypath, i))
         elif spec == "str":
             if not isinstance(value, str):
                 raise self.fail(keypath, f"must be {_TYPE_WORDS[spec]}, not {_kind(value)}")
@@ -189,15 +410,21 @@ class _Validator:
                 raise self.fail(keypath, f"must be {_TYPE_WORDS[spec]}, not {_kind(value)}")
             for i, item in enumerate(value):
                 if not isinstance(item, want) or isinstance(item, bool):
-                    raise self.fail(f"{keypath}[{i}]", f"must be {'a string' if want is str else 'an integer'}, not {_kind(item)}")
+                    word = "a string" if want is str else "an integer"
+                    raise self.fail((*keypath, i), f"must be {word}, not {_kind(item)}")
         elif spec == "str-map":
             if not isinstance(value, dict):
                 raise self.fail(keypath, f"must be {_TYPE_WORDS[spec]}, not {_kind(value)}")
             for k, v in value.items():
                 if not isinstance(v, str):
-                    raise self.fail(f"{keypath}.{k}", f"must be a string, not {_kind(v)}")
+                    raise self.fail((*keypath, k), f"must be a string, not {_kind(v)}")
         else:  # pragma: no cover - schema typo
             raise AssertionError(spec)
+
+    def url(self, keypath: KeyPath, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in _URL_SCHEMES or not (parts.netloc or parts.scheme == "file"):
+            raise self.fail(keypath, f"'{url}' is not an http(s) or file URL", hint="e.g. https://example.org/tool.deb")
 
 
 def _kind(value: Any) -> str:
@@ -216,6 +443,24 @@ def _kind(value: Any) -> str:
     return type(value).__name__
 
 
+def _toml_error(path: Path, text: str, e: tomlkit.exceptions.TOMLKitError) -> RecipeError:
+    line: int | None = getattr(e, "line", None)
+    problem = re.sub(r" at line \d+ col \d+$", "", str(e))
+    if "'\\x00'" in problem:  # tomlkit's end-of-input marker, reported at line 1 col 0
+        problem = "the file ends inside a value: a bracket, brace or quote is not closed"
+        line = text.count("\n") + (not text.endswith("\n"))
+    elif isinstance(e, tomlkit.exceptions.ParseError):
+        problem = problem.replace("Unexpected character: '\\n'", "unexpected end of line")
+        problem += f" (column {e.col + 1})"
+    elif isinstance(e, tomlkit.exceptions.KeyAlreadyPresent):  # raised without a position
+        scanner = _Scanner(text)
+        with contextlib.suppress(IndexError, ValueError):
+            scanner.scan()
+        if scanner.duplicate is not None:
+            line = text.count("\n", 0, scanner.duplicate) + 1
+    return RecipeError(path, f"invalid TOML: {problem}", line=line or None, hint="see https://toml.io for the syntax")
+
+
 def parse_recipe(path: Path) -> Recipe:
     """Read and validate one recipe file."""
     name = path.name.removesuffix(".toml")
@@ -223,10 +468,12 @@ def parse_recipe(path: Path) -> Recipe:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise RecipeError(path, f"not UTF-8 text ({e.reason})") from e
+    except OSError as e:
+        raise RecipeError(path, f"cannot be read: {e.strerror or e}") from e
     try:
         data: dict[str, Any] = tomlkit.parse(text).unwrap()
-    except tomlkit.exceptions.ParseError as e:
-        raise RecipeError(path, f"invalid TOML: {e}", line=e.line, hint="see https://toml.io for the syntax") from e
+    except tomlkit.exceptions.TOMLKitError as e:
+        raise _toml_error(path, text, e) from e
     if not NAME_RE.match(name):
         raise RecipeError(path, f"recipe name '{name}' must match {NAME_RE.pattern}", hint="rename the file")
     v = _Validator(path, text)
@@ -235,23 +482,28 @@ def parse_recipe(path: Path) -> Recipe:
     parents = tuple(data.get("parents", []))
     for i, p in enumerate(parents):
         if not NAME_RE.match(p):
-            raise v.fail(f"parents[{i}]", f"'{p}' is not a recipe name ({NAME_RE.pattern})")
-    if len(set(parents)) != len(parents):
-        raise v.fail("parents", "lists a parent twice")
+            raise v.fail(("parents", i), f"'{p}' is not a recipe name ({NAME_RE.pattern})")
+        if p in parents[:i]:
+            raise v.fail(("parents", i), f"lists '{p}' twice")
 
     base: DebianBase | ImageBase | None = None
     if "base" in data:
         b = data["base"]
         if len(b) != 1:
-            raise v.fail("base", "must hold exactly one of 'debian' or 'image'")
+            raise v.fail(("base",), "must hold exactly one of 'debian' or 'image'",
+                         hint='e.g. debian = { suite = "bookworm", variant = "minbase" }')
         if "debian" in b:
             d = b["debian"]
-            if "suite" not in d:
-                raise v.fail("base.debian.suite", "is required", hint='e.g. debian = { suite = "bookworm", variant = "minbase" }')
+            if not d.get("suite"):
+                raise v.fail(("base", "debian", "suite"), "is required",
+                             hint='e.g. debian = { suite = "bookworm", variant = "minbase" }')
             variant = d.get("variant", "minbase")
             if variant not in DEBIAN_VARIANTS:
-                raise v.fail("base.debian.variant", f"unknown variant '{variant}'{did_you_mean(variant, DEBIAN_VARIANTS)}",
+                raise v.fail(("base", "debian", "variant"),
+                             f"unknown variant '{variant}'{did_you_mean(variant, DEBIAN_VARIANTS)}",
                              hint=f"one of: {', '.join(DEBIAN_VARIANTS)}")
+            if "mirror" in d:
+                v.url(("base", "debian", "mirror"), d["mirror"])
             base = DebianBase(
                 suite=d["suite"],
                 variant=variant,
@@ -260,27 +512,38 @@ def parse_recipe(path: Path) -> Recipe:
                 components=tuple(d.get("components", ["main"])),
             )
         else:
-            base = ImageBase(b["image"])
+            ref = b["image"]
+            if not ref or any(c.isspace() for c in ref):
+                raise v.fail(("base", "image"), f"'{ref}' is not an image reference",
+                             hint='e.g. image = "docker.io/library/debian:bookworm"')
+            base = ImageBase(ref)
 
-    files = []
+    files: list[FileSpec] = []
     for i, f in enumerate(data.get("files", [])):
         if "url" not in f:
-            raise v.fail(f"files[{i}].url", "is required")
-        fname = f.get("name") or f["url"].rstrip("/").rsplit("/", 1)[-1]
+            raise v.fail(("files", i, "url"), "is required")
+        v.url(("files", i, "url"), f["url"])
+        fname = f.get("name") or urlsplit(f["url"]).path.rstrip("/").rsplit("/", 1)[-1]
         if not fname or "/" in fname or fname in (".", ".."):
-            raise v.fail(f"files[{i}].name", f"'{fname}' is not a usable file name", hint="set name = \"tool.deb\"")
+            raise v.fail(("files", i, "name"), f"'{fname}' is not a usable file name", hint='set name = "tool.deb"')
         sha = f.get("sha256")
         if sha is not None and not re.fullmatch(r"[0-9a-f]{64}", sha):
-            raise v.fail(f"files[{i}].sha256", "must be 64 lowercase hex digits")
+            raise v.fail(("files", i, "sha256"), "must be 64 lowercase hex digits")
+        if fname in (seen.name for seen in files):
+            raise v.fail(("files", i, "name" if "name" in f else "url"), f"a second file named '{fname}'",
+                         hint='give each a distinct name = "..."')
         files.append(FileSpec(url=f["url"], name=fname, sha256=sha))
-    names = [f.name for f in files]
-    if len(set(names)) != len(names):
-        raise v.fail("files", "two entries have the same file name", hint="give each a distinct name = \"...\"")
 
     img = data.get("image", {})
     for i, port in enumerate(img.get("expose", [])):
         if not 0 < port < 65536:
-            raise v.fail(f"image.expose[{i}]", f"{port} is not a port number (1-65535)")
+            raise v.fail(("image", "expose", i), f"{port} is not a port number (1-65535)")
+    for var in img.get("env", {}):
+        if not _ENV_NAME.fullmatch(var):
+            raise v.fail(("image", "env", var), "is not an environment variable name ([A-Za-z_][A-Za-z0-9_]*)")
+    if "workdir" in img and not img["workdir"].startswith("/"):
+        raise v.fail(("image", "workdir"), f"'{img['workdir']}' must be an absolute path",
+                     hint="docker refuses a relative working directory")
     image = ImageConfig(
         env=tuple(sorted(img.get("env", {}).items())),
         user=img.get("user"),
@@ -291,9 +554,17 @@ def parse_recipe(path: Path) -> Recipe:
         labels=tuple(sorted(img.get("labels", {}).items())),
     )
     for i, pkg in enumerate(data.get("apt", {}).get("packages", [])):
-        if not re.fullmatch(r"[a-z0-9][a-z0-9+.-]+(:[a-z0-9-]+)?", pkg):
-            raise v.fail(f"apt.packages[{i}]", f"'{pkg}' is not a Debian package name",
+        if not _APT_NAME.fullmatch(pkg):
+            raise v.fail(("apt", "packages", i), f"'{pkg}' is not a Debian package name",
                          hint="versions are pinned by the lock, not in the recipe")
+    for i, pkg in enumerate(data.get("cran", {}).get("packages", [])):
+        if not _CRAN_NAME.fullmatch(pkg):
+            raise v.fail(("cran", "packages", i), f"'{pkg}' is not an R package name",
+                         hint="versions come from the dated snapshot in cran.repo and the lock, not the recipe")
+    if "repo" in data.get("cran", {}):
+        v.url(("cran", "repo"), data["cran"]["repo"])
+    if "index-url" in data.get("pip", {}):
+        v.url(("pip", "index-url"), data["pip"]["index-url"])
     return Recipe(
         name=name,
         path=path,
@@ -311,6 +582,14 @@ def parse_recipe(path: Path) -> Recipe:
         tests=tuple(data.get("test", {}).get("commands", [])),
         data=data,
     )
+
+
+def key_line(path: Path, key: KeyPath | str) -> int | None:
+    """Line of ``key`` in the recipe file at ``path`` (for errors found after parsing, e.g. by the graph)."""
+    try:
+        return _line_of(path.read_text(encoding="utf-8"), key)
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def load_recipes(project: Path) -> dict[str, Recipe]:
