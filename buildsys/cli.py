@@ -187,7 +187,8 @@ def build_cmd(obj: Context, recipes: tuple[str, ...], verify: bool, no_cache: bo
     report = Reporter()
     store = Store(obj.store)
     if verify:
-        from buildsys.verify import format_mismatch, verify as run_verify
+        from buildsys.verify import format_mismatch
+        from buildsys.verify import verify as run_verify
 
         results = run_verify(obj.project, store, g, locks, recipes, engine, report)
         images = [r.first for r in results]
