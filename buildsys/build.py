@@ -201,7 +201,7 @@ class Builder:
     def _write_image(self, recipe: Recipe, lock: Lock, parent: LayerRecord | None, layer_file: Path,
                      diff_id: str, size: int, created_by: str) -> LayerRecord:
         layout = self.layout
-        digest = layout.add_blob_file(layer_file)
+        digest = layout.add_blob_file(layer_file, digest=diff_id)
         parent_config = layout.read_config(parent.config_digest) if parent else None
         labels = oci_labels(recipe.name, recipe.recipe_hash, lock.lock_hash, recipe.description)
         config = make_config(parent=parent_config, diff_id=diff_id, epoch=lock.source_date_epoch,
