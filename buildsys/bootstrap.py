@@ -97,10 +97,18 @@ def bootstrap_debian(store: Store, lock: Lock, run_steps: Sequence[str], out_dir
             '--aptopt=Acquire::Languages "none"',
             '--aptopt=APT::Install-Recommends "false"',
         ]
-        if base.include:
-            cmd.append("--include=" + ",".join(base.include))
-        # A fixed hostname and an empty machine-id, as on every layer (DESIGN.md).
+        # Name every locked package: the local repository's Packages file carries each
+        # .deb's own control Priority, not the archive's override (apt's says
+        # "important" there, "required" in the archive), so mmdebstrap's own
+        # selection from it would miss some. The lock is the bill of materials.
+        names = sorted({p.name for p in (*base.packages, *lock.apt)})
+        cmd.append("--include=" + ",".join(names))
+        # A fixed hostname, as on every layer (DESIGN.md).
         cmd.append(f'--customize-hook=echo {BUILD_HOSTNAME} > "$1/etc/hostname"')
+        # mmdebstrap leaves the local repository's temporary path in sources.list
+        # (caught by --verify); the image gets the locked mirror instead.
+        source = f"deb {base.mirror} {base.suite} {' '.join(base.components)}"
+        cmd.append(f"--customize-hook=echo '{source}' > \"$1/etc/apt/sources.list\"")
         for i, step in enumerate(run_steps):
             script = Path(tmp) / f"step-{i}.sh"
             script.write_text(step + "\n")

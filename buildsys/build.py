@@ -30,7 +30,7 @@ from buildsys.store import Store, atomic_write
 
 # Bump when the way a layer is made changes (build steps, environment), so
 # old cache entries stop matching. The normalizer has its own version.
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"
 
 # The vendor store's mount point inside build containers; never part of a layer.
 VENDOR_MOUNT = "buildsys"
