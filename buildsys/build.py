@@ -20,13 +20,14 @@ from typing import Any
 
 from buildsys import bootstrap
 from buildsys.engine import Engine
-from buildsys.errors import BuildsysError
+from buildsys.errors import BuildsysError, NotVendored
 from buildsys.graph import Graph
 from buildsys.image import OciLayout, make_config, oci_labels, write_docker_archive
 from buildsys.layer import NORMALIZER_VERSION, normalize_tar
 from buildsys.lockfile import Lock
 from buildsys.recipe import Recipe, canonical_json
 from buildsys.store import Store, atomic_write
+from buildsys.vendor import verify_store
 
 # Bump when the way a layer is made changes (build steps, environment), so
 # old cache entries stop matching. The normalizer has its own version.
@@ -158,6 +159,7 @@ class Builder:
             self.report(recipe.name, "cached", hit.config_digest[:19])
             return hit, True
         started = time.monotonic()
+        self._check_vendored(recipe)
         if recipe.is_root:
             record = self._root_layer(recipe)
         else:
@@ -182,6 +184,25 @@ class Builder:
             result.tarball.unlink()
             return self._write_image(recipe, lock, None, layer_tmp, info.digest, info.size,
                                      created_by=f"buildsys: debootstrap {lock.base.suite} ({lock.base.variant})")
+
+    def _check_vendored(self, recipe: Recipe) -> None:
+        """Every input of the layer is in the vendor store with its locked sha256.
+
+        A damaged file is removed (so ``fetch`` replaces it) and named; this costs
+        one hash pass over the layer's inputs, and only on a cache miss.
+        """
+        arts = self.locks[recipe.name].artifacts()
+        missing = [a for a in arts if not self.store.vendor_path(a.sha256).is_file()]
+        if missing:
+            names = ", ".join(f"{a.name} {a.version}".strip() for a in missing[:5])
+            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            raise NotVendored(recipe.name, f"{len(missing)} locked file(s) ({names}{more})")
+        corrupt = verify_store(self.store, arts, remove=True)
+        if corrupt:
+            a = corrupt[0]
+            raise NotVendored(recipe.name, f"{a.name} {a.version} ({a.filename})".replace("  ", " "),
+                              f"damaged in the vendor store (its sha256 is not the locked {a.sha256}); "
+                              f"{len(corrupt)} damaged file(s) were removed")
 
     def _check_installed(self, recipe: Recipe, lock: Lock, installed: Mapping[str, str]) -> None:
         """The bootstrap must install exactly what was locked: the lock is the bill of materials."""

@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from buildsys import __version__
-from buildsys.errors import BuildsysError, NotReproducible, StaleLock, TestFailed
+from buildsys.errors import BuildsysError, ImagesDiffer, NotReproducible, StaleLock, TestFailed
 from buildsys.graph import Graph, build_graph
 from buildsys.recipe import load_recipes
 from buildsys.store import Store
@@ -255,6 +255,36 @@ def test_cmd(obj: Context, recipes: tuple[str, ...]) -> None:
         raise TestFailed(f"{len(failed)} of {len(results)} test commands failed")
     if not results:
         click.echo("no [test] commands in these recipes or their ancestors")
+
+
+@cli.command("diff")
+@click.argument("image_a")
+@click.argument("image_b")
+@click.option("--limit", default=200, show_default=True, help="Show at most this many files.")
+@click.pass_obj
+def diff_cmd(obj: Context, image_a: str, image_b: str, limit: int) -> None:
+    """What differs between two images (recipe names or manifest digests), file by file.
+
+    Exit 0 when they are equal, 1 when they differ.
+    """
+    from buildsys.image import OciLayout
+    from buildsys.verify import diff_images, resolve_image
+
+    layout = OciLayout(Store(obj.store).oci)
+    a, b = resolve_image(layout, image_a), resolve_image(layout, image_b)
+    result = diff_images(layout, a, layout, b)
+    for d in result.files[:limit]:
+        click.echo(f"{d.path}: {', '.join(d.what)}")
+        for line in d.detail.splitlines():
+            click.echo(f"    {line}")
+    if len(result.files) > limit:
+        click.echo(f"... and {len(result.files) - limit} more files (--limit)")
+    for c in result.config:
+        click.echo(f"config {c}")
+    if result.files or result.config:
+        raise ImagesDiffer(f"{image_a} and {image_b} differ: {len(result.files)} file(s), "
+                           f"{len(result.config)} config key(s)")
+    click.echo(f"{image_a} and {image_b} are identical ({a})")
 
 
 @cli.command("engine")

@@ -157,6 +157,10 @@ class TestFailed(BuildsysError):
     pass
 
 
+class ImagesDiffer(BuildsysError):
+    """``buildsys diff`` found differences (exit 1, like diff(1))."""
+
+
 class NotReproducible(BuildsysError):
     exit_code = EXIT_NOT_REPRODUCIBLE
 

@@ -10,17 +10,19 @@ diffed file by file.
 from __future__ import annotations
 
 import json
+import tarfile
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from buildsys.build import Builder, BuiltImage, Reporter
 from buildsys.engine import Engine
+from buildsys.errors import UsageError, did_you_mean
 from buildsys.graph import Graph
 from buildsys.image import OciLayout
-from buildsys.layer import FileDifference, diff_layers
+from buildsys.layer import FileDifference, LayerEntry, diff_entries, diff_layers, read_entries
 from buildsys.lockfile import Lock
 from buildsys.store import Store
 
@@ -102,3 +104,76 @@ def format_mismatch(result: VerifyResult, limit: int = 50) -> str:
         lines.append(f"  ... and {len(m.files) - limit} more files")
     lines += [f"  config {c}" for c in m.config]
     return "\n".join(lines)
+
+
+# -- diff of two whole images ---------------------------------------------------------
+
+
+@dataclass
+class ImageDiff:
+    files: list[FileDifference]
+    config: list[str]
+
+
+def flatten(layout: OciLayout, manifest_digest: str) -> dict[str, tuple[LayerEntry, Path]]:
+    """The merged file view of an image: each path's entry and the layer tar that holds it.
+
+    Whiteouts apply as docker applies them: ``.wh.NAME`` deletes NAME and what is
+    under it in lower layers; ``.wh..wh..opq`` empties its directory below.
+    """
+    manifest, _ = layout.read_image(manifest_digest)
+    merged: dict[str, tuple[LayerEntry, Path]] = {}
+    for desc in manifest["layers"]:
+        blob = layout.blob_path(desc["digest"])
+        entries = read_entries(blob)
+        for path in entries:
+            parent, _, base = path.rpartition("/")
+            if base == ".wh..wh..opq":
+                prefix = parent + "/"
+                for p in [p for p in merged if p.startswith(prefix)]:
+                    del merged[p]
+            elif base.startswith(".wh."):
+                gone = f"{parent}/{base[4:]}" if parent else base[4:]
+                for p in [p for p in merged if p == gone or p.startswith(gone + "/")]:
+                    del merged[p]
+        for path, entry in entries.items():
+            if not path.rpartition("/")[2].startswith(".wh."):
+                merged[path] = (entry, blob)
+    return merged
+
+
+def _reader(view: Mapping[str, tuple[LayerEntry, Path]]) -> Callable[[str], bytes]:
+    def read(path: str) -> bytes:
+        _, blob = view[path]
+        with tarfile.open(blob, "r:") as tf:
+            member = tf.getmember(path) if path in tf.getnames() else tf.getmember(path + "/")
+            f = tf.extractfile(member)
+            return f.read() if f else b""
+
+    return read
+
+
+def diff_images(layout_a: OciLayout, manifest_a: str, layout_b: OciLayout, manifest_b: str) -> ImageDiff:
+    """What differs between two images, file by file, plus their configs."""
+    a, b = flatten(layout_a, manifest_a), flatten(layout_b, manifest_b)
+    files = diff_entries({p: e for p, (e, _) in a.items()}, {p: e for p, (e, _) in b.items()},
+                         _reader(a), _reader(b))
+    _, cfg_a = layout_a.read_image(manifest_a)
+    _, cfg_b = layout_b.read_image(manifest_b)
+    # rootfs.diff_ids and history differ whenever any file does; they add nothing.
+    skip = ("rootfs", "history")
+    config = config_differences({k: v for k, v in cfg_a.items() if k not in skip},
+                                {k: v for k, v in cfg_b.items() if k not in skip})
+    return ImageDiff(files=files, config=config)
+
+
+def resolve_image(layout: OciLayout, ref: str) -> str:
+    """A recipe name (the ref its last build left in the store) or a manifest digest."""
+    if ref.startswith("sha256:") and layout.has_blob(ref):
+        return ref
+    digest = layout.resolve(ref)
+    if digest is None:
+        known = sorted(layout.refs())
+        raise UsageError(f"no image '{ref}' in the store{did_you_mean(ref, known)}",
+                         f"build it first (`buildsys build {ref}`); images here: {', '.join(known) or '(none)'}")
+    return digest
