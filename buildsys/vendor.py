@@ -106,6 +106,10 @@ def fetch(
 ) -> FetchReport:
     """Make every artifact present and verified in ``store``.
 
+    With ``progress`` and a terminal on stderr, a live display shows the
+    overall bytes and one line per active download; it vanishes when done.
+    Nothing else is printed: the caller (the CLI) prints ``report.summary()``.
+
     A file already in the store counts as present when its size matches
     (``Store.has_artifact``); rehashing hundreds of MB on every fetch would
     cost more than the fetch. ``verify_store`` rehashes on demand.
@@ -148,8 +152,6 @@ def fetch(
             pool.shutdown(wait=True, cancel_futures=True)
             raise
     report = FetchReport(downloaded, skipped, done_bytes, time.monotonic() - start)
-    if progress:
-        print(report.summary(), file=sys.stderr)
     if len(errors) == 1:
         raise errors[0]
     if errors:
