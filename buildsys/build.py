@@ -18,12 +18,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from buildsys import bootstrap
+from buildsys import bootstrap, steps
 from buildsys.engine import Engine
-from buildsys.errors import BuildsysError, NotVendored
+from buildsys.errors import BuildError, BuildsysError, NotVendored
 from buildsys.graph import Graph
 from buildsys.image import OciLayout, make_config, oci_labels, write_docker_archive
-from buildsys.layer import NORMALIZER_VERSION, normalize_tar
+from buildsys.layer import NORMALIZER_VERSION, normalize_dir, normalize_tar
 from buildsys.lockfile import Lock
 from buildsys.recipe import Recipe, canonical_json
 from buildsys.store import Store, atomic_write
@@ -110,22 +110,27 @@ class Builder:
     def build_chain(self, name: str) -> BuiltImage:
         started = time.monotonic()
         chain = self.graph.chain(name)
+        records, all_cached = self.build_prefix(chain)
+        tag = f"{name}:latest" if self.tag else None
+        return BuiltImage(recipe=name, chain=chain, layers=records, cached=all_cached,
+                          seconds=time.monotonic() - started, tag=tag)
+
+    def build_prefix(self, chain: Sequence[str]) -> tuple[list[LayerRecord], bool]:
+        """Build the layers ``chain`` lists, in order, each on the one before."""
         records: list[LayerRecord] = []
         all_cached = True
         parent: LayerRecord | None = None
         for i in range(len(chain)):
             prefix = tuple(chain[: i + 1])
             if prefix not in self._memo:
-                self._memo[prefix] = self._layer(self.graph.recipes[prefix[-1]], parent)
+                self._memo[prefix] = self._layer(self.graph.recipes[prefix[-1]], parent, prefix)
             parent, cached = self._memo[prefix]
             records.append(parent)
             all_cached &= cached
             # A prefix that is some recipe's own chain is that recipe's image: tag it.
             if self.tag and list(prefix) == self.graph.chain(prefix[-1]):
-                self._ensure_loaded(parent, tag=prefix[-1])
-        tag = f"{name}:latest" if self.tag else None
-        return BuiltImage(recipe=name, chain=chain, layers=records, cached=all_cached,
-                          seconds=time.monotonic() - started, tag=tag)
+                self.load(parent, tag=prefix[-1])
+        return records, all_cached
 
     # -- one layer -------------------------------------------------------------
 
@@ -152,7 +157,8 @@ class Builder:
         # An entry whose blobs were removed is a miss, never a half image.
         return record if all(self.layout.has_blob(d) for d in blobs) else None
 
-    def _layer(self, recipe: Recipe, parent: LayerRecord | None) -> tuple[LayerRecord, bool]:
+    def _layer(self, recipe: Recipe, parent: LayerRecord | None, prefix: Sequence[str],
+               ) -> tuple[LayerRecord, bool]:
         key = self.cache_key(recipe, parent)
         hit = self._cached(key)
         if hit is not None:
@@ -163,8 +169,8 @@ class Builder:
         if recipe.is_root:
             record = self._root_layer(recipe)
         else:
-            raise BuildsysError(f"{recipe.path}: building layers on top of a root is not implemented yet",
-                                hint="only Debian root recipes can be built in this version")
+            assert parent is not None
+            record = self._child_layer(recipe, parent, prefix)
         atomic_write(self._cache_path(key), canonical_json(record.to_json()))
         self.report(recipe.name, "built", f"{record.config_digest[:19]} in {time.monotonic() - started:.1f}s")
         return record, False
@@ -184,6 +190,61 @@ class Builder:
             result.tarball.unlink()
             return self._write_image(recipe, lock, None, layer_tmp, info.digest, info.size,
                                      created_by=f"buildsys: debootstrap {lock.base.suite} ({lock.base.variant})")
+
+    def _child_layer(self, recipe: Recipe, parent: LayerRecord, prefix: Sequence[str]) -> LayerRecord:
+        """Run the layer's steps in a container of the parent image, network none; take its diff."""
+        assert self.engine is not None, "building a layer needs the docker engine"
+        lock = self.locks[recipe.name]
+        self.load(parent, tag=None)
+        with tempfile.TemporaryDirectory(dir=self.store.tmp, prefix=f"build-{recipe.name}-") as tmp:
+            staged = steps.stage_layer(self.store, recipe, lock, Path(tmp) / "stage")
+            layer_tmp = Path(tmp) / "layer.tar"
+            with self.engine.container(parent.config_digest, staged.command, env=staged.env, network="none",
+                                       mounts=[(str(staged.folder), steps.MOUNT, True)],
+                                       hostname=bootstrap.BUILD_HOSTNAME) as container:
+                self.report(recipe.name, "run", f"container on {parent.config_digest[:19]}, network none")
+                result = container.run(on_output=lambda line: self._on_build_output(recipe.name, line))
+                if result.exit_code != 0:
+                    step = steps.failed_step(result.output)
+                    hint = ("the build has no network by design: everything a step needs must be locked "
+                            "([apt], [pip] or [[files]]) and is found under /buildsys"
+                            if steps.tried_network(result.output) else
+                            f"fix the step in {recipe.path}, then run `buildsys build {recipe.name}` again")
+                    raise BuildError(recipe.name, f"{step} (exit {result.exit_code})", result.output, hint=hint)
+                self._check_layer_packages(recipe, prefix, steps.installed_packages(result.output))
+                self.report(recipe.name, "normalize", "the container's filesystem diff")
+                with open(layer_tmp, "wb") as dst:
+                    upper = container.upper_dir()
+                    if upper is not None:
+                        info = normalize_dir(upper, dst, lock.source_date_epoch, drop_prefixes=(VENDOR_MOUNT,))
+                    else:  # a remote engine: slower (grows with the image's depth) but correct
+                        with tempfile.TemporaryFile(dir=self.store.tmp) as raw:
+                            container.export_last_layer(raw)
+                            raw.seek(0)
+                            info = normalize_tar(raw, dst, lock.source_date_epoch, drop_prefixes=(VENDOR_MOUNT,))
+            return self._write_image(recipe, lock, parent, layer_tmp, info.digest, info.size,
+                                     created_by=f"buildsys: {recipe.name} ({_summary(recipe)})")
+
+    def _on_build_output(self, recipe: str, line: str) -> None:
+        if line.startswith(steps.STEP_MARKER):
+            self.report(recipe, "step", line.removeprefix(steps.STEP_MARKER))
+
+    def _check_layer_packages(self, recipe: Recipe, prefix: Sequence[str], installed: Mapping[str, str] | None,
+                              ) -> None:
+        """After the apt step, dpkg must hold exactly the locked packages of the chain so far."""
+        if installed is None:
+            return
+        expected: dict[str, str] = {}
+        for name in prefix:
+            lk = self.locks[name]
+            expected.update({d.name: d.version for d in (*(lk.base.packages if lk.base else ()), *lk.apt)})
+        if installed != expected:
+            extra = sorted(set(installed) - set(expected))
+            missing = sorted(set(expected) - set(installed))
+            changed = sorted(n for n in set(installed) & set(expected) if installed[n] != expected[n])
+            raise BuildError(recipe.name, "apt", f"installed but not locked: {extra or '-'}; locked but not "
+                             f"installed: {missing or '-'}; other version: {changed or '-'}",
+                             hint=f"relock: `buildsys lock --upgrade {recipe.name}`")
 
     def _check_vendored(self, recipe: Recipe) -> None:
         """Every input of the layer is in the vendor store with its locked sha256.
@@ -235,7 +296,8 @@ class Builder:
 
     # -- docker ---------------------------------------------------------------
 
-    def _ensure_loaded(self, record: LayerRecord, tag: str | None) -> None:
+    def load(self, record: LayerRecord, tag: str | None = None) -> None:
+        """Make sure docker has the image (loading it from the store), and tag it."""
         if self.engine is None:
             return
         if not self.engine.has_image(record.config_digest):
@@ -247,3 +309,16 @@ class Builder:
         if tag:
             self.engine.tag(record.config_digest, tag, "latest")
             self.layout.set_ref(tag, record.manifest_digest)
+
+
+def _summary(recipe: Recipe) -> str:
+    parts = []
+    if recipe.apt_packages:
+        parts.append(f"apt {len(recipe.apt_packages)}")
+    if recipe.pip_packages:
+        parts.append(f"pip {len(recipe.pip_packages)}")
+    if recipe.files:
+        parts.append(f"files {len(recipe.files)}")
+    if recipe.run:
+        parts.append(f"run {len(recipe.run)}")
+    return ", ".join(parts) or "config only"

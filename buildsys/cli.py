@@ -147,8 +147,11 @@ def lock_cmd(obj: Context, recipes: tuple[str, ...], upgrade: bool, upgrade_pack
             raise StaleLock(bad[0].recipe, bad[0].path, f"{len(bad)} of {len(outcomes)} locks are missing or "
                             f"stale: {', '.join(o.recipe for o in bad)}")
         return
+    from buildsys.engine import Engine
+
     report = Reporter()
     lock_recipes(obj.project, Store(obj.store), g, recipes, upgrade=upgrade, upgrade_packages=upgrade_packages,
+                 engine=Engine.connect, progress=report,
                  report=lambda o: report(o.recipe, o.status, str(o.path.relative_to(obj.project))))
 
 

@@ -8,8 +8,14 @@ refused operation is ``EngineError``.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Mapping, Sequence
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Any
 
 import docker
@@ -108,6 +114,25 @@ class Engine:
         except _TRANSPORT as e:
             raise _translate(f"removing {ref}", e) from e
 
+    @contextlib.contextmanager
+    def container(self, image: str, command: Sequence[str], *, env: Mapping[str, str] | None = None,
+                  network: str = "none", mounts: Iterable[tuple[str, str, bool]] = (), hostname: str | None = None,
+                  user: str = "0:0", workdir: str = "/") -> Iterator[Container]:
+        """A created (not started) container, removed on exit whatever happens."""
+        volumes = {src: {"bind": dst, "mode": "ro" if ro else "rw"} for src, dst, ro in mounts}
+        try:
+            c = self.client.containers.create(
+                image, command=list(command), entrypoint=[], environment=dict(env or {}), user=user,
+                network_mode=network, volumes=volumes, hostname=hostname, working_dir=workdir,
+                tty=False, stdin_open=False)
+        except _TRANSPORT as e:
+            raise _translate(f"creating a container of {image}", e) from e
+        try:
+            yield Container(self, c)
+        finally:
+            with contextlib.suppress(*_TRANSPORT):
+                c.remove(force=True)
+
     def run(self, image: str, command: Sequence[str] | str, *, env: Mapping[str, str] | None = None,
             user: str | None = None, network: str = "none", mounts: Iterable[tuple[str, str, bool]] = (),
             hostname: str | None = None, workdir: str | None = None,
@@ -134,6 +159,79 @@ class Engine:
             if container is not None:
                 with contextlib.suppress(*_TRANSPORT):
                     container.remove(force=True)
+
+
+class Container:
+    """A build container: run once, then read its filesystem diff."""
+
+    def __init__(self, engine: Engine, container: Any) -> None:
+        self.engine = engine
+        self._c = container
+
+    @property
+    def id(self) -> str:
+        return str(self._c.id)
+
+    def run(self, on_output: Callable[[str], None] | None = None) -> RunResult:
+        """Start, stream the output line by line to ``on_output``, wait; return exit code and output."""
+        lines: list[str] = []
+        try:
+            self._c.start()
+            pending = ""
+            for chunk in self._c.logs(stdout=True, stderr=True, stream=True, follow=True):
+                pending += chunk.decode(errors="replace")
+                *done, pending = pending.split("\n")
+                for line in done:
+                    lines.append(line)
+                    if on_output:
+                        on_output(line)
+            if pending:
+                lines.append(pending)
+            status = self._c.wait()
+        except _TRANSPORT as e:
+            raise _translate("running a build container", e) from e
+        return RunResult(exit_code=int(status.get("StatusCode", 1)), output="\n".join(lines))
+
+    def upper_dir(self) -> Path | None:
+        """The container's own filesystem diff on this host (overlay2), or None when not readable.
+
+        Reading it costs what the layer holds, whatever the depth of the image
+        below; ``docker save`` would rewrite every layer of the image instead.
+        """
+        try:
+            data = self.engine.client.api.inspect_container(self.id)["GraphDriver"]
+        except _TRANSPORT as e:
+            raise _translate("inspecting a build container", e) from e
+        if data.get("Name") != "overlay2":
+            return None
+        upper = Path(data.get("Data", {}).get("UpperDir", ""))
+        return upper if upper.is_absolute() and os.access(upper, os.R_OK | os.X_OK) else None
+
+    def commit(self) -> str:
+        """A (temporary) image of the container's state; the caller removes it."""
+        try:
+            return str(self._c.commit().id)
+        except _TRANSPORT as e:
+            raise _translate("committing a container", e) from e
+
+    def export_last_layer(self, dst: IO[bytes]) -> None:
+        """Fallback for engines whose storage this process cannot read: commit, save, take the top layer."""
+        try:
+            image = self._c.commit()
+            try:
+                with tempfile.TemporaryFile() as saved:
+                    for chunk in image.save(named=False):
+                        saved.write(chunk)
+                    saved.seek(0)
+                    with tarfile.open(fileobj=saved) as tf:
+                        manifest = json.load(tf.extractfile("manifest.json"))  # type: ignore[arg-type]
+                        layer = tf.extractfile(manifest[0]["Layers"][-1])
+                        assert layer is not None
+                        shutil.copyfileobj(layer, dst)
+            finally:
+                self.engine.client.images.remove(image.id, force=True)
+        except _TRANSPORT as e:
+            raise _translate("exporting a build container's layer", e) from e
 
 
 def _translate(what: str, e: Exception) -> BuildsysError:

@@ -158,7 +158,8 @@ class Lock:
     base: DebianBaseLock | None = None
     apt: tuple[LockedDeb, ...] = ()
     pip: tuple[LockedPip, ...] = ()
-    python: str | None = None  # the image's Python (e.g. "3.11") the pip set was resolved for
+    python: str | None = None  # the image's Python (e.g. "3.11.2") the pip set was resolved for
+    pip_installer: LockedPip | None = None  # the pip wheel that installs [[pip]] at build time
     files: tuple[LockedFile, ...] = ()
     # sha256 of the serialized bytes; filled by dumps()/read_lock().
     lock_hash: str = ""
@@ -170,6 +171,8 @@ class Lock:
         arts += [p.artifact() for p in self.apt]
         for p in self.pip:
             arts += p.artifacts()
+        if self.pip_installer:
+            arts += self.pip_installer.artifacts()
         arts += [f.artifact() for f in self.files]
         return arts
 
@@ -190,6 +193,8 @@ class Lock:
             d["apt"] = [p.to_toml() for p in sorted(self.apt, key=lambda p: (p.name, p.architecture))]
         if self.pip:
             d["pip"] = [p.to_toml() for p in sorted(self.pip, key=lambda p: p.name)]
+        if self.pip_installer:
+            d["pip-installer"] = self.pip_installer.to_toml()
         if self.files:
             d["files"] = [f.to_toml() for f in sorted(self.files, key=lambda f: f.name)]
         return d
@@ -266,6 +271,7 @@ def read_lock(path: Path) -> Lock:
             apt=tuple(LockedDeb.from_toml(p) for p in d.get("apt", [])),
             pip=tuple(LockedPip.from_toml(p) for p in d.get("pip", [])),
             python=d.get("python"),
+            pip_installer=LockedPip.from_toml(d["pip-installer"]) if "pip-installer" in d else None,
             files=tuple(LockedFile.from_toml(f) for f in d.get("files", [])),
             lock_hash=hash_bytes(raw),
         )

@@ -6,15 +6,22 @@ One module per ecosystem (``base`` for Debian roots, ``apt``, ``pip``,
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from buildsys.engine import Engine
 from buildsys.errors import BuildsysError, LockError, MissingLock, StaleLock
 from buildsys.graph import Graph
-from buildsys.lockfile import Lock, check_fresh, dumps, hash_bytes, lock_path, write_lock
-from buildsys.recipe import DebianBase, ImageBase, Recipe
+from buildsys.lock import layer
+from buildsys.lock.base import lock_debian_root
+from buildsys.lock.files import lock_files
+from buildsys.lockfile import Lock, check_fresh, dumps, hash_bytes, lock_path, read_lock, write_lock
+from buildsys.recipe import ImageBase, Recipe
 from buildsys.store import Store
+
+Reporter = Callable[[str, str, str], None]
 
 
 @dataclass(frozen=True)
@@ -59,9 +66,15 @@ def lock_recipes(
     *,
     upgrade: bool = False,
     upgrade_packages: Sequence[str] = (),
+    engine: Callable[[], Engine] | None = None,
     report: Callable[[LockOutcome], None] = lambda o: None,
+    progress: Reporter = lambda r, s, d: None,
 ) -> list[LockOutcome]:
-    """Lock ``names`` and their ancestors. A fresh lock is kept as it is unless upgrading."""
+    """Lock ``names`` and their ancestors. A fresh lock is kept as it is unless upgrading.
+
+    ``engine`` connects to docker, needed only when a layer's pip set must be
+    resolved inside its parent image.
+    """
     outcomes: list[LockOutcome] = []
     locks: dict[str, Lock] = {}
     selected = set(graph.select(names))
@@ -79,34 +92,67 @@ def lock_recipes(
                 continue
             except (MissingLock, StaleLock):
                 pass
-        lock = resolve(recipe, store, locks)
+        previous = _previous(path)
+        lock = resolve(recipe, store, graph, locks, previous=previous, upgrade=upgrade and name in selected,
+                       upgrade_packages=upgrade_packages if name in selected else (), engine=engine,
+                       progress=progress)
         written, changed = write_lock(project, lock)
-        locks[name] = Lock(**{**lock.__dict__, "lock_hash": hash_bytes(dumps(lock))})
+        locks[name] = dataclasses.replace(lock, lock_hash=hash_bytes(dumps(lock)))
         outcome = LockOutcome(name, written, "written" if changed else "unchanged")
         outcomes.append(outcome)
         report(outcome)
     return outcomes
 
 
-def resolve(recipe: Recipe, store: Store, parents: dict[str, Lock]) -> Lock:
-    """Resolve one recipe against its (already locked) parents."""
-    from buildsys.lock.files import lock_files
+def _previous(path: Path) -> Lock | None:
+    """The lock being replaced, for keeping its pins (pip-compile's semantics)."""
+    try:
+        return read_lock(path) if path.is_file() else None
+    except BuildsysError:
+        return None
 
-    cache = store.cache
+
+def resolve(recipe: Recipe, store: Store, graph: Graph, locks: dict[str, Lock], *, previous: Lock | None = None,
+            upgrade: bool = False, upgrade_packages: Sequence[str] = (),
+            engine: Callable[[], Engine] | None = None, progress: Reporter = lambda r, s, d: None) -> Lock:
+    """Resolve one recipe against its (already locked) ancestors."""
     files = lock_files(recipe, store)
     if recipe.is_root:
         if isinstance(recipe.base, ImageBase):
             raise LockError(f"{recipe.path}: base.image: registry bases are not supported yet",
                             hint='use [base] debian = { suite = "bookworm" } (no registry is reachable here)')
-        assert isinstance(recipe.base, DebianBase)
-        from buildsys.lock.base import lock_debian_root
-
-        base, epoch = lock_debian_root(recipe, cache / "apt")
         if recipe.pip_packages:
             raise LockError(f"{recipe.path}: [pip] in a root recipe is not supported",
                             hint="put pip packages in a child recipe whose chain installs python3")
-        epoch = max([epoch, *files.epochs])
-        return Lock(recipe=recipe.name, recipe_hash=recipe.recipe_hash, source_date_epoch=epoch,
-                    base=base, files=files.locked)
-    raise BuildsysError(f"{recipe.path}: locking layers on top of a root is not implemented yet",
-                        hint="only Debian root recipes can be locked in this version")
+        base, epoch = lock_debian_root(recipe, store.cache / "apt")
+        return Lock(recipe=recipe.name, recipe_hash=recipe.recipe_hash,
+                    source_date_epoch=max([epoch, *files.epochs]), base=base, files=files.locked)
+
+    chain = graph.chain(recipe.name)
+    ancestors = [locks[n] for n in chain[:-1]]
+    layer.check_parents_agree(recipe, graph, locks)
+    progress(recipe.name, "lock", f"apt: {len(recipe.apt_packages)} packages against the parent chain")
+    apt = layer.lock_apt(recipe, locks[chain[0]], ancestors, store.cache / "apt")
+    epoch = max([lk.source_date_epoch for lk in ancestors] + list(files.epochs))
+    lock = Lock(recipe=recipe.name, recipe_hash=recipe.recipe_hash, source_date_epoch=epoch,
+                parents={p: locks[p].lock_hash for p in recipe.parents}, apt=tuple(apt), files=files.locked)
+    if not recipe.pip_packages:
+        return lock
+    if recipe.cran_packages:
+        raise LockError(f"{recipe.path}: [cran] is not supported yet", hint="install R packages via [apt] r-cran-*")
+    if engine is None:
+        raise LockError(f"{recipe.path}: resolving [pip] needs the docker engine")
+    from buildsys.build import Builder
+    from buildsys.lock.pip import lock_pip
+
+    eng = engine()
+    builder = Builder(Path("."), store, graph, locks, engine=eng, tag=False, report=progress)
+    image, cleanup = layer.lock_image_with_apt(builder, recipe, chain[:-1], lock, store, progress)
+    try:
+        progress(recipe.name, "lock", f"pip: resolving {len(recipe.pip_packages)} requirements inside the image")
+        pip = lock_pip(eng, image, recipe, store, constraints=layer.chain_pips(ancestors),
+                       previous=previous.pip if previous else (), upgrade=upgrade, upgrade_packages=upgrade_packages)
+    finally:
+        cleanup()
+    return dataclasses.replace(lock, pip=pip.packages, python=pip.python, pip_installer=pip.installer,
+                               source_date_epoch=max(lock.source_date_epoch, pip.epoch))

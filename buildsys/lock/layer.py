@@ -1,0 +1,120 @@
+"""Lock a layer on top of a chain: apt against the parent's packages, pip in the image.
+
+apt resolves on this host with the parent chain's locked packages as the dpkg
+status, from the same archive state as the chain's root (its InRelease hash):
+a chain never mixes two states of the archive. pip resolves inside an image
+of the parent chain plus this layer's apt packages, so it sees the Python and
+platform the image really has; the ancestors are built first when needed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from buildsys import steps
+from buildsys.errors import LockError
+from buildsys.graph import Graph
+from buildsys.lock.apt import AptPackage, AptResolver
+from buildsys.lockfile import Lock, LockedDeb
+from buildsys.recipe import Recipe
+from buildsys.store import Store
+
+Reporter = Callable[[str, str, str], None]
+
+
+def chain_debs(locks: Sequence[Lock]) -> dict[str, LockedDeb]:
+    """What a chain of layers has installed from Debian, by package name."""
+    out: dict[str, LockedDeb] = {}
+    for lk in locks:
+        for d in (*(lk.base.packages if lk.base else ()), *lk.apt):
+            out[d.name] = d
+    return out
+
+
+def chain_pips(locks: Sequence[Lock]) -> dict[str, str]:
+    """The pip pins of a chain of layers, name -> version."""
+    return {p.name: p.version for lk in locks for p in lk.pip}
+
+
+def check_parents_agree(recipe: Recipe, graph: Graph, locks: Mapping[str, Lock]) -> None:
+    """Parents that share a package must pin it to the same version (apt and pip alike)."""
+    if len(recipe.parents) < 2:
+        return
+    seen: dict[tuple[str, str], tuple[str, str]] = {}  # (kind, package) -> (version, recipe)
+    for parent in recipe.parents:
+        for name in graph.chain(parent):
+            lk = locks[name]
+            pins = [("apt", d.name, d.version) for d in (*(lk.base.packages if lk.base else ()), *lk.apt)]
+            pins += [("pip", p.name, p.version) for p in lk.pip]
+            for kind, pkg, version in pins:
+                other = seen.setdefault((kind, pkg), (version, name))
+                if other[0] != version:
+                    raise LockError(
+                        f"{recipe.path}: parents disagree on {kind} package '{pkg}': {other[0]} (locked by "
+                        f"'{other[1]}') vs {version} (locked by '{name}')",
+                        f"relock them against the same state: `buildsys lock --upgrade {other[1]} {name}`",
+                    )
+
+
+def lock_apt(recipe: Recipe, root: Lock, ancestors: Sequence[Lock], cache: Path) -> list[LockedDeb]:
+    """The closure of the recipe's apt packages minus what the ancestors installed."""
+    if not recipe.apt_packages:
+        return []
+    base = root.base
+    assert base is not None
+    resolver = AptResolver(cache, base.mirror, base.suite, base.components, base.architecture)
+    release = resolver.update(refresh=False)
+    if release.inrelease_sha256 != base.inrelease_sha256:
+        release = resolver.update(refresh=True)
+    if release.inrelease_sha256 != base.inrelease_sha256:
+        raise LockError(
+            f"{recipe.path}: Debian's archive changed since the root '{root.recipe}' was locked "
+            f"(its Release: {base.release_date}; now: {release.date}); a chain must not mix two archive states",
+            f"relock from the root: `buildsys lock --upgrade {root.recipe} {recipe.name}`",
+        )
+    installed = chain_debs(ancestors)
+    with tempfile.TemporaryDirectory() as tmp:
+        status = Path(tmp) / "status"
+        resolver.write_status([AptPackage(name=d.name, version=d.version, architecture=d.architecture,
+                                          sha256=d.sha256, size=d.size, filename=d.path)
+                               for d in installed.values()], status)
+        packages = resolver.resolve(recipe.apt_packages, status=status)
+    return [LockedDeb(name=p.name, version=p.version, architecture=p.architecture, sha256=p.sha256, size=p.size,
+                      path=p.filename, mirror=base.mirror) for p in packages]
+
+
+def lock_image_with_apt(builder: object, recipe: Recipe, prefix: Sequence[str], apt_lock: Lock,
+                        store: Store, report: Reporter) -> tuple[str, Callable[[], None]]:
+    """An image of the parent chain plus this layer's apt packages, for resolving pip in it.
+
+    Returns the image reference and a function that removes it (when it is temporary).
+    """
+    from buildsys.build import Builder
+    from buildsys.vendor import fetch
+
+    assert isinstance(builder, Builder) and builder.engine is not None
+    engine = builder.engine
+    arts = {a.sha256: a for name in prefix for a in builder.locks[name].artifacts()}
+    arts.update({a.sha256: a for a in apt_lock.artifacts()})
+    fetch(store, list(arts.values()), progress=False)
+    report(recipe.name, "lock", f"building the parent chain ({' -> '.join(prefix)}) to resolve pip in it")
+    records, _ = builder.build_prefix(prefix)
+    parent = records[-1]
+    builder.load(parent)
+    if not apt_lock.apt:
+        return parent.config_digest, lambda: None
+    report(recipe.name, "lock", f"installing {len(apt_lock.apt)} apt packages to resolve pip against them")
+    apt_only = dataclasses.replace(recipe, run=(), files=(), pip_packages=())
+    with tempfile.TemporaryDirectory(dir=store.tmp, prefix=f"lock-{recipe.name}-") as tmp:
+        staged = steps.stage_layer(store, apt_only, apt_lock, Path(tmp) / "stage")
+        with engine.container(parent.config_digest, staged.command, env=staged.env, network="none",
+                              mounts=[(str(staged.folder), steps.MOUNT, True)]) as container:
+            result = container.run()
+            if result.exit_code != 0:
+                raise LockError(f"{recipe.path}: installing the apt packages to resolve pip failed:\n"
+                                + "\n".join(result.output.splitlines()[-15:]))
+            image = container.commit()
+    return image, lambda: engine.remove_image(image)
