@@ -14,6 +14,7 @@ import json
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,8 +105,39 @@ class Builder:
     def layout(self) -> OciLayout:
         return OciLayout(self.store.oci)
 
-    def build(self, names: Sequence[str]) -> list[BuiltImage]:
-        return [self.build_chain(n) for n in self.graph.select(names)]
+    def build(self, names: Sequence[str], jobs: int = 1) -> list[BuiltImage]:
+        selected = self.graph.select(names)
+        if jobs > 1:
+            self.prebuild([self.graph.chain(n) for n in selected], jobs)
+        return [self.build_chain(n) for n in selected]
+
+    def prebuild(self, chains: Sequence[Sequence[str]], jobs: int) -> None:
+        """Build every layer of ``chains``, independent branches in parallel.
+
+        A layer waits only for the layer below it in its chain; the results land
+        in the memo, so the ordinary (sequential) pass that follows only tags.
+        """
+        prefixes = {tuple(c[: i + 1]) for c in chains for i in range(len(c))}
+        pending = sorted(prefixes, key=lambda p: (len(p), p))
+        done: set[tuple[str, ...]] = {p for p in pending if p in self._memo}
+        pending = [p for p in pending if p not in done]
+        running: dict[Future[tuple[LayerRecord, bool]], tuple[str, ...]] = {}
+        with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="layer") as pool:
+            try:
+                while pending or running:
+                    for p in [p for p in pending if len(p) == 1 or p[:-1] in done]:
+                        pending.remove(p)
+                        parent = self._memo[p[:-1]][0] if len(p) > 1 else None
+                        running[pool.submit(self._layer, self.graph.recipes[p[-1]], parent, p)] = p
+                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for f in finished:
+                        p = running.pop(f)
+                        self._memo[p] = f.result()  # the first failure stops the build
+                        done.add(p)
+            except BaseException:
+                for f in running:
+                    f.cancel()
+                raise
 
     def build_chain(self, name: str) -> BuiltImage:
         started = time.monotonic()

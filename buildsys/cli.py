@@ -11,6 +11,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -112,17 +113,54 @@ def render_dot(g: Graph, names: list[str]) -> str:
 
 
 class Reporter:
-    """Progress lines on stderr: elapsed time, recipe, stage, detail."""
+    """Progress of long work on stderr.
+
+    On a terminal: a live table, one row per recipe, with its current stage,
+    what it is doing and for how long. Elsewhere (CI logs, pipes): one line
+    per event, with the elapsed time.
+    """
 
     def __init__(self) -> None:
         from rich.console import Console
 
         self.console = Console(stderr=True, highlight=False)
         self.started = time.monotonic()
+        self.rows: dict[str, tuple[str, str, float]] = {}
+        self.live: Any = None
+
+    def __enter__(self) -> Reporter:
+        if self.console.is_terminal:
+            from rich.live import Live
+
+            self.live = Live(self._table(), console=self.console, refresh_per_second=4, transient=False)
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live is not None:
+            self.live.update(self._table())
+            self.live.__exit__(None, None, None)
+            self.live = None
 
     def __call__(self, recipe: str, stage: str, detail: str) -> None:
-        t = time.monotonic() - self.started
-        self.console.print(f"[dim]{t:6.1f}s[/] [bold]{recipe}[/] {stage}: {detail}")
+        now = time.monotonic()
+        if self.live is None:
+            self.console.print(f"[dim]{now - self.started:6.1f}s[/] [bold]{recipe}[/] {stage}: {detail}")
+            return
+        self.rows[recipe] = (stage, detail, now)
+        self.live.update(self._table())
+
+    def _table(self) -> Any:
+        from rich.table import Table
+
+        table = Table(box=None, show_header=True, header_style="dim")
+        for col in ("recipe", "stage", "", "since"):
+            table.add_column(col)
+        now = time.monotonic()
+        for recipe, (stage, detail, at) in self.rows.items():
+            style = "green" if stage in ("built", "cached", "written", "fresh", "unchanged") else "yellow"
+            table.add_row(recipe, f"[{style}]{stage}[/]", detail[:90], f"{now - at:5.1f}s")
+        return table
 
 
 @cli.command("lock")
@@ -149,10 +187,10 @@ def lock_cmd(obj: Context, recipes: tuple[str, ...], upgrade: bool, upgrade_pack
         return
     from buildsys.engine import Engine
 
-    report = Reporter()
-    lock_recipes(obj.project, Store(obj.store), g, recipes, upgrade=upgrade, upgrade_packages=upgrade_packages,
-                 engine=Engine.connect, progress=report,
-                 report=lambda o: report(o.recipe, o.status, str(o.path.relative_to(obj.project))))
+    with Reporter() as report:
+        lock_recipes(obj.project, Store(obj.store), g, recipes, upgrade=upgrade, upgrade_packages=upgrade_packages,
+                     engine=Engine.connect, progress=report,
+                     report=lambda o: report(o.recipe, o.status, str(o.path.relative_to(obj.project))))
 
 
 @cli.command("fetch")
@@ -177,8 +215,10 @@ def fetch_cmd(obj: Context, recipes: tuple[str, ...], jobs: int) -> None:
 @click.option("--verify", is_flag=True, help="Rebuild from nothing and prove the digests are equal.")
 @click.option("--no-cache", is_flag=True, help="Rebuild every layer.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (one object per image).")
+@click.option("-j", "--jobs", default=1, show_default=True, help="Build independent branches of the DAG in parallel.")
 @click.pass_obj
-def build_cmd(obj: Context, recipes: tuple[str, ...], verify: bool, no_cache: bool, as_json: bool) -> None:
+def build_cmd(obj: Context, recipes: tuple[str, ...], verify: bool, no_cache: bool, as_json: bool,
+              jobs: int) -> None:
     """Build the chains of RECIPES (default: all) with the network off."""
     from buildsys.build import Builder
     from buildsys.engine import Engine
@@ -193,7 +233,8 @@ def build_cmd(obj: Context, recipes: tuple[str, ...], verify: bool, no_cache: bo
         from buildsys.verify import format_mismatch
         from buildsys.verify import verify as run_verify
 
-        results = run_verify(obj.project, store, g, locks, recipes, engine, report)
+        with report:
+            results = run_verify(obj.project, store, g, locks, recipes, engine, report, jobs=jobs)
         images = [r.first for r in results]
         _print_images(images, as_json)
         bad = [r for r in results if not r.equal]
@@ -207,7 +248,9 @@ def build_cmd(obj: Context, recipes: tuple[str, ...], verify: bool, no_cache: bo
                                   "the rebuilt manifest differs", "fix the step that writes the named files; "
                                   "`buildsys diff` compares two images file by file")
         return
-    images = Builder(obj.project, store, g, locks, engine=engine, no_cache=no_cache, report=report).build(recipes)
+    with report:
+        images = Builder(obj.project, store, g, locks, engine=engine, no_cache=no_cache,
+                         report=report).build(recipes, jobs=jobs)
     _print_images(images, as_json)
 
 
@@ -243,7 +286,8 @@ def test_cmd(obj: Context, recipes: tuple[str, ...]) -> None:
     g = obj.graph()
     locks = fresh_locks(obj.project, g, recipes)
     engine = Engine.connect()
-    images = Builder(obj.project, Store(obj.store), g, locks, engine=engine, report=Reporter()).build(recipes)
+    with Reporter() as report:
+        images = Builder(obj.project, Store(obj.store), g, locks, engine=engine, report=report).build(recipes)
     results = [r for img in images for r in run_tests(engine, g, img)]
     table = Table(title="tests", title_justify="left")
     for col in ("image", "from recipe", "command", "result", "seconds"):

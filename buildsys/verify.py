@@ -50,14 +50,14 @@ class VerifyResult:
 
 
 def verify(project: Path, store: Store, graph: Graph, locks: Mapping[str, Lock], names: Sequence[str],
-           engine: Engine | None, report: Reporter) -> list[VerifyResult]:
-    first = Builder(project, store, graph, locks, engine=engine, report=report).build(names)
+           engine: Engine | None, report: Reporter, jobs: int = 1) -> list[VerifyResult]:
+    first = Builder(project, store, graph, locks, engine=engine, report=report).build(names, jobs=jobs)
     results: list[VerifyResult] = []
     with tempfile.TemporaryDirectory(dir=store.tmp, prefix="verify-") as tmp:
         fresh = Store(Path(tmp), vendor_root=store.vendor_root)
         report("*", "verify", "rebuilding from nothing (no cache, fresh store)")
         second = Builder(project, fresh, graph, locks, engine=engine, no_cache=True, tag=False,
-                         report=lambda r, s, d: report(r, f"verify {s}", d)).build(names)
+                         report=lambda r, s, d: report(r, f"verify {s}", d)).build(names, jobs=jobs)
         for a, b in zip(first, second, strict=True):
             results.append(compare(a, b, OciLayout(store.oci), OciLayout(fresh.oci)))
     return results
