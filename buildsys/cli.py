@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from buildsys import __version__
-from buildsys.errors import BuildsysError, ImagesDiffer, NotReproducible, StaleLock, TestFailed
+from buildsys.errors import BuildsysError, ImagesDiffer, LocksOutOfDate, NotReproducible, TestFailed
 from buildsys.graph import Graph, build_graph
 from buildsys.recipe import load_recipes
 from buildsys.store import Store
@@ -182,8 +182,7 @@ def lock_cmd(obj: Context, recipes: tuple[str, ...], upgrade: bool, upgrade_pack
         for o in outcomes:
             click.echo(f"{o.recipe}: {o.status}" + (f" ({o.detail})" if o.detail else ""))
         if bad:
-            raise StaleLock(bad[0].recipe, bad[0].path, f"{len(bad)} of {len(outcomes)} locks are missing or "
-                            f"stale: {', '.join(o.recipe for o in bad)}")
+            raise LocksOutOfDate([o.recipe for o in bad], len(outcomes))
         return
     from buildsys.engine import Engine
 

@@ -112,6 +112,17 @@ class StaleLock(BuildsysError):
         super().__init__(f"{path}: lock is stale: {reason}", f"run `buildsys lock {recipe}`")
 
 
+class LocksOutOfDate(BuildsysError):
+    """``lock --check`` found missing or stale locks."""
+
+    exit_code = EXIT_NOT_REPRODUCIBLE
+
+    def __init__(self, bad: list[str], total: int) -> None:
+        self.recipes = bad
+        super().__init__(f"{len(bad)} of {total} locks are missing or stale: {', '.join(bad)}",
+                         f"run `buildsys lock {' '.join(bad)}`")
+
+
 class FetchError(BuildsysError):
     """A download failed after retries."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from buildsys.errors import LockError
 from buildsys.lock.apt import AptResolver
 from buildsys.lockfile import DebianBaseLock, LockedDeb
 from buildsys.recipe import DebianBase, Recipe
@@ -19,8 +20,14 @@ def lock_debian_root(recipe: Recipe, cache_dir: Path) -> tuple[DebianBaseLock, i
     base = recipe.base
     assert isinstance(base, DebianBase)
     resolver = AptResolver(cache_dir, base.mirror, base.suite, base.components, base.architecture)
-    release = resolver.update()
-    packages = resolver.bootstrap_set(base.variant, include=recipe.apt_packages)
+    try:
+        release = resolver.update()
+    except LockError as e:
+        raise LockError(f"{recipe.path}: base.debian: {e.message}", e.hint) from e
+    try:
+        packages = resolver.bootstrap_set(base.variant, include=recipe.apt_packages)
+    except LockError as e:
+        raise LockError(f"{recipe.path}: apt.packages: {e.message}", e.hint) from e
     locked = tuple(
         LockedDeb(name=p.name, version=p.version, architecture=p.architecture, sha256=p.sha256, size=p.size,
                   path=p.filename, mirror=base.mirror)

@@ -81,7 +81,10 @@ def lock_apt(recipe: Recipe, root: Lock, ancestors: Sequence[Lock], cache: Path)
         resolver.write_status([AptPackage(name=d.name, version=d.version, architecture=d.architecture,
                                           sha256=d.sha256, size=d.size, filename=d.path)
                                for d in installed.values()], status)
-        packages = resolver.resolve(recipe.apt_packages, status=status)
+        try:
+            packages = resolver.resolve(recipe.apt_packages, status=status)
+        except LockError as e:
+            raise LockError(f"{recipe.path}: apt.packages: {e.message}", e.hint) from e
     return [LockedDeb(name=p.name, version=p.version, architecture=p.architecture, sha256=p.sha256, size=p.size,
                       path=p.filename, mirror=base.mirror) for p in packages]
 
