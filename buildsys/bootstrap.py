@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from debian import deb822
 
@@ -127,7 +128,7 @@ def bootstrap_debian(store: Store, lock: Lock, run_steps: Sequence[str], out_dir
 
 
 def _run(cmd: list[str], *, what: str, recipe: str = "", cwd: Path | None = None,
-         env: dict[str, str] | None = None, stdout: object = None) -> bytes:
+         env: dict[str, str] | None = None, stdout: IO[bytes] | None = None) -> bytes:
     try:
         proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=stdout or subprocess.PIPE, stderr=subprocess.PIPE,
                               stdin=subprocess.DEVNULL, check=False)

@@ -16,6 +16,7 @@ from typing import Any
 
 import tomlkit
 import tomlkit.exceptions
+import tomlkit.items
 
 from buildsys.errors import FormatVersionError, MissingLock, RecipeError, StaleLock
 from buildsys.recipe import Recipe
@@ -225,7 +226,10 @@ def _fill(container: Any, data: Mapping[str, Any], top: bool = False) -> None:
     aots = [k for k in keys if _is_aot(data[k])]
     for k in scalars:
         v = data[k]
-        container[k] = tomlkit.item(v).multiline(len(v) > 3) if isinstance(v, list) else v
+        item = tomlkit.item(v)
+        if isinstance(item, tomlkit.items.Array):
+            item.multiline(len(v) > 3)
+        container[k] = item
     for k in tables:
         t = tomlkit.table()
         _fill(t, data[k])

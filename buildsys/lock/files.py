@@ -12,6 +12,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -44,7 +45,7 @@ def _download(store: Store, url: str, what: str) -> tuple[str, int, int | None]:
         src = Path(url.removeprefix("file://"))
         if not src.is_file():
             raise FetchError(f"{what}: {src} does not exist")
-        stream = src.open("rb")
+        stream: Any = src.open("rb")
         modified: int | None = int(src.stat().st_mtime)
     else:
         try:
