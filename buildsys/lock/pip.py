@@ -1,0 +1,752 @@
+"""Lock ``[pip]``: resolve inside the image being extended, for the Python it has.
+
+A trixie image has Python 3.13 while the host may have 3.11, and wheels are
+tagged per interpreter and platform, so resolution runs where the layer will
+be installed: pip-compile inside a container of the parent chain (plus this
+layer's apt packages), with network "host". The image needs only ``python3``:
+pip-tools and its pure-Python dependencies, pinned below by version and sha256,
+are installed once into the store's cache with the host's pip and mounted
+read-only (Debian's python3 has neither pip nor ensurepip without extra
+packages).
+
+In the container, one script: probe the interpreter (version, tags), run
+``pip-compile --generate-hashes`` (ancestors' pins as constraints, the
+previous lock's pins as the existing output so they are kept), then ``pip
+install --dry-run --report`` over the compiled pins to learn which file pip
+picks for this interpreter, and the same for the pip wheel that installs the
+layer at build time. On the host, the index's JSON simple API (PEP 691/700)
+gives each file's name, URL, size and upload time.
+
+Builds install offline from the vendored wheels with that pip, run straight
+from its wheel file (``python3 pip-X.whl/pip install --no-index ...``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import email.utils
+import hashlib
+import html.parser
+import json
+import os
+import re
+import shlex
+import shutil
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urljoin, urlsplit
+
+from packaging.tags import Tag, parse_tag
+from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
+from packaging.version import InvalidVersion, Version
+
+from buildsys import __version__
+from buildsys.engine import Engine
+from buildsys.errors import LockError, NotVendored
+from buildsys.lockfile import Lock, LockedPip, LockedWheelFile
+from buildsys.recipe import Recipe
+from buildsys.store import Store, atomic_write
+
+DEFAULT_INDEX = "https://pypi.org/simple"
+# The oldest Python the pinned tools run on (click and build need 3.10; 3.11
+# spares tomli and typing_extensions, which pip-tools needs below 3.11).
+MIN_PYTHON = (3, 11)
+
+# pip-tools and everything it imports, each the py3-none-any wheel on PyPI
+# (name, version, sha256). Checked together: pip-tools 7.6.2's requirements
+# are build, click, pip>=22.2, pyproject_hooks, setuptools, wheel (+ tomli and
+# typing_extensions below Python 3.11); build and wheel need packaging.
+# Verified with Debian bookworm's Python 3.11.2 and trixie's 3.13.5.
+TOOLS: tuple[tuple[str, str, str], ...] = (
+    ("build", "1.6.1", "ecd351a4be9d35a9eaaba244a7687143c9c7d4aea6ac964e7e7ddab20cbcf4e7"),
+    ("click", "8.5.1", "8bb5376d2006950386f8c6427613334a2acadc5f559cb80e638d00b4df957e37"),
+    ("packaging", "26.3", "d7193f7c8e4e93f444fde0262bf90af30e16fa0ad0ad44cb553c87339b23cd1c"),
+    ("pip", "26.3", "f3b60b20ffaadd4415ed7957212a38ac63fa4c5fa375bd0f4a797777940fad13"),
+    ("pip-tools", "7.6.2", "f37eb4b736859c2c30230e50977312c61918b7ef931071ff7811fd067715c25f"),
+    ("pyproject-hooks", "1.3.3", "5fc53fdac9f7bd63fbcdc868fb5f90b4784d78a53a3d3388cd738b807441a20b"),
+    ("setuptools", "84.2.1", "ca140b45d5325a9478f880e351484f62fef15f336462e449ca0c03c873d589c2"),
+    ("wheel", "0.48.0", "3217dcc807155e45db462d7ef2431f5ddda0d7273b700d05a67b271ceb1287ab"),
+)
+
+TOOLS_MOUNT = "/buildsys-tools"
+WORK_MOUNT = "/work"
+CA_MOUNT = "/buildsys-ca.pem"
+WHEELS_DIR = "/buildsys/wheels"
+REQUIREMENTS = "requirements.txt"  # written by stage_wheels beside the wheels
+
+USER_AGENT = f"buildsys/{__version__}"
+_SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
+_PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
+
+# Exit statuses of the lock script, one per stage.
+_NO_PYTHON, _PROBE, _COMPILE, _SELECT, _INSTALLER = 80, 81, 82, 83, 84
+
+
+@dataclass(frozen=True)
+class PipLock:
+    python: str  # the image's Python, "X.Y.Z"
+    packages: tuple[LockedPip, ...]  # this layer's pins, without those its ancestors already install
+    installer: LockedPip  # the pip wheel that installs them at build time
+    epoch: int  # newest upload time among the selected files (installer included)
+
+
+# --- errors ---------------------------------------------------------------------------------------------------------
+
+
+class PythonMissing(LockError):
+    def __init__(self, recipe: str, image: str) -> None:
+        self.recipe, self.image = recipe, image
+        super().__init__(
+            f"{recipe}: [pip] needs python3 in the image, and the image of the parent chain has no python3 ({image})",
+            'add python3 to [apt] packages of this recipe or an ancestor (packages = ["python3"])',
+        )
+
+
+class PythonTooOld(LockError):
+    def __init__(self, recipe: str, version: str) -> None:
+        self.recipe, self.version = recipe, version
+        need = ".".join(map(str, MIN_PYTHON))
+        super().__init__(
+            f"{recipe}: the image's Python is {version}; locking [pip] needs Python {need} or newer in the image",
+            "build on a newer Debian suite (bookworm has 3.11, trixie 3.13)",
+        )
+
+
+class NoDistribution(LockError):
+    """pip found no release of a requirement on the index (unknown name, or no version matches)."""
+
+    def __init__(self, recipe: str, requirement: str, index: str, versions: str, python: str, detail: str) -> None:
+        self.recipe, self.requirement, self.index, self.versions = recipe, requirement, index, versions
+        name = _req_name(requirement)
+        listed = [v.strip() for v in versions.split(",") if v.strip() and v.strip() != "none"]
+        if "require a different python version" in detail:
+            what = f"no release of '{name}' on {index} that satisfies {requirement} supports Python {python}"
+            hint = "pin a release that supports this Python, or build on a Debian suite with another Python"
+        elif not listed:
+            what = f"no distribution named '{name}' on {index}"
+            hint = f"check the name in [pip] packages (is it on {index}?) and that the index is reachable"
+        else:
+            what = f"no version of '{name}' on {index} satisfies {requirement} (Python {python})"
+            shown = ", ".join(listed[-10:]) + (f" (and {len(listed) - 10} older)" if len(listed) > 10 else "")
+            hint = f"versions there: {shown}; loosen the requirement in [pip] packages"
+        super().__init__(f"{recipe}: pip: {what}" + _quote(detail), hint)
+
+
+class ConflictingPins(LockError):
+    def __init__(self, recipe: str, causes: Sequence[str], ancestors: Mapping[str, str], detail: str) -> None:
+        self.recipe, self.causes, self.ancestors = recipe, tuple(causes), dict(ancestors)
+        lines = [*causes, *(f"{n}=={v} (pinned by an ancestor layer)" for n, v in sorted(ancestors.items()))]
+        body = "".join(f"\n  {ln}" for ln in lines)
+        hint = "change [pip] packages so the requirements agree"
+        if ancestors:
+            hint += ("; an ancestor's pin stays as its lock has it (a layer cannot reinstall what its parents "
+                     "installed): loosen this recipe's requirement, or relock the ancestor with "
+                     f"`buildsys lock --upgrade-package {sorted(ancestors)[0]} <ancestor>`")
+        super().__init__(f"{recipe}: pip: the requirements conflict:{body}" + _quote(detail), hint)
+
+
+class ConstraintConflict(LockError):
+    def __init__(self, recipe: str, package: str, ancestor: str, resolved: str) -> None:
+        self.recipe, self.package, self.ancestor_version, self.resolved = recipe, package, ancestor, resolved
+        super().__init__(
+            f"{recipe}: pip resolved {package}=={resolved}, but an ancestor layer pins {package}=={ancestor}",
+            f"make [pip] packages accept {package}=={ancestor}, or relock the ancestor",
+        )
+
+
+class NoWheel(LockError):
+    """A pin has no wheel that the image's interpreter accepts; building sdists is not supported."""
+
+    def __init__(self, recipe: str, missing: Sequence[tuple[str, str, Sequence[str]]], python: str,
+                 tags: Sequence[str]) -> None:
+        self.recipe, self.missing, self.python, self.tags = recipe, tuple(missing), python, tuple(tags)
+        lines = []
+        for name, version, files in missing:
+            shown = ", ".join(files[:4]) + (f" and {len(files) - 4} more" if len(files) > 4 else "")
+            lines.append(f"\n  {name}=={version}: " + (f"published files: {shown}" if files else "no files"))
+        accepted = ", ".join(tags[:3]) + (f", ... {tags[-1]} ({len(tags)} tags)" if len(tags) > 3 else "")
+        super().__init__(
+            f"{recipe}: pip: no wheel for the image's Python {python} (accepted tags: {accepted}):" + "".join(lines),
+            "pin a version that publishes a wheel for this Python and platform (e.g. 'name<X' in [pip] packages), "
+            "or install it from Debian ([apt] python3-<name>) in this recipe or an ancestor; "
+            "building source distributions is not supported in this version",
+        )
+
+
+class PipToolFailed(LockError):
+    """pip or pip-tools failed in a way not recognised above: shows its last lines."""
+
+    def __init__(self, recipe: str, what: str, output: str, hint: str | None = None) -> None:
+        self.recipe, self.output = recipe, output
+        tail = "\n".join(f"  | {ln}" for ln in _relevant(output)[-25:])
+        super().__init__(f"{recipe}: {what} failed" + (f":\n{tail}" if tail else ""),
+                         hint or "check [pip] packages and index-url, and that the index is reachable")
+
+
+class IndexUnreachable(LockError):
+    def __init__(self, url: str, reason: str) -> None:
+        self.url, self.reason = url, reason
+        super().__init__(f"cannot read {url}: {reason}", "check [pip] index-url and the network, then lock again")
+
+
+def _quote(detail: str) -> str:
+    """pip's own words: its ERROR and WARNING lines and the final exception, not the traceback."""
+    lines = [s for s in _relevant(detail) if s.startswith(("ERROR", "WARNING", "Ignored", "pip._internal.exc"))]
+    return ("\n  --- pip said ---\n" + "\n".join(f"  | {ln}" for ln in lines[-8:])) if lines else ""
+
+
+def _relevant(output: str) -> list[str]:
+    """pip-tools prints pip's traceback after its message; keep the words, drop the frames."""
+    keep = []
+    for ln in output.splitlines():
+        s = ln.strip()
+        if (not s or s.startswith(("File \"", "Traceback", "The above exception", "^", "~", "!!"))
+                or (ln.startswith("    ") and not s.startswith(("ERROR", "WARNING")))):
+            continue
+        keep.append(s)
+    return keep
+
+
+# --- the tools ------------------------------------------------------------------------------------------------------
+
+
+def _tools_requirements() -> str:
+    return "".join(f"{n}=={v} --hash=sha256:{h}\n" for n, v, h in TOOLS)
+
+
+def host_pip_env() -> dict[str, str]:
+    """The host's environment without any PIP_* setting, and no pip configuration file."""
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("PIP_")}
+    env.update(PIP_CONFIG_FILE=os.devnull, PIP_NO_INPUT="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
+    return env
+
+
+def tools_dir(store: Store) -> Path:
+    """pip-tools and its dependencies, installed once per pin set under the store's cache.
+
+    Installed with the host's pip into a temporary folder beside the final one,
+    then renamed: a folder under its final name is always complete.
+    """
+    reqs = _tools_requirements()
+    key = hashlib.sha256(reqs.encode()).hexdigest()[:16]
+    final = store.cache / "pip-tools" / key
+    if final.is_dir():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{key}."))
+    try:
+        target = tmp / "lib"
+        req_file = tmp / "requirements.txt"
+        req_file.write_text(reqs)
+        argv = [sys.executable, "-m", "pip", "install", "--target", str(target), "--only-binary=:all:", "--no-deps",
+                "--require-hashes", "--no-cache-dir", "--index-url", DEFAULT_INDEX, "--quiet", "-r", str(req_file)]
+        proc = subprocess.run(argv, env=host_pip_env(), capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise PipToolFailed("pip-tools", f"installing pip-tools into {final.parent} with {argv[2:4]}",
+                                proc.stdout + proc.stderr, hint=f"check that {DEFAULT_INDEX} is reachable from here")
+        try:
+            os.rename(target, final)
+        except OSError:
+            if not final.is_dir():  # not another process that won the race
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+# --- locking --------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Pin:
+    name: str  # canonical
+    version: str
+    hashes: frozenset[str]
+
+
+@dataclass(frozen=True)
+class _IndexFile:
+    name: str
+    url: str
+    sha256: str
+    size: int | None
+    uploaded: int | None  # seconds since the epoch
+
+
+def lock_pip(engine: Engine, image: str, recipe: Recipe, store: Store, *, constraints: Mapping[str, str],
+             previous: Sequence[LockedPip], upgrade: bool, upgrade_packages: Sequence[str],
+             previous_installer: LockedPip | None = None) -> PipLock:
+    """Resolve ``recipe.pip_packages`` for the Python of ``image`` (which must have python3).
+
+    ``constraints`` are the ancestors' pins (name -> version): they bound the
+    resolution and are left out of the result. ``previous`` pins are kept
+    unless ``upgrade`` or named in ``upgrade_packages``; so is
+    ``previous_installer`` (the pip that installs at build time), otherwise
+    the newest pip that supports the image's Python is taken.
+    """
+    index = (recipe.pip_index_url or DEFAULT_INDEX).rstrip("/")
+    tools = tools_dir(store)
+    ancestors = {_canon(n): v for n, v in constraints.items()}
+    moving = {_canon(n) for n in upgrade_packages}
+    keep_installer = previous_installer is not None and not upgrade and "pip" not in moving
+    with tempfile.TemporaryDirectory(dir=store.tmp, prefix="pip-lock-") as scratch:
+        work = Path(scratch)
+        (work / "in.txt").write_text("".join(f"{r}\n" for r in recipe.pip_packages))
+        (work / "constraints.txt").write_text("".join(f"{n}=={v}\n" for n, v in sorted(ancestors.items())))
+        (work / "out.txt").write_text("" if upgrade else _existing_output(previous))
+        (work / "probe.py").write_text(_PROBE_PY)
+        (work / "lock.sh").write_text(_script(index, upgrade, sorted(moving),
+                                              previous_installer.version if keep_installer and previous_installer
+                                              else None))
+        mounts = [(str(tools), TOOLS_MOUNT, True), (str(work), WORK_MOUNT, False)]
+        env = {"PYTHONPATH": TOOLS_MOUNT, "PYTHONNOUSERSITE": "1", "PYTHONDONTWRITEBYTECODE": "1",
+               "HOME": "/tmp", **{k: v for k in _PROXY_VARS if (v := os.environ.get(k))}}
+        ca = _host_ca_bundle()
+        if ca:
+            mounts.append((str(ca), CA_MOUNT, True))
+            env.update(PIP_CERT=CA_MOUNT, SSL_CERT_FILE=CA_MOUNT)
+        result = engine.run(image, [f"{WORK_MOUNT}/lock.sh"], entrypoint=["/bin/sh"], network="host", user="0:0",
+                            env=env, mounts=mounts, workdir=WORK_MOUNT)
+        logs = {n: _read(work / f"{n}.log") for n in ("probe", "compile", "select", "installer")}
+        probe = json.loads(_read(work / "probe.json") or "{}")
+        python = str(probe.get("version", "?"))
+        code = result.exit_code
+        if code == _NO_PYTHON:
+            raise PythonMissing(recipe.name, image)
+        if code == _PROBE and probe.get("version") and not probe.get("supported"):
+            raise PythonTooOld(recipe.name, python)
+        if code == _COMPILE:
+            raise _compile_error(recipe, index, python, logs["compile"], ancestors)
+        pins = _parse_output(_read(work / "out.txt")) if code in (0, _SELECT, _INSTALLER) else []
+        if code == _SELECT:
+            raise _select_error(recipe, index, python, probe.get("tags", []), pins, logs["select"])
+        if code == _INSTALLER:
+            raise PipToolFailed(recipe.name, f"choosing the pip that installs [pip] packages on Python {python}",
+                                logs["installer"])
+        if code != 0:
+            raise PipToolFailed(recipe.name, f"locking [pip] in {image} (exit status {code})",
+                                result.output + "\n" + logs["probe"])
+        selected = _read_report(recipe, work / "report.json")
+        installer_sel = _read_report(recipe, work / "installer.json")
+    installer_name = next(iter(installer_sel), None)
+    if installer_name != "pip":
+        raise PipToolFailed(recipe.name, "choosing the pip that installs [pip] packages", logs["installer"])
+
+    for pin in pins:
+        if pin.name in ancestors and not _same_version(pin.version, ancestors[pin.name]):
+            raise ConstraintConflict(recipe.name, pin.name, ancestors[pin.name], pin.version)
+    own = [p for p in pins if p.name not in ancestors]
+    for pin in own:
+        if pin.name not in selected:
+            raise PipToolFailed(recipe.name, f"finding the file pip installs for {pin.name}=={pin.version}",
+                                logs["select"])
+    files = _index_files_many(index, sorted({p.name for p in own} | {"pip"}))
+
+    packages = []
+    epochs = []
+    for pin in own:
+        url, sha = selected[pin.name]
+        locked, uploaded = _locked(pin.name, pin.version, pin.hashes | {sha}, url, sha, files[pin.name])
+        packages.append(locked)
+        epochs.append(uploaded)
+    pip_url, pip_sha = installer_sel["pip"]
+    pip_version = _version_from_wheel(pip_url)
+    installer, uploaded = _locked("pip", pip_version, {pip_sha}, pip_url, pip_sha, files["pip"])
+    epochs.append(uploaded)
+    return PipLock(python=python, packages=tuple(sorted(packages, key=lambda p: p.name)), installer=installer,
+                   epoch=max((e for e in epochs if e is not None), default=0))
+
+
+def _existing_output(previous: Sequence[LockedPip]) -> str:
+    """The previous pins as pip-compile's own output, so that it keeps them (and their hashes)."""
+    out = []
+    for p in sorted(previous, key=lambda p: _canon(p.name)):
+        hashes = sorted({f.sha256 for f in p.files})
+        out.append(" \\\n".join([f"{_canon(p.name)}=={p.version}", *(f"    --hash=sha256:{h}"
+                                                                                  for h in hashes)]) + "\n")
+    return "".join(out)
+
+
+_PROBE_PY = """\
+import json, platform, sys
+out = {"version": "%d.%d.%d" % sys.version_info[:3], "machine": platform.machine(),
+       "supported": sys.version_info >= MIN_PYTHON}
+if out["supported"]:
+    from packaging import tags
+    out["tags"] = [str(t) for t in tags.sys_tags()]
+with open("/work/probe.json", "w") as f:
+    json.dump(out, f)
+sys.exit(0 if out["supported"] else 3)
+""".replace("MIN_PYTHON", repr(MIN_PYTHON))
+
+
+def _script(index: str, upgrade: bool, upgrade_packages: Sequence[str], installer_version: str | None) -> str:
+    q = shlex.quote
+    compile_args = ["--generate-hashes", "--allow-unsafe", "--no-header", "--no-annotate", "--strip-extras",
+                    "--no-config", "--no-emit-index-url", "--index-url", index, "-c", f"{WORK_MOUNT}/constraints.txt"]
+    if upgrade:
+        compile_args.append("--upgrade")
+    for name in upgrade_packages:
+        compile_args += ["--upgrade-package", name]
+    compile_args += ["-o", f"{WORK_MOUNT}/out.txt", f"{WORK_MOUNT}/in.txt"]
+    dry = ("python3 -m pip install --dry-run --ignore-installed --no-deps --only-binary=:all: "
+           f"--index-url {q(index)}")
+    pip_pin = q(f"pip=={installer_version}") if installer_version else "pip"
+    return "\n".join([
+        "#!/bin/sh",
+        "set -u",
+        # Nothing from the image's environment or configuration may steer pip.
+        "for v in $(env | sed -n 's/^\\(PIP_[A-Za-z0-9_]*\\)=.*/\\1/p'); do",
+        "  [ \"$v\" = PIP_CERT ] || unset \"$v\"",
+        "done",
+        "export PIP_CONFIG_FILE=/dev/null PIP_NO_INPUT=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1",
+        "export PIP_ROOT_USER_ACTION=ignore",
+        f"command -v python3 >/dev/null 2>&1 || exit {_NO_PYTHON}",
+        f"python3 {WORK_MOUNT}/probe.py >{WORK_MOUNT}/probe.log 2>&1 || exit {_PROBE}",
+        f"python3 -m piptools compile {shlex.join(compile_args)} >{WORK_MOUNT}/compile.log 2>&1 || exit {_COMPILE}",
+        f"{dry} --report {WORK_MOUNT}/report.json -r {WORK_MOUNT}/out.txt >{WORK_MOUNT}/select.log 2>&1 "
+        f"|| exit {_SELECT}",
+        # The kept installer, or (when it no longer supports this Python) the newest one.
+        f"{dry} --report {WORK_MOUNT}/installer.json {pip_pin} >{WORK_MOUNT}/installer.log 2>&1 "
+        f"|| {dry} --report {WORK_MOUNT}/installer.json pip >>{WORK_MOUNT}/installer.log 2>&1 || exit {_INSTALLER}",
+        "",
+    ])
+
+
+def _host_ca_bundle() -> Path | None:
+    """The CA bundle the host trusts, so the container trusts the same (e.g. a TLS-inspecting proxy's CA)."""
+    paths = ssl.get_default_verify_paths()
+    for candidate in (os.environ.get("SSL_CERT_FILE"), os.environ.get("REQUESTS_CA_BUNDLE"), paths.cafile,
+                      paths.openssl_cafile, "/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt"):
+        if candidate and Path(candidate).is_file():
+            return Path(candidate).resolve()
+    return None
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+_REQ_LINE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;\\]+)")
+_HASH = re.compile(r"--hash=sha256:([0-9a-fA-F]{64})")
+
+
+def _parse_output(text: str) -> list[_Pin]:
+    """pip-compile's output: ``name==version [; marker] --hash=sha256:...`` with continuation lines."""
+    pins = []
+    for line in text.replace("\\\n", " ").splitlines():
+        s = line.split(" #", 1)[0].strip()
+        if not s or s.startswith(("#", "-")):
+            continue
+        m = _REQ_LINE.match(s)
+        if not m:
+            raise LockError(f"pip-compile wrote a requirement buildsys cannot pin: {s[:200]}",
+                            "use plain project names and version specifiers in [pip] packages (no URLs or paths)")
+        pins.append(_Pin(_canon(m[1]), m[2], frozenset(h.lower() for h in _HASH.findall(s))))
+    return sorted(pins, key=lambda p: p.name)
+
+
+def _read_report(recipe: Recipe, path: Path) -> dict[str, tuple[str, str]]:
+    """``pip install --report``: canonical name -> (url, sha256) of the file pip chose."""
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise LockError(f"{recipe.name}: pip wrote no readable installation report ({path.name}): {e}") from e
+    out = {}
+    for item in report.get("install", []):
+        info = item.get("download_info", {})
+        sha = info.get("archive_info", {}).get("hashes", {}).get("sha256")
+        if not sha:  # older pips only have "hash": "sha256=..."
+            h = info.get("archive_info", {}).get("hash", "")
+            sha = h.split("=", 1)[1] if h.startswith("sha256=") else ""
+        out[_canon(item["metadata"]["name"])] = (info.get("url", ""), sha.lower())
+    return out
+
+
+def _canon(name: str) -> str:
+    return str(canonicalize_name(name))
+
+
+def _same_version(a: str, b: str) -> bool:
+    try:
+        return Version(a) == Version(b)
+    except InvalidVersion:
+        return a == b
+
+
+def _req_name(requirement: str) -> str:
+    m = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement)
+    return m[1] if m else requirement
+
+
+# "Could not find a version that satisfies the requirement six==9 (from versions: 1.0, 1.1)"
+_NOT_FOUND = re.compile(r"Could not find a version that satisfies the requirement (.+?) \(from versions: ([^)]*)\)")
+_NO_MATCH = re.compile(r"No matching distribution found for (\S+)")
+# RequirementInformation(requirement=SpecifierRequirement('markupsafe<2'), parent=LinkCandidate('https://.../x.whl
+_CAUSE = re.compile(r"RequirementInformation\(requirement=\w+\('([^']*)'\), parent=(None|\w+\('([^' ]*))")
+_IN_LINE = re.compile(r"-r /work/in\.txt \(line (\d+)\)")
+
+
+def _compile_error(recipe: Recipe, index: str, python: str, log: str, ancestors: Mapping[str, str]) -> LockError:
+    def named(text: str) -> str:  # "-r /work/in.txt (line 2)" -> the recipe's own words
+        return _IN_LINE.sub(lambda m: _recipe_req(recipe, int(m[1])), text)
+
+    log = named(log)
+    m = _NOT_FOUND.search(log)
+    if m:
+        return NoDistribution(recipe.name, m[1], index, m[2].strip(), python, log)
+    m = _NO_MATCH.search(log)
+    if m:
+        return NoDistribution(recipe.name, m[1], index, "", python, log)
+    if "ResolutionImpossible" in log or "conflicting dependencies" in log:
+        causes: list[str] = []
+        for req, parent, url in _CAUSE.findall(log):
+            who = "asked by the recipe" if parent == "None" else f"asked by {_dist_of(url) or parent}"
+            if f"{req} ({who})" not in causes:
+                causes.append(f"{req} ({who})")
+        names = {_canon(_req_name(c)) for c in causes}
+        names |= {n for n in ancestors if re.search(rf"\b{re.escape(n)}\b", log, re.IGNORECASE)}
+        return ConflictingPins(recipe.name, causes, {n: v for n, v in ancestors.items() if n in names}, log)
+    return PipToolFailed(recipe.name, f"pip-compile of [pip] packages for Python {python}", log)
+
+
+def _recipe_req(recipe: Recipe, line: int) -> str:
+    return recipe.pip_packages[line - 1] if 0 < line <= len(recipe.pip_packages) else f"[pip] packages[{line - 1}]"
+
+
+def _dist_of(url: str) -> str:
+    """'https://.../jinja2-3.1.4-py3-none-any.whl' -> 'jinja2 3.1.4'."""
+    name = unquote(urlsplit(url).path.rsplit("/", 1)[-1]) if url else ""
+    try:
+        dist, version, *_ = parse_wheel_filename(name)
+        return f"{dist} {version}"
+    except InvalidWheelFilename:
+        return name
+
+
+def _select_error(recipe: Recipe, index: str, python: str, tags: Sequence[str], pins: Sequence[_Pin],
+                  log: str) -> LockError:
+    """The dry run found no installable file: say which pins lack a wheel for this interpreter."""
+    accepted: set[Tag] = set().union(*(parse_tag(t) for t in tags))
+    try:
+        files = _index_files_many(index, sorted({p.name for p in pins}))
+    except LockError:
+        return PipToolFailed(recipe.name, f"choosing wheels for Python {python}", log)
+    missing = []
+    for pin in pins:
+        own = [f for f in files.get(pin.name, {}).values() if f.sha256 in pin.hashes]
+        if not any(_wheel_tags(f.name) & accepted for f in own):
+            missing.append((pin.name, pin.version, sorted(f.name for f in own)))
+    if missing:
+        return NoWheel(recipe.name, missing, python, list(tags))
+    return PipToolFailed(recipe.name, f"choosing wheels for Python {python}", log)
+
+
+def _wheel_tags(filename: str) -> frozenset[Tag]:
+    try:
+        return parse_wheel_filename(filename)[3]
+    except InvalidWheelFilename:
+        return frozenset()
+
+
+def _version_from_wheel(url: str) -> str:
+    name = unquote(urlsplit(url).path.rsplit("/", 1)[-1])
+    return str(parse_wheel_filename(name)[1])
+
+
+def _locked(name: str, version: str, hashes: set[str] | frozenset[str], url: str, sha: str,
+            index_files: Mapping[str, _IndexFile]) -> tuple[LockedPip, int | None]:
+    """The pin with every acceptable file the index lists, and the upload time of the selected one."""
+    files = {h: index_files[h] for h in hashes if h in index_files}
+    chosen = files.get(sha)
+    if chosen is None:  # an index that lists files without hashes: only the selected file is known
+        chosen = _head(url, sha)
+        files[sha] = chosen
+    elif chosen.size is None or chosen.uploaded is None:
+        head = _head(chosen.url, sha)
+        chosen = files[sha] = _IndexFile(chosen.name, chosen.url, sha, chosen.size or head.size,
+                                         chosen.uploaded or head.uploaded)
+    locked = LockedPip(name=name, version=version, selected=chosen.name,
+                       files=tuple(sorted((LockedWheelFile(name=f.name, sha256=f.sha256, url=f.url, size=f.size)
+                                           for f in files.values()), key=lambda f: f.name)))
+    return locked, chosen.uploaded
+
+
+# --- the index, from the host ---------------------------------------------------------------------------------------
+
+
+def _index_files_many(index: str, projects: Sequence[str]) -> dict[str, dict[str, _IndexFile]]:
+    with ThreadPoolExecutor(max_workers=8, thread_name_prefix="pip-index") as pool:
+        return dict(zip(projects, pool.map(lambda p: index_files(index, p), projects), strict=True))
+
+
+def index_files(index: str, project: str) -> dict[str, _IndexFile]:
+    """Every file of a project on a simple index, by sha256: the JSON API (PEP 691, sizes and
+    upload times of PEP 700) where the index speaks it, else the HTML page (PEP 503)."""
+    url = f"{index.rstrip('/')}/{_canon(project)}/"
+    body, ctype, final = _http_get(url, f"{_SIMPLE_JSON}, text/html;q=0.1")
+    out: dict[str, _IndexFile] = {}
+    if ctype.startswith(_SIMPLE_JSON) or ctype.startswith("application/json"):
+        for f in json.loads(body).get("files", []):
+            sha = (f.get("hashes") or {}).get("sha256")
+            if not sha:
+                continue
+            size = f.get("size")
+            out[sha.lower()] = _IndexFile(f["filename"], urljoin(final, f["url"]), sha.lower(),
+                                          int(size) if isinstance(size, int) else None, _iso_time(f.get("upload-time")))
+        return out
+    parser = _Anchors()
+    parser.feed(body.decode(errors="replace"))
+    for href, text in parser.links:
+        link = urljoin(final, href)
+        base, _, frag = link.partition("#")
+        if frag.startswith("sha256="):
+            sha = frag.removeprefix("sha256=").lower()
+            name = text.strip() or unquote(urlsplit(base).path.rsplit("/", 1)[-1])
+            out[sha] = _IndexFile(name, base, sha, None, None)
+    return out
+
+
+class _Anchors(html.parser.HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.links: list[tuple[str, str]] = []
+        self._href: str | None = None
+        self._text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "a":
+            self._href = dict(attrs).get("href")
+            self._text = []
+
+    def handle_data(self, data: str) -> None:
+        if self._href is not None:
+            self._text.append(data)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "a" and self._href is not None:
+            self.links.append((self._href, "".join(self._text)))
+            self._href = None
+
+
+def _iso_time(value: Any) -> int | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return int(datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp())
+    except ValueError:
+        return None
+
+
+def _head(url: str, sha: str) -> _IndexFile:
+    """Size and Last-Modified of one file, for indexes that do not list them."""
+    name = unquote(urlsplit(url).path.rsplit("/", 1)[-1])
+    size = uploaded = None
+    with contextlib.suppress(IndexUnreachable):
+        _, _, _, headers = _request(url, method="HEAD")
+        if headers.get("Content-Length", "").isdigit():
+            size = int(headers["Content-Length"])
+        if headers.get("Last-Modified"):
+            with contextlib.suppress(TypeError, ValueError):
+                uploaded = int(email.utils.parsedate_to_datetime(headers["Last-Modified"]).timestamp())
+    return _IndexFile(name, url.split("#", 1)[0], sha, size, uploaded)
+
+
+def _http_get(url: str, accept: str) -> tuple[bytes, str, str]:
+    body, ctype, final, _ = _request(url, accept=accept)
+    return body, ctype, final
+
+
+def _request(url: str, *, accept: str = "*/*", method: str = "GET",
+             tries: int = 3) -> tuple[bytes, str, str, Mapping[str, str]]:
+    req = urllib.request.Request(url, method=method, headers={"Accept": accept, "User-Agent": USER_AGENT})
+    for attempt in range(1, tries + 1):
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                body = resp.read() if method == "GET" else b""
+                return body, resp.headers.get("Content-Type", ""), resp.geturl(), dict(resp.headers)
+        except urllib.error.HTTPError as e:
+            if e.code < 500 or attempt == tries:
+                raise IndexUnreachable(url, f"HTTP {e.code} {e.reason}") from e
+        except (urllib.error.URLError, OSError) as e:
+            if attempt == tries:
+                raise IndexUnreachable(url, str(getattr(e, "reason", e))) from e
+        time.sleep(0.5 * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")
+
+
+# --- build time -----------------------------------------------------------------------------------------------------
+
+
+def _selected_file(recipe: str, pin: LockedPip) -> LockedWheelFile:
+    chosen = [f for f in pin.files if f.name == pin.selected] if pin.selected else list(pin.files)
+    if len(chosen) != 1:
+        raise LockError(f"{recipe}: the lock names no single file to install for {pin.name}=={pin.version}",
+                        f"relock: `buildsys lock {recipe}`")
+    f = chosen[0]
+    if "/" in f.name or f.name in (".", "..", REQUIREMENTS) or not f.name.endswith(".whl"):
+        raise LockError(f"{recipe}: the lock's file name for {pin.name} is not a wheel's: {f.name!r}",
+                        f"relock: `buildsys lock {recipe}`")
+    return f
+
+
+def _installer(lock: Lock) -> LockedPip:
+    if lock.pip_installer is None:
+        raise LockError(f"{lock.recipe}: the lock pins [[pip]] packages but no pip to install them with",
+                        f"relock: `buildsys lock {lock.recipe}`")
+    return lock.pip_installer
+
+
+def stage_wheels(store: Store, lock: Lock, dest: Path) -> None:
+    """Link the selected wheels and the installer into ``dest`` under their own names, with
+    ``requirements.txt`` pinning each to its sha256 (what ``install_script`` installs)."""
+    if not lock.pip:
+        return
+    dest.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for pin in [*sorted(lock.pip, key=lambda p: p.name), _installer(lock)]:
+        f = _selected_file(lock.recipe, pin)
+        src = store.vendor_path(f.sha256)
+        if not src.is_file() or (f.size is not None and src.stat().st_size != f.size):
+            raise NotVendored(lock.recipe, f"pip wheel {f.name} ({pin.name} {pin.version})")
+        target = dest / f.name
+        target.unlink(missing_ok=True)
+        try:
+            os.link(src, target)
+        except OSError:  # another file system
+            shutil.copyfile(src, target)
+        if pin is not lock.pip_installer:
+            lines.append(f"{pin.name}=={pin.version} --hash=sha256:{f.sha256}\n")
+    atomic_write(dest / REQUIREMENTS, "".join(lines).encode())
+
+
+def install_script(lock: Lock, wheels_dir_in_container: str = WHEELS_DIR) -> str:
+    """One sh command that installs the staged wheels with no network; "" when there is nothing to install.
+
+    ``--break-system-packages``: Debian marks its python EXTERNALLY-MANAGED (PEP
+    668); pip then installs into /usr/local/lib/python3.X/dist-packages, beside
+    (never over) what dpkg owns. ``--isolated`` and ``PIP_CONFIG_FILE=/dev/null``:
+    no PIP_* variable of the image and no pip.conf may change what is installed.
+    """
+    if not lock.pip:
+        return ""
+    d = wheels_dir_in_container.rstrip("/")
+    pip = f"{d}/{_selected_file(lock.recipe, _installer(lock)).name}/pip"
+    return (f"PIP_CONFIG_FILE=/dev/null python3 {shlex.quote(pip)} install --isolated --no-index "
+            f"--find-links {shlex.quote(d)} --require-hashes --no-deps --no-cache-dir --disable-pip-version-check "
+            "--no-warn-script-location --break-system-packages --root-user-action=ignore --no-input "
+            f"-r {shlex.quote(f'{d}/{REQUIREMENTS}')}")
