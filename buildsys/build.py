@@ -107,6 +107,8 @@ class Builder:
 
     def build(self, names: Sequence[str], jobs: int = 1) -> list[BuiltImage]:
         selected = self.graph.select(names)
+        if self.engine is not None and (n := self.engine.remove_stale_containers()):
+            self.report("*", "cleanup", f"removed {n} build container(s) left by an interrupted run")
         if jobs > 1:
             self.prebuild([self.graph.chain(n) for n in selected], jobs)
         return [self.build_chain(n) for n in selected]

@@ -24,6 +24,9 @@ import requests.exceptions
 
 from buildsys.errors import BuildsysError, EngineUnavailable
 
+# Every build container carries it, so one left by a killed run can be found and removed.
+BUILD_LABEL = "io.buildsys.build"
+
 _TRANSPORT = (docker.errors.DockerException, requests.exceptions.RequestException)
 
 
@@ -124,7 +127,7 @@ class Engine:
             c = self.client.containers.create(
                 image, command=list(command), entrypoint=[], environment=dict(env or {}), user=user,
                 network_mode=network, volumes=volumes, hostname=hostname, working_dir=workdir,
-                tty=False, stdin_open=False)
+                labels={BUILD_LABEL: "1"}, tty=False, stdin_open=False)
         except _TRANSPORT as e:
             raise _translate(f"creating a container of {image}", e) from e
         try:
@@ -132,6 +135,16 @@ class Engine:
         finally:
             with contextlib.suppress(*_TRANSPORT):
                 c.remove(force=True)
+
+    def remove_stale_containers(self) -> int:
+        """Remove exited build containers left by a buildsys that was killed; return how many."""
+        try:
+            stale = self.client.containers.list(all=True, filters={"label": BUILD_LABEL, "status": ["exited", "dead"]})
+            for c in stale:
+                c.remove(force=True)
+        except _TRANSPORT as e:
+            raise _translate("removing stale build containers", e) from e
+        return len(stale)
 
     def run(self, image: str, command: Sequence[str] | str, *, env: Mapping[str, str] | None = None,
             user: str | None = None, network: str = "none", mounts: Iterable[tuple[str, str, bool]] = (),

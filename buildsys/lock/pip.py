@@ -253,7 +253,7 @@ def tools_dir(store: Store) -> Path:
                 "--require-hashes", "--no-cache-dir", "--index-url", DEFAULT_INDEX, "--quiet", "-r", str(req_file)]
         proc = subprocess.run(argv, env=host_pip_env(), capture_output=True, text=True, check=False)
         if proc.returncode != 0:
-            raise PipToolFailed("pip-tools", f"installing pip-tools into {final.parent} with {argv[2:4]}",
+            raise PipToolFailed("pip-tools", f"installing pip-tools into {final.parent} with the host's pip",
                                 proc.stdout + proc.stderr, hint=f"check that {DEFAULT_INDEX} is reachable from here")
         try:
             os.rename(target, final)
@@ -284,6 +284,16 @@ class _IndexFile:
     uploaded: int | None  # seconds since the epoch
 
 
+@dataclass(frozen=True)
+class _Resolved:
+    """What the lock container found."""
+
+    python: str
+    pins: list[_Pin]  # pip-compile's output, ancestors' pins included
+    selected: dict[str, tuple[str, str]]  # name -> (url, sha256) of the file pip installs
+    installer: tuple[str, str]  # (url, sha256) of the pip wheel
+
+
 def lock_pip(engine: Engine, image: str, recipe: Recipe, store: Store, *, constraints: Mapping[str, str],
              previous: Sequence[LockedPip], upgrade: bool, upgrade_packages: Sequence[str],
              previous_installer: LockedPip | None = None) -> PipLock:
@@ -296,19 +306,43 @@ def lock_pip(engine: Engine, image: str, recipe: Recipe, store: Store, *, constr
     the newest pip that supports the image's Python is taken.
     """
     index = (recipe.pip_index_url or DEFAULT_INDEX).rstrip("/")
-    tools = tools_dir(store)
     ancestors = {_canon(n): v for n, v in constraints.items()}
-    moving = {_canon(n) for n in upgrade_packages}
-    keep_installer = previous_installer is not None and not upgrade and "pip" not in moving
+    moving = sorted({_canon(n) for n in upgrade_packages})
+    kept = [p for p in previous if _canon(p.name) not in ancestors] if not upgrade else []
+    keep_installer = previous_installer if not upgrade and "pip" not in moving else None
+    found = _resolve_in_image(engine, image, recipe, store, index, ancestors, kept, upgrade, moving, keep_installer)
+
+    for pin in found.pins:
+        if pin.name in ancestors and not _same_version(pin.version, ancestors[pin.name]):
+            raise ConstraintConflict(recipe.name, pin.name, ancestors[pin.name], pin.version)
+    own = [p for p in found.pins if p.name not in ancestors]
+    files = _index_files_many(index, sorted({p.name for p in own} | {"pip"}))
+    packages, epochs = [], []
+    for pin in own:
+        url, sha = found.selected[pin.name]
+        locked, uploaded = _locked(pin.name, pin.version, pin.hashes | {sha}, url, sha, files[pin.name])
+        packages.append(locked)
+        epochs.append(uploaded)
+    url, sha = found.installer
+    installer, uploaded = _locked("pip", _version_from_wheel(url), {sha}, url, sha, files["pip"])
+    epochs.append(uploaded)
+    return PipLock(python=found.python, packages=tuple(sorted(packages, key=lambda p: p.name)), installer=installer,
+                   epoch=max((e for e in epochs if e is not None), default=0))
+
+
+def _resolve_in_image(engine: Engine, image: str, recipe: Recipe, store: Store, index: str,
+                      ancestors: Mapping[str, str], previous: Sequence[LockedPip], upgrade: bool,
+                      upgrade_packages: Sequence[str], installer: LockedPip | None) -> _Resolved:
+    """One container of ``image``: probe, pip-compile, then pip's choice of files; failures explained."""
+    tools = tools_dir(store)
     with tempfile.TemporaryDirectory(dir=store.tmp, prefix="pip-lock-") as scratch:
         work = Path(scratch)
         (work / "in.txt").write_text("".join(f"{r}\n" for r in recipe.pip_packages))
         (work / "constraints.txt").write_text("".join(f"{n}=={v}\n" for n, v in sorted(ancestors.items())))
-        (work / "out.txt").write_text("" if upgrade else _existing_output(previous))
+        (work / "out.txt").write_text(_existing_output(previous))
         (work / "probe.py").write_text(_PROBE_PY)
-        (work / "lock.sh").write_text(_script(index, upgrade, sorted(moving),
-                                              previous_installer.version if keep_installer and previous_installer
-                                              else None))
+        (work / "lock.sh").write_text(_script(index, upgrade, upgrade_packages,
+                                              installer.version if installer else None))
         mounts = [(str(tools), TOOLS_MOUNT, True), (str(work), WORK_MOUNT, False)]
         env = {"PYTHONPATH": TOOLS_MOUNT, "PYTHONNOUSERSITE": "1", "PYTHONDONTWRITEBYTECODE": "1",
                "HOME": "/tmp", **{k: v for k in _PROXY_VARS if (v := os.environ.get(k))}}
@@ -338,34 +372,13 @@ def lock_pip(engine: Engine, image: str, recipe: Recipe, store: Store, *, constr
             raise PipToolFailed(recipe.name, f"locking [pip] in {image} (exit status {code})",
                                 result.output + "\n" + logs["probe"])
         selected = _read_report(recipe, work / "report.json")
-        installer_sel = _read_report(recipe, work / "installer.json")
-    installer_name = next(iter(installer_sel), None)
-    if installer_name != "pip":
-        raise PipToolFailed(recipe.name, "choosing the pip that installs [pip] packages", logs["installer"])
-
-    for pin in pins:
-        if pin.name in ancestors and not _same_version(pin.version, ancestors[pin.name]):
-            raise ConstraintConflict(recipe.name, pin.name, ancestors[pin.name], pin.version)
-    own = [p for p in pins if p.name not in ancestors]
-    for pin in own:
-        if pin.name not in selected:
-            raise PipToolFailed(recipe.name, f"finding the file pip installs for {pin.name}=={pin.version}",
-                                logs["select"])
-    files = _index_files_many(index, sorted({p.name for p in own} | {"pip"}))
-
-    packages = []
-    epochs = []
-    for pin in own:
-        url, sha = selected[pin.name]
-        locked, uploaded = _locked(pin.name, pin.version, pin.hashes | {sha}, url, sha, files[pin.name])
-        packages.append(locked)
-        epochs.append(uploaded)
-    pip_url, pip_sha = installer_sel["pip"]
-    pip_version = _version_from_wheel(pip_url)
-    installer, uploaded = _locked("pip", pip_version, {pip_sha}, pip_url, pip_sha, files["pip"])
-    epochs.append(uploaded)
-    return PipLock(python=python, packages=tuple(sorted(packages, key=lambda p: p.name)), installer=installer,
-                   epoch=max((e for e in epochs if e is not None), default=0))
+        pip = _read_report(recipe, work / "installer.json")
+    missing = [p for p in pins if p.name not in selected]
+    if missing or set(pip) != {"pip"}:
+        what = (f"finding the file pip installs for {missing[0].name}=={missing[0].version}" if missing
+                else "choosing the pip that installs [pip] packages")
+        raise PipToolFailed(recipe.name, what, logs["select"] if missing else logs["installer"])
+    return _Resolved(python=python, pins=pins, selected=selected, installer=pip["pip"])
 
 
 def _existing_output(previous: Sequence[LockedPip]) -> str:
@@ -415,8 +428,11 @@ def _script(index: str, upgrade: bool, upgrade_packages: Sequence[str], installe
         f"command -v python3 >/dev/null 2>&1 || exit {_NO_PYTHON}",
         f"python3 {WORK_MOUNT}/probe.py >{WORK_MOUNT}/probe.log 2>&1 || exit {_PROBE}",
         f"python3 -m piptools compile {shlex.join(compile_args)} >{WORK_MOUNT}/compile.log 2>&1 || exit {_COMPILE}",
-        f"{dry} --report {WORK_MOUNT}/report.json -r {WORK_MOUNT}/out.txt >{WORK_MOUNT}/select.log 2>&1 "
+        # (all of the layer's requirements may be pinned by ancestors: then there is nothing to choose)
+        f"if grep -q '==' {WORK_MOUNT}/out.txt; then",
+        f"  {dry} --report {WORK_MOUNT}/report.json -r {WORK_MOUNT}/out.txt >{WORK_MOUNT}/select.log 2>&1 "
         f"|| exit {_SELECT}",
+        f"else echo '{{\"install\": []}}' >{WORK_MOUNT}/report.json; fi",
         # The kept installer, or (when it no longer supports this Python) the newest one.
         f"{dry} --report {WORK_MOUNT}/installer.json {pip_pin} >{WORK_MOUNT}/installer.log 2>&1 "
         f"|| {dry} --report {WORK_MOUNT}/installer.json pip >>{WORK_MOUNT}/installer.log 2>&1 || exit {_INSTALLER}",
