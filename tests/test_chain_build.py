@@ -1,0 +1,216 @@
+"""Layers on a root, end to end: a three-level chain and a diamond.
+
+Real things only: Debian's archive, PyPI (pip-compile runs inside the parent
+image), mmdebstrap, dockerd. One store per module; the first fixture pays for
+the bootstrap, the rest mostly hit the cache.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import docker
+import pytest
+from click.testing import CliRunner, Result
+
+from buildsys.build import Builder
+from buildsys.cli import cli
+from buildsys.engine import Engine
+from buildsys.graph import build_graph
+from buildsys.image import OciLayout
+from buildsys.layer import read_entries
+from buildsys.lock import fresh_locks
+from buildsys.lockfile import lock_path, read_lock
+from buildsys.recipe import load_recipes
+from buildsys.store import Store
+
+pytestmark = [pytest.mark.docker, pytest.mark.network, pytest.mark.slow]
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def bs(project: Path, store: Path, *args: str) -> Result:
+    return CliRunner().invoke(cli, ["-C", str(project), "--store", str(store), *args])
+
+
+def ok(result: Result) -> Result:
+    assert result.exit_code == 0, result.output + result.stderr
+    return result
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("store")
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory: pytest.TempPathFactory, store: Path) -> Path:
+    proj = tmp_path_factory.mktemp("chain")
+    shutil.copytree(FIXTURES / "chain", proj, dirs_exist_ok=True)
+    ok(bs(proj, store, "lock", "app"))
+    ok(bs(proj, store, "fetch", "app"))
+    return proj
+
+
+@pytest.fixture(scope="module")
+def built(chain: Path, store: Path) -> dict:
+    (image,) = json.loads(ok(bs(chain, store, "build", "--json", "app")).stdout)
+    return image
+
+
+def builder(project: Path, store: Path, events: list[tuple[str, str, str]]) -> Builder:
+    graph = build_graph(load_recipes(project))
+    return Builder(project, Store(store), graph, fresh_locks(project, graph, []), engine=Engine.connect(),
+                   report=lambda *e: events.append(e))
+
+
+def test_layer_locks_pin_apt_and_pip_for_the_image_python(chain: Path) -> None:
+    root, tools, app = (read_lock(lock_path(chain, n)) for n in ("root", "tools", "app"))
+    apt = {d.name for d in tools.apt}
+    assert {"jq", "libjq1", "python3", "python3.11"} <= apt
+    assert not apt & {d.name for d in root.base.packages}  # the parent's packages are not repeated
+    assert tools.python and tools.python.startswith("3.11.")  # bookworm's, whatever the host runs
+    pins = {p.name: p for p in tools.pip}
+    assert set(pins) == {"six", "markupsafe"}
+    assert "cp311" in pins["markupsafe"].selected and "manylinux" in pins["markupsafe"].selected
+    for p in tools.pip:
+        assert p.selected in {f.name for f in p.files}
+        assert all(len(f.sha256) == 64 for f in p.files)
+    assert tools.pip_installer is not None and tools.pip_installer.name == "pip"
+    assert tools.parents == {"root": root.lock_hash}
+    assert app.parents == {"tools": tools.lock_hash} and not app.apt and not app.pip
+    assert app.source_date_epoch >= tools.source_date_epoch >= root.source_date_epoch
+
+
+def test_chain_image_runs_with_its_config(built: dict, store: Path) -> None:
+    assert len(built["diff_ids"]) == 3 and built["chain"] == ["root", "tools", "app"]
+    client = docker.from_env()
+    img = client.images.get("app:latest")
+    assert img.id == built["image_id"]
+    cfg = img.attrs["Config"]
+    assert cfg["User"] == "1000:1000" and cfg["WorkingDir"] == "/home/app"
+    assert "APP_MODE=test" in cfg["Env"] and "8080/tcp" in cfg["ExposedPorts"]
+    out = client.containers.run("app:latest", ["sh", "-c", "echo '[1,2]' | jq -c length; id -u; "
+                                               "python3 -c 'import six, markupsafe; print(markupsafe.__version__)'"],
+                                remove=True, network_mode="none").decode().split()
+    assert out[0] == "2" and out[1] == "1000" and out[2][0].isdigit()
+    # every layer's parent images are tagged as their own recipes
+    assert client.images.get("tools:latest").id != img.id
+
+
+def test_vendored_inputs_never_end_up_in_a_layer(built: dict, store: Path) -> None:
+    layout = OciLayout(store / "oci")
+    manifest, _ = layout.read_image(built["manifest_digest"])
+    for desc in manifest["layers"][1:]:
+        paths = read_entries(layout.blob_path(desc["digest"]))
+        assert not [p for p in paths if p == "buildsys" or p.startswith("buildsys/")]
+        assert not [p for p in paths if p.startswith("var/lib/apt/lists/") and not p.endswith(("partial", "lock"))]
+        assert not [p for p in paths if p.endswith(".deb") or p.endswith(".whl")]
+
+
+def test_buildsys_test_runs_every_inherited_test(chain: Path, store: Path, built: dict) -> None:
+    result = ok(bs(chain, store, "test", "app"))
+    assert result.stdout.count("pass") == 5  # root 1 + tools 2 + app 2
+
+
+def test_verify_rebuilds_the_whole_chain_and_finds_it_equal(chain: Path, store: Path, built: dict) -> None:
+    result = ok(bs(chain, store, "build", "--verify", "app"))
+    assert f"app: reproducible (3 layers, image {built['image_id']}" in result.output
+
+
+def test_noop_rebuild_is_all_cache_hits(chain: Path, store: Path, built: dict) -> None:
+    events: list[tuple[str, str, str]] = []
+    b = builder(chain, store, events)
+    started = time.monotonic()
+    (image,) = b.build(["app"])
+    elapsed = time.monotonic() - started
+    assert image.cached and image.record.config_digest == built["image_id"]
+    assert [e[:2] for e in events] == [("root", "cached"), ("tools", "cached"), ("app", "cached")]
+    assert elapsed < 5  # the figure is in bench/bench_chain.py; this only catches a rebuild
+
+
+def test_changing_the_leaf_rebuilds_only_the_leaf(chain: Path, store: Path, built: dict, tmp_path: Path) -> None:
+    proj = tmp_path / "p"
+    shutil.copytree(chain, proj)
+    recipe = proj / "recipes" / "app.toml"
+    recipe.write_text(recipe.read_text().replace('"echo built > /home/app/built.txt"',
+                                                 '"echo built > /home/app/built.txt", "echo v2 > /v2.txt"'))
+    assert bs(proj, store, "build", "app").exit_code == 3  # its lock is stale now
+    ok(bs(proj, store, "lock", "app"))
+    assert read_lock(lock_path(proj, "tools")) == read_lock(lock_path(chain, "tools"))  # ancestors untouched
+    events: list[tuple[str, str, str]] = []
+    (image,) = builder(proj, store, events).build(["app"])
+    stages = {(r, s) for r, s, _ in events}
+    assert ("root", "cached") in stages and ("tools", "cached") in stages
+    assert ("app", "built") in stages
+    assert image.layers[1].diff_ids == tuple(built["diff_ids"][:2])
+    assert image.record.diff_ids[2] != built["diff_ids"][2]
+
+
+def test_a_relocked_parent_makes_the_child_lock_stale(chain: Path, store: Path, tmp_path: Path) -> None:
+    proj = tmp_path / "p"
+    shutil.copytree(chain, proj)
+    recipe = proj / "recipes" / "tools.toml"
+    text = recipe.read_text().replace('packages = ["jq", "python3"]', 'packages = ["jq", "python3", "tini"]')
+    recipe.write_text(text)
+    ok(bs(proj, store, "lock", "tools"))
+    result = bs(proj, store, "build", "app")
+    assert result.exit_code == 3
+    assert "parent 'tools' was relocked since" in result.stderr and "buildsys lock app" in result.stderr
+
+
+def test_a_failing_run_step_names_the_step_and_shows_its_output(chain: Path, store: Path, tmp_path: Path) -> None:
+    proj = tmp_path / "p"
+    shutil.copytree(chain, proj)
+    (proj / "recipes" / "broken.toml").write_text(
+        'parents = ["tools"]\nrun = ["echo preparing", "echo boom >&2; exit 7"]\n')
+    ok(bs(proj, store, "lock", "broken"))
+    result = bs(proj, store, "build", "broken")
+    assert result.exit_code == 1
+    assert "build step failed: run[1]: echo boom >&2; exit 7 (exit 7)" in result.stderr
+    assert "| boom" in result.stderr
+    assert not docker.from_env().containers.list(all=True, filters={"label": "io.buildsys.build"})
+
+
+def test_a_step_that_tries_the_network_fails_and_says_why(chain: Path, store: Path, tmp_path: Path) -> None:
+    proj = tmp_path / "p"
+    shutil.copytree(chain, proj)
+    (proj / "recipes" / "online.toml").write_text(
+        'parents = ["tools"]\nrun = ["python3 -c \\"import urllib.request; urllib.request.urlopen(\'https://pypi.org\')\\""]\n')
+    ok(bs(proj, store, "lock", "online"))
+    result = bs(proj, store, "build", "online")
+    assert result.exit_code == 1
+    assert "no network by design" in result.stderr
+
+
+def test_diamond_builds_branches_in_parallel_and_verifies(tmp_path: Path, store: Path) -> None:
+    proj = tmp_path / "d"
+    shutil.copytree(FIXTURES / "diamond-build", proj)
+    ok(bs(proj, store, "lock"))
+    ok(bs(proj, store, "fetch"))
+    images = json.loads(ok(bs(proj, store, "build", "--jobs", "2", "--json")).stdout)
+    by_name = {i["recipe"]: i for i in images}
+    assert by_name["top"]["chain"] == ["root", "left", "right", "top"]
+    assert len(by_name["top"]["diff_ids"]) == 4
+    # left's layer in top's image is left's own layer: same diff_id
+    assert by_name["top"]["diff_ids"][:2] == by_name["left"]["diff_ids"]
+    result = ok(bs(proj, store, "build", "--verify", "top"))
+    assert "top: reproducible (4 layers" in result.output
+    assert ok(bs(proj, store, "test", "top")).stdout.count("pass") == 6
+
+
+def test_trixie_root_with_pip_locks_from_this_host_and_imports(tmp_path: Path, store: Path) -> None:
+    proj = tmp_path / "t"
+    shutil.copytree(FIXTURES / "trixie-pip", proj)
+    ok(bs(proj, store, "lock", "tpy"))
+    lock = read_lock(lock_path(proj, "tpy"))
+    assert lock.python and lock.python.startswith("3.13.")
+    (markupsafe,) = lock.pip
+    assert markupsafe.selected and "cp313" in markupsafe.selected
+    ok(bs(proj, store, "fetch", "tpy"))
+    ok(bs(proj, store, "build", "tpy"))
+    result = ok(bs(proj, store, "test", "tpy"))
+    assert "pass" in result.stdout
