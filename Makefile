@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BUILDSYS = $(VENV)/bin/buildsys
-DEMO ?= base
+DEMO ?= jupyter
 
 .PHONY: install deps venv dockerd demo test lint bench clean
 

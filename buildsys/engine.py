@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import tarfile
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -127,7 +128,7 @@ class Engine:
             c = self.client.containers.create(
                 image, command=list(command), entrypoint=[], environment=dict(env or {}), user=user,
                 network_mode=network, volumes=volumes, hostname=hostname, working_dir=workdir,
-                labels={BUILD_LABEL: "1"}, tty=False, stdin_open=False)
+                labels={BUILD_LABEL: _owner()}, tty=False, stdin_open=False)
         except _TRANSPORT as e:
             raise _translate(f"creating a container of {image}", e) from e
         try:
@@ -137,9 +138,14 @@ class Engine:
                 c.remove(force=True)
 
     def remove_stale_containers(self) -> int:
-        """Remove exited build containers left by a buildsys that was killed; return how many."""
+        """Remove build containers whose buildsys process is gone (killed); return how many.
+
+        Only containers made on this host by a process that no longer runs: an
+        exited container of a live run is about to be read, never removed.
+        """
         try:
-            stale = self.client.containers.list(all=True, filters={"label": BUILD_LABEL, "status": ["exited", "dead"]})
+            found = self.client.containers.list(all=True, filters={"label": BUILD_LABEL})
+            stale = [c for c in found if _orphaned(c.labels.get(BUILD_LABEL, ""))]
             for c in stale:
                 c.remove(force=True)
         except _TRANSPORT as e:
@@ -245,6 +251,23 @@ class Container:
                 self.engine.client.images.remove(image.id, force=True)
         except _TRANSPORT as e:
             raise _translate("exporting a build container's layer", e) from e
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _orphaned(owner: str) -> bool:
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def _translate(what: str, e: Exception) -> BuildsysError:

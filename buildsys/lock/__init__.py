@@ -128,6 +128,9 @@ def resolve(recipe: Recipe, store: Store, graph: Graph, locks: dict[str, Lock], 
         return Lock(recipe=recipe.name, recipe_hash=recipe.recipe_hash,
                     source_date_epoch=max([epoch, *files.epochs]), base=base, files=files.locked)
 
+    if recipe.cran_packages:
+        raise LockError(f"{recipe.path}: cran.packages: locking CRAN packages is not supported in this version",
+                        hint="install R packages from Debian for now: [apt] packages = [\"r-cran-jsonlite\", ...]")
     chain = graph.chain(recipe.name)
     ancestors = [locks[n] for n in chain[:-1]]
     layer.check_parents_agree(recipe, graph, locks)
@@ -138,8 +141,6 @@ def resolve(recipe: Recipe, store: Store, graph: Graph, locks: dict[str, Lock], 
                 parents={p: locks[p].lock_hash for p in recipe.parents}, apt=tuple(apt), files=files.locked)
     if not recipe.pip_packages:
         return lock
-    if recipe.cran_packages:
-        raise LockError(f"{recipe.path}: [cran] is not supported yet", hint="install R packages via [apt] r-cran-*")
     if engine is None:
         raise LockError(f"{recipe.path}: resolving [pip] needs the docker engine")
     from buildsys.build import Builder
@@ -151,7 +152,8 @@ def resolve(recipe: Recipe, store: Store, graph: Graph, locks: dict[str, Lock], 
     try:
         progress(recipe.name, "lock", f"pip: resolving {len(recipe.pip_packages)} requirements inside the image")
         pip = lock_pip(eng, image, recipe, store, constraints=layer.chain_pips(ancestors),
-                       previous=previous.pip if previous else (), upgrade=upgrade, upgrade_packages=upgrade_packages)
+                       previous=previous.pip if previous else (), upgrade=upgrade, upgrade_packages=upgrade_packages,
+                       previous_installer=previous.pip_installer if previous else None)
     finally:
         cleanup()
     return dataclasses.replace(lock, pip=pip.packages, python=pip.python, pip_installer=pip.installer,

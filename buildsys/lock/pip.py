@@ -10,12 +10,20 @@ read-only (Debian's python3 has neither pip nor ensurepip without extra
 packages).
 
 In the container, one script: probe the interpreter (version, tags), run
-``pip-compile --generate-hashes`` (ancestors' pins as constraints, the
-previous lock's pins as the existing output so they are kept), then ``pip
-install --dry-run --report`` over the compiled pins to learn which file pip
-picks for this interpreter, and the same for the pip wheel that installs the
-layer at build time. On the host, the index's JSON simple API (PEP 691/700)
-gives each file's name, URL, size and upload time.
+pip-compile (ancestors' pins as constraints, the previous lock's pins as the
+existing output so they are kept), then ``pip install --dry-run --report``
+over the compiled pins to learn which file pip picks for this interpreter, and
+the same for the pip wheel that installs the layer at build time. On the host,
+the index's JSON simple API (PEP 691, with PEP 700 sizes and upload times; the
+HTML page of PEP 503 where the index has no JSON) lists every file of each
+pinned version with its sha256: what ``pip-compile --generate-hashes`` would
+emit (checked equal for six, markupsafe, pyyaml, jinja2, python-dateutil).
+pip-compile is not asked to hash: pip-tools 7.6.2 looks for PyPI's JSON API at
+``https://pypi.org/<name>/json`` (a 404), then downloads every file of every
+pin to hash it (all of numpy's 72 wheels for one lock), and on an index without
+that API it always does. The simple API rather than PyPI's per-release JSON
+(``/pypi/<name>/<version>/json``) because every index speaks it, and because
+that endpoint answered 404 through this workplace's network.
 
 Builds install offline from the vendored wheels with that pip, run straight
 from its wheel file (``python3 pip-X.whl/pip install --no-index ...``).
@@ -47,13 +55,20 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urljoin, urlsplit
 
+from packaging.requirements import InvalidRequirement, Requirement
 from packaging.tags import Tag, parse_tag
-from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
+from packaging.utils import (
+    InvalidSdistFilename,
+    InvalidWheelFilename,
+    canonicalize_name,
+    parse_sdist_filename,
+    parse_wheel_filename,
+)
 from packaging.version import InvalidVersion, Version
 
 from buildsys import __version__
 from buildsys.engine import Engine
-from buildsys.errors import LockError, NotVendored
+from buildsys.errors import LockError, NotVendored, RecipeError
 from buildsys.lockfile import Lock, LockedPip, LockedWheelFile
 from buildsys.recipe import Recipe
 from buildsys.store import Store, atomic_write
@@ -272,7 +287,6 @@ def tools_dir(store: Store) -> Path:
 class _Pin:
     name: str  # canonical
     version: str
-    hashes: frozenset[str]
 
 
 @dataclass(frozen=True)
@@ -305,6 +319,7 @@ def lock_pip(engine: Engine, image: str, recipe: Recipe, store: Store, *, constr
     ``previous_installer`` (the pip that installs at build time), otherwise
     the newest pip that supports the image's Python is taken.
     """
+    _check_requirements(recipe)
     index = (recipe.pip_index_url or DEFAULT_INDEX).rstrip("/")
     ancestors = {_canon(n): v for n, v in constraints.items()}
     moving = sorted({_canon(n) for n in upgrade_packages})
@@ -317,17 +332,33 @@ def lock_pip(engine: Engine, image: str, recipe: Recipe, store: Store, *, constr
             raise ConstraintConflict(recipe.name, pin.name, ancestors[pin.name], pin.version)
     own = [p for p in found.pins if p.name not in ancestors]
     files = _index_files_many(index, sorted({p.name for p in own} | {"pip"}))
+    before = {_canon(p.name): p for p in kept}
     packages, epochs = [], []
     for pin in own:
         url, sha = found.selected[pin.name]
-        locked, uploaded = _locked(pin.name, pin.version, pin.hashes | {sha}, url, sha, files[pin.name])
+        locked, uploaded = _locked(pin.name, pin.version, url, sha, files[pin.name], before.get(pin.name))
         packages.append(locked)
         epochs.append(uploaded)
+    # The installer is one wheel: no other file of its release can run as pip at build time.
     url, sha = found.installer
-    installer, uploaded = _locked("pip", _version_from_wheel(url), {sha}, url, sha, files["pip"])
+    installer, uploaded = _locked("pip", _version_from_wheel(url), url, sha, files["pip"], None, only_selected=True)
     epochs.append(uploaded)
     return PipLock(python=found.python, packages=tuple(sorted(packages, key=lambda p: p.name)), installer=installer,
                    epoch=max((e for e in epochs if e is not None), default=0))
+
+
+def _check_requirements(recipe: Recipe) -> None:
+    """Each entry is one PEP 508 requirement on a project of the index: no pip options, no URLs."""
+    for i, text in enumerate(recipe.pip_packages):
+        try:
+            req = Requirement(text)
+        except InvalidRequirement as e:
+            raise RecipeError(recipe.path, f"not a requirement: {e}", key=f"pip.packages[{i}]",
+                              hint='write a project name with an optional version, e.g. "numpy>=2,<3"') from e
+        if req.url:
+            raise RecipeError(recipe.path, f"{text!r}: direct URL requirements cannot be locked here",
+                              key=f"pip.packages[{i}]",
+                              hint="publish the package on an index and set [pip] index-url, or use [[files]]")
 
 
 def _resolve_in_image(engine: Engine, image: str, recipe: Recipe, store: Store, index: str,
@@ -382,13 +413,8 @@ def _resolve_in_image(engine: Engine, image: str, recipe: Recipe, store: Store, 
 
 
 def _existing_output(previous: Sequence[LockedPip]) -> str:
-    """The previous pins as pip-compile's own output, so that it keeps them (and their hashes)."""
-    out = []
-    for p in sorted(previous, key=lambda p: _canon(p.name)):
-        hashes = sorted({f.sha256 for f in p.files})
-        out.append(" \\\n".join([f"{_canon(p.name)}=={p.version}", *(f"    --hash=sha256:{h}"
-                                                                                  for h in hashes)]) + "\n")
-    return "".join(out)
+    """The previous pins as pip-compile's own output, so that it keeps them."""
+    return "".join(f"{_canon(p.name)}=={p.version}\n" for p in sorted(previous, key=lambda p: _canon(p.name)))
 
 
 _PROBE_PY = """\
@@ -406,7 +432,7 @@ sys.exit(0 if out["supported"] else 3)
 
 def _script(index: str, upgrade: bool, upgrade_packages: Sequence[str], installer_version: str | None) -> str:
     q = shlex.quote
-    compile_args = ["--generate-hashes", "--allow-unsafe", "--no-header", "--no-annotate", "--strip-extras",
+    compile_args = ["--allow-unsafe", "--no-header", "--no-annotate", "--strip-extras",
                     "--no-config", "--no-emit-index-url", "--index-url", index, "-c", f"{WORK_MOUNT}/constraints.txt"]
     if upgrade:
         compile_args.append("--upgrade")
@@ -428,7 +454,7 @@ def _script(index: str, upgrade: bool, upgrade_packages: Sequence[str], installe
         f"command -v python3 >/dev/null 2>&1 || exit {_NO_PYTHON}",
         f"python3 {WORK_MOUNT}/probe.py >{WORK_MOUNT}/probe.log 2>&1 || exit {_PROBE}",
         f"python3 -m piptools compile {shlex.join(compile_args)} >{WORK_MOUNT}/compile.log 2>&1 || exit {_COMPILE}",
-        # (all of the layer's requirements may be pinned by ancestors: then there is nothing to choose)
+        # (an empty [pip] list compiles to nothing, and then there is nothing to choose)
         f"if grep -q '==' {WORK_MOUNT}/out.txt; then",
         f"  {dry} --report {WORK_MOUNT}/report.json -r {WORK_MOUNT}/out.txt >{WORK_MOUNT}/select.log 2>&1 "
         f"|| exit {_SELECT}",
@@ -458,11 +484,10 @@ def _read(path: Path) -> str:
 
 
 _REQ_LINE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;\\]+)")
-_HASH = re.compile(r"--hash=sha256:([0-9a-fA-F]{64})")
 
 
 def _parse_output(text: str) -> list[_Pin]:
-    """pip-compile's output: ``name==version [; marker] --hash=sha256:...`` with continuation lines."""
+    """pip-compile's output: ``name==version [; marker] [--hash=...]``, maybe with continuation lines."""
     pins = []
     for line in text.replace("\\\n", " ").splitlines():
         s = line.split(" #", 1)[0].strip()
@@ -472,7 +497,7 @@ def _parse_output(text: str) -> list[_Pin]:
         if not m:
             raise LockError(f"pip-compile wrote a requirement buildsys cannot pin: {s[:200]}",
                             "use plain project names and version specifiers in [pip] packages (no URLs or paths)")
-        pins.append(_Pin(_canon(m[1]), m[2], frozenset(h.lower() for h in _HASH.findall(s))))
+        pins.append(_Pin(_canon(m[1]), m[2]))
     return sorted(pins, key=lambda p: p.name)
 
 
@@ -564,7 +589,7 @@ def _select_error(recipe: Recipe, index: str, python: str, tags: Sequence[str], 
         return PipToolFailed(recipe.name, f"choosing wheels for Python {python}", log)
     missing = []
     for pin in pins:
-        own = [f for f in files.get(pin.name, {}).values() if f.sha256 in pin.hashes]
+        own = _release_files(files.get(pin.name, {}), pin.name, pin.version).values()
         if not any(_wheel_tags(f.name) & accepted for f in own):
             missing.append((pin.name, pin.version, sorted(f.name for f in own)))
     if missing:
@@ -584,21 +609,46 @@ def _version_from_wheel(url: str) -> str:
     return str(parse_wheel_filename(name)[1])
 
 
-def _locked(name: str, version: str, hashes: set[str] | frozenset[str], url: str, sha: str,
-            index_files: Mapping[str, _IndexFile]) -> tuple[LockedPip, int | None]:
-    """The pin with every acceptable file the index lists, and the upload time of the selected one."""
-    files = {h: index_files[h] for h in hashes if h in index_files}
-    chosen = files.get(sha)
-    if chosen is None:  # an index that lists files without hashes: only the selected file is known
-        chosen = _head(url, sha)
-        files[sha] = chosen
-    elif chosen.size is None or chosen.uploaded is None:
-        head = _head(chosen.url, sha)
-        chosen = files[sha] = _IndexFile(chosen.name, chosen.url, sha, chosen.size or head.size,
-                                         chosen.uploaded or head.uploaded)
+def _release_files(listed: Mapping[str, _IndexFile], name: str, version: str) -> dict[str, _IndexFile]:
+    """The files of one release among a project's files (wheels and sdists, by their names)."""
+    try:
+        wanted = Version(version)
+    except InvalidVersion:
+        return {}
+    out = {}
+    for sha, f in listed.items():
+        try:
+            n, v = parse_wheel_filename(f.name)[:2] if f.name.endswith(".whl") else parse_sdist_filename(f.name)
+        except (InvalidWheelFilename, InvalidSdistFilename, InvalidVersion):
+            continue
+        if n == _canon(name) and v == wanted:
+            out[sha] = f
+    return out
+
+
+def _locked(name: str, version: str, url: str, sha: str, listed: Mapping[str, _IndexFile],
+            previous: LockedPip | None, only_selected: bool = False) -> tuple[LockedPip, int | None]:
+    """The pin with every file of its release, and the upload time of the selected one.
+
+    A pin kept from the previous lock keeps the files it had (as pip-compile
+    reuses existing hashes), so wheels uploaded later for an old release do not
+    change a lock that nothing else changed.
+    """
+    release = _release_files(listed, name, version)
+    chosen = release.get(sha) or listed.get(sha)
+    if chosen is None or chosen.size is None or chosen.uploaded is None:
+        # An index that does not list this file with its hash, size or upload time: ask the file itself.
+        head = _head(chosen.url if chosen else url, sha)
+        chosen = _IndexFile(chosen.name if chosen else head.name, head.url, sha,
+                            (chosen.size if chosen else None) or head.size,
+                            (chosen.uploaded if chosen else None) or head.uploaded)
+    release[sha] = chosen
+    files = [LockedWheelFile(name=f.name, sha256=f.sha256, url=f.url, size=f.size)
+             for f in ([chosen] if only_selected else release.values())]
+    if previous is not None and previous.version == version and sha in {f.sha256 for f in previous.files}:
+        files = list(previous.files)
     locked = LockedPip(name=name, version=version, selected=chosen.name,
-                       files=tuple(sorted((LockedWheelFile(name=f.name, sha256=f.sha256, url=f.url, size=f.size)
-                                           for f in files.values()), key=lambda f: f.name)))
+                       files=tuple(sorted(files, key=lambda f: f.name)))
     return locked, chosen.uploaded
 
 
