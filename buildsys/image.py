@@ -15,8 +15,8 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import tarfile
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -26,7 +26,7 @@ from typing import IO, Any, Protocol
 from buildsys.errors import BuildsysError
 from buildsys.layer import TarWriter
 from buildsys.recipe import ImageConfig, canonical_json
-from buildsys.store import atomic_write
+from buildsys.store import atomic_open, atomic_write
 
 MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
 CONFIG_MEDIA_TYPE = "application/vnd.oci.image.config.v1+json"
@@ -232,18 +232,8 @@ class OciLayout:
         try:
             os.replace(path, final)  # atomic on one file system
         except OSError:  # another file system: copy under a temporary name, then rename
-            fd, tmp = tempfile.mkstemp(dir=self.blobs, prefix=f".{final.name}.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as out, open(path, "rb") as src:
-                    while chunk := src.read(_CHUNK):
-                        out.write(chunk)
-                    out.flush()
-                    os.fsync(out.fileno())
-                os.replace(tmp, final)
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-                raise
+            with atomic_open(final) as out, open(path, "rb") as src:
+                shutil.copyfileobj(src, out, _CHUNK)
             path.unlink()
         return digest
 

@@ -7,11 +7,19 @@ the bootstrap, the rest mostly hit the cache.
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import http.server
 import json
 import os
 import shutil
+import signal
 import socket
+import subprocess
+import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import docker
@@ -217,3 +225,76 @@ def test_trixie_root_with_pip_locks_from_this_host_and_imports(tmp_path: Path, s
     ok(bs(proj, store, "build", "tpy"))
     result = ok(bs(proj, store, "test", "tpy"))
     assert "pass" in result.stdout
+
+
+@pytest.fixture()
+def http_files(tmp_path: Path) -> Iterator[str]:
+    """A loopback HTTP server over a folder with one file."""
+    root = tmp_path / "srv"
+    root.mkdir()
+    (root / "hello.txt").write_text("hello from a pinned file\n")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_pinned_files_are_locked_vendored_and_seen_by_run_steps(chain: Path, store: Path, tmp_path: Path,
+                                                                 http_files: str) -> None:
+    proj = tmp_path / "p"
+    shutil.copytree(chain, proj)
+    (proj / "recipes" / "withfile.toml").write_text(
+        'parents = ["root"]\nrun = ["cp /buildsys/files/hello.txt /hello.txt"]\n\n'
+        f'[[files]]\nurl = "{http_files}/hello.txt"\n\n[test]\ncommands = ["grep -q pinned /hello.txt"]\n')
+    ok(bs(proj, store, "lock", "withfile"))
+    (locked,) = read_lock(lock_path(proj, "withfile")).files
+    expected = hashlib.sha256(b"hello from a pinned file\n").hexdigest()
+    assert (locked.name, locked.sha256, locked.size) == ("hello.txt", expected, 25)
+    ok(bs(proj, store, "fetch", "withfile"))
+    ok(bs(proj, store, "build", "withfile"))
+    assert "pass" in ok(bs(proj, store, "test", "withfile")).stdout
+    # A sha256 given in the recipe is checked at lock time.
+    (proj / "recipes" / "badfile.toml").write_text(
+        f'parents = ["root"]\n\n[[files]]\nurl = "{http_files}/hello.txt"\nsha256 = "{"0" * 64}"\n')
+    result = bs(proj, store, "lock", "badfile")
+    assert result.exit_code == 1
+    assert "sha256 mismatch" in result.stderr and expected in result.stderr
+    assert not lock_path(proj, "badfile").exists()
+
+
+def test_an_unknown_apt_package_names_itself_the_archive_and_the_recipe(chain: Path, store: Path,
+                                                                         tmp_path: Path) -> None:
+    proj = tmp_path / "p"
+    shutil.copytree(chain, proj)
+    (proj / "recipes" / "typo.toml").write_text('parents = ["root"]\n\n[apt]\npackages = ["jqq"]\n')
+    result = bs(proj, store, "lock", "typo")
+    assert result.exit_code == 1
+    assert "typo.toml: apt.packages" in result.stderr and "'jqq'" in result.stderr
+    assert "deb.debian.org/debian bookworm" in result.stderr
+    assert not lock_path(proj, "typo").exists()
+
+
+def test_a_killed_layer_build_leaves_a_container_the_next_run_removes(chain: Path, store: Path,
+                                                                     tmp_path: Path) -> None:
+    proj = tmp_path / "p"
+    shutil.copytree(chain, proj)
+    (proj / "recipes" / "slow.toml").write_text('parents = ["root"]\nrun = ["sleep 120"]\n')
+    ok(bs(proj, store, "lock", "slow"))
+    cmd = [sys.executable, "-m", "buildsys", "-C", str(proj), "--store", str(store), "build", "slow"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    client = docker.from_env()
+    owner = f"io.buildsys.build={socket.gethostname()}:{proc.pid}"
+    deadline = time.monotonic() + 120
+    while not client.containers.list(filters={"label": owner}) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert client.containers.list(filters={"label": owner}), "the build container never started"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert client.containers.list(all=True, filters={"label": owner})  # orphaned, still there
+    # No cache entry for the killed layer: the next build of it would start over.
+    events: list[tuple[str, str, str]] = []
+    builder(proj, store, events).build(["root"])
+    assert ("*", "cleanup") in {e[:2] for e in events}
+    assert not client.containers.list(all=True, filters={"label": owner})
