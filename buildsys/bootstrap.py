@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,7 +83,7 @@ def bootstrap_debian(store: Store, lock: Lock, run_steps: Sequence[str], out_dir
     assert lock.base is not None
     base = lock.base
     require_tools(("mmdebstrap", "mmdebstrap"), ("unshare", "util-linux"))
-    with tempfile.TemporaryDirectory(dir=store.tmp, prefix="repo-") as tmp:
+    with store.scratch("repo") as tmp:
         repo = Path(tmp) / "repo"
         link_debs(store, lock.recipe, [*base.packages, *lock.apt], repo)
         make_local_repo(repo, base.suite, base.codename)
@@ -117,8 +116,16 @@ def bootstrap_debian(store: Store, lock: Lock, run_steps: Sequence[str], out_dir
             cmd.append(f'--customize-hook=chroot "$1" /usr/bin/env -i {envs} /bin/sh -e < {script}')
         cmd.append(f'--customize-hook=cp "$1/var/lib/dpkg/status" {status_copy}')
         cmd += [base.suite, str(tarball), f"deb [trusted=yes] copy://{repo} ./"]
-        _run(cmd, env={**os.environ, **env}, what=f"mmdebstrap (offline bootstrap of '{lock.recipe}')",
-             recipe=lock.recipe)
+        try:
+            _run(cmd, env={**os.environ, **env}, what=f"mmdebstrap (offline bootstrap of '{lock.recipe}')",
+                 recipe=lock.recipe)
+        except BuildError as e:
+            # mmdebstrap --quiet says only "failed to run" when tar hits a full disk.
+            free = shutil.disk_usage(out_dir).free
+            if free < 64 << 20:
+                e.hint = (f"the disk holding {out_dir.parent} has {free >> 20} MiB free; a root needs about "
+                          f"3 times its size while it is built: free some space and run again")
+            raise
         if not tarball.is_file() or tarball.stat().st_size < 1 << 20 or not status_copy.is_file():
             raise BuildError(lock.recipe, "mmdebstrap", "it wrote no usable root filesystem (no dpkg status)",
                              hint="the local repository's Release may not name the suite; relock and refetch")
@@ -130,8 +137,10 @@ def bootstrap_debian(store: Store, lock: Lock, run_steps: Sequence[str], out_dir
 def _run(cmd: list[str], *, what: str, recipe: str = "", cwd: Path | None = None,
          env: dict[str, str] | None = None, stdout: IO[bytes] | None = None) -> bytes:
     try:
+        # Its own session: on failure mmdebstrap signals its whole process group
+        # (SIGHUP), which would otherwise kill buildsys before it can clean up.
         proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=stdout or subprocess.PIPE, stderr=subprocess.PIPE,
-                              stdin=subprocess.DEVNULL, check=False)
+                              stdin=subprocess.DEVNULL, check=False, start_new_session=True)
     except FileNotFoundError as e:  # pragma: no cover - require_tools checks first
         raise ToolMissing(cmd[0], cmd[0]) from e
     if proc.returncode != 0:

@@ -107,6 +107,8 @@ class Builder:
 
     def build(self, names: Sequence[str], jobs: int = 1) -> list[BuiltImage]:
         selected = self.graph.select(names)
+        if n := self.store.sweep_scratch():
+            self.report("*", "cleanup", f"removed {n} scratch folder(s) left by an interrupted run")
         if self.engine is not None and (n := self.engine.remove_stale_containers()):
             self.report("*", "cleanup", f"removed {n} build container(s) left by an interrupted run")
         if jobs > 1:
@@ -212,7 +214,7 @@ class Builder:
     def _root_layer(self, recipe: Recipe) -> LayerRecord:
         lock = self.locks[recipe.name]
         assert lock.base is not None
-        with tempfile.TemporaryDirectory(dir=self.store.tmp, prefix=f"build-{recipe.name}-") as tmp:
+        with self.store.scratch(f"build-{recipe.name}") as tmp:
             self.report(recipe.name, "bootstrap", f"mmdebstrap {lock.base.suite}/{lock.base.variant}, "
                                                   f"{len(lock.base.packages)} packages, no network")
             result = bootstrap.bootstrap_debian(self.store, lock, recipe.run, Path(tmp))
@@ -230,7 +232,7 @@ class Builder:
         assert self.engine is not None, "building a layer needs the docker engine"
         lock = self.locks[recipe.name]
         self.load(parent, tag=None)
-        with tempfile.TemporaryDirectory(dir=self.store.tmp, prefix=f"build-{recipe.name}-") as tmp:
+        with self.store.scratch(f"build-{recipe.name}") as tmp:
             staged = steps.stage_layer(self.store, recipe, lock, Path(tmp) / "stage")
             layer_tmp = Path(tmp) / "layer.tar"
             with self.engine.container(parent.config_digest, staged.command, env=staged.env, network="none",

@@ -6,6 +6,7 @@ only here; tracebacks are shown with ``-v``.
 
 from __future__ import annotations
 
+import errno
 import json
 import time
 import traceback
@@ -16,7 +17,7 @@ from typing import Any
 import click
 
 from buildsys import __version__
-from buildsys.errors import BuildsysError, ImagesDiffer, LocksOutOfDate, NotReproducible, TestFailed
+from buildsys.errors import EXIT_FAILED, BuildsysError, ImagesDiffer, LocksOutOfDate, NotReproducible, TestFailed
 from buildsys.graph import Graph, build_graph
 from buildsys.recipe import load_recipes
 from buildsys.store import Store
@@ -37,11 +38,28 @@ class BuildsysGroup(click.Group):
         try:
             return super().invoke(ctx)
         except BuildsysError as e:
-            verbose = bool(ctx.obj and ctx.obj.verbose)
-            if verbose:
-                traceback.print_exc()
-            click.echo(f"error: {e}", err=True)
-            ctx.exit(e.exit_code)
+            self._fail(ctx, str(e), e.exit_code)
+        except OSError as e:  # the machine, not buildsys: a full disk, a permission, a vanished file
+            self._fail(ctx, _os_error_message(e, ctx.obj), EXIT_FAILED)
+        return None  # pragma: no cover - _fail exits
+
+    @staticmethod
+    def _fail(ctx: click.Context, message: str, code: int) -> None:
+        if ctx.obj is not None and ctx.obj.verbose:
+            traceback.print_exc()
+        click.echo(f"error: {message}", err=True)
+        ctx.exit(code)
+
+
+def _os_error_message(e: OSError, obj: Context | None) -> str:
+    where = f" ({e.filename})" if e.filename else ""
+    if e.errno == errno.ENOSPC:
+        store = f" (the store is {obj.store})" if obj else ""
+        return (f"no space left on the device{where}; nothing half-written was kept\n"
+                f"  free some space{store} and run the command again; `docker system df` shows docker's share")
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return f"permission denied{where}: {e.strerror}\n  buildsys builds need root (mmdebstrap, unshare, docker)"
+    return f"{e.strerror or e}{where}\n  run again with -v for the details"
 
 
 @click.group(cls=BuildsysGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -57,12 +58,36 @@ class Store:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    def scratch(self, what: str) -> tempfile.TemporaryDirectory[str]:
+        """A scratch folder named for this process, removed on exit (see ``sweep_scratch``)."""
+        return tempfile.TemporaryDirectory(dir=self.tmp, prefix=f"{what}-{os.getpid()}-")
+
+    def sweep_scratch(self) -> int:
+        """Remove scratch folders of buildsys processes that no longer run (killed, or out of disk)."""
+        removed = 0
+        for entry in self.tmp.iterdir() if (self.root / "tmp").is_dir() else []:
+            parts = entry.name.rsplit("-", 2)
+            if len(parts) == 3 and parts[1].isdigit() and not _alive(int(parts[1])):
+                shutil.rmtree(entry, ignore_errors=True)
+                removed += 1
+        return removed
+
     def vendor_path(self, sha256: str) -> Path:
         return self.vendor / sha256
 
     def has_artifact(self, art: Artifact) -> bool:
         path = self.vendor_path(art.sha256)
         return path.is_file() and (art.size is None or path.stat().st_size == art.size)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def sha256_file(path: Path, bufsize: int = 1 << 20) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import tarfile
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,7 +52,7 @@ def verify(project: Path, store: Store, graph: Graph, locks: Mapping[str, Lock],
            engine: Engine | None, report: Reporter, jobs: int = 1) -> list[VerifyResult]:
     first = Builder(project, store, graph, locks, engine=engine, report=report).build(names, jobs=jobs)
     results: list[VerifyResult] = []
-    with tempfile.TemporaryDirectory(dir=store.tmp, prefix="verify-") as tmp:
+    with store.scratch("verify") as tmp:
         fresh = Store(Path(tmp), vendor_root=store.vendor_root)
         report("*", "verify", "rebuilding from nothing (no cache, fresh store)")
         second = Builder(project, fresh, graph, locks, engine=engine, no_cache=True, tag=False,

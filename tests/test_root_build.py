@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import docker
@@ -242,3 +243,31 @@ def test_diff_compares_two_images_file_by_file(tmp_path: Path, store: Path, buil
     assert "config config.Env" in result.stdout  # GREETING only in mini
     same = bs(proj, store, "diff", "mini", built["manifest_digest"])
     assert same.exit_code == 0 and "identical" in same.stdout
+
+
+@pytest.fixture()
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 100 MB file system (tmpfs) for the store; needs root, as buildsys builds do."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=100m", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (not root?)")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_full_disk_is_a_clear_error_and_leaves_nothing_trusted(project: Path, store: Path, built: dict,
+                                                                 small_disk: Path) -> None:
+    lock = read_lock(lock_path(project, "mini"))
+    assert lock.base is not None
+    vendor = small_disk / "vendor" / "sha256"
+    vendor.mkdir(parents=True)
+    for p in lock.base.packages:  # ~40 MB of .debs: the 170 MB root cannot fit beside them
+        shutil.copyfile(store / "vendor" / "sha256" / p.sha256, vendor / p.sha256)
+    result = bs(project, small_disk, "build", "mini")
+    assert result.exit_code == 1
+    assert "free some space" in result.stderr and "Traceback" not in result.stderr
+    assert not (small_disk / "cache" / "layers").exists() or not any((small_disk / "cache" / "layers").iterdir())
+    assert OciLayout(small_disk / "oci").refs() == {}
+    assert not list((small_disk / "tmp").iterdir())  # scratch removed on the way out

@@ -111,7 +111,7 @@ def lock_image_with_apt(builder: object, recipe: Recipe, prefix: Sequence[str], 
         return parent.config_digest, lambda: None
     report(recipe.name, "lock", f"installing {len(apt_lock.apt)} apt packages to resolve pip against them")
     apt_only = dataclasses.replace(recipe, run=(), files=(), pip_packages=())
-    with tempfile.TemporaryDirectory(dir=store.tmp, prefix=f"lock-{recipe.name}-") as tmp:
+    with store.scratch(f"lock-{recipe.name}") as tmp:
         staged = steps.stage_layer(store, apt_only, apt_lock, Path(tmp) / "stage")
         with engine.container(parent.config_digest, staged.command, env=staged.env, network="none",
                               mounts=[(str(staged.folder), steps.MOUNT, True)]) as container:

@@ -366,7 +366,7 @@ def _resolve_in_image(engine: Engine, image: str, recipe: Recipe, store: Store, 
                       upgrade_packages: Sequence[str], installer: LockedPip | None) -> _Resolved:
     """One container of ``image``: probe, pip-compile, then pip's choice of files; failures explained."""
     tools = tools_dir(store)
-    with tempfile.TemporaryDirectory(dir=store.tmp, prefix="pip-lock-") as scratch:
+    with store.scratch("pip-lock") as scratch:
         work = Path(scratch)
         (work / "in.txt").write_text("".join(f"{r}\n" for r in recipe.pip_packages))
         (work / "constraints.txt").write_text("".join(f"{n}=={v}\n" for n, v in sorted(ancestors.items())))
