@@ -298,3 +298,16 @@ def test_a_killed_layer_build_leaves_a_container_the_next_run_removes(chain: Pat
     builder(proj, store, events).build(["root"])
     assert ("*", "cleanup") in {e[:2] for e in events}
     assert not client.containers.list(all=True, filters={"label": owner})
+
+
+def test_a_failing_test_command_is_exit_1_with_its_output(chain: Path, store: Path, built: dict,
+                                                         tmp_path: Path) -> None:
+    proj = tmp_path / "p"
+    shutil.copytree(chain, proj)
+    (proj / "recipes" / "checked.toml").write_text(
+        'parents = ["app"]\n\n[test]\ncommands = ["echo checking; test -f /no/such/file"]\n')
+    ok(bs(proj, store, "lock", "checked"))
+    result = bs(proj, store, "test", "checked")
+    assert result.exit_code == 1
+    assert "FAIL" in result.stdout and result.stdout.count("pass") == 5  # the inherited ones still pass
+    assert "checking" in result.stderr and "1 of 6 test commands failed" in result.stderr

@@ -52,10 +52,11 @@ def check_parents_agree(recipe: Recipe, graph: Graph, locks: Mapping[str, Lock])
             for kind, pkg, version in pins:
                 other = seen.setdefault((kind, pkg), (version, name))
                 if other[0] != version:
+                    both = " ".join(sorted({other[1], name}))
                     raise LockError(
                         f"{recipe.path}: parents disagree on {kind} package '{pkg}': {other[0]} (locked by "
                         f"'{other[1]}') vs {version} (locked by '{name}')",
-                        f"relock them against the same state: `buildsys lock --upgrade {other[1]} {name}`",
+                        f"relock them against the same state: `buildsys lock --upgrade {both}`",
                     )
 
 

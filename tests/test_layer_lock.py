@@ -1,0 +1,60 @@
+"""Layer-locking logic that needs no network: parents that must agree."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from buildsys.errors import LockError
+from buildsys.graph import build_graph
+from buildsys.lock.layer import chain_debs, chain_pips, check_parents_agree
+from buildsys.lockfile import Lock, LockedDeb, LockedPip
+from buildsys.recipe import load_recipes
+
+DIAMOND = Path(__file__).parent / "fixtures" / "diamond"
+
+
+def deb(name: str, version: str) -> LockedDeb:
+    return LockedDeb(name=name, version=version, architecture="amd64", sha256="0" * 64, size=1,
+                     path=f"pool/main/{name[0]}/{name}/{name}_{version}_amd64.deb", mirror="http://deb.debian.org/debian")
+
+
+def locks(left: Lock, right: Lock) -> dict[str, Lock]:
+    return {"base": Lock(recipe="base", recipe_hash="sha256:b", source_date_epoch=1, apt=(deb("libc6", "2.36"),)),
+            "left": left, "right": right}
+
+
+def test_parents_that_agree_pass() -> None:
+    graph = build_graph(load_recipes(DIAMOND))
+    left = Lock(recipe="left", recipe_hash="sha256:l", source_date_epoch=1, apt=(deb("jq", "1.6"),),
+                pip=(LockedPip("six", "1.17.0", ()),))
+    right = Lock(recipe="right", recipe_hash="sha256:r", source_date_epoch=1, apt=(deb("jq", "1.6"),),
+                 pip=(LockedPip("six", "1.17.0", ()),))
+    check_parents_agree(graph.recipes["top"], graph, locks(left, right))
+
+
+@pytest.mark.parametrize("kind", ["apt", "pip"])
+def test_parents_that_disagree_name_the_package_both_versions_and_what_to_relock(kind: str) -> None:
+    graph = build_graph(load_recipes(DIAMOND))
+    if kind == "apt":
+        left = Lock(recipe="left", recipe_hash="sha256:l", source_date_epoch=1, apt=(deb("jq", "1.6"),))
+        right = Lock(recipe="right", recipe_hash="sha256:r", source_date_epoch=1, apt=(deb("jq", "1.7"),))
+        pkg, a, b = "jq", "1.6", "1.7"
+    else:
+        left = Lock(recipe="left", recipe_hash="sha256:l", source_date_epoch=1, pip=(LockedPip("six", "1.16.0", ()),))
+        right = Lock(recipe="right", recipe_hash="sha256:r", source_date_epoch=1,
+                     pip=(LockedPip("six", "1.17.0", ()),))
+        pkg, a, b = "six", "1.16.0", "1.17.0"
+    with pytest.raises(LockError) as e:
+        check_parents_agree(graph.recipes["top"], graph, locks(left, right))
+    msg = str(e.value)
+    assert f"{kind} package '{pkg}'" in msg and a in msg and b in msg
+    assert "top.toml" in msg and "buildsys lock --upgrade left right" in msg
+
+
+def test_chain_helpers_merge_layers_in_order() -> None:
+    a = Lock(recipe="a", recipe_hash="h", source_date_epoch=1, apt=(deb("x", "1"),), pip=(LockedPip("p", "1", ()),))
+    b = Lock(recipe="b", recipe_hash="h", source_date_epoch=1, apt=(deb("y", "2"),), pip=(LockedPip("q", "3", ()),))
+    assert {n: d.version for n, d in chain_debs([a, b]).items()} == {"x": "1", "y": "2"}
+    assert chain_pips([a, b]) == {"p": "1", "q": "3"}
