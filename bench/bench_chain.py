@@ -26,7 +26,6 @@ import json
 import os
 import re
 import shutil
-import ssl
 import statistics
 import sys
 import tempfile
@@ -45,6 +44,7 @@ from buildsys.build import Builder, BuiltImage, LayerRecord
 from buildsys.engine import Engine
 from buildsys.graph import Graph, build_graph
 from buildsys.lock import LockOutcome, fresh_locks, lock_recipes
+from buildsys.lock.pip import host_ca_bundle
 from buildsys.lockfile import Lock, lock_path
 from buildsys.recipe import Recipe, load_recipes
 from buildsys.store import Store
@@ -157,20 +157,6 @@ def print_timeline(events: Events, end: float, indent: str = "    ") -> None:
 
 
 # -- the same chain as a Dockerfile ----------------------------------------------------------------
-
-
-def host_ca_bundle() -> Path | None:
-    """The CA bundle the host trusts, found as buildsys's pip lock finds it (it mounts it into its container).
-
-    Where the network goes through a TLS-inspecting proxy, pip in ``docker build``
-    needs it too; the classic builder has no secret mounts, so it is COPY'd in.
-    """
-    paths = ssl.get_default_verify_paths()
-    for candidate in (os.environ.get("SSL_CERT_FILE"), os.environ.get("REQUESTS_CA_BUNDLE"), paths.cafile,
-                      paths.openssl_cafile, "/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt"):
-        if candidate and Path(candidate).is_file():
-            return Path(candidate).resolve()
-    return None
 
 
 def dockerfile(graph: Graph, chain: Sequence[str], base_id: str, with_ca: bool) -> str:

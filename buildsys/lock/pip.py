@@ -377,7 +377,7 @@ def _resolve_in_image(engine: Engine, image: str, recipe: Recipe, store: Store, 
         mounts = [(str(tools), TOOLS_MOUNT, True), (str(work), WORK_MOUNT, False)]
         env = {"PYTHONPATH": TOOLS_MOUNT, "PYTHONNOUSERSITE": "1", "PYTHONDONTWRITEBYTECODE": "1",
                "HOME": "/tmp", **{k: v for k in _PROXY_VARS if (v := os.environ.get(k))}}
-        ca = _host_ca_bundle()
+        ca = host_ca_bundle()
         if ca:
             mounts.append((str(ca), CA_MOUNT, True))
             env.update(PIP_CERT=CA_MOUNT, SSL_CERT_FILE=CA_MOUNT)
@@ -466,7 +466,7 @@ def _script(index: str, upgrade: bool, upgrade_packages: Sequence[str], installe
     ])
 
 
-def _host_ca_bundle() -> Path | None:
+def host_ca_bundle() -> Path | None:
     """The CA bundle the host trusts, so the container trusts the same (e.g. a TLS-inspecting proxy's CA)."""
     paths = ssl.get_default_verify_paths()
     for candidate in (os.environ.get("SSL_CERT_FILE"), os.environ.get("REQUESTS_CA_BUNDLE"), paths.cafile,
