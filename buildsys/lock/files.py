@@ -10,11 +10,9 @@ import email.utils
 import hashlib
 import os
 import tempfile
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
-
-import requests
 
 from buildsys.errors import FetchError, HashMismatch
 from buildsys.lockfile import LockedFile
@@ -41,29 +39,22 @@ def lock_files(recipe: Recipe, store: Store) -> FilesLock:
 
 
 def _download(store: Store, url: str, what: str) -> tuple[str, int, int | None]:
-    if url.startswith("file://"):
-        src = Path(url.removeprefix("file://"))
-        if not src.is_file():
-            raise FetchError(f"{what}: {src} does not exist")
-        stream: Any = src.open("rb")
-        modified: int | None = int(src.stat().st_mtime)
-    else:
-        try:
-            resp = requests.get(url, stream=True, timeout=60)
-        except requests.RequestException as e:
-            raise FetchError(f"{what}: cannot download {url}: {e}", hint="check the URL and the network") from e
-        if resp.status_code != 200:
-            raise FetchError(f"{what}: {url} answered HTTP {resp.status_code}", hint="check the URL")
-        stream = resp.raw
-        stream.decode_content = True
-        lm = resp.headers.get("Last-Modified")
-        modified = int(email.utils.parsedate_to_datetime(lm).timestamp()) if lm else None
+    """Stream ``url`` into the vendor store; return its sha256, size and Last-Modified time."""
+    try:
+        resp = urllib.request.urlopen(urllib.request.Request(url), timeout=60)
+    except urllib.error.HTTPError as e:
+        raise FetchError(f"{what}: {url} answered HTTP {e.code}", hint="check the URL") from e
+    except (urllib.error.URLError, OSError) as e:
+        raise FetchError(f"{what}: cannot download {url}: {getattr(e, 'reason', e)}",
+                         hint="check the URL and the network") from e
+    lm = resp.headers.get("Last-Modified")
+    modified = int(email.utils.parsedate_to_datetime(lm).timestamp()) if lm else None
     h = hashlib.sha256()
     size = 0
     fd, tmp = tempfile.mkstemp(dir=store.tmp, prefix="file-")
     try:
-        with os.fdopen(fd, "wb") as out, stream:
-            while chunk := stream.read(1 << 20):
+        with os.fdopen(fd, "wb") as out, resp:
+            while chunk := resp.read(1 << 20):
                 h.update(chunk)
                 size += len(chunk)
                 out.write(chunk)
