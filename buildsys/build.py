@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from buildsys import bootstrap, steps
-from buildsys.engine import Engine
+from buildsys.engine import Engine, EngineError
 from buildsys.errors import BuildError, BuildsysError, NotVendored
 from buildsys.graph import Graph
 from buildsys.image import OciLayout, make_config, oci_labels, write_docker_archive
@@ -337,14 +337,28 @@ class Builder:
         if self.engine is None:
             return
         if not self.engine.has_image(record.config_digest):
-            self.report(record.recipe, "load", "docker load")
-            with tempfile.TemporaryFile(dir=self.store.tmp) as archive:
-                write_docker_archive(self.layout, record.manifest_digest, [], archive)
-                archive.seek(0)
-                self.engine.load(archive)
+            # When docker has the parent image, send only the new layer: the load then
+            # costs what the layer holds, not the whole image (measured: 0.94 s of a
+            # 1.34 s incremental build went to re-sending the lower layers).
+            parent = next((r for r, _ in self._memo.values() if r.layers == record.layers[:-1]), None)
+            omit = len(record.layers) - 1 if parent and self.engine.has_image(parent.config_digest) else 0
+            self.report(record.recipe, "load", "docker load" + (" (new layer only)" if omit else ""))
+            try:
+                self._docker_load(record, omit)
+            except EngineError:
+                if not omit:
+                    raise
+                self._docker_load(record, 0)  # an engine that wants every layer after all
         if tag:
             self.engine.tag(record.config_digest, tag, "latest")
             self.layout.set_ref(tag, record.manifest_digest)
+
+    def _docker_load(self, record: LayerRecord, omit_layers: int) -> None:
+        assert self.engine is not None
+        with tempfile.TemporaryFile(dir=self.store.tmp) as archive:
+            write_docker_archive(self.layout, record.manifest_digest, [], archive, omit_layers=omit_layers)
+            archive.seek(0)
+            self.engine.load(archive)
 
 
 def _summary(recipe: Recipe) -> str:

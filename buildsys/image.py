@@ -342,11 +342,17 @@ def _tag_of(repo_tag: str) -> str:
     return name.rsplit(":", 1)[1] if ":" in name else "latest"
 
 
-def write_docker_archive(layout: OciLayout, manifest_digest: str, repo_tags: list[str], dst: IO[bytes]) -> None:
+def write_docker_archive(layout: OciLayout, manifest_digest: str, repo_tags: list[str], dst: IO[bytes],
+                         omit_layers: int = 0) -> None:
     """A tar that docker 20.10's ``docker load`` accepts (``manifest.json``) and that is also an OCI layout.
 
     Layers are streamed from the layout; ``dst`` needs only ``write`` (a pipe will do).
     Docker stores the config bytes as they are, so its image ID is our config digest.
+
+    ``omit_layers`` leaves out the blobs of that many bottom layers: docker's loader
+    skips a layer it already has (by chain ID) without opening its file, so when the
+    engine holds the parent image the archive needs only the new layer. Such an
+    archive is not a complete OCI layout; use it only for that load.
     """
     manifest_bytes = layout.read_blob(manifest_digest)
     manifest = json.loads(manifest_bytes)
@@ -383,7 +389,7 @@ def write_docker_archive(layout: OciLayout, manifest_digest: str, repo_tags: lis
     writer = TarWriter(dst)
     writer.add(info("blobs", directory=True))
     writer.add(info("blobs/sha256", directory=True))
-    for digest in sorted({manifest_digest, config_digest, *layer_digests}):
+    for digest in sorted({manifest_digest, config_digest, *layer_digests[omit_layers:]}):
         path = layout.blob_path(digest)
         if not path.is_file():
             raise ImageError(f"{layout.root}: blob {digest} is missing", "rebuild the image")

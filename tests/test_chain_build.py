@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -146,8 +147,9 @@ def test_changing_the_leaf_rebuilds_only_the_leaf(chain: Path, store: Path, buil
     proj = tmp_path / "p"
     shutil.copytree(chain, proj)
     recipe = proj / "recipes" / "app.toml"
+    nonce = uuid.uuid4().hex  # a change docker has never seen, so the new image must be loaded
     recipe.write_text(recipe.read_text().replace('"echo built > /home/app/built.txt"',
-                                                 '"echo built > /home/app/built.txt", "echo v2 > /v2.txt"'))
+                                                 f'"echo built > /home/app/built.txt", "echo v2 {nonce} > /v2.txt"'))
     assert bs(proj, store, "build", "app").exit_code == 3  # its lock is stale now
     ok(bs(proj, store, "lock", "app"))
     assert read_lock(lock_path(proj, "tools")) == read_lock(lock_path(chain, "tools"))  # ancestors untouched
@@ -158,6 +160,13 @@ def test_changing_the_leaf_rebuilds_only_the_leaf(chain: Path, store: Path, buil
     assert ("app", "built") in stages
     assert image.layers[1].diff_ids == tuple(built["diff_ids"][:2])
     assert image.record.diff_ids[2] != built["diff_ids"][2]
+    # Loaded with only its new layer (docker had the parent), and whole: it runs on all three.
+    assert ("app", "load") in stages
+    load_detail = next(d for r, s, d in events if (r, s) == ("app", "load"))
+    assert "new layer only" in load_detail
+    out = docker.from_env().containers.run(image.record.config_digest, ["sh", "-c", "cat /v2.txt; jq --version"],
+                                           remove=True, network_mode="none").decode()
+    assert out.startswith("v2") and "jq-" in out
 
 
 def test_a_relocked_parent_makes_the_child_lock_stale(chain: Path, store: Path, tmp_path: Path) -> None:
