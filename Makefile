@@ -43,6 +43,7 @@ lint: venv
 
 bench: install dockerd
 	$(VENV)/bin/python bench/bench_root.py
+	$(VENV)/bin/python bench/bench_chain.py
 
 clean:
 	rm -rf .buildsys
