@@ -304,7 +304,7 @@ def run(args: argparse.Namespace, work: Path, store: Store) -> int:
     connect_s, engine = timed(Engine.connect)
     console.print(f"engine connect  {connect_s:8.3f} s")
     events = Events()
-    cold = TaggingBuilder(project, store, graph, locks, engine=engine, no_cache=True,
+    cold = TaggingBuilder(store, graph, locks, engine=engine, no_cache=True,
                           report=events).build([LEAF])[0]
     cold_end = time.monotonic()
     cold_s = cold_end - events.t0
@@ -323,7 +323,7 @@ def run(args: argparse.Namespace, work: Path, store: Store) -> int:
     noop: list[float] = []
     all_cached = True
     for _ in range(args.rebuilds):
-        seconds, images = timed(lambda: Builder(project, store, graph, locks, engine=engine).build([LEAF]))
+        seconds, images = timed(lambda: Builder(store, graph, locks, engine=engine).build([LEAF]))
         all_cached &= images[0].cached and images[0].record == cold.record
         noop.append(seconds)
     noop_med = statistics.median(noop)
@@ -339,7 +339,7 @@ def run(args: argparse.Namespace, work: Path, store: Store) -> int:
 
     # 5. --verify on a warm cache: a cached build, then every layer again from nothing
     vevents = Events()
-    verify_s, results = timed(lambda: verify(project, store, graph, locks, [LEAF], engine, vevents))
+    verify_s, results = timed(lambda: verify(store, graph, locks, [LEAF], engine, vevents))
     result = results[0]
     verified = result.equal
     same_as_cold = result.second.record == cold.record and result.first.record == cold.record
@@ -393,7 +393,7 @@ def incremental(project: Path, store: Store, engine: Engine, chain: Sequence[str
         status = ", ".join(f"{o.recipe}: {o.status}" for o in outcomes)
         locks = fresh_locks(project, graph, [LEAF])
         events = Events()
-        image = Builder(project, store, graph, locks, engine=engine, report=events).build([LEAF])[0]
+        image = Builder(store, graph, locks, engine=engine, report=events).build([LEAF])[0]
         incr_s = time.monotonic() - events.t0
     finally:
         recipe_file.write_bytes(saved_recipe)

@@ -9,19 +9,20 @@ image into the store's OCI layout and loads it into docker.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from buildsys import bootstrap, steps
-from buildsys.engine import Engine, EngineError
-from buildsys.errors import BuildError, BuildsysError, NotVendored
+from buildsys.engine import Container, Engine, EngineError, RunResult
+from buildsys.errors import BuildError, NotVendored
 from buildsys.graph import Graph
 from buildsys.image import OciLayout, make_config, oci_labels, write_docker_archive
 from buildsys.layer import NORMALIZER_VERSION, normalize_dir, normalize_tar
@@ -91,7 +92,6 @@ Reporter = Callable[[str, str, str], None]
 
 @dataclass
 class Builder:
-    project: Path
     store: Store
     graph: Graph
     locks: Mapping[str, Lock]
@@ -218,7 +218,7 @@ class Builder:
             self.report(recipe.name, "bootstrap", f"mmdebstrap {lock.base.suite}/{lock.base.variant}, "
                                                   f"{len(lock.base.packages)} packages, no network")
             result = bootstrap.bootstrap_debian(self.store, lock, recipe.run, Path(tmp))
-            self._check_installed(recipe, lock, result.installed)
+            self._check_packages(recipe, [recipe.name], result.installed, "mmdebstrap")
             self.report(recipe.name, "normalize", f"{result.tarball.stat().st_size / 1e6:.0f} MB rootfs")
             layer_tmp = Path(tmp) / "layer.tar"
             with open(result.tarball, "rb") as src, open(layer_tmp, "wb") as dst:
@@ -229,15 +229,38 @@ class Builder:
 
     def _child_layer(self, recipe: Recipe, parent: LayerRecord, prefix: Sequence[str]) -> LayerRecord:
         """Run the layer's steps in a container of the parent image, network none; take its diff."""
-        assert self.engine is not None, "building a layer needs the docker engine"
         lock = self.locks[recipe.name]
+        with self.run_steps(recipe, lock, parent) as (container, result, scratch):
+            self._check_packages(recipe, prefix, steps.installed_packages(result.output), "apt")
+            self.report(recipe.name, "normalize", "the container's filesystem diff")
+            layer_tmp = scratch / "layer.tar"
+            with open(layer_tmp, "wb") as dst:
+                upper = container.upper_dir()
+                if upper is not None:
+                    info = normalize_dir(upper, dst, lock.source_date_epoch, drop_prefixes=(VENDOR_MOUNT,))
+                else:  # a remote engine: slower (grows with the image's depth) but correct
+                    with tempfile.TemporaryFile(dir=self.store.tmp) as raw:
+                        container.export_last_layer(raw)
+                        raw.seek(0)
+                        info = normalize_tar(raw, dst, lock.source_date_epoch, drop_prefixes=(VENDOR_MOUNT,))
+            return self._write_image(recipe, lock, parent, layer_tmp, info.digest, info.size,
+                                     created_by=f"buildsys: {recipe.name} ({_summary(recipe)})")
+
+    @contextlib.contextmanager
+    def run_steps(self, recipe: Recipe, lock: Lock, parent: LayerRecord,
+                  ) -> Iterator[tuple[Container, RunResult, Path]]:
+        """Stage the layer's inputs and run its build script in a container of the parent, network none.
+
+        Yields the stopped container (to read its diff, or commit it), the run's
+        result and a scratch folder; a failed step raises, naming the step.
+        """
+        assert self.engine is not None, "building a layer needs the docker engine"
         self.load(parent, tag=None)
         with self.store.scratch(f"build-{recipe.name}") as tmp:
             staged = steps.stage_layer(self.store, recipe, lock, Path(tmp) / "stage")
-            layer_tmp = Path(tmp) / "layer.tar"
             with self.engine.container(parent.config_digest, staged.command, env=staged.env, network="none",
                                        mounts=[(str(staged.folder), steps.MOUNT, True)],
-                                       hostname=bootstrap.BUILD_HOSTNAME) as container:
+                                       hostname=bootstrap.BUILD_HOSTNAME, user="0:0", workdir="/") as container:
                 self.report(recipe.name, "run", f"container on {parent.config_digest[:19]}, network none")
                 result = container.run(on_output=lambda line: self._on_build_output(recipe.name, line))
                 if result.exit_code != 0:
@@ -247,27 +270,15 @@ class Builder:
                             if steps.tried_network(result.output) else
                             f"fix the step in {recipe.path}, then run `buildsys build {recipe.name}` again")
                     raise BuildError(recipe.name, f"{step} (exit {result.exit_code})", result.output, hint=hint)
-                self._check_layer_packages(recipe, prefix, steps.installed_packages(result.output))
-                self.report(recipe.name, "normalize", "the container's filesystem diff")
-                with open(layer_tmp, "wb") as dst:
-                    upper = container.upper_dir()
-                    if upper is not None:
-                        info = normalize_dir(upper, dst, lock.source_date_epoch, drop_prefixes=(VENDOR_MOUNT,))
-                    else:  # a remote engine: slower (grows with the image's depth) but correct
-                        with tempfile.TemporaryFile(dir=self.store.tmp) as raw:
-                            container.export_last_layer(raw)
-                            raw.seek(0)
-                            info = normalize_tar(raw, dst, lock.source_date_epoch, drop_prefixes=(VENDOR_MOUNT,))
-            return self._write_image(recipe, lock, parent, layer_tmp, info.digest, info.size,
-                                     created_by=f"buildsys: {recipe.name} ({_summary(recipe)})")
+                yield container, result, Path(tmp)
 
     def _on_build_output(self, recipe: str, line: str) -> None:
         if line.startswith(steps.STEP_MARKER):
             self.report(recipe, "step", line.removeprefix(steps.STEP_MARKER))
 
-    def _check_layer_packages(self, recipe: Recipe, prefix: Sequence[str], installed: Mapping[str, str] | None,
-                              ) -> None:
-        """After the apt step, dpkg must hold exactly the locked packages of the chain so far."""
+    def _check_packages(self, recipe: Recipe, prefix: Sequence[str], installed: Mapping[str, str] | None,
+                        step: str) -> None:
+        """dpkg must hold exactly the locked packages of the chain so far: the locks are the bill of materials."""
         if installed is None:
             return
         expected: dict[str, str] = {}
@@ -278,9 +289,10 @@ class Builder:
             extra = sorted(set(installed) - set(expected))
             missing = sorted(set(expected) - set(installed))
             changed = sorted(n for n in set(installed) & set(expected) if installed[n] != expected[n])
-            raise BuildError(recipe.name, "apt", f"installed but not locked: {extra or '-'}; locked but not "
+            raise BuildError(recipe.name, step, f"installed but not locked: {extra or '-'}; locked but not "
                              f"installed: {missing or '-'}; other version: {changed or '-'}",
-                             hint=f"relock: `buildsys lock --upgrade {recipe.name}`")
+                             hint=f"relock: `buildsys lock --upgrade {recipe.name}`; if it persists, "
+                                  "this is a buildsys bug")
 
     def _check_vendored(self, recipe: Recipe) -> None:
         """Every input of the layer is in the vendor store with its locked sha256.
@@ -300,21 +312,6 @@ class Builder:
             raise NotVendored(recipe.name, f"{a.name} {a.version} ({a.filename})".replace("  ", " "),
                               f"damaged in the vendor store (its sha256 is not the locked {a.sha256}); "
                               f"{len(corrupt)} damaged file(s) were removed")
-
-    def _check_installed(self, recipe: Recipe, lock: Lock, installed: Mapping[str, str]) -> None:
-        """The bootstrap must install exactly what was locked: the lock is the bill of materials."""
-        assert lock.base is not None
-        locked = {p.name: p.version for p in (*lock.base.packages, *lock.apt)}
-        if installed != locked:
-            extra = sorted(set(locked) - set(installed))
-            missing = sorted(set(installed) - set(locked))
-            changed = sorted(n for n in set(locked) & set(installed) if locked[n] != installed[n])
-            raise BuildsysError(
-                f"{recipe.name}: the bootstrap installed a different package set than the lock lists "
-                f"(locked but not installed: {extra or '-'}; installed but not locked: {missing or '-'}; "
-                f"other version: {changed or '-'})",
-                hint=f"relock: `buildsys lock --upgrade {recipe.name}`; if it persists, this is a buildsys bug",
-            )
 
     def _write_image(self, recipe: Recipe, lock: Lock, parent: LayerRecord | None, layer_file: Path,
                      diff_id: str, size: int, created_by: str) -> LayerRecord:

@@ -251,7 +251,7 @@ def build_cmd(obj: Context, recipes: tuple[str, ...], verify: bool, no_cache: bo
         from buildsys.verify import verify as run_verify
 
         with report:
-            results = run_verify(obj.project, store, g, locks, recipes, engine, report, jobs=jobs)
+            results = run_verify(store, g, locks, recipes, engine, report, jobs=jobs)
         images = [r.first for r in results]
         _print_images(images, as_json)
         bad = [r for r in results if not r.equal]
@@ -266,7 +266,7 @@ def build_cmd(obj: Context, recipes: tuple[str, ...], verify: bool, no_cache: bo
                                   "`buildsys diff` compares two images file by file")
         return
     with report:
-        images = Builder(obj.project, store, g, locks, engine=engine, no_cache=no_cache,
+        images = Builder(store, g, locks, engine=engine, no_cache=no_cache,
                          report=report).build(recipes, jobs=jobs)
     _print_images(images, as_json)
 
@@ -304,7 +304,7 @@ def test_cmd(obj: Context, recipes: tuple[str, ...]) -> None:
     locks = fresh_locks(obj.project, g, recipes)
     engine = Engine.connect()
     with Reporter() as report:
-        images = Builder(obj.project, Store(obj.store), g, locks, engine=engine, report=report).build(recipes)
+        images = Builder(Store(obj.store), g, locks, engine=engine, report=report).build(recipes)
     results = [r for img in images for r in run_tests(engine, g, img)]
     table = Table(title="tests", title_justify="left")
     for col in ("image", "from recipe", "command", "result", "seconds"):

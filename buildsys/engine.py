@@ -119,14 +119,21 @@ class Engine:
             raise _translate(f"removing {ref}", e) from e
 
     @contextlib.contextmanager
-    def container(self, image: str, command: Sequence[str], *, env: Mapping[str, str] | None = None,
-                  network: str = "none", mounts: Iterable[tuple[str, str, bool]] = (), hostname: str | None = None,
-                  user: str = "0:0", workdir: str = "/") -> Iterator[Container]:
-        """A created (not started) container, removed on exit whatever happens."""
+    def container(self, image: str, command: Sequence[str], *, entrypoint: Sequence[str] = (),
+                  env: Mapping[str, str] | None = None, network: str = "none",
+                  mounts: Iterable[tuple[str, str, bool]] = (), hostname: str | None = None,
+                  user: str | None = None, workdir: str | None = None) -> Iterator[Container]:
+        """A created (not started) container, removed on exit whatever happens.
+
+        ``entrypoint`` replaces the image's (empty: none, ``command`` runs as is);
+        ``user``/``workdir`` default to the image's; ``mounts`` are (host path,
+        container path, read_only) bind mounts. Every container carries the owner
+        label, so one left by a killed run is found and removed later.
+        """
         volumes = {src: {"bind": dst, "mode": "ro" if ro else "rw"} for src, dst, ro in mounts}
         try:
             c = self.client.containers.create(
-                image, command=list(command), entrypoint=[], environment=dict(env or {}), user=user,
+                image, command=list(command), entrypoint=list(entrypoint), environment=dict(env or {}), user=user,
                 network_mode=network, volumes=volumes, hostname=hostname, working_dir=workdir,
                 labels={BUILD_LABEL: _owner()}, tty=False, stdin_open=False)
         except _TRANSPORT as e:
@@ -136,6 +143,11 @@ class Engine:
         finally:
             with contextlib.suppress(*_TRANSPORT):
                 c.remove(force=True)
+
+    def run(self, image: str, command: Sequence[str], **options: Any) -> RunResult:
+        """Run a command to completion in a fresh container (``container``'s options), then remove it."""
+        with self.container(image, command, **options) as c:
+            return c.run()
 
     def remove_stale_containers(self) -> int:
         """Remove build containers whose buildsys process is gone (killed); return how many.
@@ -151,33 +163,6 @@ class Engine:
         except _TRANSPORT as e:
             raise _translate("removing stale build containers", e) from e
         return len(stale)
-
-    def run(self, image: str, command: Sequence[str] | str, *, env: Mapping[str, str] | None = None,
-            user: str | None = None, network: str = "none", mounts: Iterable[tuple[str, str, bool]] = (),
-            hostname: str | None = None, workdir: str | None = None,
-            entrypoint: Sequence[str] | None = None) -> RunResult:
-        """Run a command to completion in a fresh container, then remove it.
-
-        ``mounts`` are (host path, container path, read_only) bind mounts.
-        """
-        volumes = {src: {"bind": dst, "mode": "ro" if ro else "rw"} for src, dst, ro in mounts}
-        container: Any = None
-        try:
-            container = self.client.containers.create(
-                image, command=command if isinstance(command, str) else list(command),
-                environment=dict(env or {}), user=user, network_mode=network, volumes=volumes,
-                hostname=hostname, working_dir=workdir, entrypoint=list(entrypoint) if entrypoint else None,
-                tty=False, stdin_open=False)
-            container.start()
-            status = container.wait()
-            output = container.logs(stdout=True, stderr=True).decode(errors="replace")
-            return RunResult(exit_code=int(status.get("StatusCode", 1)), output=output)
-        except _TRANSPORT as e:
-            raise _translate(f"running {command!r} in {image}", e) from e
-        finally:
-            if container is not None:
-                with contextlib.suppress(*_TRANSPORT):
-                    container.remove(force=True)
 
 
 class Container:

@@ -8,6 +8,7 @@ children record in ``[parents]`` and what goes into cache keys.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -247,14 +248,15 @@ def lock_path(project: Path, recipe: str) -> Path:
     return project / "locks" / f"{recipe}.lock"
 
 
-def write_lock(project: Path, lock: Lock) -> tuple[Path, bool]:
-    """Write atomically; return (path, changed). Unchanged content is not rewritten."""
+def write_lock(project: Path, lock: Lock) -> tuple[Path, bool, Lock]:
+    """Write atomically; return (path, changed, the lock with its hash). Unchanged content is not rewritten."""
     path = lock_path(project, lock.recipe)
     data = dumps(lock)
+    hashed = dataclasses.replace(lock, lock_hash=hash_bytes(data))
     if path.is_file() and path.read_bytes() == data:
-        return path, False
+        return path, False, hashed
     atomic_write(path, data)
-    return path, True
+    return path, True, hashed
 
 
 def read_lock(path: Path) -> Lock:

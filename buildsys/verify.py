@@ -9,6 +9,7 @@ diffed file by file.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tarfile
 from collections.abc import Callable, Mapping, Sequence
@@ -48,14 +49,14 @@ class VerifyResult:
         return self.mismatch is None and self.first.record == self.second.record
 
 
-def verify(project: Path, store: Store, graph: Graph, locks: Mapping[str, Lock], names: Sequence[str],
+def verify(store: Store, graph: Graph, locks: Mapping[str, Lock], names: Sequence[str],
            engine: Engine | None, report: Reporter, jobs: int = 1) -> list[VerifyResult]:
-    first = Builder(project, store, graph, locks, engine=engine, report=report).build(names, jobs=jobs)
+    first = Builder(store, graph, locks, engine=engine, report=report).build(names, jobs=jobs)
     results: list[VerifyResult] = []
     with store.scratch("verify") as tmp:
         fresh = Store(Path(tmp), vendor_root=store.vendor_root)
         report("*", "verify", "rebuilding from nothing (no cache, fresh store)")
-        second = Builder(project, fresh, graph, locks, engine=engine, no_cache=True, tag=False,
+        second = Builder(fresh, graph, locks, engine=engine, no_cache=True, tag=False,
                          report=lambda r, s, d: report(r, f"verify {s}", d)).build(names, jobs=jobs)
         for a, b in zip(first, second, strict=True):
             results.append(compare(a, b, OciLayout(store.oci), OciLayout(fresh.oci)))
@@ -141,13 +142,21 @@ def flatten(layout: OciLayout, manifest_digest: str) -> dict[str, tuple[LayerEnt
     return merged
 
 
-def _reader(view: Mapping[str, tuple[LayerEntry, Path]]) -> Callable[[str], bytes]:
+def _reader(view: Mapping[str, tuple[LayerEntry, Path]], stack: contextlib.ExitStack) -> Callable[[str], bytes]:
+    """Read a file's content from the layer that holds it; each layer tar is opened (and indexed) once."""
+    opened: dict[Path, tarfile.TarFile] = {}
+
     def read(path: str) -> bytes:
         _, blob = view[path]
-        with tarfile.open(blob, "r:") as tf:
-            member = tf.getmember(path) if path in tf.getnames() else tf.getmember(path + "/")
-            f = tf.extractfile(member)
-            return f.read() if f else b""
+        if blob not in opened:
+            opened[blob] = stack.enter_context(tarfile.open(blob, "r:"))  # noqa: SIM115 (closed by the stack)
+        tf = opened[blob]
+        try:
+            member = tf.getmember(path)
+        except KeyError:
+            member = tf.getmember(path + "/")
+        f = tf.extractfile(member)
+        return f.read() if f else b""
 
     return read
 
@@ -155,8 +164,9 @@ def _reader(view: Mapping[str, tuple[LayerEntry, Path]]) -> Callable[[str], byte
 def diff_images(layout_a: OciLayout, manifest_a: str, layout_b: OciLayout, manifest_b: str) -> ImageDiff:
     """What differs between two images, file by file, plus their configs."""
     a, b = flatten(layout_a, manifest_a), flatten(layout_b, manifest_b)
-    files = diff_entries({p: e for p, (e, _) in a.items()}, {p: e for p, (e, _) in b.items()},
-                         _reader(a), _reader(b))
+    with contextlib.ExitStack() as stack:
+        files = diff_entries({p: e for p, (e, _) in a.items()}, {p: e for p, (e, _) in b.items()},
+                             _reader(a, stack), _reader(b, stack))
     _, cfg_a = layout_a.read_image(manifest_a)
     _, cfg_b = layout_b.read_image(manifest_b)
     # rootfs.diff_ids and history differ whenever any file does; they add nothing.

@@ -74,7 +74,7 @@ def built(chain: Path, store: Path) -> dict:
 
 def builder(project: Path, store: Path, events: list[tuple[str, str, str]]) -> Builder:
     graph = build_graph(load_recipes(project))
-    return Builder(project, Store(store), graph, fresh_locks(project, graph, []), engine=Engine.connect(),
+    return Builder(Store(store), graph, fresh_locks(project, graph, []), engine=Engine.connect(),
                    report=lambda *e: events.append(e))
 
 

@@ -11,17 +11,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from buildsys.build import Builder, Reporter
 from buildsys.engine import Engine
 from buildsys.errors import BuildsysError, LockError, MissingLock, StaleLock
 from buildsys.graph import Graph
 from buildsys.lock import layer
 from buildsys.lock.base import lock_debian_root
 from buildsys.lock.files import lock_files
-from buildsys.lockfile import Lock, check_fresh, dumps, hash_bytes, lock_path, read_lock, write_lock
+from buildsys.lockfile import Lock, check_fresh, lock_path, read_lock, write_lock
 from buildsys.recipe import ImageBase, Recipe
 from buildsys.store import Store
-
-Reporter = Callable[[str, str, str], None]
 
 
 @dataclass(frozen=True)
@@ -96,8 +95,7 @@ def lock_recipes(
         lock = resolve(recipe, store, graph, locks, previous=previous, upgrade=upgrade and name in selected,
                        upgrade_packages=upgrade_packages if name in selected else (), engine=engine,
                        progress=progress)
-        written, changed = write_lock(project, lock)
-        locks[name] = dataclasses.replace(lock, lock_hash=hash_bytes(dumps(lock)))
+        written, changed, locks[name] = write_lock(project, lock)
         outcome = LockOutcome(name, written, "written" if changed else "unchanged")
         outcomes.append(outcome)
         report(outcome)
@@ -143,11 +141,10 @@ def resolve(recipe: Recipe, store: Store, graph: Graph, locks: dict[str, Lock], 
         return lock
     if engine is None:
         raise LockError(f"{recipe.path}: resolving [pip] needs the docker engine")
-    from buildsys.build import Builder
     from buildsys.lock.pip import lock_pip
 
     eng = engine()
-    builder = Builder(Path("."), store, graph, locks, engine=eng, tag=False, report=progress)
+    builder = Builder(store, graph, locks, engine=eng, tag=False, report=progress)
     image, cleanup = layer.lock_image_with_apt(builder, recipe, chain[:-1], lock, store, progress)
     try:
         progress(recipe.name, "lock", f"pip: resolving {len(recipe.pip_packages)} requirements inside the image")

@@ -14,15 +14,14 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from buildsys import steps
+from buildsys.build import Builder, Reporter
 from buildsys.errors import LockError
 from buildsys.graph import Graph
 from buildsys.lock.apt import AptPackage, AptResolver
 from buildsys.lockfile import Lock, LockedDeb
 from buildsys.recipe import Recipe
 from buildsys.store import Store
-
-Reporter = Callable[[str, str, str], None]
+from buildsys.vendor import fetch
 
 
 def chain_debs(locks: Sequence[Lock]) -> dict[str, LockedDeb]:
@@ -90,16 +89,13 @@ def lock_apt(recipe: Recipe, root: Lock, ancestors: Sequence[Lock], cache: Path)
                       path=p.filename, mirror=base.mirror) for p in packages]
 
 
-def lock_image_with_apt(builder: object, recipe: Recipe, prefix: Sequence[str], apt_lock: Lock,
+def lock_image_with_apt(builder: Builder, recipe: Recipe, prefix: Sequence[str], apt_lock: Lock,
                         store: Store, report: Reporter) -> tuple[str, Callable[[], None]]:
     """An image of the parent chain plus this layer's apt packages, for resolving pip in it.
 
     Returns the image reference and a function that removes it (when it is temporary).
     """
-    from buildsys.build import Builder
-    from buildsys.vendor import fetch
-
-    assert isinstance(builder, Builder) and builder.engine is not None
+    assert builder.engine is not None
     engine = builder.engine
     arts = {a.sha256: a for name in prefix for a in builder.locks[name].artifacts()}
     arts.update({a.sha256: a for a in apt_lock.artifacts()})
@@ -112,13 +108,6 @@ def lock_image_with_apt(builder: object, recipe: Recipe, prefix: Sequence[str], 
         return parent.config_digest, lambda: None
     report(recipe.name, "lock", f"installing {len(apt_lock.apt)} apt packages to resolve pip against them")
     apt_only = dataclasses.replace(recipe, run=(), files=(), pip_packages=())
-    with store.scratch(f"lock-{recipe.name}") as tmp:
-        staged = steps.stage_layer(store, apt_only, apt_lock, Path(tmp) / "stage")
-        with engine.container(parent.config_digest, staged.command, env=staged.env, network="none",
-                              mounts=[(str(staged.folder), steps.MOUNT, True)]) as container:
-            result = container.run()
-            if result.exit_code != 0:
-                raise LockError(f"{recipe.path}: installing the apt packages to resolve pip failed:\n"
-                                + "\n".join(result.output.splitlines()[-15:]))
-            image = container.commit()
+    with builder.run_steps(apt_only, apt_lock, parent) as (container, _, _):
+        image = container.commit()
     return image, lambda: engine.remove_image(image)
