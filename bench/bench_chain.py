@@ -30,13 +30,14 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import docker
 import tomlkit
+from benchlib import MB, Events, timed
 from rich.console import Console
 from rich.table import Table
 
@@ -59,36 +60,8 @@ EXTRA_STEP = "echo v2 {nonce} > /v2.txt"
 DOCKER_TAG = "buildsys-bench-dockerfile"
 CA_FILE = "host-ca.crt"  # in the docker build context and, while pip runs, in the image's /tmp
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
-MB = 1e6
-T = TypeVar("T")
 
 console = Console(highlight=False, width=120)
-
-
-@dataclass
-class Events:
-    """The Builder's progress events, each with the moment it arrived."""
-
-    t0: float = field(default_factory=time.monotonic)
-    seen: list[tuple[float, str, str, str]] = field(default_factory=list)
-
-    def __call__(self, recipe: str, stage: str, detail: str) -> None:
-        self.seen.append((time.monotonic(), recipe, stage, detail))
-
-    def stages(self, recipe: str) -> list[str]:
-        return [s for _, r, s, _ in self.seen if r == recipe]
-
-    def at(self, recipe: str, stage: str, detail: str | None = None) -> float | None:
-        return next((t for t, r, s, d in self.seen if r == recipe and s == stage and detail in (None, d)), None)
-
-    def built_seconds(self) -> dict[str, float]:
-        """Each layer's own time, from the "built" event's "in N.Ns"."""
-        out: dict[str, float] = {}
-        for _, recipe, stage, detail in self.seen:
-            m = re.search(r" in ([0-9.]+)s$", detail) if stage == "built" else None
-            if m:
-                out[recipe] = float(m.group(1))
-        return out
 
 
 class TaggingBuilder(Builder):
@@ -102,12 +75,6 @@ class TaggingBuilder(Builder):
         super().load(record, tag)
         if tag:
             self.report(record.recipe, "tagged", f"{tag}:latest")
-
-
-def timed(fn: Callable[[], T]) -> tuple[float, T]:
-    started = time.perf_counter()
-    result = fn()
-    return time.perf_counter() - started, result
 
 
 def yes_no(ok: bool) -> str:

@@ -23,11 +23,11 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import IO
 
+from benchlib import MB, Events, timed
 from rich.console import Console
 from rich.table import Table
 
@@ -44,24 +44,8 @@ from buildsys.vendor import fetch
 RECIPE = "root"
 ROOT_TOML = '[base]\ndebian = { suite = "bookworm", variant = "minbase" }\n'
 CHUNK = 1 << 20
-MB = 1e6
-T = TypeVar("T")
 
 console = Console(highlight=False, width=120)
-
-
-@dataclass
-class Events:
-    """The Builder's progress events with the moment each arrived."""
-
-    t0: float = field(default_factory=time.monotonic)
-    seen: list[tuple[float, str, str]] = field(default_factory=list)
-
-    def __call__(self, recipe: str, stage: str, detail: str) -> None:
-        self.seen.append((time.monotonic(), stage, detail))
-
-    def at(self, stage: str) -> float | None:
-        return next((t for t, s, _ in self.seen if s == stage), None)
 
 
 @contextlib.contextmanager
@@ -95,12 +79,6 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
-def timed(fn: Callable[[], T]) -> tuple[float, T]:
-    started = time.perf_counter()
-    result = fn()
-    return time.perf_counter() - started, result
-
-
 def sha256_of(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -118,10 +96,11 @@ def stage_rows(events: Events, end: float) -> list[tuple[str, float]]:
     """Split the cold build at the Builder's own events (each stage ends where the next begins)."""
     marks = [
         ("check vendored inputs (sha256)", events.t0),
-        ("bootstrap (mmdebstrap, offline)", events.at("bootstrap")),
-        ("normalize rootfs tar", events.at("normalize")),
-        ("write OCI image + cache entry", events.at("normalized")),
-        ("docker load + tag" if events.at("load") else "docker tag (image already loaded)", events.at("built")),
+        ("bootstrap (mmdebstrap, offline)", events.at(RECIPE, "bootstrap")),
+        ("normalize rootfs tar", events.at(RECIPE, "normalize")),
+        ("write OCI image + cache entry", events.at(RECIPE, "normalized")),
+        ("docker load + tag" if events.at(RECIPE, "load") else "docker tag (image already loaded)",
+         events.at(RECIPE, "built")),
     ]
     known = [(name, t) for name, t in marks if t is not None]
     ends = [t for _, t in known[1:]] + [end]

@@ -12,7 +12,6 @@ import hashlib
 import http.server
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -25,10 +24,9 @@ from pathlib import Path
 
 import docker
 import pytest
-from click.testing import CliRunner, Result
+from helpers import bs, copy_project, ok
 
 from buildsys.build import Builder
-from buildsys.cli import cli
 from buildsys.engine import Engine
 from buildsys.graph import build_graph
 from buildsys.image import OciLayout
@@ -40,18 +38,6 @@ from buildsys.store import Store
 
 pytestmark = [pytest.mark.docker, pytest.mark.network, pytest.mark.slow]
 
-FIXTURES = Path(__file__).parent / "fixtures"
-
-
-def bs(project: Path, store: Path, *args: str) -> Result:
-    return CliRunner().invoke(cli, ["-C", str(project), "--store", str(store), *args])
-
-
-def ok(result: Result) -> Result:
-    assert result.exit_code == 0, result.output + result.stderr
-    return result
-
-
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("store")
@@ -59,8 +45,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory: pytest.TempPathFactory, store: Path) -> Path:
-    proj = tmp_path_factory.mktemp("chain")
-    shutil.copytree(FIXTURES / "chain", proj, dirs_exist_ok=True)
+    proj = copy_project("chain", tmp_path_factory.mktemp("chain"))
     ok(bs(proj, store, "lock", "app"))
     ok(bs(proj, store, "fetch", "app"))
     return proj
@@ -144,8 +129,7 @@ def test_noop_rebuild_is_all_cache_hits(chain: Path, store: Path, built: dict) -
 
 
 def test_changing_the_leaf_rebuilds_only_the_leaf(chain: Path, store: Path, built: dict, tmp_path: Path) -> None:
-    proj = tmp_path / "p"
-    shutil.copytree(chain, proj)
+    proj = copy_project(chain, tmp_path / "p")
     recipe = proj / "recipes" / "app.toml"
     nonce = uuid.uuid4().hex  # a change docker has never seen, so the new image must be loaded
     recipe.write_text(recipe.read_text().replace('"echo built > /home/app/built.txt"',
@@ -170,8 +154,7 @@ def test_changing_the_leaf_rebuilds_only_the_leaf(chain: Path, store: Path, buil
 
 
 def test_a_relocked_parent_makes_the_child_lock_stale(chain: Path, store: Path, tmp_path: Path) -> None:
-    proj = tmp_path / "p"
-    shutil.copytree(chain, proj)
+    proj = copy_project(chain, tmp_path / "p")
     recipe = proj / "recipes" / "tools.toml"
     text = recipe.read_text().replace('packages = ["jq", "python3"]', 'packages = ["jq", "python3", "tini"]')
     recipe.write_text(text)
@@ -182,8 +165,7 @@ def test_a_relocked_parent_makes_the_child_lock_stale(chain: Path, store: Path, 
 
 
 def test_a_failing_run_step_names_the_step_and_shows_its_output(chain: Path, store: Path, tmp_path: Path) -> None:
-    proj = tmp_path / "p"
-    shutil.copytree(chain, proj)
+    proj = copy_project(chain, tmp_path / "p")
     (proj / "recipes" / "broken.toml").write_text(
         'parents = ["tools"]\nrun = ["echo preparing", "echo boom >&2; exit 7"]\n')
     ok(bs(proj, store, "lock", "broken"))
@@ -196,8 +178,7 @@ def test_a_failing_run_step_names_the_step_and_shows_its_output(chain: Path, sto
 
 
 def test_a_step_that_tries_the_network_fails_and_says_why(chain: Path, store: Path, tmp_path: Path) -> None:
-    proj = tmp_path / "p"
-    shutil.copytree(chain, proj)
+    proj = copy_project(chain, tmp_path / "p")
     (proj / "recipes" / "online.toml").write_text(
         'parents = ["tools"]\nrun = ["python3 -c \\"import urllib.request; urllib.request.urlopen(\'https://pypi.org\')\\""]\n')
     ok(bs(proj, store, "lock", "online"))
@@ -207,8 +188,7 @@ def test_a_step_that_tries_the_network_fails_and_says_why(chain: Path, store: Pa
 
 
 def test_diamond_builds_branches_in_parallel_and_verifies(tmp_path: Path, store: Path) -> None:
-    proj = tmp_path / "d"
-    shutil.copytree(FIXTURES / "diamond-build", proj)
+    proj = copy_project("diamond-build", tmp_path / "d")
     ok(bs(proj, store, "lock"))
     ok(bs(proj, store, "fetch"))
     images = json.loads(ok(bs(proj, store, "build", "--jobs", "2", "--json")).stdout)
@@ -223,8 +203,7 @@ def test_diamond_builds_branches_in_parallel_and_verifies(tmp_path: Path, store:
 
 
 def test_trixie_root_with_pip_locks_from_this_host_and_imports(tmp_path: Path, store: Path) -> None:
-    proj = tmp_path / "t"
-    shutil.copytree(FIXTURES / "trixie-pip", proj)
+    proj = copy_project("trixie-pip", tmp_path / "t")
     ok(bs(proj, store, "lock", "tpy"))
     lock = read_lock(lock_path(proj, "tpy"))
     assert lock.python and lock.python.startswith("3.13.")
@@ -252,8 +231,7 @@ def http_files(tmp_path: Path) -> Iterator[str]:
 
 def test_pinned_files_are_locked_vendored_and_seen_by_run_steps(chain: Path, store: Path, tmp_path: Path,
                                                                  http_files: str) -> None:
-    proj = tmp_path / "p"
-    shutil.copytree(chain, proj)
+    proj = copy_project(chain, tmp_path / "p")
     (proj / "recipes" / "withfile.toml").write_text(
         'parents = ["root"]\nrun = ["cp /buildsys/files/hello.txt /hello.txt"]\n\n'
         f'[[files]]\nurl = "{http_files}/hello.txt"\n\n[test]\ncommands = ["grep -q pinned /hello.txt"]\n')
@@ -275,8 +253,7 @@ def test_pinned_files_are_locked_vendored_and_seen_by_run_steps(chain: Path, sto
 
 def test_an_unknown_apt_package_names_itself_the_archive_and_the_recipe(chain: Path, store: Path,
                                                                          tmp_path: Path) -> None:
-    proj = tmp_path / "p"
-    shutil.copytree(chain, proj)
+    proj = copy_project(chain, tmp_path / "p")
     (proj / "recipes" / "typo.toml").write_text('parents = ["root"]\n\n[apt]\npackages = ["jqq"]\n')
     result = bs(proj, store, "lock", "typo")
     assert result.exit_code == 1
@@ -287,8 +264,7 @@ def test_an_unknown_apt_package_names_itself_the_archive_and_the_recipe(chain: P
 
 def test_a_killed_layer_build_leaves_a_container_the_next_run_removes(chain: Path, store: Path,
                                                                      tmp_path: Path) -> None:
-    proj = tmp_path / "p"
-    shutil.copytree(chain, proj)
+    proj = copy_project(chain, tmp_path / "p")
     (proj / "recipes" / "slow.toml").write_text('parents = ["root"]\nrun = ["sleep 120"]\n')
     ok(bs(proj, store, "lock", "slow"))
     cmd = [sys.executable, "-m", "buildsys", "-C", str(proj), "--store", str(store), "build", "slow"]
@@ -311,8 +287,7 @@ def test_a_killed_layer_build_leaves_a_container_the_next_run_removes(chain: Pat
 
 def test_a_failing_test_command_is_exit_1_with_its_output(chain: Path, store: Path, built: dict,
                                                          tmp_path: Path) -> None:
-    proj = tmp_path / "p"
-    shutil.copytree(chain, proj)
+    proj = copy_project(chain, tmp_path / "p")
     (proj / "recipes" / "checked.toml").write_text(
         'parents = ["app"]\n\n[test]\ncommands = ["echo checking; test -f /no/such/file"]\n')
     ok(bs(proj, store, "lock", "checked"))

@@ -20,8 +20,9 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from click.testing import CliRunner
@@ -52,6 +53,13 @@ from buildsys.vendor import fetch
 FIXTURES = Path(__file__).parent / "fixtures"
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 SESSION = uuid.uuid4().hex[:8]
+
+F = TypeVar("F", bound=Callable[..., object])
+
+
+def integration(test: F) -> F:
+    """A test against the real dockerd and PyPI (slow, but `make test` runs it)."""
+    return pytest.mark.docker(pytest.mark.network(pytest.mark.slow(test)))
 
 
 # --- images and store -----------------------------------------------------------------------------------------------
@@ -149,9 +157,7 @@ def test_tools_dir_is_installed_once_and_reused(store: Store) -> None:
 # --- locking --------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.docker
-@pytest.mark.network
-@pytest.mark.slow
+@integration
 def test_lock_resolves_for_the_python_of_the_image(six_markupsafe: PipLock) -> None:
     pl = six_markupsafe
     assert re.fullmatch(r"3\.11\.\d+", pl.python)
@@ -174,9 +180,7 @@ def test_lock_resolves_for_the_python_of_the_image(six_markupsafe: PipLock) -> N
     assert 1_600_000_000 < pl.epoch < time.time() - 60
 
 
-@pytest.mark.docker
-@pytest.mark.network
-@pytest.mark.slow
+@integration
 def test_relock_with_nothing_new_gives_identical_data(engine: Engine, python_image: str, store: Store,
                                                       six_markupsafe: PipLock) -> None:
     again = lock(engine, python_image, store, "six", "markupsafe", "tomli; python_version < '3.11'",
@@ -191,9 +195,7 @@ def test_relock_with_nothing_new_gives_identical_data(engine: Engine, python_ima
     assert by_name(again)["six"] == by_name(six_markupsafe)["six"]  # not in previous: every file of the release
 
 
-@pytest.mark.docker
-@pytest.mark.network
-@pytest.mark.slow
+@integration
 def test_ancestor_pins_bound_the_resolution_and_are_left_out(engine: Engine, python_image: str,
                                                              store: Store) -> None:
     # Without the constraint pip-compile would pick the newest six, and lock_pip would refuse the mismatch.
@@ -201,9 +203,7 @@ def test_ancestor_pins_bound_the_resolution_and_are_left_out(engine: Engine, pyt
     assert set(by_name(pl)) == {"markupsafe"}
 
 
-@pytest.mark.docker
-@pytest.mark.network
-@pytest.mark.slow
+@integration
 def test_a_requirement_against_an_ancestor_pin_is_a_conflict(engine: Engine, python_image: str,
                                                             store: Store) -> None:
     with pytest.raises(ConflictingPins) as e:
@@ -213,9 +213,7 @@ def test_a_requirement_against_an_ancestor_pin_is_a_conflict(engine: Engine, pyt
     assert "six==1.16.0 (pinned by an ancestor layer)" in str(e.value)
 
 
-@pytest.mark.docker
-@pytest.mark.network
-@pytest.mark.slow
+@integration
 def test_previous_pins_are_kept_and_upgrade_package_moves_only_those(engine: Engine, python_image: str,
                                                                      store: Store) -> None:
     old = lock(engine, python_image, store, "six==1.16.0", "markupsafe==2.1.5")
@@ -227,9 +225,7 @@ def test_previous_pins_are_kept_and_upgrade_package_moves_only_those(engine: Eng
     assert tuple(map(int, versions["six"].split("."))) > (1, 16, 0)
 
 
-@pytest.mark.docker
-@pytest.mark.network
-@pytest.mark.slow
+@integration
 def test_an_unknown_package_is_named(engine: Engine, python_image: str, store: Store) -> None:
     with pytest.raises(NoDistribution) as e:
         lock(engine, python_image, store, "six", "no-such-package-buildsys-test")
@@ -239,9 +235,7 @@ def test_an_unknown_package_is_named(engine: Engine, python_image: str, store: S
     assert "Traceback" not in msg and 'File "' not in msg
 
 
-@pytest.mark.docker
-@pytest.mark.network
-@pytest.mark.slow
+@integration
 def test_conflicting_pins_show_both_sides(engine: Engine, python_image: str, store: Store) -> None:
     with pytest.raises(ConflictingPins) as e:
         lock(engine, python_image, store, "jinja2==3.1.4", "markupsafe<2")
@@ -250,9 +244,7 @@ def test_conflicting_pins_show_both_sides(engine: Engine, python_image: str, sto
     assert "MarkupSafe>=2.0 (asked by jinja2 3.1.4)" in msg
 
 
-@pytest.mark.docker
-@pytest.mark.network
-@pytest.mark.slow
+@integration
 def test_a_package_without_a_wheel_is_refused_with_the_python_and_tags(engine: Engine, python_image: str,
                                                                       store: Store) -> None:
     # docopt 0.6.2 is published as an sdist only.
@@ -265,9 +257,7 @@ def test_a_package_without_a_wheel_is_refused_with_the_python_and_tags(engine: E
     assert [m[0] for m in e.value.missing] == ["docopt"]
 
 
-@pytest.mark.docker
-@pytest.mark.network
-@pytest.mark.slow
+@integration
 def test_an_image_without_python_says_to_add_it(engine: Engine, root_image: str, store: Store) -> None:
     with pytest.raises(PythonMissing) as e:
         lock(engine, root_image, store, "six")
@@ -283,9 +273,7 @@ def as_lock(pl: PipLock) -> Lock:
                 python=pl.python, pip_installer=pl.installer)
 
 
-@pytest.mark.docker
-@pytest.mark.network
-@pytest.mark.slow
+@integration
 def test_staged_wheels_install_offline_into_the_image(engine: Engine, python_image: str, store: Store,
                                                       six_markupsafe: PipLock, tmp_path: Path) -> None:
     lk = as_lock(six_markupsafe)

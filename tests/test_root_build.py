@@ -20,21 +20,12 @@ from pathlib import Path
 
 import docker
 import pytest
-from click.testing import CliRunner, Result
+from helpers import bs, copy_project
 
-from buildsys.cli import cli
 from buildsys.image import OciLayout
 from buildsys.lockfile import lock_path, read_lock
 
 pytestmark = [pytest.mark.docker, pytest.mark.network, pytest.mark.slow]
-
-FIXTURES = Path(__file__).parent / "fixtures"
-
-
-def copy_project(name: str, dest: Path) -> Path:
-    shutil.copytree(FIXTURES / name, dest, dirs_exist_ok=True)
-    return dest
-
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -48,10 +39,6 @@ def project(tmp_path_factory: pytest.TempPathFactory, store: Path) -> Path:
     assert bs(proj, store, "lock", "mini").exit_code == 0
     assert bs(proj, store, "fetch", "mini").exit_code == 0
     return proj
-
-
-def bs(project: Path, store: Path, *args: str) -> Result:
-    return CliRunner().invoke(cli, ["-C", str(project), "--store", str(store), *args])
 
 
 @pytest.fixture(scope="module")
