@@ -36,6 +36,19 @@ BUILD_ENV = {
 }
 BUILD_HOSTNAME = "buildsys"
 
+# Messages of tools that tried to reach the network; the build has none by design.
+NETWORK_SIGNS = (
+    "Temporary failure in name resolution",
+    "Network is unreachable",
+    "Could not resolve host",
+    "Name or service not known",
+    "No route to host",
+    "Failed to establish a new connection",
+    "getaddrinfo failed",
+)
+NO_NETWORK_HINT = ("the build has no network by design: everything a step needs must be locked "
+                   "([apt], [pip] or [[files]]) and is found under /buildsys")
+
 
 @dataclass(frozen=True)
 class Bootstrapped:
@@ -145,8 +158,10 @@ def _run(cmd: list[str], *, what: str, recipe: str = "", cwd: Path | None = None
         raise ToolMissing(cmd[0], cmd[0]) from e
     if proc.returncode != 0:
         out = (proc.stdout or b"") if stdout is None else b""
-        raise BuildError(recipe or "bootstrap", what, (out + proc.stderr).decode(errors="replace"),
-                         hint="steps run with no network by design; anything they need must be locked")
+        output = (out + proc.stderr).decode(errors="replace")
+        raise BuildError(recipe or "bootstrap", what, output, hint=NO_NETWORK_HINT if tried_network(output) else None)
     return proc.stdout if stdout is None else b""
 
 
+def tried_network(output: str) -> bool:
+    return any(sign in output for sign in NETWORK_SIGNS)

@@ -265,9 +265,7 @@ class Builder:
                 result = container.run(on_output=lambda line: self._on_build_output(recipe.name, line))
                 if result.exit_code != 0:
                     step = steps.failed_step(result.output)
-                    hint = ("the build has no network by design: everything a step needs must be locked "
-                            "([apt], [pip] or [[files]]) and is found under /buildsys"
-                            if steps.tried_network(result.output) else
+                    hint = (bootstrap.NO_NETWORK_HINT if bootstrap.tried_network(result.output) else
                             f"fix the step in {recipe.path}, then run `buildsys build {recipe.name}` again")
                     raise BuildError(recipe.name, f"{step} (exit {result.exit_code})", result.output, hint=hint)
                 yield container, result, Path(tmp)

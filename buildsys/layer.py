@@ -539,7 +539,8 @@ def read_entries(path: Path) -> dict[str, LayerEntry]:
         with tarfile.open(path, mode="r:") as tf:
             return _scan(tf)[0]
     except tarfile.TarError as e:
-        raise LayerError(f"{path}: cannot read the layer tar: {e}") from e
+        raise LayerError(f"{path}: cannot read the layer tar: {e}",
+                         "the store's copy is damaged: rebuild the image (`buildsys build --no-cache`)") from e
 
 
 def _fields_differing(a: LayerEntry, b: LayerEntry) -> tuple[list[str], list[str]]:

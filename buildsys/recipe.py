@@ -467,7 +467,7 @@ def parse_recipe(path: Path) -> Recipe:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise RecipeError(path, f"not UTF-8 text ({e.reason})") from e
+        raise RecipeError(path, f"not UTF-8 text ({e.reason})", hint="save the file as UTF-8") from e
     except OSError as e:
         raise RecipeError(path, f"cannot be read: {e.strerror or e}") from e
     try:

@@ -24,18 +24,6 @@ MOUNT = "/buildsys"
 STEP_MARKER = "::buildsys-step::"
 INSTALLED_MARKER = "::buildsys-installed::"
 
-# Messages of tools that tried to reach the network; the build has none by design.
-NETWORK_SIGNS = (
-    "Temporary failure in name resolution",
-    "Network is unreachable",
-    "Could not resolve host",
-    "Name or service not known",
-    "No route to host",
-    "Failed to establish a new connection",
-    "getaddrinfo failed",
-)
-
-
 @dataclass(frozen=True)
 class Staged:
     folder: Path
@@ -120,7 +108,3 @@ def installed_packages(output: str) -> dict[str, str] | None:
         if name and version:
             pkgs[name.split(":")[0]] = version
     return pkgs
-
-
-def tried_network(output: str) -> bool:
-    return any(sign in output for sign in NETWORK_SIGNS)
