@@ -10,8 +10,10 @@ even by mistake.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -103,8 +105,14 @@ def bootstrap_debian(store: Store, lock: Lock, run_steps: Sequence[str], out_dir
         tarball = out_dir / "rootfs.tar"
         status_copy = Path(tmp) / "status"
         env = {**BUILD_ENV, "SOURCE_DATE_EPOCH": str(lock.source_date_epoch)}
+        # mmdebstrap's own temporary folder (the whole chroot) goes into our scratch folder,
+        # which is removed on any exit and swept after a kill, never left in /tmp; and a
+        # private mount namespace, so nothing it mounted outlives it.
+        mm_tmp = Path(tmp) / "tmp"
+        mm_tmp.mkdir()
+        env["TMPDIR"] = str(mm_tmp)
         cmd = [
-            "unshare", "--net", "--",
+            "unshare", "--net", "--mount", "--",
             "mmdebstrap", "--quiet", "--mode=root", "--format=tar",
             f"--variant={base.variant}", f"--architectures={base.architecture}",
             '--aptopt=Acquire::Languages "none"',
@@ -152,15 +160,36 @@ def _run(cmd: list[str], *, what: str, recipe: str = "", cwd: Path | None = None
     try:
         # Its own session: on failure mmdebstrap signals its whole process group
         # (SIGHUP), which would otherwise kill buildsys before it can clean up.
-        proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=stdout or subprocess.PIPE, stderr=subprocess.PIPE,
-                              stdin=subprocess.DEVNULL, check=False, start_new_session=True)
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=stdout or subprocess.PIPE, stderr=subprocess.PIPE,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
     except FileNotFoundError as e:  # pragma: no cover - require_tools checks first
         raise ToolMissing(cmd[0], cmd[0]) from e
+    try:
+        out, err = proc.communicate()
+    except BaseException:
+        # Ctrl-C (or any error) here: the tool's whole group must stop before its scratch
+        # folder is removed under it; SIGTERM lets mmdebstrap clean up after itself.
+        _stop_group(proc)
+        raise
     if proc.returncode != 0:
-        out = (proc.stdout or b"") if stdout is None else b""
-        output = (out + proc.stderr).decode(errors="replace")
+        output = ((out or b"") + err).decode(errors="replace")
         raise BuildError(recipe or "bootstrap", what, output, hint=NO_NETWORK_HINT if tried_network(output) else None)
-    return proc.stdout if stdout is None else b""
+    return out if stdout is None else b""
+
+
+def _stop_group(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # children that outlived their parent
 
 
 def tried_network(output: str) -> bool:

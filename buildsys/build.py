@@ -22,11 +22,12 @@ from typing import Any
 
 from buildsys import bootstrap, steps
 from buildsys.engine import Container, Engine, EngineError, RunResult
-from buildsys.errors import BuildError, NotVendored
+from buildsys.errors import BuildError, NotVendored, StaleLock
 from buildsys.graph import Graph
-from buildsys.image import OciLayout, make_config, oci_labels, write_docker_archive
+from buildsys.image import DamagedBlob, OciLayout, make_config, oci_labels, write_docker_archive
 from buildsys.layer import NORMALIZER_VERSION, normalize_dir, normalize_tar
-from buildsys.lockfile import Lock
+from buildsys.lockcheck import pip_closure
+from buildsys.lockfile import Lock, lock_path
 from buildsys.recipe import Recipe, canonical_json
 from buildsys.store import Store, atomic_write
 from buildsys.vendor import verify_store
@@ -106,6 +107,32 @@ class Builder:
         return OciLayout(self.store.oci)
 
     def build(self, names: Sequence[str], jobs: int = 1) -> list[BuiltImage]:
+        try:
+            return self._build(names, jobs)
+        except DamagedBlob as e:
+            # The blob is gone already; forget every cache entry that used it, then once more:
+            # the layers it belonged to are rebuilt (the same digests, from the locks).
+            dropped = self.forget_blob(e.digest)
+            self.report("*", "repair", f"{e.message}; {dropped} cache entr{'y' if dropped == 1 else 'ies'} "
+                                       "dropped, rebuilding")
+            self._memo.clear()
+            return self._build(names, jobs)
+
+    def forget_blob(self, digest: str) -> int:
+        """Remove the cache entries whose image uses ``digest``; return how many."""
+        dropped = 0
+        for path in sorted((self.store.cache / "layers").glob("*.json")):
+            try:
+                record = LayerRecord.from_json(json.loads(path.read_text()))
+            except (ValueError, KeyError, OSError):
+                path.unlink(missing_ok=True)  # unreadable: a miss anyway
+                continue
+            if digest in (record.config_digest, record.manifest_digest, *(d for d, _ in record.layers)):
+                path.unlink(missing_ok=True)
+                dropped += 1
+        return dropped
+
+    def _build(self, names: Sequence[str], jobs: int) -> list[BuiltImage]:
         selected = self.graph.select(names)
         if n := self.store.sweep_scratch():
             self.report("*", "cleanup", f"removed {n} scratch folder(s) left by an interrupted run")
@@ -188,10 +215,22 @@ class Builder:
         path = self._cache_path(key)
         if self.no_cache or not path.is_file():
             return None
-        record = LayerRecord.from_json(json.loads(path.read_text()))
-        blobs = [record.config_digest, record.manifest_digest, *(d for d, _ in record.layers)]
-        # An entry whose blobs were removed is a miss, never a half image.
-        return record if all(self.layout.has_blob(d) for d in blobs) else None
+        try:
+            record = LayerRecord.from_json(json.loads(path.read_text()))
+        except (ValueError, KeyError, TypeError):
+            return None  # a damaged entry is a miss
+        layout = self.layout
+        # An entry whose blobs were removed, or whose layer blobs changed size, is a miss, never
+        # a half image. Same-size damage is caught where blob bytes are read (DamagedBlob).
+        if not (layout.has_blob(record.config_digest) and layout.has_blob(record.manifest_digest)):
+            return None
+        for digest, size in record.layers:
+            try:
+                if layout.blob_path(digest).stat().st_size != size:
+                    return None
+            except FileNotFoundError:
+                return None
+        return record
 
     def _layer(self, recipe: Recipe, parent: LayerRecord | None, prefix: Sequence[str],
                ) -> tuple[LayerRecord, bool]:
@@ -201,7 +240,7 @@ class Builder:
             self.report(recipe.name, "cached", hit.config_digest[:19])
             return hit, True
         started = time.monotonic()
-        self._check_vendored(recipe)
+        self._check_vendored(recipe, prefix)
         if recipe.is_root:
             record = self._root_layer(recipe)
         else:
@@ -292,11 +331,13 @@ class Builder:
                              hint=f"relock: `buildsys lock --upgrade {recipe.name}`; if it persists, "
                                   "this is a buildsys bug")
 
-    def _check_vendored(self, recipe: Recipe) -> None:
-        """Every input of the layer is in the vendor store with its locked sha256.
+    def _check_vendored(self, recipe: Recipe, prefix: Sequence[str]) -> None:
+        """Every input of the layer is in the vendor store with its locked sha256, and the pip set is closed.
 
         A damaged file is removed (so ``fetch`` replaces it) and named; this costs
-        one hash pass over the layer's inputs, and only on a cache miss.
+        one hash pass over the layer's inputs, and only on a cache miss. The
+        closure is read from the wheels themselves (``lockcheck.pip_closure``):
+        pip installs with ``--no-deps`` and would not notice a missing one.
         """
         arts = self.locks[recipe.name].artifacts()
         missing = [a for a in arts if not self.store.vendor_path(a.sha256).is_file()]
@@ -310,6 +351,11 @@ class Builder:
             raise NotVendored(recipe.name, f"{a.name} {a.version} ({a.filename})".replace("  ", " "),
                               f"damaged in the vendor store (its sha256 is not the locked {a.sha256}); "
                               f"{len(corrupt)} damaged file(s) were removed")
+        lock = self.locks[recipe.name]
+        if lock.pip and (unmet := pip_closure(self.store, [self.locks[n] for n in prefix], lock)):
+            more = f" (and {len(unmet) - 3} more)" if len(unmet) > 3 else ""
+            raise StaleLock(recipe.name, lock_path(recipe.path.parent.parent, recipe.name),
+                            "its pip set is not closed: " + "; ".join(unmet[:3]) + more)
 
     def _write_image(self, recipe: Recipe, lock: Lock, parent: LayerRecord | None, layer_file: Path,
                      diff_id: str, size: int, created_by: str) -> LayerRecord:
@@ -345,7 +391,13 @@ class Builder:
                     raise
                 self._docker_load(record, 0)  # an engine that wants every layer after all
         if tag:
-            self.engine.tag(record.config_digest, tag, "latest")
+            previous = self.engine.tag(record.config_digest, tag, "latest")
+            # Tags are per engine, recipes per project: say when a tag moves away from an
+            # image that this store did not build (another project's recipe of the same name).
+            if previous and previous != record.config_digest and not self.layout.has_blob(previous):
+                self.report(record.recipe, "warning", f"{tag}:latest pointed at {previous[:19]}, which this store "
+                                                      f"did not build (another project?); it now points at "
+                                                      f"{record.config_digest[:19]}")
             self.layout.set_ref(tag, record.manifest_digest)
 
     def _docker_load(self, record: LayerRecord, omit_layers: int) -> None:

@@ -212,7 +212,7 @@ def lock_cmd(obj: Context, recipes: tuple[str, ...], upgrade: bool, upgrade_pack
 
 @cli.command("fetch")
 @click.argument("recipes", nargs=-1)
-@click.option("-j", "--jobs", default=8, show_default=True, help="Parallel downloads.")
+@click.option("-j", "--jobs", default=8, show_default=True, type=click.IntRange(min=1), help="Parallel downloads.")
 @click.pass_obj
 def fetch_cmd(obj: Context, recipes: tuple[str, ...], jobs: int) -> None:
     """Download every locked artifact into the vendor store, hash-checked."""
@@ -223,6 +223,9 @@ def fetch_cmd(obj: Context, recipes: tuple[str, ...], jobs: int) -> None:
     locks = fresh_locks(obj.project, g, recipes)
     artifacts = {a.sha256: a for lock in locks.values() for a in lock.artifacts()}
     result = fetch(Store(obj.store), sorted(artifacts.values(), key=lambda a: (a.kind, a.filename)), jobs=jobs)
+    for what in result.repaired:
+        click.echo(f"warning: {what} was damaged in the vendor store (its content is not what its sha256 names); "
+                   "it was removed and fetched again", err=True)
     click.echo(f"fetched {result.downloaded} files ({result.bytes / 1e6:.1f} MB) in {result.seconds:.1f}s, "
                f"{result.skipped} already in the store")
 
@@ -232,7 +235,8 @@ def fetch_cmd(obj: Context, recipes: tuple[str, ...], jobs: int) -> None:
 @click.option("--verify", is_flag=True, help="Rebuild from nothing and prove the digests are equal.")
 @click.option("--no-cache", is_flag=True, help="Rebuild every layer.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (one object per image).")
-@click.option("-j", "--jobs", default=1, show_default=True, help="Build independent branches of the DAG in parallel.")
+@click.option("-j", "--jobs", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Build independent branches of the DAG in parallel.")
 @click.pass_obj
 def build_cmd(obj: Context, recipes: tuple[str, ...], verify: bool, no_cache: bool, as_json: bool,
               jobs: int) -> None:
@@ -324,7 +328,8 @@ def test_cmd(obj: Context, recipes: tuple[str, ...]) -> None:
 @cli.command("diff")
 @click.argument("image_a")
 @click.argument("image_b")
-@click.option("--limit", default=200, show_default=True, help="Show at most this many files.")
+@click.option("--limit", default=200, show_default=True, type=click.IntRange(min=1),
+              help="Show at most this many files.")
 @click.pass_obj
 def diff_cmd(obj: Context, image_a: str, image_b: str, limit: int) -> None:
     """What differs between two images (recipe names or manifest digests), file by file.

@@ -84,6 +84,10 @@ class Engine:
         """``docker load`` of a docker-archive tar (a stream is sent as it is read)."""
         try:
             self.client.images.load(archive)
+        except docker.errors.ImageLoadError as e:  # the engine answered: it refused the archive
+            raise EngineError(f"docker load refused the image: {_short(e)}",
+                              "the image in the store may be damaged: run `buildsys build --no-cache` "
+                              "for the recipe (run with -v for details)") from e
         except _TRANSPORT as e:
             raise _translate("loading an image", e) from e
 
@@ -96,11 +100,16 @@ class Engine:
             raise _translate(f"inspecting {ref}", e) from e
         return True
 
-    def tag(self, image_id: str, repository: str, tag: str = "latest") -> None:
+    def tag(self, image_id: str, repository: str, tag: str = "latest") -> str | None:
+        """Point ``repository:tag`` at ``image_id``; return the image it pointed at before, if any."""
+        previous = self.image_id(f"{repository}:{tag}")
+        if previous == image_id:
+            return previous
         try:
             self.client.images.get(image_id).tag(repository, tag)
         except _TRANSPORT as e:
             raise _translate(f"tagging {image_id} as {repository}:{tag}", e) from e
+        return previous
 
     def image_id(self, ref: str) -> str | None:
         try:

@@ -91,6 +91,17 @@ class FormatVersionError(BuildsysError):
         )
 
 
+class LockFileError(BuildsysError):
+    """A lock holds a value that is not of its shape (a path for a digest, a URL that is none...)."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, path: Path | str, entry: str, key: str, problem: str, hint: str) -> None:
+        self.path, self.entry, self.key, self.problem = Path(path), entry, key, problem
+        where = f"{entry}: {key}" if key else entry
+        super().__init__(f"{path}: {where}: {problem}", hint)
+
+
 class LockError(BuildsysError):
     """Resolution failed while locking (unknown package, conflicting pins)."""
 

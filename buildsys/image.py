@@ -51,6 +51,20 @@ class ImageError(BuildsysError):
     """The OCI layout is missing a blob, is corrupt, or an image is inconsistent."""
 
 
+class DamagedBlob(ImageError):
+    """A blob's content is not what its digest names. The blob has been removed already."""
+
+    def __init__(self, path: Path, digest: str) -> None:
+        self.path, self.digest = path, digest
+        super().__init__(f"{path}: the store's blob {digest} was damaged (its content does not match its digest) "
+                         "and was removed", "run the build again: it rebuilds the layers that used it")
+
+
+def _damaged(path: Path, digest: str) -> DamagedBlob:
+    path.unlink(missing_ok=True)  # never trusted again, never served to docker or a registry
+    return DamagedBlob(path, digest)
+
+
 class DescriptorLike(Protocol):
     @property
     def digest(self) -> str: ...
@@ -205,7 +219,8 @@ class OciLayout:
 
     def add_blob_bytes(self, data: bytes) -> str:
         digest = digest_bytes(data)
-        if not self.has_blob(digest):
+        path = self.blob_path(digest)
+        if not path.is_file() or path.read_bytes() != data:
             self._ensure()
             atomic_write(self.blob_path(digest), data)
         return digest
@@ -223,9 +238,8 @@ class OciLayout:
                     h.update(chunk)
             digest = "sha256:" + h.hexdigest()
         final = self.blob_path(digest)
-        if final.is_file():
-            path.unlink()
-            return digest
+        # A blob already there is replaced, not trusted: the new file was hashed as it was
+        # written, the old one may have been damaged since (a rename costs nothing).
         self._ensure()
         with open(path, "rb") as f:
             os.fsync(f.fileno())
@@ -245,8 +259,7 @@ class OciLayout:
             raise ImageError(f"{self.root}: blob {digest} is missing",
                              "the image store is incomplete; rebuild with `buildsys build --no-cache`") from e
         if digest_bytes(data) != digest:
-            raise ImageError(f"{self.blob_path(digest)}: content does not match its digest",
-                             "the image store is corrupt; delete the blob and rebuild")
+            raise _damaged(self.blob_path(digest), digest)
         return data
 
     def write_image(
@@ -381,10 +394,16 @@ def write_docker_archive(layout: OciLayout, manifest_digest: str, repo_tags: lis
         ti.size, ti.mtime, ti.uid, ti.gid, ti.uname, ti.gname = size, 0, 0, 0, "", ""
         return ti
 
-    def file_chunks(path: Path) -> Iterator[bytes]:
+    def file_chunks(path: Path, digest: str) -> Iterator[bytes]:
+        # Hashed as it is sent: a damaged blob is named (and removed) here, not reported
+        # by docker as an "invalid diffID" that says nothing of where it came from.
+        h = hashlib.sha256()
         with open(path, "rb") as f:
             while chunk := f.read(_CHUNK):
+                h.update(chunk)
                 yield chunk
+        if "sha256:" + h.hexdigest() != digest:
+            raise _damaged(path, digest)
 
     writer = TarWriter(dst)
     writer.add(info("blobs", directory=True))
@@ -393,7 +412,7 @@ def write_docker_archive(layout: OciLayout, manifest_digest: str, repo_tags: lis
         path = layout.blob_path(digest)
         if not path.is_file():
             raise ImageError(f"{layout.root}: blob {digest} is missing", "rebuild the image")
-        writer.add(info(blob_name(digest), path.stat().st_size), file_chunks(path))
+        writer.add(info(blob_name(digest), path.stat().st_size), file_chunks(path, digest))
     small = {
         "index.json": canonical_bytes(index),
         "manifest.json": canonical_bytes(docker_manifest),

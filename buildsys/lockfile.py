@@ -20,6 +20,7 @@ import tomlkit.exceptions
 import tomlkit.items
 
 from buildsys.errors import FormatVersionError, MissingLock, RecipeError, StaleLock
+from buildsys.lockschema import validate_lock
 from buildsys.recipe import Recipe
 from buildsys.store import Artifact, atomic_write
 
@@ -41,8 +42,10 @@ class LockedDeb:
         return self.path.rsplit("/", 1)[-1]
 
     def artifact(self) -> Artifact:
+        # local=True: the mirror is the one the recipe names (``lockcheck`` holds the lock to it),
+        # so a file: or loopback mirror is the recipe's own choice.
         return Artifact(kind="deb", name=self.name, version=self.version, filename=self.filename,
-                        sha256=self.sha256, size=self.size, urls=(f"{self.mirror}/{self.path}",))
+                        sha256=self.sha256, size=self.size, urls=(f"{self.mirror}/{self.path}",), local=True)
 
     def to_toml(self) -> dict[str, Any]:
         return {"architecture": self.architecture, "mirror": self.mirror, "name": self.name, "path": self.path,
@@ -60,17 +63,22 @@ class LockedFile:
     name: str
     sha256: str
     size: int
+    local: bool = False  # the recipe allowed a URL on this machine (urlpolicy); recorded so it is seen
 
     def artifact(self) -> Artifact:
         return Artifact(kind="file", name=self.name, version="", filename=self.name, sha256=self.sha256,
-                        size=self.size, urls=(self.url,))
+                        size=self.size, urls=(self.url,), local=self.local)
 
     def to_toml(self) -> dict[str, Any]:
-        return {"name": self.name, "sha256": self.sha256, "size": self.size, "url": self.url}
+        d: dict[str, Any] = {"name": self.name, "sha256": self.sha256, "size": self.size, "url": self.url}
+        if self.local:
+            d["local"] = True
+        return d
 
     @classmethod
     def from_toml(cls, d: Mapping[str, Any]) -> LockedFile:
-        return cls(url=d["url"], name=d["name"], sha256=d["sha256"], size=int(d["size"]))
+        return cls(url=d["url"], name=d["name"], sha256=d["sha256"], size=int(d["size"]),
+                   local=bool(d.get("local", False)))
 
 
 @dataclass(frozen=True)
@@ -97,8 +105,9 @@ class LockedPip:
 
     def artifacts(self) -> list[Artifact]:
         chosen = [f for f in self.files if f.name == self.selected] if self.selected else list(self.files)
+        # local=True: wheel URLs on this machine pass ``lockcheck`` only under a local index-url.
         return [Artifact(kind="wheel", name=self.name, version=self.version, filename=f.name, sha256=f.sha256,
-                         size=f.size, urls=(f.url,)) for f in chosen]
+                         size=f.size, urls=(f.url,), local=True) for f in chosen]
 
     def to_toml(self) -> dict[str, Any]:
         d: dict[str, Any] = {"name": self.name, "version": self.version,
@@ -267,6 +276,7 @@ def read_lock(path: Path) -> Lock:
         raise RecipeError(path, f"lock file is not valid TOML: {e}", hint="relock: `buildsys lock`") from e
     if d.get("version") != LOCK_VERSION:
         raise FormatVersionError(path, d.get("version"), LOCK_VERSION)
+    validate_lock(path, d)  # every value has its shape before any becomes a path, a URL or an argument
     try:
         return Lock(
             recipe=d["recipe"],
@@ -313,4 +323,10 @@ def check_fresh(project: Path, recipe: Recipe, locks: Mapping[str, Lock]) -> Loc
     for p in recipe.parents:
         if lock.parents[p] != locks[p].lock_hash:
             raise StaleLock(recipe.name, path, f"parent '{p}' was relocked since")
+    from buildsys.lockcheck import ancestors, covers  # lockcheck reads this module's types
+
+    problems = covers(recipe, lock, ancestors(lock, locks))
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise StaleLock(recipe.name, path, "it does not cover its recipe: " + "; ".join(problems[:3]) + more)
     return lock

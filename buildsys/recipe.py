@@ -22,6 +22,7 @@ import tomlkit
 import tomlkit.exceptions
 
 from buildsys.errors import RecipeError, did_you_mean
+from buildsys.urlpolicy import local_reason
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 DEBIAN_VARIANTS = ("extract", "custom", "essential", "apt", "required", "minbase", "buildd", "important", "standard")
@@ -29,6 +30,7 @@ DEFAULT_MIRROR = "http://deb.debian.org/debian"
 _URL_SCHEMES = ("http", "https", "file")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _APT_NAME = re.compile(r"[a-z0-9][a-z0-9+.-]+(:[a-z0-9-]+)?")
+_APT_UPDATE = re.compile(r"\bapt(-get)?\s+(-\S+\s+)*update\b")
 _CRAN_NAME = re.compile(r"[A-Za-z][A-Za-z0-9.]*[A-Za-z0-9]")
 
 # Schema: a key maps to a type tag or a nested schema (a dict).
@@ -40,7 +42,7 @@ _DEBIAN: dict[str, Any] = {
     "architecture": "str",
     "components": "str-list",
 }
-_FILE: dict[str, Any] = {"url": "str", "name": "str", "sha256": "str"}
+_FILE: dict[str, Any] = {"url": "str", "name": "str", "sha256": "str", "local": "bool"}
 SCHEMA: dict[str, Any] = {
     "description": "str",
     "parents": "str-list",
@@ -66,6 +68,7 @@ _TYPE_WORDS = {
     "str-list": "an array of strings",
     "int-list": "an array of integers",
     "str-map": "a table of strings",
+    "bool": "true or false",
 }
 
 
@@ -88,6 +91,7 @@ class FileSpec:
     url: str
     name: str
     sha256: str | None = None
+    local: bool = False  # may read from this machine (file:, loopback): an explicit opt-in, see urlpolicy
 
 
 @dataclass(frozen=True)
@@ -401,6 +405,9 @@ class _Validator:
                 raise self.fail(keypath, f"must be an array of tables ([[{render_key(keypath)}]]), not {_kind(value)}")
             for i, item in enumerate(value):
                 self.check(item, spec[1], (*keypath, i))
+        elif spec == "bool":
+            if not isinstance(value, bool):
+                raise self.fail(keypath, f"must be {_TYPE_WORDS[spec]}, not {_kind(value)}")
         elif spec == "str":
             if not isinstance(value, str):
                 raise self.fail(keypath, f"must be {_TYPE_WORDS[spec]}, not {_kind(value)}")
@@ -532,7 +539,11 @@ def parse_recipe(path: Path) -> Recipe:
         if fname in (seen.name for seen in files):
             raise v.fail(("files", i, "name" if "name" in f else "url"), f"a second file named '{fname}'",
                          hint='give each a distinct name = "..."')
-        files.append(FileSpec(url=f["url"], name=fname, sha256=sha))
+        local = f.get("local", False)
+        if not local and (why := local_reason(f["url"])):
+            raise v.fail(("files", i, "url"), f"'{f['url']}' reads from this machine: {why}",
+                         hint="a recipe may do that only on purpose: add local = true to this [[files]] entry")
+        files.append(FileSpec(url=f["url"], name=fname, sha256=sha, local=local))
 
     img = data.get("image", {})
     for i, port in enumerate(img.get("expose", [])):
@@ -544,6 +555,10 @@ def parse_recipe(path: Path) -> Recipe:
     if "workdir" in img and not img["workdir"].startswith("/"):
         raise v.fail(("image", "workdir"), f"'{img['workdir']}' must be an absolute path",
                      hint="docker refuses a relative working directory")
+    for i, step in enumerate(data.get("run", [])):
+        if _APT_UPDATE.search(step):
+            raise v.fail(("run", i), "runs `apt-get update`, which cannot reach anything: builds have no network",
+                         hint='put the packages in [apt] packages = [...]; they are locked and installed offline')
     image = ImageConfig(
         env=tuple(sorted(img.get("env", {}).items())),
         user=img.get("user"),

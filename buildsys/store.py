@@ -10,12 +10,16 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,9 @@ class Artifact:
     sha256: str  # lowercase hex, no prefix
     size: int | None
     urls: tuple[str, ...]  # tried in order
+    # May its URLs point at this machine (file:, loopback)? Only [[files]] with local = true;
+    # debs and wheels come from indexes, which fetch never needs to read from here.
+    local: bool = False
 
 
 class Store:
@@ -73,11 +80,35 @@ class Store:
         return removed
 
     def vendor_path(self, sha256: str) -> Path:
+        # Locks are validated on read; this guard keeps any other caller from turning
+        # a value that is not a digest into a path outside the store.
+        if not _HEX64.fullmatch(sha256):
+            raise ValueError(f"not a sha256 hex digest: {sha256!r}")
         return self.vendor / sha256
 
     def has_artifact(self, art: Artifact) -> bool:
         path = self.vendor_path(art.sha256)
         return path.is_file() and (art.size is None or path.stat().st_size == art.size)
+
+    # A file's sha256 was checked when it was placed; a stamp records the (size, mtime,
+    # inode) it had then, so a later fetch rehashes only files that changed since.
+    def _stamp_path(self, sha256: str) -> Path:
+        return self.vendor_root / "verified" / self.vendor_path(sha256).name
+
+    @staticmethod
+    def _stamp_of(path: Path) -> bytes:
+        st = path.stat()
+        return f"{st.st_size} {st.st_mtime_ns} {st.st_ino}\n".encode()
+
+    def mark_verified(self, sha256: str) -> None:
+        atomic_write(self._stamp_path(sha256), self._stamp_of(self.vendor_path(sha256)))
+
+    def is_verified(self, sha256: str) -> bool:
+        """The file is there and unchanged since its hash was last checked."""
+        try:
+            return self._stamp_path(sha256).read_bytes() == self._stamp_of(self.vendor_path(sha256))
+        except FileNotFoundError:
+            return False
 
 
 def _alive(pid: int) -> bool:
@@ -107,6 +138,12 @@ def atomic_open(path: Path, mode: str = "wb") -> Iterator[IO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp makes 0600; the result keeps the mode of the file it replaces, else the umask's.
+        try:
+            perm = stat.S_IMODE(path.stat().st_mode)
+        except FileNotFoundError:
+            perm = 0o666 & ~_UMASK
+        os.fchmod(fd, perm)
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
@@ -116,6 +153,15 @@ def atomic_open(path: Path, mode: str = "wb") -> Iterator[IO]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _read_umask() -> int:
+    mask = os.umask(0o022)  # the only portable way to read it; done once, at import, before any thread
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
 
 
 def atomic_write(path: Path, data: bytes) -> None:

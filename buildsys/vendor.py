@@ -34,6 +34,7 @@ from urllib.parse import unquote, urlsplit
 from buildsys import __version__
 from buildsys.errors import FetchError, HashMismatch
 from buildsys.store import Artifact, Store, sha256_file
+from buildsys.urlpolicy import LocalURLRefused, local_reason, opener
 
 CHUNK = 1 << 16
 USER_AGENT = f"buildsys/{__version__}"
@@ -48,6 +49,8 @@ class FetchReport:
     skipped: int  # artifacts already there
     bytes: int  # bytes transferred by this run
     seconds: float
+    # Files that were in the store with other content than their name says: removed and fetched again.
+    repaired: tuple[str, ...] = ()
 
     def summary(self) -> str:
         return (
@@ -110,9 +113,10 @@ def fetch(
     overall bytes and one line per active download; it vanishes when done.
     Nothing else is printed: the caller (the CLI) prints ``report.summary()``.
 
-    A file already in the store counts as present when its size matches
-    (``Store.has_artifact``); rehashing hundreds of MB on every fetch would
-    cost more than the fetch. ``verify_store`` rehashes on demand.
+    A file already in the store is trusted only while it is unchanged since
+    its hash was checked (``Store.is_verified``: size, mtime and inode as they
+    were then); any other is rehashed, and one whose content is not what its
+    name says is removed, fetched again and named in ``report.repaired``.
     Failures of some artifacts do not stop the others; they are raised at
     the end (one error as itself, several as ``FetchFailures``).
     """
@@ -120,6 +124,12 @@ def fetch(
     unique: dict[str, Artifact] = {}
     for art in artifacts:
         unique.setdefault(art.sha256.lower(), art)
+    present = [a for a in unique.values() if store.has_artifact(a)]
+    unchecked = [a for a in present if not store.is_verified(a.sha256)]
+    damaged = verify_store(store, unchecked, remove=True, jobs=jobs) if unchecked else []
+    for art in unchecked:
+        if art not in damaged:
+            store.mark_verified(art.sha256)
     todo = [a for a in unique.values() if not store.has_artifact(a)]
     skipped = len(unique) - len(todo)
     store.vendor.mkdir(parents=True, exist_ok=True)
@@ -151,7 +161,8 @@ def fetch(
             stop.set()
             pool.shutdown(wait=True, cancel_futures=True)
             raise
-    report = FetchReport(downloaded, skipped, done_bytes, time.monotonic() - start)
+    report = FetchReport(downloaded, skipped, done_bytes, time.monotonic() - start,
+                         repaired=tuple(f"{a.filename} ({a.sha256})" for a in damaged))
     if len(errors) == 1:
         raise errors[0]
     if errors:
@@ -226,6 +237,7 @@ def _fetch_one(
                     actual = _check(fd, art)
                     if actual is None:
                         os.replace(partial, final)
+                        store.mark_verified(hexdigest)
                         placed = True
                         return True, transferred
                     if resumed:
@@ -290,6 +302,8 @@ def _download(
 ) -> int:
     """Complete the partial file at ``fd`` from ``url``; return the bytes transferred."""
     scheme = urlsplit(url).scheme
+    if not art.local and (reason := local_reason(url, resolve=True)):
+        raise _Permanent(f"refused: {reason}; only a [[files]] entry with local = true may read from this machine")
     if scheme == "file":
         return _copy_file(url, fd, advance)
     if scheme not in ("http", "https"):
@@ -304,7 +318,7 @@ def _download(
         headers["Range"] = f"bytes={have}-"
     request = urllib.request.Request(url, headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:
+        with opener(art.local).open(request, timeout=timeout) as resp:
             if have and resp.status == 206:
                 content_range = resp.headers.get("Content-Range", "")
                 if not content_range.startswith(f"bytes {have}-"):
@@ -321,6 +335,8 @@ def _download(
             if resp.length and not too_long:
                 raise _Transient(f"connection closed {resp.length} bytes short")
             return written
+    except LocalURLRefused as e:
+        raise _Permanent(str(e)) from e
     except urllib.error.HTTPError as e:
         if e.code == 416 and have:
             _restart(fd)

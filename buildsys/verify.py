@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import tarfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -178,8 +179,12 @@ def diff_images(layout_a: OciLayout, manifest_a: str, layout_b: OciLayout, manif
 
 def resolve_image(layout: OciLayout, ref: str) -> str:
     """A recipe name (the ref its last build left in the store) or a manifest digest."""
-    if ref.startswith("sha256:") and layout.has_blob(ref):
-        return ref
+    if ref.startswith("sha256:"):
+        if not re.fullmatch(r"sha256:[0-9a-f]{64}", ref):
+            raise UsageError(f"'{ref}' is not a manifest digest (sha256: and 64 lowercase hex digits)",
+                             "give a recipe name or a digest as `buildsys build --json` prints it")
+        if layout.has_blob(ref):
+            return ref
     digest = layout.resolve(ref)
     if digest is None:
         known = sorted(layout.refs())

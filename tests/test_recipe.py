@@ -290,7 +290,7 @@ FIELD_ERRORS = [
     (DEBIAN + '[[files]]\nurl = "https://example.org/"\n', "files[0].name", 3, ["'' is not a usable file name"]),
     (DEBIAN + '[[files]]\nurl = "https://a.org/x.deb"\n[[files]]\nurl = "https://b.org/x.deb"\n',
      "files[1].url", 6, ["a second file named 'x.deb'", "distinct name"]),
-    (DEBIAN + '[[files]]\nurl = "https://a.org/x.deb"\nsize = 3\n', "files[0].size", 5, ["allowed here: name, sha256"]),
+    (DEBIAN + '[[files]]\nurl = "https://a.org/x.deb"\nsize = 3\n', "files[0].size", 5, ["allowed here: local, name, sha256"]),
     (DEBIAN + '[cran]\npackages = ["ggplot2>=3.5"]\n', "cran.packages[0]", 4, ["'ggplot2>=3.5' is not an R package"]),
     (DEBIAN + '[cran]\nrepo = "cran.r-project.org"\n', "cran.repo", 4, ["not an http(s) or file URL"]),
     (DEBIAN + '[pip]\nindex_url = "https://pypi.org/simple"\n', "pip.index_url", 4, ["did you mean 'index-url'?"]),
@@ -310,10 +310,38 @@ def test_field_checks(tmp_path, text, key, line, words):
 
 
 def test_file_urls_and_snapshot_repos_are_accepted(tmp_path):
-    r = parse_recipe(write_recipe(tmp_path, DEBIAN + '[[files]]\nurl = "file:///srv/tool.deb"\n'
+    r = parse_recipe(write_recipe(tmp_path, DEBIAN + '[[files]]\nurl = "file:///srv/tool.deb"\nlocal = true\n'
                                   '[cran]\nrepo = "http://127.0.0.1:8123/"\n'))
-    assert r.files == (FileSpec(url="file:///srv/tool.deb", name="tool.deb"),)
+    assert r.files == (FileSpec(url="file:///srv/tool.deb", name="tool.deb", local=True),)
     assert r.cran_repo == "http://127.0.0.1:8123/"
+
+
+@pytest.mark.parametrize("url, why", [
+    ("file:///etc/shadow", "file: URL"),
+    ("file:///proc/self/environ", "file: URL"),
+    ("http://127.0.0.1:8000/secret", "loopback"),
+    ("http://localhost/x", "this machine"),
+    ("http://[::1]/x", "loopback"),
+    ("http://[::ffff:127.0.0.1]/x", "loopback"),
+    ("http://169.254.169.254/latest/meta-data/", "link-local"),
+    ("http://0.0.0.0:80/x", "unspecified"),
+])
+def test_files_reading_this_machine_need_local_true(tmp_path, url, why):
+    path = write_recipe(tmp_path, DEBIAN + f'[[files]]\nurl = "{url}"\nname = "x"\n')
+    with pytest.raises(RecipeError) as info:
+        parse_recipe(path)
+    assert info.value.key == "files[0].url" and info.value.exit_code == 2
+    assert why in str(info.value) and "local = true" in str(info.value)
+    ok = parse_recipe(write_recipe(tmp_path, DEBIAN + f'[[files]]\nurl = "{url}"\nname = "x"\nlocal = true\n'))
+    assert ok.files[0].local
+
+
+@pytest.mark.parametrize("step", ["apt-get update", "apt update && apt install -y jq", "apt-get -q update"])
+def test_apt_get_update_in_a_step_is_refused(tmp_path, step):
+    path = write_recipe(tmp_path, f'run = ["true", "{step}"]\n' + DEBIAN)
+    with pytest.raises(RecipeError) as info:
+        parse_recipe(path)
+    assert info.value.key == "run[1]" and "no network" in str(info.value) and "[apt]" in str(info.value)
 
 
 # --- where a key is: the line number in each error ----------------------------------------------------------------

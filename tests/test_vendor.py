@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import http.server
 import os
@@ -39,6 +40,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     /drop/NAME         first request: announces the whole length, sends half, hangs up;
                        then like /files
     /slow/NAME         like /files after a short pause (to see downloads overlap)
+    /redirect/URL...   302 to the rest of the path, read as a URL (http:/... -> http://...)
     anything else      404
     """
 
@@ -65,6 +67,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def _route(self, hits: int) -> None:
         parts = self.path.strip("/").split("/")
         kind, rest = parts[0], parts[1:]
+        if kind == "redirect":
+            self.send_response(302)
+            self.send_header("Location", "/".join(rest).replace(":/", "://", 1))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return None
         if kind == "flaky":
             failures, rest = int(rest[0]), rest[1:]
             if hits <= failures:
@@ -152,6 +160,7 @@ def artifact(name: str, data: bytes, *urls: str) -> Artifact:
         sha256=hashlib.sha256(data).hexdigest(),
         size=len(data),
         urls=tuple(urls),
+        local=True,  # the test's server is on loopback: as a [[files]] entry with local = true
     )
 
 
@@ -196,7 +205,8 @@ def test_hash_mismatch_keeps_nothing(server: ServerState, store: Store) -> None:
 def test_size_mismatch_is_a_hash_mismatch(server: ServerState, store: Store) -> None:
     data, _ = serve(server, "a.bin")
     art = Artifact(
-        "file", "a.bin", "1", "a.bin", hashlib.sha256(data).hexdigest(), len(data) - 10, (f"{server.base}/files/a.bin",)
+        "file", "a.bin", "1", "a.bin", hashlib.sha256(data).hexdigest(), len(data) - 10, (f"{server.base}/files/a.bin",),
+        local=True,
     )
     with pytest.raises(HashMismatch):
         fetch(store, [art], progress=False)
@@ -346,3 +356,57 @@ def test_no_output_when_not_a_terminal(server: ServerState, store: Store, capsys
     assert capsys.readouterr() == ("", "")  # the CLI prints the summary
     assert report.summary().startswith("fetched 1 file(s), 0.3 MB in ")
     assert report.summary().endswith("; 0 already in the store")
+
+
+# --- what the store and the URLs may be trusted with (issue: hostile and damaged inputs) -----------------------
+
+
+def test_loopback_needs_local_true(server: ServerState, store: Store) -> None:
+    """A [[files]] URL on this machine is fetched only when the lock says local = true."""
+    data, _ = serve(server, "a.bin")
+    art = dataclasses.replace(artifact("a.bin", data, f"{server.base}/files/a.bin"), local=False)
+    with pytest.raises(DownloadFailed) as info:
+        fetch(store, [art], progress=False)
+    assert "loopback" in str(info.value) and "local = true" in str(info.value)
+    assert server.log == []  # refused before any request
+    assert not store.vendor_path(art.sha256).exists()
+
+
+def test_file_url_needs_local_true(tmp_path: Path, store: Store) -> None:
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"root:$6$...")
+    art = Artifact("file", "s", "", "s", hashlib.sha256(secret.read_bytes()).hexdigest(), 11, (secret.as_uri(),))
+    with pytest.raises(DownloadFailed, match="file: URL"):
+        fetch(store, [art], progress=False)
+    assert not store.vendor_path(art.sha256).exists()
+
+
+def test_redirect_to_this_machine_is_refused(server: ServerState, store: Store) -> None:
+    """A remote host that answers with a redirect to loopback gets nothing from here either.
+
+    The first hop is the test server too (allowed as local), the redirect target is judged on its own.
+    """
+    data, _ = serve(server, "a.bin")
+    target = f"{server.base}/files/a.bin".replace("://", ":/")
+    art = artifact("a.bin", data, f"{server.base}/redirect/{target}")
+    fetch(store, [art], progress=False)  # local = true: the redirect may stay on this machine
+    store.vendor_path(art.sha256).unlink()
+    from buildsys.urlpolicy import LocalURLRefused, opener
+
+    with pytest.raises(LocalURLRefused, match="loopback"):
+        opener(allow_local=False).open(f"{server.base}/redirect/{target}", timeout=10)
+
+
+def test_same_size_damage_in_the_store_is_found_and_refetched(server: ServerState, store: Store) -> None:
+    data, _ = serve(server, "a.bin", size=4096)
+    art = artifact("a.bin", data, f"{server.base}/files/a.bin")
+    fetch(store, [art], progress=False)
+    assert store.is_verified(art.sha256)
+    path = store.vendor_path(art.sha256)
+    path.write_bytes(bytes(len(data)))  # same size, other bytes: the old fetch said "already in the store"
+    report = fetch(store, [art], progress=False)
+    assert report.downloaded == 1 and report.repaired == (f"a.bin ({art.sha256})",)
+    assert path.read_bytes() == data and store.is_verified(art.sha256)
+    hits = len(server.log)
+    again = fetch(store, [art], progress=False)  # unchanged since checked: trusted, not rehashed or fetched
+    assert (again.downloaded, again.skipped, again.repaired, len(server.log)) == (0, 1, (), hits)

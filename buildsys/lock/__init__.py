@@ -114,7 +114,7 @@ def resolve(recipe: Recipe, store: Store, graph: Graph, locks: dict[str, Lock], 
             upgrade: bool = False, upgrade_packages: Sequence[str] = (),
             engine: Callable[[], Engine] | None = None, progress: Reporter = lambda r, s, d: None) -> Lock:
     """Resolve one recipe against its (already locked) ancestors."""
-    files = lock_files(recipe, store)
+    files = lock_files(recipe, store, warn=lambda message: progress(recipe.name, "warning", message))
     if recipe.is_root:
         if isinstance(recipe.base, ImageBase):
             raise LockError(f"{recipe.path}: base.image: registry bases are not supported yet",
