@@ -122,7 +122,7 @@ def pip_closure(store: Store, chain_locks: Sequence[Lock], lock: Lock) -> list[s
     x86_64; a dependency met by a Debian package of the chain (``python3-NAME``)
     counts as met, since pip-compile inside the image saw it installed.
     """
-    pins = {canonicalize_name(p.name) for lk in chain_locks for p in lk.pip}
+    pins = {canonicalize_name(p.name): Version(p.version) for lk in chain_locks for p in lk.pip}
     debs = {d.name for lk in chain_locks for d in (*(lk.base.packages if lk.base else ()), *lk.apt)}
     env: dict[str, str] = {k: str(v) for k, v in default_environment().items()}
     if lock.python:
@@ -139,8 +139,12 @@ def pip_closure(store: Store, chain_locks: Sequence[Lock], lock: Lock) -> list[s
                 if req.marker is not None and not req.marker.evaluate({**env, "extra": ""}):
                     continue
                 name = canonicalize_name(req.name)
-                if name not in pins and f"python3-{name}" not in debs:
-                    missing.append(f"{p.name} {p.version} needs '{req.name}', which no lock of the chain pins")
+                wanted = f"{req.name}{req.specifier}"
+                if name in pins:
+                    if not req.specifier.contains(pins[name], prereleases=True):
+                        missing.append(f"{p.name} {p.version} needs '{wanted}', the chain pins {pins[name]}")
+                elif f"python3-{name}" not in debs:
+                    missing.append(f"{p.name} {p.version} needs '{wanted}', which no lock of the chain pins")
     return sorted(set(missing))
 
 

@@ -272,7 +272,7 @@ def read_lock(path: Path) -> Lock:
     raw = path.read_bytes()
     try:
         d = tomlkit.parse(raw.decode()).unwrap()
-    except (tomlkit.exceptions.ParseError, UnicodeDecodeError) as e:
+    except (tomlkit.exceptions.TOMLKitError, UnicodeDecodeError) as e:
         raise RecipeError(path, f"lock file is not valid TOML: {e}", hint="relock: `buildsys lock`") from e
     if d.get("version") != LOCK_VERSION:
         raise FormatVersionError(path, d.get("version"), LOCK_VERSION)

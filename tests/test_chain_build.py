@@ -232,19 +232,21 @@ def http_files(tmp_path: Path) -> Iterator[str]:
 def test_pinned_files_are_locked_vendored_and_seen_by_run_steps(chain: Path, store: Path, tmp_path: Path,
                                                                  http_files: str) -> None:
     proj = copy_project(chain, tmp_path / "p")
+    # The server is on loopback, so the recipe must say that it reads from this machine.
     (proj / "recipes" / "withfile.toml").write_text(
         'parents = ["root"]\nrun = ["cp /buildsys/files/hello.txt /hello.txt"]\n\n'
-        f'[[files]]\nurl = "{http_files}/hello.txt"\n\n[test]\ncommands = ["grep -q pinned /hello.txt"]\n')
+        f'[[files]]\nurl = "{http_files}/hello.txt"\nlocal = true\n\n'
+        '[test]\ncommands = ["grep -q pinned /hello.txt"]\n')
     ok(bs(proj, store, "lock", "withfile"))
     (locked,) = read_lock(lock_path(proj, "withfile")).files
     expected = hashlib.sha256(b"hello from a pinned file\n").hexdigest()
-    assert (locked.name, locked.sha256, locked.size) == ("hello.txt", expected, 25)
+    assert (locked.name, locked.sha256, locked.size, locked.local) == ("hello.txt", expected, 25, True)
     ok(bs(proj, store, "fetch", "withfile"))
     ok(bs(proj, store, "build", "withfile"))
     assert "pass" in ok(bs(proj, store, "test", "withfile")).stdout
     # A sha256 given in the recipe is checked at lock time.
     (proj / "recipes" / "badfile.toml").write_text(
-        f'parents = ["root"]\n\n[[files]]\nurl = "{http_files}/hello.txt"\nsha256 = "{"0" * 64}"\n')
+        f'parents = ["root"]\n\n[[files]]\nurl = "{http_files}/hello.txt"\nsha256 = "{"0" * 64}"\nlocal = true\n')
     result = bs(proj, store, "lock", "badfile")
     assert result.exit_code == 1
     assert "sha256 mismatch" in result.stderr and expected in result.stderr
@@ -295,3 +297,50 @@ def test_a_failing_test_command_is_exit_1_with_its_output(chain: Path, store: Pa
     assert result.exit_code == 1
     assert "FAIL" in result.stdout and result.stdout.count("pass") == 5  # the inherited ones still pass
     assert "checking" in result.stderr and "1 of 6 test commands failed" in result.stderr
+
+
+def test_a_damaged_layer_blob_is_named_removed_and_rebuilt(chain: Path, store: Path, built: dict) -> None:
+    """Once the store's copy of a layer is damaged (same size, other bytes), a build that needs it must not
+    trust it: before, cached builds used it and, once docker lacked the image, every build said "the docker
+    engine is unreachable: invalid diffID" (exit 4), and `--no-cache` rebuilt the digest but kept the bad blob."""
+    layout = OciLayout(store / "oci")
+    manifest, _ = layout.read_image(built["manifest_digest"])
+    top = manifest["layers"][-1]["digest"]
+    blob = layout.blob_path(top)
+    good = blob.read_bytes()
+    blob.chmod(0o644)
+    blob.write_bytes(good[:-1] + bytes([good[-1] ^ 0xFF]))
+    client = docker.from_env()
+    client.images.remove(built["image_id"], force=True)  # docker must load it from the store again
+    result = ok(bs(chain, store, "build", "--json", "app"))
+    said = " ".join(result.stderr.split())
+    assert f"the store's blob {top} was damaged" in said and "rebuilding" in said
+    (image,) = json.loads(result.stdout)
+    assert image["image_id"] == built["image_id"] and image["cached"] is False
+    assert blob.read_bytes() == good
+    assert client.images.get(built["image_id"]).id == built["image_id"]
+
+
+def test_moving_a_tag_away_from_another_projects_image_is_said(chain: Path, store: Path, built: dict) -> None:
+    """Two projects with a recipe of the same name re-pointed each other's NAME:latest silently."""
+    import io
+    import tarfile
+
+    payload = io.BytesIO()
+    with tarfile.open(fileobj=payload, mode="w") as t:
+        info = tarfile.TarInfo("other-project.txt")
+        info.size = 6
+        t.addfile(info, io.BytesIO(b"other\n"))
+    client = docker.from_env()
+    answer = client.api.import_image_from_data(payload.getvalue())
+    other = client.images.get(json.loads(answer.strip().splitlines()[-1])["status"])
+    try:
+        other.tag("app", "latest")  # as another project's build of its own `app` would
+        result = ok(bs(chain, store, "build", "app"))
+        said = " ".join(result.stderr.split())
+        assert f"app:latest pointed at {other.id[:19]}, which this store did not build" in said
+        assert client.images.get("app:latest").id == built["image_id"]
+        again = ok(bs(chain, store, "build", "app"))  # our own earlier image: nothing to say
+        assert "did not build" not in " ".join(again.stderr.split())
+    finally:
+        client.images.remove(other.id, force=True)

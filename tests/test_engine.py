@@ -6,8 +6,8 @@ import pytest
 from click.testing import CliRunner
 
 from buildsys.cli import cli
-from buildsys.engine import Engine
-from buildsys.errors import EXIT_ENGINE, EngineUnavailable
+from buildsys.engine import Engine, EngineError
+from buildsys.errors import EXIT_ENGINE, EXIT_FAILED, EngineUnavailable
 
 pytestmark = pytest.mark.docker
 
@@ -36,3 +36,30 @@ def test_unreachable_engine_is_exit_4_with_a_way_out(tmp_path, monkeypatch) -> N
     assert "unreachable" in result.stderr
     assert "dockerd" in result.stderr  # says how to start one
     assert "Traceback" not in result.stderr
+
+
+def test_an_archive_docker_refuses_is_not_an_unreachable_engine() -> None:
+    """A layer whose bytes are not its diff_id made every build path say "engine unreachable" (exit 4)."""
+    import io
+    import json
+    import tarfile
+
+    layer = io.BytesIO()
+    with tarfile.open(fileobj=layer, mode="w") as t:
+        info = tarfile.TarInfo("hello")
+        info.size = 2
+        t.addfile(info, io.BytesIO(b"hi"))
+    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
+                         "rootfs": {"type": "layers", "diff_ids": ["sha256:" + "0" * 64]}}).encode()
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as t:
+        for name, data in (("layer.tar", layer.getvalue()), ("config.json", config),
+                           ("manifest.json", json.dumps([{"Config": "config.json", "RepoTags": [],
+                                                          "Layers": ["layer.tar"]}]).encode())):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    with pytest.raises(EngineError) as err:
+        Engine.connect().load(archive.getvalue())
+    assert err.value.exit_code == EXIT_FAILED
+    assert "docker load refused the image" in str(err.value) and "--no-cache" in str(err.value)

@@ -151,7 +151,7 @@ def test_a_local_file_with_local_true_is_locked_with_a_warning_and_recorded(proj
     assert "local = true" in lock_path(project, "withlocal").read_text()
     # Dropping the opt-in from the recipe makes the lock stale, not silently trusted.
     (project / "recipes" / "withlocal.toml").write_text(
-        f'parents = ["base"]\n\n[[files]]\nurl = "http://example.org/model.bin"\n')
+        'parents = ["base"]\n\n[[files]]\nurl = "http://example.org/model.bin"\n')
     assert bs(project, store, "lock", "--check", "withlocal").exit_code == 3
 
 
@@ -223,3 +223,36 @@ def test_diff_with_a_malformed_digest_is_usage_exit_2(project: Path, store: Path
     result = bs(project, store, "diff", "sha256:xyz", "python")
     assert result.exit_code == 2
     assert "'sha256:xyz' is not a manifest digest" in result.stderr
+
+
+# 4, continued: a dependency deleted from the lock. pip installs with --no-deps, so only the
+# wheels' own metadata can tell; real wheels from PyPI, the same check `build` runs on a miss.
+@pytest.mark.network
+def test_a_wheel_whose_dependency_is_locked_nowhere_is_named(tmp_path: Path) -> None:
+    from buildsys.lock.pip import index_files
+    from buildsys.lockcheck import pip_closure
+    from buildsys.lockfile import Lock, LockedPip, LockedWheelFile
+    from buildsys.store import Store
+    from buildsys.vendor import fetch
+
+    def pinned(project: str, filename: str) -> LockedPip:
+        (f,) = [f for f in index_files("https://pypi.org/simple", project).values() if f.name == filename]
+        return LockedPip(name=project, version=filename.split("-")[1], selected=filename,
+                         files=(LockedWheelFile(name=f.name, sha256=f.sha256, url=f.url, size=f.size),))
+
+    dateutil = pinned("python-dateutil", "python_dateutil-2.9.0.post0-py2.py3-none-any.whl")
+    six = pinned("six", "six-1.17.0-py2.py3-none-any.whl")
+    store = Store(tmp_path / "store")
+    fetch(store, [*dateutil.artifacts(), *six.artifacts()], progress=False)
+
+    def lock(*pins: LockedPip) -> Lock:
+        return Lock(recipe="app", recipe_hash="sha256:" + "0" * 64, source_date_epoch=1, pip=pins, python="3.11.2")
+
+    assert pip_closure(store, [lock(dateutil, six)], lock(dateutil, six)) == []
+    parent = lock(six)  # an ancestor's pin counts
+    assert pip_closure(store, [parent, lock(dateutil)], lock(dateutil)) == []
+    assert pip_closure(store, [lock(dateutil)], lock(dateutil)) == [
+        "python-dateutil 2.9.0.post0 needs 'six>=1.5', which no lock of the chain pins"]
+    old_six = LockedPip(name="six", version="1.4.0", files=six.files, selected=six.selected)
+    assert pip_closure(store, [lock(dateutil, old_six)], lock(dateutil, old_six)) == [
+        "python-dateutil 2.9.0.post0 needs 'six>=1.5', the chain pins 1.4.0"]

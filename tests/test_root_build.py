@@ -208,6 +208,28 @@ def test_an_interrupted_build_leaves_nothing_a_later_run_trusts(project: Path, t
     assert json.loads(result.stdout)[0]["cached"] is False
 
 
+def test_ctrl_c_during_the_bootstrap_leaves_no_temporary_root_behind(project: Path, tmp_path: Path,
+                                                                       store: Path) -> None:
+    """Before, SIGINT left a 149 MB /tmp/mmdebstrap.* that no later run removed."""
+    fresh = tmp_path / "store"
+    shutil.copytree(store / "vendor", fresh / "vendor")
+    before = set(Path("/tmp").glob("mmdebstrap.*"))
+    cmd = [sys.executable, "-m", "buildsys", "-C", str(project), "--store", str(fresh), "build", "mini"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 90
+    while not list((fresh / "tmp").glob("repo-*/tmp/mmdebstrap.*")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert list((fresh / "tmp").glob("repo-*/tmp/mmdebstrap.*")), "mmdebstrap never started its root"
+    time.sleep(3)  # well inside the bootstrap: packages are being unpacked
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=90)
+    assert proc.returncode != 0, out
+    assert list((fresh / "tmp").iterdir()) == []
+    assert set(Path("/tmp").glob("mmdebstrap.*")) == before
+    alive = subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert alive == [], f"processes of the interrupted bootstrap still run: {alive}"
+
+
 def test_verify_catches_a_step_that_writes_the_time_and_names_the_file(tmp_path: Path, store: Path) -> None:
     proj = copy_project("root-stamp", tmp_path / "p")
     assert bs(proj, store, "lock", "stamp").exit_code == 0

@@ -205,8 +205,8 @@ def test_hash_mismatch_keeps_nothing(server: ServerState, store: Store) -> None:
 def test_size_mismatch_is_a_hash_mismatch(server: ServerState, store: Store) -> None:
     data, _ = serve(server, "a.bin")
     art = Artifact(
-        "file", "a.bin", "1", "a.bin", hashlib.sha256(data).hexdigest(), len(data) - 10, (f"{server.base}/files/a.bin",),
-        local=True,
+        "file", "a.bin", "1", "a.bin", hashlib.sha256(data).hexdigest(), len(data) - 10,
+        (f"{server.base}/files/a.bin",), local=True,
     )
     with pytest.raises(HashMismatch):
         fetch(store, [art], progress=False)
