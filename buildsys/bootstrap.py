@@ -128,8 +128,8 @@ def bootstrap_debian(store: Store, lock: Lock, run_steps: Sequence[str], out_dir
         cmd.append(f'--customize-hook=echo {BUILD_HOSTNAME} > "$1/etc/hostname"')
         # mmdebstrap leaves the local repository's temporary path in sources.list
         # (caught by --verify); the image gets the locked mirror instead.
-        source = f"deb {base.mirror} {base.suite} {' '.join(base.components)}"
-        cmd.append(f"--customize-hook=echo '{source}' > \"$1/etc/apt/sources.list\"")
+        sources = "\\n".join(f"deb {a.mirror} {a.suite} {' '.join(base.components)}" for a in base.all_archives)
+        cmd.append(f"--customize-hook=printf '{sources}\\n' > \"$1/etc/apt/sources.list\"")
         for i, step in enumerate(run_steps):
             script = Path(tmp) / f"step-{i}.sh"
             script.write_text(step + "\n")

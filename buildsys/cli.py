@@ -57,8 +57,11 @@ def _os_error_message(e: OSError, obj: Context | None) -> str:
         store = f" (the store is {obj.store})" if obj else ""
         return (f"no space left on the device{where}; nothing half-written was kept\n"
                 f"  free some space{store} and run the command again; `docker system df` shows docker's share")
-    if e.errno in (errno.EACCES, errno.EPERM):
-        return f"permission denied{where}: {e.strerror}\n  buildsys builds need root (mmdebstrap, unshare, docker)"
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        # Say what was refused: a read-only locks/ is not a question of being root.
+        what = "read-only file system" if e.errno == errno.EROFS else "permission denied"
+        return (f"{what}{where}: {e.strerror}\n  make {e.filename or 'it'} writable for this user, or run "
+                "buildsys where it may write (builds themselves also need root: mmdebstrap, unshare, docker)")
     return f"{e.strerror or e}{where}\n  run again with -v for the details"
 
 

@@ -60,17 +60,26 @@ def covers(recipe: Recipe, lock: Lock, above: Sequence[Lock]) -> list[str]:
                                  ("mirror", b.mirror, want.mirror), ("components", b.components, want.components)):
             if have != asked:
                 problems.append(f"[base] {key} is {have!r}, the recipe asks for {asked!r}")
+        have_archives = [(a.mirror, a.suite) for a in b.all_archives]
+        if have_archives != list(want.archives):
+            problems.append(f"[base] is resolved from {_archives(have_archives)}, the recipe asks for "
+                            f"{_archives(want.archives)}")
         if sorted(b.include) != sorted(recipe.apt_packages):
             problems.append(f"[base] include is {sorted(b.include)}, "
                             f"the recipe's [apt] is {sorted(recipe.apt_packages)}")
     if root is not None and root.base is not None:
-        mirror = root.base.mirror
+        mirrors = sorted({a.mirror for a in root.base.all_archives})
         for d in (*(lock.base.packages if lock.base else ()), *lock.apt):
-            if d.mirror != mirror:
-                problems.append(f"apt package '{d.name}' comes from {d.mirror}, not the root's mirror {mirror}")
+            if d.mirror not in mirrors:
+                problems.append(f"apt package '{d.name}' comes from {d.mirror}, not the root's mirror "
+                                f"{' or '.join(mirrors)}")
     problems += _pip_covers(recipe, lock, above)
     problems += _files_cover(recipe, lock)
     return problems
+
+
+def _archives(archives: Iterable[tuple[str, str]]) -> str:
+    return ", ".join(f"{mirror} {suite}" for mirror, suite in archives)
 
 
 def _pip_covers(recipe: Recipe, lock: Lock, above: Sequence[Lock]) -> list[str]:

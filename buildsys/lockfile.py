@@ -124,6 +124,26 @@ class LockedPip:
 
 
 @dataclass(frozen=True)
+class LockedArchive:
+    """One archive a root was resolved from (the suite, its -updates, its -security), as signed then."""
+
+    mirror: str
+    suite: str
+    codename: str
+    release_date: str  # the signed Release's Date, verbatim
+    inrelease_sha256: str
+
+    def to_toml(self) -> dict[str, Any]:
+        return {"codename": self.codename, "inrelease-sha256": self.inrelease_sha256, "mirror": self.mirror,
+                "release-date": self.release_date, "suite": self.suite}
+
+    @classmethod
+    def from_toml(cls, d: Mapping[str, Any]) -> LockedArchive:
+        return cls(mirror=d["mirror"], suite=d["suite"], codename=d.get("codename", d["suite"]),
+                   release_date=d["release-date"], inrelease_sha256=d["inrelease-sha256"])
+
+
+@dataclass(frozen=True)
 class DebianBaseLock:
     suite: str
     codename: str
@@ -135,9 +155,17 @@ class DebianBaseLock:
     inrelease_sha256: str
     include: tuple[str, ...]  # the recipe's [apt] packages, given to the bootstrap
     packages: tuple[LockedDeb, ...]
+    # Every archive resolved from, the suite itself first. A lock written before roots took
+    # their updates has none: then it is the suite alone (the top-level fields).
+    archives: tuple[LockedArchive, ...] = ()
+
+    @property
+    def all_archives(self) -> tuple[LockedArchive, ...]:
+        return self.archives or (LockedArchive(self.mirror, self.suite, self.codename, self.release_date,
+                                               self.inrelease_sha256),)
 
     def to_toml(self) -> dict[str, Any]:
-        return {
+        d = {
             "architecture": self.architecture,
             "codename": self.codename,
             "components": list(self.components),
@@ -150,6 +178,9 @@ class DebianBaseLock:
             "suite": self.suite,
             "variant": self.variant,
         }
+        if self.archives:
+            d["archives"] = [a.to_toml() for a in self.archives]  # in resolution order, not sorted
+        return d
 
     @classmethod
     def from_toml(cls, d: Mapping[str, Any]) -> DebianBaseLock:
@@ -157,7 +188,8 @@ class DebianBaseLock:
                    architecture=d["architecture"], components=tuple(d["components"]), mirror=d["mirror"],
                    release_date=d["release-date"], inrelease_sha256=d["inrelease-sha256"],
                    include=tuple(d.get("include", [])),
-                   packages=tuple(LockedDeb.from_toml(p) for p in d.get("packages", [])))
+                   packages=tuple(LockedDeb.from_toml(p) for p in d.get("packages", [])),
+                   archives=tuple(LockedArchive.from_toml(a) for a in d.get("archives", [])))
 
 
 @dataclass(frozen=True)

@@ -152,6 +152,14 @@ BASE = {
     "inrelease-sha256": (_str(HEX64, "64 lowercase hex digits"), True),
     "include": (_str_list(_str(DEB_NAME, "a Debian package name")), False),
     "packages": (None, False),
+    "archives": (None, False),
+}
+ARCHIVE = {
+    "mirror": (_url, True),
+    "suite": (_str(SUITE, "a Debian suite"), True),
+    "codename": (_str(SUITE, "a Debian codename"), False),
+    "release-date": (_date, True),
+    "inrelease-sha256": (_str(HEX64, "64 lowercase hex digits"), True),
 }
 TOP = {
     "version": (_int, True),
@@ -230,6 +238,8 @@ class _Validator:
         if "base" in d:
             self.table(d["base"], BASE, "[base]")
             self.debs(d["base"].get("packages", []), "[[base.packages]]")
+            for i, a in enumerate(self.entries(d["base"].get("archives", []), "[[base.archives]]")):
+                self.table(a, ARCHIVE, _label("[[base.archives]]", i, a))
         if "apt" in d:
             self.debs(d["apt"], "[[apt]]")
         seen: set[str] = set()

@@ -27,6 +27,10 @@ from buildsys.urlpolicy import local_reason
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 DEBIAN_VARIANTS = ("extract", "custom", "essential", "apt", "required", "minbase", "buildd", "important", "standard")
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
+DEFAULT_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
+# Suites with no -updates or -security archive of their own (testing's security support is
+# best effort and not in mmdebstrap's default either).
+ROLLING_SUITES = ("sid", "unstable", "testing", "experimental")
 _URL_SCHEMES = ("http", "https", "file")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _APT_NAME = re.compile(r"[a-z0-9][a-z0-9+.-]+(:[a-z0-9-]+)?")
@@ -41,6 +45,9 @@ _DEBIAN: dict[str, Any] = {
     "mirror": "str",
     "architecture": "str",
     "components": "str-list",
+    "updates": "bool",
+    "security": "bool",
+    "security-mirror": "str",
 }
 _FILE: dict[str, Any] = {"url": "str", "name": "str", "sha256": "str", "local": "bool"}
 SCHEMA: dict[str, Any] = {
@@ -79,6 +86,26 @@ class DebianBase:
     mirror: str = DEFAULT_MIRROR
     architecture: str = "amd64"
     components: tuple[str, ...] = ("main",)
+    # An ordinary installation of a release gets its point-release updates and its
+    # security fixes; a root does too unless the recipe opts out (updates/security = false).
+    updates: bool = True
+    security: bool = True
+    security_mirror: str = DEFAULT_SECURITY_MIRROR
+
+    @property
+    def archives(self) -> tuple[tuple[str, str], ...]:
+        """(mirror, suite) of every archive the root is resolved from, the suite itself first.
+
+        As Debian's own sources (and mmdebstrap's default): SUITE-updates on the
+        mirror, SUITE-security on the security mirror; rolling suites have neither.
+        """
+        out = [(self.mirror, self.suite)]
+        if self.suite not in ROLLING_SUITES:
+            if self.updates:
+                out.append((self.mirror, f"{self.suite}-updates"))
+            if self.security:
+                out.append((self.security_mirror, f"{self.suite}-security"))
+        return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -509,14 +536,18 @@ def parse_recipe(path: Path) -> Recipe:
                 raise v.fail(("base", "debian", "variant"),
                              f"unknown variant '{variant}'{did_you_mean(variant, DEBIAN_VARIANTS)}",
                              hint=f"one of: {', '.join(DEBIAN_VARIANTS)}")
-            if "mirror" in d:
-                v.url(("base", "debian", "mirror"), d["mirror"])
+            for key in ("mirror", "security-mirror"):
+                if key in d:
+                    v.url(("base", "debian", key), d[key])
             base = DebianBase(
                 suite=d["suite"],
                 variant=variant,
                 mirror=d.get("mirror", DEFAULT_MIRROR).rstrip("/"),
                 architecture=d.get("architecture", "amd64"),
                 components=tuple(d.get("components", ["main"])),
+                updates=d.get("updates", True),
+                security=d.get("security", True),
+                security_mirror=d.get("security-mirror", DEFAULT_SECURITY_MIRROR).rstrip("/"),
             )
         else:
             ref = b["image"]

@@ -256,3 +256,16 @@ def test_a_wheel_whose_dependency_is_locked_nowhere_is_named(tmp_path: Path) -> 
     old_six = LockedPip(name="six", version="1.4.0", files=six.files, selected=six.selected)
     assert pip_closure(store, [lock(dateutil, old_six)], lock(dateutil, old_six)) == [
         "python-dateutil 2.9.0.post0 needs 'six>=1.5', the chain pins 1.4.0"]
+
+
+def test_a_write_the_os_refuses_names_the_file_not_root(project: Path) -> None:
+    """A read-only locks/ used to say only "buildsys builds need root"."""
+    import errno
+
+    from buildsys.cli import Context, _os_error_message
+
+    ctx = Context(project=project, store=project / ".buildsys", verbose=False)
+    for code, word in ((errno.EACCES, "permission denied"), (errno.EROFS, "read-only file system")):
+        message = _os_error_message(OSError(code, os.strerror(code), str(project / "locks" / "python.lock")), ctx)
+        assert message.startswith(f"{word} ({project}/locks/python.lock)")
+        assert f"make {project}/locks/python.lock writable" in message

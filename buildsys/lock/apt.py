@@ -60,8 +60,9 @@ _PRIORITY_PATTERNS = {
 _PKG_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]*(:[a-z0-9-]+)?(=[A-Za-z0-9.+~:-]+|/[A-Za-z0-9.+~-]+)?$")
 _SUITE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9._-]+)*$")
 _WORD_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-# "Inst libc6 [2.36-9] (2.36-9+deb12u14 Debian:12.15/oldstable [amd64]) []"
-_INST_RE = re.compile(r"^Inst (\S+) (?:\[(\S+)\] )?\((\S+) .*\[([^\]]+)\]\)")
+# "Inst libc6 [2.36-9] (2.36-9+deb12u14 Debian:12.15/oldstable, Debian-Security:12/oldstable-security [amd64]) []"
+_INST_RE = re.compile(r"^Inst (\S+) (?:\[(\S+)\] )?\((\S+) (.*)\[([^\]]+)\]\)")
+_ORIGIN_SUITE_RE = re.compile(r"[^\s,]+/([^\s,]+)")
 _REMV_RE = re.compile(r"^Remv (\S+)")
 _SIGNATURE_RE = re.compile(r"NO_PUBKEY|BADSIG|EXPKEYSIG|GPG error|is not signed|signatures (were invalid|couldn't be)")
 
@@ -110,6 +111,7 @@ class AptPackage:
     filename: str  # archive path: pool/main/a/apt/apt_2.6.1_amd64.deb
     priority: str = "optional"
     essential: bool = False
+    mirror: str = ""  # the archive it comes from (a root may use several: the suite, -updates, -security)
 
     @property
     def deb_name(self) -> str:
@@ -144,10 +146,17 @@ class ReleaseInfo:
     components: tuple[str, ...]
     architecture: str
     version: str = ""  # e.g. "12.15"; empty for suites without one (sid)
+    archive: str = ""  # the Release's Suite field (oldstable-security), as apt names origins
 
 
 class AptResolver:
-    """apt-get and apt-cache with a private configuration; needs no root."""
+    """apt-get and apt-cache with a private configuration; needs no root.
+
+    ``mirror``/``suite`` is the release; ``extra`` adds archives of it that apt
+    takes as well (``(mirror, "bookworm-updates")``, ``(security, "bookworm-security")``):
+    apt then picks each package's candidate across all of them, as on a
+    Debian machine with those sources.
+    """
 
     def __init__(
         self,
@@ -158,9 +167,11 @@ class AptResolver:
         architecture: str = "amd64",
         *,
         keyring: Path = DEBIAN_KEYRING,
+        extra: Sequence[tuple[str, str]] = (),
     ) -> None:
-        if not _SUITE_RE.match(suite):
-            raise LockError(f"invalid Debian suite name {suite!r}")
+        for _, s in ((mirror, suite), *extra):
+            if not _SUITE_RE.match(s):
+                raise LockError(f"invalid Debian suite name {s!r}")
         for word in (*components, architecture):
             if not _WORD_RE.match(word):
                 raise LockError(f"invalid Debian component or architecture name {word!r}")
@@ -171,9 +182,13 @@ class AptResolver:
         self.components = tuple(components)
         self.architecture = architecture
         self.keyring = keyring
-        key = "\n".join([self.mirror, suite, " ".join(self.components), architecture, str(keyring)])
+        self.sources = ((self.mirror, suite), *((m.rstrip("/"), x) for m, x in extra))
+        key = "\n".join([*(f"{m} {x}" for m, x in self.sources), " ".join(self.components), architecture,
+                         str(keyring)])
         self.root = Path(cache_dir) / hashlib.sha256(key.encode()).hexdigest()[:16]
         self._stanzas: dict[tuple[str, str, str], deb822.Deb822] = {}
+        self._origins: dict[tuple[str, str], list[str]] = {}  # (name, version) -> archives apt named
+        self._archive_mirrors: dict[str, str] | None = None  # an archive's names -> its mirror
 
     # -- public API -----------------------------------------------------------
 
@@ -190,25 +205,33 @@ class AptResolver:
             return self.release()
 
     def release(self) -> ReleaseInfo:
-        """The ReleaseInfo of the lists on disk (from the last ``update``)."""
-        path = self._release_file()
+        """The ReleaseInfo of the release itself, from the lists on disk (from the last ``update``)."""
+        return self.releases()[0]
+
+    def releases(self) -> list[ReleaseInfo]:
+        """The ReleaseInfo of every archive, in the order of ``sources`` (the release first)."""
+        found = self._release_files()
+        return [self._release_info(mirror, suite, found[suite]) for mirror, suite in self.sources]
+
+    def _release_info(self, mirror: str, suite: str, path: Path) -> ReleaseInfo:
         data = path.read_bytes()
         rel = _read_release(path)
         date = rel.get("Date", "")
         if not date:
-            raise LockError(f"{self.mirror} {self.suite}: the Release file has no Date field")
+            raise LockError(f"{mirror} {suite}: the Release file has no Date field")
         epoch = int(email.utils.parsedate_to_datetime(date).timestamp())
-        self._check_release(rel)
+        self._check_release(rel, mirror, suite)
         return ReleaseInfo(
-            mirror=self.mirror,
-            suite=self.suite,
-            codename=rel.get("Codename", self.suite),
+            mirror=mirror,
+            suite=suite,
+            codename=rel.get("Codename", suite),
             date=date,
             epoch=epoch,
             inrelease_sha256=hashlib.sha256(data).hexdigest(),
             components=self.components,
             architecture=self.architecture,
             version=rel.get("Version", ""),
+            archive=rel.get("Suite", suite),
         )
 
     def bootstrap_set(self, variant: str, include: Sequence[str] = ()) -> list[AptPackage]:
@@ -247,7 +270,17 @@ class AptResolver:
                     force_essential="apt" if variant == "apt" else None,
                     asked=names,
                 )
-        return _merge(stage1, stage2)
+            merged = _merge(stage1, stage2)
+            if len(self.sources) == 1 or not merged:
+                return merged
+            # mmdebstrap narrows its selections to the release's own versions; an ordinary
+            # installation then takes its updates. So: the same set, upgraded to the candidates
+            # of all archives (what `apt-get dist-upgrade` on the result would install).
+            status = self.root / "var" / "lib" / "buildsys" / "bootstrap.status"
+            self._write_status(merged, status)
+            upgrades = self._simulate(["dist-upgrade"], status=status,
+                                      force_essential="apt" if variant == "apt" else None)
+        return _merge(merged, upgrades)
 
     def resolve(self, packages: Sequence[str], status: Path | None = None) -> list[AptPackage]:
         """The closure of ``packages`` minus what ``status`` (a parent's dpkg status) has installed."""
@@ -287,7 +320,7 @@ class AptResolver:
         (root / "var/lib/dpkg/arch").write_text(f"{self.architecture}\n")
         _write_if_changed(
             root / "etc/apt/sources.list",
-            f"deb [signed-by={self.keyring}] {self.mirror} {self.suite} {' '.join(self.components)}\n",
+            "".join(f"deb [signed-by={self.keyring}] {m} {x} {' '.join(self.components)}\n" for m, x in self.sources),
         )
         lines = [
             f'Dir "{root}/";',
@@ -342,21 +375,35 @@ class AptResolver:
     def _lists_dir(self) -> Path:
         return self.root / "var/lib/apt/lists"
 
-    def _release_file(self) -> Path:
+    def _release_files(self) -> dict[str, Path]:
+        """Each source's suite -> its (In)Release file in the lists, matched by its own Codename/Suite."""
         lists = self._lists_dir()
-        found = sorted(lists.glob("*_InRelease")) or sorted(lists.glob("*_Release"))
-        if not found:
-            raise LockError(
-                f"no package lists for {self.mirror} {self.suite} in {self.root}",
-                "run the lock again with network access (it runs `apt-get update`)",
-            )
-        return found[0]
+        by_name: dict[str, Path] = {}
+        for path in sorted(lists.glob("*_Release")) + sorted(lists.glob("*_InRelease")):  # InRelease wins
+            rel = _read_release(path)
+            for name in (rel.get("Codename"), rel.get("Suite")):
+                if name:
+                    by_name[name] = path
+        found = {}
+        for mirror, suite in self.sources:
+            hit = by_name.get(suite)
+            if hit is None:
+                raise LockError(
+                    f"no package lists for {mirror} {suite} in {self.root}",
+                    "run the lock again with network access (it runs `apt-get update`)",
+                )
+            found[suite] = hit
+        return found
+
+    def _release_file(self) -> Path:
+        return self._release_files()[self.suite]
 
     def _have_lists(self) -> bool:
-        lists = self._lists_dir()
-        return bool(list(lists.glob("*_InRelease")) or list(lists.glob("*_Release"))) and bool(
-            list(lists.glob("*_Packages"))
-        )
+        try:
+            self._release_files()
+        except LockError:
+            return False
+        return bool(list(self._lists_dir().glob("*_Packages")))
 
     def _ensure_lists(self) -> None:
         self._setup()
@@ -366,13 +413,23 @@ class AptResolver:
                     self._update()
 
     def _update(self) -> None:
+        self._archive_mirrors = None
         proc = self._run(["apt-get", "update", "-q"])
         out = proc.stdout + proc.stderr
         if "does not have a Release file" in out or re.search(r"Release\s+404\s", out):
-            raise UnknownSuite(self.suite, self.mirror)
+            mirror, suite = self.mirror, self.suite
+            if m := re.search(r"repository '(\S+) (\S+) Release' does not have a Release file", out):
+                mirror, suite = m.group(1), m.group(2)
+            if suite != self.suite:
+                raise LockError(
+                    f"{mirror} has no archive '{suite}' (apt found no Release file)",
+                    "this release may have no such archive: set updates = false or security = false in "
+                    "[base] debian, or name the right mirror (security-mirror = ...)",
+                )
+            raise UnknownSuite(suite, mirror)
         if _SIGNATURE_RE.search(out):
             raise AptFailed(
-                f"signature check of {self.mirror} {self.suite}",
+                f"signature check of {', '.join(f'{m} {x}' for m, x in self.sources)}",
                 out,
                 f"apt could not verify the InRelease file against {self.keyring}; "
                 "install or update debian-archive-keyring, and check the mirror is genuine",
@@ -384,21 +441,22 @@ class AptResolver:
                 "is the mirror reachable from here? (try: curl -I " + self.mirror + f"/dists/{self.suite}/InRelease)",
             )
         # A misspelt component is only a warning to apt; it is an error in a lock.
-        self._check_release(_read_release(self._release_file()))
+        for (mirror, suite), path in zip(self.sources, self._release_files().values(), strict=True):
+            self._check_release(_read_release(path), mirror, suite)
 
-    def _check_release(self, rel: deb822.Release) -> None:
+    def _check_release(self, rel: deb822.Release, mirror: str, suite: str) -> None:
         have = rel.get("Components", "").split()
         for comp in self.components:
             # Release names updates' components as "updates/main" on some suites.
             if have and comp not in have and f"updates/{comp}" not in have:
                 raise LockError(
-                    f"component '{comp}' is not in {self.mirror} {self.suite}{did_you_mean(comp, have)}",
+                    f"component '{comp}' is not in {mirror} {suite}{did_you_mean(comp, have)}",
                     f"components there: {', '.join(have)}",
                 )
         arches = rel.get("Architectures", "").split()
         if arches and self.architecture not in arches:
             raise LockError(
-                f"architecture '{self.architecture}' is not in {self.mirror} {self.suite}"
+                f"architecture '{self.architecture}' is not in {mirror} {suite}"
                 f"{did_you_mean(self.architecture, arches)}",
                 f"architectures there: {', '.join(arches)}",
             )
@@ -438,7 +496,8 @@ class AptResolver:
         removed: list[str] = []
         for line in proc.stdout.splitlines():
             if m := _INST_RE.match(line):
-                planned.append((m.group(1), m.group(3), m.group(4)))
+                planned.append((m.group(1), m.group(3), m.group(5)))
+                self._origins[(m.group(1), m.group(3))] = _ORIGIN_SUITE_RE.findall(m.group(4))
             elif m := _REMV_RE.match(line):
                 removed.append(m.group(1))
         if removed:
@@ -490,9 +549,24 @@ class AptResolver:
                     filename=para["Filename"],
                     priority=para.get("Priority", "optional"),
                     essential=para.get("Essential", "no") == "yes",
+                    mirror=self._mirror_of(key[0], key[1]),
                 )
             )
         return out
+
+    def _mirror_of(self, name: str, version: str) -> str:
+        """The mirror of the first of our archives that apt said has this version."""
+        if len(self.sources) == 1:
+            return self.mirror
+        if self._archive_mirrors is None:
+            self._archive_mirrors = {}
+            for info in reversed(self.releases()):  # the release's own names win
+                for word in (info.archive, info.codename, info.suite):
+                    self._archive_mirrors[word] = info.mirror
+        for origin in self._origins.get((name, version), []):
+            if origin in self._archive_mirrors:
+                return self._archive_mirrors[origin]
+        return self.mirror
 
     def _write_status(self, packages: Sequence[AptPackage], path: Path) -> None:
         self._describe([(p.name, p.version, p.architecture) for p in packages])

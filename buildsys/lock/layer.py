@@ -18,7 +18,7 @@ from buildsys.build import Builder, Reporter
 from buildsys.errors import LockError
 from buildsys.graph import Graph
 from buildsys.lock.apt import AptPackage, AptResolver
-from buildsys.lockfile import Lock, LockedDeb
+from buildsys.lockfile import Lock, LockedArchive, LockedDeb
 from buildsys.recipe import Recipe
 from buildsys.store import Store
 from buildsys.vendor import fetch
@@ -65,14 +65,18 @@ def lock_apt(recipe: Recipe, root: Lock, ancestors: Sequence[Lock], cache: Path)
         return []
     base = root.base
     assert base is not None
-    resolver = AptResolver(cache, base.mirror, base.suite, base.components, base.architecture)
-    release = resolver.update(refresh=False)
-    if release.inrelease_sha256 != base.inrelease_sha256:
-        release = resolver.update(refresh=True)
-    if release.inrelease_sha256 != base.inrelease_sha256:
+    archives = base.all_archives
+    resolver = AptResolver(cache, base.mirror, base.suite, base.components, base.architecture,
+                           extra=[(a.mirror, a.suite) for a in archives[1:]])
+    resolver.update(refresh=False)
+    if _moved(resolver, archives):
+        resolver.update(refresh=True)
+    if moved := _moved(resolver, archives):
+        locked, now = moved
         raise LockError(
-            f"{recipe.path}: Debian's archive changed since the root '{root.recipe}' was locked "
-            f"(its Release: {base.release_date}; now: {release.date}); a chain must not mix two archive states",
+            f"{recipe.path}: Debian's archive {locked.mirror} {locked.suite} changed since the root "
+            f"'{root.recipe}' was locked (its Release: {locked.release_date}; now: {now}); a chain must not "
+            "mix two archive states",
             f"relock from the root: `buildsys lock --upgrade {root.recipe} {recipe.name}`",
         )
     installed = chain_debs(ancestors)
@@ -86,7 +90,15 @@ def lock_apt(recipe: Recipe, root: Lock, ancestors: Sequence[Lock], cache: Path)
         except LockError as e:
             raise LockError(f"{recipe.path}: apt.packages: {e.message}", e.hint) from e
     return [LockedDeb(name=p.name, version=p.version, architecture=p.architecture, sha256=p.sha256, size=p.size,
-                      path=p.filename, mirror=base.mirror) for p in packages]
+                      path=p.filename, mirror=p.mirror or base.mirror) for p in packages]
+
+
+def _moved(resolver: AptResolver, archives: Sequence[LockedArchive]) -> tuple[LockedArchive, str] | None:
+    """The first archive whose signed Release is not the one the root was locked against, and its date now."""
+    for locked, now in zip(archives, resolver.releases(), strict=True):
+        if now.inrelease_sha256 != locked.inrelease_sha256:
+            return locked, now.date
+    return None
 
 
 def lock_image_with_apt(builder: Builder, recipe: Recipe, prefix: Sequence[str], apt_lock: Lock,
