@@ -189,7 +189,8 @@ class Reporter:
 @click.option("--upgrade", is_flag=True, help="Re-resolve everything against upstream now.")
 @click.option("--upgrade-package", "upgrade_packages", multiple=True, metavar="NAME",
               help="Move this package to its newest version, keep every other pin (repeatable).")
-@click.option("--check", is_flag=True, help="Write nothing; exit 3 if any lock is missing or stale.")
+@click.option("--check", is_flag=True, help="Write nothing; exit 3 if any lock is missing or stale. With "
+              "--upgrade: resolve against upstream and show what a relock would change (exit 3 if anything).")
 @click.pass_obj
 def lock_cmd(obj: Context, recipes: tuple[str, ...], upgrade: bool, upgrade_packages: tuple[str, ...],
              check: bool) -> None:
@@ -197,6 +198,9 @@ def lock_cmd(obj: Context, recipes: tuple[str, ...], upgrade: bool, upgrade_pack
     from buildsys.lock import check_locks, lock_recipes
 
     g = obj.graph()
+    if check and (upgrade or upgrade_packages):
+        _upgrade_check(obj, g, recipes, upgrade, upgrade_packages)
+        return
     if check:
         outcomes = check_locks(obj.project, g, recipes)
         bad = [o for o in outcomes if o.status != "fresh"]
@@ -211,6 +215,34 @@ def lock_cmd(obj: Context, recipes: tuple[str, ...], upgrade: bool, upgrade_pack
         lock_recipes(obj.project, Store(obj.store), g, recipes, upgrade=upgrade, upgrade_packages=upgrade_packages,
                      engine=Engine.connect, progress=report,
                      report=lambda o: report(o.recipe, o.status, str(o.path.relative_to(obj.project))))
+
+
+def _upgrade_check(obj: Context, g: Graph, recipes: tuple[str, ...], upgrade: bool,
+                   upgrade_packages: tuple[str, ...]) -> None:
+    """``lock --upgrade --check``: resolve against upstream now, write nothing, show what would move."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from buildsys.engine import Engine
+    from buildsys.lock import lock_recipes
+
+    with Reporter() as report:
+        outcomes = lock_recipes(obj.project, Store(obj.store), g, recipes, upgrade=upgrade,
+                                upgrade_packages=upgrade_packages, engine=Engine.connect, progress=report,
+                                dry_run=True, report=lambda o: report(o.recipe, o.status, o.detail))
+    changes = [c for o in outcomes for c in o.changes]
+    if not changes and not any(o.status == "would change" for o in outcomes):
+        click.echo("every lock is up to date with upstream; nothing would change")
+        return
+    table = Table(title="a relock would change", title_justify="left")
+    for col in ("recipe", "kind", "package", "locked", "upstream now", "from"):
+        table.add_column(col)
+    for c in changes:
+        table.add_row(c.recipe, c.kind, c.name, c.old or "-", c.new or "(removed)", c.source)
+    Console(width=200).print(table)
+    names = sorted({o.recipe for o in outcomes if o.status == "would change"})
+    raise LocksOutOfDate(names, len(outcomes), verb="would change",
+                         command=f"buildsys lock --upgrade {' '.join(names)}")
 
 
 @cli.command("fetch")

@@ -128,10 +128,11 @@ class LocksOutOfDate(BuildsysError):
 
     exit_code = EXIT_NOT_REPRODUCIBLE
 
-    def __init__(self, bad: list[str], total: int) -> None:
+    def __init__(self, bad: list[str], total: int, verb: str = "are missing or stale",
+                 command: str | None = None) -> None:
         self.recipes = bad
-        super().__init__(f"{len(bad)} of {total} locks are missing or stale: {', '.join(bad)}",
-                         f"run `buildsys lock {' '.join(bad)}`")
+        super().__init__(f"{len(bad)} of {total} locks {verb}: {', '.join(bad)}",
+                         f"run `{command or 'buildsys lock ' + ' '.join(bad)}`")
 
 
 class FetchError(BuildsysError):

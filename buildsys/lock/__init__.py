@@ -18,7 +18,7 @@ from buildsys.graph import Graph
 from buildsys.lock import layer
 from buildsys.lock.base import lock_debian_root
 from buildsys.lock.files import lock_files
-from buildsys.lockfile import Lock, check_fresh, lock_path, read_lock, write_lock
+from buildsys.lockfile import Lock, check_fresh, dumps, hash_bytes, lock_path, read_lock, write_lock
 from buildsys.recipe import ImageBase, Recipe
 from buildsys.store import Store
 
@@ -27,8 +27,46 @@ from buildsys.store import Store
 class LockOutcome:
     recipe: str
     path: Path
-    status: str  # "written" | "unchanged" | "fresh" | "stale" | "missing"
+    status: str  # "written" | "unchanged" | "fresh" | "stale" | "missing" | "would change"
     detail: str = ""
+    changes: tuple[Change, ...] = ()  # what a relock changes (set by a dry run)
+
+
+@dataclass(frozen=True)
+class Change:
+    """One pin that a relock moves: what ``lock --upgrade --check`` reports."""
+
+    recipe: str
+    kind: str  # "apt" | "pip" | "files"
+    name: str
+    old: str  # "" when added
+    new: str  # "" when removed
+    source: str  # where the new one comes from: the archive's mirror, the index, the URL
+
+    def __str__(self) -> str:
+        move = f"{self.old or '(new)'} -> {self.new or '(removed)'}"
+        return f"{self.recipe}: {self.kind} {self.name} {move}" + (f" ({self.source})" if self.source else "")
+
+
+def diff_locks(old: Lock | None, new: Lock) -> list[Change]:
+    """The pins that differ between two locks of one recipe, sorted."""
+
+    def pins(lock: Lock | None) -> dict[tuple[str, str], tuple[str, str]]:
+        if lock is None:
+            return {}
+        out = {("apt", d.name): (d.version, d.mirror)
+               for d in (*(lock.base.packages if lock.base else ()), *lock.apt)}
+        out.update({("pip", p.name): (p.version, "") for p in lock.pip})
+        out.update({("files", f.name): (f.sha256[:12], f.url) for f in lock.files})
+        return out
+
+    before, after = pins(old), pins(new)
+    changes = []
+    for key in sorted(set(before) | set(after)):
+        (v0, _), (v1, src) = before.get(key, ("", "")), after.get(key, ("", ""))
+        if v0 != v1:
+            changes.append(Change(new.recipe, key[0], key[1], v0, v1, src))
+    return changes
 
 
 def check_locks(project: Path, graph: Graph, names: Sequence[str]) -> list[LockOutcome]:
@@ -68,11 +106,14 @@ def lock_recipes(
     engine: Callable[[], Engine] | None = None,
     report: Callable[[LockOutcome], None] = lambda o: None,
     progress: Reporter = lambda r, s, d: None,
+    dry_run: bool = False,
 ) -> list[LockOutcome]:
     """Lock ``names`` and their ancestors. A fresh lock is kept as it is unless upgrading.
 
     ``engine`` connects to docker, needed only when a layer's pip set must be
-    resolved inside its parent image.
+    resolved inside its parent image. ``dry_run`` resolves the same way and
+    writes nothing: each outcome carries the pins a relock would move
+    (``lock --upgrade --check``, the weekly question "what do new fixes change?").
     """
     outcomes: list[LockOutcome] = []
     locks: dict[str, Lock] = {}
@@ -95,6 +136,16 @@ def lock_recipes(
         lock = resolve(recipe, store, graph, locks, previous=previous, upgrade=upgrade and name in selected,
                        upgrade_packages=upgrade_packages if name in selected else (), engine=engine,
                        progress=progress)
+        if dry_run:
+            data = dumps(lock)
+            locks[name] = dataclasses.replace(lock, lock_hash=hash_bytes(data))
+            changed = not path.is_file() or path.read_bytes() != data
+            moved = tuple(diff_locks(previous, lock))
+            outcome = LockOutcome(name, path, "would change" if changed else "unchanged",
+                                  f"{len(moved)} pin(s) move" if moved else "", changes=moved)
+            outcomes.append(outcome)
+            report(outcome)
+            continue
         written, changed, locks[name] = write_lock(project, lock)
         outcome = LockOutcome(name, written, "written" if changed else "unchanged")
         outcomes.append(outcome)

@@ -20,6 +20,7 @@ stages are kept as mmdebstrap has them.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import email.utils
 import fcntl
 import hashlib
@@ -29,7 +30,7 @@ import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from debian import deb822
 
@@ -62,7 +63,8 @@ _SUITE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9._-]+)*$")
 _WORD_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # "Inst libc6 [2.36-9] (2.36-9+deb12u14 Debian:12.15/oldstable, Debian-Security:12/oldstable-security [amd64]) []"
 _INST_RE = re.compile(r"^Inst (\S+) (?:\[(\S+)\] )?\((\S+) (.*)\[([^\]]+)\]\)")
-_ORIGIN_SUITE_RE = re.compile(r"[^\s,]+/([^\s,]+)")
+# "'http://deb.debian.org/debian-security/pool/updates/…/tzdata_2026f-0%2bdeb12u1_all.deb' tzdata_… 307832 SHA256:…"
+_URI_RE = re.compile(r"^'([^']+)' (\S+) (\d+) SHA256:([0-9a-fA-F]{64})$")
 _REMV_RE = re.compile(r"^Remv (\S+)")
 _SIGNATURE_RE = re.compile(r"NO_PUBKEY|BADSIG|EXPKEYSIG|GPG error|is not signed|signatures (were invalid|couldn't be)")
 
@@ -187,8 +189,8 @@ class AptResolver:
                          str(keyring)])
         self.root = Path(cache_dir) / hashlib.sha256(key.encode()).hexdigest()[:16]
         self._stanzas: dict[tuple[str, str, str], deb822.Deb822] = {}
-        self._origins: dict[tuple[str, str], list[str]] = {}  # (name, version) -> archives apt named
-        self._archive_mirrors: dict[str, str] | None = None  # an archive's names -> its mirror
+        # (name, version, arch) or a .deb's file name -> (mirror, path, size, sha256) apt downloads it from
+        self._uris: dict[object, tuple[str, str, int, str]] = {}
 
     # -- public API -----------------------------------------------------------
 
@@ -413,7 +415,7 @@ class AptResolver:
                     self._update()
 
     def _update(self) -> None:
-        self._archive_mirrors = None
+        self._uris.clear()
         proc = self._run(["apt-get", "update", "-q"])
         out = proc.stdout + proc.stderr
         if "does not have a Release file" in out or re.search(r"Release\s+404\s", out):
@@ -497,7 +499,6 @@ class AptResolver:
         for line in proc.stdout.splitlines():
             if m := _INST_RE.match(line):
                 planned.append((m.group(1), m.group(3), m.group(5)))
-                self._origins[(m.group(1), m.group(3))] = _ORIGIN_SUITE_RE.findall(m.group(4))
             elif m := _REMV_RE.match(line):
                 removed.append(m.group(1))
         if removed:
@@ -549,24 +550,51 @@ class AptResolver:
                     filename=para["Filename"],
                     priority=para.get("Priority", "optional"),
                     essential=para.get("Essential", "no") == "yes",
-                    mirror=self._mirror_of(key[0], key[1]),
+                    mirror=self.mirror,
                 )
             )
+        if len(self.sources) > 1:
+            out = self._locate(out)
         return out
 
-    def _mirror_of(self, name: str, version: str) -> str:
-        """The mirror of the first of our archives that apt said has this version."""
-        if len(self.sources) == 1:
-            return self.mirror
-        if self._archive_mirrors is None:
-            self._archive_mirrors = {}
-            for info in reversed(self.releases()):  # the release's own names win
-                for word in (info.archive, info.codename, info.suite):
-                    self._archive_mirrors[word] = info.mirror
-        for origin in self._origins.get((name, version), []):
-            if origin in self._archive_mirrors:
-                return self._archive_mirrors[origin]
-        return self.mirror
+    def _locate(self, packages: list[AptPackage]) -> list[AptPackage]:
+        """Which archive serves each .deb, as apt itself would download it.
+
+        With several archives (the suite, -updates, -security) a version may be in
+        more than one, each with its own pool path; ``apt-get download --print-uris``
+        names the URI apt takes, so mirror and path always belong together.
+        """
+        todo = [p for p in packages if (p.name, p.version, p.architecture) not in self._uris]
+        if todo:
+            proc = self._run(["apt-get", "download", "--print-uris", "-qq",
+                              *sorted({f"{p.name}:{p.architecture}={p.version}" for p in todo})])
+            if proc.returncode != 0:
+                raise AptFailed("apt-get download --print-uris", proc.stdout + proc.stderr)
+            for line in proc.stdout.splitlines():
+                m = _URI_RE.match(line)
+                if not m:
+                    continue
+                # The second field is apt's local name (an epoch in it, quoted); the URL's own is the pool's.
+                url, size, sha = unquote(m.group(1)), int(m.group(3)), m.group(4).lower()
+                deb = url.rsplit("/", 1)[-1]
+                mirror = max((src for src, _ in self.sources if url.startswith(src + "/")), key=len, default="")
+                if mirror:
+                    self._uris[deb] = (mirror, url[len(mirror) + 1:], size, sha)
+            for p in todo:
+                hit = self._uris.get(p.deb_name)
+                if hit is not None:
+                    self._uris[(p.name, p.version, p.architecture)] = hit
+        out = []
+        for p in packages:
+            hit = self._uris.get((p.name, p.version, p.architecture))
+            if hit is None:
+                raise LockError(f"apt planned {p.name} {p.version} ({p.architecture}) but names no URI for it in "
+                                f"{', '.join(f'{m} {x}' for m, x in self.sources)}")
+            mirror, path, size, sha = hit
+            out.append(dataclasses.replace(p, mirror=mirror, filename=path, size=size, sha256=sha))
+        return out
+
+
 
     def _write_status(self, packages: Sequence[AptPackage], path: Path) -> None:
         self._describe([(p.name, p.version, p.architecture) for p in packages])
