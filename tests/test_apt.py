@@ -236,3 +236,63 @@ def test_minbase_matches_what_mmdebstrap_installs(
     assert resolver.resolve(["jq"], status=status) == []
     curl = {p.name for p in resolver.resolve(["curl"], status=status)}
     assert {"curl", "libcurl4"} <= curl and "libc6" not in curl
+
+
+# -- a release with its updates and security archives ------------------------------------------------------
+
+SECURITY = "http://deb.debian.org/debian-security"
+ARCHIVES = [(MIRROR, "bookworm-updates"), (SECURITY, "bookworm-security")]
+
+
+@pytest.fixture(scope="session")
+def bookworm_all(apt_cache: Path) -> AptResolver:
+    resolver = AptResolver(apt_cache, MIRROR, "bookworm", ["main"], "amd64", extra=ARCHIVES)
+    resolver.update()
+    return resolver
+
+
+@pytest.mark.network
+def test_every_archive_is_signature_checked_and_recorded(bookworm_all: AptResolver) -> None:
+    releases = bookworm_all.releases()
+    assert [(r.mirror, r.suite) for r in releases] == [(MIRROR, "bookworm"), *ARCHIVES]
+    assert [r.codename for r in releases] == ["bookworm", "bookworm-updates", "bookworm-security"]
+    assert len({r.inrelease_sha256 for r in releases}) == 3 and all(r.epoch > 0 for r in releases)
+
+
+@pytest.mark.network
+def test_every_package_is_at_the_candidate_apt_would_choose(bookworm_all: AptResolver, minbase: list[AptPackage],
+                                                             tmp_path: Path) -> None:
+    """What `apt-cache policy` says on a bookworm machine with the three standard sources."""
+    ours = bookworm_all.bootstrap_set("minbase", include=["ca-certificates"])
+    env = {**os.environ, "APT_CONFIG": str(bookworm_all.apt_config), "LC_ALL": "C"}
+    names = [p.name for p in ours]
+    policy = subprocess.run(["apt-cache", "policy", *names], env=env, capture_output=True, text=True, check=True)
+    candidates = dict(re.findall(r"^(\S+):\n\s+Installed: .*\n\s+Candidate: (\S+)", policy.stdout, re.M))
+    assert candidates == {p.name: p.version for p in ours}
+    # Security fixes are really there (the plain suite's set has older versions), from the security mirror,
+    # and the same names as mmdebstrap would pick from the suite alone.
+    newer = {p.name for p in ours} & {p.name for p in minbase}
+    moved = [p for p in ours if p.name in newer and p.version != next(m.version for m in minbase if m.name == p.name)]
+    assert moved and any(p.mirror == SECURITY and p.filename.startswith("pool/updates/") for p in moved)
+    assert {p.name for p in minbase} <= {p.name for p in ours}
+    for p in ours:  # the mirror and the path always belong together
+        assert p.mirror in (MIRROR, SECURITY) and p.filename.startswith("pool/updates/") == (p.mirror == SECURITY)
+
+
+@pytest.mark.network
+def test_a_security_archive_not_signed_by_the_keyring_is_an_error(apt_cache: Path) -> None:
+    wrong = Path("/usr/share/keyrings/debian-archive-removed-keys.gpg")
+    if not wrong.exists():
+        pytest.skip("debian-archive-keyring's removed-keys keyring is not installed")
+    resolver = AptResolver(apt_cache, MIRROR, "bookworm", ["main"], "amd64", keyring=wrong, extra=ARCHIVES)
+    with pytest.raises(AptFailed, match="signature check of .*debian-security bookworm-security"):
+        resolver.update()
+
+
+@pytest.mark.network
+def test_an_archive_the_release_does_not_have_says_how_to_opt_out(apt_cache: Path) -> None:
+    resolver = AptResolver(apt_cache, MIRROR, "bookworm", ["main"], "amd64",
+                           extra=[(MIRROR, "bookworm-security")])  # on the wrong mirror
+    with pytest.raises(LockError) as info:
+        resolver.update()
+    assert "has no archive 'bookworm-security'" in str(info.value) and "security = false" in str(info.value)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -280,3 +281,48 @@ def test_a_full_disk_is_a_clear_error_and_leaves_nothing_trusted(project: Path, 
     assert not (small_disk / "cache" / "layers").exists() or not any((small_disk / "cache" / "layers").iterdir())
     assert OciLayout(small_disk / "oci").refs() == {}
     assert not list((small_disk / "tmp").iterdir())  # scratch removed on the way out
+
+
+def test_the_root_is_what_an_updated_bookworm_machine_has(project: Path, built: dict) -> None:
+    """Locked from the suite, -updates and -security: the built image, with the network on and its
+    three standard sources, finds nothing to upgrade (the same versions as apt-cache policy picks)."""
+    lock = read_lock(lock_path(project, "mini"))
+    assert lock.base is not None
+    archives = [(a.mirror, a.suite) for a in lock.base.all_archives]
+    assert archives == [("http://deb.debian.org/debian", "bookworm"),
+                        ("http://deb.debian.org/debian", "bookworm-updates"),
+                        ("http://deb.debian.org/debian-security", "bookworm-security")]
+    script = ("apt-get update -qq && sha256sum /var/lib/apt/lists/*InRelease && echo ::upgrades:: && "
+              "apt-get -s dist-upgrade | grep '^Inst' || true")
+    out = docker.from_env().containers.run(built["image_id"], ["sh", "-c", script], remove=True,
+                                           network_mode="bridge").decode()
+    seen = set(re.findall(r"^([0-9a-f]{64}) ", out, re.M))
+    if seen != {a.inrelease_sha256 for a in lock.base.all_archives}:
+        pytest.skip("Debian's archive moved between locking and this check; the next run compares again")
+    sources = docker.from_env().containers.run(built["image_id"], ["cat", "/etc/apt/sources.list"],
+                                               remove=True).decode()
+    assert sources.splitlines() == [f"deb {m} {s} main" for m, s in archives]
+    assert out.split("::upgrades::", 1)[1].strip() == ""
+
+
+def test_upgrade_check_shows_what_a_relock_moves_and_writes_nothing(project: Path, store: Path,
+                                                                    tmp_path: Path) -> None:
+    proj = copy_project(project, tmp_path / "p")
+    # The suite alone, as roots were locked before they took their security fixes.
+    recipe = proj / "recipes" / "mini.toml"
+    recipe.write_text(recipe.read_text().replace('variant = "minbase" }',
+                                                  'variant = "minbase", updates = false, security = false }'))
+    assert bs(proj, store, "lock", "mini").exit_code == 0
+    old = read_lock(lock_path(proj, "mini"))
+    assert old.base is not None and old.base.archives == ()  # the old form, unchanged for who opts out
+    recipe.write_text(recipe.read_text().replace(", updates = false, security = false", ""))
+    before = lock_path(proj, "mini").read_bytes()
+    result = bs(proj, store, "lock", "--upgrade", "--check", "mini")
+    assert result.exit_code == 3, result.output + result.stderr
+    assert lock_path(proj, "mini").read_bytes() == before
+    assert "a relock would change" in result.stdout and "debian-security" in result.stdout
+    assert "run `buildsys lock --upgrade mini`" in result.stderr
+    assert bs(proj, store, "lock", "mini").exit_code == 0
+    # Seconds later, with nothing new upstream (as test_relock_with_nothing_new_is_byte_identical assumes too).
+    again = bs(proj, store, "lock", "--upgrade", "--check", "mini")
+    assert again.exit_code == 0 and "nothing would change" in again.stdout, again.stdout
