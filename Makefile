@@ -44,6 +44,7 @@ lint: venv
 bench: install dockerd
 	$(VENV)/bin/python bench/bench_root.py
 	$(VENV)/bin/python bench/bench_chain.py
+	$(VENV)/bin/python bench/bench_trust.py
 
 clean:
 	rm -rf .buildsys
