@@ -5,7 +5,7 @@ VENV ?= .venv
 BUILDSYS = $(VENV)/bin/buildsys
 DEMO ?= jupyter
 
-.PHONY: install deps venv dockerd demo test lint bench clean
+.PHONY: install deps venv dockerd demo test lint bench clean stack-svg
 
 install: deps venv
 
@@ -45,6 +45,11 @@ bench: install dockerd
 	$(VENV)/bin/python bench/bench_root.py
 	$(VENV)/bin/python bench/bench_chain.py
 	$(VENV)/bin/python bench/bench_trust.py
+
+# The README's picture of the bundled stack, from the recipes (needs graphviz's `dot`).
+stack-svg: venv
+	@command -v dot >/dev/null || { echo "make stack-svg needs graphviz: apt-get install graphviz" >&2; exit 1; }
+	$(BUILDSYS) graph --format dot | dot -Tsvg -o docs/stack.svg
 
 clean:
 	rm -rf .buildsys

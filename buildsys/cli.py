@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import json
+import textwrap
 import time
 import traceback
 from dataclasses import dataclass
@@ -122,10 +123,13 @@ def render_text(g: Graph, names: list[str]) -> str:
 
 
 def render_dot(g: Graph, names: list[str]) -> str:
-    out = ["digraph buildsys {", "  rankdir=BT;", "  node [shape=box];"]
+    out = ["digraph buildsys {", "  rankdir=BT;", '  node [shape=box, fontname="sans-serif"];']
     for n in names:
         shape = ', style="rounded,bold"' if g.recipes[n].is_root else ""
-        out.append(f'  "{n}" [label="{n}"{shape}];')
+        # The description under the name, wrapped, so the picture says what each layer holds.
+        words = textwrap.wrap(g.recipes[n].description, 34)
+        text = "\\n".join([n, *words]).replace('"', '\\"')
+        out.append(f'  "{n}" [label="{text}"{shape}];')
     for p, c in sorted(g.dag.edges):
         if p in names and c in names:
             out.append(f'  "{c}" -> "{p}";')

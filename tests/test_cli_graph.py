@@ -91,7 +91,7 @@ def test_dot_is_a_digraph_of_every_parent_link(buildsys, stack):
         '"user" -> "jupyter";',
         '"user" -> "rstudio";',
     }
-    assert all(f'"{n}" [label="{n}"' in result.stdout for n in STACK_ORDER)
+    assert all(f'"{n}" [label="{n}' in result.stdout for n in STACK_ORDER)
 
 
 @pytest.mark.parametrize("fmt", ["text", "json", "dot"])
