@@ -16,7 +16,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from helpers import bs, copy_project, ok
+from helpers import bs, ok
 
 from buildsys.lockfile import lock_path, read_lock, write_lock
 
@@ -28,11 +28,9 @@ def project(tmp_path: Path) -> Path:
     proj = tmp_path / "proj"
     (proj / "recipes").mkdir(parents=True)
     (proj / "locks").mkdir()
-    for name in ("base", "python"):
-        copy_project(REPO / "recipes", proj / "recipes")
-        (proj / "locks" / f"{name}.lock").write_bytes((REPO / "locks" / f"{name}.lock").read_bytes())
-    for extra in ("jupyter", "keras", "r-base", "rstudio", "user"):  # only base -> python here
-        (proj / "recipes" / f"{extra}.toml").unlink(missing_ok=True)
+    for name in ("base", "python"):  # only base -> python here, whatever else the stack holds
+        for kind, suffix in (("recipes", "toml"), ("locks", "lock")):
+            (proj / kind / f"{name}.{suffix}").write_bytes((REPO / kind / f"{name}.{suffix}").read_bytes())
     return proj
 
 
