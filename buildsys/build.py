@@ -24,8 +24,16 @@ from buildsys import bootstrap, steps
 from buildsys.engine import Container, Engine, EngineError, RunResult
 from buildsys.errors import BuildError, NotVendored, StaleLock
 from buildsys.graph import Graph
-from buildsys.image import DamagedBlob, OciLayout, make_config, oci_labels, write_docker_archive
-from buildsys.layer import NORMALIZER_VERSION, normalize_dir, normalize_tar
+from buildsys.image import DamagedBlob, OciLayout, make_config, oci_labels, write_docker_archive, write_streamed_archive
+from buildsys.layer import (
+    NORMALIZER_VERSION,
+    LayerPlan,
+    ParentTree,
+    normalize_tar,
+    plan_layer,
+    read_filesystem,
+    read_upper_dir,
+)
 from buildsys.lockcheck import pip_closure
 from buildsys.lockfile import Lock, lock_path
 from buildsys.recipe import Recipe, canonical_json
@@ -70,6 +78,7 @@ class BuiltImage:
     cached: bool  # True when every layer came from the cache
     seconds: float
     tag: str | None = None
+    timings: dict[str, float] | None = None  # of the top layer, when it was built in this run
 
     @property
     def record(self) -> LayerRecord:
@@ -84,6 +93,7 @@ class BuiltImage:
             "chain": self.chain,
             "cached": self.cached,
             "tag": self.tag,
+            "timings": {k: round(v, 3) for k, v in self.timings.items()} if self.timings is not None else None,
         }
 
 
@@ -101,6 +111,8 @@ class Builder:
     tag: bool = True  # tag chain images as RECIPE:latest (verify rebuilds do not)
     report: Reporter = lambda recipe, stage, detail: None
     _memo: dict[tuple[str, ...], tuple[LayerRecord, bool]] = field(default_factory=dict)
+    # Seconds spent per built layer (by chain prefix): install, normalize, load.
+    timings: dict[tuple[str, ...], dict[str, float]] = field(default_factory=dict)
 
     @property
     def layout(self) -> OciLayout:
@@ -176,7 +188,7 @@ class Builder:
         records, all_cached = self.build_prefix(chain)
         tag = f"{name}:latest" if self.tag else None
         return BuiltImage(recipe=name, chain=chain, layers=records, cached=all_cached,
-                          seconds=time.monotonic() - started, tag=tag)
+                          seconds=time.monotonic() - started, tag=tag, timings=self.timings.get(tuple(chain)))
 
     def build_prefix(self, chain: Sequence[str]) -> tuple[list[LayerRecord], bool]:
         """Build the layers ``chain`` lists, in order, each on the one before."""
@@ -187,6 +199,10 @@ class Builder:
             prefix = tuple(chain[: i + 1])
             if prefix not in self._memo:
                 self._memo[prefix] = self._layer(self.graph.recipes[prefix[-1]], parent, prefix)
+                if prefix in self.timings and not self._memo[prefix][1]:
+                    t = self.timings[prefix]
+                    self.report(prefix[-1], "timings", f"install {t['install']:.1f}s, normalize "
+                                                       f"{t['normalize']:.1f}s, load {t['load']:.1f}s")
             parent, cached = self._memo[prefix]
             records.append(parent)
             all_cached &= cached
@@ -241,49 +257,97 @@ class Builder:
             return hit, True
         started = time.monotonic()
         self._check_vendored(recipe, prefix)
+        timings = self.timings[tuple(prefix)] = {"install": 0.0, "normalize": 0.0, "load": 0.0}
         if recipe.is_root:
-            record = self._root_layer(recipe)
+            record = self._root_layer(recipe, timings)
         else:
             assert parent is not None
-            record = self._child_layer(recipe, parent, prefix)
+            record = self._child_layer(recipe, parent, prefix, timings)
         atomic_write(self._cache_path(key), canonical_json(record.to_json()))
         self.report(recipe.name, "built", f"{record.config_digest[:19]} in {time.monotonic() - started:.1f}s")
         return record, False
 
-    def _root_layer(self, recipe: Recipe) -> LayerRecord:
+    def _root_layer(self, recipe: Recipe, timings: dict[str, float]) -> LayerRecord:
         lock = self.locks[recipe.name]
         assert lock.base is not None
         with self.store.scratch(f"build-{recipe.name}") as tmp:
             self.report(recipe.name, "bootstrap", f"mmdebstrap {lock.base.suite}/{lock.base.variant}, "
                                                   f"{len(lock.base.packages)} packages, no network")
+            t0 = time.monotonic()
             result = bootstrap.bootstrap_debian(self.store, lock, recipe.run, Path(tmp))
             self._check_packages(recipe, [recipe.name], result.installed, "mmdebstrap")
+            t1 = time.monotonic()
             self.report(recipe.name, "normalize", f"{result.tarball.stat().st_size / 1e6:.0f} MB rootfs")
             layer_tmp = Path(tmp) / "layer.tar"
             with open(result.tarball, "rb") as src, open(layer_tmp, "wb") as dst:
                 info = normalize_tar(src, dst, lock.source_date_epoch)
             result.tarball.unlink()
-            return self._write_image(recipe, lock, None, layer_tmp, info.digest, info.size,
-                                     created_by=f"buildsys: debootstrap {lock.base.suite} ({lock.base.variant})")
+            record = self._write_image(recipe, lock, None, layer_tmp, info.digest, info.size,
+                                       created_by=f"buildsys: debootstrap {lock.base.suite} ({lock.base.variant})")
+            t2 = time.monotonic()
+            # Every root is needed by docker next (its child's build, or its own run): load it now.
+            self.load(record)
+            timings.update(install=t1 - t0, normalize=t2 - t1, load=time.monotonic() - t2)
+            return record
 
-    def _child_layer(self, recipe: Recipe, parent: LayerRecord, prefix: Sequence[str]) -> LayerRecord:
-        """Run the layer's steps in a container of the parent image, network none; take its diff."""
+    def _child_layer(self, recipe: Recipe, parent: LayerRecord, prefix: Sequence[str],
+                     timings: dict[str, float]) -> LayerRecord:
+        """Run the layer's steps in a container of the parent image, network none; take its diff.
+
+        The diff is read from the overlay upper dir where this host can, else from
+        commit + save; both are reduced to what changed against the parent chain's
+        files (``layer.ParentTree``), so the engine's storage does not show.
+        """
         lock = self.locks[recipe.name]
+        created_by = f"buildsys: {recipe.name} ({_summary(recipe)})"
+        t0 = time.monotonic()
         with self.run_steps(recipe, lock, parent) as (container, result, scratch):
             self._check_packages(recipe, prefix, steps.installed_packages(result.output), "apt")
+            t1 = time.monotonic()
             self.report(recipe.name, "normalize", "the container's filesystem diff")
-            layer_tmp = scratch / "layer.tar"
-            with open(layer_tmp, "wb") as dst:
+            below = ParentTree.from_layers(self.layout.blob_path(d) for d, _ in parent.layers)
+            with contextlib.ExitStack() as stack:
                 upper = container.upper_dir()
                 if upper is not None:
-                    info = normalize_dir(upper, dst, lock.source_date_epoch, drop_prefixes=(VENDOR_MOUNT,))
-                else:  # a remote engine: slower (grows with the image's depth) but correct
-                    with tempfile.TemporaryFile(dir=self.store.tmp) as raw:
-                        container.export_last_layer(raw)
-                        raw.seek(0)
-                        info = normalize_tar(raw, dst, lock.source_date_epoch, drop_prefixes=(VENDOR_MOUNT,))
-            return self._write_image(recipe, lock, parent, layer_tmp, info.digest, info.size,
-                                     created_by=f"buildsys: {recipe.name} ({_summary(recipe)})")
+                    layer = read_upper_dir(upper)
+                else:
+                    # Another storage driver or a remote engine: the whole filesystem, compared with the
+                    # parent's. Slower (grows with the image), but commit + save is not enough: vfs's diff
+                    # misses a file rewritten with the same size and mtime (useradd's etc/group- backup).
+                    raw = stack.enter_context(tempfile.TemporaryFile(dir=self.store.tmp))
+                    container.export(raw)
+                    raw.seek(0)
+                    layer = read_filesystem(raw, below)
+                plan = plan_layer(layer, lock.source_date_epoch, (VENDOR_MOUNT,), below)
+                record, t2 = self._write_layer(recipe, lock, parent, plan, scratch / "layer.tar", created_by)
+        timings.update(install=t1 - t0, normalize=t2 - t1, load=time.monotonic() - t2)
+        return record
+
+    def _write_layer(self, recipe: Recipe, lock: Lock, parent: LayerRecord, plan: LayerPlan, layer_file: Path,
+                     created_by: str) -> tuple[LayerRecord, float]:
+        """Write the canonical layer to the store and, in the same pass, into ``docker load``.
+
+        Return the record and when the layer's last byte was written: what docker
+        does after that (apply the layer it received) is the load's own time.
+        """
+        done: dict[str, Any] = {}
+
+        def write_layer(into: Any = None) -> bytes:
+            with open(layer_file, "wb") as f:
+                info = plan.write(f, *(into,) if into is not None else ())
+            done["at"] = time.monotonic()
+            done["record"] = record = self._write_image(recipe, lock, parent, layer_file, info.digest, info.size,
+                                                        created_by=created_by)
+            return self.layout.read_blob(record.config_digest)
+
+        if self.engine is None:
+            write_layer()
+        else:
+            self.report(recipe.name, "load", "docker load, streamed as the layer is written")
+            lower = [d for d in parent.diff_ids]
+            self.engine.load_stream(
+                lambda sink: write_streamed_archive(sink, lower, plan.size, write_layer))
+        return done["record"], done["at"]
 
     @contextlib.contextmanager
     def run_steps(self, recipe: Recipe, lock: Lock, parent: LayerRecord,
