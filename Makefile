@@ -44,6 +44,8 @@ lint: venv
 bench: install dockerd
 	$(VENV)/bin/python bench/bench_root.py
 	$(VENV)/bin/python bench/bench_chain.py
+	$(VENV)/bin/python bench/bench_layers.py
+	$(VENV)/bin/python bench/bench_big_layer.py
 
 clean:
 	rm -rf .buildsys

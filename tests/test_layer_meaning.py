@@ -23,9 +23,9 @@ from buildsys.layer import (
     _Item,
     normalize_dir,
     normalize_tar,
+    plan_layer,
     read_filesystem,
     read_tar,
-    plan_layer,
 )
 
 EPOCH = 1_700_000_000
