@@ -325,7 +325,9 @@ class Builder:
             self._check_packages(recipe, prefix, steps.installed_packages(result.output), "apt")
             t1 = time.monotonic()
             self.report(recipe.name, "normalize", "the container's filesystem diff")
-            below = ParentTree.from_layers(self.layout.blob_path(d) for d, _ in parent.layers)
+            below = ParentTree.from_layers((self.layout.blob_path(d) for d, _ in parent.layers),
+                                           index_dir=self.store.cache / "index")
+            t_read = time.monotonic()
             with contextlib.ExitStack() as stack:
                 upper = container.upper_dir()
                 if upper is not None:
@@ -338,8 +340,14 @@ class Builder:
                     container.export(raw)
                     raw.seek(0)
                     layer = read_filesystem(raw, below)
+                t_plan = time.monotonic()
                 plan = plan_layer(layer, lock.source_date_epoch, (VENDOR_MOUNT,), below)
+                t_write = time.monotonic()
                 record, t2 = self._write_layer(recipe, lock, parent, plan, scratch / "layer.tar", created_by)
+                self.report(recipe.name, "normalized",
+                            f"{plan.entries} entries, {plan.size / 1e6:.0f} MB: parent chain {t_read - t1:.1f}s, "
+                            f"{'upper dir' if upper is not None else 'export'} {t_plan - t_read:.1f}s, compare "
+                            f"{t_write - t_plan:.1f}s, write+hash+stream {t2 - t_write:.1f}s")
         timings.update(install=t1 - t0, normalize=t2 - t1, load=time.monotonic() - t2)
         return record
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import json
 import os
 import shutil
 import stat
@@ -246,10 +247,12 @@ class ParentTree:
         self._kids: dict[str, set[str]] = defaultdict(set)
 
     @classmethod
-    def from_layers(cls, layers: Iterable[Path]) -> ParentTree:
+    def from_layers(cls, layers: Iterable[Path], index_dir: Path | None = None) -> ParentTree:
+        """Apply canonical layer tars in order. With ``index_dir``, each blob's headers are
+        read once and kept there by the blob's name (its digest: blobs never change)."""
         tree = cls()
         for path in layers:
-            tree._apply(path)
+            tree._apply(path, _layer_index(path, index_dir))
         return tree
 
     def children(self, path: str) -> set[str]:
@@ -262,31 +265,22 @@ class ParentTree:
         for kid in list(self._kids.pop(path, ())):
             self._remove(kid)
 
-    def _apply(self, blob: Path) -> None:
-        try:
-            with tarfile.open(blob, mode="r:") as tf:
-                members = tf.getmembers()
-        except tarfile.TarError as e:
-            raise LayerError(f"{blob}: cannot read a parent layer: {e}",
-                             "the store's copy is damaged: rebuild the image (`buildsys build --no-cache`)") from e
+    def _apply(self, blob: Path, index: list[list[Any]]) -> None:
         adds: list[_Item] = []
         src = os.fspath(blob)
         # Whiteouts act on the layers below only, whatever their place in this tar.
-        for m in members:
-            path = _norm_path(m.name)
+        for row in index:
+            path = row[0]
             parent, _, base = path.rpartition("/")
             if base == OPAQUE_MARKER:
                 for kid in list(self.children(parent)):
                     self._remove(kid)
             elif base.startswith(WHITEOUT_PREFIX):
                 self._remove(f"{parent}/{base[4:]}" if parent else base[4:])
-            elif path and (kind := _KINDS.get(m.type)) is not None:
-                cap = m.pax_headers.get(_PAX_XATTR + "security.capability")
-                adds.append(_Item(path, kind, m.mode, m.uid, m.gid, int(m.mtime), m.size if kind == "file" else 0,
-                                  _norm_path(m.linkname) if kind == "hardlink" else m.linkname,
-                                  m.devmajor, m.devminor,
-                                  cap.encode("utf-8", "surrogateescape") if cap is not None else None,
-                                  src, m.offset_data))
+            else:
+                _, kind, mode, uid, gid, mtime, size, link, major, minor, cap, offset = row
+                adds.append(_Item(path, kind, mode, uid, gid, mtime, size, link, major, minor,
+                                  bytes.fromhex(cap) if cap is not None else None, src, offset))
         here: dict[str, _Item] = {}
         for it in adds:
             old = self.entries.get(it.path)
@@ -300,6 +294,44 @@ class ParentTree:
             here[it.path] = it
             self.entries[it.path] = it
             self._kids[_dirname(it.path)].add(it.path)
+
+
+_INDEX_VERSION = 1
+
+
+def _layer_index(blob: Path, index_dir: Path | None) -> list[list[Any]]:
+    """A layer tar's entries as rows: path, kind, mode, uid, gid, mtime, size, link, major, minor, cap, offset."""
+    cached = index_dir / f"{blob.name}.json" if index_dir is not None else None
+    if cached is not None:
+        try:
+            data = json.loads(cached.read_bytes())
+            if data.get("version") == _INDEX_VERSION and data.get("size") == blob.stat().st_size:
+                return list(data["entries"])
+        except (OSError, ValueError, AttributeError):
+            pass  # absent or damaged: read the blob again
+    try:
+        with tarfile.open(blob, mode="r:") as tf:
+            members = tf.getmembers()
+    except tarfile.TarError as e:
+        raise LayerError(f"{blob}: cannot read a parent layer: {e}",
+                         "the store's copy is damaged: rebuild the image (`buildsys build --no-cache`)") from e
+    rows: list[list[Any]] = []
+    for m in members:
+        path = _norm_path(m.name)
+        kind = _KINDS.get(m.type)
+        if not path or kind is None:
+            continue
+        cap = m.pax_headers.get(_PAX_XATTR + "security.capability")
+        rows.append([path, kind, m.mode & 0o7777, m.uid, m.gid, int(m.mtime), m.size if kind == "file" else 0,
+                     _norm_path(m.linkname) if kind == "hardlink" else m.linkname, m.devmajor, m.devminor,
+                     cap.encode("utf-8", "surrogateescape").hex() if cap is not None else None, m.offset_data])
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_name(f".{cached.name}.{os.getpid()}")
+        tmp.write_text(json.dumps({"version": _INDEX_VERSION, "size": blob.stat().st_size, "entries": rows},
+                                  separators=(",", ":")))
+        os.replace(tmp, cached)
+    return rows
 
 
 # ---------------------------------------------------------------- the canonical layer, by meaning

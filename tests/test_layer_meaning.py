@@ -237,3 +237,17 @@ def test_read_tar_keeps_hardlink_groups(tmp_path: Path) -> None:
     with open(src, "rb") as f:
         layer = read_tar(f)
         assert layer.items["b"].kind == "file" and layer.items["b"].link_key == layer.items["a"].link_key == "a"
+
+
+def test_parent_index_is_kept_and_a_damaged_one_read_again(tmp_path: Path, parent: ParentTree) -> None:
+    index = tmp_path / "index"
+    first = ParentTree.from_layers([tmp_path / "parent.tar"], index_dir=index)
+    (kept,) = index.iterdir()
+    again = ParentTree.from_layers([tmp_path / "parent.tar"], index_dir=index)
+    kept.write_text("{not json")
+    repaired = ParentTree.from_layers([tmp_path / "parent.tar"], index_dir=index)
+    for tree in (first, again, repaired):
+        assert sorted(tree.entries) == sorted(parent.entries)
+        assert all((it.kind, it.mode, it.size, it.offset, it.mtime) == (parent.entries[p].kind, parent.entries[p].mode,
+                   parent.entries[p].size, parent.entries[p].offset, parent.entries[p].mtime)
+                   for p, it in tree.entries.items())
