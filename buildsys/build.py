@@ -501,9 +501,7 @@ class Builder:
             atomic_write(self._note_path(tag), record.config_digest.encode())
 
     def _note_path(self, tag: str) -> Path:
-        # Per engine address (DOCKER_HOST): the store may serve several engines.
-        where = hashlib.sha256(os.environ.get("DOCKER_HOST", "default").encode()).hexdigest()[:16]
-        return self.store.cache / "engines" / where / f"{tag}.tag"
+        return engine_notes() / f"{tag}.tag"
 
     def _noted(self, tag: str) -> str | None:
         try:
@@ -518,6 +516,14 @@ class Builder:
             write_docker_archive(self.layout, record.manifest_digest, [], archive, omit_layers=omit_layers)
             archive.seek(0)
             engine.load(archive)
+
+
+def engine_notes() -> Path:
+    """Where builds note what they tagged in the engine at DOCKER_HOST: per machine user, not per store,
+    so that a tag moved by another project's build is seen (and moved back) without asking docker."""
+    state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    where = hashlib.sha256(os.environ.get("DOCKER_HOST", "default").encode()).hexdigest()[:16]
+    return state / "buildsys" / "engines" / where
 
 
 def _summary(recipe: Recipe) -> str:
