@@ -2,9 +2,14 @@
 
 Two builds of the same locked inputs differ in mtimes, a few volatile files and
 tar details (REPRODUCIBILITY.md); the canonical form removes exactly those
-differences so that identical inputs give an identical diff_id. Both inputs (a
-tar stream, an overlayfs upper directory) are turned into one list of entries
-and written by one canonicalization, so the two paths cannot drift apart.
+differences so that identical inputs give an identical diff_id.
+
+A child layer is defined by meaning: what differs from the parent chain's
+merged filesystem (``ParentTree``), whatever the engine's storage gave us. The
+three inputs (an overlayfs upper directory, a diff tar, a whole filesystem from
+``docker export``) become one ``_Input``, reduced by one ``_layer_diff`` and
+written by one ``LayerPlan``, so the paths cannot drift apart
+(docs/reproducibility.md, "What a layer holds").
 """
 
 from __future__ import annotations
