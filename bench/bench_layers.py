@@ -81,7 +81,7 @@ def normalize_alone(store: Store, record: LayerRecord, epoch: int) -> tuple[floa
     layout_blob = store.oci / "blobs" / "sha256"
     blobs = [layout_blob / d.split(":", 1)[1] for d, _ in record.layers]
     started = time.perf_counter()
-    parent = ParentTree.from_layers(blobs[:-1])
+    parent = ParentTree.from_layers(blobs[:-1], index_dir=store.cache / "index")  # as the build reads it
     parent_s = time.perf_counter() - started
     with open(blobs[-1], "rb") as src, open(os.devnull, "wb") as dst:
         info = normalize_tar(src, dst, epoch, parent=parent)

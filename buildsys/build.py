@@ -24,7 +24,15 @@ from typing import TYPE_CHECKING, Any
 from buildsys import bootstrap, steps
 from buildsys.errors import BuildError, NotVendored, StaleLock
 from buildsys.graph import Graph
-from buildsys.image import DamagedBlob, OciLayout, make_config, oci_labels, write_docker_archive, write_streamed_archive
+from buildsys.image import (
+    DamagedBlob,
+    OciLayout,
+    canonical_bytes,
+    make_config,
+    oci_labels,
+    write_docker_archive,
+    write_streamed_archive,
+)
 from buildsys.layer import (
     NORMALIZER_VERSION,
     LayerPlan,
@@ -359,24 +367,31 @@ class Builder:
         does after that (apply the layer it received) is the load's own time.
         """
         done: dict[str, Any] = {}
+        store_writes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="buildsys-store")
 
         def write_layer(into: Any = None) -> bytes:
             with open(layer_file, "wb") as f:
                 info = plan.write(f, *(into,) if into is not None else ())
             done["at"] = time.monotonic()
-            done["record"] = record = self._write_image(recipe, lock, parent, layer_file, info.digest, info.size,
-                                                        created_by=created_by)
-            return self.layout.read_blob(record.config_digest)
+            config = self._config(recipe, lock, parent, info.digest, created_by)
+            # The store's copy is made durable (fsync, rename, config, manifest) while docker
+            # applies the layer: docker needs only the config bytes, which are ready now.
+            done["record"] = store_writes.submit(self._write_image, recipe, lock, parent, layer_file, info.digest,
+                                                 info.size, created_by, config)
+            return canonical_bytes(config)
 
-        engine = self.docker()
-        if engine is None:
-            write_layer()
-        else:
-            self.report(recipe.name, "load", "docker load, streamed as the layer is written")
-            lower = list(parent.diff_ids)
-            engine.load_stream(
-                lambda sink: write_streamed_archive(sink, lower, plan.size, write_layer))
-        return done["record"], done["at"]
+        try:
+            engine = self.docker()
+            if engine is None:
+                write_layer()
+            else:
+                self.report(recipe.name, "load", "docker load, streamed as the layer is written")
+                lower = list(parent.diff_ids)
+                engine.load_stream(lambda sink: write_streamed_archive(sink, lower, plan.size, write_layer))
+            record: LayerRecord = done["record"].result()
+        finally:
+            store_writes.shutdown(wait=True)
+        return record, done["at"]
 
     @contextlib.contextmanager
     def run_steps(self, recipe: Recipe, lock: Lock, parent: LayerRecord,
@@ -451,14 +466,19 @@ class Builder:
             raise StaleLock(recipe.name, lock_path(recipe.path.parent.parent, recipe.name),
                             "its pip set is not closed: " + "; ".join(unmet[:3]) + more)
 
+    def _config(self, recipe: Recipe, lock: Lock, parent: LayerRecord | None, diff_id: str,
+                created_by: str) -> dict[str, Any]:
+        parent_config = self.layout.read_config(parent.config_digest) if parent else None
+        labels = oci_labels(recipe.name, recipe.recipe_hash, lock.lock_hash, recipe.description)
+        return make_config(parent=parent_config, diff_id=diff_id, epoch=lock.source_date_epoch,
+                           image=recipe.image, labels=labels, created_by=created_by)
+
     def _write_image(self, recipe: Recipe, lock: Lock, parent: LayerRecord | None, layer_file: Path,
-                     diff_id: str, size: int, created_by: str) -> LayerRecord:
+                     diff_id: str, size: int, created_by: str, config: dict[str, Any] | None = None) -> LayerRecord:
         layout = self.layout
         digest = layout.add_blob_file(layer_file, digest=diff_id)
-        parent_config = layout.read_config(parent.config_digest) if parent else None
-        labels = oci_labels(recipe.name, recipe.recipe_hash, lock.lock_hash, recipe.description)
-        config = make_config(parent=parent_config, diff_id=diff_id, epoch=lock.source_date_epoch,
-                             image=recipe.image, labels=labels, created_by=created_by)
+        if config is None:
+            config = self._config(recipe, lock, parent, diff_id, created_by)
         layers = [*(parent.layers if parent else ()), (digest, size)]
         img = layout.write_image(config, layers)
         return LayerRecord(recipe=recipe.name, config_digest=img.config_digest,
