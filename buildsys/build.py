@@ -385,7 +385,7 @@ class Builder:
             if engine is None:
                 write_layer()
             else:
-                self.report(recipe.name, "load", "docker load, streamed as the layer is written")
+                self.report(recipe.name, "load", "docker load (new layer only), streamed as it is written")
                 lower = list(parent.diff_ids)
                 engine.load_stream(lambda sink: write_streamed_archive(sink, lower, plan.size, write_layer))
             record: LayerRecord = done["record"].result()
