@@ -45,6 +45,8 @@ bench: install dockerd
 	$(VENV)/bin/python bench/bench_root.py
 	$(VENV)/bin/python bench/bench_chain.py
 	$(VENV)/bin/python bench/bench_trust.py
+	$(VENV)/bin/python bench/bench_layers.py
+	$(VENV)/bin/python bench/bench_big_layer.py
 
 # The README's picture of the bundled stack, from the recipes (needs graphviz's `dot`).
 stack-svg: venv

@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import shutil
 import statistics
 import sys
@@ -140,12 +141,12 @@ def dockerfile(graph: Graph, chain: Sequence[str], base_id: str, with_ca: bool) 
         r: Recipe = graph.recipes[name]
         if r.files:
             raise SystemExit(f"{name}: [[files]] has no Dockerfile counterpart in this benchmark")
-        apt = [*r.apt_packages, *(["python3-pip"] if r.pip_packages else [])]
+        apt = list(dict.fromkeys([*r.apt_packages, *(["python3-pip"] if r.pip_packages else [])]))
         if apt:
             lines.append("RUN apt-get update && apt-get install -y --no-install-recommends "
                          f"{' '.join(apt)} && rm -rf /var/lib/apt/lists/*")
         if r.pip_packages:
-            pip = f"pip install --break-system-packages {' '.join(r.pip_packages)}"
+            pip = f"pip install --break-system-packages {' '.join(shlex.quote(p) for p in r.pip_packages)}"
             if with_ca:
                 lines += [f"COPY {CA_FILE} /tmp/{CA_FILE}", f"RUN PIP_CERT=/tmp/{CA_FILE} {pip} && rm /tmp/{CA_FILE}"]
             else:

@@ -12,25 +12,44 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from buildsys import bootstrap, steps
-from buildsys.engine import Container, Engine, EngineError, RunResult
 from buildsys.errors import BuildError, NotVendored, StaleLock
 from buildsys.graph import Graph
-from buildsys.image import DamagedBlob, OciLayout, make_config, oci_labels, write_docker_archive
-from buildsys.layer import NORMALIZER_VERSION, normalize_dir, normalize_tar
+from buildsys.image import (
+    DamagedBlob,
+    OciLayout,
+    canonical_bytes,
+    make_config,
+    oci_labels,
+    write_docker_archive,
+    write_streamed_archive,
+)
+from buildsys.layer import (
+    NORMALIZER_VERSION,
+    LayerPlan,
+    ParentTree,
+    normalize_tar,
+    plan_layer,
+    read_filesystem,
+    read_upper_dir,
+)
 from buildsys.lockcheck import pip_closure
 from buildsys.lockfile import Lock, lock_path
 from buildsys.recipe import Recipe, canonical_json
 from buildsys.store import Store, atomic_write
 from buildsys.vendor import verify_store
+
+if TYPE_CHECKING:  # docker's client is imported only when an engine is used (a no-op build needs none)
+    from buildsys.engine import Container, Engine, RunResult
 
 # Bump when the way a layer is made changes (build steps, environment), so
 # old cache entries stop matching. The normalizer has its own version.
@@ -70,6 +89,7 @@ class BuiltImage:
     cached: bool  # True when every layer came from the cache
     seconds: float
     tag: str | None = None
+    timings: dict[str, float] | None = None  # of the top layer, when it was built in this run
 
     @property
     def record(self) -> LayerRecord:
@@ -84,6 +104,7 @@ class BuiltImage:
             "chain": self.chain,
             "cached": self.cached,
             "tag": self.tag,
+            "timings": {k: round(v, 3) for k, v in self.timings.items()} if self.timings is not None else None,
         }
 
 
@@ -100,7 +121,15 @@ class Builder:
     no_cache: bool = False
     tag: bool = True  # tag chain images as RECIPE:latest (verify rebuilds do not)
     report: Reporter = lambda recipe, stage, detail: None
+    # Connects to docker on first use, when ``engine`` is None: a build that the store
+    # answers alone (all cached, already loaded and tagged) makes no engine round trip.
+    connect: Callable[[], Engine] | None = None
+    # Trust the store's note of what it loaded and tagged in this engine (``build``'s no-op);
+    # ``test`` and ``run`` leave it off and ask the engine.
+    trust_loaded: bool = False
     _memo: dict[tuple[str, ...], tuple[LayerRecord, bool]] = field(default_factory=dict)
+    # Seconds spent per built layer (by chain prefix): install, normalize, load.
+    timings: dict[tuple[str, ...], dict[str, float]] = field(default_factory=dict)
 
     @property
     def layout(self) -> OciLayout:
@@ -136,11 +165,22 @@ class Builder:
         selected = self.graph.select(names)
         if n := self.store.sweep_scratch():
             self.report("*", "cleanup", f"removed {n} scratch folder(s) left by an interrupted run")
-        if self.engine is not None and (n := self.engine.remove_stale_containers()):
-            self.report("*", "cleanup", f"removed {n} build container(s) left by an interrupted run")
+        if self.engine is not None:
+            self._sweep_containers(self.engine)
         if jobs > 1:
             self.prebuild([self.graph.chain(n) for n in selected], jobs)
         return [self.build_chain(n) for n in selected]
+
+    def docker(self) -> Engine | None:
+        """The engine, connected now if it was not yet (None: this builder works without one)."""
+        if self.engine is None and self.connect is not None:
+            self.engine = self.connect()
+            self._sweep_containers(self.engine)
+        return self.engine
+
+    def _sweep_containers(self, engine: Engine) -> None:
+        if n := engine.remove_stale_containers():
+            self.report("*", "cleanup", f"removed {n} build container(s) left by an interrupted run")
 
     def prebuild(self, chains: Sequence[Sequence[str]], jobs: int) -> None:
         """Build every layer of ``chains``, independent branches in parallel.
@@ -176,7 +216,7 @@ class Builder:
         records, all_cached = self.build_prefix(chain)
         tag = f"{name}:latest" if self.tag else None
         return BuiltImage(recipe=name, chain=chain, layers=records, cached=all_cached,
-                          seconds=time.monotonic() - started, tag=tag)
+                          seconds=time.monotonic() - started, tag=tag, timings=self.timings.get(tuple(chain)))
 
     def build_prefix(self, chain: Sequence[str]) -> tuple[list[LayerRecord], bool]:
         """Build the layers ``chain`` lists, in order, each on the one before."""
@@ -187,6 +227,10 @@ class Builder:
             prefix = tuple(chain[: i + 1])
             if prefix not in self._memo:
                 self._memo[prefix] = self._layer(self.graph.recipes[prefix[-1]], parent, prefix)
+                if prefix in self.timings and not self._memo[prefix][1]:
+                    t = self.timings[prefix]
+                    self.report(prefix[-1], "timings", f"install {t['install']:.1f}s, normalize "
+                                                       f"{t['normalize']:.1f}s, load {t['load']:.1f}s")
             parent, cached = self._memo[prefix]
             records.append(parent)
             all_cached &= cached
@@ -241,49 +285,113 @@ class Builder:
             return hit, True
         started = time.monotonic()
         self._check_vendored(recipe, prefix)
+        timings = self.timings[tuple(prefix)] = {"install": 0.0, "normalize": 0.0, "load": 0.0}
         if recipe.is_root:
-            record = self._root_layer(recipe)
+            record = self._root_layer(recipe, timings)
         else:
             assert parent is not None
-            record = self._child_layer(recipe, parent, prefix)
+            record = self._child_layer(recipe, parent, prefix, timings)
         atomic_write(self._cache_path(key), canonical_json(record.to_json()))
         self.report(recipe.name, "built", f"{record.config_digest[:19]} in {time.monotonic() - started:.1f}s")
         return record, False
 
-    def _root_layer(self, recipe: Recipe) -> LayerRecord:
+    def _root_layer(self, recipe: Recipe, timings: dict[str, float]) -> LayerRecord:
         lock = self.locks[recipe.name]
         assert lock.base is not None
         with self.store.scratch(f"build-{recipe.name}") as tmp:
             self.report(recipe.name, "bootstrap", f"mmdebstrap {lock.base.suite}/{lock.base.variant}, "
                                                   f"{len(lock.base.packages)} packages, no network")
+            t0 = time.monotonic()
             result = bootstrap.bootstrap_debian(self.store, lock, recipe.run, Path(tmp))
             self._check_packages(recipe, [recipe.name], result.installed, "mmdebstrap")
+            t1 = time.monotonic()
             self.report(recipe.name, "normalize", f"{result.tarball.stat().st_size / 1e6:.0f} MB rootfs")
             layer_tmp = Path(tmp) / "layer.tar"
             with open(result.tarball, "rb") as src, open(layer_tmp, "wb") as dst:
                 info = normalize_tar(src, dst, lock.source_date_epoch)
             result.tarball.unlink()
-            return self._write_image(recipe, lock, None, layer_tmp, info.digest, info.size,
-                                     created_by=f"buildsys: debootstrap {lock.base.suite} ({lock.base.variant})")
+            record = self._write_image(recipe, lock, None, layer_tmp, info.digest, info.size,
+                                       created_by=f"buildsys: debootstrap {lock.base.suite} ({lock.base.variant})")
+            t2 = time.monotonic()
+            # Every root is needed by docker next (its child's build, or its own run): load it now.
+            self.load(record)
+            timings.update(install=t1 - t0, normalize=t2 - t1, load=time.monotonic() - t2)
+            return record
 
-    def _child_layer(self, recipe: Recipe, parent: LayerRecord, prefix: Sequence[str]) -> LayerRecord:
-        """Run the layer's steps in a container of the parent image, network none; take its diff."""
+    def _child_layer(self, recipe: Recipe, parent: LayerRecord, prefix: Sequence[str],
+                     timings: dict[str, float]) -> LayerRecord:
+        """Run the layer's steps in a container of the parent image, network none; take its diff.
+
+        The diff is read from the overlay upper dir where this host can, else from
+        commit + save; both are reduced to what changed against the parent chain's
+        files (``layer.ParentTree``), so the engine's storage does not show.
+        """
         lock = self.locks[recipe.name]
+        created_by = f"buildsys: {recipe.name} ({_summary(recipe)})"
+        t0 = time.monotonic()
         with self.run_steps(recipe, lock, parent) as (container, result, scratch):
             self._check_packages(recipe, prefix, steps.installed_packages(result.output), "apt")
+            t1 = time.monotonic()
             self.report(recipe.name, "normalize", "the container's filesystem diff")
-            layer_tmp = scratch / "layer.tar"
-            with open(layer_tmp, "wb") as dst:
+            below = ParentTree.from_layers((self.layout.blob_path(d) for d, _ in parent.layers),
+                                           index_dir=self.store.cache / "index")
+            t_read = time.monotonic()
+            with contextlib.ExitStack() as stack:
                 upper = container.upper_dir()
                 if upper is not None:
-                    info = normalize_dir(upper, dst, lock.source_date_epoch, drop_prefixes=(VENDOR_MOUNT,))
-                else:  # a remote engine: slower (grows with the image's depth) but correct
-                    with tempfile.TemporaryFile(dir=self.store.tmp) as raw:
-                        container.export_last_layer(raw)
-                        raw.seek(0)
-                        info = normalize_tar(raw, dst, lock.source_date_epoch, drop_prefixes=(VENDOR_MOUNT,))
-            return self._write_image(recipe, lock, parent, layer_tmp, info.digest, info.size,
-                                     created_by=f"buildsys: {recipe.name} ({_summary(recipe)})")
+                    layer = read_upper_dir(upper)
+                else:
+                    # Another storage driver or a remote engine: the whole filesystem, compared with the
+                    # parent's. Slower (grows with the image), but commit + save is not enough: vfs's diff
+                    # misses a file rewritten with the same size and mtime (useradd's etc/group- backup).
+                    raw = stack.enter_context(tempfile.TemporaryFile(dir=self.store.tmp))
+                    container.export(raw)
+                    raw.seek(0)
+                    layer = read_filesystem(raw, below)
+                t_plan = time.monotonic()
+                plan = plan_layer(layer, lock.source_date_epoch, (VENDOR_MOUNT,), below)
+                t_write = time.monotonic()
+                record, t2 = self._write_layer(recipe, lock, parent, plan, scratch / "layer.tar", created_by)
+                self.report(recipe.name, "normalized",
+                            f"{plan.entries} entries, {plan.size / 1e6:.0f} MB: parent chain {t_read - t1:.1f}s, "
+                            f"{'upper dir' if upper is not None else 'export'} {t_plan - t_read:.1f}s, compare "
+                            f"{t_write - t_plan:.1f}s, write+hash+stream {t2 - t_write:.1f}s")
+        timings.update(install=t1 - t0, normalize=t2 - t1, load=time.monotonic() - t2)
+        return record
+
+    def _write_layer(self, recipe: Recipe, lock: Lock, parent: LayerRecord, plan: LayerPlan, layer_file: Path,
+                     created_by: str) -> tuple[LayerRecord, float]:
+        """Write the canonical layer to the store and, in the same pass, into ``docker load``.
+
+        Return the record and when the layer's last byte was written: what docker
+        does after that (apply the layer it received) is the load's own time.
+        """
+        done: dict[str, Any] = {}
+        store_writes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="buildsys-store")
+
+        def write_layer(into: Any = None) -> bytes:
+            with open(layer_file, "wb") as f:
+                info = plan.write(f, *(into,) if into is not None else ())
+            done["at"] = time.monotonic()
+            config = self._config(recipe, lock, parent, info.digest, created_by)
+            # The store's copy is made durable (fsync, rename, config, manifest) while docker
+            # applies the layer: docker needs only the config bytes, which are ready now.
+            done["record"] = store_writes.submit(self._write_image, recipe, lock, parent, layer_file, info.digest,
+                                                 info.size, created_by, config)
+            return canonical_bytes(config)
+
+        try:
+            engine = self.docker()
+            if engine is None:
+                write_layer()
+            else:
+                self.report(recipe.name, "load", "docker load (new layer only), streamed as it is written")
+                lower = list(parent.diff_ids)
+                engine.load_stream(lambda sink: write_streamed_archive(sink, lower, plan.size, write_layer))
+            record: LayerRecord = done["record"].result()
+        finally:
+            store_writes.shutdown(wait=True)
+        return record, done["at"]
 
     @contextlib.contextmanager
     def run_steps(self, recipe: Recipe, lock: Lock, parent: LayerRecord,
@@ -293,11 +401,12 @@ class Builder:
         Yields the stopped container (to read its diff, or commit it), the run's
         result and a scratch folder; a failed step raises, naming the step.
         """
-        assert self.engine is not None, "building a layer needs the docker engine"
+        engine = self.docker()
+        assert engine is not None, "building a layer needs the docker engine"
         self.load(parent, tag=None)
         with self.store.scratch(f"build-{recipe.name}") as tmp:
             staged = steps.stage_layer(self.store, recipe, lock, Path(tmp) / "stage")
-            with self.engine.container(parent.config_digest, staged.command, env=staged.env, network="none",
+            with engine.container(parent.config_digest, staged.command, env=staged.env, network="none",
                                        mounts=[(str(staged.folder), steps.MOUNT, True)],
                                        hostname=bootstrap.BUILD_HOSTNAME, user="0:0", workdir="/") as container:
                 self.report(recipe.name, "run", f"container on {parent.config_digest[:19]}, network none")
@@ -357,14 +466,19 @@ class Builder:
             raise StaleLock(recipe.name, lock_path(recipe.path.parent.parent, recipe.name),
                             "its pip set is not closed: " + "; ".join(unmet[:3]) + more)
 
+    def _config(self, recipe: Recipe, lock: Lock, parent: LayerRecord | None, diff_id: str,
+                created_by: str) -> dict[str, Any]:
+        parent_config = self.layout.read_config(parent.config_digest) if parent else None
+        labels = oci_labels(recipe.name, recipe.recipe_hash, lock.lock_hash, recipe.description)
+        return make_config(parent=parent_config, diff_id=diff_id, epoch=lock.source_date_epoch,
+                           image=recipe.image, labels=labels, created_by=created_by)
+
     def _write_image(self, recipe: Recipe, lock: Lock, parent: LayerRecord | None, layer_file: Path,
-                     diff_id: str, size: int, created_by: str) -> LayerRecord:
+                     diff_id: str, size: int, created_by: str, config: dict[str, Any] | None = None) -> LayerRecord:
         layout = self.layout
         digest = layout.add_blob_file(layer_file, digest=diff_id)
-        parent_config = layout.read_config(parent.config_digest) if parent else None
-        labels = oci_labels(recipe.name, recipe.recipe_hash, lock.lock_hash, recipe.description)
-        config = make_config(parent=parent_config, diff_id=diff_id, epoch=lock.source_date_epoch,
-                             image=recipe.image, labels=labels, created_by=created_by)
+        if config is None:
+            config = self._config(recipe, lock, parent, diff_id, created_by)
         layers = [*(parent.layers if parent else ()), (digest, size)]
         img = layout.write_image(config, layers)
         return LayerRecord(recipe=recipe.name, config_digest=img.config_digest,
@@ -375,14 +489,19 @@ class Builder:
 
     def load(self, record: LayerRecord, tag: str | None = None) -> None:
         """Make sure docker has the image (loading it from the store), and tag it."""
-        if self.engine is None:
+        if tag and self.trust_loaded and self.engine is None and self._noted(tag) == record.config_digest:
+            return  # loaded and tagged by an earlier build into this engine: nothing to ask it
+        engine = self.docker()
+        if engine is None:
             return
-        if not self.engine.has_image(record.config_digest):
+        from buildsys.engine import EngineError
+
+        if not engine.has_image(record.config_digest):
             # When docker has the parent image, send only the new layer: the load then
             # costs what the layer holds, not the whole image (measured: 0.94 s of a
             # 1.34 s incremental build went to re-sending the lower layers).
             parent = next((r for r, _ in self._memo.values() if r.layers == record.layers[:-1]), None)
-            omit = len(record.layers) - 1 if parent and self.engine.has_image(parent.config_digest) else 0
+            omit = len(record.layers) - 1 if parent and engine.has_image(parent.config_digest) else 0
             self.report(record.recipe, "load", "docker load" + (" (new layer only)" if omit else ""))
             try:
                 self._docker_load(record, omit)
@@ -391,7 +510,7 @@ class Builder:
                     raise
                 self._docker_load(record, 0)  # an engine that wants every layer after all
         if tag:
-            previous = self.engine.tag(record.config_digest, tag, "latest")
+            previous = engine.tag(record.config_digest, tag, "latest")
             # Tags are per engine, recipes per project: say when a tag moves away from an
             # image that this store did not build (another project's recipe of the same name).
             if previous and previous != record.config_digest and not self.layout.has_blob(previous):
@@ -399,13 +518,32 @@ class Builder:
                                                       f"did not build (another project?); it now points at "
                                                       f"{record.config_digest[:19]}")
             self.layout.set_ref(tag, record.manifest_digest)
+            atomic_write(self._note_path(tag), record.config_digest.encode())
+
+    def _note_path(self, tag: str) -> Path:
+        return engine_notes() / f"{tag}.tag"
+
+    def _noted(self, tag: str) -> str | None:
+        try:
+            return self._note_path(tag).read_text()
+        except OSError:
+            return None
 
     def _docker_load(self, record: LayerRecord, omit_layers: int) -> None:
-        assert self.engine is not None
+        engine = self.docker()
+        assert engine is not None
         with tempfile.TemporaryFile(dir=self.store.tmp) as archive:
             write_docker_archive(self.layout, record.manifest_digest, [], archive, omit_layers=omit_layers)
             archive.seek(0)
-            self.engine.load(archive)
+            engine.load(archive)
+
+
+def engine_notes() -> Path:
+    """Where builds note what they tagged in the engine at DOCKER_HOST: per machine user, not per store,
+    so that a tag moved by another project's build is seen (and moved back) without asking docker."""
+    state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    where = hashlib.sha256(os.environ.get("DOCKER_HOST", "default").encode()).hexdigest()[:16]
+    return state / "buildsys" / "engines" / where
 
 
 def _summary(recipe: Recipe) -> str:

@@ -281,15 +281,16 @@ def build_cmd(obj: Context, recipes: tuple[str, ...], verify: bool, no_cache: bo
               jobs: int) -> None:
     """Build the chains of RECIPES (default: all) with the network off."""
     from buildsys.build import Builder
-    from buildsys.engine import Engine
     from buildsys.lock import fresh_locks
 
     g = obj.graph()
     locks = fresh_locks(obj.project, g, recipes)
-    engine = Engine.connect()
     report = Reporter()
     store = Store(obj.store)
     if verify:
+        from buildsys.engine import Engine
+
+        engine = Engine.connect()
         from buildsys.verify import format_mismatch
         from buildsys.verify import verify as run_verify
 
@@ -309,9 +310,16 @@ def build_cmd(obj: Context, recipes: tuple[str, ...], verify: bool, no_cache: bo
                                   "`buildsys diff` compares two images file by file")
         return
     with report:
-        images = Builder(store, g, locks, engine=engine, no_cache=no_cache,
+        # The engine is connected only when the store cannot answer alone (see Builder.connect).
+        images = Builder(store, g, locks, connect=_connect, trust_loaded=True, no_cache=no_cache,
                          report=report).build(recipes, jobs=jobs)
     _print_images(images, as_json)
+
+
+def _connect() -> Any:
+    from buildsys.engine import Engine
+
+    return Engine.connect()
 
 
 def _print_images(images: list, as_json: bool) -> None:

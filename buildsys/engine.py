@@ -8,16 +8,14 @@ refused operation is ``EngineError``.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import shutil
+import queue
 import socket
-import tarfile
-import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import docker
 import docker.errors
@@ -29,6 +27,8 @@ from buildsys.errors import BuildsysError, EngineUnavailable
 BUILD_LABEL = "io.buildsys.build"
 
 _TRANSPORT = (docker.errors.DockerException, requests.exceptions.RequestException)
+
+T = TypeVar("T")
 
 
 class EngineError(BuildsysError):
@@ -90,6 +90,53 @@ class Engine:
                               "for the recipe (run with -v for details)") from e
         except _TRANSPORT as e:
             raise _translate("loading an image", e) from e
+
+    def load_stream(self, produce: Callable[[IO[bytes]], T]) -> T:
+        """``docker load`` of an archive that ``produce`` writes while docker reads it; return what it returns.
+
+        No temporary archive and no second pass over the bytes: ``produce`` runs in
+        a thread and its writes go to docker as they come (a bounded queue keeps
+        at most a few MB in flight). An error of ``produce`` wins over docker's
+        complaint about the archive it then cut short.
+        """
+        chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
+        stop = threading.Event()
+        outcome: dict[str, Any] = {}
+
+        def put(item: bytes | None) -> None:
+            while not stop.is_set():
+                with contextlib.suppress(queue.Full):
+                    chunks.put(item, timeout=0.2)
+                    return
+            raise _Cancelled
+
+        def run() -> None:
+            try:
+                outcome["result"] = produce(_QueueSink(put))  # type: ignore[arg-type]
+            except _Cancelled:
+                pass
+            except BaseException as e:  # handed to the caller's thread below
+                outcome["error"] = e
+            with contextlib.suppress(_Cancelled):
+                put(None)
+
+        def body() -> Iterator[bytes]:
+            while (chunk := chunks.get()) is not None:
+                yield chunk
+
+        worker = threading.Thread(target=run, name="buildsys-load", daemon=True)
+        worker.start()
+        try:
+            self.load(body())  # type: ignore[arg-type]
+        except BaseException:
+            if "error" not in outcome:
+                raise
+        finally:
+            stop.set()
+            worker.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["result"]  # type: ignore[no-any-return]
 
     def has_image(self, ref: str) -> bool:
         try:
@@ -227,24 +274,26 @@ class Container:
         except _TRANSPORT as e:
             raise _translate("committing a container", e) from e
 
-    def export_last_layer(self, dst: IO[bytes]) -> None:
-        """Fallback for engines whose storage this process cannot read: commit, save, take the top layer."""
+    def export(self, dst: IO[bytes]) -> None:
+        """The container's whole filesystem as a tar (``docker export``): every engine and driver has it."""
         try:
-            image = self._c.commit()
-            try:
-                with tempfile.TemporaryFile() as saved:
-                    for chunk in image.save(named=False):
-                        saved.write(chunk)
-                    saved.seek(0)
-                    with tarfile.open(fileobj=saved) as tf:
-                        manifest = json.load(tf.extractfile("manifest.json"))  # type: ignore[arg-type]
-                        layer = tf.extractfile(manifest[0]["Layers"][-1])
-                        assert layer is not None
-                        shutil.copyfileobj(layer, dst)
-            finally:
-                self.engine.client.images.remove(image.id, force=True)
+            for chunk in self._c.export(chunk_size=1 << 20):
+                dst.write(chunk)
         except _TRANSPORT as e:
-            raise _translate("exporting a build container's layer", e) from e
+            raise _translate("exporting a build container's filesystem", e) from e
+
+
+class _Cancelled(Exception):
+    """docker stopped reading: the producer of a streamed archive stops too."""
+
+
+class _QueueSink:
+    def __init__(self, put: Callable[[bytes | None], None]) -> None:
+        self._put = put
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        self._put(bytes(data))  # the writer reuses its buffer
+        return len(data)
 
 
 def _owner() -> str:

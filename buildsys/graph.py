@@ -1,31 +1,79 @@
-"""The recipe DAG: validation, deterministic build order, and chains."""
+"""The recipe DAG: validation, deterministic build order, and chains.
+
+The order and chains are computed here directly (a few recipes: Kahn's
+algorithm with a heap); networkx is imported only to show the graph or to
+name a cycle, since importing it costs more than the rest of a no-op build.
+"""
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-
-import networkx as nx
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from buildsys.errors import GraphError, UnknownRecipe, did_you_mean
 from buildsys.recipe import KeyPath, Recipe, key_line, render_key
+
+if TYPE_CHECKING:
+    import networkx as nx
+
+
+def _topological(nodes: Iterable[str], parents: Mapping[str, Iterable[str]]) -> list[str]:
+    """Topological order with a lexicographic tie-break (as networkx's lexicographical_topological_sort)."""
+    members = set(nodes)
+    waiting = {n: {p for p in parents.get(n, ()) if p in members} for n in members}
+    children: dict[str, list[str]] = {n: [] for n in members}
+    for n, ps in waiting.items():
+        for p in ps:
+            children[p].append(n)
+    ready = [n for n, ps in waiting.items() if not ps]
+    heapq.heapify(ready)
+    out = []
+    while ready:
+        n = heapq.heappop(ready)
+        out.append(n)
+        for c in children[n]:
+            waiting[c].discard(n)
+            if not waiting[c]:
+                heapq.heappush(ready, c)
+    return out  # shorter than the nodes when there is a cycle
 
 
 @dataclass(frozen=True)
 class Graph:
     recipes: Mapping[str, Recipe]
-    dag: nx.DiGraph  # edges parent -> child
+    parents: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # edges parent -> child, by child
+
+    @property
+    def dag(self) -> nx.DiGraph:
+        """The graph as networkx has it (edges parent -> child): for showing it."""
+        import networkx as nx
+
+        dag = nx.DiGraph()
+        dag.add_nodes_from(sorted(self.recipes))
+        dag.add_edges_from((p, c) for c in sorted(self.recipes) for p in self.parents.get(c, ()))
+        return dag
 
     @property
     def order(self) -> list[str]:
         """Topological order with a lexicographic tie-break: the same every time."""
-        return list(nx.lexicographical_topological_sort(self.dag))
+        return _topological(self.recipes, self.parents)
+
+    def ancestors(self, name: str) -> set[str]:
+        seen: set[str] = set()
+        todo = list(self.parents.get(name, ()))
+        while todo:
+            p = todo.pop()
+            if p not in seen:
+                seen.add(p)
+                todo.extend(self.parents.get(p, ()))
+        return seen
 
     def chain(self, name: str) -> list[str]:
         """The layers of ``name``'s image: its ancestors and itself, in order."""
         self.require(name)
-        members = nx.ancestors(self.dag, name) | {name}
-        return list(nx.lexicographical_topological_sort(self.dag.subgraph(members)))
+        return _topological(self.ancestors(name) | {name}, self.parents)
 
     def require(self, name: str) -> Recipe:
         if name not in self.recipes:
@@ -63,8 +111,7 @@ def build_graph(recipes: Mapping[str, Recipe]) -> Graph:
     that does not exist (with a close name suggested), a recipe that is its own
     parent, a cycle (with its path), a root without ``[base]``, a non-root with one.
     """
-    dag = nx.DiGraph()
-    dag.add_nodes_from(sorted(recipes))
+    parents: dict[str, tuple[str, ...]] = {}
     for name in sorted(recipes):
         r = recipes[name]
         for i, p in enumerate(r.parents):
@@ -76,18 +123,20 @@ def build_graph(recipes: Mapping[str, Recipe]) -> Graph:
                     f"{_where(r, ('parents', i))}: no recipe named '{p}'{did_you_mean(p, recipes)}",
                     f"create recipes/{p}.toml or fix the name; recipes here: {', '.join(sorted(recipes))}",
                 )
-            dag.add_edge(p, name)
+        parents[name] = tuple(dict.fromkeys(r.parents))
         if r.is_root and r.base is None:
             raise GraphError(f"{r.path}: a root recipe (no parents) needs a [base]",
                              'add [base] debian = { suite = "bookworm", variant = "minbase" }, or set parents')
         if not r.is_root and r.base is not None:
             raise GraphError(f"{_where(r, ('base',))}: only a root recipe may have a [base]; this one has parents "
                              f"{list(r.parents)}", "remove [base] (the image comes from the parents) or the parents")
-    try:
-        cycle = nx.find_cycle(dag)
-    except nx.NetworkXNoCycle:
-        _check_one_root(recipes, dag)
-        return Graph(recipes=dict(recipes), dag=dag)
+    graph = Graph(recipes=dict(recipes), parents=parents)
+    if len(graph.order) == len(recipes):
+        _check_one_root(graph)
+        return graph
+    import networkx as nx
+
+    cycle: Any = nx.find_cycle(graph.dag)
     # Edges run parent -> child; name the cycle the way the files read it (each lists the next in its
     # parents), starting from the smallest name so that the message is the same on every run.
     path = [u for u, _ in cycle][::-1]
@@ -100,12 +149,13 @@ def build_graph(recipes: Mapping[str, Recipe]) -> Graph:
                      f"remove one of these parent links: {links}")
 
 
-def _check_one_root(recipes: Mapping[str, Recipe], dag: nx.DiGraph) -> None:
+def _check_one_root(graph: Graph) -> None:
     """A chain is one image, so it can start from one base only: parents must share their root."""
-    for name in nx.lexicographical_topological_sort(dag):
+    recipes = graph.recipes
+    for name in graph.order:
         if len(recipes[name].parents) < 2:
             continue
-        roots = sorted(a for a in nx.ancestors(dag, name) if recipes[a].is_root)
+        roots = sorted(a for a in graph.ancestors(name) if recipes[a].is_root)
         if len(roots) > 1:
             r = recipes[name]
             raise GraphError(f"{_where(r, ('parents',))}: the parents {list(r.parents)} start from different bases "

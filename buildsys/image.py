@@ -18,7 +18,7 @@ import re
 import shutil
 import tarfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -419,5 +419,35 @@ def write_docker_archive(layout: OciLayout, manifest_digest: str, repo_tags: lis
         "oci-layout": canonical_bytes({"imageLayoutVersion": "1.0.0"}),
     }
     for name, data in small.items():
+        writer.add(info(name, len(data)), (data,))
+    writer.close()
+
+
+def write_streamed_archive(dst: IO[bytes], lower_diff_ids: Sequence[str], layer_size: int,
+                           write_layer: Callable[[IO[bytes]], bytes]) -> None:
+    """A ``docker load`` archive whose top layer is written into it while it is made.
+
+    ``write_layer`` writes exactly ``layer_size`` bytes (the canonical layer) and
+    returns the image's config, which can only be made once the layer's digest
+    is known: docker reads ``manifest.json`` after the whole archive, so the
+    config and manifest may come last. The lower layers are named but not sent:
+    docker must have them (it ran the build on the parent image), and its loader
+    skips a layer it has without opening its file (see ``write_docker_archive``).
+    """
+    writer = TarWriter(dst, hashed=False)
+    config = writer.add_stream("layer.tar", layer_size, write_layer)
+    assert isinstance(config, bytes)
+    docker_manifest = [{
+        "Config": "config.json",
+        "RepoTags": [],
+        "Layers": [f"lower/{d.split(':', 1)[1]}.tar" for d in lower_diff_ids] + ["layer.tar"],
+    }]
+
+    def info(name: str, size: int) -> tarfile.TarInfo:
+        ti = tarfile.TarInfo(name)
+        ti.mode, ti.size, ti.mtime, ti.uname, ti.gname = 0o644, size, 0, "", ""
+        return ti
+
+    for name, data in (("config.json", config), ("manifest.json", canonical_bytes(docker_manifest))):
         writer.add(info(name, len(data)), (data,))
     writer.close()

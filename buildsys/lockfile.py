@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -303,8 +304,9 @@ def write_lock(project: Path, lock: Lock) -> tuple[Path, bool, Lock]:
 def read_lock(path: Path) -> Lock:
     raw = path.read_bytes()
     try:
-        d = tomlkit.parse(raw.decode()).unwrap()
-    except (tomlkit.exceptions.TOMLKitError, UnicodeDecodeError) as e:
+        # tomllib, not tomlkit, to read: ~10x faster, and reading locks is most of a no-op build.
+        d = tomllib.loads(raw.decode())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise RecipeError(path, f"lock file is not valid TOML: {e}", hint="relock: `buildsys lock`") from e
     if d.get("version") != LOCK_VERSION:
         raise FormatVersionError(path, d.get("version"), LOCK_VERSION)

@@ -74,8 +74,10 @@ def _url(v: Any) -> str | None:
     if not isinstance(v, str):
         return f"must be a string, not {type(v).__name__}"
     parts = urlsplit(v)
-    if parts.scheme not in URL_SCHEMES or not (parts.netloc or parts.scheme == "file") or any(
-            c.isspace() or not c.isprintable() for c in v):
+    if parts.scheme not in URL_SCHEMES or not (parts.netloc or parts.scheme == "file") or (
+            # str methods, not a per-character loop: every pinned URL passes here on each read.
+            # isprintable() is False for all whitespace but the ASCII space.
+            " " in v or not v.isprintable()):
         return f"{v!r} is not an http(s) or file URL"
     return None
 

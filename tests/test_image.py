@@ -225,3 +225,47 @@ def test_docker_load_gives_the_config_digest_as_image_id(tmp_path: Path) -> None
         assert client.images.get(tag).id == rec.config_digest
     finally:
         client.images.remove(rec.config_digest, force=True)
+
+
+@pytest.mark.docker
+def test_streamed_load_of_a_layer_written_while_docker_reads(tmp_path: Path) -> None:
+    from buildsys.engine import Engine
+    from buildsys.errors import EngineUnavailable
+    from buildsys.image import write_streamed_archive
+    from buildsys.layer import LayerError, plan_layer, read_tar
+
+    try:
+        engine = Engine.connect(timeout=60)
+    except EngineUnavailable as e:
+        pytest.skip(f"no docker engine: {e}")
+    src = tmp_path / "in.tar"
+    with tarfile.open(src, "w") as tf:
+        data = b"streamed into docker load\n" * 1000
+        ti = tarfile.TarInfo("streamed.txt")
+        ti.size, ti.mtime = len(data), EPOCH - 5
+        tf.addfile(ti, io.BytesIO(data))
+    layout = OciLayout(tmp_path / "oci")
+    with open(src, "rb") as f:
+        plan = plan_layer(read_tar(f), EPOCH)
+        made: dict[str, str] = {}
+
+        def write_layer(sink: Any) -> bytes:
+            with open(tmp_path / "layer.tar", "wb") as blob:
+                info = plan.write(blob, sink)
+            layout.add_blob_file(tmp_path / "layer.tar", digest=info.digest)
+            rec = layout.write_image(base_config(info.digest), [LayerInfo(info.digest, info.size, 1)])
+            made["config"] = rec.config_digest
+            return layout.read_blob(rec.config_digest)
+
+        engine.load_stream(lambda sink: write_streamed_archive(sink, [], plan.size, write_layer))
+    try:
+        assert engine.image_id(made["config"]) == made["config"]  # docker's image ID is the config digest
+    finally:
+        engine.remove_image(made["config"])
+
+    def fails(sink: Any) -> None:
+        sink.write(b"x" * 1000)
+        raise LayerError("the layer could not be read", "a test")
+
+    with pytest.raises(LayerError, match="could not be read"):  # the producer's error, not docker's complaint
+        engine.load_stream(fails)

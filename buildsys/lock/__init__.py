@@ -10,9 +10,9 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from buildsys.build import Builder, Reporter
-from buildsys.engine import Engine
 from buildsys.errors import BuildsysError, LockError, MissingLock, StaleLock
 from buildsys.graph import Graph
 from buildsys.lock import layer
@@ -21,6 +21,9 @@ from buildsys.lock.files import lock_files
 from buildsys.lockfile import Lock, check_fresh, dumps, hash_bytes, lock_path, read_lock, write_lock
 from buildsys.recipe import ImageBase, Recipe
 from buildsys.store import Store
+
+if TYPE_CHECKING:  # docker's client is imported only where an engine is used
+    from buildsys.engine import Engine
 
 
 @dataclass(frozen=True)
