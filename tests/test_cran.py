@@ -69,6 +69,43 @@ def test_index_from_real_tarballs(cran_packages: dict, tmp_path: Path) -> None:
     assert compare_versions("1.10.0", "1.9") > 0 and compare_versions("0.1-3", "0.1.3") == 0
 
 
+def _resolve_with(cran_packages: dict, tmp_path: Path, r_version: str, installed: dict[str, tuple[str, str]]) -> list:
+    """Resolve rpkgs against the real index, for an R that has ``installed`` (the image-reading side is tested
+    end to end below; this is the resolver's logic alone)."""
+    from buildsys.lock.cran import InstalledR, resolve_closure
+    from buildsys.recipe import load_recipes
+
+    write_repo(tmp_path / "repo", cran_packages)
+    index = parse_index((tmp_path / "repo/src/contrib/PACKAGES").read_text(), "PACKAGES")
+    proj = _project("cran", tmp_path / "p", "http://127.0.0.1:9")
+    recipe = load_recipes(proj)["rpkgs"]
+    return [e.name for e in resolve_closure(recipe, index, InstalledR(r_version, installed))]
+
+
+def test_closure_leaves_out_what_the_image_has(cran_packages: dict, tmp_path: Path) -> None:
+    have = {"utils": ("4.2.2", "base"), "tools": ("4.2.2", "base"), "methods": ("4.2.2", "base"),
+            "jsonlite": ("1.8.4", ""), "R6": ("2.5.1", "")}
+    assert _resolve_with(cran_packages, tmp_path, "4.2.2", have) == ["digest", "mime", "ps", "processx"]
+
+
+def test_constraint_the_parent_does_not_meet(cran_packages: dict, tmp_path: Path) -> None:
+    from buildsys.lock.cran import CranConstraintUnmet
+
+    have = {"utils": ("4.2.2", "base"), "tools": ("4.2.2", "base"), "methods": ("4.2.2", "base"),
+            "jsonlite": ("1.8.4", ""), "R6": ("2.5.1", ""), "ps": ("1.1.0", "")}
+    with pytest.raises(CranConstraintUnmet, match=r"processx needs 'ps \(>= 1.2.0\)', but ps 1.1.0 is in the parent"):
+        _resolve_with(cran_packages, tmp_path, "4.2.2", have)
+
+
+def test_r_version_not_met(cran_packages: dict, tmp_path: Path) -> None:
+    from buildsys.lock.cran import CranConstraintUnmet
+
+    have = {"utils": ("3.2.0", "base"), "tools": ("3.2.0", "base"), "methods": ("3.2.0", "base"),
+            "jsonlite": ("1.8.4", ""), "R6": ("2.5.1", "")}
+    with pytest.raises(CranConstraintUnmet, match=r"needs 'R \(>= 3.\d.\d\)', the image has R 3.2.0"):
+        _resolve_with(cran_packages, tmp_path, "3.2.0", have)
+
+
 def test_unparseable_index_is_named(tmp_path: Path) -> None:
     from buildsys.lock.cran import CranIndexError
 
