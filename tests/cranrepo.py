@@ -119,7 +119,7 @@ def cran_tarball(raw: bytes) -> tuple[str, str, bytes, dict[str, str]]:
 def build(cache: Path, sources: tuple[str, ...]) -> dict[str, tuple[str, bytes, dict[str, str]]]:
     """package -> (version, tarball bytes, DESCRIPTION fields) for each Debian source package."""
     out = {}
-    for src, (url, sha) in sorted(origs(cache, sources).items()):
+    for _src, (url, sha) in sorted(origs(cache, sources).items()):
         local = cache / url.rsplit("/", 1)[-1]
         if not local.is_file() or hashlib.sha256(local.read_bytes()).hexdigest() != sha:
             data = _get(url)
