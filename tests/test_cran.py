@@ -236,3 +236,24 @@ def test_compile_failure_names_package_and_header(locked: Path, store: Path) -> 
     assert r.exit_code == 1, r.output
     assert "cran: install xml2" in r.stderr
     assert "libxml/" in r.stderr and "libxml2-dev" in r.stderr
+
+
+@pytest.mark.parametrize(("entry", "words"), [
+    ('name = "../x"\nversion = "1.0"\nsha256 = "' + "a" * 64 + '"\nsize = 1\nurl = "http://h/src/contrib/x_1.0.tar.gz"',
+     "not an R package name"),
+    ('name = "xy"\nversion = "1.0"\nsha256 = "' + "a" * 64 + '"\nsize = 1\nurl = "http://h/src/contrib/y_2.0.tar.gz"',
+     "is not xy_1.0.tar.gz"),
+    ('name = "xy"\nversion = "1.0; rm -rf /"\nsha256 = "' + "a" * 64 + '"\nsize = 1\nurl = "http://h/xy_1.0.tar.gz"',
+     "not an R package version"),
+])
+def test_hostile_cran_entry_is_refused(tmp_path: Path, entry: str, words: str) -> None:
+    """[[cran]] values become file names and shell words in the build script: their shape is checked on read."""
+    from buildsys.errors import LockFileError
+
+    lock = tmp_path / "x.lock"
+    lock.write_text(f'version = 1\nrecipe = "x"\nrecipe-hash = "sha256:{"b" * 64}"\nsource-date-epoch = 1\n\n'
+                    f"[[cran]]\n{entry}\n")
+    with pytest.raises(LockFileError, match="cran"):
+        read_lock(lock)
+    with pytest.raises(LockFileError, match=words.replace("(", r"\(")):
+        read_lock(lock)

@@ -25,11 +25,13 @@ import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from buildsys.engine import Engine
 from buildsys.errors import FetchError, HashMismatch, LockError
 from buildsys.lockfile import LockedCran
 from buildsys.recipe import Recipe
+from buildsys.steps import STEP_MARKER
 from buildsys.store import Store
 from buildsys.urlpolicy import LocalURLRefused, local_reason, opener
 
@@ -133,6 +135,9 @@ class CranLock:
     packages: tuple[LockedCran, ...]
     index_sha256: str
     r_version: str
+
+
+Entry = TypeVar("Entry", IndexEntry, LockedCran)
 
 
 def compare_versions(a: str, b: str) -> int:
@@ -285,11 +290,10 @@ def resolve_closure(recipe: Recipe, index: Mapping[str, IndexEntry], installed: 
     return install_order(chosen.values())
 
 
-def install_order(entries: Iterable[IndexEntry | LockedCran]) -> list:  # type: ignore[type-arg]
+def install_order(entries: Iterable[Entry]) -> list[Entry]:
     """Dependencies first, ties broken by name: the same order for the same set, always."""
     by_name = {e.name: e for e in entries}
-    deps = {n: {d.name if isinstance(d, Dependency) else d for d in e.depends} & set(by_name)
-            for n, e in by_name.items()}
+    deps = {n: {d if isinstance(d, str) else d.name for d in e.depends} & set(by_name) for n, e in by_name.items()}
     waiting = {n: len(d) for n, d in deps.items()}
     users: dict[str, list[str]] = {n: [] for n in by_name}
     for n, ds in deps.items():
@@ -427,7 +431,7 @@ def install_script(packages: Sequence[LockedCran], repo: str, mount: str, epoch:
     for p in install_order(packages):
         tar = f"{mount}/cran/{p.name}_{p.version}.tar.gz"
         lines += [
-            f"echo '::buildsys-step::cran: install {p.name} {p.version}'",
+            f"echo '{STEP_MARKER}cran: install {p.name} {p.version}'",
             f"rm -rf {BUILD_DIR}/{p.name} && tar -xzf {tar} -C {BUILD_DIR} --no-same-owner",
             f"test -d {BUILD_DIR}/{p.name} || {{ echo 'R package {p.name}: its tarball has no folder "
             f"{p.name}/'; exit 1; }}",
@@ -473,8 +477,8 @@ def stage_tarballs(store: Store, recipe: str, packages: Sequence[LockedCran], fo
 
 def failure_hint(output: str) -> str | None:
     """For a failed R package compile: which [apt] package provides the missing header, when known."""
-    last = [ln for ln in output.splitlines() if ln.startswith("::buildsys-step::")]
-    if not last or not last[-1].startswith("::buildsys-step::cran: install "):
+    last = [ln for ln in output.splitlines() if ln.startswith(STEP_MARKER)]
+    if not last or not last[-1].startswith(f"{STEP_MARKER}cran: install "):
         return None
     pkg = last[-1].split()[2]
     header = re.findall(r"fatal error: ([^:\s]+): No such file or directory", output)
