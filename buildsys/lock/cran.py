@@ -490,6 +490,12 @@ def failure_hint(output: str) -> str | None:
                     "[apt] packages of this recipe (or a parent), `buildsys lock`, then build again")
         return (f"R package {pkg} needs the header {h}: add the Debian -dev package that provides it to [apt] "
                 "packages (`apt-file search " + h + "` names it), `buildsys lock`, then build again")
+    # Packages that test for a library in ``configure`` (the "anticonf" script many CRAN packages share)
+    # hide the compiler's message and name the Debian package themselves: "* deb: libxml2-dev (Debian, ...)".
+    named = re.findall(r"^\s*\*?\s*deb: ([a-z0-9][a-z0-9+.-]+)", output, re.M)
+    if named:
+        return (f"R package {pkg}'s configure did not find a system library, which Debian's {named[-1]} provides: "
+                f"add \"{named[-1]}\" to [apt] packages (here or in a parent), `buildsys lock`, then build again")
     return (f"R package {pkg} failed to install (see its output above); if a system library is missing, add its "
             "Debian -dev package to [apt] packages, `buildsys lock`, then build again")
 
