@@ -173,12 +173,15 @@ def test_archived_version_is_fetched(locked: Path, repo: tuple[str, Path], cran_
     """The repo moves on (digest leaves the top level for Archive/): fetch still finds the pinned file."""
     _, root = repo
     write_repo(root, cran_packages, archived=("digest",))
-    lock = read_lock(lock_path(locked, "rpkgs"))
-    fresh = Store(tmp_path / "fresh")
-    fetch(fresh, [c.artifact() for c in lock.cran], progress=False)
-    digest = next(c for c in lock.cran if c.name == "digest")
-    assert fresh.vendor_path(digest.sha256).is_file()
-    assert not (root / f"src/contrib/digest_{digest.version}.tar.gz").exists()
+    try:
+        lock = read_lock(lock_path(locked, "rpkgs"))
+        fresh = Store(tmp_path / "fresh")
+        fetch(fresh, [c.artifact() for c in lock.cran], progress=False)
+        digest = next(c for c in lock.cran if c.name == "digest")
+        assert fresh.vendor_path(digest.sha256).is_file()
+        assert not (root / f"src/contrib/digest_{digest.version}.tar.gz").exists()
+    finally:
+        write_repo(root, cran_packages)  # back to the state the lock was made from
 
 
 @pytest.mark.docker
@@ -216,6 +219,12 @@ def test_build_verify_and_test(locked: Path, store: Path, built: dict) -> None:
     TIMES["verify (whole chain from nothing)"] = time.monotonic() - started
     assert "differ" not in r.output.lower() or "0 differ" in r.output.lower()
     ok(bs(locked, store, "test", "rpkgs"))
+    # A relock against the same repository state is byte-identical; the parent is cached by now.
+    before = lock_path(locked, "rpkgs").read_bytes()
+    started = time.monotonic()
+    r = ok(bs(locked, store, "lock", "--upgrade", "rpkgs"))
+    TIMES["relock (parent cached)"] = time.monotonic() - started
+    assert "rpkgs: unchanged" in r.stdout + r.stderr and lock_path(locked, "rpkgs").read_bytes() == before
     print("cran timings:", json.dumps({k: round(v, 1) for k, v in TIMES.items()}))
 
 
@@ -258,3 +267,23 @@ def test_hostile_cran_entry_is_refused(tmp_path: Path, entry: str, words: str) -
         read_lock(lock)
     with pytest.raises(LockFileError, match=words.replace("(", r"\(")):
         read_lock(lock)
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc on this machine")
+def test_missing_header_hint_from_real_gcc_output(tmp_path: Path) -> None:
+    """gcc's own message for a missing header, after the step marker the build script prints."""
+    import subprocess
+
+    from buildsys.lock.cran import failure_hint
+    from buildsys.steps import STEP_MARKER
+
+    src = tmp_path / "init.c"
+    src.write_text("#include <sodium.h>\n")
+    gcc = subprocess.run(["gcc", "-c", str(src), "-o", str(tmp_path / "init.o")], capture_output=True, text=True,
+                         env={"LC_ALL": "C.UTF-8", "PATH": "/usr/bin:/bin"})
+    assert gcc.returncode != 0
+    output = f"{STEP_MARKER}cran: install sodium 1.2.1\n* installing *source* package 'sodium' ...\n{gcc.stderr}"
+    hint = failure_hint(output)
+    assert hint is not None and "R package sodium" in hint and "sodium.h" in hint and "libsodium-dev" in hint
+    # Another step's failure gets no R hint.
+    assert failure_hint(f"{STEP_MARKER}apt: install 3 packages\n{gcc.stderr}") is None
