@@ -414,6 +414,7 @@ class Builder:
                 if result.exit_code != 0:
                     step = steps.failed_step(result.output)
                     hint = (bootstrap.NO_NETWORK_HINT if bootstrap.tried_network(result.output) else
+                            steps.failure_hint(result.output) or
                             f"fix the step in {recipe.path}, then run `buildsys build {recipe.name}` again")
                     raise BuildError(recipe.name, f"{step} (exit {result.exit_code})", result.output, hint=hint)
                 yield container, result, Path(tmp)
@@ -552,6 +553,8 @@ def _summary(recipe: Recipe) -> str:
         parts.append(f"apt {len(recipe.apt_packages)}")
     if recipe.pip_packages:
         parts.append(f"pip {len(recipe.pip_packages)}")
+    if recipe.cran_packages:
+        parts.append(f"cran {len(recipe.cran_packages)}")
     if recipe.files:
         parts.append(f"files {len(recipe.files)}")
     if recipe.run:

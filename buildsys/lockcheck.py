@@ -75,6 +75,23 @@ def covers(recipe: Recipe, lock: Lock, above: Sequence[Lock]) -> list[str]:
                                 f"{' or '.join(mirrors)}")
     problems += _pip_covers(recipe, lock, above)
     problems += _files_cover(recipe, lock)
+    problems += _cran_covers(recipe, lock, above, debs)
+    return problems
+
+
+def _cran_covers(recipe: Recipe, lock: Lock, above: Sequence[Lock], debs: set[str]) -> list[str]:
+    """Every [cran] package is pinned here or in the chain (Debian's r-cran-NAME counts); every URL is the repo's."""
+    problems: list[str] = []
+    pinned = {c.name for lk in (*above, lock) for c in lk.cran}
+    for name in recipe.cran_packages:
+        if name not in pinned and f"r-cran-{name.lower()}" not in debs:
+            problems.append(f"R package '{name}' is not locked")
+    if (lock.cran or recipe.cran_packages) and lock.cran_repo != recipe.cran_repo:
+        problems.append(f"[cran-repo] is {lock.cran_repo!r}, the recipe's cran.repo is {recipe.cran_repo!r}")
+    contrib = (recipe.cran_repo or "").rstrip("/") + "/src/contrib/"
+    for c in lock.cran:
+        if not c.url.startswith(contrib):
+            problems.append(f"R package '{c.name}' comes from {c.url}, not the recipe's cran.repo")
     return problems
 
 

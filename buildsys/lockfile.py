@@ -125,6 +125,37 @@ class LockedPip:
 
 
 @dataclass(frozen=True)
+class LockedCran:
+    """One R source package from the recipe's CRAN-like repository."""
+
+    name: str
+    version: str
+    sha256: str
+    size: int
+    url: str  # where it was at lock time; fetch also tries src/contrib/Archive/NAME/
+    depends: tuple[str, ...] = ()  # its Depends/Imports/LinkingTo that this lock installs or the chain has
+
+    def artifact(self) -> Artifact:
+        from buildsys.lock.cran import tarball_urls  # the repository layout lives with the ecosystem
+
+        contrib = self.url.rsplit("/src/contrib/", 1)[0]
+        urls = tuple(dict.fromkeys((self.url, *tarball_urls(contrib, self.name, self.version))))
+        # local=True: the repository is the one the recipe names (``lockcheck`` holds the lock to it).
+        return Artifact(kind="cran", name=self.name, version=self.version,
+                        filename=f"{self.name}_{self.version}.tar.gz", sha256=self.sha256, size=self.size,
+                        urls=urls, local=True)
+
+    def to_toml(self) -> dict[str, Any]:
+        return {"depends": list(self.depends), "name": self.name, "sha256": self.sha256, "size": self.size,
+                "url": self.url, "version": self.version}
+
+    @classmethod
+    def from_toml(cls, d: Mapping[str, Any]) -> LockedCran:
+        return cls(name=d["name"], version=d["version"], sha256=d["sha256"], size=int(d["size"]), url=d["url"],
+                   depends=tuple(d.get("depends", ())))
+
+
+@dataclass(frozen=True)
 class LockedArchive:
     """One archive a root was resolved from (the suite, its -updates, its -security), as signed then."""
 
@@ -205,6 +236,10 @@ class Lock:
     python: str | None = None  # the image's Python (e.g. "3.11.2") the pip set was resolved for
     pip_installer: LockedPip | None = None  # the pip wheel that installs [[pip]] at build time
     files: tuple[LockedFile, ...] = ()
+    cran: tuple[LockedCran, ...] = ()
+    cran_repo: str | None = None  # the recipe's repository, and the sha256 of the PACKAGES index read
+    cran_index_sha256: str | None = None
+    r_version: str | None = None  # the image's R the [[cran]] set was resolved for
     # sha256 of the serialized bytes; filled by dumps()/read_lock().
     lock_hash: str = ""
 
@@ -218,6 +253,7 @@ class Lock:
         if self.pip_installer:
             arts += self.pip_installer.artifacts()
         arts += [f.artifact() for f in self.files]
+        arts += [c.artifact() for c in self.cran]
         return arts
 
     def to_toml(self) -> dict[str, Any]:
@@ -241,6 +277,12 @@ class Lock:
             d["pip-installer"] = self.pip_installer.to_toml()
         if self.files:
             d["files"] = [f.to_toml() for f in sorted(self.files, key=lambda f: f.name)]
+        if self.r_version:
+            d["r"] = self.r_version
+        if self.cran_repo:
+            d["cran-repo"] = {"url": self.cran_repo, "index-sha256": self.cran_index_sha256 or ""}
+        if self.cran:
+            d["cran"] = [c.to_toml() for c in sorted(self.cran, key=lambda c: c.name)]
         return d
 
 
@@ -323,6 +365,10 @@ def read_lock(path: Path) -> Lock:
             python=d.get("python"),
             pip_installer=LockedPip.from_toml(d["pip-installer"]) if "pip-installer" in d else None,
             files=tuple(LockedFile.from_toml(f) for f in d.get("files", [])),
+            cran=tuple(LockedCran.from_toml(c) for c in d.get("cran", [])),
+            cran_repo=d.get("cran-repo", {}).get("url"),
+            cran_index_sha256=d.get("cran-repo", {}).get("index-sha256"),
+            r_version=d.get("r"),
             lock_hash=hash_bytes(raw),
         )
     except KeyError as e:

@@ -33,6 +33,9 @@ SUITE = re.compile(r"[a-z0-9][a-z0-9.-]*")
 PIP_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?")
 # An archive path (pool/main/a/apt/apt_2.6.1_amd64.deb): relative, no "..", no odd characters.
 ARCHIVE_PATH = re.compile(r"[A-Za-z0-9+._~-]+(/[A-Za-z0-9+._~%-]+)*")
+# R: a letter, then letters, digits and dots, not ending in a dot; versions are numbers joined by . or -.
+R_NAME = re.compile(r"[A-Za-z][A-Za-z0-9.]*[A-Za-z0-9]")
+R_VERSION = re.compile(r"[0-9]+([.-][0-9]+)+")
 URL_SCHEMES = ("http", "https", "file")
 
 _HINT = "the lock was damaged or edited by hand: review where it came from, then relock with `buildsys lock {recipe}`"
@@ -163,6 +166,18 @@ ARCHIVE = {
     "release-date": (_date, True),
     "inrelease-sha256": (_str(HEX64, "64 lowercase hex digits"), True),
 }
+CRAN = {
+    "name": (_str(R_NAME, "an R package name"), True),
+    "version": (_str(R_VERSION, "an R package version"), True),
+    "sha256": (_str(HEX64, "64 lowercase hex digits"), True),
+    "size": (_int, True),
+    "url": (_url, True),
+    "depends": (_str_list(_str(R_NAME, "an R package name")), False),
+}
+CRAN_REPO = {
+    "url": (_url, True),
+    "index-sha256": (_str(HEX64, "64 lowercase hex digits"), True),
+}
 TOP = {
     "version": (_int, True),
     "recipe": (_str(RECIPE_NAME, "a recipe name"), True),
@@ -175,6 +190,9 @@ TOP = {
     "pip": (None, False),
     "pip-installer": (None, False),
     "files": (None, False),
+    "r": (_str(R_VERSION, "an R version"), False),
+    "cran-repo": (None, False),
+    "cran": (None, False),
 }
 
 
@@ -254,6 +272,17 @@ class _Validator:
             seen.add(key)
         if "pip-installer" in d:
             self.pip(d["pip-installer"], "[pip-installer]")
+        if "cran-repo" in d:
+            self.table(d["cran-repo"], CRAN_REPO, "[cran-repo]")
+        r_names: set[str] = set()
+        for i, e in enumerate(self.entries(d.get("cran", []), "[[cran]]")):
+            label = _label("[[cran]]", i, e)
+            self.table(e, CRAN, label)
+            if not e["url"].endswith(f"/{e['name']}_{e['version']}.tar.gz"):
+                raise self.fail(label, "url", f"{e['url']!r} is not {e['name']}_{e['version']}.tar.gz")
+            if e["name"] in r_names:
+                raise self.fail(label, "name", f"'{e['name']}' is locked twice")
+            r_names.add(e["name"])
         names: set[str] = set()
         for i, e in enumerate(self.entries(d.get("files", []), "[[files]]")):
             label = _label("[[files]]", i, e)

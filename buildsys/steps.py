@@ -4,6 +4,7 @@ The inputs are staged into one folder of hardlinks into the vendor store,
 mounted read-only at ``/buildsys``: ``repo/`` (the layer's .debs as a flat apt
 repository), ``wheels/`` (the selected wheels, the pinned pip, and a hashed
 requirements file), ``files/`` (the ``[[files]]`` downloads by name),
+``cran/`` (the R source tarballs and a Makevars),
 ``steps/`` (one script per ``run`` step) and ``build.sh``. The container has no
 network; the script prints a marker before each step so a failure names it.
 """
@@ -73,6 +74,12 @@ def stage_layer(store: Store, recipe: Recipe, lock: Lock, folder: Path) -> Stage
         stage_wheels(store, lock, folder / "wheels")
         script += [f"echo '{STEP_MARKER}pip: install {len(lock.pip)} packages'",
                    install_script(lock, f"{MOUNT}/wheels")]
+    if lock.cran:
+        from buildsys.lock.cran import install_script as cran_script
+        from buildsys.lock.cran import stage_tarballs
+
+        stage_tarballs(store, recipe.name, lock.cran, folder / "cran")
+        script += [cran_script(lock.cran, lock.cran_repo or "", MOUNT, lock.source_date_epoch)]
     if lock.files:
         (folder / "files").mkdir()
         for f in lock.files:
@@ -89,6 +96,13 @@ def stage_layer(store: Store, recipe: Recipe, lock: Lock, folder: Path) -> Stage
     script.append(f"echo '{STEP_MARKER}done'")
     (folder / "build.sh").write_text("\n".join(script) + "\n")
     return Staged(folder=folder, env=build_env(lock), command=["/bin/sh", f"{MOUNT}/build.sh"])
+
+
+def failure_hint(output: str) -> str | None:
+    """A next step that knows the failed step's ecosystem (an R package's missing header), if any."""
+    from buildsys.lock.cran import failure_hint as cran_hint
+
+    return cran_hint(output)
 
 
 def failed_step(output: str) -> str:

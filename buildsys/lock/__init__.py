@@ -1,7 +1,7 @@
 """``buildsys lock``: resolve recipes into lock files, ancestors first.
 
 One module per ecosystem (``base`` for Debian roots, ``apt``, ``pip``,
-``files``); this module orders the work and decides what is stale.
+``cran``, ``files``); this module orders the work and decides what is stale.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class Change:
     """One pin that a relock moves: what ``lock --upgrade --check`` reports."""
 
     recipe: str
-    kind: str  # "apt" | "pip" | "files"
+    kind: str  # "apt" | "pip" | "cran" | "files"
     name: str
     old: str  # "" when added
     new: str  # "" when removed
@@ -61,6 +61,7 @@ def diff_locks(old: Lock | None, new: Lock) -> list[Change]:
                for d in (*(lock.base.packages if lock.base else ()), *lock.apt)}
         out.update({("pip", p.name): (p.version, "") for p in lock.pip})
         out.update({("files", f.name): (f.sha256[:12], f.url) for f in lock.files})
+        out.update({("cran", c.name): (c.version, "") for c in lock.cran})
         return out
 
     before, after = pins(old), pins(new)
@@ -180,9 +181,12 @@ def resolve(recipe: Recipe, store: Store, graph: Graph, locks: dict[str, Lock], 
         return Lock(recipe=recipe.name, recipe_hash=recipe.recipe_hash,
                     source_date_epoch=max([epoch, *files.epochs]), base=base, files=files.locked)
 
+    cran_index = None
     if recipe.cran_packages:
-        raise LockError(f"{recipe.path}: cran.packages: locking CRAN packages is not supported in this version",
-                        hint="install R packages from Debian for now: [apt] packages = [\"r-cran-jsonlite\", ...]")
+        from buildsys.lock.cran import check_repo
+
+        progress(recipe.name, "lock", f"cran: reading the index of {recipe.cran_repo}")
+        cran_index = check_repo(recipe)
     chain = graph.chain(recipe.name)
     ancestors = [locks[n] for n in chain[:-1]]
     layer.check_parents_agree(recipe, graph, locks)
@@ -191,21 +195,30 @@ def resolve(recipe: Recipe, store: Store, graph: Graph, locks: dict[str, Lock], 
     epoch = max([lk.source_date_epoch for lk in ancestors] + list(files.epochs))
     lock = Lock(recipe=recipe.name, recipe_hash=recipe.recipe_hash, source_date_epoch=epoch,
                 parents={p: locks[p].lock_hash for p in recipe.parents}, apt=tuple(apt), files=files.locked)
-    if not recipe.pip_packages:
+    if not recipe.pip_packages and cran_index is None:
         return lock
     if engine is None:
-        raise LockError(f"{recipe.path}: resolving [pip] needs the docker engine")
+        raise LockError(f"{recipe.path}: resolving [pip] and [cran] needs the docker engine")
+    from buildsys.lock.cran import lock_cran
     from buildsys.lock.pip import lock_pip
 
     eng = engine()
     builder = Builder(store, graph, locks, engine=eng, tag=False, report=progress)
     image, cleanup = layer.lock_image_with_apt(builder, recipe, chain[:-1], lock, store, progress)
     try:
-        progress(recipe.name, "lock", f"pip: resolving {len(recipe.pip_packages)} requirements inside the image")
-        pip = lock_pip(eng, image, recipe, store, constraints=layer.chain_pips(ancestors),
-                       previous=previous.pip if previous else (), upgrade=upgrade, upgrade_packages=upgrade_packages,
-                       previous_installer=previous.pip_installer if previous else None)
+        if recipe.pip_packages:
+            progress(recipe.name, "lock", f"pip: resolving {len(recipe.pip_packages)} requirements inside the image")
+            pip = lock_pip(eng, image, recipe, store, constraints=layer.chain_pips(ancestors),
+                           previous=previous.pip if previous else (), upgrade=upgrade,
+                           upgrade_packages=upgrade_packages,
+                           previous_installer=previous.pip_installer if previous else None)
+            lock = dataclasses.replace(lock, pip=pip.packages, python=pip.python, pip_installer=pip.installer,
+                                       source_date_epoch=max(lock.source_date_epoch, pip.epoch))
+        if cran_index is not None:
+            cran = lock_cran(recipe, store, eng, image, {c.name: c.version for lk in ancestors for c in lk.cran},
+                             cran_index, progress=lambda message: progress(recipe.name, "lock", message))
+            lock = dataclasses.replace(lock, cran=cran.packages, cran_repo=recipe.cran_repo,
+                                       cran_index_sha256=cran.index_sha256, r_version=cran.r_version)
     finally:
         cleanup()
-    return dataclasses.replace(lock, pip=pip.packages, python=pip.python, pip_installer=pip.installer,
-                               source_date_epoch=max(lock.source_date_epoch, pip.epoch))
+    return lock
