@@ -54,8 +54,20 @@ def second_engine(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-
 
 @pytest.fixture(scope="session")
 def shipped(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(project, store): the chain fixture locked, fetched, built and verified once for the session."""
+    """(project, store): the chain fixture locked, fetched, built and verified once for the session.
+
+    ``BUILDSYS_TEST_SHIPPED=PROJECT:STORE`` reuses such a pair (made the same way) while
+    working on these tests; the session still checks that it builds and verifies.
+    """
+    import os
+
     from helpers import bs, copy_project, ok
+
+    if os.environ.get("BUILDSYS_TEST_SHIPPED"):
+        proj_s, store_s = os.environ["BUILDSYS_TEST_SHIPPED"].split(":")
+        proj, store = Path(proj_s), Path(store_s)
+        ok(bs(proj, store, "build", "app"))
+        return proj, store
 
     proj = copy_project("chain", tmp_path_factory.mktemp("shipped"))
     store = tmp_path_factory.mktemp("shipped-store")
