@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import ipaddress
 import json
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -275,26 +276,50 @@ class Registry:
             return False
         return True
 
-    def push_blob(self, repo: str, digest: str, size: int, source: bytes | Path) -> bool:
+    def push_blob(self, repo: str, digest: str, size: int, source: bytes | Path, chunk_size: int | None = None,
+                  ) -> bool:
         """Upload one blob unless the registry has it; return whether it was sent.
 
-        Monolithic: ``POST`` an upload session, then one ``PUT ?digest=`` with
-        the whole body streamed from ``source`` (bytes, or a file). The registry checks the digest
-        and refuses the upload on a mismatch.
+        Monolithic by default: ``POST`` an upload session, then one ``PUT ?digest=``
+        with the whole body streamed from ``source`` (bytes, or a file). With
+        ``chunk_size`` and a larger blob: ``PATCH`` chunks with ``Content-Range``,
+        each to the ``Location`` the last answer gave, then ``PUT ?digest=`` with
+        no body. Either way the registry checks the digest and refuses a mismatch.
         """
         if self.has_blob(repo, digest):
             return False
         resp = self.request("POST", f"/v2/{repo}/blobs/uploads/", ok=(202,), what=f"starting an upload to {repo}")
-        location = resp.headers.get("Location")
-        if not location:
-            raise RegistryError(self.host, f"an upload to {repo} was started without a Location")
-        if location.startswith("/"):
-            location = self.base + location
+        location = self._location(resp, repo)
+        if chunk_size and size > chunk_size:
+            location = self._patch_chunks(repo, digest, location, source, chunk_size)
+            source = b""
+            headers = {"Content-Length": "0"}
+        else:
+            headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
         sep = "&" if "?" in location else "?"
-        self.request("PUT", f"{location}{sep}digest={digest}", body=source, ok=(201,),
-                     headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
+        self.request("PUT", f"{location}{sep}digest={digest}", body=source, ok=(201,), headers=headers,
                      what=f"uploading blob {digest}")
         return True
+
+    def _location(self, resp: requests.Response, repo: str) -> str:
+        location = resp.headers.get("Location")
+        if not location:
+            raise RegistryError(self.host, f"an upload to {repo} answered without a Location")
+        return self.base + location if location.startswith("/") else location
+
+    def _patch_chunks(self, repo: str, digest: str, location: str, source: bytes | Path, chunk_size: int) -> str:
+        with (open(source, "rb") if isinstance(source, Path) else io.BytesIO(source)) as f:
+            offset = 0
+            while chunk := f.read(chunk_size):
+                end = offset + len(chunk) - 1
+                resp = self.request("PATCH", location, body=chunk, ok=(202,),
+                                    headers={"Content-Type": "application/octet-stream",
+                                             "Content-Length": str(len(chunk)),
+                                             "Content-Range": f"{offset}-{end}"},
+                                    what=f"uploading bytes {offset}-{end} of blob {digest}")
+                location = self._location(resp, repo)
+                offset = end + 1
+        return location
 
     def get_blob(self, repo: str, digest: str, dst: IO[bytes]) -> int:
         """Stream a blob into ``dst``, hashing it; raise ``BlobMismatch`` when it is not ``digest``.
@@ -318,8 +343,6 @@ class Registry:
         return size
 
     def get_blob_bytes(self, repo: str, digest: str) -> bytes:
-        import io
-
         buf = io.BytesIO()
         self.get_blob(repo, digest, buf)
         return buf.getvalue()
@@ -354,12 +377,6 @@ class Registry:
         except NotInRegistry:
             return False
         return True
-
-
-def iter_file(path: Path) -> Iterator[bytes]:
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            yield chunk
 
 
 def _path(url: str) -> str:

@@ -187,3 +187,22 @@ def test_references_are_parsed_strictly() -> None:
     assert Registry("127.0.0.1:5000").scheme == "http" and Registry("[::1]:5000").scheme == "http"
     assert Registry("reg.example.org").scheme == "https"
     assert Registry("reg.example.org", insecure=True).scheme == "http"
+
+
+def test_chunked_upload_and_a_mismatching_blob_is_refused(registry, tmp_path) -> None:
+    import hashlib
+    import os
+
+    from buildsys.registry import RegistryError
+
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    reg = Registry(registry.host)
+    assert reg.push_blob("chunks/x", digest, len(data), path, chunk_size=1 << 20)
+    assert not reg.push_blob("chunks/x", digest, len(data), path, chunk_size=1 << 20)  # there already
+    assert reg.get_blob_bytes("chunks/x", digest) == data
+    wrong = "sha256:" + "0" * 64
+    with pytest.raises(RegistryError, match="DIGEST_INVALID|digest"):
+        reg.push_blob("chunks/x", wrong, len(data), data)
