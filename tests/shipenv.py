@@ -5,6 +5,7 @@ fails, and a second dockerd that never saw our images. Each is started and stopp
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import http.server
 import os
@@ -162,3 +163,48 @@ def second_dockerd(root: Path) -> Iterator[SecondEngine]:
         data = str(root / "data")
         if not any(line.split()[1].startswith(data) for line in Path("/proc/mounts").read_text().splitlines()):
             shutil.rmtree(data, ignore_errors=True)
+
+
+class _TokenRegistry(http.server.BaseHTTPRequestHandler):
+    """/v2/ behind the Bearer flow: 401 with a realm; the realm hands out a token for basic user:pass."""
+
+    def do_GET(self) -> None:
+        srv = self.server
+        if self.path.startswith("/token"):
+            expected = "Basic " + base64.b64encode(b"robot:tok3n-pass").decode()
+            srv.token_requests.append(self.path)  # type: ignore[attr-defined]
+            if self.headers.get("Authorization") != expected:
+                return self._send(401, b'{"details":"bad credentials"}')
+            return self._send(200, b'{"token":"the-token"}')
+        if self.headers.get("Authorization") == "Bearer the-token":
+            return self._send(200, b"{}")
+        realm = f"http://127.0.0.1:{srv.server_address[1]}/token"
+        return self._send(401, b'{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}',
+                          {"WWW-Authenticate": f'Bearer realm="{realm}",service="test-registry",'
+                                               f'scope="repository:team/app:pull,push"'})
+
+    def _send(self, code: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        self.send_response(code)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def token_registry() -> Iterator[tuple[str, http.server.HTTPServer]]:
+    """A loopback server speaking the distribution API's Bearer token flow on /v2/ (only that)."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _TokenRegistry)
+    server.token_requests = []  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}", server
+    finally:
+        server.shutdown()
+        server.server_close()

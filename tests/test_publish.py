@@ -206,3 +206,18 @@ def test_chunked_upload_and_a_mismatching_blob_is_refused(registry, tmp_path) ->
     wrong = "sha256:" + "0" * 64
     with pytest.raises(RegistryError, match="DIGEST_INVALID|digest"):
         reg.push_blob("chunks/x", wrong, len(data), data)
+
+
+def test_the_bearer_token_flow_uses_docker_config_credentials(tmp_path, monkeypatch) -> None:
+    from shipenv import token_registry
+
+    from buildsys.registry import RegistryAuthError
+
+    with token_registry() as (host, server):
+        monkeypatch.setenv("DOCKER_CONFIG", str(docker_config(tmp_path / "good", host, "robot", "tok3n-pass")))
+        Registry(host).ping()  # 401 Bearer -> token from the realm with basic credentials -> 200
+        (asked,) = server.token_requests
+        assert "service=test-registry" in asked and "scope=repository%3Ateam%2Fapp%3Apull%2Cpush" in asked
+        monkeypatch.setenv("DOCKER_CONFIG", str(docker_config(tmp_path / "bad", host, "robot", "wrong")))
+        with pytest.raises(RegistryAuthError, match="token service .* answered HTTP 401"):
+            Registry(host).ping()
