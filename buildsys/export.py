@@ -29,6 +29,8 @@ import hashlib
 import json
 import re
 import tarfile
+import tempfile
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,8 +97,6 @@ class ExportResult:
 
 def export(store: Store, graph: Graph, locks: Mapping[str, Lock], recipes: Sequence[str], out: Path,
            progress: Progress = lambda r, s, d: None) -> ExportResult:
-    import time
-
     from buildsys.sbom import cyclonedx_json
 
     started = time.monotonic()
@@ -195,8 +195,6 @@ class Imported:
 
 def import_archive(store: Store, archive: Path, engine: Engine | None,
                    progress: Progress = lambda r, s, d: None) -> Imported:
-    import time
-
     started = time.monotonic()
     layout = OciLayout(store.oci)
     with store.scratch("import") as tmp:
@@ -212,8 +210,6 @@ def import_archive(store: Store, archive: Path, engine: Engine | None,
             break
         progress(img.recipe, "load", f"docker load {img.image_id[:19]}")
         if not engine.has_image(img.image_id):
-            import tempfile
-
             with tempfile.TemporaryFile(dir=store.tmp) as f:
                 write_docker_archive(layout, img.manifest_digest, [], f)
                 f.seek(0)

@@ -22,7 +22,7 @@ from typing import Any
 from buildsys.build import Builder, LayerRecord
 from buildsys.errors import ImageNotBuilt, NotVerified
 from buildsys.graph import Graph
-from buildsys.image import MANIFEST_MEDIA_TYPE, OciLayout, digest_bytes
+from buildsys.image import MANIFEST_MEDIA_TYPE, DamagedBlob, ImageError, OciLayout, digest_bytes
 from buildsys.lockfile import Lock
 from buildsys.registry import Reference, Registry, RegistryError
 from buildsys.store import Store, sha256_file
@@ -105,8 +105,7 @@ def push_image(reg: Registry, repo: str, layout: OciLayout, manifest_digest: str
             else:
                 present += 1
         except (RegistryError, FileNotFoundError):
-            if not path.is_file() or "sha256:" + sha256_file(path) != digest:
-                layout.read_blob(digest) if i == 0 else _damaged_layer(layout, digest)
+            _check_local(layout, digest)  # the store's fault rather than the registry's? say so
             raise
     got = reg.put_manifest(repo, manifest_digest, manifest_bytes, MANIFEST_MEDIA_TYPE)
     if got != manifest_digest or digest_bytes(manifest_bytes) != manifest_digest:
@@ -116,9 +115,12 @@ def push_image(reg: Registry, repo: str, layout: OciLayout, manifest_digest: str
     return sent, present, nbytes
 
 
-def _damaged_layer(layout: OciLayout, digest: str) -> None:
-    from buildsys.image import DamagedBlob
-
+def _check_local(layout: OciLayout, digest: str) -> None:
+    """Raise the store's own error when its blob is missing or damaged (a damaged one is removed)."""
     path = layout.blob_path(digest)
-    path.unlink(missing_ok=True)
-    raise DamagedBlob(path, digest)
+    if not path.is_file():
+        raise ImageError(f"{layout.root}: blob {digest} is missing",
+                         "rebuild the image (`buildsys build RECIPE`), then publish again")
+    if "sha256:" + sha256_file(path) != digest:
+        path.unlink(missing_ok=True)
+        raise DamagedBlob(path, digest)
