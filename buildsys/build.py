@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from buildsys import bootstrap, steps
 from buildsys.errors import BuildError, NotVendored, StaleLock
@@ -112,6 +112,16 @@ class BuiltImage:
 Reporter = Callable[[str, str, str], None]
 
 
+class LayerCache(Protocol):
+    """A shared cache beyond this store, keyed like the local one (``remote_cache.RemoteCache``)."""
+
+    def fetch(self, key: str, recipe: Recipe, parent: LayerRecord | None, layout: OciLayout) -> LayerRecord | None:
+        """The layer of ``key`` with its blobs checked and placed in ``layout``, or None on a miss."""
+
+    def offer(self, key: str, record: LayerRecord, layout: OciLayout) -> None:
+        """Share ``record`` under ``key`` (a no-op for a read-only cache)."""
+
+
 @dataclass
 class Builder:
     store: Store
@@ -127,6 +137,9 @@ class Builder:
     # Trust the store's note of what it loaded and tagged in this engine (``build``'s no-op);
     # ``test`` and ``run`` leave it off and ask the engine.
     trust_loaded: bool = False
+    # A registry as a shared layer cache (``remote_cache.RemoteCache``): asked on a local miss,
+    # given each layer of the chain it lacks. None: this machine only.
+    remote: LayerCache | None = None
     _memo: dict[tuple[str, ...], tuple[LayerRecord, bool]] = field(default_factory=dict)
     # Seconds spent per built layer (by chain prefix): install, normalize, load.
     timings: dict[tuple[str, ...], dict[str, float]] = field(default_factory=dict)
@@ -276,11 +289,32 @@ class Builder:
                 return None
         return record
 
+    def stored_chain(self, name: str) -> list[LayerRecord] | None:
+        """The records of ``name``'s chain as this store's cache has them for the current locks, or None.
+
+        Starts nothing: what ``publish``, ``export`` and ``sbom`` read, never a build.
+        """
+        records: list[LayerRecord] = []
+        parent: LayerRecord | None = None
+        for recipe in (self.graph.recipes[n] for n in self.graph.chain(name)):
+            parent = self._cached(self.cache_key(recipe, parent))
+            if parent is None:
+                return None
+            records.append(parent)
+        return records
+
     def _layer(self, recipe: Recipe, parent: LayerRecord | None, prefix: Sequence[str],
                ) -> tuple[LayerRecord, bool]:
         key = self.cache_key(recipe, parent)
         hit = self._cached(key)
+        if hit is None and self.remote is not None and not self.no_cache:
+            hit = self.remote.fetch(key, recipe, parent, self.layout)
+            if hit is not None:
+                atomic_write(self._cache_path(key), canonical_json(hit.to_json()))
+                self.report(recipe.name, "remote cache", f"{hit.config_digest[:19]} from {self.remote}")
         if hit is not None:
+            if self.remote is not None:
+                self.remote.offer(key, hit, self.layout)
             self.report(recipe.name, "cached", hit.config_digest[:19])
             return hit, True
         started = time.monotonic()
@@ -292,6 +326,8 @@ class Builder:
             assert parent is not None
             record = self._child_layer(recipe, parent, prefix, timings)
         atomic_write(self._cache_path(key), canonical_json(record.to_json()))
+        if self.remote is not None:
+            self.remote.offer(key, record, self.layout)
         self.report(recipe.name, "built", f"{record.config_digest[:19]} in {time.monotonic() - started:.1f}s")
         return record, False
 

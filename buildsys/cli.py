@@ -18,7 +18,15 @@ from typing import Any
 import click
 
 from buildsys import __version__
-from buildsys.errors import EXIT_FAILED, BuildsysError, ImagesDiffer, LocksOutOfDate, NotReproducible, TestFailed
+from buildsys.errors import (
+    EXIT_FAILED,
+    BuildsysError,
+    ImagesDiffer,
+    LocksOutOfDate,
+    NotReproducible,
+    TestFailed,
+    UsageError,
+)
 from buildsys.graph import Graph, build_graph
 from buildsys.recipe import load_recipes
 from buildsys.store import Store
@@ -252,12 +260,27 @@ def _upgrade_check(obj: Context, g: Graph, recipes: tuple[str, ...], upgrade: bo
 @cli.command("fetch")
 @click.argument("recipes", nargs=-1)
 @click.option("-j", "--jobs", default=8, show_default=True, type=click.IntRange(min=1), help="Parallel downloads.")
+@click.option("--bundle", "bundle", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="After fetching, write the locked files of RECIPES into this one file, for an offline machine.")
+@click.option("--from-bundle", "from_bundle", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              default=None, help="Fill the vendor store from a bundle (each file hash-checked), no network.")
 @click.pass_obj
-def fetch_cmd(obj: Context, recipes: tuple[str, ...], jobs: int) -> None:
+def fetch_cmd(obj: Context, recipes: tuple[str, ...], jobs: int, bundle: Path | None,
+              from_bundle: Path | None) -> None:
     """Download every locked artifact into the vendor store, hash-checked."""
     from buildsys.lock import fresh_locks
     from buildsys.vendor import fetch
 
+    if bundle and from_bundle:
+        raise UsageError("--bundle and --from-bundle do opposite things", "give one of them")
+    if from_bundle:
+        from buildsys.bundle import read_bundle
+
+        with Reporter() as report:
+            got = read_bundle(Store(obj.store), from_bundle, progress=report)
+        click.echo(f"{from_bundle}: {got.files} files, {got.added} added to the vendor store "
+                   f"({got.bytes / 1e6:.1f} MB), every one hash-checked")
+        return
     g = obj.graph()
     locks = fresh_locks(obj.project, g, recipes)
     artifacts = {a.sha256: a for lock in locks.values() for a in lock.artifacts()}
@@ -267,6 +290,13 @@ def fetch_cmd(obj: Context, recipes: tuple[str, ...], jobs: int) -> None:
                    "it was removed and fetched again", err=True)
     click.echo(f"fetched {result.downloaded} files ({result.bytes / 1e6:.1f} MB) in {result.seconds:.1f}s, "
                f"{result.skipped} already in the store")
+    if bundle:
+        from buildsys.bundle import write_bundle
+
+        with Reporter() as report:
+            out = write_bundle(Store(obj.store), list(artifacts.values()), bundle.resolve(), progress=report)
+        click.echo(f"{bundle}: {out.files} files ({out.bytes / 1e6:.1f} MB); on the offline machine: "
+                   f"`buildsys fetch --from-bundle {bundle.name}`")
 
 
 @cli.command("build")
@@ -276,9 +306,14 @@ def fetch_cmd(obj: Context, recipes: tuple[str, ...], jobs: int) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (one object per image).")
 @click.option("-j", "--jobs", default=1, show_default=True, type=click.IntRange(min=1),
               help="Build independent branches of the DAG in parallel.")
+@click.option("--cache-from", "cache_from", metavar="HOST[:PORT]/REPO", default=None,
+              help="Take layers another machine built from this registry repository (checked by digest).")
+@click.option("--cache-to", "cache_to", metavar="HOST[:PORT]/REPO", default=None,
+              help="Push each layer of the chains to this registry repository, keyed by its cache key.")
+@click.option("--insecure", is_flag=True, help="Plain HTTP to a cache registry that is not on loopback.")
 @click.pass_obj
 def build_cmd(obj: Context, recipes: tuple[str, ...], verify: bool, no_cache: bool, as_json: bool,
-              jobs: int) -> None:
+              jobs: int, cache_from: str | None, cache_to: str | None, insecure: bool) -> None:
     """Build the chains of RECIPES (default: all) with the network off."""
     from buildsys.build import Builder
     from buildsys.lock import fresh_locks
@@ -287,6 +322,9 @@ def build_cmd(obj: Context, recipes: tuple[str, ...], verify: bool, no_cache: bo
     locks = fresh_locks(obj.project, g, recipes)
     report = Reporter()
     store = Store(obj.store)
+    if verify and (cache_from or cache_to):
+        raise UsageError("--verify rebuilds from nothing; it takes no --cache-from/--cache-to",
+                         "run `buildsys build --verify` alone")
     if verify:
         from buildsys.engine import Engine
 
@@ -309,9 +347,14 @@ def build_cmd(obj: Context, recipes: tuple[str, ...], verify: bool, no_cache: bo
                                   "the rebuilt manifest differs", "fix the step that writes the named files; "
                                   "`buildsys diff` compares two images file by file")
         return
+    remote = None
+    if cache_from or cache_to:
+        from buildsys.remote_cache import RemoteCache
+
+        remote = RemoteCache(cache_from, cache_to, insecure=insecure, report=report)
     with report:
         # The engine is connected only when the store cannot answer alone (see Builder.connect).
-        images = Builder(store, g, locks, connect=_connect, trust_loaded=True, no_cache=no_cache,
+        images = Builder(store, g, locks, connect=_connect, trust_loaded=True, no_cache=no_cache, remote=remote,
                          report=report).build(recipes, jobs=jobs)
     _print_images(images, as_json)
 
@@ -401,6 +444,98 @@ def diff_cmd(obj: Context, image_a: str, image_b: str, limit: int) -> None:
         raise ImagesDiffer(f"{image_a} and {image_b} differ: {len(result.files)} file(s), "
                            f"{len(result.config)} config key(s)")
     click.echo(f"{image_a} and {image_b} are identical ({a})")
+
+
+@cli.command("publish")
+@click.argument("recipe")
+@click.option("--to", "to", required=True, metavar="HOST[:PORT]/REPO[:TAG]",
+              help="Where to push. The tag is optional: the digest printed is what to pin.")
+@click.option("--insecure", is_flag=True, help="Plain HTTP to a registry that is not on loopback.")
+@click.option("--force", is_flag=True, help="Publish an image whose chain no `build --verify` has proven.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_obj
+def publish_cmd(obj: Context, recipe: str, to: str, insecure: bool, force: bool, as_json: bool) -> None:
+    """Push RECIPE's canonical image by digest; the registry's digest is the one printed."""
+    from buildsys.lock import fresh_locks
+    from buildsys.publish import publish
+
+    g = obj.graph()
+    locks = fresh_locks(obj.project, g, [recipe])
+    with Reporter() as report:
+        result = publish(Store(obj.store), g, locks, recipe, to, insecure=insecure, force=force, progress=report)
+    if not result.verified:
+        click.echo(f"warning: {recipe}: published with --force; its chain was never verified "
+                   f"(`buildsys build --verify {recipe}` proves it)", err=True)
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+        return
+    click.echo(f"{recipe}: published {result.reference}" + (f" (tag {result.tag})" if result.tag else ""))
+    click.echo(f"  image id {result.image_id}; {result.blobs_sent} blob(s) sent ({result.bytes_sent / 1e6:.1f} MB), "
+               f"{result.blobs_present} already there, {result.seconds:.1f}s")
+    click.echo(result.manifest_digest)
+
+
+@cli.command("export")
+@click.argument("recipes", nargs=-1, required=True)
+@click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The archive to write (an OCI layout that `docker load` also reads).")
+@click.pass_obj
+def export_cmd(obj: Context, recipes: tuple[str, ...], output: Path) -> None:
+    """One archive of RECIPES' images, their locks, digests and SBOMs, for an air-gapped machine."""
+    from buildsys.export import export
+    from buildsys.lock import fresh_locks
+
+    g = obj.graph()
+    g.select(recipes)
+    locks = fresh_locks(obj.project, g, recipes)
+    with Reporter() as report:
+        result = export(Store(obj.store), g, locks, list(dict.fromkeys(recipes)), output.resolve(), progress=report)
+    for img in result.images:
+        click.echo(f"{img.recipe}: image {img.image_id}, manifest {img.manifest_digest}")
+    click.echo(f"{output}: {result.size / 1e6:.1f} MB, sha256 {result.sha256}, {result.seconds:.1f}s; "
+               f"on the other machine: `buildsys import {output.name}` (or `docker load -i {output.name}`)")
+
+
+@cli.command("import")
+@click.argument("archive", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.pass_obj
+def import_cmd(obj: Context, archive: Path) -> None:
+    """Check every blob of an export archive, then load and tag its images."""
+    from buildsys.engine import Engine
+    from buildsys.export import import_archive
+
+    engine = Engine.connect()
+    with Reporter() as report:
+        result = import_archive(Store(obj.store), archive.resolve(), engine, progress=report)
+    for img in result.images:
+        click.echo(f"{img.recipe}: imported as {img.recipe}:latest, image {img.image_id}, "
+                   f"manifest {img.manifest_digest}")
+    click.echo(f"{result.blobs} blobs checked ({result.bytes / 1e6:.1f} MB) in {result.seconds:.1f}s")
+
+
+@cli.command("sbom")
+@click.argument("recipe")
+@click.option("--format", "fmt", type=click.Choice(["cyclonedx", "spdx"]), default="cyclonedx", show_default=True)
+@click.option("-o", "--output", "output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write to this file (atomically) instead of stdout.")
+@click.pass_obj
+def sbom_cmd(obj: Context, recipe: str, fmt: str, output: Path | None) -> None:
+    """The chain's locked components (debs, wheels, files) with purls and SHA-256, schema-checked."""
+    from buildsys.build import Builder
+    from buildsys.lock import fresh_locks
+    from buildsys.sbom import sbom
+    from buildsys.store import atomic_write
+
+    g = obj.graph()
+    g.select([recipe])
+    locks = fresh_locks(obj.project, g, [recipe])
+    chain = Builder(Store(obj.store), g, locks).stored_chain(recipe)
+    data = sbom(g, locks, recipe, fmt, chain[-1] if chain else None)
+    if output:
+        atomic_write(output, data)
+        click.echo(f"{output}: {fmt} SBOM of {recipe}", err=True)
+    else:
+        click.echo(data.decode(), nl=False)
 
 
 @cli.command("engine")

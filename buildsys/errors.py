@@ -197,3 +197,24 @@ class EngineUnavailable(BuildsysError):
             "start one: `sudo dockerd &` (or `make dockerd` in the buildsys checkout), "
             "or point DOCKER_HOST at a running engine",
         )
+
+
+class ImageNotBuilt(BuildsysError):
+    """The store holds no image of the recipe's current locks (never built, or built from older locks)."""
+
+    def __init__(self, recipe: str) -> None:
+        self.recipe = recipe
+        super().__init__(f"{recipe}: no image of its current locks in the store",
+                         f"build it first: `buildsys build {recipe}`")
+
+
+class NotVerified(BuildsysError):
+    """``publish`` of a chain that no ``build --verify`` has proven reproducible."""
+
+    exit_code = EXIT_NOT_REPRODUCIBLE
+
+    def __init__(self, recipe: str, manifest_digest: str) -> None:
+        self.recipe = recipe
+        super().__init__(f"{recipe}: image {manifest_digest} was never verified (no `build --verify` of its "
+                         "chain found it reproducible in this store)",
+                         f"run `buildsys build --verify {recipe}`, or publish with --force to skip this check")

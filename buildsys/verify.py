@@ -25,7 +25,8 @@ from buildsys.graph import Graph
 from buildsys.image import OciLayout
 from buildsys.layer import FileDifference, LayerEntry, diff_entries, diff_layers, read_entries
 from buildsys.lockfile import Lock
-from buildsys.store import Store
+from buildsys.recipe import canonical_json
+from buildsys.store import Store, atomic_write
 
 
 @dataclass
@@ -61,7 +62,30 @@ def verify(store: Store, graph: Graph, locks: Mapping[str, Lock], names: Sequenc
                          report=lambda r, s, d: report(r, f"verify {s}", d)).build(names, jobs=jobs)
         for a, b in zip(first, second, strict=True):
             results.append(compare(a, b, OciLayout(store.oci), OciLayout(fresh.oci)))
+    for r in results:
+        if r.equal:
+            mark_verified(store, r.first)
     return results
+
+
+def _verified_path(store: Store, manifest_digest: str) -> Path:
+    return store.root / "verified" / (manifest_digest.split(":", 1)[1] + ".json")
+
+
+def mark_verified(store: Store, image: BuiltImage) -> None:
+    """Remember that the chain of ``image`` was rebuilt from nothing to the same digests (``publish`` asks)."""
+    record = {"version": 1, "recipe": image.recipe, "chain": image.chain,
+              "manifest_digest": image.record.manifest_digest, "image_id": image.record.config_digest}
+    atomic_write(_verified_path(store, image.record.manifest_digest), canonical_json(record))
+
+
+def was_verified(store: Store, manifest_digest: str) -> bool:
+    """Did a ``build --verify`` with this store find this image's chain reproducible?"""
+    try:
+        record = json.loads(_verified_path(store, manifest_digest).read_bytes())
+    except (FileNotFoundError, ValueError):
+        return False
+    return isinstance(record, dict) and record.get("manifest_digest") == manifest_digest
 
 
 def compare(a: BuiltImage, b: BuiltImage, layout_a: OciLayout, layout_b: OciLayout) -> VerifyResult:

@@ -1,7 +1,8 @@
 #!/bin/sh
 # Install the Debian packages buildsys needs, when any is missing.
 set -eu
-PKGS="docker.io mmdebstrap apt-utils debian-archive-keyring util-linux python3-venv ca-certificates"
+# docker-registry and apache2-utils (htpasswd): the loopback registry the publish/cache tests start.
+PKGS="docker.io mmdebstrap apt-utils debian-archive-keyring util-linux python3-venv ca-certificates docker-registry apache2-utils"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"

@@ -1,0 +1,91 @@
+"""``build --cache-to`` / ``--cache-from``: a registry repository as the layer cache of another machine.
+
+"Another machine" is a fresh store with no vendored files: a chain it takes
+from the cache is built with no container started and the same image IDs.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import requests
+from helpers import bs, ok
+
+from buildsys.registry import Registry
+from buildsys.remote_cache import TAG_PREFIX
+
+pytestmark = [pytest.mark.docker, pytest.mark.network, pytest.mark.slow]
+
+
+def cache_tags(host: str, repo: str) -> list[str]:
+    resp = requests.get(f"http://{host}/v2/{repo}/tags/list", timeout=10)
+    return sorted(resp.json().get("tags") or []) if resp.status_code == 200 else []
+
+
+@pytest.fixture(scope="module")
+def cache(shipped, registry) -> str:  # type: ignore[no-untyped-def]
+    proj, store = shipped
+    ref = f"{registry.host}/cache/chain"
+    result = ok(bs(proj, store, "build", "--cache-to", ref, "app"))
+    assert result.stderr.count("cache push") == 3
+    return ref
+
+
+def test_cache_to_pushes_one_entry_per_layer_under_its_cache_key(cache: str, registry) -> None:
+    tags = cache_tags(registry.host, "cache/chain")
+    assert len(tags) == 3 and all(t.startswith(TAG_PREFIX) and len(t) == len(TAG_PREFIX) + 64 for t in tags)
+
+
+def test_a_fresh_store_takes_the_whole_chain_from_the_cache_with_no_container(shipped, cache: str,
+                                                                              tmp_path) -> None:
+    proj, store = shipped
+    (built,) = json.loads(ok(bs(proj, store, "build", "--json", "app")).stdout)
+    fresh = tmp_path / "other-machine"
+    result = ok(bs(proj, fresh, "build", "--cache-from", cache, "--json", "app"))
+    (image,) = json.loads(result.stdout)
+    assert image["image_id"] == built["image_id"] and image["manifest_digest"] == built["manifest_digest"]
+    assert image["diff_ids"] == built["diff_ids"]
+    assert result.stderr.count("remote cache") == 3
+    assert "bootstrap" not in result.stderr and " run:" not in result.stderr  # no container, no mmdebstrap
+    assert not (fresh / "vendor").exists()  # nothing needed fetching
+    again = ok(bs(proj, fresh, "build", "--json", "app"))  # now a local cache hit, no registry needed
+    assert json.loads(again.stdout)[0]["cached"] is True
+
+
+def test_an_entry_that_is_not_the_layer_it_claims_is_ignored_and_the_layer_built(shipped, registry,
+                                                                                 tmp_path) -> None:
+    proj, store = shipped
+    evil = f"{registry.host}/cache/evil"
+    ok(bs(proj, store, "build", "--cache-to", evil, "app"))
+    reg = Registry(registry.host)
+    entries = {t: json.loads(reg.get_manifest("cache/evil", t)[0]) for t in cache_tags(registry.host, "cache/evil")}
+    app_tag = next(t for t, m in entries.items() if len(m["layers"]) == 3)
+    tools_tag = next(t for t, m in entries.items() if len(m["layers"]) == 2)
+    data, media, _ = reg.get_manifest("cache/evil", tools_tag)
+    reg.put_manifest("cache/evil", app_tag, data, media)  # app's key now names tools' image
+    (built,) = json.loads(ok(bs(proj, store, "build", "--json", "app")).stdout)
+    fresh = tmp_path / "other"
+    ok(bs(proj, fresh, "fetch", "app"))  # app's layer will be built here
+    result = ok(bs(proj, fresh, "build", "--cache-from", evil, "--json", "app"))
+    said = " ".join(result.stderr.split())  # progress lines may wrap
+    assert "app remote miss: entry bs-" in said and "does not build on the parent layers; ignored" in said
+    assert said.count("remote cache:") == 2  # root and tools from the cache
+    assert json.loads(result.stdout)[0]["image_id"] == built["image_id"]
+
+
+def test_a_cache_registry_that_is_down_is_a_miss_not_a_failure(shipped, tmp_path) -> None:
+    from shipenv import free_port
+
+    from buildsys.graph import build_graph
+    from buildsys.image import OciLayout
+    from buildsys.recipe import load_recipes
+    from buildsys.remote_cache import RemoteCache
+
+    proj, _ = shipped
+    graph = build_graph(load_recipes(proj))
+    events: list[tuple[str, str, str]] = []
+    host = f"127.0.0.1:{free_port()}"
+    remote = RemoteCache(f"{host}/cache/none", None, report=lambda *e: events.append(e))
+    assert remote.fetch("0" * 64, graph.recipes["root"], None, OciLayout(tmp_path / "oci")) is None
+    assert events[0][:2] == ("root", "remote miss") and host in events[0][2] and "unreachable" in events[0][2]
