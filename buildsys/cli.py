@@ -358,7 +358,7 @@ def test_cmd(obj: Context, recipes: tuple[str, ...], gpus: str | None) -> None:
         table.add_column(col)
     style = {"pass": "[green]pass[/]", "FAIL": "[red]FAIL[/]", "skipped": "[yellow]skipped (needs a GPU)[/]"}
     for r in results:
-        table.add_row(r.image, r.recipe, ("[gpu] " if r.gpu else "") + r.command, style[r.status],
+        table.add_row(r.image, r.recipe, ("(gpu) " if r.gpu else "") + r.command, style[r.status],
                       "-" if r.skipped else f"{r.seconds:.1f}")
     Console(width=200).print(table)
     failed = [r for r in results if not r.ok]
@@ -406,8 +406,9 @@ def diff_cmd(obj: Context, image_a: str, image_b: str, limit: int) -> None:
     click.echo(f"{image_a} and {image_b} are identical ({a})")
 
 
-def _locked_image(obj: Context, recipe: str) -> tuple[Any, Any, Any, Any]:
-    """(graph, locks, engine, built image) of RECIPE: fresh locks, image in the store, loaded in docker."""
+def _locked_image(obj: Context, recipe: str, gpus: Any) -> tuple[Any, Any, Any]:
+    """(locks, engine, built image) of RECIPE: fresh locks, GPU support when asked, the image loaded in docker."""
+    from buildsys.doctor import check_cuda, host_driver, require_gpu
     from buildsys.engine import Engine
     from buildsys.errors import UnknownRecipe
     from buildsys.lock import fresh_locks
@@ -418,7 +419,11 @@ def _locked_image(obj: Context, recipe: str) -> tuple[Any, Any, Any, Any]:
         raise UnknownRecipe(recipe, g.recipes)
     locks = fresh_locks(obj.project, g, [recipe])
     engine = Engine.connect()
-    return g, locks, engine, find_image(Store(obj.store), g, locks, recipe, engine)
+    support = require_gpu(engine) if gpus else None  # before anything is loaded or started
+    image = find_image(Store(obj.store), g, locks, recipe, engine)
+    if support:
+        check_cuda(recipe, locks, image.chain, host_driver() if support.local else None)
+    return locks, engine, image
 
 
 @cli.command("run")
@@ -441,7 +446,6 @@ def run_cmd(obj: Context, recipe: str, gpus: str | None, ports: tuple[str, ...],
     import signal
     import sys
 
-    from buildsys.doctor import check_cuda, host_driver, require_gpu
     from buildsys.run import (
         HostUser,
         RunOptions,
@@ -463,11 +467,8 @@ def run_cmd(obj: Context, recipe: str, gpus: str | None, ports: tuple[str, ...],
     opts = RunOptions(recipe=recipe, cwd=cwd, command=command, gpus=parse_gpus(gpus) if gpus else None,
                       ports=tuple(parse_port(p) for p in ports), volumes=tuple(parse_volume(v, cwd) for v in volumes),
                       network=network, tty=sys.stdin.isatty() and sys.stdout.isatty())
-    g, locks, engine, image = _locked_image(obj, recipe)
-    if opts.gpus:
-        support = require_gpu(engine)
-        check_cuda(recipe, locks, image.chain, host_driver() if support.local else None)
     _ports_free(opts.ports)
+    locks, engine, image = _locked_image(obj, recipe, opts.gpus)
     who = identity(HostUser.current(), *read_identity_files(engine, image.record.config_digest),
                    mount_targets=mount_targets(opts))
     own_init = has_own_init(engine.image_config(image.record.config_digest).get("Entrypoint"))
@@ -586,7 +587,6 @@ def _with_up_options(f: Any) -> Any:
 @click.pass_obj
 def up_cmd(obj: Context, recipe: str, port: int, tensorboard_port: int, gpus: str | None, bind: str) -> None:
     """JupyterLab and TensorBoard on the current folder (TensorBoard reads runs/), with a new token."""
-    from buildsys.doctor import check_cuda, host_driver, require_gpu
     from buildsys.run import (
         HostUser,
         cuda_cache_dir,
@@ -602,10 +602,7 @@ def up_cmd(obj: Context, recipe: str, port: int, tensorboard_port: int, gpus: st
     from buildsys.run import check_folder
 
     check_folder(opts.cwd)
-    g, locks, engine, image = _locked_image(obj, recipe)
-    if opts.gpus:
-        support = require_gpu(engine)
-        check_cuda(recipe, locks, image.chain, host_driver() if support.local else None)
+    locks, engine, image = _locked_image(obj, recipe, opts.gpus)
     who = identity(HostUser.current(), *read_identity_files(engine, image.record.config_digest),
                    mount_targets=[str(opts.cwd)])
     token = new_token()
