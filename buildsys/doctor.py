@@ -36,7 +36,7 @@ CHECK_HINT = ("check: `nvidia-smi` (driver), `nvidia-ctk --version` (NVIDIA Cont
 CUDA_MIN_DRIVER: dict[tuple[int, int], str] = {
     (11, 8): "520.61.05", (12, 0): "525.60.13", (12, 1): "530.30.02", (12, 2): "535.54.03",
     (12, 3): "545.23.06", (12, 4): "550.54.14", (12, 5): "555.42.02", (12, 6): "560.28.03",
-    (12, 8): "570.26", (12, 9): "575.51.03", (13, 0): "580.65.06",
+    (12, 8): "570.26", (12, 9): "575.51.03", (13, 0): "580.65.06", (13, 1): "590.44.01",
 }
 # Minor version compatibility: within a major version the runtime works on the first
 # driver of that major (PTX JIT of newer kernels excepted).
@@ -59,7 +59,7 @@ class CudaDriverTooOld(BuildsysError):
     def __init__(self, recipe: str, cuda: str, driver: str, supports: str, needed: str) -> None:
         super().__init__(f"CUDA driver version is insufficient: the image of '{recipe}' carries CUDA {cuda}, "
                          f"this host's NVIDIA driver {driver} supports CUDA {supports}; nothing was started",
-                         f"upgrade the NVIDIA driver to {needed} or newer (`nvidia-smi` shows the one in use)")
+                         f"{needed} (`nvidia-smi` shows the driver in use)")
 
 
 @dataclass(frozen=True)
@@ -166,9 +166,15 @@ def cuda_verdict(cuda: str, driver: str) -> CudaVerdict:
         return CudaVerdict("ok", f"driver {driver} supports CUDA {supports} >= {cuda}", exact)
     if major and _ver(driver) >= _ver(major):
         return CudaVerdict("warn", f"driver {driver} supports CUDA {supports}; CUDA {cuda} runs through minor "
-                                   "version compatibility (kernels JIT-compiled from PTX may fail)", exact or major)
+                                   "version compatibility (kernels JIT-compiled from PTX may fail)", exact or "")
     return CudaVerdict("missing", f"CUDA driver version is insufficient: driver {driver} supports CUDA {supports}, "
-                                  f"the image carries CUDA {cuda}", exact or major or "?")
+                                  f"the image carries CUDA {cuda}", exact or major or "")
+
+
+def upgrade_hint(cuda: str, needed: str) -> str:
+    if needed:
+        return f"upgrade the NVIDIA driver to {needed} or newer"
+    return f"upgrade the NVIDIA driver to one that supports CUDA {cuda} (`nvidia-smi` shows what a driver supports)"
 
 
 def check_cuda(recipe: str, locks: Mapping[str, Lock], chain: Sequence[str], driver: str | None) -> None:
@@ -178,7 +184,8 @@ def check_cuda(recipe: str, locks: Mapping[str, Lock], chain: Sequence[str], dri
         return
     verdict = cuda_verdict(cuda[0], driver)
     if verdict.status == "missing":
-        raise CudaDriverTooOld(recipe, cuda[0], driver, driver_cuda(driver) or "none known", verdict.needed)
+        raise CudaDriverTooOld(recipe, cuda[0], driver, driver_cuda(driver) or "none known",
+                               upgrade_hint(cuda[0], verdict.needed))
 
 
 # -- the report -------------------------------------------------------------------
@@ -267,7 +274,7 @@ def diagnose(connect: Callable[[], Engine], recipe: str | None = None, chain: Se
         else:
             v = cuda_verdict(cuda[0], driver)
             report.add("CUDA", v.status, f"image needs CUDA {cuda[0]} ({cuda[1]}); {v.detail}",
-                       "" if v.status == "ok" else f"upgrade the NVIDIA driver to {v.needed} or newer")
+                       "" if v.status == "ok" else upgrade_hint(cuda[0], v.needed))
     return report
 
 

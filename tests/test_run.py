@@ -134,6 +134,10 @@ def test_driver_and_cuda_versions(tmp_path: Path) -> None:
                     "GCC version:  gcc version 12.2.0 (Debian 12.2.0-14)\n")
     assert host_driver(proc) == "550.54.14"
     assert host_driver(tmp_path / "absent") is None
+    # As an H100 host lent to this project wrote it (open kernel module, CUDA 13.0 per nvidia-smi).
+    proc.write_text("NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.159.04  Release Build  (nixbld@)\n")
+    assert host_driver(proc) == "580.159.04" and driver_cuda("580.159.04") == "13.0"
+    assert cuda_verdict("13.2", "580.159.04").status == "warn"  # the pytorch image's CUDA on that host
     assert driver_cuda("550.54.14") == "12.4" and driver_cuda("470.82.01") is None
     assert cuda_verdict("12.4", "550.54.14").status == "ok"
     assert cuda_verdict("12.9", "550.54.14").status == "warn"  # minor version compatibility
