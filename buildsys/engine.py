@@ -273,18 +273,24 @@ class Engine:
         except _TRANSPORT as e:
             raise _translate(f"starting container {container_id[:12]}", e) from e
 
-    def stream(self, container_id: str, on_stdout: Callable[[bytes], None],
-               on_stderr: Callable[[bytes], None]) -> None:
-        """Copy a running container's stdout/stderr (from its start) until it exits."""
+    def start_and_stream(self, container_id: str, on_stdout: Callable[[bytes], None],
+                         on_stderr: Callable[[bytes], None]) -> None:
+        """Start a created container and copy its stdout/stderr until it exits.
+
+        Attached before the start, as ``docker run`` does: attaching to a container
+        that already exited can wait for ever on this engine (seen with docker 20.10).
+        """
         try:
-            for out, err in self.client.api.attach(container_id, stdout=True, stderr=True, stream=True,
-                                                   logs=True, demux=True):
+            output = self.client.api.attach(container_id, stdout=True, stderr=True, stream=True, logs=True,
+                                            demux=True)
+            self.client.api.start(container_id)
+            for out, err in output:
                 if out:
                     on_stdout(out)
                 if err:
                     on_stderr(err)
         except _TRANSPORT as e:
-            raise _translate(f"reading the output of container {container_id[:12]}", e) from e
+            raise _translate(f"running container {container_id[:12]}", e) from e
 
     def interact(self, container_id: str, fd_in: int, fd_out: int) -> None:
         """Join a TTY container to this terminal (raw mode, resized with it) until it exits; then start it."""
@@ -377,15 +383,15 @@ class Engine:
         with self.container(image, command, **options) as c:
             return c.run()
 
-    def remove_stale_containers(self) -> int:
-        """Remove build containers whose buildsys process is gone (killed); return how many.
+    def remove_stale_containers(self, label: str = BUILD_LABEL) -> int:
+        """Remove containers (build ones by default) whose buildsys process is gone (killed); return how many.
 
         Only containers made on this host by a process that no longer runs: an
         exited container of a live run is about to be read, never removed.
         """
         try:
-            found = self.client.containers.list(all=True, filters={"label": BUILD_LABEL})
-            stale = [c for c in found if _orphaned(c.labels.get(BUILD_LABEL, ""))]
+            found = self.client.containers.list(all=True, filters={"label": label})
+            stale = [c for c in found if _orphaned(c.labels.get(label, ""))]
             for c in stale:
                 c.remove(force=True)
         except _TRANSPORT as e:

@@ -237,6 +237,8 @@ def cuda_cache_dir() -> Path:
 
 def find_image(store: Store, graph: Graph, locks: dict[str, Lock], recipe: str, engine: Engine) -> BuiltImage:
     """The canonical image of ``recipe`` for its current locks, loaded into docker; builds nothing."""
+    # `run` containers of a buildsys process that was killed (SIGKILL: no chance to remove them).
+    engine.remove_stale_containers(label=OWNER_LABEL)
     builder = Builder(store, graph, locks, engine=engine, tag=False)
     image = builder.find(recipe)
     if image is None:
@@ -309,8 +311,7 @@ def execute(engine: Engine, spec: ContainerSpec, who: Identity,
         if spec.tty:
             engine.interact(cid, sys.stdin.fileno(), sys.stdout.fileno())
         else:
-            engine.start(cid)
-            engine.stream(cid, on_stdout, on_stderr)
+            engine.start_and_stream(cid, on_stdout, on_stderr)
         return engine.wait(cid)
     except EngineError as e:
         raise gpu_start_error(e, spec) from e

@@ -231,7 +231,13 @@ def test_gpu_request_without_runtime_fails_before_anything_starts(tmp_path: Path
 
 @pytest.fixture(scope="session")
 def shared_store() -> Iterator[Path]:
-    """A store readable by other users (the non-root test runs the CLI as one)."""
+    """A store readable by other users (the non-root test runs the CLI as one).
+
+    BUILDSYS_TEST_RUN_STORE names one to keep between sessions (while working on these tests).
+    """
+    if kept := os.environ.get("BUILDSYS_TEST_RUN_STORE"):
+        yield Path(kept)
+        return
     path = Path(tempfile.mkdtemp(prefix="buildsys-run-store-"))
     path.chmod(0o755)
     yield path
@@ -256,8 +262,8 @@ def _free_port() -> int:
 
 
 @pytest.mark.parametrize("spec, expected", [
-    ("all", {"Driver": "", "Count": -1, "DeviceIDs": None, "Capabilities": [["gpu"]], "Options": {}}),
-    ("2", {"Driver": "", "Count": 2, "DeviceIDs": None, "Capabilities": [["gpu"]], "Options": {}}),
+    ("all", {"Driver": "", "Count": -1, "DeviceIDs": [], "Capabilities": [["gpu"]], "Options": {}}),
+    ("2", {"Driver": "", "Count": 2, "DeviceIDs": [], "Capabilities": [["gpu"]], "Options": {}}),
     ("device=0,1", {"Driver": "", "Count": 0, "DeviceIDs": ["0", "1"], "Capabilities": [["gpu"]], "Options": {}}),
 ])
 @pytest.mark.docker
@@ -342,6 +348,19 @@ def docker_user() -> Iterator[pwd.struct_passwd]:
         subprocess.run(["userdel", "--remove", name], check=False, capture_output=True)
 
 
+def _python_for_others() -> tuple[str, dict[str, str]]:
+    """An interpreter another user may execute, with this venv's packages (a pyenv under /root is not one)."""
+    real = Path(os.path.realpath(sys.executable))
+    if all(os.stat(p).st_mode & 0o001 for p in [real, *real.parents]):
+        return sys.executable, {}
+    system = Path(f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}")
+    if not system.exists():
+        pytest.skip(f"{real} is not executable by other users and there is no {system}")
+    import site
+
+    return str(system), {"PYTHONPATH": os.pathsep.join([str(ROOT), *site.getsitepackages()])}
+
+
 @pytest.mark.docker
 @pytest.mark.network
 @pytest.mark.slow
@@ -352,11 +371,12 @@ def test_run_as_a_user_writes_files_they_own(jupyter: BuiltImage, shared_store: 
     os.chown(work, docker_user.pw_uid, docker_user.pw_gid)
     script = ('touch written; mkdir -p sub && echo x > sub/file; whoami; echo "$HOME"; '
               'touch "$HOME/home-is-writable" && echo home-ok; id -u; id -g')
+    python, extra = _python_for_others()
     out = subprocess.run(
         ["setpriv", f"--reuid={docker_user.pw_uid}", f"--regid={docker_user.pw_gid}", "--init-groups",
          "env", "-i", f"HOME={docker_user.pw_dir}", "PATH=/usr/bin:/bin", f"USER={docker_user.pw_name}",
-         sys.executable, "-m", "buildsys", "-C", str(ROOT), "--store", str(shared_store),
-         "run", "jupyter", "--", "sh", "-c", script],
+         *(f"{k}={v}" for k, v in extra.items()), python, "-m", "buildsys", "-C", str(ROOT),
+         "--store", str(shared_store), "run", "jupyter", "--", "sh", "-c", script],
         cwd=work, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     name, home, home_ok, uid, gid = out.stdout.split()
@@ -454,3 +474,36 @@ def test_docker_module_stays_in_engine() -> None:
     for path in (ROOT / "buildsys").glob("*.py"):
         if path.name != "engine.py":
             assert not re.search(r"^\s*(import|from) docker\b", path.read_text(), re.M), path
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "buildsys", "-C", str(ROOT), *args]
+
+
+@pytest.mark.docker
+@pytest.mark.network
+@pytest.mark.slow
+def test_run_on_a_terminal_and_after_a_killed_run(jupyter: BuiltImage, shared_store: Path, tmp_path: Path) -> None:
+    # A TTY (script(1) gives one): the command sees a terminal; the exit code still passes through.
+    out = subprocess.run(["script", "-qec", " ".join(_cli("--store", str(shared_store), "run", "jupyter", "--",
+                                                           "sh", "-c", "'test -t 0 && test -t 1 && echo tty; exit 5'")),
+                          "/dev/null"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 5 and "tty" in out.stdout, out
+    # A run killed with SIGKILL cannot remove its container; the next run does.
+    proc = subprocess.Popen(_cli("--store", str(shared_store), "run", "jupyter", "--", "sleep", "300"), cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    engine = Engine.connect()
+    try:
+        for _ in range(600):
+            mine = [c for c, _, state in engine.labelled("io.buildsys.owner", f"{socket.gethostname()}:{proc.pid}")
+                    if state == "running" and dict(engine.inspect(c)["Config"]["Labels"]).get(RUN_LABEL)]
+            if mine:
+                break
+            __import__("time").sleep(0.2)
+        assert mine, "the run's container never started"
+    finally:
+        proc.kill()
+        proc.wait()
+    assert engine.is_running(mine[0])
+    ok(bs(ROOT, shared_store, "run", "jupyter", "--", "true"))
+    assert not engine.labelled("io.buildsys.owner", f"{socket.gethostname()}:{proc.pid}")
