@@ -368,7 +368,8 @@ def test_cmd(obj: Context, recipes: tuple[str, ...], gpus: str | None) -> None:
     passed = len(results) - len(failed) - len(skipped)
     if results:
         click.echo(f"{passed} passed, {len(failed)} failed, {len(skipped)} skipped"
-                   + (" (they need a GPU: `buildsys test --gpus all ...` on a machine with one)" if skipped else ""))
+                   + (" (they need a GPU: `buildsys test --gpus all ...` on a machine with one)" if skipped else ""),
+                   err=True)
     if failed:
         raise TestFailed(f"{len(failed)} of {len(results)} test commands failed")
     if not results:

@@ -303,6 +303,25 @@ def test_gpu_tests_are_skipped_without_a_gpu(jupyter: BuiltImage) -> None:
 @pytest.mark.docker
 @pytest.mark.network
 @pytest.mark.slow
+def test_cli_reports_gpu_tests_skipped(jupyter: BuiltImage, shared_store: Path, tmp_path: Path) -> None:
+    """`buildsys test` on a recipe whose only test needs a GPU: skipped, exit 0; with --gpus and no runtime: exit 1."""
+    proj = tmp_path / "proj"
+    shutil.copytree(ROOT / "recipes", proj / "recipes")
+    shutil.copytree(ROOT / "locks", proj / "locks")
+    (proj / "recipes" / "gpucheck.toml").write_text(
+        'description = "GPU checks only"\nparents = ["jupyter"]\n\n[test]\ngpu = ["nvidia-smi -L"]\n')
+    ok(bs(proj, shared_store, "lock", "gpucheck"))
+    r = ok(bs(proj, shared_store, "test", "gpucheck"))
+    assert "(gpu) nvidia-smi -L" in r.stdout and "skipped (needs a GPU)" in r.stdout
+    assert "0 failed, 1 skipped" in r.stderr and "--gpus all" in r.stderr
+    if _no_gpu_runtime():
+        r = bs(proj, shared_store, "test", "--gpus", "all", "gpucheck")
+        assert r.exit_code == 1 and "cannot run with a GPU" in r.stderr
+
+
+@pytest.mark.docker
+@pytest.mark.network
+@pytest.mark.slow
 def test_run_passes_the_exit_code_and_leaves_nothing(jupyter: BuiltImage, shared_store: Path, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
