@@ -186,9 +186,7 @@ class Engine:
                 image, command=list(command), entrypoint=list(entrypoint), environment=dict(env or {}), user=user,
                 network_mode=network, volumes=volumes, hostname=hostname, working_dir=workdir,
                 labels={BUILD_LABEL: _owner()}, tty=False, stdin_open=False,
-                device_requests=[docker.types.DeviceRequest(
-                    count=g.count, device_ids=list(g.device_ids) or None,
-                    capabilities=[list(c) for c in g.capabilities], driver=g.driver) for g in gpus] or None)
+                device_requests=_device_requests(gpus))
         except _TRANSPORT as e:
             raise _translate(f"creating a container of {image}", e) from e
         try:
@@ -207,17 +205,14 @@ class Engine:
         """
         volumes = {src: {"bind": dst, "mode": "ro" if ro else "rw"} for src, dst, ro in spec.mounts}
         ports: dict[str, tuple[str, int]] = {f"{c}/tcp": (ip or "0.0.0.0", h) for ip, h, c in spec.ports}
-        requests = [docker.types.DeviceRequest(count=g.count, device_ids=list(g.device_ids) or None,
-                                               capabilities=[list(c) for c in g.capabilities], driver=g.driver)
-                    for g in spec.gpus]
         try:
             c = self.client.containers.create(
                 spec.image, command=list(spec.command) if spec.command is not None else None,
                 entrypoint=list(spec.entrypoint) if spec.entrypoint is not None else None,
                 environment=dict(spec.env), user=spec.user, working_dir=spec.workdir, volumes=volumes,
-                ports=ports, device_requests=requests or None, network=spec.network, labels=dict(spec.labels),
-                name=spec.name, init=spec.init, tty=spec.tty, stdin_open=spec.tty, auto_remove=spec.auto_remove,
-                detach=True)
+                ports=ports, device_requests=_device_requests(spec.gpus), network=spec.network,
+                labels=dict(spec.labels), name=spec.name, init=spec.init, tty=spec.tty, stdin_open=spec.tty,
+                auto_remove=spec.auto_remove, detach=True)
         except docker.errors.ImageNotFound as e:
             raise EngineError(f"docker has no image {spec.image}",
                               "build it: `buildsys build RECIPE` loads it into docker") from e
@@ -470,6 +465,13 @@ class Container:
                 self.engine.client.images.remove(image.id, force=True)
         except _TRANSPORT as e:
             raise _translate("exporting a build container's layer", e) from e
+
+
+def _device_requests(gpus: Sequence[GpuRequest]) -> list[docker.types.DeviceRequest] | None:
+    """``--gpus`` as docker's device requests (the engine's GPU driver serves them at start)."""
+    return [docker.types.DeviceRequest(count=g.count, device_ids=list(g.device_ids) or None,
+                                       capabilities=[list(c) for c in g.capabilities], driver=g.driver)
+            for g in gpus] or None
 
 
 def _owner() -> str:
