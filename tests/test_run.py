@@ -351,7 +351,19 @@ def test_run_faults_start_nothing(jupyter: BuiltImage, shared_store: Path, tmp_p
     assert r.exit_code == 2 and "does not exist" in r.stderr and not (tmp_path / "missing").exists()
     r = bs(ROOT, shared_store, "run", "jupyter", "--", "no-such-command")
     assert r.exit_code == 127, r.output  # the container's own code: command not found
+    r = bs(ROOT, shared_store, "run", "--network", f"no-such-net-{uuid.uuid4().hex[:6]}", "jupyter", "--", "true")
+    assert r.exit_code == 1 and "network" in r.stderr and "not found" in r.stderr, r.output
+    r = bs(ROOT, shared_store, "run", "--network", "none", "jupyter", "--", "sh", "-c", "ls /sys/class/net")
+    assert r.exit_code == 0 and r.stdout.split() == ["lo"]
     assert _labelled(RUN_LABEL) == before
+
+
+@pytest.mark.docker
+@pytest.mark.network
+@pytest.mark.slow
+def test_doctor_on_a_built_cpu_image(jupyter: BuiltImage, shared_store: Path) -> None:
+    r = ok(bs(ROOT, shared_store, "doctor", "jupyter"))
+    assert jupyter.record.config_digest in r.stdout and "carries no CUDA runtime" in r.stdout
 
 
 @pytest.fixture
