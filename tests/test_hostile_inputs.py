@@ -31,8 +31,9 @@ def project(tmp_path: Path) -> Path:
     for name in ("base", "python"):
         copy_project(REPO / "recipes", proj / "recipes")
         (proj / "locks" / f"{name}.lock").write_bytes((REPO / "locks" / f"{name}.lock").read_bytes())
-    for extra in ("jupyter", "keras", "r-base", "rstudio", "user"):  # only base -> python here
-        (proj / "recipes" / f"{extra}.toml").unlink(missing_ok=True)
+    for extra in (proj / "recipes").glob("*.toml"):  # only base -> python here, whatever the stack grows
+        if extra.stem not in ("base", "python"):
+            extra.unlink()
     return proj
 
 
