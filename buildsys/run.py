@@ -314,7 +314,10 @@ def execute(engine: Engine, spec: ContainerSpec, who: Identity,
             engine.start_and_stream(cid, on_stdout, on_stderr)
         return engine.wait(cid)
     except EngineError as e:
-        raise gpu_start_error(e, spec) from e
+        mapped = gpu_start_error(e, spec)
+        if mapped is e:
+            raise
+        raise mapped from e
     finally:
         engine.remove(cid)
 
@@ -411,7 +414,10 @@ def start_up(engine: Engine, specs: Sequence[ContainerSpec], who: Identity, opts
             try:
                 engine.start(cid)
             except EngineError as e:
-                raise gpu_start_error(e, spec) from e
+                mapped = gpu_start_error(e, spec)
+                if mapped is e:
+                    raise
+                raise mapped from e
         checks = [(ids[0], "JupyterLab", f"http://{host}:{opts.port}/api/status?token={token}"),
                   (ids[1], "TensorBoard", tensorboard_url)]
         for cid, what, url in checks:
