@@ -160,6 +160,17 @@ class Builder:
             self._memo.clear()
             return self._build(names, jobs)
 
+    def find(self, name: str) -> BuiltImage | None:
+        """The image of ``name`` for the current locks when the store holds it; builds and loads nothing."""
+        chain = self.graph.chain(name)
+        records: list[LayerRecord] = []
+        for recipe in chain:
+            hit = self._cached(self.cache_key(self.graph.recipes[recipe], records[-1] if records else None))
+            if hit is None:
+                return None
+            records.append(hit)
+        return BuiltImage(recipe=name, chain=chain, layers=records, cached=True, seconds=0.0)
+
     def forget_blob(self, digest: str) -> int:
         """Remove the cache entries whose image uses ``digest``; return how many."""
         dropped = 0

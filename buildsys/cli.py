@@ -11,6 +11,7 @@ import json
 import textwrap
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -383,32 +384,47 @@ def _print_images(images: list, as_json: bool) -> None:
 
 @cli.command("test")
 @click.argument("recipes", nargs=-1)
+@click.option("--gpus", metavar="SPEC", help="Run the [test] gpu commands with this GPU request "
+              "(all, N, device=ID[,ID]); without it they are reported skipped.")
 @click.pass_obj
-def test_cmd(obj: Context, recipes: tuple[str, ...]) -> None:
+def test_cmd(obj: Context, recipes: tuple[str, ...], gpus: str | None) -> None:
     """Run the [test] commands of each recipe and its ancestors inside its image, network off."""
     from rich.console import Console
     from rich.table import Table
 
     from buildsys.build import Builder
+    from buildsys.doctor import require_gpu
     from buildsys.engine import Engine
     from buildsys.lock import fresh_locks
+    from buildsys.run import parse_gpus
     from buildsys.testing import run_tests
 
+    request = parse_gpus(gpus) if gpus else None
     g = obj.graph()
     locks = fresh_locks(obj.project, g, recipes)
     engine = Engine.connect()
+    if request:
+        require_gpu(engine)  # before anything is built or started
     with Reporter() as report:
         images = Builder(Store(obj.store), g, locks, engine=engine, report=report).build(recipes)
-    results = [r for img in images for r in run_tests(engine, g, img)]
+    results = [r for img in images for r in run_tests(engine, g, img, gpus=(request,) if request else ())]
     table = Table(title="tests", title_justify="left")
     for col in ("image", "from recipe", "command", "result", "seconds"):
         table.add_column(col)
+    style = {"pass": "[green]pass[/]", "FAIL": "[red]FAIL[/]", "skipped": "[yellow]skipped (needs a GPU)[/]"}
     for r in results:
-        table.add_row(r.image, r.recipe, r.command, "[green]pass[/]" if r.ok else "[red]FAIL[/]", f"{r.seconds:.1f}")
+        table.add_row(r.image, r.recipe, ("(gpu) " if r.gpu else "") + r.command, style[r.status],
+                      "-" if r.skipped else f"{r.seconds:.1f}")
     Console(width=200).print(table)
     failed = [r for r in results if not r.ok]
+    skipped = [r for r in results if r.skipped]
     for r in failed:
         click.echo(f"--- {r.image}: {r.command} (exit {r.exit_code}) ---\n{r.output.rstrip()}", err=True)
+    passed = len(results) - len(failed) - len(skipped)
+    if results:
+        click.echo(f"{passed} passed, {len(failed)} failed, {len(skipped)} skipped"
+                   + (" (they need a GPU: `buildsys test --gpus all ...` on a machine with one)" if skipped else ""),
+                   err=True)
     if failed:
         raise TestFailed(f"{len(failed)} of {len(results)} test commands failed")
     if not results:
@@ -536,6 +552,249 @@ def sbom_cmd(obj: Context, recipe: str, fmt: str, output: Path | None) -> None:
         click.echo(f"{output}: {fmt} SBOM of {recipe}", err=True)
     else:
         click.echo(data.decode(), nl=False)
+
+
+def _locked_image(obj: Context, recipe: str, gpus: Any) -> tuple[Any, Any, Any]:
+    """(locks, engine, built image) of RECIPE: fresh locks, GPU support when asked, the image loaded in docker."""
+    from buildsys.doctor import check_cuda, host_driver, require_gpu
+    from buildsys.engine import Engine
+    from buildsys.errors import UnknownRecipe
+    from buildsys.lock import fresh_locks
+    from buildsys.run import find_image
+
+    g = obj.graph()
+    if recipe not in g.recipes:
+        raise UnknownRecipe(recipe, g.recipes)
+    locks = fresh_locks(obj.project, g, [recipe])
+    engine = Engine.connect()
+    support = require_gpu(engine) if gpus else None  # before anything is loaded or started
+    image = find_image(Store(obj.store), g, locks, recipe, engine)
+    if support:
+        check_cuda(recipe, locks, image.chain, host_driver() if support.local else None)
+    return locks, engine, image
+
+
+@cli.command("run")
+@click.argument("recipe")
+@click.option("--gpus", metavar="SPEC", help="GPUs for the container: all, N, or device=ID[,ID].")
+@click.option("-p", "--publish", "ports", multiple=True, metavar="[IP:]HOST:CONTAINER", help="Publish a port.")
+@click.option("-v", "--volume", "volumes", multiple=True, metavar="HOST:CONTAINER[:ro]",
+              help="Mount another host folder (it must exist).")
+@click.option("--network", metavar="NAME", help="A docker network (default: docker's bridge).")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.pass_obj
+def run_cmd(obj: Context, recipe: str, gpus: str | None, ports: tuple[str, ...], volumes: tuple[str, ...],
+            network: str | None, command: tuple[str, ...]) -> None:
+    """Run RECIPE's image by its digest, the current folder mounted as working folder, as you.
+
+    Files written to the folder belong to you (your UID/GID inside, with a
+    name and a writable HOME). Everything after `--` is the command (default:
+    the image's). The container's exit code is buildsys's.
+    """
+    import signal
+    import sys
+
+    from buildsys.run import (
+        HostUser,
+        RunOptions,
+        check_folder,
+        cuda_cache_dir,
+        execute,
+        has_own_init,
+        identity,
+        mount_targets,
+        parse_gpus,
+        parse_port,
+        parse_volume,
+        plan_run,
+        read_identity_files,
+    )
+
+    cwd = Path.cwd().resolve()
+    check_folder(cwd)
+    opts = RunOptions(recipe=recipe, cwd=cwd, command=command, gpus=parse_gpus(gpus) if gpus else None,
+                      ports=tuple(parse_port(p) for p in ports), volumes=tuple(parse_volume(v, cwd) for v in volumes),
+                      network=network, tty=sys.stdin.isatty() and sys.stdout.isatty())
+    _ports_free(opts.ports)
+    locks, engine, image = _locked_image(obj, recipe, opts.gpus)
+    who = identity(HostUser.current(), *read_identity_files(engine, image.record.config_digest),
+                   mount_targets=mount_targets(opts))
+    own_init = has_own_init(engine.image_config(image.record.config_digest).get("Entrypoint"))
+    spec = plan_run(image.record.config_digest, opts, who, cuda_cache_dir(), init=not own_init)
+
+    def terminate(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        code = execute(engine, spec, who, _sink(sys.stdout.buffer),
+                       _sink(sys.stderr.buffer))
+    except KeyboardInterrupt:
+        code = 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    sys.stdout.flush()
+    click.get_current_context().exit(code)
+
+
+def _sink(stream: Any) -> Callable[[bytes], None]:
+    def write(data: bytes) -> None:
+        stream.write(data)
+        stream.flush()
+    return write
+
+
+def _ports_free(ports: tuple[tuple[str, int, int], ...]) -> None:
+    from buildsys.run import check_ports_free
+
+    check_ports_free(ports, lambda port: f"-p OTHER:{next(c for _, h, c in ports if h == port)}")
+
+
+@cli.command("doctor")
+@click.argument("recipe", required=False)
+@click.option("--gpus", "want_gpu", is_flag=True, help="GPU support is required (as for run --gpus).")
+@click.pass_obj
+def doctor_cmd(obj: Context, recipe: str | None, want_gpu: bool) -> None:
+    """Engine, storage driver, runtimes, CDI, GPUs and driver; for RECIPE, the CUDA its image needs.
+
+    Exit 0 when everything asked for works, 1 when something is missing, 4 when
+    the engine is unreachable. A recipe whose image carries CUDA asks for GPU support.
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from buildsys.build import Builder
+    from buildsys.doctor import diagnose, gpu_probe
+    from buildsys.engine import Engine
+    from buildsys.errors import BuildsysError, UnknownRecipe
+    from buildsys.lock import fresh_locks
+
+    chain: list[str] = []
+    locks: dict = {}
+    find = None
+    if recipe:
+        g = obj.graph()
+        if recipe not in g.recipes:
+            raise UnknownRecipe(recipe, g.recipes)
+        chain = g.chain(recipe)
+        locks = fresh_locks(obj.project, g, [recipe])
+
+        def find(engine: Engine) -> str | None:
+            try:
+                image = Builder(Store(obj.store), g, locks, engine=engine, tag=False).find(recipe)
+            except BuildsysError:
+                return None
+            return image.record.config_digest if image else None
+
+    report = diagnose(Engine.connect, recipe, chain, locks, find, want_gpu=want_gpu, gpu_probe=gpu_probe)
+    table = Table(title="buildsys doctor", title_justify="left")
+    for col in ("check", "status", "detail", "next step"):
+        table.add_column(col)
+    colour = {"ok": "green", "missing": "red", "warn": "yellow", "info": "dim"}
+    for c in report.checks:
+        table.add_row(c.what, f"[{colour[c.status]}]{c.status}[/]", c.detail, c.hint)
+    Console(width=200).print(table)
+    if report.unreachable:
+        raise report.unreachable
+    if report.missing:
+        raise DoctorFound(", ".join(c.what for c in report.missing))
+    click.echo("everything asked for is here")
+
+
+class DoctorFound(BuildsysError):
+    def __init__(self, what: str) -> None:
+        super().__init__(f"missing: {what}", "see the table's next steps")
+
+
+def _up_options(recipe: str, port: int, tensorboard_port: int, gpus: str | None, bind: str) -> Any:
+    from buildsys.run import UpOptions, parse_gpus
+
+    return UpOptions(recipe=recipe, cwd=Path.cwd().resolve(), port=port, tensorboard_port=tensorboard_port,
+                     gpus=parse_gpus(gpus) if gpus else None, bind=bind)
+
+
+_UP_OPTIONS = [
+    click.option("--port", default=8888, show_default=True, type=click.IntRange(1, 65535),
+                 help="Host port of JupyterLab."),
+    click.option("--tensorboard-port", default=6006, show_default=True, type=click.IntRange(1, 65535),
+                 help="Host port of TensorBoard."),
+    click.option("--gpus", metavar="SPEC", help="GPUs for the notebook: all, N, or device=ID[,ID]."),
+    click.option("--bind", default="127.0.0.1", show_default=True, help="Host address to publish on."),
+]
+
+
+def _with_up_options(f: Any) -> Any:
+    for option in reversed(_UP_OPTIONS):
+        f = option(f)
+    return f
+
+
+@cli.command("up")
+@click.argument("recipe")
+@_with_up_options
+@click.pass_obj
+def up_cmd(obj: Context, recipe: str, port: int, tensorboard_port: int, gpus: str | None, bind: str) -> None:
+    """JupyterLab and TensorBoard on the current folder (TensorBoard reads runs/), with a new token."""
+    from buildsys.run import (
+        HostUser,
+        cuda_cache_dir,
+        has_own_init,
+        identity,
+        new_token,
+        plan_up,
+        read_identity_files,
+        start_up,
+    )
+
+    opts = _up_options(recipe, port, tensorboard_port, gpus, bind)
+    from buildsys.run import check_folder
+
+    check_folder(opts.cwd)
+    locks, engine, image = _locked_image(obj, recipe, opts.gpus)
+    who = identity(HostUser.current(), *read_identity_files(engine, image.record.config_digest),
+                   mount_targets=[str(opts.cwd)])
+    token = new_token()
+    own_init = has_own_init(engine.image_config(image.record.config_digest).get("Entrypoint"))
+    specs = plan_up(image.record.config_digest, opts, who, token, cuda_cache_dir(), init=not own_init)
+    result = start_up(engine, specs, who, opts, token)
+    click.echo(f"JupyterLab:  {result.jupyter_url}")
+    click.echo(f"TensorBoard: {result.tensorboard_url}  (logs in {opts.cwd / 'runs'})")
+    click.echo(f"image {image.record.config_digest}; stop both with `buildsys down {recipe}` in {opts.cwd}")
+
+
+@cli.command("down")
+@click.argument("recipe")
+@click.pass_obj
+def down_cmd(obj: Context, recipe: str) -> None:
+    """Stop and remove the containers that `buildsys up RECIPE` started in the current folder."""
+    from buildsys.engine import Engine
+    from buildsys.run import down
+
+    removed = down(Engine.connect(), recipe, Path.cwd().resolve())
+    click.echo(f"removed {', '.join(removed)}" if removed else f"nothing of '{recipe}' is up in {Path.cwd()}")
+
+
+@cli.command("compose")
+@click.argument("recipe")
+@_with_up_options
+@click.pass_obj
+def compose_cmd(obj: Context, recipe: str, port: int, tensorboard_port: int, gpus: str | None, bind: str) -> None:
+    """Print what `up` starts as a Compose file (the token from $JUPYTER_TOKEN, the GPU as deploy devices)."""
+    from buildsys.build import Builder
+    from buildsys.errors import UnknownRecipe
+    from buildsys.lock import fresh_locks
+    from buildsys.run import HostUser, ImageNotBuilt, compose, to_yaml
+
+    opts = _up_options(recipe, port, tensorboard_port, gpus, bind)
+    g = obj.graph()
+    if recipe not in g.recipes:
+        raise UnknownRecipe(recipe, g.recipes)
+    image = Builder(Store(obj.store), g, fresh_locks(obj.project, g, [recipe]), tag=False).find(recipe)
+    if image is None:
+        raise ImageNotBuilt(recipe)
+    click.echo(f"# buildsys compose {recipe}: the image by its ID; docker must hold it (`buildsys build {recipe}`).")
+    click.echo("# Start: JUPYTER_TOKEN=$(openssl rand -hex 24) docker compose -f FILE up -d")
+    click.echo(to_yaml(compose(image.record.config_digest, opts, HostUser.current())))
 
 
 @cli.command("engine")

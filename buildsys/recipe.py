@@ -68,7 +68,8 @@ SCHEMA: dict[str, Any] = {
         "entrypoint": "str-list",
         "labels": "str-map",
     },
-    "test": {"commands": "str-list"},
+    # gpu: commands that need a GPU; `buildsys test` reports them skipped unless --gpus is given.
+    "test": {"commands": "str-list", "gpu": "str-list"},
 }
 _TYPE_WORDS = {
     "str": "a string",
@@ -148,6 +149,7 @@ class Recipe:
     run: tuple[str, ...] = ()
     image: ImageConfig = field(default_factory=ImageConfig)
     tests: tuple[str, ...] = ()
+    gpu_tests: tuple[str, ...] = ()  # [test] gpu: run only with a GPU request, else reported skipped
     # The parsed document as plain data, the input of ``recipe_hash``.
     data: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -626,6 +628,7 @@ def parse_recipe(path: Path) -> Recipe:
         run=tuple(data.get("run", [])),
         image=image,
         tests=tuple(data.get("test", {}).get("commands", [])),
+        gpu_tests=tuple(data.get("test", {}).get("gpu", [])),
         data=data,
     )
 
