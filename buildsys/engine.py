@@ -287,6 +287,9 @@ class Engine:
 
     def read_file(self, container_id: str, path: str) -> bytes | None:
         """A file of a (created) container's filesystem, or None when it has none."""
+        import tarfile
+        import tempfile
+
         try:
             stream, _ = self.client.api.get_archive(container_id, path)
             with tempfile.TemporaryFile() as buf:
