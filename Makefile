@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BUILDSYS = $(VENV)/bin/buildsys
-DEMO ?= jupyter
+DEMO ?= jupyter r-base
 
 .PHONY: install deps venv dockerd demo test lint bench clean stack-svg
 
@@ -24,13 +24,16 @@ dockerd: deps
 	./scripts/ensure-dockerd.sh
 
 # The main job on the bundled example stack: check the committed locks, fetch
-# what they pin, build with --verify (rebuild from nothing, compare), print digests.
+# what they pin, build with --verify (rebuild from nothing, compare), test the
+# images, print their IDs and digests and the command that starts JupyterLab.
 demo: install dockerd
 	$(BUILDSYS) graph
 	$(BUILDSYS) lock --check $(DEMO)
 	$(BUILDSYS) fetch $(DEMO)
 	$(BUILDSYS) build --verify $(DEMO)
-	$(BUILDSYS) build --json $(DEMO)
+	$(BUILDSYS) test $(DEMO)
+	$(BUILDSYS) build $(DEMO)
+	@echo "JupyterLab and TensorBoard on this folder: $(BUILDSYS) up jupyter   (stop: $(BUILDSYS) down jupyter)"
 
 # pytest's exit 5 (no test collected) is a failure here, with its own word.
 test: install dockerd

@@ -538,7 +538,13 @@ class Builder:
     def load(self, record: LayerRecord, tag: str | None = None) -> None:
         """Make sure docker has the image (loading it from the store), and tag it."""
         if tag and self.trust_loaded and self.engine is None and self._noted(tag) == record.config_digest:
-            return  # loaded and tagged by an earlier build into this engine: nothing to ask it
+            # Loaded and tagged by an earlier build into this engine. Ask it cheaply whether that
+            # still holds (an image pruned or a tag moved by hand); when it cannot be asked this
+            # way (a remote engine, the socket away), the note is taken at its word.
+            from buildsys.engine_probe import tagged_image
+
+            if tagged_image(f"{tag}:latest") in (record.config_digest, None):
+                return
         engine = self.docker()
         if engine is None:
             return

@@ -1,4 +1,4 @@
-"""The docker engine: the one module that imports ``docker``.
+"""The docker engine: the one module that imports ``docker`` (``engine_probe`` asks one read-only question without it).
 
 Everything else talks to docker through ``Engine``; docker's exceptions are
 translated here: a transport failure is ``EngineUnavailable`` (exit 4), a

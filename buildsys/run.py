@@ -11,7 +11,7 @@ the image's ``/etc/passwd`` and ``/etc/group`` and, when the UID (or GID) has
 no entry there, writes one into the container's own layer, with a HOME made
 for it (owned by the user, gone with the container). The shell then knows its
 name, and Jupyter, pip ``--user`` and friends have a writable HOME. A UID the
-image already knows (1000 is ``user`` in the jupyter image) keeps its entry
+image already knows (1000 is ``user`` in every bundled image) keeps its entry
 and HOME.
 """
 

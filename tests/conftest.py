@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -75,3 +75,62 @@ def shipped(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     ok(bs(proj, store, "fetch", "app"))
     ok(bs(proj, store, "build", "--verify", "app"))
     return proj, store
+
+
+# ---- the bundled stack (recipes/ and locks/ of this repository), built once per session
+
+STACK = FIXTURES.parents[1]  # the repository root: recipes/ and locks/
+# (recipe, image id, manifest digest) of each bundled image built in this session, printed at the
+# end: the digests of two machines' runs can then be compared (they must be equal).
+STACK_DIGESTS: dict[str, tuple[str, str]] = {}
+
+
+@pytest.fixture(scope="session")
+def shared_store() -> Iterator[Path]:
+    """A store readable by other users (the non-root run test runs the CLI as one).
+
+    BUILDSYS_TEST_RUN_STORE names one to keep between sessions (while working on these tests).
+    """
+    import os
+    import shutil
+    import tempfile
+
+    if kept := os.environ.get("BUILDSYS_TEST_RUN_STORE"):
+        yield Path(kept)
+        return
+    path = Path(tempfile.mkdtemp(prefix="buildsys-run-store-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def build_bundled(store: Path, recipe: str):  # type: ignore[no-untyped-def]
+    """Fetch and build a bundled recipe into ``store``; its BuiltImage, its digests noted for the summary."""
+    from helpers import bs, ok
+
+    from buildsys.build import Builder
+    from buildsys.graph import build_graph
+    from buildsys.lock import fresh_locks
+    from buildsys.recipe import load_recipes
+    from buildsys.store import Store
+
+    ok(bs(STACK, store, "fetch", recipe))
+    ok(bs(STACK, store, "build", recipe))
+    graph = build_graph(load_recipes(STACK))
+    image = Builder(Store(store), graph, fresh_locks(STACK, graph, [recipe]), tag=False).find(recipe)
+    assert image is not None
+    STACK_DIGESTS[recipe] = (image.record.config_digest, image.record.manifest_digest)
+    return image
+
+
+@pytest.fixture(scope="session")
+def jupyter(shared_store: Path):  # type: ignore[no-untyped-def]
+    """The bundled jupyter image, fetched and built once for every test that needs it."""
+    return build_bundled(shared_store, "jupyter")
+
+
+def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untyped-def]
+    if STACK_DIGESTS:
+        terminalreporter.section("bundled images built in this run (compare across machines)")
+        for recipe, (image_id, manifest) in sorted(STACK_DIGESTS.items()):
+            terminalreporter.write_line(f"{recipe:8} image {image_id}  manifest {manifest}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from click.testing import CliRunner
 
@@ -63,3 +65,23 @@ def test_an_archive_docker_refuses_is_not_an_unreachable_engine() -> None:
         Engine.connect().load(archive.getvalue())
     assert err.value.exit_code == EXIT_FAILED
     assert "docker load refused the image" in str(err.value) and "--no-cache" in str(err.value)
+
+
+def test_the_probe_names_the_tagged_image_or_says_it_cannot(tmp_path, monkeypatch) -> None:
+    """engine_probe answers what the SDK answers, "" for an image the engine lacks, None when it cannot ask."""
+    from buildsys.engine_probe import tagged_image
+
+    engine = Engine.connect()
+    tag = f"buildsys-probe-{tmp_path.name[-12:].lower()}"
+    image = engine.client.api.import_image_from_data(b"\0" * 1024)  # an empty tar: a one-layer image
+    image_id = engine.client.images.get(json.loads(image.strip().splitlines()[-1])["status"]).id
+    try:
+        engine.tag(image_id, tag, "latest")
+        assert tagged_image(f"{tag}:latest") == image_id == engine.client.images.get(f"{tag}:latest").id
+        assert tagged_image(f"{tag}:no-such-tag") == ""
+        monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no.sock")
+        assert tagged_image(f"{tag}:latest") is None
+        monkeypatch.setenv("DOCKER_HOST", "tcp://127.0.0.1:1")
+        assert tagged_image(f"{tag}:latest") is None
+    finally:
+        engine.client.images.remove(image_id, force=True)

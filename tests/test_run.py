@@ -3,7 +3,8 @@
 No GPU here: the GPU path is checked by what reaches the engine (the created
 container's HostConfig.DeviceRequests) and by the errors that stop a GPU run
 before anything starts. The bundled jupyter image (JupyterLab + TensorBoard)
-is built once per session into a store every test here shares.
+is built once per session into a store every test here shares (conftest's
+``jupyter`` and ``shared_store``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import socket
 import subprocess
 import sys
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 import uuid
@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 from helpers import bs, ok
 
-from buildsys.build import Builder, BuiltImage
+from buildsys.build import BuiltImage
 from buildsys.doctor import GpuUnavailable, cuda_verdict, driver_cuda, gpu_support, host_driver, image_cuda
 from buildsys.engine import Engine, EngineError, GpuRequest
 from buildsys.errors import UsageError
@@ -47,8 +47,7 @@ from buildsys.run import (
     parse_volume,
     plan_run,
 )
-from buildsys.store import Store
-from buildsys.testing import run_tests
+from buildsys.testing import command_label, package_checks, run_tests
 
 ROOT = Path(__file__).resolve().parents[1]  # the bundled stack: recipes/ and locks/
 
@@ -229,32 +228,6 @@ def test_gpu_request_without_runtime_fails_before_anything_starts(tmp_path: Path
 # -- against dockerd, with the jupyter image ----------------------------------
 
 
-@pytest.fixture(scope="session")
-def shared_store() -> Iterator[Path]:
-    """A store readable by other users (the non-root test runs the CLI as one).
-
-    BUILDSYS_TEST_RUN_STORE names one to keep between sessions (while working on these tests).
-    """
-    if kept := os.environ.get("BUILDSYS_TEST_RUN_STORE"):
-        yield Path(kept)
-        return
-    path = Path(tempfile.mkdtemp(prefix="buildsys-run-store-"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def jupyter(shared_store: Path) -> BuiltImage:
-    """The bundled jupyter image, fetched and built once for every test that needs it."""
-    ok(bs(ROOT, shared_store, "fetch", "jupyter"))
-    ok(bs(ROOT, shared_store, "build", "jupyter"))
-    graph = build_graph(load_recipes(ROOT))
-    image = Builder(Store(shared_store), graph, fresh_locks(ROOT, graph, ["jupyter"]), tag=False).find("jupyter")
-    assert image is not None
-    return image
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -296,7 +269,9 @@ def test_gpu_tests_are_skipped_without_a_gpu(jupyter: BuiltImage) -> None:
     r = graph.recipes["jupyter"]
     graph.recipes["jupyter"] = dataclasses.replace(r, gpu_tests=("nvidia-smi",))
     results = [t for t in run_tests(Engine.connect(), graph, jupyter) if t.recipe == "jupyter"]
-    assert [(t.command, t.status) for t in results] == [(r.tests[0], "pass"), ("nvidia-smi", "skipped")]
+    implied = [(label, "pass") for label, _ in package_checks(r)]  # its [pip] packages import
+    assert implied and [(t.command, t.status) for t in results] == [
+        *implied, *[(command_label(c), "pass") for c in r.tests], ("nvidia-smi", "skipped")]
     assert all(t.ok for t in results)
 
 
