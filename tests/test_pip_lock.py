@@ -95,6 +95,7 @@ def python_image(engine: Engine, root_image: str) -> Iterator[str]:
     """The root plus Debian's python3 (no pip, no venv): what a [apt] python3 layer gives."""
     tag = f"buildsys-test-pip-python-{SESSION}:latest"
     dockerfile = (f"FROM {root_image}\n"
+                  "USER root\n"  # the bundled base runs as its non-root user
                   "RUN apt-get update && apt-get install -y --no-install-recommends python3 "
                   "&& rm -rf /var/lib/apt/lists/*\n")
     engine.client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, network_mode="host", rm=True,

@@ -216,7 +216,9 @@ def test_ctrl_c_during_the_bootstrap_leaves_no_temporary_root_behind(project: Pa
     shutil.copytree(store / "vendor", fresh / "vendor")
     before = set(Path("/tmp").glob("mmdebstrap.*"))
     cmd = [sys.executable, "-m", "buildsys", "-C", str(project), "--store", str(fresh), "build", "mini"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    # SIGINT at its default in the child (a shell's background job inherits it ignored; Python then keeps it so).
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 90
     while not list((fresh / "tmp").glob("repo-*/tmp/mmdebstrap.*")) and time.monotonic() < deadline:
         time.sleep(0.2)
