@@ -61,7 +61,7 @@ def main() -> None:
 
     graph = build_graph(load_recipes(ROOT))
     lockable, unlockable = [], {}
-    for name in graph.order():
+    for name in graph.order:
         try:
             fresh_locks(ROOT, graph, [name])
             lockable.append(name)
@@ -69,7 +69,7 @@ def main() -> None:
             unlockable[name] = str(e).splitlines()[0]
     wanted = args.recipes or lockable
     chains = {name: graph.chain(name) for name in wanted}
-    layers = [n for n in graph.order() if any(n in c for c in chains.values())]
+    layers = [n for n in graph.order if any(n in c for c in chains.values())]
     leaves = [n for n in wanted if not any(n != o and n in chains[o] for o in wanted)]
 
     client = docker.from_env()
