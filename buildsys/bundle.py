@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from buildsys.errors import BuildsysError, NotVendored
-from buildsys.image import canonical_bytes
+from buildsys.image import archive_member, canonical_bytes
 from buildsys.layer import TarWriter
 from buildsys.store import Artifact, Store, atomic_open
 
@@ -57,13 +57,13 @@ def write_bundle(store: Store, artifacts: Sequence[Artifact], out: Path,
     with atomic_open(out) as f:
         writer = TarWriter(f)
         data = canonical_bytes(index)
-        writer.add(_info("bundle.json", len(data)), (data,))
-        writer.add(_info("sha256", directory=True))
+        writer.add(archive_member("bundle.json", len(data)), (data,))
+        writer.add(archive_member("sha256", directory=True))
         for a in arts:
             path = store.vendor_path(a.sha256)
             size = path.stat().st_size
             progress("bundle", "add", a.filename)
-            writer.add(_info(f"sha256/{a.sha256}", size), _checked(path, a))
+            writer.add(archive_member(f"sha256/{a.sha256}", size), _checked(path, a))
             total += size
         writer.close()
     return BundleResult(len(arts), len(arts), total)
@@ -78,13 +78,6 @@ def _checked(path: Path, art: Artifact):  # type: ignore[no-untyped-def]
     if h.hexdigest() != art.sha256:
         raise NotVendored("bundle", f"{art.filename}", f"damaged in the vendor store (not its sha256 {art.sha256})")
 
-
-def _info(name: str, size: int = 0, directory: bool = False) -> tarfile.TarInfo:
-    ti = tarfile.TarInfo(name)
-    ti.type = tarfile.DIRTYPE if directory else tarfile.REGTYPE
-    ti.mode = 0o755 if directory else 0o644
-    ti.size, ti.mtime, ti.uid, ti.gid, ti.uname, ti.gname = size, 0, 0, 0, "", ""
-    return ti
 
 
 def read_bundle(store: Store, bundle: Path, progress: Progress = lambda r, s, d: None) -> BundleResult:

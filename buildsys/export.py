@@ -46,6 +46,7 @@ from buildsys.image import (
     MANIFEST_MEDIA_TYPE,
     REF_ANNOTATION,
     OciLayout,
+    archive_member,
     canonical_bytes,
     write_docker_archive,
 )
@@ -132,15 +133,15 @@ def export(store: Store, graph: Graph, locks: Mapping[str, Lock], recipes: Seque
         dst = _Hashing(f, h)
         writer = TarWriter(dst)  # type: ignore[arg-type]
         for d in ("blobs", "blobs/sha256", "buildsys", "buildsys/locks", "buildsys/sbom"):
-            writer.add(_info(d, directory=True))
+            writer.add(archive_member(d, directory=True))
         for digest in sorted(blobs):
             path = layout.blob_path(digest)
             size = path.stat().st_size
             progress("export", "blob", f"{digest[:19]} ({size / 1e6:.1f} MB, {done / 1e6:.0f}/{total / 1e6:.0f} MB)")
-            writer.add(_info(_blob_name(digest), size), _checked_chunks(layout, path, digest))
+            writer.add(archive_member(_blob_name(digest), size), _checked_chunks(layout, path, digest))
             done += size
         for name, data in sorted(small.items()):
-            writer.add(_info(name, len(data)), (data,))
+            writer.add(archive_member(name, len(data)), (data,))
         writer.close()
         size = dst.size
     return ExportResult(out, images, size, h.hexdigest(), time.monotonic() - started)
@@ -162,13 +163,6 @@ class _Hashing:
 def _blob_name(digest: str) -> str:
     return "blobs/sha256/" + digest.split(":", 1)[1]
 
-
-def _info(name: str, size: int = 0, directory: bool = False) -> tarfile.TarInfo:
-    ti = tarfile.TarInfo(name)
-    ti.type = tarfile.DIRTYPE if directory else tarfile.REGTYPE
-    ti.mode = 0o755 if directory else 0o644
-    ti.size, ti.mtime, ti.uid, ti.gid, ti.uname, ti.gname = size, 0, 0, 0, "", ""
-    return ti
 
 
 def _checked_chunks(layout: OciLayout, path: Path, digest: str) -> Iterator[bytes]:

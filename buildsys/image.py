@@ -60,6 +60,15 @@ class DamagedBlob(ImageError):
                          "and was removed", "run the build again: it rebuilds the layers that used it")
 
 
+def archive_member(name: str, size: int = 0, directory: bool = False) -> tarfile.TarInfo:
+    """A member header of the archives buildsys writes (docker load, export, bundle): fixed owner, mode, time."""
+    ti = tarfile.TarInfo(name)
+    ti.type = tarfile.DIRTYPE if directory else tarfile.REGTYPE
+    ti.mode = 0o755 if directory else 0o644
+    ti.size, ti.mtime, ti.uid, ti.gid, ti.uname, ti.gname = size, 0, 0, 0, "", ""
+    return ti
+
+
 def _damaged(path: Path, digest: str) -> DamagedBlob:
     path.unlink(missing_ok=True)  # never trusted again, never served to docker or a registry
     return DamagedBlob(path, digest)
@@ -387,13 +396,6 @@ def write_docker_archive(layout: OciLayout, manifest_digest: str, repo_tags: lis
     ] or [desc]
     index = {"schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE, "manifests": entries}
 
-    def info(name: str, size: int = 0, directory: bool = False) -> tarfile.TarInfo:
-        ti = tarfile.TarInfo(name)
-        ti.type = tarfile.DIRTYPE if directory else tarfile.REGTYPE
-        ti.mode = 0o755 if directory else 0o644
-        ti.size, ti.mtime, ti.uid, ti.gid, ti.uname, ti.gname = size, 0, 0, 0, "", ""
-        return ti
-
     def file_chunks(path: Path, digest: str) -> Iterator[bytes]:
         # Hashed as it is sent: a damaged blob is named (and removed) here, not reported
         # by docker as an "invalid diffID" that says nothing of where it came from.
@@ -406,20 +408,20 @@ def write_docker_archive(layout: OciLayout, manifest_digest: str, repo_tags: lis
             raise _damaged(path, digest)
 
     writer = TarWriter(dst)
-    writer.add(info("blobs", directory=True))
-    writer.add(info("blobs/sha256", directory=True))
+    writer.add(archive_member("blobs", directory=True))
+    writer.add(archive_member("blobs/sha256", directory=True))
     for digest in sorted({manifest_digest, config_digest, *layer_digests[omit_layers:]}):
         path = layout.blob_path(digest)
         if not path.is_file():
             raise ImageError(f"{layout.root}: blob {digest} is missing", "rebuild the image")
-        writer.add(info(blob_name(digest), path.stat().st_size), file_chunks(path, digest))
+        writer.add(archive_member(blob_name(digest), path.stat().st_size), file_chunks(path, digest))
     small = {
         "index.json": canonical_bytes(index),
         "manifest.json": canonical_bytes(docker_manifest),
         "oci-layout": canonical_bytes({"imageLayoutVersion": "1.0.0"}),
     }
     for name, data in small.items():
-        writer.add(info(name, len(data)), (data,))
+        writer.add(archive_member(name, len(data)), (data,))
     writer.close()
 
 
@@ -443,11 +445,6 @@ def write_streamed_archive(dst: IO[bytes], lower_diff_ids: Sequence[str], layer_
         "Layers": [f"lower/{d.split(':', 1)[1]}.tar" for d in lower_diff_ids] + ["layer.tar"],
     }]
 
-    def info(name: str, size: int) -> tarfile.TarInfo:
-        ti = tarfile.TarInfo(name)
-        ti.mode, ti.size, ti.mtime, ti.uname, ti.gname = 0o644, size, 0, "", ""
-        return ti
-
     for name, data in (("config.json", config), ("manifest.json", canonical_bytes(docker_manifest))):
-        writer.add(info(name, len(data)), (data,))
+        writer.add(archive_member(name, len(data)), (data,))
     writer.close()
