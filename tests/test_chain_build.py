@@ -299,8 +299,9 @@ def test_a_failing_test_command_is_exit_1_with_its_output(chain: Path, store: Pa
     ok(bs(proj, store, "lock", "checked"))
     result = bs(proj, store, "test", "checked")
     assert result.exit_code == 1
-    assert "FAIL" in result.stdout and result.stdout.count("pass") == 5  # the inherited ones still pass
-    assert "checking" in result.stderr and "1 of 6 test commands failed" in result.stderr
+    # the inherited ones still pass: root 1, tools 3 (its [pip] imports and 2 commands), app 2
+    assert "FAIL" in result.stdout and result.stdout.count("pass") == 6
+    assert "checking" in result.stderr and "1 of 7 test commands failed" in result.stderr
 
 
 def test_a_damaged_layer_blob_is_named_removed_and_rebuilt(chain: Path, store: Path, built: dict) -> None:
