@@ -11,7 +11,7 @@ import json
 import textwrap
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,7 +100,9 @@ def graph_cmd(obj: Context, fmt: str, recipe: str | None) -> None:
     if fmt == "json":
         click.echo(json.dumps({"order": names, "chains": {n: g.chain(n) for n in names}}, indent=2))
     elif fmt == "dot":
-        click.echo(render_dot(g, names))
+        from buildsys.lockfile import lock_path
+
+        click.echo(render_dot(g, names, unlocked={n for n in names if not lock_path(obj.project, n).exists()}))
     else:
         click.echo(render_text(g, names))
 
@@ -131,10 +133,14 @@ def render_text(g: Graph, names: list[str]) -> str:
     return "\n".join(lines)
 
 
-def render_dot(g: Graph, names: list[str]) -> str:
+def render_dot(g: Graph, names: list[str], unlocked: Collection[str] = ()) -> str:
+    """The DAG for graphviz: roots bold, recipes with no lock in locks/ dashed (and a legend saying so)."""
     out = ["digraph buildsys {", "  rankdir=BT;", '  node [shape=box, fontname="sans-serif"];']
+    if unlocked:
+        out.append('  label="dashed: no lock in locks/ (buildsys lock says why)"; fontname="sans-serif";')
     for n in names:
-        shape = ', style="rounded,bold"' if g.recipes[n].is_root else ""
+        styles = (["rounded", "bold"] if g.recipes[n].is_root else []) + (["dashed"] if n in unlocked else [])
+        shape = f', style="{",".join(styles)}"' if styles else ""
         # The description under the name, wrapped, so the picture says what each layer holds.
         words = textwrap.wrap(g.recipes[n].description, 34)
         text = "\\n".join([n, *words]).replace('"', '\\"')

@@ -176,3 +176,17 @@ def test_missing_project_folder(buildsys, tmp_path):
     assert result.exit_code == 2
     assert "no recipes folder here" in result.stderr
     assert "pass -C PROJECT" in result.stderr
+
+
+def test_dot_dashes_the_recipes_with_no_lock(buildsys, stack, tmp_path):
+    import shutil
+
+    proj = tmp_path / "stack"
+    shutil.copytree(stack, proj)
+    (proj / "locks").mkdir(exist_ok=True)
+    (proj / "locks" / "base.lock").write_text("version = 1\n")  # only whether a lock is there counts
+    out = buildsys("-C", str(proj), "graph", "--format", "dot").stdout
+    assert '"base" [label="base' in out and 'style="rounded,bold"];' in out
+    assert 'style="dashed"' in out and "dashed: no lock in locks/" in out
+    base_line = next(line for line in out.splitlines() if line.strip().startswith('"base" [label='))
+    assert "dashed" not in base_line
