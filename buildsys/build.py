@@ -85,7 +85,7 @@ class LayerRecord:
 class BuiltImage:
     recipe: str
     chain: list[str]
-    layers: list[LayerRecord]  # one per chain prefix; the last is the image itself
+    layers: list[LayerRecord]  # one per chain prefix (an imported image: its own alone); the last is the image
     cached: bool  # True when every layer came from the cache
     seconds: float
     tag: str | None = None
@@ -167,9 +167,39 @@ class Builder:
         for recipe in chain:
             hit = self._cached(self.cache_key(self.graph.recipes[recipe], records[-1] if records else None))
             if hit is None:
-                return None
+                return self._imported(name, chain)
             records.append(hit)
         return BuiltImage(recipe=name, chain=chain, layers=records, cached=True, seconds=0.0)
+
+    def _imported(self, name: str, chain: list[str]) -> BuiltImage | None:
+        """The image ``buildsys import`` put in the store for ``name``, when it is the current locks' image.
+
+        An import brings the image, not the cache entries of its chain (the other machine's
+        intermediate images are not in the archive), so it is found by the store's ref NAME and
+        accepted only when its config's labels name this recipe's hash and this lock's hash (the
+        lock pins its parents' locks). Its ``layers`` then hold the image's own record alone.
+        """
+        from buildsys.image import DamagedBlob
+
+        digest = self.layout.resolve(name)
+        lock = self.locks.get(name)
+        if digest is None or lock is None:
+            return None
+        try:
+            manifest, config = self.layout.read_image(digest)
+            labels = config.get("config", {}).get("Labels") or {}
+            if (labels.get("io.buildsys.recipe-hash") != self.graph.recipes[name].recipe_hash
+                    or labels.get("io.buildsys.lock-hash") != lock.lock_hash):
+                return None
+            layers = tuple((str(d["digest"]), int(d["size"])) for d in manifest["layers"])
+            record = LayerRecord(recipe=name, config_digest=str(manifest["config"]["digest"]),
+                                 manifest_digest=digest, diff_ids=tuple(config["rootfs"]["diff_ids"]),
+                                 layers=layers)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, DamagedBlob):
+            return None
+        if not all(self.layout.has_blob(d) for d, _ in layers):
+            return None
+        return BuiltImage(recipe=name, chain=chain, layers=[record], cached=True, seconds=0.0)
 
     def forget_blob(self, digest: str) -> int:
         """Remove the cache entries whose image uses ``digest``; return how many."""

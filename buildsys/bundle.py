@@ -44,12 +44,15 @@ class BundleResult:
     bytes: int
 
 
+_AGAIN = "run the same `buildsys fetch RECIPE... --bundle FILE` again: fetch replaces what is missing or damaged"
+
+
 def write_bundle(store: Store, artifacts: Sequence[Artifact], out: Path,
                  progress: Progress = lambda r, s, d: None) -> BundleResult:
     arts = sorted({a.sha256: a for a in artifacts}.values(), key=lambda a: a.sha256)
     missing = [a for a in arts if not store.has_artifact(a)]
     if missing:
-        raise NotVendored("bundle", f"{len(missing)} locked file(s) ({missing[0].filename}...)")
+        raise NotVendored("the bundle", f"{len(missing)} locked file(s) ({missing[0].filename}...)", hint=_AGAIN)
     index = {"version": BUNDLE_VERSION, "files": [
         {"sha256": a.sha256, "size": store.vendor_path(a.sha256).stat().st_size, "kind": a.kind, "name": a.name,
          "version": a.version, "filename": a.filename} for a in arts]}
@@ -76,7 +79,8 @@ def _checked(path: Path, art: Artifact):  # type: ignore[no-untyped-def]
             h.update(chunk)
             yield chunk
     if h.hexdigest() != art.sha256:
-        raise NotVendored("bundle", f"{art.filename}", f"damaged in the vendor store (not its sha256 {art.sha256})")
+        raise NotVendored("the bundle", f"{art.filename}", f"damaged in the vendor store (not its sha256 {art.sha256})",
+                          hint=_AGAIN)
 
 
 

@@ -412,7 +412,19 @@ def test_cmd(obj: Context, recipes: tuple[str, ...], gpus: str | None) -> None:
     if request:
         require_gpu(engine)  # before anything is built or started
     with Reporter() as report:
-        images = Builder(Store(obj.store), g, locks, engine=engine, report=report).build(recipes)
+        builder = Builder(Store(obj.store), g, locks, engine=engine, report=report)
+        # An image the store holds (built, or brought by `buildsys import` on an offline machine)
+        # is tested as it is; only the others are built.
+        found = {n: builder.find(n) for n in (recipes or g.order)}
+        missing = [n for n, img in found.items() if img is None]
+        built = {i.recipe: i for i in builder.build(missing)} if missing else {}
+        images = []
+        for name, img in found.items():
+            if img is None:
+                images.append(built[name])
+            else:
+                builder.load(img.record)
+                images.append(img)
     results = [r for img in images for r in run_tests(engine, g, img, gpus=(request,) if request else ())]
     table = Table(title="tests", title_justify="left")
     for col in ("image", "from recipe", "command", "result", "seconds"):
@@ -672,20 +684,26 @@ def doctor_cmd(obj: Context, recipe: str | None, want_gpu: bool) -> None:
     from buildsys.build import Builder
     from buildsys.doctor import diagnose, gpu_probe
     from buildsys.engine import Engine
-    from buildsys.errors import BuildsysError, UnknownRecipe
+    from buildsys.errors import BuildsysError, MissingLock, StaleLock, UnknownRecipe
     from buildsys.lock import fresh_locks
 
     chain: list[str] = []
     locks: dict = {}
     find = None
+    lock_problem: BuildsysError | None = None
     if recipe:
         g = obj.graph()
         if recipe not in g.recipes:
             raise UnknownRecipe(recipe, g.recipes)
         chain = g.chain(recipe)
-        locks = fresh_locks(obj.project, g, [recipe])
+        try:
+            locks = fresh_locks(obj.project, g, [recipe])
+        except (MissingLock, StaleLock) as e:  # the engine and GPU checks need no lock: still run them
+            lock_problem = e
 
         def find(engine: Engine) -> str | None:
+            if lock_problem is not None:
+                return None
             try:
                 image = Builder(Store(obj.store), g, locks, engine=engine, tag=False).find(recipe)
             except BuildsysError:
@@ -693,6 +711,9 @@ def doctor_cmd(obj: Context, recipe: str | None, want_gpu: bool) -> None:
             return image.record.config_digest if image else None
 
     report = diagnose(Engine.connect, recipe, chain, locks, find, want_gpu=want_gpu, gpu_probe=gpu_probe)
+    if lock_problem is not None:
+        report.add(f"lock of {recipe}", "missing", lock_problem.message,
+                   lock_problem.hint or f"`buildsys lock {recipe}`")
     table = Table(title="buildsys doctor", title_justify="left")
     for col in ("check", "status", "detail", "next step"):
         table.add_column(col)
@@ -787,9 +808,9 @@ def down_cmd(obj: Context, recipe: str) -> None:
 def compose_cmd(obj: Context, recipe: str, port: int, tensorboard_port: int, gpus: str | None, bind: str) -> None:
     """Print what `up` starts as a Compose file (the token from $JUPYTER_TOKEN, the GPU as deploy devices)."""
     from buildsys.build import Builder
-    from buildsys.errors import UnknownRecipe
+    from buildsys.errors import ImageNotBuilt, UnknownRecipe
     from buildsys.lock import fresh_locks
-    from buildsys.run import HostUser, ImageNotBuilt, compose, to_yaml
+    from buildsys.run import HostUser, compose, to_yaml
 
     opts = _up_options(recipe, port, tensorboard_port, gpus, bind)
     g = obj.graph()

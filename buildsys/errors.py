@@ -151,9 +151,10 @@ class HashMismatch(FetchError):
 class NotVendored(BuildsysError):
     """A locked artifact is missing from (or corrupt in) the vendor store."""
 
-    def __init__(self, recipe: str, what: str, detail: str = "missing from the vendor store") -> None:
+    def __init__(self, recipe: str, what: str, detail: str = "missing from the vendor store",
+                 hint: str | None = None) -> None:
         self.recipe = recipe
-        super().__init__(f"{recipe}: {what} is {detail}", f"run `buildsys fetch {recipe}`")
+        super().__init__(f"{recipe}: {what} is {detail}", hint or f"run `buildsys fetch {recipe}`")
 
 
 class ToolMissing(BuildsysError):
@@ -204,8 +205,9 @@ class ImageNotBuilt(BuildsysError):
 
     def __init__(self, recipe: str) -> None:
         self.recipe = recipe
-        super().__init__(f"{recipe}: no image of its current locks in the store",
-                         f"build it first: `buildsys build {recipe}`")
+        super().__init__(f"{recipe}: not built for its current locks (the store has no image of them)",
+                         f"build it first: `buildsys fetch {recipe} && buildsys build {recipe}` (or `buildsys "
+                         f"import` an archive of it)")
 
 
 class NotVerified(BuildsysError):

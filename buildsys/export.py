@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from buildsys.build import LayerRecord
+from buildsys.build import LayerRecord, engine_notes
 from buildsys.engine import Engine
 from buildsys.errors import BuildsysError, FormatVersionError
 from buildsys.graph import Graph
@@ -208,7 +208,12 @@ def import_archive(store: Store, archive: Path, engine: Engine | None,
                 write_docker_archive(layout, img.manifest_digest, [], f)
                 f.seek(0)
                 engine.load(f)
-        engine.tag(img.image_id, img.recipe, "latest")
+        previous = engine.tag(img.image_id, img.recipe, "latest")
+        if previous and previous != img.image_id:
+            progress(img.recipe, "warning", f"{img.recipe}:latest pointed at {previous[:19]}; it now points at the "
+                                            f"imported {img.image_id[:19]}")
+        # What a no-op build noted of this tag is no longer so: forget it (the next build asks docker).
+        (engine_notes() / f"{img.recipe}.tag").unlink(missing_ok=True)
         progress(img.recipe, "imported", img.image_id[:19])
     return Imported(tuple(images), len(blobs), nbytes, time.monotonic() - started)
 
@@ -264,7 +269,10 @@ def _check_complete(archive: Path, blobs: Mapping[str, Path], files: Mapping[str
         raise ArchiveError(archive, f"{META} is not an object")
     if meta.get("version") != EXPORT_VERSION:
         raise FormatVersionError(f"{archive}:{META}", meta.get("version"), EXPORT_VERSION)
-    for name, sha in sorted((meta.get("files") or {}).items()):
+    listed = meta.get("files") or {}
+    if not isinstance(listed, dict) or not all(isinstance(v, str) for v in listed.values()):
+        raise ArchiveError(archive, f"{META}: 'files' is not a map of names to sha256")
+    for name, sha in sorted(listed.items()):
         data = files.get(name)
         if data is None:
             raise ArchiveError(archive, f"'{name}' is listed in {META} but missing")
@@ -279,26 +287,35 @@ def _check_complete(archive: Path, blobs: Mapping[str, Path], files: Mapping[str
             raise ArchiveError(archive, f"{META}: an image entry lacks {e}") from e
         if not _NAME_RE.match(img.recipe):
             raise ArchiveError(archive, f"{META}: '{img.recipe}' is not a recipe name")
-        manifest_path = blobs.get(img.manifest_digest)
-        if manifest_path is None:
-            raise ArchiveError(archive, f"{img.recipe}: its manifest {img.manifest_digest} is missing")
-        manifest = json.loads(manifest_path.read_bytes())
-        config_digest = manifest.get("config", {}).get("digest")
-        if config_digest != img.image_id:
-            raise ArchiveError(archive, f"{img.recipe}: the manifest's config is {config_digest}, "
-                                        f"{META} says {img.image_id}")
-        for desc in [manifest["config"], *manifest.get("layers", [])]:
-            path = blobs.get(desc["digest"])
-            if path is None:
-                raise ArchiveError(archive, f"{img.recipe}: blob {desc['digest']} is missing")
-            if path.stat().st_size != desc["size"]:
-                raise ArchiveError(archive, f"{img.recipe}: blob {desc['digest']} has {path.stat().st_size} "
-                                            f"bytes, its manifest says {desc['size']}")
-        config = json.loads(blobs[config_digest].read_bytes())
-        diff_ids = tuple(config.get("rootfs", {}).get("diff_ids", []))
-        if diff_ids != tuple(d["digest"] for d in manifest["layers"]) or diff_ids != img.diff_ids:
-            raise ArchiveError(archive, f"{img.recipe}: its config's diff_ids do not match its layers")
+        try:
+            _check_image(archive, img, blobs)
+        except (ValueError, KeyError, TypeError, AttributeError) as e:  # UnicodeDecodeError is a ValueError
+            raise ArchiveError(archive, f"{img.recipe}: its manifest or config is not an OCI one "
+                                        f"({type(e).__name__}: {e})") from e
         images.append(img)
     if not images:
         raise ArchiveError(archive, f"{META} lists no image")
     return images
+
+
+def _check_image(archive: Path, img: ExportedImage, blobs: Mapping[str, Path]) -> None:
+    """The image's manifest, config and layers are all there, with the sizes and diff_ids they claim."""
+    manifest_path = blobs.get(img.manifest_digest)
+    if manifest_path is None:
+        raise ArchiveError(archive, f"{img.recipe}: its manifest {img.manifest_digest} is missing")
+    manifest = json.loads(manifest_path.read_bytes())
+    config_digest = manifest.get("config", {}).get("digest")
+    if config_digest != img.image_id:
+        raise ArchiveError(archive, f"{img.recipe}: the manifest's config is {config_digest}, "
+                                    f"{META} says {img.image_id}")
+    for desc in [manifest["config"], *manifest.get("layers", [])]:
+        path = blobs.get(desc["digest"])
+        if path is None:
+            raise ArchiveError(archive, f"{img.recipe}: blob {desc['digest']} is missing")
+        if path.stat().st_size != desc["size"]:
+            raise ArchiveError(archive, f"{img.recipe}: blob {desc['digest']} has {path.stat().st_size} "
+                                        f"bytes, its manifest says {desc['size']}")
+    config = json.loads(blobs[config_digest].read_bytes())
+    diff_ids = tuple(config.get("rootfs", {}).get("diff_ids", []))
+    if diff_ids != tuple(d["digest"] for d in manifest["layers"]) or diff_ids != img.diff_ids:
+        raise ArchiveError(archive, f"{img.recipe}: its config's diff_ids do not match its layers")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +31,7 @@ from buildsys.recipe import Recipe
 from buildsys.registry import NotInRegistry, Reference, Registry, RegistryError
 
 TAG_PREFIX = "bs-"
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 Report = Callable[[str, str, str], None]
 
@@ -67,12 +69,18 @@ class RemoteCache:
         except RegistryError as e:
             self.report(recipe.name, "remote miss", e.message)
             return None
+        except (ValueError, KeyError, TypeError, AttributeError) as e:  # an answer that is no entry of ours
+            self.report(recipe.name, "remote miss", f"entry {self.tag(key)[:19]} is not a manifest buildsys "
+                                                    f"wrote ({type(e).__name__}: {e}); ignored")
+            return None
 
     def _fetch(self, reg: Registry, repo: str, key: str, recipe: Recipe, parent: LayerRecord | None,
                layout: OciLayout) -> LayerRecord | None:
         manifest_bytes, _, manifest_digest = reg.get_manifest(repo, self.tag(key))
         manifest = json.loads(manifest_bytes)
         layers = [(d["digest"], int(d["size"])) for d in manifest.get("layers", [])]
+        if not all(isinstance(d, str) and _DIGEST.fullmatch(d) for d, _ in layers):
+            raise ValueError("a layer digest is not sha256:<64 hex>")
         below = list(parent.layers) if parent else []
         if manifest.get("mediaType") != MANIFEST_MEDIA_TYPE or len(layers) != len(below) + 1 or \
                 layers[:-1] != below:
@@ -80,6 +88,8 @@ class RemoteCache:
                                                     "layers; ignored")
             return None
         config_digest = manifest["config"]["digest"]
+        if not isinstance(config_digest, str) or not _DIGEST.fullmatch(config_digest):
+            raise ValueError("the config digest is not sha256:<64 hex>")
         config_bytes = reg.get_blob_bytes(repo, config_digest)
         config = json.loads(config_bytes)
         diff_ids = tuple(config.get("rootfs", {}).get("diff_ids", []))

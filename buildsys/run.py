@@ -37,7 +37,7 @@ from typing import Any
 
 from buildsys.build import Builder, BuiltImage
 from buildsys.engine import ContainerSpec, Engine, EngineError, GpuRequest
-from buildsys.errors import BuildsysError, UsageError
+from buildsys.errors import BuildsysError, ImageNotBuilt, UsageError
 from buildsys.graph import Graph
 from buildsys.lockfile import Lock
 from buildsys.store import Store
@@ -63,13 +63,6 @@ TENSORBOARD_PORT = 6006
 
 class RunError(BuildsysError):
     """A container could not be run (exit 1)."""
-
-
-class ImageNotBuilt(RunError):
-    def __init__(self, recipe: str) -> None:
-        self.recipe = recipe
-        super().__init__(f"the image of '{recipe}' is not built for its current locks",
-                         f"build it: `buildsys fetch {recipe} && buildsys build {recipe}`")
 
 
 class PortInUse(RunError):

@@ -122,6 +122,18 @@ def test_unreachable_repo_says_so(tmp_path: Path) -> None:
     assert "mirror" in r.stderr
 
 
+def test_cran_in_a_root_recipe_is_refused_before_anything_is_resolved(tmp_path: Path) -> None:
+    """Before, the root ignored [cran] and wrote a lock that covers() then called stale, forever."""
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "rroot.toml").write_text(
+        '[base]\ndebian = { suite = "bookworm" }\n\n[cran]\npackages = ["R6"]\n'
+        'repo = "https://packagemanager.posit.co/cran/2025-06-02"\n')
+    r = bs(tmp_path, tmp_path / "store", "lock", "rroot")
+    assert r.exit_code == 1, r.output + r.stderr
+    assert "rroot.toml: [cran] in a root recipe is not supported" in r.stderr and "r-base-core" in r.stderr
+    assert not (tmp_path / "locks" / "rroot.lock").exists()
+
+
 def test_damaged_index(repo: tuple[str, Path], tmp_path: Path) -> None:
     url, root = repo
     bad = tmp_path / "bad"

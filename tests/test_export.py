@@ -120,6 +120,27 @@ def test_a_tampered_layer_is_refused_with_nothing_loaded(archive: Path, shipped,
     nothing_imported(engine2, shipped, store)
 
 
+def test_a_crafted_archive_whose_hashes_all_match_is_refused_by_name(archive: Path, shipped, engine2,
+                                                                    tmp_path) -> None:
+    """export.json's manifest digest pointed at a layer blob: every hash checks, the JSON does not parse."""
+    proj, _ = shipped
+    layer = max((m for m in members(archive).values() if m.name.startswith("blobs/")), key=lambda m: m.size)
+
+    def point_at_layer(data: bytes) -> bytes:
+        meta = json.loads(data)
+        meta["images"][0]["manifest_digest"] = "sha256:" + layer.name.rsplit("/", 1)[1]
+        return json.dumps(meta).encode()
+
+    bad = tmp_path / "crafted.tar"
+    rewrite(archive, bad, "buildsys/export.json", point_at_layer)
+    store = tmp_path / "store"
+    result = bs(proj, store, "import", str(bad))
+    assert result.exit_code == 1, result.output + result.stderr
+    assert "its manifest or config is not an OCI one" in result.stderr and "nothing was imported" in result.stderr
+    assert "Traceback" not in result.output + result.stderr
+    nothing_imported(engine2, shipped, store)
+
+
 def test_a_tampered_lock_or_a_missing_blob_is_refused(archive: Path, shipped, engine2, tmp_path) -> None:
     proj, _ = shipped
     bad = tmp_path / "lock.tar"
@@ -172,7 +193,8 @@ def test_docker_load_reads_the_archive_as_it_is(archive: Path, shipped, second_e
     assert not has_image(second_engine, ids["app"])
 
 
-def test_import_on_an_engine_that_never_saw_the_images(archive: Path, shipped, engine2, tmp_path) -> None:
+def test_import_on_an_engine_that_never_saw_the_images(archive: Path, shipped, engine2, tmp_path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     proj, _ = shipped
     store = tmp_path / "store"
     result = ok(bs(proj, store, "import", str(archive)))
@@ -184,6 +206,11 @@ def test_import_on_an_engine_that_never_saw_the_images(archive: Path, shipped, e
     assert run.stdout.strip() == "built"
     # the importing store holds the images by their digests, as a build would have left them
     assert set(OciLayout(store / "oci").refs()) == {"app", "tools"}
+    # ... and buildsys itself uses them there, with no vendored input to build from
+    assert "6 passed, 0 failed" in ok(bs(proj, store, "test", "app")).stderr
+    monkeypatch.chdir(tmp_path)
+    got = bs(proj, store, "run", "app", "--", "cat", "/home/app/built.txt")
+    assert got.exit_code == 0 and got.stdout.strip() == "built", got.output + got.stderr
     engine2.docker("rmi", "app:latest", "tools:latest")
 
 

@@ -9,7 +9,7 @@ import pytest
 from buildsys.errors import LockError
 from buildsys.graph import build_graph
 from buildsys.lock.layer import chain_debs, chain_pips, check_parents_agree
-from buildsys.lockfile import Lock, LockedDeb, LockedPip
+from buildsys.lockfile import Lock, LockedCran, LockedDeb, LockedPip
 from buildsys.recipe import load_recipes
 
 DIAMOND = Path(__file__).parent / "fixtures" / "diamond"
@@ -34,13 +34,22 @@ def test_parents_that_agree_pass() -> None:
     check_parents_agree(graph.recipes["top"], graph, locks(left, right))
 
 
-@pytest.mark.parametrize("kind", ["apt", "pip"])
+def cran(name: str, version: str) -> LockedCran:
+    return LockedCran(name=name, version=version, sha256="0" * 64, size=1,
+                      url=f"https://cran.example/src/contrib/{name}_{version}.tar.gz")
+
+
+@pytest.mark.parametrize("kind", ["apt", "pip", "CRAN"])
 def test_parents_that_disagree_name_the_package_both_versions_and_what_to_relock(kind: str) -> None:
     graph = build_graph(load_recipes(DIAMOND))
     if kind == "apt":
         left = Lock(recipe="left", recipe_hash="sha256:l", source_date_epoch=1, apt=(deb("jq", "1.6"),))
         right = Lock(recipe="right", recipe_hash="sha256:r", source_date_epoch=1, apt=(deb("jq", "1.7"),))
         pkg, a, b = "jq", "1.6", "1.7"
+    elif kind == "CRAN":  # two snapshot dates: both layers would install into the one site library
+        left = Lock(recipe="left", recipe_hash="sha256:l", source_date_epoch=1, cran=(cran("jsonlite", "1.8.8"),))
+        right = Lock(recipe="right", recipe_hash="sha256:r", source_date_epoch=1, cran=(cran("jsonlite", "1.9.0"),))
+        pkg, a, b = "jsonlite", "1.8.8", "1.9.0"
     else:
         left = Lock(recipe="left", recipe_hash="sha256:l", source_date_epoch=1, pip=(LockedPip("six", "1.16.0", ()),))
         right = Lock(recipe="right", recipe_hash="sha256:r", source_date_epoch=1,

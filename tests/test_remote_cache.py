@@ -89,3 +89,39 @@ def test_a_cache_registry_that_is_down_is_a_miss_not_a_failure(shipped, tmp_path
     remote = RemoteCache(f"{host}/cache/none", None, report=lambda *e: events.append(e))
     assert remote.fetch("0" * 64, graph.recipes["root"], None, OciLayout(tmp_path / "oci")) is None
     assert events[0][:2] == ("root", "remote miss") and host in events[0][2] and "unreachable" in events[0][2]
+
+
+def test_an_answer_that_is_no_manifest_is_a_miss_not_a_traceback(shipped, tmp_path) -> None:
+    """A proxy in front of the cache that answers 200 with an HTML page (reviewer's case)."""
+    import http.server
+    import threading
+
+    from buildsys.graph import build_graph
+    from buildsys.image import OciLayout
+    from buildsys.recipe import load_recipes
+    from buildsys.remote_cache import RemoteCache
+
+    class Portal(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            body = b"<html><body>Please log in to the proxy</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Portal)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        proj, _ = shipped
+        graph = build_graph(load_recipes(proj))
+        events: list[tuple[str, str, str]] = []
+        remote = RemoteCache(f"127.0.0.1:{server.server_address[1]}/cache/x", None,
+                             report=lambda *e: events.append(e))
+        assert remote.fetch("0" * 64, graph.recipes["root"], None, OciLayout(tmp_path / "oci")) is None
+        assert [e for e in events if e[1] == "remote miss" and "not a manifest buildsys wrote" in e[2]], events
+    finally:
+        server.shutdown()

@@ -191,6 +191,16 @@ def test_doctor_reports_this_engine(tmp_path: Path) -> None:
 
 
 @docker_mark
+def test_doctor_of_a_recipe_without_a_lock_still_checks_the_engine(tmp_path: Path) -> None:
+    """`user` cannot be locked here (CRAN): the engine rows are there, and a row says what to do."""
+    r = bs(ROOT, tmp_path / "store", "doctor", "user")
+    assert r.exit_code == 1, r.output + r.stderr
+    info = Engine.connect().info()
+    assert info.version in r.stdout and "lock of user" in r.stdout and "buildsys lock user" in r.stdout
+    assert "lock of user" in r.stderr  # the summary line names it too
+
+
+@docker_mark
 @needs_no_gpu
 def test_doctor_says_what_a_gpu_needs(tmp_path: Path) -> None:
     r = bs(ROOT, tmp_path / "store", "doctor", "--gpus")

@@ -177,6 +177,9 @@ def resolve(recipe: Recipe, store: Store, graph: Graph, locks: dict[str, Lock], 
         if recipe.pip_packages:
             raise LockError(f"{recipe.path}: [pip] in a root recipe is not supported",
                             hint="put pip packages in a child recipe whose chain installs python3")
+        if recipe.cran_packages:
+            raise LockError(f"{recipe.path}: [cran] in a root recipe is not supported",
+                            hint="put CRAN packages in a child recipe whose chain installs R (r-base-core)")
         base, epoch = lock_debian_root(recipe, store.cache / "apt")
         return Lock(recipe=recipe.name, recipe_hash=recipe.recipe_hash,
                     source_date_epoch=max([epoch, *files.epochs]), base=base, files=files.locked)

@@ -39,7 +39,7 @@ def chain_pips(locks: Sequence[Lock]) -> dict[str, str]:
 
 
 def check_parents_agree(recipe: Recipe, graph: Graph, locks: Mapping[str, Lock]) -> None:
-    """Parents that share a package must pin it to the same version (apt and pip alike)."""
+    """Parents that share a package must pin it to the same version (apt, pip and CRAN alike)."""
     if len(recipe.parents) < 2:
         return
     seen: dict[tuple[str, str], tuple[str, str]] = {}  # (kind, package) -> (version, recipe)
@@ -48,6 +48,7 @@ def check_parents_agree(recipe: Recipe, graph: Graph, locks: Mapping[str, Lock])
             lk = locks[name]
             pins = [("apt", d.name, d.version) for d in (*(lk.base.packages if lk.base else ()), *lk.apt)]
             pins += [("pip", p.name, p.version) for p in lk.pip]
+            pins += [("CRAN", c.name, c.version) for c in lk.cran]
             for kind, pkg, version in pins:
                 other = seen.setdefault((kind, pkg), (version, name))
                 if other[0] != version:
