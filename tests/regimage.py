@@ -3,7 +3,7 @@
 No image can be pulled on these machines, so the image is made here from real
 layer tarballs: the host's dash (as /bin/sh), its libc and loader, and its
 /etc/os-release in a gzip layer; a second, uncompressed layer whiteouts one
-file of the first and adds another. It is pushed with buildsys's own registry
+file of the first and adds rm and another file. It is pushed with buildsys's own registry
 client under a multi-platform index (an arm64 entry first, so taking the first
 entry would be wrong), plus two broken variants: an index without linux/amd64
 and an image whose config names a wrong diff_id.
@@ -36,6 +36,7 @@ class TinyImage:
     arm64_manifest: str
     config_digest: str
     layer_digests: list[str]  # the blobs as pushed (the first gzip, the second plain)
+    layer_sizes: list[int]
     diff_ids: list[str]
 
     def ref(self, tag: str = "1.0") -> str:
@@ -74,7 +75,8 @@ def layers() -> tuple[bytes, bytes]:
         ("lib/x86_64-linux-gnu/libc.so.6", (host / "lib/x86_64-linux-gnu/libc.so.6").read_bytes(), 0o755),
         ("lib64/ld-linux-x86-64.so.2", (host / "lib64/ld-linux-x86-64.so.2").read_bytes(), 0o755),
     ])
-    second = _tar([("etc", None, 0o755), ("etc/.wh.motd", b"", 0o644),
+    second = _tar([("bin", None, 0o755), ("bin/rm", (host / "usr/bin/rm").read_bytes(), 0o755),
+                   ("etc", None, 0o755), ("etc/.wh.motd", b"", 0o644),
                    ("etc/greeting", b"hello from the base image\n", 0o644)])
     return first, second
 
@@ -128,7 +130,8 @@ def push_tiny_image(host: str) -> TinyImage:
     bad, _ = image(config([diff_ids[0], _digest(b"not the second layer")]))
     manifest, media, _ = reg.get_manifest(REPO, bad)
     reg.put_manifest(REPO, "bad-diffid", manifest, media)
-    return TinyImage(host, index_digest, amd64, arm64, _digest(amd64_cfg), [_digest(b) for b in blobs], diff_ids)
+    return TinyImage(host, index_digest, amd64, arm64, _digest(amd64_cfg), [_digest(b) for b in blobs],
+                     [len(b) for b in blobs], diff_ids)
 
 
 def registry_blob_file(root: Path, digest: str) -> Path:

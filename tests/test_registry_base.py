@@ -150,7 +150,8 @@ def test_platform_from_the_recipe_and_checks_of_the_lock(tiny: tuple[RegistrySer
     # Hostile values: each one named by its table, entry and key (exit 2), before any is used.
     for old, new, named in [
         (image.layer_digests[0], "sha256:../../etc/passwd", "[[base.image.layers]] #1: digest"),
-        ("\nsize = 10240", '\nsize = "10240"', "[[base.image.layers]] #2: size"),
+        (f"\nsize = {image.layer_sizes[1]}", f'\nsize = "{image.layer_sizes[1]}"',
+         "[[base.image.layers]] #2: size"),
         ("application/vnd.oci.image.layer.v1.tar+gzip", "application/x-evil", "media-type"),
         (image.arm64_manifest, "sha256:abc", "[base.image]: manifest-digest"),
     ]:
