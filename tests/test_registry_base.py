@@ -7,6 +7,7 @@ multi-platform index whose first entry is arm64.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import tomllib
@@ -18,6 +19,7 @@ from regimage import CREATED_EPOCH, TinyImage, push_tiny_image, registry_blob_fi
 from shipenv import RegistryService, docker_registry, free_port
 
 from buildsys.image import OciLayout, rfc3339
+from buildsys.registry import Registry
 
 ROOT = """description = "a tiny image from a registry"
 [base]
@@ -142,6 +144,21 @@ def test_platform_from_the_recipe_and_checks_of_the_lock(tiny: tuple[RegistrySer
     path = proj / "locks" / "root.lock"
     assert tomllib.loads(path.read_text())["base"]["image"]["manifest-digest"] == image.arm64_manifest
     ok(bs(proj, store, "lock", "--check"))
+    client = Registry(reg.host)
+    amd64, media, _ = client.get_manifest("test/tiny", image.amd64_manifest)
+    client.put_manifest("test/tiny", "1.0", amd64, media)  # the tag now names an amd64 image alone
+    result = bs(proj, store, "lock", "--upgrade")
+    assert result.exit_code == 1 and "the image is for linux/amd64, the recipe asks for linux/arm64" in result.output
+    # A tag moved upstream to another arm64 image: `lock --upgrade --check` names the move, writes nothing.
+    arm64, media, _ = client.get_manifest("test/tiny", image.arm64_manifest)
+    moved = json.dumps(json.loads(arm64)).encode()
+    digest = client.put_manifest("test/tiny", "sha256:" + hashlib.sha256(moved).hexdigest(), moved, media)
+    client.put_manifest("test/tiny", "1.0", moved, media)
+    result = bs(proj, store, "lock", "--upgrade", "--check")
+    assert result.exit_code == 3, result.output
+    row = next(line for line in result.output.splitlines() if image.ref() in line and "image" in line)
+    assert image.arm64_manifest[:19] in row and digest[:19] in row, result.output
+    assert tomllib.loads(path.read_text())["base"]["image"]["manifest-digest"] == image.arm64_manifest
     text = path.read_text()
     # A lock edited to pin another reference no longer covers its recipe (exit 3).
     path.write_text(text.replace(f'reference = "{image.ref()}"', f'reference = "{image.ref("arm-only")}"'))

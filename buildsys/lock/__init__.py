@@ -40,7 +40,7 @@ class Change:
     """One pin that a relock moves: what ``lock --upgrade --check`` reports."""
 
     recipe: str
-    kind: str  # "apt" | "pip" | "cran" | "files"
+    kind: str  # "apt" | "pip" | "cran" | "files" | "image"
     name: str
     old: str  # "" when added
     new: str  # "" when removed
@@ -62,6 +62,9 @@ def diff_locks(old: Lock | None, new: Lock) -> list[Change]:
         out.update({("pip", p.name): (p.version, "") for p in lock.pip})
         out.update({("files", f.name): (f.sha256[:12], f.url) for f in lock.files})
         out.update({("cran", c.name): (c.version, "") for c in lock.cran})
+        if lock.image_base:  # a tag that moved upstream: the manifest it now names
+            out[("image", lock.image_base.reference)] = (lock.image_base.manifest_digest[:19],
+                                                          lock.image_base.platform)
         return out
 
     before, after = pins(old), pins(new)
