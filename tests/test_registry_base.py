@@ -210,3 +210,20 @@ def test_a_damaged_blob_is_never_vendored_and_a_wrong_diff_id_is_never_built(tin
     hexd = image.layer_digests[0].split(":")[1]
     assert result.exit_code == 1 and hexd in result.output, result.output
     assert not list((store / "vendor" / "sha256").glob(f"{hexd}*"))
+
+
+def test_fetch_resumes_a_partial_blob_with_a_range_request(tiny: tuple[RegistryService, TinyImage],
+                                                           tmp_path: Path) -> None:
+    reg, image = tiny
+    proj, store = project(tmp_path / "proj", image.ref(), child=None), tmp_path / "store"
+    ok(bs(proj, store, "lock"))
+    blob = registry_blob_file(reg.root, image.layer_digests[0])
+    good = blob.read_bytes()
+    half = len(good) // 2
+    hexd = image.layer_digests[0].split(":")[1]
+    (store / "vendor" / "sha256").mkdir(parents=True)
+    (store / "vendor" / "sha256" / f"{hexd}.partial").write_bytes(good[:half])  # an interrupted fetch
+    # The registry now serves a damaged first half: only a fetch that asks for the rest can succeed.
+    blob.write_bytes(b"\0" * half + good[half:])
+    ok(bs(proj, store, "fetch"))
+    assert (store / "vendor" / "sha256" / hexd).read_bytes() == good
