@@ -105,6 +105,10 @@ def test_lock_fetch_then_build_verify_and_test_with_the_registry_stopped(tmp_pat
     t = time.monotonic()
     ok(bs(proj, store, "test", "child"))
     seconds["test"] = time.monotonic() - t
+    # The SBOM names the base image by its manifest digest, next to what the chain locked.
+    for fmt in ("cyclonedx", "spdx"):
+        sbom = ok(bs(proj, store, "sbom", "child", "--format", fmt)).stdout
+        assert f"pkg:oci/tiny@{image.amd64_manifest}?arch=amd64&repository_url={image.host}/test/tiny" in sbom
     print("registry base seconds:", {k: round(v, 2) for k, v in seconds.items()})
 
 
