@@ -3,7 +3,7 @@
 No image can be pulled on these machines, so the image is made here from real
 layer tarballs: the host's dash (as /bin/sh), its libc and loader, and its
 /etc/os-release in a gzip layer; a second, uncompressed layer whiteouts one
-file of the first and adds rm and another file. It is pushed with buildsys's own registry
+file of the first and adds rm and another file; a third is zstd-compressed. It is pushed with buildsys's own registry
 client under a multi-platform index (an arm64 entry first, so taking the first
 entry would be wrong), plus two broken variants: an index without linux/amd64
 and an image whose config names a wrong diff_id.
@@ -15,6 +15,7 @@ import gzip
 import hashlib
 import io
 import json
+import subprocess
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,7 @@ class TinyImage:
     amd64_manifest: str
     arm64_manifest: str
     config_digest: str
-    layer_digests: list[str]  # the blobs as pushed (the first gzip, the second plain)
+    layer_digests: list[str]  # the blobs as pushed (gzip, plain, zstd)
     layer_sizes: list[int]
     diff_ids: list[str]
 
@@ -63,8 +64,8 @@ def _digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def layers() -> tuple[bytes, bytes]:
-    """(first layer, second layer), uncompressed."""
+def layers() -> tuple[bytes, bytes, bytes]:
+    """The three layers, uncompressed."""
     host = Path("/")
     first = _tar([
         ("bin", None, 0o755), ("etc", None, 0o755), ("lib", None, 0o755), ("lib/x86_64-linux-gnu", None, 0o755),
@@ -78,7 +79,8 @@ def layers() -> tuple[bytes, bytes]:
     second = _tar([("bin", None, 0o755), ("bin/rm", (host / "usr/bin/rm").read_bytes(), 0o755),
                    ("etc", None, 0o755), ("etc/.wh.motd", b"", 0o644),
                    ("etc/greeting", b"hello from the base image\n", 0o644)])
-    return first, second
+    third = _tar([("etc", None, 0o755), ("etc/zstd-layer", b"unpacked with zstd\n", 0o644)])
+    return first, second, third
 
 
 def config(diff_ids: list[str], arch: str = "amd64") -> bytes:
@@ -96,13 +98,14 @@ def config(diff_ids: list[str], arch: str = "amd64") -> bytes:
 
 def push_tiny_image(host: str) -> TinyImage:
     reg = Registry(host)
-    first, second = layers()
+    first, second, third = layers()
     first_gz = gzip.compress(first, mtime=0)
-    diff_ids = [_digest(first), _digest(second)]
-    blobs = [first_gz, second]
-    descs = [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": _digest(first_gz),
-              "size": len(first_gz)},
-             {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": _digest(second), "size": len(second)}]
+    third_zst = subprocess.run(["zstd", "-q", "-c", "-"], input=third, capture_output=True, check=True).stdout
+    diff_ids = [_digest(first), _digest(second), _digest(third)]
+    blobs = [first_gz, second, third_zst]
+    types = ["tar+gzip", "tar", "tar+zstd"]
+    descs = [{"mediaType": f"application/vnd.oci.image.layer.v1.{t}", "digest": _digest(b), "size": len(b)}
+             for t, b in zip(types, blobs, strict=True)]
     for blob in blobs:
         reg.push_blob(REPO, _digest(blob), len(blob), blob)
 
@@ -127,7 +130,7 @@ def push_tiny_image(host: str) -> TinyImage:
     index_digest = index([(arm64, arm64_size, "arm64"), (amd64, amd64_size, "amd64")], "1.0")
     index([(arm64, arm64_size, "arm64")], "arm-only")
     # An image whose config names a diff_id that its second layer does not have.
-    bad, _ = image(config([diff_ids[0], _digest(b"not the second layer")]))
+    bad, _ = image(config([diff_ids[0], _digest(b"not the second layer"), diff_ids[2]]))
     manifest, media, _ = reg.get_manifest(REPO, bad)
     reg.put_manifest(REPO, "bad-diffid", manifest, media)
     return TinyImage(host, index_digest, amd64, arm64, _digest(amd64_cfg), [_digest(b) for b in blobs],

@@ -1,8 +1,8 @@
 """Roots on a registry image (``[base] image``): locked to digests, vendored, built with the registry gone.
 
 The registry is Debian's docker-registry on loopback; the image is a tiny real
-one pushed into it (``regimage``): a gzip and a plain layer, a whiteout, a
-multi-platform index whose first entry is arm64.
+one pushed into it (``regimage``): a gzip, a plain and a zstd layer, a
+whiteout, a multi-platform index whose first entry is arm64.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ image = "{ref}"
 env = {{ ROOT_SET = "1" }}
 [test]
 commands = ['read g < /etc/greeting && [ "$g" = "hello from the base image" ]', '[ ! -e /etc/motd ]',
+            'read z < /etc/zstd-layer && [ "$z" = "unpacked with zstd" ]',
             '[ "$FROM_BASE" = yes ] && [ "$ROOT_SET" = 1 ]']
 """
 CHILD = """parents = ["root"]
@@ -70,7 +71,7 @@ def test_lock_fetch_then_build_verify_and_test_with_the_registry_stopped(tmp_pat
         assert pinned["reference"] == image.ref() and pinned["platform"] == "linux/amd64"
         assert pinned["config-digest"] == image.config_digest
         assert [la["digest"] for la in pinned["layers"]] == image.layer_digests
-        assert [la["media-type"].rsplit(".", 1)[-1] for la in pinned["layers"]] == ["tar+gzip", "tar"]
+        assert [la["media-type"].rsplit(".", 1)[-1] for la in pinned["layers"]] == ["tar+gzip", "tar", "tar+zstd"]
         assert lock["source-date-epoch"] == CREATED_EPOCH  # the config's created, not the clock
         before = (proj / "locks" / "root.lock").read_bytes()
         ok(bs(proj, store, "lock", "--upgrade", "root"))  # relock: byte-identical
@@ -85,7 +86,7 @@ def test_lock_fetch_then_build_verify_and_test_with_the_registry_stopped(tmp_pat
     out = json.loads(ok(bs(proj, store, "build", "--json", "child")).stdout)
     seconds["build"] = time.monotonic() - t
     built = out[0]
-    assert built["diff_ids"][:2] == image.diff_ids and len(built["diff_ids"]) == 3
+    assert built["diff_ids"][:3] == image.diff_ids and len(built["diff_ids"]) == 4
     layout = OciLayout(store / "oci")
     root_manifest = layout.resolve("root")
     assert root_manifest is not None
