@@ -135,7 +135,7 @@ def test_lock_against_a_registry_that_is_down(tmp_path: Path) -> None:
     proj = project(tmp_path / "proj", ref, child=None)
     result = bs(proj, tmp_path / "store", "lock")
     assert result.exit_code == 1, result.output
-    assert "unreachable" in result.output and ref in result.output
+    assert "unreachable" in result.output and ref in result.output and "then lock again" in result.output
     assert not (proj / "locks").exists() or not any((proj / "locks").iterdir())
 
 

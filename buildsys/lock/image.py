@@ -19,11 +19,11 @@ import os
 import time
 from typing import Any
 
-from buildsys.errors import LockError
+from buildsys.errors import LockError, UsageError
 from buildsys.lockfile import ImageBaseLock, LockedLayer
 from buildsys.lockschema import IMAGE_MANIFEST_TYPES, LAYER_MEDIA_TYPES
 from buildsys.recipe import ImageBase, Recipe
-from buildsys.registry import NotInRegistry, Reference, Registry, RegistryError
+from buildsys.registry import NotInRegistry, Reference, Registry, RegistryError, RegistryUnavailable
 
 INDEX_TYPES = ("application/vnd.oci.image.index.v1+json",
                "application/vnd.docker.distribution.manifest.list.v2+json")
@@ -55,7 +55,7 @@ def lock_image_root(recipe: Recipe, registry: Registry | None = None) -> tuple[I
     assert isinstance(base, ImageBase)
     try:
         ref = Reference.parse(base.image)
-    except Exception as e:  # a UsageError with its own hint; said again with the recipe's name
+    except UsageError as e:  # said again with the recipe's name
         raise LockError(f"{recipe.path}: base.image: {e}",
                         "write HOST[:PORT]/REPO[:TAG] or HOST/REPO@sha256:..., e.g. nvcr.io/nvidia/cuda:12.4.1-base"
                         ) from e
@@ -73,6 +73,10 @@ def lock_image_root(recipe: Recipe, registry: Registry | None = None) -> tuple[I
         raise LockError(f"{where}: {e.message}",
                         f"check the name and tag on {ref.host} (a tag deleted upstream is gone for good: pin "
                         "another one, or a digest)") from e
+    except RegistryUnavailable as e:  # its own hint speaks of publishing
+        raise LockError(f"{where}: {e.message}",
+                        f"check that {ref.host} answers (curl {reg.base}/v2/), then lock again; nothing was "
+                        "written") from e
     except RegistryError as e:
         raise LockError(f"{where}: {e.message}", e.hint) from e
     except ValueError as e:  # JSON that is not a manifest
