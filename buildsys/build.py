@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from buildsys import bootstrap, steps
+from buildsys import baseimage, bootstrap, steps
 from buildsys.errors import BuildError, NotVendored, StaleLock
 from buildsys.graph import Graph
 from buildsys.image import (
@@ -372,8 +372,36 @@ class Builder:
         self.report(recipe.name, "built", f"{record.config_digest[:19]} in {time.monotonic() - started:.1f}s")
         return record, False
 
+    def _image_root(self, recipe: Recipe, timings: dict[str, float]) -> LayerRecord:
+        """A registry root: the image's vendored layers, unpacked and checked, under its canonical config."""
+        lock = self.locks[recipe.name]
+        base = lock.image_base
+        assert base is not None
+        t0 = time.monotonic()
+        self.report(recipe.name, "unpack", f"{base.reference}: {len(base.layers)} layer(s) from the vendor store, "
+                                           "no registry")
+        upstream = baseimage.read_config(self.store, recipe.name, base)
+        layers = baseimage.unpack_layers(self.store, self.layout, recipe.name, base, upstream)
+        t1 = time.monotonic()
+        os_name, _, arch = base.platform.partition("/")
+        labels = oci_labels(recipe.name, recipe.recipe_hash, lock.lock_hash, recipe.description)
+        config = make_config(parent=baseimage.canonical_base_config(upstream, lock.source_date_epoch), diff_id=None,
+                             epoch=lock.source_date_epoch, image=recipe.image, labels=labels,
+                             created_by=f"buildsys: {recipe.name} (on {base.reference})",
+                             architecture=arch.split("/")[0], os=os_name)
+        img = self.layout.write_image(config, layers)
+        record = LayerRecord(recipe=recipe.name, config_digest=img.config_digest,
+                             manifest_digest=img.manifest_digest, diff_ids=tuple(img.diff_ids),
+                             layers=tuple(layers))
+        t2 = time.monotonic()
+        self.load(record)
+        timings.update(install=t1 - t0, normalize=t2 - t1, load=time.monotonic() - t2)
+        return record
+
     def _root_layer(self, recipe: Recipe, timings: dict[str, float]) -> LayerRecord:
         lock = self.locks[recipe.name]
+        if lock.image_base is not None:
+            return self._image_root(recipe, timings)
         assert lock.base is not None
         with self.store.scratch(f"build-{recipe.name}") as tmp:
             self.report(recipe.name, "bootstrap", f"mmdebstrap {lock.base.suite}/{lock.base.variant}, "

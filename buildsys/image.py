@@ -129,7 +129,7 @@ def oci_labels(recipe_name: str, recipe_hash: str, lock_hash: str, description: 
 def make_config(
     *,
     parent: dict[str, Any] | None,
-    diff_id: str,
+    diff_id: str | None,
     epoch: int,
     image: ImageConfig,
     labels: dict[str, str],
@@ -137,7 +137,7 @@ def make_config(
     architecture: str = "amd64",
     os: str = "linux",
 ) -> dict[str, Any]:
-    """The config of an image made of ``parent`` plus one layer, with Dockerfile-like inheritance.
+    """The config of an image made of ``parent`` plus one layer (none: ``diff_id`` None), Dockerfile-like.
 
     Labels are applied as inherited < recipe ``[image] labels`` < ``labels`` so
     that the buildsys labels (hashes) cannot be overridden by a recipe.
@@ -185,8 +185,10 @@ def make_config(
 
     rootfs = cfg.setdefault("rootfs", {"type": "layers", "diff_ids": []})
     rootfs["type"] = "layers"
-    rootfs["diff_ids"] = [*rootfs.get("diff_ids", []), diff_id]
-    cfg["history"] = [*cfg.get("history", []), {"created": when, "created_by": created_by}]
+    # No diff_id: a config-only step (a registry root's [image] on the image as it is), an empty layer.
+    rootfs["diff_ids"] = [*rootfs.get("diff_ids", []), *([diff_id] if diff_id else [])]
+    step = {"created": when, "created_by": created_by, **({} if diff_id else {"empty_layer": True})}
+    cfg["history"] = [*cfg.get("history", []), step]
     return cfg
 
 

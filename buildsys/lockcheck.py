@@ -27,7 +27,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from buildsys.lockfile import Lock
-from buildsys.recipe import DebianBase, Recipe
+from buildsys.recipe import DebianBase, ImageBase, Recipe
 from buildsys.store import Store
 from buildsys.urlpolicy import local_reason
 
@@ -67,6 +67,15 @@ def covers(recipe: Recipe, lock: Lock, above: Sequence[Lock]) -> list[str]:
         if sorted(b.include) != sorted(recipe.apt_packages):
             problems.append(f"[base] include is {sorted(b.include)}, "
                             f"the recipe's [apt] is {sorted(recipe.apt_packages)}")
+    if isinstance(recipe.base, ImageBase):
+        pinned = lock.image_base
+        if pinned is None:
+            problems.append(f"[base] is not the registry image {recipe.base.image}")
+        elif (pinned.reference, pinned.platform) != (recipe.base.image, recipe.base.platform):
+            problems.append(f"[base.image] pins {pinned.reference} ({pinned.platform}), the recipe asks for "
+                            f"{recipe.base.image} ({recipe.base.platform})")
+    elif lock.image_base is not None:
+        problems.append(f"[base.image] pins {lock.image_base.reference}, the recipe's base is not an image")
     if root is not None and root.base is not None:
         mirrors = sorted({a.mirror for a in root.base.all_archives})
         for d in (*(lock.base.packages if lock.base else ()), *lock.apt):

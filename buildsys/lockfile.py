@@ -225,12 +225,78 @@ class DebianBaseLock:
 
 
 @dataclass(frozen=True)
+class LockedLayer:
+    """One layer blob of a registry base, as the registry stores it (compressed)."""
+
+    digest: str  # sha256:... of the blob's bytes
+    size: int
+    media_type: str
+
+    def to_toml(self) -> dict[str, Any]:
+        return {"digest": self.digest, "media-type": self.media_type, "size": self.size}
+
+    @classmethod
+    def from_toml(cls, d: Mapping[str, Any]) -> LockedLayer:
+        return cls(digest=d["digest"], size=int(d["size"]), media_type=d["media-type"])
+
+
+@dataclass(frozen=True)
+class ImageBaseLock:
+    """``[base.image]``: a registry image pinned to its manifest, config and every layer blob.
+
+    Everything ``build`` needs is in the vendor store after ``fetch`` (the manifest
+    and config bytes too), so the registry may forget the tag, or be gone.
+    """
+
+    reference: str  # as the recipe wrote it
+    platform: str
+    manifest_digest: str
+    manifest_media_type: str
+    manifest_size: int
+    config_digest: str
+    config_size: int
+    layers: tuple[LockedLayer, ...]
+
+    def artifacts(self) -> list[Artifact]:
+        from buildsys.lock.image import blob_url  # the registry's URL scheme lives with the ecosystem
+
+        name = self.reference
+        # local=True: the registry is the one the recipe names (``lockcheck`` holds the lock to it).
+        arts = [Artifact(kind="image", name=name, version="manifest", filename="manifest.json",
+                         sha256=self.manifest_digest.split(":", 1)[1], size=self.manifest_size,
+                         urls=(blob_url(self.reference, "manifests", self.manifest_digest),), local=True),
+                Artifact(kind="image", name=name, version="config", filename="config.json",
+                         sha256=self.config_digest.split(":", 1)[1], size=self.config_size,
+                         urls=(blob_url(self.reference, "blobs", self.config_digest),), local=True)]
+        arts += [Artifact(kind="image", name=name, version=f"layer {i + 1}",
+                          filename=layer.digest.split(":", 1)[1] + ".blob",
+                          sha256=layer.digest.split(":", 1)[1], size=layer.size,
+                          urls=(blob_url(self.reference, "blobs", layer.digest),), local=True)
+                 for i, layer in enumerate(self.layers)]
+        return arts
+
+    def to_toml(self) -> dict[str, Any]:
+        return {"config-digest": self.config_digest, "config-size": self.config_size,
+                "layers": [la.to_toml() for la in self.layers],  # bottom first: their order is the image
+                "manifest-digest": self.manifest_digest, "manifest-media-type": self.manifest_media_type,
+                "manifest-size": self.manifest_size, "platform": self.platform, "reference": self.reference}
+
+    @classmethod
+    def from_toml(cls, d: Mapping[str, Any]) -> ImageBaseLock:
+        return cls(reference=d["reference"], platform=d["platform"], manifest_digest=d["manifest-digest"],
+                   manifest_media_type=d["manifest-media-type"], manifest_size=int(d["manifest-size"]),
+                   config_digest=d["config-digest"], config_size=int(d["config-size"]),
+                   layers=tuple(LockedLayer.from_toml(la) for la in d.get("layers", [])))
+
+
+@dataclass(frozen=True)
 class Lock:
     recipe: str
     recipe_hash: str
     source_date_epoch: int
     parents: Mapping[str, str] = field(default_factory=dict)  # parent name -> its lock hash
-    base: DebianBaseLock | None = None
+    base: DebianBaseLock | None = None  # a Debian root's [base]
+    image_base: ImageBaseLock | None = None  # a registry root's [base.image]
     apt: tuple[LockedDeb, ...] = ()
     pip: tuple[LockedPip, ...] = ()
     python: str | None = None  # the image's Python (e.g. "3.11.2") the pip set was resolved for
@@ -247,6 +313,8 @@ class Lock:
         arts: list[Artifact] = []
         if self.base:
             arts += [p.artifact() for p in self.base.packages]
+        if self.image_base:
+            arts += self.image_base.artifacts()
         arts += [p.artifact() for p in self.apt]
         for p in self.pip:
             arts += p.artifacts()
@@ -269,6 +337,8 @@ class Lock:
             d["parents"] = dict(sorted(self.parents.items()))
         if self.base:
             d["base"] = self.base.to_toml()
+        if self.image_base:
+            d["base"] = {"image": self.image_base.to_toml()}
         if self.apt:
             d["apt"] = [p.to_toml() for p in sorted(self.apt, key=lambda p: (p.name, p.architecture))]
         if self.pip:
@@ -359,7 +429,8 @@ def read_lock(path: Path) -> Lock:
             recipe_hash=d["recipe-hash"],
             source_date_epoch=int(d["source-date-epoch"]),
             parents=dict(d.get("parents", {})),
-            base=DebianBaseLock.from_toml(d["base"]) if "base" in d else None,
+            base=DebianBaseLock.from_toml(d["base"]) if "base" in d and "image" not in d["base"] else None,
+            image_base=ImageBaseLock.from_toml(d["base"]["image"]) if "image" in d.get("base", {}) else None,
             apt=tuple(LockedDeb.from_toml(p) for p in d.get("apt", [])),
             pip=tuple(LockedPip.from_toml(p) for p in d.get("pip", [])),
             python=d.get("python"),

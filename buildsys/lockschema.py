@@ -12,7 +12,7 @@ module needs to re-check a value of a lock it got from ``read_lock``.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -37,6 +37,16 @@ ARCHIVE_PATH = re.compile(r"[A-Za-z0-9+._~-]+(/[A-Za-z0-9+._~%-]+)*")
 R_NAME = re.compile(r"[A-Za-z][A-Za-z0-9.]*[A-Za-z0-9]")
 R_VERSION = re.compile(r"[0-9]+([.-][0-9]+)+")
 URL_SCHEMES = ("http", "https", "file")
+
+# Layer media types a registry base may have, and how each is compressed (``lock.image``, ``baseimage``).
+LAYER_MEDIA_TYPES = {
+    "application/vnd.oci.image.layer.v1.tar": "none",
+    "application/vnd.oci.image.layer.v1.tar+gzip": "gzip",
+    "application/vnd.oci.image.layer.v1.tar+zstd": "zstd",
+    "application/vnd.docker.image.rootfs.diff.tar.gzip": "gzip",
+}
+IMAGE_MANIFEST_TYPES = ("application/vnd.oci.image.manifest.v1+json",
+                        "application/vnd.docker.distribution.manifest.v2+json")
 
 _HINT = "the lock was damaged or edited by hand: review where it came from, then relock with `buildsys lock {recipe}`"
 
@@ -159,6 +169,41 @@ BASE = {
     "packages": (None, False),
     "archives": (None, False),
 }
+# HOST[:PORT]/REPO[:TAG][@sha256:HEX], as registry.Reference parses it (not imported: it pulls in requests).
+IMAGE_REF = re.compile(r"[A-Za-z0-9.-]+(:[0-9]+)?(/[a-z0-9]+([._-]+[a-z0-9]+)*)+"
+                       r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[0-9a-f]{64})?")
+PLATFORM = re.compile(r"[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?")
+
+
+def _one_of(choices: Sequence[str], words: str) -> Check:
+    def check(v: Any) -> str | None:
+        return None if isinstance(v, str) and v in choices else f"{v!r} is not {words} ({', '.join(choices)})"
+    return check
+
+
+def _ref(v: Any) -> str | None:
+    err = _str(IMAGE_REF, "an image reference HOST/REPO[:TAG][@sha256:DIGEST]")(v)
+    if err is None and ("." not in v.split("/", 1)[0] and ":" not in v.split("/", 1)[0]
+                        and v.split("/", 1)[0] != "localhost"):
+        return f"{v!r} does not name a registry host"
+    return err
+
+
+IMAGE = {
+    "reference": (_ref, True),
+    "platform": (_str(PLATFORM, "OS/ARCH[/VARIANT]"), True),
+    "manifest-digest": (_str(PREFIXED, "'sha256:' and 64 lowercase hex digits"), True),
+    "manifest-media-type": (_one_of(IMAGE_MANIFEST_TYPES, "an image manifest media type"), True),
+    "manifest-size": (_int, True),
+    "config-digest": (_str(PREFIXED, "'sha256:' and 64 lowercase hex digits"), True),
+    "config-size": (_int, True),
+    "layers": (None, True),
+}
+IMAGE_LAYER = {
+    "digest": (_str(PREFIXED, "'sha256:' and 64 lowercase hex digits"), True),
+    "size": (_int, True),
+    "media-type": (_one_of(sorted(LAYER_MEDIA_TYPES), "a layer media type"), True),
+}
 ARCHIVE = {
     "mirror": (_url, True),
     "suite": (_str(SUITE, "a Debian suite"), True),
@@ -255,7 +300,15 @@ class _Validator:
                 raise self.fail("[parents]", name, "is not a recipe name")
             if not isinstance(h, str) or not PREFIXED.fullmatch(h):
                 raise self.fail("[parents]", name, f"{h!r} is not 'sha256:' and 64 lowercase hex digits")
-        if "base" in d:
+        if isinstance(d.get("base"), dict) and "image" in d["base"]:
+            self.table(d["base"], {"image": (None, True)}, "[base]")
+            self.table(d["base"]["image"], IMAGE, "[base.image]")
+            layers = self.entries(d["base"]["image"]["layers"], "[[base.image.layers]]")
+            if not layers:
+                raise self.fail("[base.image]", "layers", "no layer is locked")
+            for i, la in enumerate(layers):
+                self.table(la, IMAGE_LAYER, f"[[base.image.layers]] #{i + 1}")
+        elif "base" in d:
             self.table(d["base"], BASE, "[base]")
             self.debs(d["base"].get("packages", []), "[[base.packages]]")
             for i, a in enumerate(self.entries(d["base"].get("archives", []), "[[base.archives]]")):

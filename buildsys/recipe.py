@@ -50,10 +50,11 @@ _DEBIAN: dict[str, Any] = {
     "security-mirror": "str",
 }
 _FILE: dict[str, Any] = {"url": "str", "name": "str", "sha256": "str", "local": "bool"}
+_PLATFORM = re.compile(r"[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?")
 SCHEMA: dict[str, Any] = {
     "description": "str",
     "parents": "str-list",
-    "base": {"debian": _DEBIAN, "image": "str"},
+    "base": {"debian": _DEBIAN, "image": "str", "platform": "str"},
     "apt": {"packages": "str-list"},
     "pip": {"packages": "str-list", "index-url": "str"},
     "cran": {"packages": "str-list", "repo": "str"},
@@ -111,7 +112,10 @@ class DebianBase:
 
 @dataclass(frozen=True)
 class ImageBase:
+    """A root from a registry image, pinned to a manifest digest by ``buildsys lock`` (``lock.image``)."""
+
     image: str
+    platform: str = "linux/amd64"  # the entry taken from a multi-platform index
 
 
 @dataclass(frozen=True)
@@ -525,8 +529,9 @@ def parse_recipe(path: Path) -> Recipe:
     base: DebianBase | ImageBase | None = None
     if "base" in data:
         b = data["base"]
-        if len(b) != 1:
-            raise v.fail(("base",), "must hold exactly one of 'debian' or 'image'",
+        if len(set(b) - {"platform"}) != 1 or ("platform" in b and "image" not in b):
+            raise v.fail(("base",), "must hold exactly one of 'debian' or 'image' (and 'platform' only "
+                                    "with 'image')",
                          hint='e.g. debian = { suite = "bookworm", variant = "minbase" }')
         if "debian" in b:
             d = b["debian"]
@@ -556,7 +561,11 @@ def parse_recipe(path: Path) -> Recipe:
             if not ref or any(c.isspace() for c in ref):
                 raise v.fail(("base", "image"), f"'{ref}' is not an image reference",
                              hint='e.g. image = "docker.io/library/debian:bookworm"')
-            base = ImageBase(ref)
+            platform = b.get("platform", "linux/amd64")
+            if not _PLATFORM.fullmatch(platform):
+                raise v.fail(("base", "platform"), f"'{platform}' is not OS/ARCH[/VARIANT]",
+                             hint='e.g. platform = "linux/arm64"')
+            base = ImageBase(ref, platform)
 
     files: list[FileSpec] = []
     for i, f in enumerate(data.get("files", [])):

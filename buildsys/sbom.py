@@ -2,7 +2,8 @@
 
 Everything comes from the locks of the chain (the image's bill of materials
 is its locks: ``build`` refuses an image whose dpkg state differs from them):
-every .deb of the root and the layers (``pkg:deb/debian/NAME@VERSION?arch=``),
+a registry root's image (``pkg:oci/NAME@sha256:...?repository_url=``; what it
+installed itself is not listed), every .deb of the root and the layers (``pkg:deb/debian/NAME@VERSION?arch=``),
 every wheel that is installed (``pkg:pypi/NAME@VERSION``, the SHA-256 of the
 selected file), CRAN source tarballs when a lock has them (``pkg:cran/``) and
 each ``[[files]]`` download (``pkg:generic/NAME?checksum=sha256:...&download_url=``).
@@ -31,6 +32,7 @@ from buildsys.build import LayerRecord
 from buildsys.errors import BuildsysError
 from buildsys.graph import Graph
 from buildsys.lockfile import Lock
+from buildsys.registry import Reference
 
 FORMATS = ("cyclonedx", "spdx")
 
@@ -42,7 +44,7 @@ class SbomError(BuildsysError):
 @dataclass(frozen=True)
 class Item:
     layer: str  # the recipe whose layer installs it
-    kind: str  # deb | wheel | cran | file
+    kind: str  # image | deb | wheel | cran | file
     name: str
     version: str
     purl: str
@@ -54,6 +56,15 @@ def items(graph: Graph, locks: Mapping[str, Lock], recipe: str) -> Iterator[Item
     """Every locked component of ``recipe``'s chain, bottom layer first, each sorted by name."""
     for layer in graph.chain(recipe):
         lock = locks[layer]
+        if lock.image_base:  # a registry root: the image itself, pinned by its manifest digest
+            b = lock.image_base
+            ref = Reference.parse(b.reference)
+            purl = PackageURL("oci", None, ref.repository.rsplit("/", 1)[-1], b.manifest_digest,
+                              {"repository_url": f"{ref.host}/{ref.repository}", "arch": b.platform.split("/")[1],
+                               **({"tag": ref.tag} if ref.tag else {})})
+            # No download URL: the purl's repository_url says where it is (an API path is not one SPDX takes).
+            yield Item(layer, "image", b.reference, b.manifest_digest, purl.to_string(),
+                       b.manifest_digest.split(":", 1)[1], "")
         debs = [*(lock.base.packages if lock.base else ()), *lock.apt]
         for d in sorted(debs, key=lambda d: (d.name, d.architecture)):
             purl = PackageURL("deb", "debian", d.name, d.version, {"arch": d.architecture})

@@ -306,6 +306,8 @@ def _download(
         raise _Permanent(f"refused: {reason}; only a [[files]] entry with local = true may read from this machine")
     if scheme == "file":
         return _copy_file(url, fd, advance)
+    if scheme == "oci-registry":
+        return _registry_blob(url, fd, art, advance)
     if scheme not in ("http", "https"):
         raise _Permanent(f"unsupported URL scheme '{scheme}'")
     have = os.fstat(fd).st_size
@@ -373,6 +375,30 @@ def _stream(
             raise _LocalWriteError(str(e)) from e
         written += len(chunk)
         advance(len(chunk))
+    return written
+
+
+def _registry_blob(url: str, fd: int, art: Artifact, advance: Callable[[int], None]) -> int:
+    """A registry base's blob, through the registry client (auth, its own retries); resumed by Range."""
+    import requests
+
+    from buildsys.lock import image
+    from buildsys.registry import RegistryError
+
+    have = os.fstat(fd).st_size
+    if art.size is not None and have >= art.size:
+        if have == art.size:
+            return 0
+        have = _restart(fd)
+    try:
+        written = image.download(url, fd, have)
+    except RegistryError as e:  # retried by the client already: say what the registry said
+        raise _Permanent(e.message) from e
+    except requests.RequestException as e:
+        raise _Transient(f"{type(e).__name__}: {e}") from e
+    except OSError as e:
+        raise _LocalWriteError(str(e)) from e
+    advance(written)
     return written
 
 

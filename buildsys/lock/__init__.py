@@ -40,7 +40,7 @@ class Change:
     """One pin that a relock moves: what ``lock --upgrade --check`` reports."""
 
     recipe: str
-    kind: str  # "apt" | "pip" | "cran" | "files"
+    kind: str  # "apt" | "pip" | "cran" | "files" | "image"
     name: str
     old: str  # "" when added
     new: str  # "" when removed
@@ -62,6 +62,9 @@ def diff_locks(old: Lock | None, new: Lock) -> list[Change]:
         out.update({("pip", p.name): (p.version, "") for p in lock.pip})
         out.update({("files", f.name): (f.sha256[:12], f.url) for f in lock.files})
         out.update({("cran", c.name): (c.version, "") for c in lock.cran})
+        if lock.image_base:  # a tag that moved upstream: the manifest it now names
+            out[("image", lock.image_base.reference)] = (lock.image_base.manifest_digest[:19],
+                                                          lock.image_base.platform)
         return out
 
     before, after = pins(old), pins(new)
@@ -172,8 +175,19 @@ def resolve(recipe: Recipe, store: Store, graph: Graph, locks: dict[str, Lock], 
     files = lock_files(recipe, store, warn=lambda message: progress(recipe.name, "warning", message))
     if recipe.is_root:
         if isinstance(recipe.base, ImageBase):
-            raise LockError(f"{recipe.path}: base.image: registry bases are not supported yet",
-                            hint='use [base] debian = { suite = "bookworm" } (no registry is reachable here)')
+            from buildsys.lock.image import lock_image_root
+
+            steps = [k for k, v in (("apt", recipe.apt_packages), ("pip", recipe.pip_packages),
+                                    ("cran", recipe.cran_packages), ("files", recipe.files), ("run", recipe.run))
+                     if v]
+            if steps:
+                raise LockError(f"{recipe.path}: a root on a registry image takes the image as it is; "
+                                f"it cannot have {', '.join(steps)}",
+                                f"move them to a child recipe with parents = [\"{recipe.name}\"]")
+            progress(recipe.name, "lock", f"base: resolving {recipe.base.image} ({recipe.base.platform})")
+            pinned, epoch = lock_image_root(recipe)
+            return Lock(recipe=recipe.name, recipe_hash=recipe.recipe_hash, source_date_epoch=epoch,
+                        image_base=pinned)
         if recipe.pip_packages:
             raise LockError(f"{recipe.path}: [pip] in a root recipe is not supported",
                             hint="put pip packages in a child recipe whose chain installs python3")
@@ -193,6 +207,13 @@ def resolve(recipe: Recipe, store: Store, graph: Graph, locks: dict[str, Lock], 
     chain = graph.chain(recipe.name)
     ancestors = [locks[n] for n in chain[:-1]]
     layer.check_parents_agree(recipe, graph, locks)
+    if recipe.apt_packages and locks[chain[0]].image_base is not None:
+        root = locks[chain[0]].image_base
+        assert root is not None
+        raise LockError(f"{recipe.path}: [apt] on a chain whose root is a registry image ({root.reference}) "
+                        "is not supported yet: buildsys resolves apt only against a Debian root it locked",
+                        "install what you need with pip, or base the chain on "
+                        '[base] debian = { suite = "..." } and put the packages in [apt]')
     progress(recipe.name, "lock", f"apt: {len(recipe.apt_packages)} packages against the parent chain")
     apt = layer.lock_apt(recipe, locks[chain[0]], ancestors, store.cache / "apt")
     epoch = max([lk.source_date_epoch for lk in ancestors] + list(files.epochs))
