@@ -1,8 +1,9 @@
 #!/bin/sh
 # Install the Debian packages buildsys needs, when any is missing.
 set -eu
-# docker-registry and apache2-utils (htpasswd): the loopback registry the publish/cache tests start.
-PKGS="docker.io mmdebstrap apt-utils debian-archive-keyring util-linux python3-venv ca-certificates docker-registry apache2-utils"
+# docker-registry and apache2-utils (htpasswd): the loopback registry the publish/cache tests start;
+# zstd: registry base images whose layers are zstd-compressed.
+PKGS="docker.io mmdebstrap apt-utils debian-archive-keyring util-linux python3-venv ca-certificates docker-registry apache2-utils zstd"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
