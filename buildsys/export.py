@@ -31,7 +31,7 @@ import re
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -48,6 +48,7 @@ from buildsys.image import (
     OciLayout,
     archive_member,
     canonical_bytes,
+    checked_chunks,
     write_docker_archive,
 )
 from buildsys.layer import TarWriter
@@ -138,7 +139,7 @@ def export(store: Store, graph: Graph, locks: Mapping[str, Lock], recipes: Seque
             path = layout.blob_path(digest)
             size = path.stat().st_size
             progress("export", "blob", f"{digest[:19]} ({size / 1e6:.1f} MB, {done / 1e6:.0f}/{total / 1e6:.0f} MB)")
-            writer.add(archive_member(_blob_name(digest), size), _checked_chunks(layout, path, digest))
+            writer.add(archive_member(_blob_name(digest), size), checked_chunks(path, digest))
             done += size
         for name, data in sorted(small.items()):
             writer.add(archive_member(name, len(data)), (data,))
@@ -163,17 +164,6 @@ class _Hashing:
 def _blob_name(digest: str) -> str:
     return "blobs/sha256/" + digest.split(":", 1)[1]
 
-
-
-def _checked_chunks(layout: OciLayout, path: Path, digest: str) -> Iterator[bytes]:
-    """A blob's bytes, hashed as they are sent: a damaged store blob never reaches an archive unnamed."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-            yield chunk
-    if "sha256:" + h.hexdigest() != digest:
-        layout.read_blob(digest)  # raises DamagedBlob (and removes it)
 
 
 # ---------------------------------------------------------------- import

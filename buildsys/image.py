@@ -74,6 +74,19 @@ def _damaged(path: Path, digest: str) -> DamagedBlob:
     return DamagedBlob(path, digest)
 
 
+def checked_chunks(path: Path, digest: str) -> Iterator[bytes]:
+    """A store blob's bytes, hashed as they are sent (to docker load, an archive): a damaged blob is
+    named and removed here (DamagedBlob), not reported by docker as an "invalid diffID" that says
+    nothing of where it came from."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+            yield chunk
+    if "sha256:" + h.hexdigest() != digest:
+        raise _damaged(path, digest)
+
+
 class DescriptorLike(Protocol):
     @property
     def digest(self) -> str: ...
@@ -398,17 +411,6 @@ def write_docker_archive(layout: OciLayout, manifest_digest: str, repo_tags: lis
     ] or [desc]
     index = {"schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE, "manifests": entries}
 
-    def file_chunks(path: Path, digest: str) -> Iterator[bytes]:
-        # Hashed as it is sent: a damaged blob is named (and removed) here, not reported
-        # by docker as an "invalid diffID" that says nothing of where it came from.
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            while chunk := f.read(_CHUNK):
-                h.update(chunk)
-                yield chunk
-        if "sha256:" + h.hexdigest() != digest:
-            raise _damaged(path, digest)
-
     writer = TarWriter(dst)
     writer.add(archive_member("blobs", directory=True))
     writer.add(archive_member("blobs/sha256", directory=True))
@@ -416,7 +418,7 @@ def write_docker_archive(layout: OciLayout, manifest_digest: str, repo_tags: lis
         path = layout.blob_path(digest)
         if not path.is_file():
             raise ImageError(f"{layout.root}: blob {digest} is missing", "rebuild the image")
-        writer.add(archive_member(blob_name(digest), path.stat().st_size), file_chunks(path, digest))
+        writer.add(archive_member(blob_name(digest), path.stat().st_size), checked_chunks(path, digest))
     small = {
         "index.json": canonical_bytes(index),
         "manifest.json": canonical_bytes(docker_manifest),
