@@ -131,6 +131,16 @@ def test_apt_on_a_debian_registry_image_locks_builds_and_verifies_with_the_regis
     again = json.loads(ok(bs(proj, store, "build", "--json", "regpy")).stdout)[0]
     assert again["image_id"] == first["image_id"] and again["manifest_digest"] == first["manifest_digest"]
     ok(bs(proj, store, "test", "regpy"))
+    # The chain's first apt layer pins an archive state that is not Debian's now: the second one refuses to
+    # mix states (apt's lists are refreshed to be sure), names what to relock, and writes nothing.
+    before = (proj / "locks" / "regpy.lock").read_bytes()
+    path.write_text(text.replace(lock["apt-archives"][2]["inrelease-sha256"], "0" * 64))
+    result = bs(proj, store, "lock", "regpy")
+    assert result.exit_code == 1, result.output
+    assert "bookworm-security changed since the chain's earlier apt layer" in result.output, result.output
+    assert "buildsys lock --upgrade regjq regpy" in result.output
+    assert (proj / "locks" / "regpy.lock").read_bytes() == before
+    path.write_text(text)
     print("registry apt seconds:", {k: round(v, 2) for k, v in seconds.items()})
 
 

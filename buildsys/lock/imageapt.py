@@ -133,10 +133,11 @@ def lock_apt_on_image(recipe: Recipe, root: ImageBaseLock, release: ImageRelease
                 resolver.update(refresh=True)
             if moved := _moved(resolver, pinned):
                 locked, now = moved
+                names = " ".join([*sorted(lk.recipe for lk in ancestors if lk.apt_archives), recipe.name])
                 raise LockError(f"{where}: Debian's archive {locked.mirror} {locked.suite} changed since the "
                                 f"chain's earlier apt layer was locked (its Release: {locked.release_date}; now: "
                                 f"{now}); a chain must not mix two archive states",
-                                "relock the chain's apt layers together: `buildsys lock --upgrade` with their names")
+                                f"relock the chain's apt layers together: `buildsys lock --upgrade {names}`")
         else:
             resolver.update(refresh=True)  # the first apt layer of the chain takes the archive as it is now
         releases = resolver.releases()
