@@ -83,19 +83,20 @@ def covers(recipe: Recipe, lock: Lock, above: Sequence[Lock]) -> list[str]:
             if d.mirror not in mirrors:
                 problems.append(f"apt package '{d.name}' comes from {d.mirror}, not the root's mirror "
                                 f"{' or '.join(mirrors)}")
-    problems += _apt_archives_cover(lock, above, root is not None)
+    problems += _apt_archives_cover(lock, above, root is not None,
+                                    any(lk.image_base is not None for lk in (lock, *above)))
     problems += _pip_covers(recipe, lock, above)
     problems += _files_cover(recipe, lock)
     problems += _cran_covers(recipe, lock, above, debs)
     return problems
 
 
-def _apt_archives_cover(lock: Lock, above: Sequence[Lock], debian_root: bool) -> list[str]:
+def _apt_archives_cover(lock: Lock, above: Sequence[Lock], debian_root: bool, image_root: bool) -> list[str]:
     """On a registry image, every .deb comes from the archives the chain's apt layers recorded."""
     if debian_root:  # a Debian root's archives are checked above; the per-layer table is not its
         return ["[[apt-archives]] belongs to layers on a registry image, not to a chain on a Debian root"] \
             if lock.apt_archives or lock.apt_in_image else []
-    if not lock.apt:
+    if not image_root or not lock.apt:  # (a chain whose root lock is not at hand: nothing to compare with)
         return []
     states = [lk.apt_archives for lk in (lock, *above) if lk.apt_archives]
     if not lock.apt_archives and not states:
