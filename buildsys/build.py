@@ -435,12 +435,12 @@ class Builder:
         created_by = f"buildsys: {recipe.name} ({_summary(recipe)})"
         t0 = time.monotonic()
         with self.run_steps(recipe, lock, parent) as (container, result, scratch):
-            self._check_packages(recipe, prefix, steps.installed_packages(result.output), "apt")
             t1 = time.monotonic()
             self.report(recipe.name, "normalize", "the container's filesystem diff")
             below = ParentTree.from_layers((self.layout.blob_path(d) for d, _ in parent.layers),
                                            index_dir=self.store.cache / "index")
             t_read = time.monotonic()
+            self._check_packages(recipe, prefix, steps.installed_packages(result.output), "apt", below)
             with contextlib.ExitStack() as stack:
                 upper = container.upper_dir()
                 if upper is not None:
@@ -529,11 +529,17 @@ class Builder:
             self.report(recipe, "step", line.removeprefix(steps.STEP_MARKER))
 
     def _check_packages(self, recipe: Recipe, prefix: Sequence[str], installed: Mapping[str, str] | None,
-                        step: str) -> None:
-        """dpkg must hold exactly the locked packages of the chain so far: the locks are the bill of materials."""
+                        step: str, below: ParentTree | None = None) -> None:
+        """dpkg must hold exactly the locked packages of the chain so far: the locks are the bill of materials.
+
+        On a registry image, what the image itself installed is in no lock: it is read
+        from the parent image's own dpkg status (``below``), and the locks add to it.
+        """
         if installed is None:
             return
         expected: dict[str, str] = {}
+        if self.locks[prefix[0]].image_base is not None and below is not None:
+            expected.update(steps.dpkg_installed(below.read("var/lib/dpkg/status") or b""))
         for name in prefix:
             lk = self.locks[name]
             expected.update({d.name: d.version for d in (*(lk.base.packages if lk.base else ()), *lk.apt)})

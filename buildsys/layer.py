@@ -18,6 +18,7 @@ import difflib
 import hashlib
 import json
 import os
+import posixpath
 import shutil
 import stat
 import tarfile
@@ -262,6 +263,22 @@ class ParentTree:
 
     def children(self, path: str) -> set[str]:
         return self._kids.get(path, set())
+
+    def read(self, path: str) -> bytes | None:
+        """The content of the regular file at ``path`` (symlinks followed, as in the image); None if none."""
+        path = _norm_path(path)
+        for _ in range(16):  # a loop of symlinks is as good as no file
+            it = self.entries.get(path)
+            if it is None or it.kind not in ("file", "symlink"):
+                return None
+            if it.kind == "file":
+                return _read_content(it)
+            target = it.linkname if it.linkname.startswith("/") else f"{_dirname(path)}/{it.linkname}"
+            try:
+                path = _norm_path(posixpath.normpath("/" + target))
+            except LayerError:
+                return None
+        return None
 
     def _remove(self, path: str) -> None:
         if self.entries.pop(path, None) is None:

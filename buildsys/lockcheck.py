@@ -49,8 +49,9 @@ def covers(recipe: Recipe, lock: Lock, above: Sequence[Lock]) -> list[str]:
     """What the lock lacks or holds against its recipe; empty when it covers it. ``above``: ancestors' locks."""
     problems: list[str] = []
     debs = {d.name for lk in (lock, *above) for d in (*(lk.base.packages if lk.base else ()), *lk.apt)}
+    debs_or_image = debs | set(lock.apt_in_image)  # on a registry image: requested ones it already has
     for pkg in recipe.apt_packages:
-        if pkg.split(":", 1)[0] not in debs:
+        if pkg.split(":", 1)[0] not in debs_or_image:
             problems.append(f"apt package '{pkg}' is not locked")
     root = next((lk for lk in (lock, *above) if lk.base), None)
     if lock.base is not None and isinstance(recipe.base, DebianBase):
@@ -82,10 +83,27 @@ def covers(recipe: Recipe, lock: Lock, above: Sequence[Lock]) -> list[str]:
             if d.mirror not in mirrors:
                 problems.append(f"apt package '{d.name}' comes from {d.mirror}, not the root's mirror "
                                 f"{' or '.join(mirrors)}")
+    problems += _apt_archives_cover(lock, above, root is not None,
+                                    any(lk.image_base is not None for lk in (lock, *above)))
     problems += _pip_covers(recipe, lock, above)
     problems += _files_cover(recipe, lock)
     problems += _cran_covers(recipe, lock, above, debs)
     return problems
+
+
+def _apt_archives_cover(lock: Lock, above: Sequence[Lock], debian_root: bool, image_root: bool) -> list[str]:
+    """On a registry image, every .deb comes from the archives the chain's apt layers recorded."""
+    if debian_root:  # a Debian root's archives are checked above; the per-layer table is not its
+        return ["[[apt-archives]] belongs to layers on a registry image, not to a chain on a Debian root"] \
+            if lock.apt_archives or lock.apt_in_image else []
+    if not image_root or not lock.apt:  # (a chain whose root lock is not at hand: nothing to compare with)
+        return []
+    states = [lk.apt_archives for lk in (lock, *above) if lk.apt_archives]
+    if not lock.apt_archives and not states:
+        return ["[[apt]] is locked without [[apt-archives]] (the Debian archives it was resolved from)"]
+    mirrors = sorted({a.mirror for state in states for a in state})
+    return [f"apt package '{d.name}' comes from {d.mirror}, not from the chain's archives {' or '.join(mirrors)}"
+            for d in lock.apt if d.mirror not in mirrors]
 
 
 def _cran_covers(recipe: Recipe, lock: Lock, above: Sequence[Lock], debs: set[str]) -> list[str]:

@@ -298,6 +298,10 @@ class Lock:
     base: DebianBaseLock | None = None  # a Debian root's [base]
     image_base: ImageBaseLock | None = None  # a registry root's [base.image]
     apt: tuple[LockedDeb, ...] = ()
+    # A layer on a registry image: the Debian archives its [[apt]] was resolved from (the
+    # suite first), and the requested packages that the image itself already has.
+    apt_archives: tuple[LockedArchive, ...] = ()
+    apt_in_image: tuple[str, ...] = ()
     pip: tuple[LockedPip, ...] = ()
     python: str | None = None  # the image's Python (e.g. "3.11.2") the pip set was resolved for
     pip_installer: LockedPip | None = None  # the pip wheel that installs [[pip]] at build time
@@ -341,6 +345,10 @@ class Lock:
             d["base"] = {"image": self.image_base.to_toml()}
         if self.apt:
             d["apt"] = [p.to_toml() for p in sorted(self.apt, key=lambda p: (p.name, p.architecture))]
+        if self.apt_archives:
+            d["apt-archives"] = [a.to_toml() for a in self.apt_archives]  # in resolution order, not sorted
+        if self.apt_in_image:
+            d["apt-in-image"] = sorted(self.apt_in_image)
         if self.pip:
             d["pip"] = [p.to_toml() for p in sorted(self.pip, key=lambda p: p.name)]
         if self.pip_installer:
@@ -432,6 +440,8 @@ def read_lock(path: Path) -> Lock:
             base=DebianBaseLock.from_toml(d["base"]) if "base" in d and "image" not in d["base"] else None,
             image_base=ImageBaseLock.from_toml(d["base"]["image"]) if "image" in d.get("base", {}) else None,
             apt=tuple(LockedDeb.from_toml(p) for p in d.get("apt", [])),
+            apt_archives=tuple(LockedArchive.from_toml(a) for a in d.get("apt-archives", [])),
+            apt_in_image=tuple(d.get("apt-in-image", [])),
             pip=tuple(LockedPip.from_toml(p) for p in d.get("pip", [])),
             python=d.get("python"),
             pip_installer=LockedPip.from_toml(d["pip-installer"]) if "pip-installer" in d else None,

@@ -232,6 +232,8 @@ TOP = {
     "parents": (None, False),
     "base": (None, False),
     "apt": (None, False),
+    "apt-archives": (None, False),
+    "apt-in-image": (_str_list(_str(DEB_NAME, "a Debian package name")), False),
     "pip": (None, False),
     "pip-installer": (None, False),
     "files": (None, False),
@@ -315,6 +317,8 @@ class _Validator:
                 self.table(a, ARCHIVE, _label("[[base.archives]]", i, a))
         if "apt" in d:
             self.debs(d["apt"], "[[apt]]")
+        for i, a in enumerate(self.entries(d.get("apt-archives", []), "[[apt-archives]]")):
+            self.table(a, ARCHIVE, _label("[[apt-archives]]", i, a))
         seen: set[str] = set()
         for i, e in enumerate(self.entries(d.get("pip", []), "[[pip]]")):
             label = _label("[[pip]]", i, e)

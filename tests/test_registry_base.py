@@ -183,15 +183,13 @@ def test_platform_from_the_recipe_and_checks_of_the_lock(tiny: tuple[RegistrySer
         assert named in result.output and "root.lock" in result.output, result.output
 
 
-def test_steps_in_an_image_root_and_apt_on_top_are_refused_with_what_to_do(tiny: tuple[RegistryService, TinyImage],
-                                                                           tmp_path: Path) -> None:
+def test_steps_in_an_image_root_are_refused_with_what_to_do(tiny: tuple[RegistryService, TinyImage],
+                                                            tmp_path: Path) -> None:
     _, image = tiny
     proj = project(tmp_path / "a", image.ref(), child=None, root='run = ["true"]\n' + ROOT)
     result = bs(proj, tmp_path / "store", "lock")
     assert result.exit_code == 1 and "it cannot have run" in result.output and "child recipe" in result.output
-    proj = project(tmp_path / "b", image.ref(), child='parents = ["root"]\n[apt]\npackages = ["tini"]\n')
-    result = bs(proj, tmp_path / "store", "lock")
-    assert result.exit_code == 1 and "not supported yet" in result.output and "child.toml" in result.output
+    # [apt] on top of an image that is not Debian: tests/test_registry_apt.py.
 
 
 @pytest.mark.docker

@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING
 from buildsys.build import Builder, Reporter
 from buildsys.errors import BuildsysError, LockError, MissingLock, StaleLock
 from buildsys.graph import Graph
+from buildsys.layer import ParentTree
 from buildsys.lock import layer
 from buildsys.lock.base import lock_debian_root
 from buildsys.lock.files import lock_files
-from buildsys.lockfile import Lock, check_fresh, dumps, hash_bytes, lock_path, read_lock, write_lock
+from buildsys.lockfile import Lock, LockedArchive, check_fresh, dumps, hash_bytes, lock_path, read_lock, write_lock
 from buildsys.recipe import ImageBase, Recipe
 from buildsys.store import Store
 
@@ -207,18 +208,37 @@ def resolve(recipe: Recipe, store: Store, graph: Graph, locks: dict[str, Lock], 
     chain = graph.chain(recipe.name)
     ancestors = [locks[n] for n in chain[:-1]]
     layer.check_parents_agree(recipe, graph, locks)
-    if recipe.apt_packages and locks[chain[0]].image_base is not None:
-        root = locks[chain[0]].image_base
-        assert root is not None
-        raise LockError(f"{recipe.path}: [apt] on a chain whose root is a registry image ({root.reference}) "
-                        "is not supported yet: buildsys resolves apt only against a Debian root it locked",
-                        "install what you need with pip, or base the chain on "
-                        '[base] debian = { suite = "..." } and put the packages in [apt]')
-    progress(recipe.name, "lock", f"apt: {len(recipe.apt_packages)} packages against the parent chain")
-    apt = layer.lock_apt(recipe, locks[chain[0]], ancestors, store.cache / "apt")
-    epoch = max([lk.source_date_epoch for lk in ancestors] + list(files.epochs))
+    image_root = locks[chain[0]].image_base
+    eng: Engine | None = None
+    builder: Builder | None = None
+    apt_archives: tuple[LockedArchive, ...] = ()
+    in_image: tuple[str, ...] = ()
+    apt_epochs: list[int] = []
+    if recipe.apt_packages and image_root is not None:
+        # The image's own packages are in no lock: read its dpkg status and release from the built parent.
+        from buildsys.lock.imageapt import image_release, lock_apt_on_image
+
+        if engine is None:
+            raise LockError(f"{recipe.path}: resolving [apt] on a registry image needs the docker engine")
+        eng = engine()
+        builder = Builder(store, graph, locks, engine=eng, tag=False, report=progress)
+        parent = layer.build_parent(builder, recipe, chain[:-1], store, progress, "to read its Debian release")
+        tree = ParentTree.from_layers((builder.layout.blob_path(d) for d, _ in parent.layers),
+                                      index_dir=store.cache / "index")
+        release = image_release(recipe, image_root.reference, tree)
+        progress(recipe.name, "lock", f"apt: {len(recipe.apt_packages)} packages against the image's dpkg "
+                                      f"status and Debian's {release.suite} ({release.pretty})")
+        debs, apt_archives, in_image, apt_epoch = lock_apt_on_image(recipe, image_root, release, ancestors,
+                                                                    store.cache / "apt")
+        apt = debs
+        apt_epochs.append(apt_epoch)
+    else:
+        progress(recipe.name, "lock", f"apt: {len(recipe.apt_packages)} packages against the parent chain")
+        apt = layer.lock_apt(recipe, locks[chain[0]], ancestors, store.cache / "apt")
+    epoch = max([lk.source_date_epoch for lk in ancestors] + list(files.epochs) + apt_epochs)
     lock = Lock(recipe=recipe.name, recipe_hash=recipe.recipe_hash, source_date_epoch=epoch,
-                parents={p: locks[p].lock_hash for p in recipe.parents}, apt=tuple(apt), files=files.locked)
+                parents={p: locks[p].lock_hash for p in recipe.parents}, apt=tuple(apt), apt_archives=apt_archives,
+                apt_in_image=in_image, files=files.locked)
     if not recipe.pip_packages and cran_index is None:
         return lock
     if engine is None:
@@ -226,8 +246,8 @@ def resolve(recipe: Recipe, store: Store, graph: Graph, locks: dict[str, Lock], 
     from buildsys.lock.cran import lock_cran
     from buildsys.lock.pip import lock_pip
 
-    eng = engine()
-    builder = Builder(store, graph, locks, engine=eng, tag=False, report=progress)
+    eng = eng or engine()
+    builder = builder or Builder(store, graph, locks, engine=eng, tag=False, report=progress)
     image, cleanup = layer.lock_image_with_apt(builder, recipe, chain[:-1], lock, store, progress)
     try:
         if recipe.pip_packages:

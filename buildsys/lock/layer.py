@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from buildsys.build import Builder, Reporter
+from buildsys.build import Builder, LayerRecord, Reporter
 from buildsys.errors import LockError
 from buildsys.graph import Graph
 from buildsys.lock.apt import AptPackage, AptResolver
@@ -102,6 +102,16 @@ def _moved(resolver: AptResolver, archives: Sequence[LockedArchive]) -> tuple[Lo
     return None
 
 
+def build_parent(builder: Builder, recipe: Recipe, prefix: Sequence[str], store: Store, report: Reporter,
+                 why: str) -> LayerRecord:
+    """The image of the parent chain ``prefix``, its inputs fetched first (built once per ``builder``)."""
+    arts = {a.sha256: a for name in prefix for a in builder.locks[name].artifacts()}
+    fetch(store, list(arts.values()), progress=False)
+    report(recipe.name, "lock", f"building the parent chain ({' -> '.join(prefix)}) {why}")
+    records, _ = builder.build_prefix(prefix)
+    return records[-1]
+
+
 def lock_image_with_apt(builder: Builder, recipe: Recipe, prefix: Sequence[str], apt_lock: Lock,
                         store: Store, report: Reporter) -> tuple[str, Callable[[], None]]:
     """An image of the parent chain plus this layer's apt packages, for resolving pip in it.
@@ -110,12 +120,8 @@ def lock_image_with_apt(builder: Builder, recipe: Recipe, prefix: Sequence[str],
     """
     assert builder.engine is not None
     engine = builder.engine
-    arts = {a.sha256: a for name in prefix for a in builder.locks[name].artifacts()}
-    arts.update({a.sha256: a for a in apt_lock.artifacts()})
-    fetch(store, list(arts.values()), progress=False)
-    report(recipe.name, "lock", f"building the parent chain ({' -> '.join(prefix)}) to resolve pip in it")
-    records, _ = builder.build_prefix(prefix)
-    parent = records[-1]
+    fetch(store, apt_lock.artifacts(), progress=False)
+    parent = build_parent(builder, recipe, prefix, store, report, "to resolve pip in it")
     builder.load(parent)
     if not apt_lock.apt:
         return parent.config_digest, lambda: None

@@ -1,0 +1,236 @@
+"""``[apt]`` on a chain rooted on a registry image: Debian's archive of the image's own release.
+
+The Debian image is made here by buildsys itself (a bookworm minbase root,
+locked, fetched, built) and published into Debian's docker-registry on
+loopback; a second project takes it as ``[base] image`` and puts jq on top.
+Non-Debian images are the tiny image of ``regimage`` (its os-release is the
+host's, but it has no dpkg database) and children of it that remove or
+rewrite its os-release.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import io
+import json
+import re
+import tarfile
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+from helpers import bs, ok
+from regimage import push_tiny_image
+from shipenv import docker_registry
+
+from buildsys.layer import ParentTree
+from buildsys.lock.imageapt import NotDebianImage, image_release, parse_os_release
+from buildsys.recipe import parse_recipe
+from buildsys.registry import Registry
+from buildsys.steps import dpkg_installed
+
+DEBROOT = """description = "bookworm minbase, to be published and used as a registry base"
+[base]
+debian = { suite = "bookworm", variant = "minbase" }
+"""
+ROOT = """description = "the published Debian image, from the registry"
+[base]
+image = "{ref}"
+[test]
+commands = ["test -f /etc/debian_version"]
+"""
+TOOLS = """description = "jq from Debian's archive, on the registry image"
+parents = ["regdeb"]
+[apt]
+packages = ["jq", "bash"]
+[test]
+commands = ["jq --version", "echo '{\\"a\\": 1}' | jq -e '.a == 1'"]
+"""
+PY = """description = "a second apt layer (python3, same archive state) and pip on top"
+parents = ["regjq"]
+[apt]
+packages = ["python3"]
+[pip]
+packages = ["six"]
+[test]
+commands = ["python3 -c 'import six'"]
+"""
+
+
+def _write(where: Path, recipes: dict[str, str]) -> Path:
+    (where / "recipes").mkdir(parents=True)
+    for name, text in recipes.items():
+        (where / "recipes" / f"{name}.toml").write_text(text)
+    return where
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+@pytest.mark.network
+def test_apt_on_a_debian_registry_image_locks_builds_and_verifies_with_the_registry_gone(tmp_path: Path) -> None:
+    seconds: dict[str, float] = {}
+    store = tmp_path / "store"
+    with docker_registry(tmp_path / "registry") as reg:
+        # The Debian image: a buildsys root, published by buildsys into the loopback registry.
+        src = _write(tmp_path / "src", {"debroot": DEBROOT})
+        ok(bs(src, tmp_path / "src-store", "lock"))
+        ok(bs(src, tmp_path / "src-store", "fetch"))
+        ok(bs(src, tmp_path / "src-store", "build", "debroot"))
+        ref = f"{reg.host}/debroot:1"
+        ok(bs(src, tmp_path / "src-store", "publish", "debroot", "--to", ref, "--force"))
+        image_status = tomllib.loads((src / "locks" / "debroot.lock").read_text())["base"]["packages"]
+        proj = _write(tmp_path / "proj", {"regdeb": ROOT.format(ref=ref), "regjq": TOOLS, "regpy": PY})
+        t = time.monotonic()
+        ok(bs(proj, store, "lock"))
+        seconds["lock"] = time.monotonic() - t
+        lock = tomllib.loads((proj / "locks" / "regjq.lock").read_text())
+        apt = {d["name"]: d for d in lock["apt"]}
+        # jq and what it needs, minus what the image's own dpkg status has (libc6, bash...).
+        assert {"jq", "libjq1", "libonig5"} <= set(apt), sorted(apt)
+        in_image = {p["name"] for p in image_status}
+        assert not set(apt) & in_image, sorted(set(apt) & in_image)
+        assert lock["apt-in-image"] == ["bash"]
+        assert [a["suite"] for a in lock["apt-archives"]] == ["bookworm", "bookworm-updates", "bookworm-security"]
+        assert all(d["mirror"] in {a["mirror"] for a in lock["apt-archives"]} for d in apt.values())
+        root_lock = tomllib.loads((proj / "locks" / "regdeb.lock").read_text())
+        releases = [int(email.utils.parsedate_to_datetime(a["release-date"]).timestamp())
+                    for a in lock["apt-archives"]]
+        assert lock["source-date-epoch"] == max(root_lock["source-date-epoch"], *releases)  # never the clock
+        py = tomllib.loads((proj / "locks" / "regpy.lock").read_text())
+        assert py["apt-archives"] == lock["apt-archives"]  # one archive state per chain
+        assert "python3" in {d["name"] for d in py["apt"]} and not {d["name"] for d in py["apt"]} & set(apt)
+        assert py["pip"][0]["name"] == "six" and py["python"].startswith("3.11.")
+        ok(bs(proj, store, "lock", "--check"))
+        t = time.monotonic()
+        ok(bs(proj, store, "fetch"))
+        seconds["fetch"] = time.monotonic() - t
+        # The tag moves upstream to another manifest; then the registry goes away.
+        client = Registry(reg.host)
+        manifest, media, _ = client.get_manifest("debroot", "1")
+        client.put_manifest("debroot", "1", json.dumps(json.loads(manifest), indent=1).encode(), media)
+    ok(bs(proj, store, "lock", "--check"))
+    # An edited lock: a .deb from a mirror none of the chain's archives is stale (3); a bad hash is refused (2).
+    path = proj / "locks" / "regjq.lock"
+    text = path.read_text()
+    path.write_text(text.replace('mirror = "http://deb.debian.org/debian"\nname = "libonig5"',
+                                 'mirror = "http://evil.example/debian"\nname = "libonig5"'))
+    result = bs(proj, store, "lock", "--check")
+    assert result.exit_code == 3 and "not from the chain's archives" in result.output, result.output
+    path.write_text(re.sub(r'inrelease-sha256 = "[^"]*"', 'inrelease-sha256 = "../../etc"', text, count=1))
+    result = bs(proj, store, "lock", "--check")
+    assert result.exit_code == 2 and "[[apt-archives]] #1: inrelease-sha256" in result.output, result.output
+    path.write_text(text)
+    t = time.monotonic()
+    first = json.loads(ok(bs(proj, store, "build", "--json", "regpy")).stdout)[0]
+    seconds["build"] = time.monotonic() - t
+    t = time.monotonic()
+    result = ok(bs(proj, store, "build", "--no-cache", "--verify", "regpy"))
+    seconds["verify"] = time.monotonic() - t
+    assert "reproducible" in result.output
+    again = json.loads(ok(bs(proj, store, "build", "--json", "regpy")).stdout)[0]
+    assert again["image_id"] == first["image_id"] and again["manifest_digest"] == first["manifest_digest"]
+    ok(bs(proj, store, "test", "regpy"))
+    # The chain's first apt layer pins an archive state that is not Debian's now: the second one refuses to
+    # mix states (apt's lists are refreshed to be sure), names what to relock, and writes nothing.
+    before = (proj / "locks" / "regpy.lock").read_bytes()
+    path.write_text(text.replace(lock["apt-archives"][2]["inrelease-sha256"], "0" * 64))
+    result = bs(proj, store, "lock", "regpy")
+    assert result.exit_code == 1, result.output
+    assert "bookworm-security changed since the chain's earlier apt layer" in result.output, result.output
+    assert "buildsys lock --upgrade regjq regpy" in result.output
+    assert (proj / "locks" / "regpy.lock").read_bytes() == before
+    path.write_text(text)
+    print("registry apt seconds:", {k: round(v, 2) for k, v in seconds.items()})
+
+
+TINY_ROOT = """[base]
+image = "{ref}"
+"""
+APT_CHILD = 'parents = ["{parent}"]\n[apt]\npackages = ["jq"]\n'
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("between, words", [
+    (None, ["has no dpkg database", "Debian GNU/Linux 12 (bookworm)"]),
+    ('run = ["rm /etc/os-release"]', ["has no /etc/os-release"]),
+    ("""run = ['printf "ID=alpine\\nPRETTY_NAME=\\"Alpine Linux v3.19\\"\\n" > /etc/os-release']""",
+     ["Alpine Linux v3.19 (ID=alpine)", "not a Debian release"]),
+])
+def test_apt_on_an_image_that_is_not_debian_is_a_named_error_and_writes_no_lock(
+        tmp_path: Path, between: str | None, words: list[str]) -> None:
+    with docker_registry(tmp_path / "registry") as reg:
+        image = push_tiny_image(reg.host)
+        recipes = {"root": TINY_ROOT.format(ref=image.ref())}
+        parent = "root"
+        if between is not None:
+            recipes["mid"] = f'parents = ["root"]\n{between}\n'
+            parent = "mid"
+        recipes["tools"] = APT_CHILD.format(parent=parent)
+        proj = _write(tmp_path / "proj", recipes)
+        result = bs(proj, tmp_path / "store", "lock")
+    assert result.exit_code == 1, result.output
+    for w in [*words, "tools.toml", image.ref(), "Debian-based registry images"]:
+        assert w in result.output, (w, result.output)
+    assert not (proj / "locks" / "regjq.lock").exists()
+
+
+def _tree(files: dict[str, bytes | str]) -> ParentTree:
+    """A parent chain of one layer: str values are symlink targets."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path, data in sorted(files.items()):
+            ti = tarfile.TarInfo(path)
+            if isinstance(data, str):
+                ti.type, ti.linkname = tarfile.SYMTYPE, data
+                tar.addfile(ti)
+            else:
+                ti.size = len(data)
+                tar.addfile(ti, io.BytesIO(data))
+    return _tree_from(buf.getvalue())
+
+
+def _tree_from(blob: bytes) -> ParentTree:
+    import tempfile
+
+    f = Path(tempfile.mkdtemp()) / "layer.tar"
+    f.write_bytes(blob)
+    return ParentTree.from_layers([f])
+
+
+STATUS = b"""Package: libc6
+Status: install ok installed
+Version: 2.36-9+deb12u10
+Description: GNU C Library
+ a continuation line: Version: 0
+
+Package: gone
+Status: deinstall ok config-files
+Version: 1.0
+
+Package: bash
+Status: install ok installed
+Version: 5.2.15-2+b7
+"""
+
+
+def test_the_image_release_is_read_through_the_os_release_symlink(tmp_path: Path) -> None:
+    recipe_file = tmp_path / "recipes" / "tools.toml"
+    recipe_file.parent.mkdir()
+    recipe_file.write_text(APT_CHILD.format(parent="root"))
+    recipe = parse_recipe(recipe_file)
+    debian = b'PRETTY_NAME="Debian GNU/Linux 13 (trixie)"\nID=debian\nVERSION_ID="13"\nVERSION_CODENAME=trixie\n'
+    tree = _tree({"etc/os-release": "../usr/lib/os-release", "usr/lib/os-release": debian,
+                  "var/lib/dpkg/status": STATUS})
+    release = image_release(recipe, "r.example/x:1", tree)
+    assert (release.suite, release.pretty) == ("trixie", "Debian GNU/Linux 13 (trixie)")
+    assert dpkg_installed(release.status) == {"libc6": "2.36-9+deb12u10", "bash": "5.2.15-2+b7"}
+    ubuntu = (b'PRETTY_NAME="Ubuntu 22.04.4 LTS"\nID=ubuntu\nID_LIKE=debian\nVERSION_ID="22.04"\n'
+              b"VERSION_CODENAME=jammy\n")
+    sid = b'PRETTY_NAME="Debian GNU/Linux trixie/sid"\nID=debian\nVERSION_CODENAME=trixie\n'
+    for text, words in [(ubuntu, "Ubuntu 22.04.4 LTS (ID=ubuntu, VERSION_CODENAME=jammy), not a Debian release"),
+                        (sid, "names no Debian release")]:
+        with pytest.raises(NotDebianImage) as e:
+            image_release(recipe, "r.example/x:1", _tree({"etc/os-release": text, "var/lib/dpkg/status": STATUS}))
+        assert words in e.value.message and "r.example/x:1" in e.value.message and "tools.toml" in e.value.message
+    assert parse_os_release(b"# c\nID='debian'\nX=\"a b\"\n") == {"ID": "debian", "X": "a b"}
