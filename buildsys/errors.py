@@ -140,10 +140,10 @@ class FetchError(BuildsysError):
 
 
 class HashMismatch(FetchError):
-    def __init__(self, what: str, url: str, expected: str, actual: str) -> None:
+    def __init__(self, what: str, url: str, expected: str, actual: str, algorithm: str = "sha256") -> None:
         self.what, self.url, self.expected, self.actual = what, url, expected, actual
         super().__init__(
-            f"{what}: sha256 mismatch for {url}\n  expected {expected}\n  actual   {actual}",
+            f"{what}: {algorithm} mismatch for {url}\n  expected {expected}\n  actual   {actual}",
             "the file was not kept; if the upstream file really changed, relock with `buildsys lock --upgrade`",
         )
 

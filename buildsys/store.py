@@ -14,10 +14,10 @@ import re
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -85,6 +85,33 @@ class Store:
         if not _HEX64.fullmatch(sha256):
             raise ValueError(f"not a sha256 hex digest: {sha256!r}")
         return self.vendor / sha256
+
+    def vendor_stream(self, src: IO[bytes], prefix: str, also: Sequence[Any] = (),
+                      check: Callable[[], None] | None = None) -> tuple[str, int]:
+        """Stream ``src`` into the vendor store under its sha256; return (hex digest, size).
+
+        ``also``: more hashlib objects fed the same bytes; ``check`` runs after the last byte and
+        before the file is placed (it raises to refuse it). Nothing is left behind on any error.
+        """
+        h, size = hashlib.sha256(), 0
+        fd, tmp = tempfile.mkstemp(dir=self.tmp, prefix=prefix)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                while chunk := src.read(1 << 20):
+                    h.update(chunk)
+                    for other in also:
+                        other.update(chunk)
+                    size += len(chunk)
+                    out.write(chunk)
+            if check is not None:
+                check()
+            dest = self.vendor_path(h.hexdigest())
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, dest)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return h.hexdigest(), size
 
     def has_artifact(self, art: Artifact) -> bool:
         path = self.vendor_path(art.sha256)

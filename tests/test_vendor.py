@@ -410,3 +410,24 @@ def test_same_size_damage_in_the_store_is_found_and_refetched(server: ServerStat
     hits = len(server.log)
     again = fetch(store, [art], progress=False)  # unchanged since checked: trusted, not rehashed or fetched
     assert (again.downloaded, again.skipped, again.repaired, len(server.log)) == (0, 1, (), hits)
+
+
+def test_vendor_stream_places_by_sha256_and_a_refusing_check_leaves_nothing(store: Store) -> None:
+    """The one streamed placement that [[files]] and CRAN tarballs share at lock time."""
+    import io
+
+    data = b"an R source tarball, say\n" * 5000
+    md5 = hashlib.md5(usedforsecurity=False)
+    sha, size = store.vendor_stream(io.BytesIO(data), "t-", also=[md5])
+    assert (sha, size) == (hashlib.sha256(data).hexdigest(), len(data))
+    assert store.vendor_path(sha).read_bytes() == data and md5.hexdigest() == hashlib.md5(data).hexdigest()
+
+    other = b"not what the index promised\n"
+
+    def refuse() -> None:
+        raise HashMismatch("R package x 1.0 (MD5sum in PACKAGES)", "http://repo/x_1.0.tar.gz", "0" * 32, "1" * 32)
+
+    with pytest.raises(HashMismatch):
+        store.vendor_stream(io.BytesIO(other), "t-", check=refuse)
+    assert not store.vendor_path(hashlib.sha256(other).hexdigest()).exists()
+    assert not [p for p in store.tmp.iterdir() if p.name.startswith("t-")]

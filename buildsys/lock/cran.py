@@ -16,10 +16,8 @@ from __future__ import annotations
 import gzip
 import hashlib
 import heapq
-import os
 import re
 import shlex
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -393,25 +391,15 @@ def _download(store: Store, url: str, entry: IndexEntry, allow_local: bool) -> t
     except (urllib.error.URLError, OSError) as e:
         raise FetchError(f"{entry.name} {entry.version}: cannot download {url}: {getattr(e, 'reason', e)}",
                          hint="check the network and cran.repo, then `buildsys lock` again") from e
-    sha, md5, size = hashlib.sha256(), hashlib.md5(usedforsecurity=False), 0
-    fd, tmp = tempfile.mkstemp(dir=store.tmp, prefix="cran-")
-    try:
-        with os.fdopen(fd, "wb") as out, resp:
-            while chunk := resp.read(1 << 20):
-                sha.update(chunk)
-                md5.update(chunk)
-                size += len(chunk)
-                out.write(chunk)
+    md5 = hashlib.md5(usedforsecurity=False)
+
+    def md5_matches() -> None:
         if entry.md5 and md5.hexdigest() != entry.md5.lower():
             raise HashMismatch(f"R package {entry.name} {entry.version} (MD5sum in PACKAGES)", url, entry.md5,
-                               md5.hexdigest())
-        dest = store.vendor_path(sha.hexdigest())
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return sha.hexdigest(), size
+                               md5.hexdigest(), algorithm="MD5")
+
+    with resp:
+        return store.vendor_stream(resp, "cran-", also=[md5], check=md5_matches)
 
 
 def install_script(packages: Sequence[LockedCran], repo: str, mount: str, epoch: int) -> str:

@@ -7,9 +7,6 @@ addressed, so a later ``fetch`` has nothing to do for it).
 from __future__ import annotations
 
 import email.utils
-import hashlib
-import os
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -63,19 +60,6 @@ def _download(store: Store, url: str, what: str, allow_local: bool) -> tuple[str
                          hint="check the URL and the network") from e
     lm = resp.headers.get("Last-Modified")
     modified = int(email.utils.parsedate_to_datetime(lm).timestamp()) if lm else None
-    h = hashlib.sha256()
-    size = 0
-    fd, tmp = tempfile.mkstemp(dir=store.tmp, prefix="file-")
-    try:
-        with os.fdopen(fd, "wb") as out, resp:
-            while chunk := resp.read(1 << 20):
-                h.update(chunk)
-                size += len(chunk)
-                out.write(chunk)
-        dest = store.vendor_path(h.hexdigest())
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return h.hexdigest(), size, modified
+    with resp:
+        sha, size = store.vendor_stream(resp, "file-")
+    return sha, size, modified
