@@ -22,6 +22,21 @@ def fixture_project() -> Callable[[str], Path]:
     return get
 
 
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 100 MB file system (tmpfs) for a store that cannot hold what is asked of it; needs root,
+    as buildsys builds do (skipped where it cannot be mounted)."""
+    import subprocess
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=100m", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (not root?)")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
 # ---- shipping (publish, export/import, cache, sbom): real services, started once per session
 
 

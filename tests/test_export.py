@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import subprocess
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -161,17 +160,6 @@ def test_a_tampered_lock_or_a_missing_blob_is_refused(archive: Path, shipped, en
     assert result.exit_code == 1 and "is missing" in result.stderr
     nothing_imported(engine2, shipped, store)
 
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 100 MB tmpfs for the store: the 219 MB of blobs cannot fit."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=100m", "tmpfs", str(mnt)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (not root?)")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_a_full_disk_during_import_loads_nothing(archive: Path, shipped, engine2, small_disk: Path) -> None:

@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import docker
@@ -256,17 +255,6 @@ def test_diff_compares_two_images_file_by_file(tmp_path: Path, store: Path, buil
     same = bs(proj, store, "diff", "mini", built["manifest_digest"])
     assert same.exit_code == 0 and "identical" in same.stdout
 
-
-@pytest.fixture()
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 100 MB file system (tmpfs) for the store; needs root, as buildsys builds do."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=100m", "tmpfs", str(mnt)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (not root?)")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_a_full_disk_is_a_clear_error_and_leaves_nothing_trusted(project: Path, store: Path, built: dict,
