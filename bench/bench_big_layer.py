@@ -25,7 +25,7 @@ from benchlib import MB, timed
 from rich.console import Console
 from rich.table import Table
 
-from buildsys.layer import plan_layer, read_upper_dir
+from buildsys.oci.layer import plan_layer, read_upper_dir
 
 console = Console(highlight=False, width=140)
 EPOCH = 1_700_000_000

@@ -42,16 +42,16 @@ from benchlib import MB, Events, timed
 from rich.console import Console
 from rich.table import Table
 
-from buildsys.build import Builder, BuiltImage, LayerRecord
+from buildsys.build.builder import Builder, BuiltImage, LayerRecord
+from buildsys.build.verify import format_mismatch, verify
+from buildsys.core.store import Store
+from buildsys.ecosystems.pip import host_ca_bundle
 from buildsys.engine import Engine
-from buildsys.graph import Graph, build_graph
+from buildsys.fetch.vendor import FetchReport, fetch
 from buildsys.lock import LockOutcome, fresh_locks, lock_recipes
-from buildsys.lock.pip import host_ca_bundle
-from buildsys.lockfile import Lock, lock_path
-from buildsys.recipe import Recipe, load_recipes
-from buildsys.store import Store
-from buildsys.vendor import FetchReport, fetch
-from buildsys.verify import format_mismatch, verify
+from buildsys.model.graph import Graph, build_graph
+from buildsys.model.lockfile import Lock, lock_path
+from buildsys.model.recipe import Recipe, load_recipes
 
 FIXTURE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "chain"
 LEAF = "app"

@@ -36,14 +36,14 @@ from bench_chain import docker_comparison
 from benchlib import MB, Events, timed
 from rich.console import Console
 
-from buildsys.build import Builder, LayerRecord
+from buildsys.build.builder import Builder, LayerRecord
+from buildsys.core.store import Store
 from buildsys.engine import Engine
-from buildsys.graph import build_graph
-from buildsys.layer import ParentTree, normalize_tar
+from buildsys.fetch.vendor import fetch
 from buildsys.lock import fresh_locks
-from buildsys.recipe import load_recipes
-from buildsys.store import Store
-from buildsys.vendor import fetch
+from buildsys.model.graph import build_graph
+from buildsys.model.recipe import load_recipes
+from buildsys.oci.layer import ParentTree, normalize_tar
 
 PROJECT = Path(__file__).resolve().parent.parent
 LEAF = "jupyter"

@@ -31,15 +31,15 @@ from benchlib import MB, Events, timed
 from rich.console import Console
 from rich.table import Table
 
-import buildsys.build as build_module
-from buildsys.build import Builder
+import buildsys.build.builder as build_module
+from buildsys.build.builder import Builder
+from buildsys.core.store import Store
 from buildsys.engine import Engine
-from buildsys.graph import build_graph
-from buildsys.layer import LayerInfo, normalize_tar
+from buildsys.fetch.vendor import fetch
 from buildsys.lock import fresh_locks, lock_recipes
-from buildsys.recipe import load_recipes
-from buildsys.store import Store
-from buildsys.vendor import fetch
+from buildsys.model.graph import build_graph
+from buildsys.model.recipe import load_recipes
+from buildsys.oci.layer import LayerInfo, normalize_tar
 
 RECIPE = "root"
 ROOT_TOML = '[base]\ndebian = { suite = "bookworm", variant = "minbase" }\n'

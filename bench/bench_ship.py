@@ -28,15 +28,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from benchlib import MB, Events, timed  # noqa: E402
 from shipenv import docker_registry  # noqa: E402
 
-from buildsys.build import Builder  # noqa: E402
+from buildsys.build.builder import Builder  # noqa: E402
+from buildsys.core.store import Store  # noqa: E402
 from buildsys.engine import Engine  # noqa: E402
-from buildsys.export import export, import_archive  # noqa: E402
-from buildsys.graph import build_graph  # noqa: E402
 from buildsys.lock import fresh_locks  # noqa: E402
-from buildsys.publish import publish  # noqa: E402
-from buildsys.recipe import load_recipes  # noqa: E402
-from buildsys.remote_cache import RemoteCache  # noqa: E402
-from buildsys.store import Store  # noqa: E402
+from buildsys.model.graph import build_graph  # noqa: E402
+from buildsys.model.recipe import load_recipes  # noqa: E402
+from buildsys.ship.export import export, import_archive  # noqa: E402
+from buildsys.ship.publish import publish  # noqa: E402
+from buildsys.ship.remote_cache import RemoteCache  # noqa: E402
 
 
 def main() -> None:

@@ -38,10 +38,10 @@ import docker.errors
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from buildsys.errors import BuildsysError  # noqa: E402
-from buildsys.graph import build_graph  # noqa: E402
+from buildsys.core.errors import BuildsysError  # noqa: E402
 from buildsys.lock import fresh_locks  # noqa: E402
-from buildsys.recipe import load_recipes  # noqa: E402
+from buildsys.model.graph import build_graph  # noqa: E402
+from buildsys.model.recipe import load_recipes  # noqa: E402
 
 
 def bs(store: Path, *args: str) -> tuple[float, subprocess.CompletedProcess[str]]:

@@ -28,13 +28,13 @@ from benchlib import MB, timed
 from rich.console import Console
 from rich.table import Table
 
-from buildsys.graph import build_graph
+from buildsys.core.store import Store
+from buildsys.fetch.vendor import fetch
 from buildsys.lock import check_locks, fresh_locks
-from buildsys.lockcheck import pip_closure
-from buildsys.lockfile import read_lock
-from buildsys.recipe import load_recipes
-from buildsys.store import Store
-from buildsys.vendor import fetch
+from buildsys.model.coverage import pip_closure
+from buildsys.model.graph import build_graph
+from buildsys.model.lockfile import read_lock
+from buildsys.model.recipe import load_recipes
 
 ROOT = Path(__file__).resolve().parents[1]
 

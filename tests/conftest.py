@@ -123,11 +123,11 @@ def build_bundled(store: Path, recipe: str):  # type: ignore[no-untyped-def]
     """Fetch and build a bundled recipe into ``store``; its BuiltImage, its digests noted for the summary."""
     from helpers import bs, ok
 
-    from buildsys.build import Builder
-    from buildsys.graph import build_graph
+    from buildsys.build.builder import Builder
+    from buildsys.core.store import Store
     from buildsys.lock import fresh_locks
-    from buildsys.recipe import load_recipes
-    from buildsys.store import Store
+    from buildsys.model.graph import build_graph
+    from buildsys.model.recipe import load_recipes
 
     ok(bs(STACK, store, "fetch", recipe))
     ok(bs(STACK, store, "build", recipe))

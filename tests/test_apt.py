@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from debian import deb822
 
-from buildsys.errors import LockError
-from buildsys.lock.apt import AptFailed, AptPackage, AptResolver, ReleaseInfo, UnknownPackage, UnknownSuite
-from buildsys.store import Store
-from buildsys.vendor import fetch
+from buildsys.core.errors import LockError
+from buildsys.core.store import Store
+from buildsys.ecosystems.apt import AptFailed, AptPackage, AptResolver, ReleaseInfo, UnknownPackage, UnknownSuite
+from buildsys.fetch.vendor import fetch
 
 MIRROR = "http://deb.debian.org/debian"
 ESSENTIALS = {"base-files", "base-passwd", "bash", "coreutils", "dpkg", "libc6", "apt", "tar", "debconf"}

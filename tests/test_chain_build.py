@@ -26,15 +26,15 @@ import docker
 import pytest
 from helpers import bs, copy_project, ok
 
-from buildsys.build import Builder
+from buildsys.build.builder import Builder
+from buildsys.core.store import Store
 from buildsys.engine import Engine
-from buildsys.graph import build_graph
-from buildsys.image import OciLayout
-from buildsys.layer import read_entries
 from buildsys.lock import fresh_locks
-from buildsys.lockfile import lock_path, read_lock
-from buildsys.recipe import load_recipes
-from buildsys.store import Store
+from buildsys.model.graph import build_graph
+from buildsys.model.lockfile import lock_path, read_lock
+from buildsys.model.recipe import load_recipes
+from buildsys.oci.image import OciLayout
+from buildsys.oci.layer import read_entries
 
 pytestmark = [pytest.mark.docker, pytest.mark.network, pytest.mark.slow]
 

@@ -19,11 +19,11 @@ import pytest
 from cranrepo import DownloadFailed, build, serve, write_repo
 from helpers import bs, copy_project, ok
 
-from buildsys.errors import BuildsysError
-from buildsys.lock.cran import compare_versions, install_order, parse_index
-from buildsys.lockfile import lock_path, read_lock
-from buildsys.store import Store
-from buildsys.vendor import fetch
+from buildsys.core.errors import BuildsysError
+from buildsys.core.store import Store
+from buildsys.ecosystems.cran import compare_versions, install_order, parse_index
+from buildsys.fetch.vendor import fetch
+from buildsys.model.lockfile import lock_path, read_lock
 
 SOURCES = ("r-cran-processx", "r-cran-ps", "r-cran-mime", "r-cran-digest", "r-cran-jsonlite", "r-cran-r6",
            "r-cran-xml2")
@@ -72,8 +72,8 @@ def test_index_from_real_tarballs(cran_packages: dict, tmp_path: Path) -> None:
 def _resolve_with(cran_packages: dict, tmp_path: Path, r_version: str, installed: dict[str, tuple[str, str]]) -> list:
     """Resolve rpkgs against the real index, for an R that has ``installed`` (the image-reading side is tested
     end to end below; this is the resolver's logic alone)."""
-    from buildsys.lock.cran import InstalledR, resolve_closure
-    from buildsys.recipe import load_recipes
+    from buildsys.ecosystems.cran import InstalledR, resolve_closure
+    from buildsys.model.recipe import load_recipes
 
     write_repo(tmp_path / "repo", cran_packages)
     index = parse_index((tmp_path / "repo/src/contrib/PACKAGES").read_text(), "PACKAGES")
@@ -89,7 +89,7 @@ def test_closure_leaves_out_what_the_image_has(cran_packages: dict, tmp_path: Pa
 
 
 def test_constraint_the_parent_does_not_meet(cran_packages: dict, tmp_path: Path) -> None:
-    from buildsys.lock.cran import CranConstraintUnmet
+    from buildsys.ecosystems.cran import CranConstraintUnmet
 
     have = {"utils": ("4.2.2", "base"), "tools": ("4.2.2", "base"), "methods": ("4.2.2", "base"),
             "jsonlite": ("1.8.4", ""), "R6": ("2.5.1", ""), "ps": ("1.1.0", "")}
@@ -98,7 +98,7 @@ def test_constraint_the_parent_does_not_meet(cran_packages: dict, tmp_path: Path
 
 
 def test_r_version_not_met(cran_packages: dict, tmp_path: Path) -> None:
-    from buildsys.lock.cran import CranConstraintUnmet
+    from buildsys.ecosystems.cran import CranConstraintUnmet
 
     have = {"utils": ("3.2.0", "base"), "tools": ("3.2.0", "base"), "methods": ("3.2.0", "base"),
             "jsonlite": ("1.8.4", ""), "R6": ("2.5.1", "")}
@@ -107,7 +107,7 @@ def test_r_version_not_met(cran_packages: dict, tmp_path: Path) -> None:
 
 
 def test_unparseable_index_is_named(tmp_path: Path) -> None:
-    from buildsys.lock.cran import CranIndexError
+    from buildsys.ecosystems.cran import CranIndexError
 
     with pytest.raises(CranIndexError, match="does not parse"):
         parse_index("Package: a\nVersion 1.0\n", "http://127.0.0.1/src/contrib/PACKAGES")
@@ -270,7 +270,7 @@ def test_compile_failure_names_package_and_header(locked: Path, store: Path) -> 
 ])
 def test_hostile_cran_entry_is_refused(tmp_path: Path, entry: str, words: str) -> None:
     """[[cran]] values become file names and shell words in the build script: their shape is checked on read."""
-    from buildsys.errors import LockFileError
+    from buildsys.core.errors import LockFileError
 
     lock = tmp_path / "x.lock"
     lock.write_text(f'version = 1\nrecipe = "x"\nrecipe-hash = "sha256:{"b" * 64}"\nsource-date-epoch = 1\n\n'
@@ -286,8 +286,8 @@ def test_missing_header_hint_from_real_gcc_output(tmp_path: Path) -> None:
     """gcc's own message for a missing header, after the step marker the build script prints."""
     import subprocess
 
-    from buildsys.lock.cran import failure_hint
-    from buildsys.steps import STEP_MARKER
+    from buildsys.build.steps import STEP_MARKER
+    from buildsys.ecosystems.cran import failure_hint
 
     src = tmp_path / "init.c"
     src.write_text("#include <sodium.h>\n")

@@ -8,8 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from buildsys.cli import cli
+from buildsys.core.errors import EXIT_ENGINE, EXIT_FAILED, EngineUnavailable
 from buildsys.engine import Engine, EngineError
-from buildsys.errors import EXIT_ENGINE, EXIT_FAILED, EngineUnavailable
 
 pytestmark = pytest.mark.docker
 
@@ -69,7 +69,7 @@ def test_an_archive_docker_refuses_is_not_an_unreachable_engine() -> None:
 
 def test_the_probe_names_the_tagged_image_or_says_it_cannot(tmp_path, monkeypatch) -> None:
     """engine_probe answers what the SDK answers, "" for an image the engine lacks, None when it cannot ask."""
-    from buildsys.engine_probe import tagged_image
+    from buildsys.engine.probe import tagged_image
 
     engine = Engine.connect()
     tag = f"buildsys-probe-{tmp_path.name[-12:].lower()}"

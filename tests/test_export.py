@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from helpers import bs, ok
 
-from buildsys.image import OciLayout
-from buildsys.store import Store
+from buildsys.core.store import Store
+from buildsys.oci.image import OciLayout
 
 pytestmark = [pytest.mark.docker, pytest.mark.network, pytest.mark.slow]
 

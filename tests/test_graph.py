@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from buildsys.errors import EXIT_USAGE, GraphError, UnknownRecipe
-from buildsys.graph import Graph, build_graph
-from buildsys.recipe import DebianBase, Recipe, load_recipes
+from buildsys.core.errors import EXIT_USAGE, GraphError, UnknownRecipe
+from buildsys.model.graph import Graph, build_graph
+from buildsys.model.recipe import DebianBase, Recipe, load_recipes
 
 STACK_ORDER = ["base", "python", "jupyter", "r-base", "rstudio", "user"]
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from helpers import bs, ok
 
-from buildsys.lockfile import lock_path, read_lock, write_lock
+from buildsys.model.lockfile import lock_path, read_lock, write_lock
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -227,11 +227,11 @@ def test_diff_with_a_malformed_digest_is_usage_exit_2(project: Path, store: Path
 # wheels' own metadata can tell; real wheels from PyPI, the same check `build` runs on a miss.
 @pytest.mark.network
 def test_a_wheel_whose_dependency_is_locked_nowhere_is_named(tmp_path: Path) -> None:
-    from buildsys.lock.pip import index_files
-    from buildsys.lockcheck import pip_closure
-    from buildsys.lockfile import Lock, LockedPip, LockedWheelFile
-    from buildsys.store import Store
-    from buildsys.vendor import fetch
+    from buildsys.core.store import Store
+    from buildsys.ecosystems.pip import index_files
+    from buildsys.fetch.vendor import fetch
+    from buildsys.model.coverage import pip_closure
+    from buildsys.model.lockfile import Lock, LockedPip, LockedWheelFile
 
     def pinned(project: str, filename: str) -> LockedPip:
         (f,) = [f for f in index_files("https://pypi.org/simple", project).values() if f.name == filename]

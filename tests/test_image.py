@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from buildsys.image import (
+from buildsys.model.recipe import ImageConfig
+from buildsys.oci.image import (
     CONFIG_MEDIA_TYPE,
     LAYER_MEDIA_TYPE,
     MANIFEST_MEDIA_TYPE,
@@ -23,8 +24,7 @@ from buildsys.image import (
     oci_labels,
     write_docker_archive,
 )
-from buildsys.layer import LayerInfo, normalize_tar
-from buildsys.recipe import ImageConfig
+from buildsys.oci.layer import LayerInfo, normalize_tar
 
 EPOCH = 1_700_000_000
 HASH_B, HASH_C = "sha256:" + "b" * 64, "sha256:" + "c" * 64
@@ -229,10 +229,10 @@ def test_docker_load_gives_the_config_digest_as_image_id(tmp_path: Path) -> None
 
 @pytest.mark.docker
 def test_streamed_load_of_a_layer_written_while_docker_reads(tmp_path: Path) -> None:
+    from buildsys.core.errors import EngineUnavailable
     from buildsys.engine import Engine
-    from buildsys.errors import EngineUnavailable
-    from buildsys.image import write_streamed_archive
-    from buildsys.layer import LayerError, plan_layer, read_tar
+    from buildsys.oci.image import write_streamed_archive
+    from buildsys.oci.layer import LayerError, plan_layer, read_tar
 
     try:
         engine = Engine.connect(timeout=60)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from buildsys.layer import (
+from buildsys.oci.layer import (
     NORMALIZER_VERSION,
     LayerError,
     ParentTree,

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from buildsys.errors import LockError
-from buildsys.graph import build_graph
-from buildsys.lock.layer import chain_debs, chain_pips, check_parents_agree
-from buildsys.lockfile import Lock, LockedCran, LockedDeb, LockedPip
-from buildsys.recipe import load_recipes
+from buildsys.core.errors import LockError
+from buildsys.lock.parents import chain_debs, chain_pips, check_parents_agree
+from buildsys.model.graph import build_graph
+from buildsys.model.lockfile import Lock, LockedCran, LockedDeb, LockedPip
+from buildsys.model.recipe import load_recipes
 
 DIAMOND = Path(__file__).parent / "fixtures" / "diamond"
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from buildsys.layer import (
+from buildsys.oci.layer import (
     ParentTree,
     _header,
     _Item,

@@ -18,10 +18,10 @@ from urllib.parse import urlsplit
 import pytest
 import tomlkit
 
-from buildsys.errors import BuildsysError
-from buildsys.lockfile import Lock, read_lock
-from buildsys.lockschema import is_safe_filename
-from buildsys.store import Store
+from buildsys.core.errors import BuildsysError
+from buildsys.core.store import Store
+from buildsys.model.lockfile import Lock, read_lock
+from buildsys.model.lockschema import is_safe_filename
 
 REPO = Path(__file__).resolve().parents[1]
 HOSTILE: list[Any] = [

@@ -28,9 +28,9 @@ import pytest
 from click.testing import CliRunner
 
 from buildsys.cli import cli
-from buildsys.engine import Engine
-from buildsys.errors import NotVendored, RecipeError
-from buildsys.lock.pip import (
+from buildsys.core.errors import NotVendored, RecipeError
+from buildsys.core.store import Store
+from buildsys.ecosystems.pip import (
     TOOLS,
     ConflictingPins,
     NoDistribution,
@@ -45,10 +45,10 @@ from buildsys.lock.pip import (
     stage_wheels,
     tools_dir,
 )
-from buildsys.lockfile import Lock, LockedPip, LockedWheelFile
-from buildsys.recipe import Recipe
-from buildsys.store import Store
-from buildsys.vendor import fetch
+from buildsys.engine import Engine
+from buildsys.fetch.vendor import fetch
+from buildsys.model.lockfile import Lock, LockedPip, LockedWheelFile
+from buildsys.model.recipe import Recipe
 
 FIXTURES = Path(__file__).parent / "fixtures"
 HEX64 = re.compile(r"^[0-9a-f]{64}$")

@@ -16,8 +16,8 @@ import requests
 from helpers import bs, copy_project, ok
 from shipenv import failing_registry, free_port
 
-from buildsys.image import OciLayout
-from buildsys.registry import Reference, Registry
+from buildsys.oci.image import OciLayout
+from buildsys.oci.registry import Reference, Registry
 
 pytestmark = [pytest.mark.docker, pytest.mark.network, pytest.mark.slow]
 
@@ -193,7 +193,7 @@ def test_chunked_upload_and_a_mismatching_blob_is_refused(registry, tmp_path) ->
     import hashlib
     import os
 
-    from buildsys.registry import RegistryError
+    from buildsys.oci.registry import RegistryError
 
     data = os.urandom(3 * 1024 * 1024 + 17)
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
@@ -211,7 +211,7 @@ def test_chunked_upload_and_a_mismatching_blob_is_refused(registry, tmp_path) ->
 def test_the_bearer_token_flow_uses_docker_config_credentials(tmp_path, monkeypatch) -> None:
     from shipenv import token_registry
 
-    from buildsys.registry import RegistryAuthError
+    from buildsys.oci.registry import RegistryAuthError
 
     with token_registry() as (host, server):
         monkeypatch.setenv("DOCKER_CONFIG", str(docker_config(tmp_path / "good", host, "robot", "tok3n-pass")))

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from buildsys.errors import EXIT_USAGE, RecipeError
-from buildsys.recipe import (
+from buildsys.core.errors import EXIT_USAGE, RecipeError
+from buildsys.model.recipe import (
     DEFAULT_MIRROR,
     DebianBase,
     FileSpec,

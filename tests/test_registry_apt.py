@@ -24,11 +24,11 @@ from helpers import bs, ok
 from regimage import push_tiny_image
 from shipenv import docker_registry
 
-from buildsys.layer import ParentTree
-from buildsys.lock.imageapt import NotDebianImage, image_release, parse_os_release
-from buildsys.recipe import parse_recipe
-from buildsys.registry import Registry
-from buildsys.steps import dpkg_installed
+from buildsys.build.steps import dpkg_installed
+from buildsys.ecosystems.imageapt import NotDebianImage, image_release, parse_os_release
+from buildsys.model.recipe import parse_recipe
+from buildsys.oci.layer import ParentTree
+from buildsys.oci.registry import Registry
 
 DEBROOT = """description = "bookworm minbase, to be published and used as a registry base"
 [base]

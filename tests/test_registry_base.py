@@ -18,8 +18,8 @@ from helpers import bs, ok
 from regimage import CREATED_EPOCH, TinyImage, push_tiny_image, registry_blob_file
 from shipenv import RegistryService, docker_registry, free_port
 
-from buildsys.image import OciLayout, rfc3339
-from buildsys.registry import Registry
+from buildsys.oci.image import OciLayout, rfc3339
+from buildsys.oci.registry import Registry
 
 ROOT = """description = "a tiny image from a registry"
 [base]

@@ -12,8 +12,8 @@ import pytest
 import requests
 from helpers import bs, ok
 
-from buildsys.registry import Registry
-from buildsys.remote_cache import TAG_PREFIX
+from buildsys.oci.registry import Registry
+from buildsys.ship.remote_cache import TAG_PREFIX
 
 pytestmark = [pytest.mark.docker, pytest.mark.network, pytest.mark.slow]
 
@@ -77,10 +77,10 @@ def test_an_entry_that_is_not_the_layer_it_claims_is_ignored_and_the_layer_built
 def test_a_cache_registry_that_is_down_is_a_miss_not_a_failure(shipped, tmp_path) -> None:
     from shipenv import free_port
 
-    from buildsys.graph import build_graph
-    from buildsys.image import OciLayout
-    from buildsys.recipe import load_recipes
-    from buildsys.remote_cache import RemoteCache
+    from buildsys.model.graph import build_graph
+    from buildsys.model.recipe import load_recipes
+    from buildsys.oci.image import OciLayout
+    from buildsys.ship.remote_cache import RemoteCache
 
     proj, _ = shipped
     graph = build_graph(load_recipes(proj))
@@ -96,10 +96,10 @@ def test_an_answer_that_is_no_manifest_is_a_miss_not_a_traceback(shipped, tmp_pa
     import http.server
     import threading
 
-    from buildsys.graph import build_graph
-    from buildsys.image import OciLayout
-    from buildsys.recipe import load_recipes
-    from buildsys.remote_cache import RemoteCache
+    from buildsys.model.graph import build_graph
+    from buildsys.model.recipe import load_recipes
+    from buildsys.oci.image import OciLayout
+    from buildsys.ship.remote_cache import RemoteCache
 
     class Portal(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's name)

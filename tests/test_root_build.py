@@ -22,8 +22,8 @@ import docker
 import pytest
 from helpers import bs, copy_project
 
-from buildsys.image import OciLayout
-from buildsys.lockfile import lock_path, read_lock
+from buildsys.model.lockfile import lock_path, read_lock
+from buildsys.oci.image import OciLayout
 
 pytestmark = [pytest.mark.docker, pytest.mark.network, pytest.mark.slow]
 

@@ -28,14 +28,14 @@ from pathlib import Path
 import pytest
 from helpers import bs, ok
 
-from buildsys.build import BuiltImage
-from buildsys.doctor import GpuUnavailable, cuda_verdict, driver_cuda, gpu_support, host_driver, image_cuda
+from buildsys.build.builder import BuiltImage
+from buildsys.core.errors import UsageError
 from buildsys.engine import Engine, EngineError, GpuRequest
-from buildsys.errors import UsageError
-from buildsys.graph import build_graph
 from buildsys.lock import fresh_locks
-from buildsys.recipe import load_recipes
-from buildsys.run import (
+from buildsys.model.graph import build_graph
+from buildsys.model.recipe import load_recipes
+from buildsys.use.doctor import GpuUnavailable, cuda_verdict, driver_cuda, gpu_support, host_driver, image_cuda
+from buildsys.use.run import (
     RUN_LABEL,
     UP_LABEL,
     HostUser,
@@ -47,7 +47,7 @@ from buildsys.run import (
     parse_volume,
     plan_run,
 )
-from buildsys.testing import command_label, package_checks, run_tests
+from buildsys.use.testing import command_label, package_checks, run_tests
 
 ROOT = Path(__file__).resolve().parents[1]  # the bundled stack: recipes/ and locks/
 

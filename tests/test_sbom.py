@@ -11,7 +11,7 @@ from cyclonedx.validation.json import JsonStrictValidator
 from helpers import bs, ok
 from packageurl import PackageURL
 
-from buildsys.lockfile import lock_path, read_lock
+from buildsys.model.lockfile import lock_path, read_lock
 
 pytestmark = [pytest.mark.docker, pytest.mark.network, pytest.mark.slow]
 
@@ -60,10 +60,10 @@ def test_spdx_is_valid_and_holds_the_same_components(shipped, tmp_path: Path) ->
 
 def test_files_are_generic_purls_and_an_unbuilt_chain_still_has_an_sbom(tmp_path: Path) -> None:
     """[[files]] come out as pkg:generic with the checksum; the SBOM needs the locks, not a build."""
-    from buildsys.graph import build_graph
-    from buildsys.lockfile import Lock, LockedFile
-    from buildsys.recipe import load_recipes
-    from buildsys.sbom import cyclonedx_json, items
+    from buildsys.model.graph import build_graph
+    from buildsys.model.lockfile import Lock, LockedFile
+    from buildsys.model.recipe import load_recipes
+    from buildsys.ship.sbom import cyclonedx_json, items
 
     proj = Path(__file__).parent / "fixtures" / "chain"
     graph = build_graph(load_recipes(proj))

@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from buildsys.recipe import Recipe
-from buildsys.testing import command_label, package_checks
+from buildsys.model.recipe import Recipe
+from buildsys.use.testing import command_label, package_checks
 
 
 def _recipe(pip: tuple[str, ...] = (), cran: tuple[str, ...] = ()) -> Recipe:

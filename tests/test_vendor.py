@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from buildsys.errors import FetchError, HashMismatch
-from buildsys.store import Artifact, Store
-from buildsys.vendor import DownloadFailed, FetchFailures, fetch, verify_store
+from buildsys.core.errors import FetchError, HashMismatch
+from buildsys.core.store import Artifact, Store
+from buildsys.fetch.vendor import DownloadFailed, FetchFailures, fetch, verify_store
 
 
 @dataclass
@@ -391,7 +391,7 @@ def test_redirect_to_this_machine_is_refused(server: ServerState, store: Store) 
     art = artifact("a.bin", data, f"{server.base}/redirect/{target}")
     fetch(store, [art], progress=False)  # local = true: the redirect may stay on this machine
     store.vendor_path(art.sha256).unlink()
-    from buildsys.urlpolicy import LocalURLRefused, opener
+    from buildsys.core.urlpolicy import LocalURLRefused, opener
 
     with pytest.raises(LocalURLRefused, match="loopback"):
         opener(allow_local=False).open(f"{server.base}/redirect/{target}", timeout=10)

@@ -12,16 +12,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from buildsys.build import Builder, Reporter
-from buildsys.errors import BuildsysError, LockError, MissingLock, StaleLock
-from buildsys.graph import Graph
-from buildsys.layer import ParentTree
-from buildsys.lock import layer
-from buildsys.lock.base import lock_debian_root
-from buildsys.lock.files import lock_files
-from buildsys.lockfile import Lock, LockedArchive, check_fresh, dumps, hash_bytes, lock_path, read_lock, write_lock
-from buildsys.recipe import ImageBase, Recipe
-from buildsys.store import Store
+from buildsys.build.builder import Builder, Reporter
+from buildsys.core.errors import BuildsysError, LockError, MissingLock, StaleLock
+from buildsys.core.store import Store
+from buildsys.ecosystems.debian import lock_debian_root
+from buildsys.ecosystems.files import lock_files
+from buildsys.lock import parents as layer
+from buildsys.model.graph import Graph
+from buildsys.model.lockfile import (
+    Lock,
+    LockedArchive,
+    check_fresh,
+    dumps,
+    hash_bytes,
+    lock_path,
+    read_lock,
+    write_lock,
+)
+from buildsys.model.recipe import ImageBase, Recipe
+from buildsys.oci.layer import ParentTree
 
 if TYPE_CHECKING:  # docker's client is imported only where an engine is used
     from buildsys.engine import Engine
@@ -176,7 +185,7 @@ def resolve(recipe: Recipe, store: Store, graph: Graph, locks: dict[str, Lock], 
     files = lock_files(recipe, store, warn=lambda message: progress(recipe.name, "warning", message))
     if recipe.is_root:
         if isinstance(recipe.base, ImageBase):
-            from buildsys.lock.image import lock_image_root
+            from buildsys.ecosystems.image import lock_image_root
 
             steps = [k for k, v in (("apt", recipe.apt_packages), ("pip", recipe.pip_packages),
                                     ("cran", recipe.cran_packages), ("files", recipe.files), ("run", recipe.run))
@@ -201,7 +210,7 @@ def resolve(recipe: Recipe, store: Store, graph: Graph, locks: dict[str, Lock], 
 
     cran_index = None
     if recipe.cran_packages:
-        from buildsys.lock.cran import check_repo
+        from buildsys.ecosystems.cran import check_repo
 
         progress(recipe.name, "lock", f"cran: reading the index of {recipe.cran_repo}")
         cran_index = check_repo(recipe)
@@ -216,7 +225,7 @@ def resolve(recipe: Recipe, store: Store, graph: Graph, locks: dict[str, Lock], 
     apt_epochs: list[int] = []
     if recipe.apt_packages and image_root is not None:
         # The image's own packages are in no lock: read its dpkg status and release from the built parent.
-        from buildsys.lock.imageapt import image_release, lock_apt_on_image
+        from buildsys.ecosystems.imageapt import image_release, lock_apt_on_image
 
         if engine is None:
             raise LockError(f"{recipe.path}: resolving [apt] on a registry image needs the docker engine")
@@ -243,8 +252,8 @@ def resolve(recipe: Recipe, store: Store, graph: Graph, locks: dict[str, Lock], 
         return lock
     if engine is None:
         raise LockError(f"{recipe.path}: resolving [pip] and [cran] needs the docker engine")
-    from buildsys.lock.cran import lock_cran
-    from buildsys.lock.pip import lock_pip
+    from buildsys.ecosystems.cran import lock_cran
+    from buildsys.ecosystems.pip import lock_pip
 
     eng = eng or engine()
     builder = builder or Builder(store, graph, locks, engine=eng, tag=False, report=progress)

@@ -1,0 +1,217 @@
+"""``build --verify`` and ``diff``: prove two builds equal, or say what differs.
+
+Verify builds the chain once as usual (the cache may answer), then again from
+nothing into a throw-away store that shares only the vendored inputs, with no
+cache and fresh containers, and compares every layer's diff_id, the config
+digest and the manifest digest. On a mismatch the first differing layer is
+diffed file by file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import tarfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from buildsys.build.builder import Builder, BuiltImage, Reporter
+from buildsys.core.errors import UsageError, did_you_mean
+from buildsys.core.store import Store, atomic_write
+from buildsys.engine import Engine
+from buildsys.model.graph import Graph
+from buildsys.model.lockfile import Lock
+from buildsys.model.recipe import canonical_json
+from buildsys.oci.image import OciLayout
+from buildsys.oci.layer import FileDifference, LayerEntry, diff_entries, diff_layers, read_entries
+
+
+@dataclass
+class LayerMismatch:
+    recipe: str  # the recipe whose layer differs first
+    index: int  # its position in the chain
+    diff_id: tuple[str, str]
+    files: list[FileDifference]
+    config: list[str]  # config keys that differ
+
+
+@dataclass
+class VerifyResult:
+    recipe: str
+    first: BuiltImage
+    second: BuiltImage
+    mismatch: LayerMismatch | None = None
+    config_only: list[str] = field(default_factory=list)
+
+    @property
+    def equal(self) -> bool:
+        return self.mismatch is None and self.first.record == self.second.record
+
+
+def verify(store: Store, graph: Graph, locks: Mapping[str, Lock], names: Sequence[str],
+           engine: Engine | None, report: Reporter, jobs: int = 1) -> list[VerifyResult]:
+    first = Builder(store, graph, locks, engine=engine, report=report).build(names, jobs=jobs)
+    results: list[VerifyResult] = []
+    with store.scratch("verify") as tmp:
+        fresh = Store(Path(tmp), vendor_root=store.vendor_root)
+        report("*", "verify", "rebuilding from nothing (no cache, fresh store)")
+        second = Builder(fresh, graph, locks, engine=engine, no_cache=True, tag=False,
+                         report=lambda r, s, d: report(r, f"verify {s}", d)).build(names, jobs=jobs)
+        for a, b in zip(first, second, strict=True):
+            results.append(compare(a, b, OciLayout(store.oci), OciLayout(fresh.oci)))
+    for r in results:
+        if r.equal:
+            mark_verified(store, r.first)
+    return results
+
+
+def _verified_path(store: Store, manifest_digest: str) -> Path:
+    return store.root / "verified" / (manifest_digest.split(":", 1)[1] + ".json")
+
+
+def mark_verified(store: Store, image: BuiltImage) -> None:
+    """Remember that the chain of ``image`` was rebuilt from nothing to the same digests (``publish`` asks)."""
+    record = {"version": 1, "recipe": image.recipe, "chain": image.chain,
+              "manifest_digest": image.record.manifest_digest, "image_id": image.record.config_digest}
+    atomic_write(_verified_path(store, image.record.manifest_digest), canonical_json(record))
+
+
+def was_verified(store: Store, manifest_digest: str) -> bool:
+    """Did a ``build --verify`` with this store find this image's chain reproducible?"""
+    try:
+        record = json.loads(_verified_path(store, manifest_digest).read_bytes())
+    except (FileNotFoundError, ValueError):
+        return False
+    return isinstance(record, dict) and record.get("manifest_digest") == manifest_digest
+
+
+def compare(a: BuiltImage, b: BuiltImage, layout_a: OciLayout, layout_b: OciLayout) -> VerifyResult:
+    result = VerifyResult(recipe=a.recipe, first=a, second=b)
+    for i, (la, lb) in enumerate(zip(a.layers, b.layers, strict=True)):
+        da, db = la.diff_ids[-1], lb.diff_ids[-1]
+        if da != db or la.config_digest != lb.config_digest:
+            files = diff_layers(layout_a.blob_path(la.layers[-1][0]), layout_b.blob_path(lb.layers[-1][0])) \
+                if da != db else []
+            cfg = config_differences(layout_a.read_config(la.config_digest), layout_b.read_config(lb.config_digest))
+            result.mismatch = LayerMismatch(recipe=a.chain[i], index=i, diff_id=(da, db), files=files, config=cfg)
+            break
+    return result
+
+
+def config_differences(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """The key paths whose values differ between two JSON objects."""
+    out: list[str] = []
+    for key in sorted(set(a) | set(b)):
+        path = f"{prefix}{key}"
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += config_differences(va, vb, path + ".")
+        elif va != vb:
+            out.append(f"{path}: {json.dumps(va)[:80]} != {json.dumps(vb)[:80]}")
+    return out
+
+
+def format_mismatch(result: VerifyResult, limit: int = 50) -> str:
+    m = result.mismatch
+    assert m is not None
+    lines = [f"{result.recipe}: NOT reproducible; first differing layer: '{m.recipe}' (layer {m.index + 1} of "
+             f"{len(result.first.chain)})"]
+    if m.diff_id[0] != m.diff_id[1]:
+        lines.append(f"  diff_id {m.diff_id[0]}\n       vs {m.diff_id[1]}")
+    for d in m.files[:limit]:
+        lines.append(f"  {d.path}: {', '.join(d.what)}")
+        if d.detail:
+            lines += [f"      {ln}" for ln in d.detail.splitlines()]
+    if len(m.files) > limit:
+        lines.append(f"  ... and {len(m.files) - limit} more files")
+    lines += [f"  config {c}" for c in m.config]
+    return "\n".join(lines)
+
+
+# -- diff of two whole images ---------------------------------------------------------
+
+
+@dataclass
+class ImageDiff:
+    files: list[FileDifference]
+    config: list[str]
+
+
+def flatten(layout: OciLayout, manifest_digest: str) -> dict[str, tuple[LayerEntry, Path]]:
+    """The merged file view of an image: each path's entry and the layer tar that holds it.
+
+    Whiteouts apply as docker applies them: ``.wh.NAME`` deletes NAME and what is
+    under it in lower layers; ``.wh..wh..opq`` empties its directory below.
+    """
+    manifest, _ = layout.read_image(manifest_digest)
+    merged: dict[str, tuple[LayerEntry, Path]] = {}
+    for desc in manifest["layers"]:
+        blob = layout.blob_path(desc["digest"])
+        entries = read_entries(blob)
+        for path in entries:
+            parent, _, base = path.rpartition("/")
+            if base == ".wh..wh..opq":
+                prefix = parent + "/"
+                for p in [p for p in merged if p.startswith(prefix)]:
+                    del merged[p]
+            elif base.startswith(".wh."):
+                gone = f"{parent}/{base[4:]}" if parent else base[4:]
+                for p in [p for p in merged if p == gone or p.startswith(gone + "/")]:
+                    del merged[p]
+        for path, entry in entries.items():
+            if not path.rpartition("/")[2].startswith(".wh."):
+                merged[path] = (entry, blob)
+    return merged
+
+
+def _reader(view: Mapping[str, tuple[LayerEntry, Path]], stack: contextlib.ExitStack) -> Callable[[str], bytes]:
+    """Read a file's content from the layer that holds it; each layer tar is opened (and indexed) once."""
+    opened: dict[Path, tarfile.TarFile] = {}
+
+    def read(path: str) -> bytes:
+        _, blob = view[path]
+        if blob not in opened:
+            opened[blob] = stack.enter_context(tarfile.open(blob, "r:"))  # noqa: SIM115 (closed by the stack)
+        tf = opened[blob]
+        try:
+            member = tf.getmember(path)
+        except KeyError:
+            member = tf.getmember(path + "/")
+        f = tf.extractfile(member)
+        return f.read() if f else b""
+
+    return read
+
+
+def diff_images(layout_a: OciLayout, manifest_a: str, layout_b: OciLayout, manifest_b: str) -> ImageDiff:
+    """What differs between two images, file by file, plus their configs."""
+    a, b = flatten(layout_a, manifest_a), flatten(layout_b, manifest_b)
+    with contextlib.ExitStack() as stack:
+        files = diff_entries({p: e for p, (e, _) in a.items()}, {p: e for p, (e, _) in b.items()},
+                             _reader(a, stack), _reader(b, stack))
+    _, cfg_a = layout_a.read_image(manifest_a)
+    _, cfg_b = layout_b.read_image(manifest_b)
+    # rootfs.diff_ids and history differ whenever any file does; they add nothing.
+    skip = ("rootfs", "history")
+    config = config_differences({k: v for k, v in cfg_a.items() if k not in skip},
+                                {k: v for k, v in cfg_b.items() if k not in skip})
+    return ImageDiff(files=files, config=config)
+
+
+def resolve_image(layout: OciLayout, ref: str) -> str:
+    """A recipe name (the ref its last build left in the store) or a manifest digest."""
+    if ref.startswith("sha256:"):
+        if not re.fullmatch(r"sha256:[0-9a-f]{64}", ref):
+            raise UsageError(f"'{ref}' is not a manifest digest (sha256: and 64 lowercase hex digits)",
+                             "give a recipe name or a digest as `buildsys build --json` prints it")
+        if layout.has_blob(ref):
+            return ref
+    digest = layout.resolve(ref)
+    if digest is None:
+        known = sorted(layout.refs())
+        raise UsageError(f"no image '{ref}' in the store{did_you_mean(ref, known)}",
+                         f"build it first (`buildsys build {ref}`); images here: {', '.join(known) or '(none)'}")
+    return digest

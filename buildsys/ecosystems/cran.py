@@ -1,0 +1,499 @@
+"""Lock ``[cran]``: R source packages from a CRAN-like repository, pinned by sha256.
+
+A CRAN-like repository is a folder holding ``src/contrib/PACKAGES`` (DCF, one
+stanza per package, optionally ``PACKAGES.gz``) and ``NAME_VERSION.tar.gz``
+beside it; a version that the repository has moved past lives under
+``src/contrib/Archive/NAME/``. Resolution is the transitive closure over
+Depends, Imports and LinkingTo (what ``install.packages`` follows by default),
+less base and recommended packages and whatever the parent image already has
+installed (Debian's ``r-cran-*`` included), read from the image itself.
+
+The build side (``install_script``) lives here too, as pip's does in ``pip``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import heapq
+import re
+import shlex
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from buildsys.build.steps import STEP_MARKER
+from buildsys.core.errors import FetchError, HashMismatch, LockError
+from buildsys.core.store import Store
+from buildsys.core.urlpolicy import LocalURLRefused, local_reason, opener
+from buildsys.engine import Engine
+from buildsys.model.lockfile import LockedCran
+from buildsys.model.recipe import Recipe
+
+# Where R packages of a layer go: Debian's R puts /usr/local/lib/R/site-library first in .libPaths().
+# One fixed path, because lazy-load databases and Meta/*.rds record where a package was installed.
+SITE_LIBRARY = "/usr/local/lib/R/site-library"
+# Sources are unpacked and compiled here, always the same path, mapped away by -ffile-prefix-map.
+BUILD_DIR = "/tmp/buildsys-cran"
+R_NAME = re.compile(r"[A-Za-z][A-Za-z0-9.]*[A-Za-z0-9]")
+DEP_FIELDS = ("Depends", "Imports", "LinkingTo")
+_DEP = re.compile(r"^\s*([A-Za-z][A-Za-z0-9.]*)\s*(?:\(\s*([<>=!]+)\s*([^)\s]+)\s*\))?\s*$")
+
+# Headers a failed compile may name, and the Debian package that provides them.
+HEADER_PACKAGES = {
+    "sodium.h": "libsodium-dev", "curl/curl.h": "libcurl4-openssl-dev", "openssl/ssl.h": "libssl-dev",
+    "libxml/parser.h": "libxml2-dev", "libxml/tree.h": "libxml2-dev", "zmq.h": "libzmq3-dev",
+    "png.h": "libpng-dev", "jpeglib.h": "libjpeg-dev", "zlib.h": "zlib1g-dev", "gmp.h": "libgmp-dev",
+    "gsl/gsl_math.h": "libgsl-dev", "fftw3.h": "libfftw3-dev", "sqlite3.h": "libsqlite3-dev",
+    "git2.h": "libgit2-dev", "ft2build.h": "libfreetype-dev", "fontconfig/fontconfig.h": "libfontconfig-dev",
+    "cairo.h": "libcairo2-dev", "uv.h": "libuv1-dev", "hdf5.h": "libhdf5-dev", "netcdf.h": "libnetcdf-dev",
+    "proj.h": "libproj-dev", "gdal.h": "libgdal-dev", "geos_c.h": "libgeos-dev", "udunits2.h": "libudunits2-dev",
+    "magick/api.h": "libmagick++-dev", "Magick++.h": "libmagick++-dev", "tiff.h": "libtiff-dev",
+    "harfbuzz/hb.h": "libharfbuzz-dev", "fribidi/fribidi.h": "libfribidi-dev", "mysql.h": "libmariadb-dev",
+    "libpq-fe.h": "libpq-dev", "unicode/utypes.h": "libicu-dev", "lzma.h": "liblzma-dev", "bzlib.h": "libbz2-dev",
+}
+
+
+class CranRepoUnreachable(LockError):
+    def __init__(self, recipe: Path, repo: str, why: str) -> None:
+        self.repo, self.why = repo, why
+        super().__init__(f"{recipe}: cran.repo: cannot read the CRAN repository {repo}: {why}",
+                         hint="check the network and the URL (it must hold src/contrib/PACKAGES); behind a "
+                              "firewall, set cran.repo to your organisation's CRAN mirror, then run `buildsys "
+                              "lock` again")
+
+
+class CranIndexError(LockError):
+    def __init__(self, index_url: str, problem: str) -> None:
+        self.index_url, self.problem = index_url, problem
+        super().__init__(f"the CRAN index {index_url} does not parse: {problem}",
+                         hint="check that cran.repo is a CRAN-like repository (src/contrib/PACKAGES in DCF), "
+                              "then run `buildsys lock` again")
+
+
+class CranPackageMissing(LockError):
+    def __init__(self, recipe: Path, package: str, needed_by: str, repo: str, known: Iterable[str]) -> None:
+        from buildsys.core.errors import did_you_mean
+
+        self.package, self.needed_by, self.repo = package, needed_by, repo
+        why = f" (needed by {needed_by})" if needed_by else ""
+        super().__init__(f"{recipe}: cran.packages: R package '{package}'{why} is not in {repo}"
+                         f"{did_you_mean(package, known)}",
+                         hint="check the name (R package names are case-sensitive), or use a repository or "
+                              "snapshot date that has it, then run `buildsys lock` again")
+
+
+class CranConstraintUnmet(LockError):
+    """A dependency's version constraint that the image or the repository cannot meet."""
+
+
+@dataclass(frozen=True)
+class Dependency:
+    name: str
+    op: str = ""
+    version: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.op} {self.version})" if self.op else self.name
+
+    def met_by(self, version: str) -> bool:
+        if not self.op:
+            return True
+        c = compare_versions(version, self.version)
+        return {">=": c >= 0, ">": c > 0, "<=": c <= 0, "<": c < 0, "==": c == 0, "=": c == 0,
+                "!=": c != 0}.get(self.op, False)
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    name: str
+    version: str
+    depends: tuple[Dependency, ...]  # Depends + Imports + LinkingTo, R itself left out
+    r_needed: tuple[Dependency, ...]  # constraints on R itself
+    md5: str = ""
+    path: str = ""  # relative to src/contrib, when the index says (Path: field)
+
+
+@dataclass(frozen=True)
+class InstalledR:
+    """What an image's R has: its version and every installed package (name -> (version, priority))."""
+
+    version: str
+    packages: Mapping[str, tuple[str, str]]
+
+    def is_shipped(self, name: str) -> bool:
+        return self.packages.get(name, ("", ""))[1] in ("base", "recommended")
+
+
+@dataclass(frozen=True)
+class CranLock:
+    packages: tuple[LockedCran, ...]
+    index_sha256: str
+    r_version: str
+
+
+Entry = TypeVar("Entry", IndexEntry, LockedCran)
+
+
+def compare_versions(a: str, b: str) -> int:
+    """R's package_version order: numbers split on '.' and '-'."""
+    def key(v: str) -> list[int]:
+        return [int(x) for x in re.split(r"[.-]", v.strip()) if x.isdigit()]
+    ka, kb = key(a), key(b)
+    return (ka > kb) - (ka < kb)
+
+
+def parse_dcf(text: str) -> list[dict[str, str]]:
+    """Debian-control-like stanzas; continuation lines are joined with a space."""
+    stanzas: list[dict[str, str]] = []
+    current: dict[str, str] = {}
+    last = ""
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            if current:
+                stanzas.append(current)
+            current, last = {}, ""
+            continue
+        if line[0] in " \t":
+            if not last:
+                raise ValueError(f"line {n}: a continuation line with no field before it")
+            current[last] += " " + line.strip()
+            continue
+        field, sep, value = line.partition(":")
+        if not sep or not re.fullmatch(r"[A-Za-z0-9/@._-]+", field):
+            raise ValueError(f"line {n}: {line[:60]!r} is not 'Field: value'")
+        last = field
+        current[field] = value.strip()
+    if current:
+        stanzas.append(current)
+    return stanzas
+
+
+def parse_deps(value: str) -> list[Dependency]:
+    out = []
+    for part in value.split(","):
+        if not part.strip():
+            continue
+        m = _DEP.match(part)
+        if not m:
+            raise ValueError(f"{part.strip()!r} is not 'name' or 'name (op version)'")
+        out.append(Dependency(m.group(1), m.group(2) or "", m.group(3) or ""))
+    return out
+
+
+def parse_index(text: str, index_url: str) -> dict[str, IndexEntry]:
+    try:
+        stanzas = parse_dcf(text)
+        entries: dict[str, IndexEntry] = {}
+        for st in stanzas:
+            if "Package" not in st or "Version" not in st:
+                raise ValueError(f"a stanza without Package or Version: {sorted(st)[:5]}")
+            name, version = st["Package"], st["Version"]
+            if not R_NAME.fullmatch(name) or not re.fullmatch(r"[0-9]+([.-][0-9]+)+", version):
+                raise ValueError(f"'{name}' '{version}' is not an R package name and version")
+            deps = [d for f in DEP_FIELDS for d in parse_deps(st.get(f, ""))]
+            entry = IndexEntry(name=name, version=version, depends=tuple(d for d in deps if d.name != "R"),
+                               r_needed=tuple(d for d in deps if d.name == "R"), md5=st.get("MD5sum", ""),
+                               path=st.get("Path", ""))
+            old = entries.get(name)
+            if old is None or compare_versions(version, old.version) > 0:
+                entries[name] = entry
+    except ValueError as e:
+        raise CranIndexError(index_url, str(e)) from e
+    if not entries:
+        raise CranIndexError(index_url, "it lists no package")
+    return entries
+
+
+def contrib(repo: str) -> str:
+    return repo.rstrip("/") + "/src/contrib"
+
+
+def tarball_urls(repo: str, name: str, version: str, path: str = "") -> tuple[str, ...]:
+    """Where a pinned version is: the top level while current, ``Archive/NAME/`` once the repo moved on."""
+    base = contrib(repo) + (f"/{path}" if path else "")
+    return (f"{base}/{name}_{version}.tar.gz", f"{contrib(repo)}/Archive/{name}/{name}_{version}.tar.gz")
+
+
+def read_index(recipe: Recipe) -> tuple[dict[str, IndexEntry], str]:
+    """The repo's PACKAGES index (PACKAGES.gz first, as R does) and the sha256 of the bytes read."""
+    assert recipe.cran_repo
+    repo = recipe.cran_repo
+    allow_local = local_reason(repo) is not None  # the recipe names a loopback/file repo on purpose
+    failures = []
+    for name in ("PACKAGES.gz", "PACKAGES"):
+        url = f"{contrib(repo)}/{name}"
+        try:
+            with opener(allow_local).open(urllib.request.Request(url), timeout=60) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as e:
+            failures.append(f"{url}: HTTP {e.code}")
+            continue
+        except LocalURLRefused as e:
+            raise CranRepoUnreachable(recipe.path, repo, str(e)) from e
+        except (urllib.error.URLError, OSError) as e:
+            raise CranRepoUnreachable(recipe.path, repo, str(getattr(e, "reason", e))) from e
+        try:
+            text = (gzip.decompress(raw) if name.endswith(".gz") else raw).decode("utf-8")
+        except (OSError, EOFError, UnicodeDecodeError) as e:
+            raise CranIndexError(url, f"not gzip'd UTF-8 text ({e})") from e
+        return parse_index(text, url), hashlib.sha256(raw).hexdigest()
+    raise CranRepoUnreachable(recipe.path, repo, "; ".join(failures))
+
+
+def resolve_closure(recipe: Recipe, index: Mapping[str, IndexEntry], installed: InstalledR,
+                    above: Mapping[str, str] | None = None) -> list[IndexEntry]:
+    """The packages to install, in install order (dependencies first, ties by name).
+
+    ``above``: R packages the ancestors' locks pinned from CRAN (they are in the
+    image too, but named here so a missing one says where it was expected).
+    """
+    repo = recipe.cran_repo or ""
+    have = dict(above or {})
+    have.update({n: v for n, (v, _) in installed.packages.items()})
+    chosen: dict[str, IndexEntry] = {}
+    todo: list[tuple[str, Dependency | None, str]] = [(p, None, "") for p in recipe.cran_packages]
+    while todo:
+        name, dep, parent = todo.pop()
+        where = f"{parent} needs '{dep}'" if dep and parent else f"the recipe asks for '{name}'"
+        if name in have:
+            if dep is not None and not dep.met_by(have[name]):
+                what = "ships with R" if installed.is_shipped(name) else "is in the parent image"
+                raise CranConstraintUnmet(
+                    f"{recipe.path}: cran.packages: {where}, but {name} {have[name]} {what}",
+                    hint=f"upgrade {name} in the parent (its r-cran-* package or its recipe), or pick a snapshot "
+                         f"date in cran.repo where {parent or name} fits; then `buildsys lock {recipe.name}`")
+            continue
+        entry = index.get(name)
+        if entry is None:
+            raise CranPackageMissing(recipe.path, name, parent, repo, index)
+        if dep is not None and not dep.met_by(entry.version):
+            raise CranConstraintUnmet(f"{recipe.path}: cran.packages: {where}, but {repo} has {name} {entry.version}",
+                                      hint="use a cran.repo snapshot that has a version that fits, then "
+                                           f"`buildsys lock {recipe.name}`")
+        for r in entry.r_needed:
+            if not r.met_by(installed.version):
+                raise CranConstraintUnmet(
+                    f"{recipe.path}: cran.packages: {name} {entry.version} needs '{r}', the image has R "
+                    f"{installed.version}",
+                    hint=f"use an older cran.repo snapshot (one from R {installed.version}'s time), or a newer R "
+                         f"in the parent chain; then `buildsys lock {recipe.name}`")
+        if name in chosen:
+            continue
+        chosen[name] = entry
+        todo += [(d.name, d, name) for d in reversed(entry.depends)]
+    return install_order(chosen.values())
+
+
+def install_order(entries: Iterable[Entry]) -> list[Entry]:
+    """Dependencies first, ties broken by name: the same order for the same set, always."""
+    by_name = {e.name: e for e in entries}
+    deps = {n: {d if isinstance(d, str) else d.name for d in e.depends} & set(by_name) for n, e in by_name.items()}
+    waiting = {n: len(d) for n, d in deps.items()}
+    users: dict[str, list[str]] = {n: [] for n in by_name}
+    for n, ds in deps.items():
+        for d in ds:
+            users[d].append(n)
+    ready = [n for n, k in waiting.items() if k == 0]
+    heapq.heapify(ready)
+    out = []
+    while ready:
+        n = heapq.heappop(ready)
+        out.append(by_name[n])
+        for u in users[n]:
+            waiting[u] -= 1
+            if waiting[u] == 0:
+                heapq.heappush(ready, u)
+    if len(out) != len(by_name):
+        cycle = sorted(set(by_name) - {e.name for e in out})
+        raise LockError(f"R packages depend on each other in a cycle: {', '.join(cycle)}",
+                        hint="report it to the packages' maintainers; pin other versions meanwhile")
+    return out
+
+
+# The image's R: its version, then every package folder of every library with Version and Priority.
+_INSPECT = r"""
+set -eu
+command -v R >/dev/null || { echo '::no-r::'; exit 0; }
+for d in /usr/lib/R/library/base /usr/lib/R/library/*/ /usr/lib/R/site-library/*/ \
+         /usr/local/lib/R/site-library/*/; do
+  f="${d%/}/DESCRIPTION"
+  [ -f "$f" ] || continue
+  echo "::pkg::"
+  grep -E '^(Package|Version|Priority):' "$f" || true
+done
+"""
+
+
+def inspect_image(engine: Engine, image: str) -> InstalledR | None:
+    """What R the image has and which packages (None: no R at all)."""
+    result = engine.run(image, ["/bin/sh", "-c", _INSPECT], network="none", user="0:0", entrypoint=())
+    if result.exit_code != 0:
+        raise LockError(f"reading the R packages of image {image[:19]} failed (exit {result.exit_code}): "
+                        f"{result.output[-500:]}", hint="run again with -v; this is a buildsys bug if it persists")
+    if "::no-r::" in result.output:
+        return None
+    packages: dict[str, tuple[str, str]] = {}
+    r_version = ""
+    for chunk in result.output.split("::pkg::")[1:]:
+        fields = dict(ln.split(":", 1) for ln in chunk.strip().splitlines() if ":" in ln)
+        fields = {k.strip(): v.strip() for k, v in fields.items()}
+        name, version = fields.get("Package", ""), fields.get("Version", "")
+        if not name or not version:
+            continue
+        if name == "base":
+            r_version = version
+        packages.setdefault(name, (version, fields.get("Priority", "")))  # first in .libPaths() order wins
+    return InstalledR(version=r_version, packages=packages)
+
+
+def check_repo(recipe: Recipe) -> tuple[dict[str, IndexEntry], str]:
+    """Read the index before anything costly (the parent image is built after): an unreachable repo says so first."""
+    if not recipe.cran_repo:
+        raise LockError(f"{recipe.path}: [cran] needs repo = \"...\" (a dated CRAN snapshot)",
+                        hint='add repo = "https://packagemanager.posit.co/cran/2025-06-02" (or your mirror)')
+    return read_index(recipe)
+
+
+def lock_cran(recipe: Recipe, store: Store, engine: Engine, image: str, above: Mapping[str, str],
+              index: tuple[dict[str, IndexEntry], str],
+              progress: Callable[[str], None] = lambda message: None) -> CranLock:
+    """Resolve the recipe's [cran] packages for the R in ``image``; pin each tarball by its sha256."""
+    assert recipe.cran_repo
+    installed = inspect_image(engine, image)
+    if installed is None:
+        raise LockError(f"{recipe.path}: [cran] packages need R in the image, and the parent chain has none",
+                        hint='add [apt] packages = ["r-base-core", "r-base-dev"] to this recipe or a parent')
+    entries = resolve_closure(recipe, index[0], installed, above)
+    progress(f"cran: {len(entries)} packages to pin (R {installed.version}): "
+             + " ".join(f"{e.name}={e.version}" for e in entries))
+    allow_local = local_reason(recipe.cran_repo) is not None
+    locked = []
+    for e in entries:
+        url = tarball_urls(recipe.cran_repo, e.name, e.version, e.path)[0]
+        sha, size = _download(store, url, e, allow_local)
+        locked.append(LockedCran(name=e.name, version=e.version, sha256=sha, size=size, url=url,
+                                 depends=tuple(sorted({d.name for d in e.depends}))))
+    return CranLock(tuple(locked), index[1], installed.version)
+
+
+def _download(store: Store, url: str, entry: IndexEntry, allow_local: bool) -> tuple[str, int]:
+    """The tarball into the vendor store; checked against the index's MD5sum when it has one."""
+    try:
+        resp = opener(allow_local).open(urllib.request.Request(url), timeout=60)
+    except urllib.error.HTTPError as e:
+        raise FetchError(f"{entry.name} {entry.version}: {url} answered HTTP {e.code}, though the repository's "
+                         "index lists it", hint="the repository may be mid-update: run `buildsys lock` again "
+                                                "later, or use a dated snapshot") from e
+    except (urllib.error.URLError, OSError) as e:
+        raise FetchError(f"{entry.name} {entry.version}: cannot download {url}: {getattr(e, 'reason', e)}",
+                         hint="check the network and cran.repo, then `buildsys lock` again") from e
+    md5 = hashlib.md5(usedforsecurity=False)
+
+    def md5_matches() -> None:
+        if entry.md5 and md5.hexdigest() != entry.md5.lower():
+            raise HashMismatch(f"R package {entry.name} {entry.version} (MD5sum in PACKAGES)", url, entry.md5,
+                               md5.hexdigest(), algorithm="MD5")
+
+    with resp:
+        return store.vendor_stream(resp, "cran-", also=[md5], check=md5_matches)
+
+
+def install_script(packages: Sequence[LockedCran], repo: str, mount: str, epoch: int) -> str:
+    """Shell that installs the vendored tarballs in dependency order, reproducibly.
+
+    Each source and its fix is in docs/reproducibility.md ("R packages").
+    """
+    built = shlex.quote(_utc(epoch))
+    lines = [
+        f"mkdir -p {SITE_LIBRARY} {BUILD_DIR}",
+        # Compiler flags: Debian's R Makeconf already maps its own build path; map ours, and
+        # keep -g (debug info is then path-free and the same every time).
+        f"export R_MAKEVARS_USER={mount}/cran/Makevars",
+        "export R_LIBS_USER=/nonexistent R_LIBS=",
+        "export R_INSTALL_STAGED=false",
+    ]
+    for p in install_order(packages):
+        tar = f"{mount}/cran/{p.name}_{p.version}.tar.gz"
+        lines += [
+            f"echo '{STEP_MARKER}cran: install {p.name} {p.version}'",
+            f"rm -rf {BUILD_DIR}/{p.name} && tar -xzf {tar} -C {BUILD_DIR} --no-same-owner",
+            f"test -d {BUILD_DIR}/{p.name} || {{ echo 'R package {p.name}: its tarball has no folder "
+            f"{p.name}/'; exit 1; }}",
+            f"R CMD INSTALL --no-multiarch --built-timestamp={built} --library={SITE_LIBRARY} "
+            f"{BUILD_DIR}/{p.name}",
+            f"rm -rf {BUILD_DIR}/{p.name}",
+        ]
+    rprofile = f'options(repos = c(CRAN = "{_r_string(repo)}"))'
+    lines += [
+        f"rm -rf {BUILD_DIR}",
+        "mkdir -p /etc/R",
+        # Debian's Rprofile.site is a conffile; only our line is appended, once.
+        f"grep -qxF {shlex.quote(rprofile)} /etc/R/Rprofile.site 2>/dev/null || "
+        f"echo {shlex.quote(rprofile)} >> /etc/R/Rprofile.site",
+    ]
+    return "\n".join(lines)
+
+
+MAKEVARS = f"""\
+# buildsys: build paths out of debug info and macros (docs/reproducibility.md)
+PREFIX_MAP = -ffile-prefix-map={BUILD_DIR}=. -fdebug-prefix-map={BUILD_DIR}=. -Wdate-time
+CFLAGS += $(PREFIX_MAP)
+CXXFLAGS += $(PREFIX_MAP)
+CXX11FLAGS += $(PREFIX_MAP)
+CXX14FLAGS += $(PREFIX_MAP)
+CXX17FLAGS += $(PREFIX_MAP)
+FFLAGS += -ffile-prefix-map={BUILD_DIR}=.
+FCFLAGS += -ffile-prefix-map={BUILD_DIR}=.
+"""
+
+
+def stage_tarballs(store: Store, recipe: str, packages: Sequence[LockedCran], folder: Path) -> None:
+    from buildsys.core.errors import NotVendored
+
+    folder.mkdir(parents=True)
+    for p in packages:
+        src = store.vendor_path(p.sha256)
+        if not src.is_file():
+            raise NotVendored(recipe, f"R package {p.name} {p.version} ({p.url})")
+        (folder / f"{p.name}_{p.version}.tar.gz").hardlink_to(src)
+    (folder / "Makevars").write_text(MAKEVARS)
+
+
+def failure_hint(output: str) -> str | None:
+    """For a failed R package compile: which [apt] package provides the missing header, when known."""
+    last = [ln for ln in output.splitlines() if ln.startswith(STEP_MARKER)]
+    if not last or not last[-1].startswith(f"{STEP_MARKER}cran: install "):
+        return None
+    pkg = last[-1].split()[2]
+    header = re.findall(r"fatal error: ([^:\s]+): No such file or directory", output)
+    if header:
+        h = header[-1]
+        deb = HEADER_PACKAGES.get(h) or HEADER_PACKAGES.get(h.rsplit("/", 1)[-1])
+        if deb:
+            return (f"R package {pkg} needs the header {h}, which Debian's {deb} provides: add \"{deb}\" to "
+                    "[apt] packages of this recipe (or a parent), `buildsys lock`, then build again")
+        return (f"R package {pkg} needs the header {h}: add the Debian -dev package that provides it to [apt] "
+                "packages (`apt-file search " + h + "` names it), `buildsys lock`, then build again")
+    # Packages that test for a library in ``configure`` (the "anticonf" script many CRAN packages share)
+    # hide the compiler's message and name the Debian package themselves: "* deb: libxml2-dev (Debian, ...)".
+    named = re.findall(r"^\s*\*?\s*deb: ([a-z0-9][a-z0-9+.-]+)", output, re.M)
+    if named:
+        return (f"R package {pkg}'s configure did not find a system library, which Debian's {named[-1]} provides: "
+                f"add \"{named[-1]}\" to [apt] packages (here or in a parent), `buildsys lock`, then build again")
+    return (f"R package {pkg} failed to install (see its output above); if a system library is missing, add its "
+            "Debian -dev package to [apt] packages, `buildsys lock`, then build again")
+
+
+def _utc(epoch: int) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _r_string(s: str) -> str:
+    return s.replace("\\", "\\\\").replace('"', '\\"')
+

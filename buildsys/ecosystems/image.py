@@ -1,0 +1,169 @@
+"""Lock a registry root: ``[base] image = "HOST/REPO:TAG"`` pinned to a manifest and its blobs.
+
+At lock time the reference is resolved once, through ``registry.Registry``
+(docker's credentials, Basic and Bearer auth, retries): a tag (or a digest)
+gives a manifest or an index; from an index the entry of the recipe's
+platform (``linux/amd64`` unless ``[base] platform`` says another) is taken.
+The lock records the manifest's digest, the config's digest and every layer
+blob's digest, size and media type. ``fetch`` vendors all of them by sha256
+(the manifest and config bytes too), so a build never asks the registry
+again: a tag that is moved or deleted upstream (NVIDIA deletes old ones)
+changes nothing for a lock.
+"""
+
+from __future__ import annotations
+
+import calendar
+import json
+import os
+import time
+from typing import Any
+
+from buildsys.core.errors import LockError, UsageError
+from buildsys.model.lockfile import ImageBaseLock, LockedLayer
+from buildsys.model.lockschema import IMAGE_MANIFEST_TYPES, LAYER_MEDIA_TYPES
+from buildsys.model.recipe import ImageBase, Recipe
+from buildsys.oci.registry import NotInRegistry, Reference, Registry, RegistryError, RegistryUnavailable
+
+INDEX_TYPES = ("application/vnd.oci.image.index.v1+json",
+               "application/vnd.docker.distribution.manifest.list.v2+json")
+# The scheme of the vendor store's URLs for registry blobs: ``vendor`` hands them to ``download``.
+SCHEME = "oci-registry"
+
+
+def blob_url(reference: str, kind: str, digest: str) -> str:
+    """``oci-registry://HOST/REPO/{blobs|manifests}/DIGEST``: where ``fetch`` finds one pinned blob."""
+    ref = Reference.parse(reference)
+    return f"{SCHEME}://{ref.host}/{ref.repository}/{kind}/{digest}"
+
+
+def parse_blob_url(url: str) -> tuple[str, str]:
+    """(registry host, API path /v2/REPO/KIND/DIGEST) of a ``blob_url``."""
+    rest = url.removeprefix(f"{SCHEME}://")
+    host, _, path = rest.partition("/")
+    return host, f"/v2/{path}"
+
+
+def lock_image_root(recipe: Recipe, registry: Registry | None = None) -> tuple[ImageBaseLock, int]:
+    """Resolve the recipe's image; return the ``[base.image]`` table and its epoch.
+
+    The epoch is the image config's ``created`` time (the newest thing in the
+    image, as its publisher stamped it), read from the pinned config: never the
+    wall clock.
+    """
+    base = recipe.base
+    assert isinstance(base, ImageBase)
+    try:
+        ref = Reference.parse(base.image)
+    except UsageError as e:  # said again with the recipe's name
+        raise LockError(f"{recipe.path}: base.image: {e}",
+                        "write HOST[:PORT]/REPO[:TAG] or HOST/REPO@sha256:..., e.g. nvcr.io/nvidia/cuda:12.4.1-base"
+                        ) from e
+    reg = registry or Registry(ref.host)
+    where = f"{recipe.path}: base.image {base.image}"
+    try:
+        data, media, digest = reg.get_manifest(ref.repository, ref.digest or ref.tag or "latest")
+        if media in INDEX_TYPES or json.loads(data).get("manifests") is not None:
+            entry = _platform_entry(data, base.platform, where)
+            data, media, digest = reg.get_manifest(ref.repository, entry)
+        manifest = _manifest(data, media, where)
+        config_desc = manifest["config"]
+        config = reg.get_blob_bytes(ref.repository, config_desc["digest"])
+    except NotInRegistry as e:
+        raise LockError(f"{where}: {e.message}",
+                        f"check the name and tag on {ref.host} (a tag deleted upstream is gone for good: pin "
+                        "another one, or a digest)") from e
+    except RegistryUnavailable as e:  # its own hint speaks of publishing
+        raise LockError(f"{where}: {e.message}",
+                        f"check that {ref.host} answers (curl {reg.base}/v2/), then lock again; nothing was "
+                        "written") from e
+    except RegistryError as e:
+        raise LockError(f"{where}: {e.message}", e.hint) from e
+    except ValueError as e:  # JSON that is not a manifest
+        raise LockError(f"{where}: the registry's manifest is not valid JSON ({e})") from e
+    cfg = json.loads(config)
+    platform = f"{cfg.get('os')}/{cfg.get('architecture')}" + (f"/{cfg['variant']}" if cfg.get("variant") else "")
+    if platform.split("/")[:2] != base.platform.split("/")[:2]:
+        raise LockError(f"{where}: the image is for {platform}, the recipe asks for {base.platform}",
+                        'set [base] platform = "..." to the image\'s, or pick an image (or index) for it')
+    diff_ids = (cfg.get("rootfs") or {}).get("diff_ids") or []
+    layers = []
+    for i, la in enumerate(manifest["layers"]):
+        mt = la.get("mediaType", "")
+        if mt not in LAYER_MEDIA_TYPES:
+            raise LockError(f"{where}: layer {i + 1} has media type {mt!r}, which buildsys cannot unpack",
+                            f"supported: {', '.join(sorted(LAYER_MEDIA_TYPES))}")
+        layers.append(LockedLayer(digest=la["digest"], size=int(la["size"]), media_type=mt))
+    if len(diff_ids) != len(layers):
+        raise LockError(f"{where}: the config lists {len(diff_ids)} diff_ids for {len(layers)} layers",
+                        "the image is damaged; pick another")
+    if not layers:
+        raise LockError(f"{where}: the image has no layer")
+    table = ImageBaseLock(reference=base.image, platform=base.platform, manifest_digest=digest,
+                          manifest_media_type=media, manifest_size=len(data),
+                          config_digest=config_desc["digest"], config_size=len(config), layers=tuple(layers))
+    return table, created_epoch(cfg)
+
+
+def created_epoch(config: dict[str, Any]) -> int:
+    """The config's ``created`` (RFC 3339) in seconds; 0 when it has none (some tools leave it out)."""
+    created = config.get("created")
+    if not isinstance(created, str) or len(created) < 19:
+        return 0
+    try:
+        return calendar.timegm(time.strptime(created[:19], "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        return 0
+
+
+def _platform_entry(data: bytes, platform: str, where: str) -> str:
+    index = json.loads(data)
+    want = platform.split("/")
+    found = []
+    for m in index.get("manifests") or []:
+        p = m.get("platform") or {}
+        have = [p.get("os", ""), p.get("architecture", "")] + ([p["variant"]] if p.get("variant") else [])
+        found.append("/".join(have))
+        if have[:2] == want[:2] and (len(want) < 3 or have[2:] == want[2:]):
+            if m.get("mediaType") not in (*IMAGE_MANIFEST_TYPES, None):
+                continue
+            return str(m["digest"])
+    raise LockError(f"{where}: the index has no {platform} entry (it has: {', '.join(found) or 'none'})",
+                    'pick an image built for it, or set [base] platform = "..." to one of those')
+
+
+def _manifest(data: bytes, media: str, where: str) -> dict[str, Any]:
+    manifest = json.loads(data)
+    media = media or manifest.get("mediaType", "")
+    if media not in IMAGE_MANIFEST_TYPES:
+        raise LockError(f"{where}: the registry answered a {media or 'untyped'} document, not an image manifest",
+                        "point base.image at an image (or an index of images)")
+    if not isinstance(manifest.get("config"), dict) or not isinstance(manifest.get("layers"), list):
+        raise LockError(f"{where}: the manifest lacks its config or layers")
+    return dict(manifest)
+
+
+def download(url: str, fd: int, have: int) -> int:
+    """Append the blob at ``url`` (``blob_url``) to ``fd`` from byte ``have`` on; return bytes written.
+
+    Through ``registry.Registry``, so docker's credentials and a Bearer realm
+    work as they do for ``publish``. The caller hashes the finished file.
+    """
+    host, path = parse_blob_url(url)
+    reg = Registry(host)
+    headers = {"Accept": ", ".join(IMAGE_MANIFEST_TYPES)} if "/manifests/" in path else {}
+    if have:
+        headers["Range"] = f"bytes={have}-"
+    resp = reg.request("GET", path, headers=headers, ok=(200, 206), stream=True, what=path.rsplit("/", 1)[-1])
+    try:
+        if resp.status_code == 200 and have:  # the registry ignored Range: from the start
+            os.ftruncate(fd, 0)
+            have = 0
+        os.lseek(fd, have, os.SEEK_SET)
+        written = 0
+        for chunk in resp.iter_content(1 << 20):
+            os.write(fd, chunk)
+            written += len(chunk)
+        return written
+    finally:
+        resp.close()

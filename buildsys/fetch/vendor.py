@@ -1,0 +1,502 @@
+"""Fill the content-addressed vendor store (``vendor/sha256/<hex>``).
+
+Downloads stream into ``<hex>.partial`` beside their final place, hashed as
+they are written; only a file whose sha256 (and size) match the lock is
+renamed into place, so a file in the store is always a verified one. A
+leftover ``.partial`` is resumed with an HTTP Range request, never trusted:
+the whole file is hashed again before it is placed.
+
+This module speaks HTTP itself (urllib; ``file://`` for air-gapped copies and
+tests) instead of calling ``pip download`` or ``apt-get download``, so the
+host's pip and apt configuration cannot change what is fetched or from where.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import http.client
+import os
+import shutil
+import ssl
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from buildsys import __version__
+from buildsys.core.errors import FetchError, HashMismatch
+from buildsys.core.store import Artifact, Store, sha256_file
+from buildsys.core.urlpolicy import LocalURLRefused, local_reason, opener
+
+CHUNK = 1 << 16
+USER_AGENT = f"buildsys/{__version__}"
+# Backoff before retry n (1-based): BACKOFF * 2**(n-1) seconds, capped.
+BACKOFF = 0.5
+BACKOFF_MAX = 8.0
+
+
+@dataclass(frozen=True)
+class FetchReport:
+    downloaded: int  # artifacts placed in the store by this run
+    skipped: int  # artifacts already there
+    bytes: int  # bytes transferred by this run
+    seconds: float
+    # Files that were in the store with other content than their name says: removed and fetched again.
+    repaired: tuple[str, ...] = ()
+
+    def summary(self) -> str:
+        return (
+            f"fetched {self.downloaded} file(s), {self.bytes / 1e6:.1f} MB in {self.seconds:.1f}s; "
+            f"{self.skipped} already in the store"
+        )
+
+
+class DownloadFailed(FetchError):
+    """Every URL of an artifact failed; lists each URL and why."""
+
+    def __init__(self, art: Artifact, attempts: Sequence[tuple[str, str]]) -> None:
+        self.artifact = art
+        self.attempts = tuple(attempts)
+        tried = "\n".join(f"  {url}: {why}" for url, why in attempts) or "  (no URL in the lock)"
+        super().__init__(
+            f"could not fetch {art.name} {art.version} ({art.filename}); tried:\n{tried}",
+            "check that the network and the mirror are reachable and run `buildsys fetch` again "
+            "(it resumes); if the file is gone upstream, relock with `buildsys lock --upgrade`",
+        )
+
+
+class FetchFailures(FetchError):
+    """Several artifacts failed; each error is in ``errors``."""
+
+    def __init__(self, errors: Sequence[FetchError]) -> None:
+        self.errors = tuple(errors)
+        body = "\n".join(f"- {e.message}" for e in errors)
+        super().__init__(f"{len(errors)} artifacts could not be fetched:\n{body}", errors[0].hint)
+
+
+class _Transient(Exception):
+    """Worth another try at the same URL (connection trouble, 5xx, timeouts)."""
+
+
+class _Permanent(Exception):
+    """This URL will not serve it (404, 403, a missing file); try the next one."""
+
+
+class _Stopped(Exception):
+    pass
+
+
+class _LocalWriteError(Exception):
+    """Writing the store failed (disk full, permissions): no use retrying."""
+
+
+def fetch(
+    store: Store,
+    artifacts: Sequence[Artifact],
+    *,
+    jobs: int = 8,
+    progress: bool = True,
+    retries: int = 3,
+    timeout: float = 60.0,
+) -> FetchReport:
+    """Make every artifact present and verified in ``store``.
+
+    With ``progress`` and a terminal on stderr, a live display shows the
+    overall bytes and one line per active download; it vanishes when done.
+    Nothing else is printed: the caller (the CLI) prints ``report.summary()``.
+
+    A file already in the store is trusted only while it is unchanged since
+    its hash was checked (``Store.is_verified``: size, mtime and inode as they
+    were then); any other is rehashed, and one whose content is not what its
+    name says is removed, fetched again and named in ``report.repaired``.
+    Failures of some artifacts do not stop the others; they are raised at
+    the end (one error as itself, several as ``FetchFailures``).
+    """
+    start = time.monotonic()
+    unique: dict[str, Artifact] = {}
+    for art in artifacts:
+        unique.setdefault(art.sha256.lower(), art)
+    present = [a for a in unique.values() if store.has_artifact(a)]
+    unchecked = [a for a in present if not store.is_verified(a.sha256)]
+    damaged = verify_store(store, unchecked, remove=True, jobs=jobs) if unchecked else []
+    for art in unchecked:
+        if art not in damaged:
+            store.mark_verified(art.sha256)
+    todo = [a for a in unique.values() if not store.has_artifact(a)]
+    skipped = len(unique) - len(todo)
+    store.vendor.mkdir(parents=True, exist_ok=True)
+
+    live = progress and sys.stderr.isatty() and bool(todo)
+    display = _RichDisplay(todo) if live else _NoDisplay()
+    stop = threading.Event()
+    errors: list[FetchError] = []
+    done_bytes = 0
+    downloaded = 0
+    with display, ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="fetch") as pool:
+        futures: dict[Future[tuple[bool, int]], Artifact] = {
+            pool.submit(_fetch_one, store, art, retries, timeout, display, stop): art for art in todo
+        }
+        try:
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                for fut in done:
+                    try:
+                        placed, nbytes = fut.result()
+                    except FetchError as e:
+                        errors.append(e)
+                        continue
+                    downloaded += placed
+                    skipped += not placed
+                    done_bytes += nbytes
+        except BaseException:
+            stop.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    report = FetchReport(downloaded, skipped, done_bytes, time.monotonic() - start,
+                         repaired=tuple(f"{a.filename} ({a.sha256})" for a in damaged))
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise FetchFailures(sorted(errors, key=lambda e: e.message))
+    return report
+
+
+def verify_store(store: Store, artifacts: Sequence[Artifact], *, remove: bool = True, jobs: int = 8) -> list[Artifact]:
+    """Rehash every present artifact; return the corrupt ones (removed unless ``remove=False``).
+
+    Missing artifacts are not reported here: ``Store.has_artifact`` says so.
+    """
+    unique: dict[str, Artifact] = {}
+    for art in artifacts:
+        unique.setdefault(art.sha256.lower(), art)
+    present = [a for a in unique.values() if store.vendor_path(a.sha256).is_file()]
+
+    def bad(art: Artifact) -> bool:
+        path = store.vendor_path(art.sha256)
+        if art.size is not None and path.stat().st_size != art.size:
+            return True
+        return sha256_file(path) != art.sha256.lower()
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:  # hashlib releases the GIL
+        corrupt = [a for a, is_bad in zip(present, pool.map(bad, present), strict=True) if is_bad]
+    if remove:
+        for art in corrupt:
+            with contextlib.suppress(FileNotFoundError):
+                store.vendor_path(art.sha256).unlink()
+    return corrupt
+
+
+# -- one artifact ---------------------------------------------------------------
+
+
+def _fetch_one(
+    store: Store, art: Artifact, retries: int, timeout: float, display: _Display, stop: threading.Event
+) -> tuple[bool, int]:
+    """Download, verify and place one artifact; return (placed by us, bytes transferred)."""
+    hexdigest = art.sha256.lower()
+    final = store.vendor_path(hexdigest)
+    partial = final.with_name(f"{hexdigest}.partial")
+    with _locked_partial(partial) as fd:
+        if store.has_artifact(art):  # another process placed it while we waited
+            partial.unlink(missing_ok=True)
+            return False, 0
+        attempts: list[tuple[str, str]] = []
+        transferred = 0
+        task = display.start(art)
+        placed = False
+        try:
+            for url in art.urls:
+                attempt = 0
+                while True:
+                    if stop.is_set():
+                        raise _Stopped()
+                    resumed = os.fstat(fd).st_size > 0
+                    try:
+                        transferred += _download(url, fd, art, timeout, lambda n: display.advance(task, n), stop)
+                    except _Transient as e:
+                        attempt += 1
+                        attempts.append((url, f"{e} (attempt {attempt} of {retries + 1})"))
+                        if attempt > retries:
+                            break
+                        time.sleep(min(BACKOFF * 2 ** (attempt - 1), BACKOFF_MAX))
+                        continue
+                    except _Permanent as e:
+                        attempts.append((url, str(e)))
+                        break
+                    except _LocalWriteError as e:
+                        raise FetchError(f"cannot write {partial}: {e}", "free some space in the store") from e
+                    actual = _check(fd, art)
+                    if actual is None:
+                        os.replace(partial, final)
+                        store.mark_verified(hexdigest)
+                        placed = True
+                        return True, transferred
+                    if resumed:
+                        # The leftover part may be what is wrong: once more from nothing.
+                        _restart(fd)
+                        continue
+                    partial.unlink(missing_ok=True)
+                    raise HashMismatch(f"{art.name} {art.version}", url, art.sha256.lower(), actual)
+            raise DownloadFailed(art, attempts)
+        finally:
+            display.finish(task)
+            # Keep a partial download for the next run to resume, but not an empty file.
+            if not placed and partial.exists() and os.fstat(fd).st_size == 0:
+                partial.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _locked_partial(partial: Path) -> Iterator[int]:
+    """Open ``<hex>.partial`` under an exclusive lock, so two fetches never write one file.
+
+    The path may be renamed into place (or removed) by the holder of the lock
+    while we wait for it; then our descriptor names the wrong file, and we
+    open the path again.
+    """
+    while True:
+        fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                same = os.fstat(fd).st_ino == os.stat(partial).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                yield fd
+                return
+        finally:
+            os.close(fd)
+
+
+def _check(fd: int, art: Artifact) -> str | None:
+    """None when the finished partial is the locked file; else what it is instead."""
+    os.fsync(fd)
+    size = os.fstat(fd).st_size
+    actual = _hash_fd(fd)
+    if actual != art.sha256.lower():
+        return actual if art.size is None or size == art.size else f"{actual} ({size} bytes, expected {art.size})"
+    if art.size is not None and size != art.size:  # same hash, other size: a lock with a wrong size
+        return f"{actual} ({size} bytes, expected {art.size})"
+    return None
+
+
+def _hash_fd(fd: int) -> str:
+    h = hashlib.sha256()
+    os.lseek(fd, 0, os.SEEK_SET)
+    while chunk := os.read(fd, 1 << 20):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def _download(
+    url: str, fd: int, art: Artifact, timeout: float, advance: Callable[[int], None], stop: threading.Event
+) -> int:
+    """Complete the partial file at ``fd`` from ``url``; return the bytes transferred."""
+    scheme = urlsplit(url).scheme
+    if not art.local and (reason := local_reason(url, resolve=True)):
+        raise _Permanent(f"refused: {reason}; only a [[files]] entry with local = true may read from this machine")
+    if scheme == "file":
+        return _copy_file(url, fd, advance)
+    if scheme == "oci-registry":
+        return _registry_blob(url, fd, art, advance)
+    if scheme not in ("http", "https"):
+        raise _Permanent(f"unsupported URL scheme '{scheme}'")
+    have = os.fstat(fd).st_size
+    if art.size is not None and have >= art.size:
+        if have == art.size:
+            return 0  # complete already (interrupted before the rename); hashed by _place
+        have = _restart(fd)
+    headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
+    if have:
+        headers["Range"] = f"bytes={have}-"
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        with opener(art.local).open(request, timeout=timeout) as resp:
+            if have and resp.status == 206:
+                content_range = resp.headers.get("Content-Range", "")
+                if not content_range.startswith(f"bytes {have}-"):
+                    _restart(fd)
+                    raise _Transient(f"server answered the range request with {content_range!r}")
+                advance(have)
+            elif have:
+                have = _restart(fd)  # the server ignored Range: start over
+            os.lseek(fd, have, os.SEEK_SET)
+            written = _stream(resp, fd, have, art, advance, stop)
+            # http.client returns b"" when the server hangs up early, short of Content-Length;
+            # a body longer than the lock says is cut short on purpose (and fails its hash).
+            too_long = art.size is not None and have + written > art.size
+            if resp.length and not too_long:
+                raise _Transient(f"connection closed {resp.length} bytes short")
+            return written
+    except LocalURLRefused as e:
+        raise _Permanent(str(e)) from e
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and have:
+            _restart(fd)
+            raise _Transient("range not satisfiable; starting over") from e
+        why = f"HTTP {e.code} {e.reason}"
+        if e.code >= 500 or e.code in (408, 429):
+            raise _Transient(why) from e
+        raise _Permanent(why) from e
+    except urllib.error.URLError as e:
+        if isinstance(e.reason, ssl.SSLCertVerificationError):
+            raise _Permanent(f"TLS certificate not trusted: {e.reason}") from e
+        raise _Transient(f"cannot connect: {e.reason}") from e
+    except (TimeoutError, ConnectionError, http.client.HTTPException, OSError) as e:
+        raise _Transient(f"{type(e).__name__}: {e}") from e
+
+
+def _stream(
+    resp: http.client.HTTPResponse,
+    fd: int,
+    have: int,
+    art: Artifact,
+    advance: Callable[[int], None],
+    stop: threading.Event,
+) -> int:
+    written = 0
+    # Read at most one byte past the locked size: enough to know the file is wrong.
+    limit = None if art.size is None else art.size - have + 1
+    while chunk := resp.read(CHUNK if limit is None else max(0, min(CHUNK, limit - written))):
+        if stop.is_set():
+            raise _Stopped()
+        try:
+            os.write(fd, chunk)
+        except OSError as e:
+            raise _LocalWriteError(str(e)) from e
+        written += len(chunk)
+        advance(len(chunk))
+    return written
+
+
+def _registry_blob(url: str, fd: int, art: Artifact, advance: Callable[[int], None]) -> int:
+    """A registry base's blob, through the registry client (auth, its own retries); resumed by Range."""
+    import requests
+
+    from buildsys.ecosystems import image
+    from buildsys.oci.registry import RegistryError
+
+    have = os.fstat(fd).st_size
+    if art.size is not None and have >= art.size:
+        if have == art.size:
+            return 0
+        have = _restart(fd)
+    try:
+        written = image.download(url, fd, have)
+    except RegistryError as e:  # retried by the client already: say what the registry said
+        raise _Permanent(e.message) from e
+    except requests.RequestException as e:
+        raise _Transient(f"{type(e).__name__}: {e}") from e
+    except OSError as e:
+        raise _LocalWriteError(str(e)) from e
+    advance(written)
+    return written
+
+
+def _copy_file(url: str, fd: int, advance: Callable[[int], None]) -> int:
+    parts = urlsplit(url)
+    if parts.netloc not in ("", "localhost"):
+        raise _Permanent(f"file URL with a remote host '{parts.netloc}'")
+    path = Path(unquote(parts.path))
+    _restart(fd)
+    try:
+        src = open(path, "rb")  # noqa: SIM115 -- closed below; open errors and write errors differ
+    except FileNotFoundError as e:
+        raise _Permanent("no such file") from e
+    except IsADirectoryError as e:
+        raise _Permanent("is a folder") from e
+    except PermissionError as e:
+        raise _Permanent(f"cannot read: {e.strerror}") from e
+    with src, os.fdopen(os.dup(fd), "wb") as dst:
+        try:
+            shutil.copyfileobj(src, dst, CHUNK)
+            dst.flush()
+        except OSError as e:
+            raise _LocalWriteError(str(e)) from e
+        size = dst.tell()
+    advance(size)
+    return size
+
+
+def _restart(fd: int) -> int:
+    os.ftruncate(fd, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return 0
+
+
+# -- progress -------------------------------------------------------------------
+
+
+class _Display:
+    def __enter__(self) -> _Display:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def start(self, art: Artifact) -> int:
+        return 0
+
+    def advance(self, task: int, n: int) -> None:
+        return None
+
+    def finish(self, task: int) -> None:
+        return None
+
+
+class _NoDisplay(_Display):
+    pass
+
+
+class _RichDisplay(_Display):
+    """Overall bytes plus one line per active download, on stderr."""
+
+    def __init__(self, todo: Sequence[Artifact]) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn("{task.description}", table_column=None),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        )
+        sizes = [a.size for a in todo]
+        total = sum(s for s in sizes if s) if all(s is not None for s in sizes) else None
+        self.overall = self.progress.add_task(f"fetching {len(todo)} file(s)", total=total)
+
+    def __enter__(self) -> _Display:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def start(self, art: Artifact) -> int:
+        return int(self.progress.add_task(f"  {art.filename}", total=art.size))
+
+    def advance(self, task: int, n: int) -> None:
+        self.progress.advance(task, n)  # type: ignore[arg-type]
+        self.progress.advance(self.overall, n)
+
+    def finish(self, task: int) -> None:
+        self.progress.remove_task(task)  # type: ignore[arg-type]

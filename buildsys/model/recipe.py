@@ -1,0 +1,664 @@
+"""Recipes: parse ``recipes/*.toml`` into frozen, validated objects.
+
+Validation is driven by one schema table so that every key of the contract
+(DESIGN.md) is checked the same way: unknown keys are rejected with a close
+name suggested, wrong types name the key path and the line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import tomlkit
+import tomlkit.exceptions
+
+from buildsys.core.errors import RecipeError, did_you_mean
+from buildsys.core.urlpolicy import local_reason
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+DEBIAN_VARIANTS = ("extract", "custom", "essential", "apt", "required", "minbase", "buildd", "important", "standard")
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+DEFAULT_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
+# Suites with no -updates or -security archive of their own (testing's security support is
+# best effort and not in mmdebstrap's default either).
+ROLLING_SUITES = ("sid", "unstable", "testing", "experimental")
+_URL_SCHEMES = ("http", "https", "file")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_APT_NAME = re.compile(r"[a-z0-9][a-z0-9+.-]+(:[a-z0-9-]+)?")
+_APT_UPDATE = re.compile(r"\bapt(-get)?\s+(-\S+\s+)*update\b")
+_CRAN_NAME = re.compile(r"[A-Za-z][A-Za-z0-9.]*[A-Za-z0-9]")
+
+# Schema: a key maps to a type tag or a nested schema (a dict).
+# Type tags: "str", "str-list", "int-list", "str-map", "tables:<name>" (array of tables).
+_DEBIAN: dict[str, Any] = {
+    "suite": "str",
+    "variant": "str",
+    "mirror": "str",
+    "architecture": "str",
+    "components": "str-list",
+    "updates": "bool",
+    "security": "bool",
+    "security-mirror": "str",
+}
+_FILE: dict[str, Any] = {"url": "str", "name": "str", "sha256": "str", "local": "bool"}
+_PLATFORM = re.compile(r"[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?")
+SCHEMA: dict[str, Any] = {
+    "description": "str",
+    "parents": "str-list",
+    "base": {"debian": _DEBIAN, "image": "str", "platform": "str"},
+    "apt": {"packages": "str-list"},
+    "pip": {"packages": "str-list", "index-url": "str"},
+    "cran": {"packages": "str-list", "repo": "str"},
+    "files": ("tables", _FILE),
+    "run": "str-list",
+    "image": {
+        "env": "str-map",
+        "user": "str",
+        "workdir": "str",
+        "expose": "int-list",
+        "cmd": "str-list",
+        "entrypoint": "str-list",
+        "labels": "str-map",
+    },
+    # gpu: commands that need a GPU; `buildsys test` reports them skipped unless --gpus is given.
+    "test": {"commands": "str-list", "gpu": "str-list"},
+}
+_TYPE_WORDS = {
+    "str": "a string",
+    "str-list": "an array of strings",
+    "int-list": "an array of integers",
+    "str-map": "a table of strings",
+    "bool": "true or false",
+}
+
+
+@dataclass(frozen=True)
+class DebianBase:
+    suite: str
+    variant: str = "minbase"
+    mirror: str = DEFAULT_MIRROR
+    architecture: str = "amd64"
+    components: tuple[str, ...] = ("main",)
+    # An ordinary installation of a release gets its point-release updates and its
+    # security fixes; a root does too unless the recipe opts out (updates/security = false).
+    updates: bool = True
+    security: bool = True
+    security_mirror: str = DEFAULT_SECURITY_MIRROR
+
+    @property
+    def archives(self) -> tuple[tuple[str, str], ...]:
+        """(mirror, suite) of every archive the root is resolved from, the suite itself first.
+
+        As Debian's own sources (and mmdebstrap's default): SUITE-updates on the
+        mirror, SUITE-security on the security mirror; rolling suites have neither.
+        """
+        out = [(self.mirror, self.suite)]
+        if self.suite not in ROLLING_SUITES:
+            if self.updates:
+                out.append((self.mirror, f"{self.suite}-updates"))
+            if self.security:
+                out.append((self.security_mirror, f"{self.suite}-security"))
+        return tuple(out)
+
+
+@dataclass(frozen=True)
+class ImageBase:
+    """A root from a registry image, pinned to a manifest digest by ``buildsys lock`` (``lock.image``)."""
+
+    image: str
+    platform: str = "linux/amd64"  # the entry taken from a multi-platform index
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    url: str
+    name: str
+    sha256: str | None = None
+    local: bool = False  # may read from this machine (file:, loopback): an explicit opt-in, see urlpolicy
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    env: tuple[tuple[str, str], ...] = ()
+    user: str | None = None
+    workdir: str | None = None
+    expose: tuple[int, ...] = ()
+    cmd: tuple[str, ...] | None = None
+    entrypoint: tuple[str, ...] | None = None
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    path: Path
+    description: str = ""
+    parents: tuple[str, ...] = ()
+    base: DebianBase | ImageBase | None = None
+    apt_packages: tuple[str, ...] = ()
+    pip_packages: tuple[str, ...] = ()
+    pip_index_url: str | None = None
+    cran_packages: tuple[str, ...] = ()
+    cran_repo: str | None = None
+    files: tuple[FileSpec, ...] = ()
+    run: tuple[str, ...] = ()
+    image: ImageConfig = field(default_factory=ImageConfig)
+    tests: tuple[str, ...] = ()
+    gpu_tests: tuple[str, ...] = ()  # [test] gpu: run only with a GPU request, else reported skipped
+    # The parsed document as plain data, the input of ``recipe_hash``.
+    data: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def is_root(self) -> bool:
+        return not self.parents
+
+    @property
+    def recipe_hash(self) -> str:
+        """sha256 of the canonical content: formatting and comments do not count."""
+        return "sha256:" + hashlib.sha256(canonical_json(self.data)).hexdigest()
+
+
+def canonical_json(data: Any) -> bytes:
+    """The one serialization that goes into digests: sorted, compact, UTF-8."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+KeyPath = tuple[str | int, ...]
+
+
+def render_key(path: KeyPath) -> str:
+    """``("files", 1, "url")`` -> ``files[1].url``, quoting keys that are not bare, as TOML does."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + (part if _BARE_KEY.fullmatch(part) else json.dumps(part))
+    return out
+
+
+def _parse_key(keypath: str) -> KeyPath:
+    path: list[str | int] = []
+    for segment in keypath.split("."):
+        name, *indices = segment.split("[")
+        path.append(name)
+        path += [int(i.rstrip("]")) for i in indices]
+    return tuple(path)
+
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_SCALAR = re.compile(r"[^,\]}#\r\n]+")
+_WS = " \t"
+_WS_NL = " \t\r\n"
+
+
+class _Scanner:
+    """Where each key, table header and array element of a TOML text starts.
+
+    tomlkit keeps no source positions, so once it has accepted the text this
+    walks it again, only far enough to know where each key path first appears.
+    A path has array-of-tables entries and array elements as integers, the way
+    the validator names them (``files[1].url``, ``apt.packages[3]``).
+    """
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.pos = 0
+        self.found: dict[KeyPath, int] = {}  # key path -> offset of its first appearance
+        self.tables: dict[KeyPath, int] = {}  # array-of-tables path -> entries so far
+        self.assigned: set[KeyPath] = set()
+        self.duplicate: int | None = None  # offset of the first key assigned twice
+
+    def scan(self) -> dict[KeyPath, int]:
+        table: KeyPath = ()
+        while self.skip(_WS_NL, comments=True) < len(self.text):
+            start = self.pos
+            if self.text.startswith("[[", start):
+                self.pos += 2
+                keys = self.key()
+                self.expect("]]")
+                array = self.resolve(keys[:-1]) + keys[-1:]
+                self.tables[array] = self.tables.get(array, 0) + 1
+                table = (*array, self.tables[array] - 1)
+                self.mark(table, start)
+            elif self.text[start] == "[":
+                self.pos += 1
+                table = self.resolve(self.key())
+                self.expect("]")
+                self.mark(table, start)
+            else:
+                self.keyval(table)
+        return self.found
+
+    def mark(self, path: KeyPath, offset: int) -> None:
+        # Prefixes too: `image.user = ...` or `[base.debian]` is where "image" or "base" appears first.
+        for k in range(1, len(path) + 1):
+            self.found.setdefault(path[:k], offset)
+
+    def resolve(self, keys: tuple[str, ...]) -> KeyPath:
+        """A header's path, with the index of the latest entry of each array of tables on the way."""
+        path: KeyPath = ()
+        for k in keys:
+            path = (*path, k)
+            if path in self.tables:
+                path = (*path, self.tables[path] - 1)
+        return path
+
+    def skip(self, chars: str, comments: bool = False) -> int:
+        t = self.text
+        while self.pos < len(t):
+            if t[self.pos] in chars:
+                self.pos += 1
+            elif comments and t[self.pos] == "#":
+                end = t.find("\n", self.pos)
+                self.pos = len(t) if end < 0 else end
+            else:
+                break
+        return self.pos
+
+    def expect(self, token: str) -> None:
+        self.skip(_WS)
+        if not self.text.startswith(token, self.pos):
+            raise ValueError(f"expected {token!r} at offset {self.pos}")
+        self.pos += len(token)
+
+    def key(self) -> tuple[str, ...]:
+        parts = []
+        t = self.text
+        while True:
+            self.skip(_WS)
+            if t[self.pos] in "\"'":
+                start = self.pos
+                self.string(t[self.pos])
+                raw = t[start + 1 : self.pos - 1]
+                try:
+                    parts.append(json.loads(f'"{raw}"') if t[start] == '"' else raw)
+                except ValueError:
+                    parts.append(raw)
+            else:
+                m = _BARE_KEY.match(t, self.pos)
+                if not m:
+                    raise ValueError(f"no key at offset {self.pos}")
+                parts.append(m.group())
+                self.pos = m.end()
+            self.skip(_WS)
+            if self.pos < len(t) and t[self.pos] == ".":
+                self.pos += 1
+            else:
+                return tuple(parts)
+
+    def keyval(self, table: KeyPath) -> None:
+        start = self.pos
+        path = table + self.key()
+        self.expect("=")
+        if path in self.assigned and self.duplicate is None:
+            self.duplicate = start
+        self.assigned.add(path)
+        self.mark(path, start)
+        self.value(path)
+
+    def value(self, path: KeyPath) -> None:
+        self.skip(_WS)
+        t = self.text
+        if t.startswith(('"""', "'''"), self.pos):
+            self.string(t[self.pos : self.pos + 3])
+        elif t[self.pos] in "\"'":
+            self.string(t[self.pos])
+        elif t[self.pos] in "[{":
+            array = t[self.pos] == "["
+            close = "]" if array else "}"
+            self.pos += 1
+            index = 0
+            while self.skip(_WS_NL, comments=True) < len(t) and t[self.pos] != close:
+                if array:
+                    self.mark((*path, index), self.pos)
+                    self.value((*path, index))
+                    index += 1
+                else:
+                    self.keyval(path)
+                self.skip(_WS_NL, comments=True)
+                if t[self.pos] == ",":
+                    self.pos += 1
+                elif t[self.pos] != close:
+                    raise ValueError(f"expected ',' or {close!r} at offset {self.pos}")
+            self.pos += 1
+        else:
+            m = _SCALAR.match(t, self.pos)
+            if not m:
+                raise ValueError(f"no value at offset {self.pos}")
+            self.pos = m.end()
+
+    def string(self, quote: str) -> None:
+        t = self.text
+        i = self.pos + len(quote)
+        while not t.startswith(quote, i):
+            if i >= len(t):
+                raise ValueError("unterminated string")
+            i += 2 if t[i] == "\\" and quote[0] == '"' else 1
+        i += len(quote)
+        if len(quote) == 3:  # up to two quotes may sit right before the closing delimiter
+            for _ in range(2):
+                if i < len(t) and t[i] == quote[0]:
+                    i += 1
+        self.pos = i
+
+
+def _line_of(text: str, key: KeyPath | str) -> int | None:
+    """Line of ``key``, or of its nearest enclosing key or table that the text has."""
+    path = _parse_key(key) if isinstance(key, str) else key
+    scanner = _Scanner(text)
+    try:
+        found = scanner.scan()
+    except (IndexError, ValueError):  # pragma: no cover - tomlkit accepted the text; keep what was found
+        found = scanner.found
+    for k in range(len(path), 0, -1):
+        if path[:k] in found:
+            return text.count("\n", 0, found[path[:k]]) + 1
+    return None
+
+
+# Names carried over from Dockerfiles and compose files, which difflib cannot match to ours.
+_ALIASES = {
+    "environment": "env",
+    "envs": "env",
+    "ports": "expose",
+    "port": "expose",
+    "command": "cmd",
+    "working_dir": "workdir",
+    "label": "labels",
+    "requirements": "packages",
+    "from": "parents",
+}
+
+
+def _tables(schema: Mapping[str, Any] = SCHEMA, header: str = "") -> list[tuple[str, Any]]:
+    """Every table of the schema with its header as written in TOML ("" for the top level)."""
+    out = [(header, schema)]
+    for key, spec in schema.items():
+        name = f"{header[1:-1]}.{key}" if header else key
+        if isinstance(spec, dict):
+            out += _tables(spec, f"[{name}]")
+        elif isinstance(spec, tuple):
+            out += _tables(spec[1], f"[[{name}]]")
+    return out
+
+
+def _suggest(key: str, schema: Mapping[str, Any]) -> str:
+    """A "did you mean" for an unknown key: a close name here, or the table where it belongs."""
+    wanted = _ALIASES.get(key.lower(), key.lower())
+    if wanted in schema:
+        return f" (did you mean '{wanted}'?)"
+    elsewhere = [h for h, s in _tables() if wanted in s and s is not schema]
+    if elsewhere == [""]:
+        return f" (did you mean the top-level '{wanted}'? top-level keys go above the first [table] header)"
+    if elsewhere:
+        tables = [h for h in elsewhere if h]
+        where = tables[0] if len(tables) == 1 else ", ".join(tables[:-1]) + " or " + tables[-1]
+        return f" (did you mean '{wanted}' in {where}?)" if wanted != key else f" (it belongs in {where})"
+    names = {**{a: t for a, t in _ALIASES.items() if t in schema}, **{k: k for k in schema}}
+    close = difflib.get_close_matches(key, sorted(names), n=1, cutoff=0.6)
+    return f" (did you mean '{names[close[0]]}'?)" if close else ""
+
+
+class _Validator:
+    def __init__(self, path: Path, text: str) -> None:
+        self.path = path
+        self.text = text
+
+    def fail(self, key: KeyPath, problem: str, hint: str | None = None) -> RecipeError:
+        return RecipeError(self.path, problem, key=render_key(key), line=_line_of(self.text, key), hint=hint)
+
+    def check(self, data: Mapping[str, Any], schema: Mapping[str, Any], prefix: KeyPath = ()) -> None:
+        for key, value in data.items():
+            keypath = (*prefix, key)
+            if key not in schema:
+                raise self.fail(
+                    keypath,
+                    f"unknown key{_suggest(key, schema)}",
+                    hint=f"allowed here: {', '.join(sorted(schema))}",
+                )
+            self.check_value(keypath, value, schema[key])
+
+    def check_value(self, keypath: KeyPath, value: Any, spec: Any) -> None:
+        if isinstance(spec, dict):
+            if not isinstance(value, dict):
+                raise self.fail(keypath, f"must be a table, not {_kind(value)}")
+            self.check(value, spec, keypath)
+        elif isinstance(spec, tuple):  # array of tables
+            if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+                raise self.fail(keypath, f"must be an array of tables ([[{render_key(keypath)}]]), not {_kind(value)}")
+            for i, item in enumerate(value):
+                self.check(item, spec[1], (*keypath, i))
+        elif spec == "bool":
+            if not isinstance(value, bool):
+                raise self.fail(keypath, f"must be {_TYPE_WORDS[spec]}, not {_kind(value)}")
+        elif spec == "str":
+            if not isinstance(value, str):
+                raise self.fail(keypath, f"must be {_TYPE_WORDS[spec]}, not {_kind(value)}")
+        elif spec in ("str-list", "int-list"):
+            want = str if spec == "str-list" else int
+            if not isinstance(value, list):
+                raise self.fail(keypath, f"must be {_TYPE_WORDS[spec]}, not {_kind(value)}")
+            for i, item in enumerate(value):
+                if not isinstance(item, want) or isinstance(item, bool):
+                    word = "a string" if want is str else "an integer"
+                    raise self.fail((*keypath, i), f"must be {word}, not {_kind(item)}")
+        elif spec == "str-map":
+            if not isinstance(value, dict):
+                raise self.fail(keypath, f"must be {_TYPE_WORDS[spec]}, not {_kind(value)}")
+            for k, v in value.items():
+                if not isinstance(v, str):
+                    raise self.fail((*keypath, k), f"must be a string, not {_kind(v)}")
+        else:  # pragma: no cover - schema typo
+            raise AssertionError(spec)
+
+    def url(self, keypath: KeyPath, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in _URL_SCHEMES or not (parts.netloc or parts.scheme == "file"):
+            raise self.fail(keypath, f"'{url}' is not an http(s) or file URL", hint="e.g. https://example.org/tool.deb")
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a float"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    return type(value).__name__
+
+
+def _toml_error(path: Path, text: str, e: tomlkit.exceptions.TOMLKitError) -> RecipeError:
+    line: int | None = getattr(e, "line", None)
+    problem = re.sub(r" at line \d+ col \d+$", "", str(e))
+    if "'\\x00'" in problem:  # tomlkit's end-of-input marker, reported at line 1 col 0
+        problem = "the file ends inside a value: a bracket, brace or quote is not closed"
+        line = text.count("\n") + (not text.endswith("\n"))
+    elif isinstance(e, tomlkit.exceptions.ParseError):
+        problem = problem.replace("Unexpected character: '\\n'", "unexpected end of line")
+        problem += f" (column {e.col + 1})"
+    elif isinstance(e, tomlkit.exceptions.KeyAlreadyPresent):  # raised without a position
+        scanner = _Scanner(text)
+        with contextlib.suppress(IndexError, ValueError):
+            scanner.scan()
+        if scanner.duplicate is not None:
+            line = text.count("\n", 0, scanner.duplicate) + 1
+    return RecipeError(path, f"invalid TOML: {problem}", line=line or None, hint="see https://toml.io for the syntax")
+
+
+def parse_recipe(path: Path) -> Recipe:
+    """Read and validate one recipe file."""
+    name = path.name.removesuffix(".toml")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise RecipeError(path, f"not UTF-8 text ({e.reason})", hint="save the file as UTF-8") from e
+    except OSError as e:
+        raise RecipeError(path, f"cannot be read: {e.strerror or e}") from e
+    try:
+        data: dict[str, Any] = tomlkit.parse(text).unwrap()
+    except tomlkit.exceptions.TOMLKitError as e:
+        raise _toml_error(path, text, e) from e
+    if not NAME_RE.match(name):
+        raise RecipeError(path, f"recipe name '{name}' must match {NAME_RE.pattern}", hint="rename the file")
+    v = _Validator(path, text)
+    v.check(data, SCHEMA)
+
+    parents = tuple(data.get("parents", []))
+    for i, p in enumerate(parents):
+        if not NAME_RE.match(p):
+            raise v.fail(("parents", i), f"'{p}' is not a recipe name ({NAME_RE.pattern})")
+        if p in parents[:i]:
+            raise v.fail(("parents", i), f"lists '{p}' twice")
+
+    base: DebianBase | ImageBase | None = None
+    if "base" in data:
+        b = data["base"]
+        if len(set(b) - {"platform"}) != 1 or ("platform" in b and "image" not in b):
+            raise v.fail(("base",), "must hold exactly one of 'debian' or 'image' (and 'platform' only "
+                                    "with 'image')",
+                         hint='e.g. debian = { suite = "bookworm", variant = "minbase" }')
+        if "debian" in b:
+            d = b["debian"]
+            if not d.get("suite"):
+                raise v.fail(("base", "debian", "suite"), "is required",
+                             hint='e.g. debian = { suite = "bookworm", variant = "minbase" }')
+            variant = d.get("variant", "minbase")
+            if variant not in DEBIAN_VARIANTS:
+                raise v.fail(("base", "debian", "variant"),
+                             f"unknown variant '{variant}'{did_you_mean(variant, DEBIAN_VARIANTS)}",
+                             hint=f"one of: {', '.join(DEBIAN_VARIANTS)}")
+            for key in ("mirror", "security-mirror"):
+                if key in d:
+                    v.url(("base", "debian", key), d[key])
+            base = DebianBase(
+                suite=d["suite"],
+                variant=variant,
+                mirror=d.get("mirror", DEFAULT_MIRROR).rstrip("/"),
+                architecture=d.get("architecture", "amd64"),
+                components=tuple(d.get("components", ["main"])),
+                updates=d.get("updates", True),
+                security=d.get("security", True),
+                security_mirror=d.get("security-mirror", DEFAULT_SECURITY_MIRROR).rstrip("/"),
+            )
+        else:
+            ref = b["image"]
+            if not ref or any(c.isspace() for c in ref):
+                raise v.fail(("base", "image"), f"'{ref}' is not an image reference",
+                             hint='e.g. image = "docker.io/library/debian:bookworm"')
+            platform = b.get("platform", "linux/amd64")
+            if not _PLATFORM.fullmatch(platform):
+                raise v.fail(("base", "platform"), f"'{platform}' is not OS/ARCH[/VARIANT]",
+                             hint='e.g. platform = "linux/arm64"')
+            base = ImageBase(ref, platform)
+
+    files: list[FileSpec] = []
+    for i, f in enumerate(data.get("files", [])):
+        if "url" not in f:
+            raise v.fail(("files", i, "url"), "is required")
+        v.url(("files", i, "url"), f["url"])
+        fname = f.get("name") or urlsplit(f["url"]).path.rstrip("/").rsplit("/", 1)[-1]
+        if not fname or "/" in fname or fname in (".", ".."):
+            raise v.fail(("files", i, "name"), f"'{fname}' is not a usable file name", hint='set name = "tool.deb"')
+        sha = f.get("sha256")
+        if sha is not None and not re.fullmatch(r"[0-9a-f]{64}", sha):
+            raise v.fail(("files", i, "sha256"), "must be 64 lowercase hex digits")
+        if fname in (seen.name for seen in files):
+            raise v.fail(("files", i, "name" if "name" in f else "url"), f"a second file named '{fname}'",
+                         hint='give each a distinct name = "..."')
+        local = f.get("local", False)
+        if not local and (why := local_reason(f["url"])):
+            raise v.fail(("files", i, "url"), f"'{f['url']}' reads from this machine: {why}",
+                         hint="a recipe may do that only on purpose: add local = true to this [[files]] entry")
+        files.append(FileSpec(url=f["url"], name=fname, sha256=sha, local=local))
+
+    img = data.get("image", {})
+    for i, port in enumerate(img.get("expose", [])):
+        if not 0 < port < 65536:
+            raise v.fail(("image", "expose", i), f"{port} is not a port number (1-65535)")
+    for var in img.get("env", {}):
+        if not _ENV_NAME.fullmatch(var):
+            raise v.fail(("image", "env", var), "is not an environment variable name ([A-Za-z_][A-Za-z0-9_]*)")
+    if "workdir" in img and not img["workdir"].startswith("/"):
+        raise v.fail(("image", "workdir"), f"'{img['workdir']}' must be an absolute path",
+                     hint="docker refuses a relative working directory")
+    for i, step in enumerate(data.get("run", [])):
+        if _APT_UPDATE.search(step):
+            raise v.fail(("run", i), "runs `apt-get update`, which cannot reach anything: builds have no network",
+                         hint='put the packages in [apt] packages = [...]; they are locked and installed offline')
+    image = ImageConfig(
+        env=tuple(sorted(img.get("env", {}).items())),
+        user=img.get("user"),
+        workdir=img.get("workdir"),
+        expose=tuple(img.get("expose", [])),
+        cmd=tuple(img["cmd"]) if "cmd" in img else None,
+        entrypoint=tuple(img["entrypoint"]) if "entrypoint" in img else None,
+        labels=tuple(sorted(img.get("labels", {}).items())),
+    )
+    for i, pkg in enumerate(data.get("apt", {}).get("packages", [])):
+        if not _APT_NAME.fullmatch(pkg):
+            raise v.fail(("apt", "packages", i), f"'{pkg}' is not a Debian package name",
+                         hint="versions are pinned by the lock, not in the recipe")
+    for i, pkg in enumerate(data.get("cran", {}).get("packages", [])):
+        if not _CRAN_NAME.fullmatch(pkg):
+            raise v.fail(("cran", "packages", i), f"'{pkg}' is not an R package name",
+                         hint="versions come from the dated snapshot in cran.repo and the lock, not the recipe")
+    if "repo" in data.get("cran", {}):
+        v.url(("cran", "repo"), data["cran"]["repo"])
+    if "index-url" in data.get("pip", {}):
+        v.url(("pip", "index-url"), data["pip"]["index-url"])
+    return Recipe(
+        name=name,
+        path=path,
+        description=data.get("description", ""),
+        parents=parents,
+        base=base,
+        apt_packages=tuple(data.get("apt", {}).get("packages", [])),
+        pip_packages=tuple(data.get("pip", {}).get("packages", [])),
+        pip_index_url=data.get("pip", {}).get("index-url"),
+        cran_packages=tuple(data.get("cran", {}).get("packages", [])),
+        cran_repo=data.get("cran", {}).get("repo"),
+        files=tuple(files),
+        run=tuple(data.get("run", [])),
+        image=image,
+        tests=tuple(data.get("test", {}).get("commands", [])),
+        gpu_tests=tuple(data.get("test", {}).get("gpu", [])),
+        data=data,
+    )
+
+
+def key_line(path: Path, key: KeyPath | str) -> int | None:
+    """Line of ``key`` in the recipe file at ``path`` (for errors found after parsing, e.g. by the graph)."""
+    try:
+        return _line_of(path.read_text(encoding="utf-8"), key)
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def load_recipes(project: Path) -> dict[str, Recipe]:
+    """All recipes of a project folder, by name."""
+    folder = project / "recipes"
+    if not folder.is_dir():
+        raise RecipeError(folder, "no recipes folder here", hint=f"create {folder}/<name>.toml, or pass -C PROJECT")
+    recipes = {}
+    for path in sorted(folder.glob("*.toml")):
+        r = parse_recipe(path)
+        recipes[r.name] = r
+    if not recipes:
+        raise RecipeError(folder, "holds no *.toml recipes", hint="add one, e.g. recipes/base.toml")
+    return recipes

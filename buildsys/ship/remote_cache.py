@@ -1,0 +1,130 @@
+"""A registry repository as a layer cache shared between machines (``build --cache-from/--cache-to``).
+
+An entry is the canonical image of a chain prefix, pushed like ``publish``
+pushes (blobs, then the manifest by digest) and tagged ``bs-<cache key>``:
+the cache key (parent manifest digest, recipe hash, lock hash, normalizer and
+builder versions) is the one the local cache uses, so a hit here is the same
+layer a build here would make.
+
+What an entry says is checked, not trusted: its manifest must build on the
+parent's layers exactly (same digests and sizes), its config's diff_ids must
+be those layers, its recipe-hash label the recipe's, and every blob fetched is
+hashed against the digest the manifest promises before it enters the store.
+An entry that fails a check is a miss (said in the progress); a registry that
+cannot be reached is a miss too, so a cache outage slows a build, never stops
+it. Pushing (``--cache-to``) does fail the build on an error: it was asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from buildsys.build.builder import LayerRecord
+from buildsys.model.recipe import Recipe
+from buildsys.oci.image import MANIFEST_MEDIA_TYPE, OciLayout, digest_bytes
+from buildsys.oci.registry import NotInRegistry, Reference, Registry, RegistryError
+from buildsys.ship.publish import push_image
+
+TAG_PREFIX = "bs-"
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+
+Report = Callable[[str, str, str], None]
+
+
+class RemoteCache:
+    def __init__(self, cache_from: str | None, cache_to: str | None, *, insecure: bool = False,
+                 report: Report = lambda r, s, d: None) -> None:
+        self.sources = Reference.parse(cache_from) if cache_from else None
+        self.target = Reference.parse(cache_to) if cache_to else None
+        self.report = report
+        self._registries: dict[str, Registry] = {}
+        self.insecure = insecure
+
+    def __str__(self) -> str:
+        return str(self.sources or self.target)
+
+    def _registry(self, host: str) -> Registry:
+        if host not in self._registries:
+            self._registries[host] = Registry(host, insecure=self.insecure, attempts=2)
+        return self._registries[host]
+
+    @staticmethod
+    def tag(key: str) -> str:
+        return TAG_PREFIX + key
+
+    def fetch(self, key: str, recipe: Recipe, parent: LayerRecord | None, layout: OciLayout) -> LayerRecord | None:
+        if self.sources is None:
+            return None
+        ref = self.sources
+        reg = self._registry(ref.host)
+        try:
+            return self._fetch(reg, ref.repository, key, recipe, parent, layout)
+        except NotInRegistry:
+            return None
+        except RegistryError as e:
+            self.report(recipe.name, "remote miss", e.message)
+            return None
+        except (ValueError, KeyError, TypeError, AttributeError) as e:  # an answer that is no entry of ours
+            self.report(recipe.name, "remote miss", f"entry {self.tag(key)[:19]} is not a manifest buildsys "
+                                                    f"wrote ({type(e).__name__}: {e}); ignored")
+            return None
+
+    def _fetch(self, reg: Registry, repo: str, key: str, recipe: Recipe, parent: LayerRecord | None,
+               layout: OciLayout) -> LayerRecord | None:
+        manifest_bytes, _, manifest_digest = reg.get_manifest(repo, self.tag(key))
+        manifest = json.loads(manifest_bytes)
+        layers = [(d["digest"], int(d["size"])) for d in manifest.get("layers", [])]
+        if not all(isinstance(d, str) and _DIGEST.fullmatch(d) for d, _ in layers):
+            raise ValueError("a layer digest is not sha256:<64 hex>")
+        below = list(parent.layers) if parent else []
+        if manifest.get("mediaType") != MANIFEST_MEDIA_TYPE or len(layers) != len(below) + 1 or \
+                layers[:-1] != below:
+            self.report(recipe.name, "remote miss", f"entry {self.tag(key)[:19]} does not build on the parent "
+                                                    "layers; ignored")
+            return None
+        config_digest = manifest["config"]["digest"]
+        if not isinstance(config_digest, str) or not _DIGEST.fullmatch(config_digest):
+            raise ValueError("the config digest is not sha256:<64 hex>")
+        config_bytes = reg.get_blob_bytes(repo, config_digest)
+        config = json.loads(config_bytes)
+        diff_ids = tuple(config.get("rootfs", {}).get("diff_ids", []))
+        labels = (config.get("config") or {}).get("Labels") or {}
+        if diff_ids != tuple(d for d, _ in layers) or labels.get("io.buildsys.recipe-hash") != recipe.recipe_hash:
+            self.report(recipe.name, "remote miss", f"entry {self.tag(key)[:19]} is not this recipe's layer; "
+                                                    "ignored")
+            return None
+        top, size = layers[-1]
+        if not layout.has_blob(top):
+            self.report(recipe.name, "remote fetch", f"layer {top[:19]} ({size / 1e6:.1f} MB)")
+            layout.blobs.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=layout.root, prefix=".remote-", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    got = reg.get_blob(repo, top, out)  # hashed: BlobMismatch if not ``top``
+                if got != size:
+                    raise RegistryError(reg.host, f"layer {top} has {got} bytes, its manifest says {size}")
+                layout.add_blob_file(Path(tmp), digest=top)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        assert digest_bytes(config_bytes) == config_digest
+        layout.add_blob_bytes(config_bytes)
+        layout.add_blob_bytes(manifest_bytes)
+        return LayerRecord(recipe=recipe.name, config_digest=config_digest, manifest_digest=manifest_digest,
+                           diff_ids=diff_ids, layers=tuple(layers))
+
+    def offer(self, key: str, record: LayerRecord, layout: OciLayout) -> None:
+        if self.target is None:
+            return
+        reg = self._registry(self.target.host)
+        repo, tag = self.target.repository, self.tag(key)
+        if reg.has_manifest(repo, tag):
+            return
+        self.report(record.recipe, "cache push", f"{self.target.host}/{repo}:{tag[:19]}...")
+        push_image(reg, repo, layout, record.manifest_digest)
+        reg.put_manifest(repo, tag, layout.read_blob(record.manifest_digest), MANIFEST_MEDIA_TYPE)
