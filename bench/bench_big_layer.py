@@ -25,7 +25,8 @@ from benchlib import MB, timed
 from rich.console import Console
 from rich.table import Table
 
-from buildsys.oci.layer import plan_layer, read_upper_dir
+from buildsys.oci.layer.inputs import read_upper_dir
+from buildsys.oci.layer.normalize import plan_layer
 
 console = Console(highlight=False, width=140)
 EPOCH = 1_700_000_000

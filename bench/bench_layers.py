@@ -43,7 +43,8 @@ from buildsys.fetch.vendor import fetch
 from buildsys.lock import fresh_locks
 from buildsys.model.graph import build_graph
 from buildsys.model.recipe import load_recipes
-from buildsys.oci.layer import ParentTree, normalize_tar
+from buildsys.oci.layer.normalize import normalize_tar
+from buildsys.oci.layer.tree import ParentTree
 
 PROJECT = Path(__file__).resolve().parent.parent
 LEAF = "jupyter"

@@ -39,7 +39,7 @@ from buildsys.fetch.vendor import fetch
 from buildsys.lock import fresh_locks, lock_recipes
 from buildsys.model.graph import build_graph
 from buildsys.model.recipe import load_recipes
-from buildsys.oci.layer import LayerInfo, normalize_tar
+from buildsys.oci.layer.normalize import LayerInfo, normalize_tar
 
 RECIPE = "root"
 ROOT_TOML = '[base]\ndebian = { suite = "bookworm", variant = "minbase" }\n'

@@ -34,7 +34,7 @@ from buildsys.model.graph import build_graph
 from buildsys.model.lockfile import lock_path, read_lock
 from buildsys.model.recipe import load_recipes
 from buildsys.oci.image import OciLayout
-from buildsys.oci.layer import read_entries
+from buildsys.oci.layer.diff import read_entries
 
 pytestmark = [pytest.mark.docker, pytest.mark.network, pytest.mark.slow]
 

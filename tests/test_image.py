@@ -24,7 +24,7 @@ from buildsys.oci.image import (
     oci_labels,
     write_docker_archive,
 )
-from buildsys.oci.layer import LayerInfo, normalize_tar
+from buildsys.oci.layer.normalize import LayerInfo, normalize_tar
 
 EPOCH = 1_700_000_000
 HASH_B, HASH_C = "sha256:" + "b" * 64, "sha256:" + "c" * 64
@@ -232,7 +232,9 @@ def test_streamed_load_of_a_layer_written_while_docker_reads(tmp_path: Path) -> 
     from buildsys.core.errors import EngineUnavailable
     from buildsys.engine import Engine
     from buildsys.oci.image import write_streamed_archive
-    from buildsys.oci.layer import LayerError, plan_layer, read_tar
+    from buildsys.oci.layer.entry import LayerError
+    from buildsys.oci.layer.inputs import read_tar
+    from buildsys.oci.layer.normalize import plan_layer
 
     try:
         engine = Engine.connect(timeout=60)

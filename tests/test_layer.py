@@ -11,16 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from buildsys.oci.layer import (
-    NORMALIZER_VERSION,
-    LayerError,
-    ParentTree,
-    diff_layers,
-    is_volatile,
-    normalize_dir,
-    normalize_tar,
-    read_entries,
-)
+from buildsys.oci.layer.diff import diff_layers, read_entries
+from buildsys.oci.layer.entry import LayerError
+from buildsys.oci.layer.normalize import NORMALIZER_VERSION, is_volatile, normalize_dir, normalize_tar
+from buildsys.oci.layer.tree import ParentTree
 
 EPOCH = 1_700_000_000
 OLD = EPOCH - 1000

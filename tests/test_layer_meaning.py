@@ -17,16 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from buildsys.oci.layer import (
-    ParentTree,
-    _header,
-    _Item,
-    normalize_dir,
-    normalize_tar,
-    plan_layer,
-    read_filesystem,
-    read_tar,
-)
+from buildsys.oci.layer.entry import Item
+from buildsys.oci.layer.inputs import read_filesystem, read_tar
+from buildsys.oci.layer.normalize import _header, normalize_dir, normalize_tar, plan_layer
+from buildsys.oci.layer.tree import ParentTree
 
 EPOCH = 1_700_000_000
 OLD = EPOCH - 1000
@@ -217,7 +211,7 @@ def test_fast_header_is_byte_for_byte_tarfile(tmp_path: Path) -> None:
         kind, typ = rnd.choice(kinds)
         name = rnd.choice(names_)
         link = rnd.choice(["", "target", "t" * 100, "t" * 101, "\u00e9"]) if kind in ("symlink", "hardlink") else ""
-        it = _Item(name, kind, rnd.choice([0o644, 0o4755, 0o1777, 0o100600]), rnd.choice([0, 1000, 8**7 + 1]),
+        it = Item(name, kind, rnd.choice([0o644, 0o4755, 0o1777, 0o100600]), rnd.choice([0, 1000, 8**7 + 1]),
                    rnd.choice([0, 50, 8**8]), 0, rnd.choice([0, 1, 512, 8**11 + 3]) if kind == "file" else 0,
                    link, rnd.choice([0, 1, 259]), rnd.choice([0, 3, 1 << 20]),
                    cap=rnd.choice([None, None, b"\x01\x00\x00\x02\xff"]))

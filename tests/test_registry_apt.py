@@ -27,7 +27,7 @@ from shipenv import docker_registry
 from buildsys.build.steps import dpkg_installed
 from buildsys.ecosystems.imageapt import NotDebianImage, image_release, parse_os_release
 from buildsys.model.recipe import parse_recipe
-from buildsys.oci.layer import ParentTree
+from buildsys.oci.layer.tree import ParentTree
 from buildsys.oci.registry import Registry
 
 DEBROOT = """description = "bookworm minbase, to be published and used as a registry base"

@@ -38,15 +38,9 @@ from buildsys.oci.image import (
     write_docker_archive,
     write_streamed_archive,
 )
-from buildsys.oci.layer import (
-    NORMALIZER_VERSION,
-    LayerPlan,
-    ParentTree,
-    normalize_tar,
-    plan_layer,
-    read_filesystem,
-    read_upper_dir,
-)
+from buildsys.oci.layer.inputs import read_filesystem, read_upper_dir
+from buildsys.oci.layer.normalize import NORMALIZER_VERSION, LayerPlan, normalize_tar, plan_layer
+from buildsys.oci.layer.tree import ParentTree
 
 if TYPE_CHECKING:  # docker's client is imported only when an engine is used (a no-op build needs none)
     from buildsys.engine import Container, Engine, RunResult

@@ -26,7 +26,7 @@ from buildsys.model.graph import Graph
 from buildsys.model.lockfile import Lock
 from buildsys.model.recipe import canonical_json
 from buildsys.oci.image import OciLayout
-from buildsys.oci.layer import FileDifference, LayerEntry, diff_entries, diff_layers, read_entries
+from buildsys.oci.layer.diff import FileDifference, LayerEntry, diff_entries, diff_layers, read_entries
 
 
 @dataclass

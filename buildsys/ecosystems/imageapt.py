@@ -28,7 +28,7 @@ from buildsys.core.errors import LockError
 from buildsys.ecosystems.apt import AptResolver
 from buildsys.model.lockfile import ImageBaseLock, Lock, LockedArchive, LockedDeb
 from buildsys.model.recipe import DEFAULT_MIRROR, DEFAULT_SECURITY_MIRROR, Recipe
-from buildsys.oci.layer import ParentTree
+from buildsys.oci.layer.tree import ParentTree
 
 # Codenames of Debian releases; a derivative whose ID_LIKE is debian counts only with one of these.
 DEBIAN_CODENAMES = ("buster", "bullseye", "bookworm", "trixie", "forky", "duke")

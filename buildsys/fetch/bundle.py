@@ -21,7 +21,7 @@ from pathlib import Path
 from buildsys.core.errors import BuildsysError, NotVendored
 from buildsys.core.store import Artifact, Store, atomic_open
 from buildsys.oci.image import archive_member, canonical_bytes
-from buildsys.oci.layer import TarWriter
+from buildsys.oci.layer.normalize import TarWriter
 
 BUNDLE_VERSION = 1
 _MEMBER_RE = re.compile(r"^sha256/([0-9a-f]{64})$")

@@ -30,7 +30,7 @@ from buildsys.model.lockfile import (
     write_lock,
 )
 from buildsys.model.recipe import ImageBase, Recipe
-from buildsys.oci.layer import ParentTree
+from buildsys.oci.layer.tree import ParentTree
 
 if TYPE_CHECKING:  # docker's client is imported only where an engine is used
     from buildsys.engine import Engine

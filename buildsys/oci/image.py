@@ -26,7 +26,7 @@ from typing import IO, Any, Protocol
 from buildsys.core.errors import BuildsysError
 from buildsys.core.store import atomic_open, atomic_write
 from buildsys.model.recipe import ImageConfig, canonical_json
-from buildsys.oci.layer import TarWriter
+from buildsys.oci.layer.normalize import TarWriter
 
 MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
 CONFIG_MEDIA_TYPE = "application/vnd.oci.image.config.v1+json"

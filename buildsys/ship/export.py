@@ -53,7 +53,7 @@ from buildsys.oci.image import (
     checked_chunks,
     write_docker_archive,
 )
-from buildsys.oci.layer import TarWriter
+from buildsys.oci.layer.normalize import TarWriter
 from buildsys.ship.publish import stored_image
 
 EXPORT_VERSION = 1
