@@ -42,7 +42,8 @@ from benchlib import MB, Events, timed
 from rich.console import Console
 from rich.table import Table
 
-from buildsys.build.builder import Builder, BuiltImage, LayerRecord
+from buildsys.build.builder import Builder
+from buildsys.build.records import BuiltImage, LayerRecord
 from buildsys.build.verify import format_mismatch, verify
 from buildsys.core.store import Store
 from buildsys.ecosystems.pip import host_ca_bundle

@@ -36,7 +36,8 @@ from bench_chain import docker_comparison
 from benchlib import MB, Events, timed
 from rich.console import Console
 
-from buildsys.build.builder import Builder, LayerRecord
+from buildsys.build.builder import Builder
+from buildsys.build.records import LayerRecord
 from buildsys.core.store import Store
 from buildsys.engine import Engine
 from buildsys.fetch.vendor import fetch

@@ -31,7 +31,7 @@ from benchlib import MB, Events, timed
 from rich.console import Console
 from rich.table import Table
 
-import buildsys.build.builder as build_module
+import buildsys.build.layers as build_module  # where the Debian root calls normalize_tar
 from buildsys.build.builder import Builder
 from buildsys.core.store import Store
 from buildsys.engine import Engine

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 from helpers import bs, ok
 
-from buildsys.build.builder import BuiltImage
+from buildsys.build.records import BuiltImage
 from buildsys.core.errors import UsageError
 from buildsys.engine import Engine, EngineError, GpuRequest
 from buildsys.lock import fresh_locks

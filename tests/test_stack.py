@@ -16,7 +16,7 @@ import pytest
 from conftest import STACK, build_bundled
 from helpers import bs, ok
 
-from buildsys.build.builder import BuiltImage
+from buildsys.build.records import BuiltImage
 
 pytestmark = [pytest.mark.docker, pytest.mark.network, pytest.mark.slow]
 

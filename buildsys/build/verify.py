@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from buildsys.build.builder import Builder, BuiltImage, Reporter
+from buildsys.build.builder import Builder
+from buildsys.build.records import BuiltImage, Reporter
 from buildsys.core.errors import UsageError, did_you_mean
 from buildsys.core.store import Store, atomic_write
 from buildsys.engine import Engine

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from buildsys.build.builder import Builder, Reporter
+from buildsys.build.builder import Builder
+from buildsys.build.records import Reporter
 from buildsys.core.errors import BuildsysError, LockError, MissingLock, StaleLock
 from buildsys.core.store import Store
 from buildsys.ecosystems.debian import lock_debian_root

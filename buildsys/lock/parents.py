@@ -14,7 +14,8 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from buildsys.build.builder import Builder, LayerRecord, Reporter
+from buildsys.build.builder import Builder
+from buildsys.build.records import LayerRecord, Reporter
 from buildsys.core.errors import LockError
 from buildsys.core.store import Store
 from buildsys.ecosystems.apt import AptPackage, AptResolver

@@ -36,7 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from buildsys.build.builder import LayerRecord, engine_notes
+from buildsys.build.load import engine_notes
+from buildsys.build.records import LayerRecord
 from buildsys.core.errors import BuildsysError, FormatVersionError
 from buildsys.core.store import Store, atomic_open
 from buildsys.engine import Engine

@@ -19,7 +19,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from buildsys.build.builder import Builder, LayerRecord
+from buildsys.build.builder import Builder
+from buildsys.build.records import LayerRecord
 from buildsys.build.verify import was_verified
 from buildsys.core.errors import ImageNotBuilt, NotVerified
 from buildsys.core.store import Store, sha256_file

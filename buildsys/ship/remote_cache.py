@@ -24,7 +24,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from buildsys.build.builder import LayerRecord
+from buildsys.build.records import LayerRecord
 from buildsys.model.recipe import Recipe
 from buildsys.oci.image import MANIFEST_MEDIA_TYPE, OciLayout, digest_bytes
 from buildsys.oci.registry import NotInRegistry, Reference, Registry, RegistryError

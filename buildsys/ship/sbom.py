@@ -28,7 +28,7 @@ from typing import Any
 from packageurl import PackageURL
 
 from buildsys import __version__
-from buildsys.build.builder import LayerRecord
+from buildsys.build.records import LayerRecord
 from buildsys.core.errors import BuildsysError
 from buildsys.model.graph import Graph
 from buildsys.model.lockfile import Lock

@@ -35,7 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from buildsys.build.builder import Builder, BuiltImage
+from buildsys.build.builder import Builder
+from buildsys.build.records import BuiltImage
 from buildsys.core.errors import BuildsysError, ImageNotBuilt, UsageError
 from buildsys.core.store import Store
 from buildsys.engine import ContainerSpec, Engine, EngineError, GpuRequest

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from packaging.requirements import InvalidRequirement, Requirement
 
-from buildsys.build.builder import BuiltImage
+from buildsys.build.records import BuiltImage
 from buildsys.engine import Engine, GpuRequest
 from buildsys.model.graph import Graph
 from buildsys.model.recipe import Recipe

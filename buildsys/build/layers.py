@@ -1,0 +1,242 @@
+"""The three kinds of layer, made on a cache miss: a Debian root, a registry-image root, a child layer.
+
+A Debian root is bootstrapped offline (``bootstrap``); a registry root is the
+image's vendored layers under a canonical config (``baseimage``); a child layer
+runs its steps in a container of the parent image, network none, and keeps what
+changed against the parent chain's files. Each is normalized, written into the
+store's OCI layout and loaded into docker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from buildsys.build import baseimage, bootstrap, steps
+from buildsys.build.checks import check_packages
+from buildsys.build.load import Loader
+from buildsys.build.records import LayerRecord, Reporter
+from buildsys.core.errors import BuildError
+from buildsys.core.store import Store
+from buildsys.model.lockfile import Lock
+from buildsys.model.recipe import Recipe
+from buildsys.oci.image import OciLayout, canonical_bytes, make_config, oci_labels, write_streamed_archive
+from buildsys.oci.layer.inputs import read_filesystem, read_upper_dir
+from buildsys.oci.layer.normalize import LayerPlan, normalize_tar, plan_layer
+from buildsys.oci.layer.tree import ParentTree
+
+if TYPE_CHECKING:  # docker's client is imported only when an engine is used (a no-op build needs none)
+    from buildsys.engine import Container, RunResult
+
+# The vendor store's mount point inside build containers; never part of a layer.
+VENDOR_MOUNT = "buildsys"
+
+
+@dataclass
+class LayerMaker:
+    """Makes one layer's image on its parent's; times each part in ``timings``."""
+
+    store: Store
+    locks: Mapping[str, Lock]
+    loader: Loader
+    report: Reporter
+
+    @property
+    def layout(self) -> OciLayout:
+        return OciLayout(self.store.oci)
+
+    def root(self, recipe: Recipe, timings: dict[str, float]) -> LayerRecord:
+        lock = self.locks[recipe.name]
+        if lock.image_base is not None:
+            return self._image_root(recipe, timings)
+        assert lock.base is not None
+        with self.store.scratch(f"build-{recipe.name}") as tmp:
+            self.report(recipe.name, "bootstrap", f"mmdebstrap {lock.base.suite}/{lock.base.variant}, "
+                                                  f"{len(lock.base.packages)} packages, no network")
+            t0 = time.monotonic()
+            result = bootstrap.bootstrap_debian(self.store, lock, recipe.run, Path(tmp))
+            check_packages(self.locks, recipe, [recipe.name], result.installed, "mmdebstrap")
+            t1 = time.monotonic()
+            self.report(recipe.name, "normalize", f"{result.tarball.stat().st_size / 1e6:.0f} MB rootfs")
+            layer_tmp = Path(tmp) / "layer.tar"
+            with open(result.tarball, "rb") as src, open(layer_tmp, "wb") as dst:
+                info = normalize_tar(src, dst, lock.source_date_epoch)
+            result.tarball.unlink()
+            record = self._write_image(recipe, lock, None, layer_tmp, info.digest, info.size,
+                                       created_by=f"buildsys: debootstrap {lock.base.suite} ({lock.base.variant})")
+            t2 = time.monotonic()
+            # Every root is needed by docker next (its child's build, or its own run): load it now.
+            self.loader.load(record)
+            timings.update(install=t1 - t0, normalize=t2 - t1, load=time.monotonic() - t2)
+            return record
+
+    def _image_root(self, recipe: Recipe, timings: dict[str, float]) -> LayerRecord:
+        """A registry root: the image's vendored layers, unpacked and checked, under its canonical config."""
+        lock = self.locks[recipe.name]
+        base = lock.image_base
+        assert base is not None
+        t0 = time.monotonic()
+        self.report(recipe.name, "unpack", f"{base.reference}: {len(base.layers)} layer(s) from the vendor store, "
+                                           "no registry")
+        upstream = baseimage.read_config(self.store, recipe.name, base)
+        layers = baseimage.unpack_layers(self.store, self.layout, recipe.name, base, upstream)
+        t1 = time.monotonic()
+        os_name, _, arch = base.platform.partition("/")
+        labels = oci_labels(recipe.name, recipe.recipe_hash, lock.lock_hash, recipe.description)
+        config = make_config(parent=baseimage.canonical_base_config(upstream, lock.source_date_epoch), diff_id=None,
+                             epoch=lock.source_date_epoch, image=recipe.image, labels=labels,
+                             created_by=f"buildsys: {recipe.name} (on {base.reference})",
+                             architecture=arch.split("/")[0], os=os_name)
+        img = self.layout.write_image(config, layers)
+        record = LayerRecord(recipe=recipe.name, config_digest=img.config_digest,
+                             manifest_digest=img.manifest_digest, diff_ids=tuple(img.diff_ids),
+                             layers=tuple(layers))
+        t2 = time.monotonic()
+        self.loader.load(record)
+        timings.update(install=t1 - t0, normalize=t2 - t1, load=time.monotonic() - t2)
+        return record
+
+    def child(self, recipe: Recipe, parent: LayerRecord, prefix: Sequence[str],
+                     timings: dict[str, float]) -> LayerRecord:
+        """Run the layer's steps in a container of the parent image, network none; take its diff.
+
+        The diff is read from the overlay upper dir where this host can, else from
+        commit + save; both are reduced to what changed against the parent chain's
+        files (``layer.ParentTree``), so the engine's storage does not show.
+        """
+        lock = self.locks[recipe.name]
+        created_by = f"buildsys: {recipe.name} ({_summary(recipe)})"
+        t0 = time.monotonic()
+        with self.run_steps(recipe, lock, parent) as (container, result, scratch):
+            t1 = time.monotonic()
+            self.report(recipe.name, "normalize", "the container's filesystem diff")
+            below = ParentTree.from_layers((self.layout.blob_path(d) for d, _ in parent.layers),
+                                           index_dir=self.store.cache / "index")
+            t_read = time.monotonic()
+            check_packages(self.locks, recipe, prefix, steps.installed_packages(result.output), "apt", below)
+            with contextlib.ExitStack() as stack:
+                upper = container.upper_dir()
+                if upper is not None:
+                    layer = read_upper_dir(upper)
+                else:
+                    # Another storage driver or a remote engine: the whole filesystem, compared with the
+                    # parent's. Slower (grows with the image), but commit + save is not enough: vfs's diff
+                    # misses a file rewritten with the same size and mtime (useradd's etc/group- backup).
+                    raw = stack.enter_context(tempfile.TemporaryFile(dir=self.store.tmp))
+                    container.export(raw)
+                    raw.seek(0)
+                    layer = read_filesystem(raw, below)
+                t_plan = time.monotonic()
+                plan = plan_layer(layer, lock.source_date_epoch, (VENDOR_MOUNT,), below)
+                t_write = time.monotonic()
+                record, t2 = self._write_layer(recipe, lock, parent, plan, scratch / "layer.tar", created_by)
+                self.report(recipe.name, "normalized",
+                            f"{plan.entries} entries, {plan.size / 1e6:.0f} MB: parent chain {t_read - t1:.1f}s, "
+                            f"{'upper dir' if upper is not None else 'export'} {t_plan - t_read:.1f}s, compare "
+                            f"{t_write - t_plan:.1f}s, write+hash+stream {t2 - t_write:.1f}s")
+        timings.update(install=t1 - t0, normalize=t2 - t1, load=time.monotonic() - t2)
+        return record
+
+    def _write_layer(self, recipe: Recipe, lock: Lock, parent: LayerRecord, plan: LayerPlan, layer_file: Path,
+                     created_by: str) -> tuple[LayerRecord, float]:
+        """Write the canonical layer to the store and, in the same pass, into ``docker load``.
+
+        Return the record and when the layer's last byte was written: what docker
+        does after that (apply the layer it received) is the load's own time.
+        """
+        done: dict[str, Any] = {}
+        store_writes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="buildsys-store")
+
+        def write_layer(into: Any = None) -> bytes:
+            with open(layer_file, "wb") as f:
+                info = plan.write(f, *(into,) if into is not None else ())
+            done["at"] = time.monotonic()
+            config = self._config(recipe, lock, parent, info.digest, created_by)
+            # The store's copy is made durable (fsync, rename, config, manifest) while docker
+            # applies the layer: docker needs only the config bytes, which are ready now.
+            done["record"] = store_writes.submit(self._write_image, recipe, lock, parent, layer_file, info.digest,
+                                                 info.size, created_by, config)
+            return canonical_bytes(config)
+
+        try:
+            engine = self.loader.docker()
+            if engine is None:
+                write_layer()
+            else:
+                self.report(recipe.name, "load", "docker load (new layer only), streamed as it is written")
+                lower = list(parent.diff_ids)
+                engine.load_stream(lambda sink: write_streamed_archive(sink, lower, plan.size, write_layer))
+            record: LayerRecord = done["record"].result()
+        finally:
+            store_writes.shutdown(wait=True)
+        return record, done["at"]
+
+    @contextlib.contextmanager
+    def run_steps(self, recipe: Recipe, lock: Lock, parent: LayerRecord,
+                  ) -> Iterator[tuple[Container, RunResult, Path]]:
+        """Stage the layer's inputs and run its build script in a container of the parent, network none.
+
+        Yields the stopped container (to read its diff, or commit it), the run's
+        result and a scratch folder; a failed step raises, naming the step.
+        """
+        engine = self.loader.docker()
+        assert engine is not None, "building a layer needs the docker engine"
+        self.loader.load(parent, tag=None)
+        with self.store.scratch(f"build-{recipe.name}") as tmp:
+            staged = steps.stage_layer(self.store, recipe, lock, Path(tmp) / "stage")
+            with engine.container(parent.config_digest, staged.command, env=staged.env, network="none",
+                                       mounts=[(str(staged.folder), steps.MOUNT, True)],
+                                       hostname=bootstrap.BUILD_HOSTNAME, user="0:0", workdir="/") as container:
+                self.report(recipe.name, "run", f"container on {parent.config_digest[:19]}, network none")
+                result = container.run(on_output=lambda line: self._on_build_output(recipe.name, line))
+                if result.exit_code != 0:
+                    step = steps.failed_step(result.output)
+                    hint = (bootstrap.NO_NETWORK_HINT if bootstrap.tried_network(result.output) else
+                            steps.failure_hint(result.output) or
+                            f"fix the step in {recipe.path}, then run `buildsys build {recipe.name}` again")
+                    raise BuildError(recipe.name, f"{step} (exit {result.exit_code})", result.output, hint=hint)
+                yield container, result, Path(tmp)
+
+    def _on_build_output(self, recipe: str, line: str) -> None:
+        if line.startswith(steps.STEP_MARKER):
+            self.report(recipe, "step", line.removeprefix(steps.STEP_MARKER))
+
+    def _config(self, recipe: Recipe, lock: Lock, parent: LayerRecord | None, diff_id: str,
+                created_by: str) -> dict[str, Any]:
+        parent_config = self.layout.read_config(parent.config_digest) if parent else None
+        labels = oci_labels(recipe.name, recipe.recipe_hash, lock.lock_hash, recipe.description)
+        return make_config(parent=parent_config, diff_id=diff_id, epoch=lock.source_date_epoch,
+                           image=recipe.image, labels=labels, created_by=created_by)
+
+    def _write_image(self, recipe: Recipe, lock: Lock, parent: LayerRecord | None, layer_file: Path,
+                     diff_id: str, size: int, created_by: str, config: dict[str, Any] | None = None) -> LayerRecord:
+        layout = self.layout
+        digest = layout.add_blob_file(layer_file, digest=diff_id)
+        if config is None:
+            config = self._config(recipe, lock, parent, diff_id, created_by)
+        layers = [*(parent.layers if parent else ()), (digest, size)]
+        img = layout.write_image(config, layers)
+        return LayerRecord(recipe=recipe.name, config_digest=img.config_digest,
+                           manifest_digest=img.manifest_digest, diff_ids=tuple(img.diff_ids),
+                           layers=tuple((d, s) for d, s in layers))
+
+
+def _summary(recipe: Recipe) -> str:
+    parts = []
+    if recipe.apt_packages:
+        parts.append(f"apt {len(recipe.apt_packages)}")
+    if recipe.pip_packages:
+        parts.append(f"pip {len(recipe.pip_packages)}")
+    if recipe.cran_packages:
+        parts.append(f"cran {len(recipe.cran_packages)}")
+    if recipe.files:
+        parts.append(f"files {len(recipe.files)}")
+    if recipe.run:
+        parts.append(f"run {len(recipe.run)}")
+    return ", ".join(parts) or "config only"
