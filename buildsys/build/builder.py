@@ -10,6 +10,7 @@ schedules: which layers, in which order, independent branches in parallel.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -22,6 +23,7 @@ from buildsys.build.checks import check_vendored
 from buildsys.build.layers import LayerMaker
 from buildsys.build.load import Loader
 from buildsys.build.records import BuiltImage, LayerRecord, Reporter
+from buildsys.core.errors import EngineUnavailable
 from buildsys.core.store import Store
 from buildsys.model.graph import Graph
 from buildsys.model.lockfile import Lock
@@ -121,13 +123,27 @@ class Builder:
 
     def _build(self, names: Sequence[str], jobs: int) -> list[BuiltImage]:
         selected = self.graph.select(names)
-        if n := self.store.sweep_scratch():
-            self.report("*", "cleanup", f"removed {n} scratch folder(s) left by an interrupted run")
-        if self.engine is not None:
-            self.loader.sweep_containers(self.engine)
+        self._sweep_litter()
         if jobs > 1:
             self.prebuild([self.graph.chain(n) for n in selected], jobs)
         return [self.build_chain(n) for n in selected]
+
+    def _sweep_litter(self) -> None:
+        """Remove what killed builds left: their build containers first, then their scratch folders.
+
+        A build container runs with a folder of its build's scratch mounted, so a killed
+        build always leaves a scratch folder with its container (issue 25: a cached build
+        removed the folder and left the container running). The engine is asked only then,
+        or when this builder holds one already: a no-op build finds no such folder and
+        connects to nothing.
+        """
+        if self.engine is not None:
+            self.loader.sweep_containers(self.engine)
+        elif self.store.stale_scratch():
+            with contextlib.suppress(EngineUnavailable):  # no engine, no container to remove
+                self.docker()  # connecting sweeps
+        if n := self.store.sweep_scratch():
+            self.report("*", "cleanup", f"removed {n} scratch folder(s) left by an interrupted run")
 
     def docker(self) -> Engine | None:
         """The engine, connected now if it was not yet (None: this builder works without one)."""

@@ -69,15 +69,21 @@ class Store:
         """A scratch folder named for this process, removed on exit (see ``sweep_scratch``)."""
         return tempfile.TemporaryDirectory(dir=self.tmp, prefix=f"{what}-{os.getpid()}-")
 
-    def sweep_scratch(self) -> int:
-        """Remove scratch folders of buildsys processes that no longer run (killed, or out of disk)."""
-        removed = 0
+    def stale_scratch(self) -> list[Path]:
+        """Scratch folders of buildsys processes that no longer run (killed, or out of disk)."""
+        stale = []
         for entry in self.tmp.iterdir() if (self.root / "tmp").is_dir() else []:
             parts = entry.name.rsplit("-", 2)
             if len(parts) == 3 and parts[1].isdigit() and not _alive(int(parts[1])):
-                shutil.rmtree(entry, ignore_errors=True)
-                removed += 1
-        return removed
+                stale.append(entry)
+        return stale
+
+    def sweep_scratch(self) -> int:
+        """Remove the scratch folders of buildsys processes that no longer run; return how many."""
+        stale = self.stale_scratch()
+        for entry in stale:
+            shutil.rmtree(entry, ignore_errors=True)
+        return len(stale)
 
     def vendor_path(self, sha256: str) -> Path:
         # Locks are validated on read; this guard keeps any other caller from turning
