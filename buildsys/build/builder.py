@@ -14,7 +14,6 @@ import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -154,7 +153,7 @@ class Builder:
         self.loader.load(record, tag)
 
     def run_steps(self, recipe: Recipe, lock: Lock, parent: LayerRecord,
-                  ) -> AbstractContextManager[tuple[Container, RunResult, Path]]:
+                  ) -> contextlib.AbstractContextManager[tuple[Container, RunResult, Path]]:
         """Run the layer's build script in a container of the parent (``LayerMaker.run_steps``)."""
         return self.maker.run_steps(recipe, lock, parent)
 
