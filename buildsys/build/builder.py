@@ -136,12 +136,13 @@ class Builder:
         or when this builder holds one already: a no-op build finds no such folder and
         connects to nothing.
         """
+        stale = self.store.stale_scratch()
         if self.engine is not None:
             self.loader.sweep_containers(self.engine)
-        elif self.store.stale_scratch():
+        elif stale:
             with contextlib.suppress(EngineUnavailable):  # no engine, no container to remove
                 self.docker()  # connecting sweeps
-        if n := self.store.sweep_scratch():
+        if stale and (n := self.store.sweep_scratch()):
             self.report("*", "cleanup", f"removed {n} scratch folder(s) left by an interrupted run")
 
     def docker(self) -> Engine | None:
