@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from buildsys.build.builder import Builder, Reporter
 from buildsys.core.errors import BuildsysError, LockError, MissingLock, StaleLock
 from buildsys.core.store import Store
-from buildsys.ecosystems.debian import lock_debian_root
+from buildsys.ecosystems.debian_root import lock_debian_root
 from buildsys.ecosystems.files import lock_files
 from buildsys.lock import parents as layer
 from buildsys.model.graph import Graph
@@ -185,7 +185,7 @@ def resolve(recipe: Recipe, store: Store, graph: Graph, locks: dict[str, Lock], 
     files = lock_files(recipe, store, warn=lambda message: progress(recipe.name, "warning", message))
     if recipe.is_root:
         if isinstance(recipe.base, ImageBase):
-            from buildsys.ecosystems.image import lock_image_root
+            from buildsys.ecosystems.registry_image import lock_image_root
 
             steps = [k for k, v in (("apt", recipe.apt_packages), ("pip", recipe.pip_packages),
                                     ("cran", recipe.cran_packages), ("files", recipe.files), ("run", recipe.run))
@@ -225,7 +225,7 @@ def resolve(recipe: Recipe, store: Store, graph: Graph, locks: dict[str, Lock], 
     apt_epochs: list[int] = []
     if recipe.apt_packages and image_root is not None:
         # The image's own packages are in no lock: read its dpkg status and release from the built parent.
-        from buildsys.ecosystems.imageapt import image_release, lock_apt_on_image
+        from buildsys.ecosystems.registry_apt import image_release, lock_apt_on_image
 
         if engine is None:
             raise LockError(f"{recipe.path}: resolving [apt] on a registry image needs the docker engine")

@@ -258,7 +258,7 @@ class ImageBaseLock:
     layers: tuple[LockedLayer, ...]
 
     def artifacts(self) -> list[Artifact]:
-        from buildsys.ecosystems.image import blob_url  # the registry's URL scheme lives with the ecosystem
+        from buildsys.ecosystems.registry_image import blob_url  # the registry's URL scheme lives with the ecosystem
 
         name = self.reference
         # local=True: the registry is the one the recipe names (``lockcheck`` holds the lock to it).
