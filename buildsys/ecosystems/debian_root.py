@@ -1,12 +1,22 @@
-"""Lock a Debian root: the bootstrap package set of a suite/variant, pinned."""
+"""A Debian root: the bootstrap package set of a suite/variant, pinned (``[base] debian = {...}``).
+
+Its ``[apt]`` packages are the bootstrap's ``include``; its .debs are listed,
+fetched and described like a layer's (``apt_layer``), and ``build.bootstrap``
+installs them.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from buildsys.core.errors import LockError
+from buildsys.core.store import Artifact
 from buildsys.ecosystems.apt import AptResolver
-from buildsys.model.lockfile import DebianBaseLock, LockedArchive, LockedDeb
+from buildsys.ecosystems.apt_layer import deb_component, deb_pin
+from buildsys.ecosystems.base import Component, Ecosystem, LockContext, Pin
+from buildsys.model.lockfile import DebianBaseLock, Lock, LockedArchive, LockedDeb
 from buildsys.model.recipe import DebianBase, Recipe
 
 
@@ -53,3 +63,51 @@ def lock_debian_root(recipe: Recipe, cache_dir: Path) -> tuple[DebianBaseLock, i
         archives=archives if len(archives) > 1 else (),
     )
     return table, max(r.epoch for r in releases)
+
+
+class DebianRoot(Ecosystem):
+    name = "debian"
+    agree_as = "apt"  # one namespace with the layers' [apt]: dpkg knows one version of a package
+
+    def lock(self, ctx: LockContext, lock: Lock) -> Lock:
+        recipe = ctx.recipe
+        if not (recipe.is_root and isinstance(recipe.base, DebianBase)):
+            return lock
+        base, epoch = lock_debian_root(recipe, ctx.store.cache / "apt")
+        return dataclasses.replace(lock, base=base, source_date_epoch=max(lock.source_date_epoch, epoch))
+
+    def artifacts(self, lock: Lock) -> list[Artifact]:
+        return [p.artifact() for p in lock.base.packages] if lock.base else []
+
+    def covers(self, recipe: Recipe, lock: Lock, above: Sequence[Lock]) -> list[str]:
+        if lock.base is None or not isinstance(recipe.base, DebianBase):
+            return []
+        problems: list[str] = []
+        b, want = lock.base, recipe.base
+        for key, have, asked in (("suite", b.suite, want.suite), ("variant", b.variant, want.variant),
+                                 ("architecture", b.architecture, want.architecture),
+                                 ("mirror", b.mirror, want.mirror), ("components", b.components, want.components)):
+            if have != asked:
+                problems.append(f"[base] {key} is {have!r}, the recipe asks for {asked!r}")
+        have_archives = [(a.mirror, a.suite) for a in b.all_archives]
+        if have_archives != list(want.archives):
+            problems.append(f"[base] is resolved from {_archives(have_archives)}, the recipe asks for "
+                            f"{_archives(want.archives)}")
+        if sorted(b.include) != sorted(recipe.apt_packages):
+            problems.append(f"[base] include is {sorted(b.include)}, "
+                            f"the recipe's [apt] is {sorted(recipe.apt_packages)}")
+        return problems
+
+    def components(self, lock: Lock) -> list[Component]:
+        debs = lock.base.packages if lock.base else ()
+        return [deb_component(d) for d in sorted(debs, key=lambda d: (d.name, d.architecture))]
+
+    def pins(self, lock: Lock) -> list[Pin]:
+        return [deb_pin(d) for d in lock.base.packages] if lock.base else []
+
+
+def _archives(archives: Iterable[tuple[str, str]]) -> str:
+    return ", ".join(f"{mirror} {suite}" for mirror, suite in archives)
+
+
+DEBIAN_ROOT = DebianRoot()
