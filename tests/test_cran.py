@@ -286,7 +286,7 @@ def test_missing_header_hint_from_real_gcc_output(tmp_path: Path) -> None:
     """gcc's own message for a missing header, after the step marker the build script prints."""
     import subprocess
 
-    from buildsys.build.steps import STEP_MARKER
+    from buildsys.ecosystems.base import STEP_MARKER
     from buildsys.ecosystems.cran import failure_hint
 
     src = tmp_path / "init.c"

@@ -17,13 +17,15 @@ from __future__ import annotations
 from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from buildsys.core.store import Artifact, Store
-from buildsys.engine import Engine
 from buildsys.model.lockfile import Lock
 from buildsys.model.recipe import Recipe
 from buildsys.oci.layer import ParentTree
+
+if TYPE_CHECKING:  # docker's client is imported only where an engine is used
+    from buildsys.engine import Engine
 
 # Where a layer's staged inputs are mounted in its build container (read-only), and the line
 # the build script prints before each step, so that a failure names its step.

@@ -25,7 +25,7 @@ import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from packageurl import PackageURL
 
@@ -34,9 +34,11 @@ from buildsys.core.store import Artifact, Store
 from buildsys.core.urlpolicy import LocalURLRefused, local_reason, opener
 from buildsys.ecosystems.apt_layer import chain_debs
 from buildsys.ecosystems.base import MOUNT, STEP_MARKER, Component, Ecosystem, LockContext, Pin
-from buildsys.engine import Engine
 from buildsys.model.lockfile import Lock, LockedCran
 from buildsys.model.recipe import Recipe
+
+if TYPE_CHECKING:  # docker's client is imported only where an engine is used
+    from buildsys.engine import Engine
 
 # Where R packages of a layer go: Debian's R puts /usr/local/lib/R/site-library first in .libPaths().
 # One fixed path, because lazy-load databases and Meta/*.rds record where a package was installed.

@@ -55,7 +55,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from email.parser import HeaderParser
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urljoin, urlsplit
 
 from packageurl import PackageURL
@@ -77,9 +77,11 @@ from buildsys.core.store import Artifact, Store, atomic_write
 from buildsys.core.urlpolicy import local_reason
 from buildsys.ecosystems.apt_layer import chain_debs
 from buildsys.ecosystems.base import MOUNT, STEP_MARKER, Component, Ecosystem, LockContext, Pin
-from buildsys.engine import Engine
 from buildsys.model.lockfile import Lock, LockedPip, LockedWheelFile
 from buildsys.model.recipe import Recipe
+
+if TYPE_CHECKING:  # docker's client is imported only where an engine is used
+    from buildsys.engine import Engine
 
 DEFAULT_INDEX = "https://pypi.org/simple"
 # The oldest Python the pinned tools run on (click and build need 3.10; 3.11

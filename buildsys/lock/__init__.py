@@ -11,12 +11,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from buildsys import ecosystems
 from buildsys.core.errors import BuildsysError, LockError, MissingLock, StaleLock
 from buildsys.core.store import Store
-from buildsys.engine import Engine
 from buildsys.lock import parents as layer
 from buildsys.lock.freshness import Change, LockOutcome, check_fresh, check_locks, fresh_locks
 from buildsys.lock.parents import ParentImages, ParentImagesFactory, Reporter, Vendor
@@ -24,6 +23,9 @@ from buildsys.model.graph import Graph
 from buildsys.model.lockfile import Lock, dumps, hash_bytes, lock_path, read_lock, write_lock
 from buildsys.model.recipe import Recipe
 from buildsys.oci.layer import ParentTree
+
+if TYPE_CHECKING:  # docker's client is imported only where an engine is used
+    from buildsys.engine import Engine
 
 __all__ = ["Change", "LockOutcome", "ParentImages", "check_fresh", "check_locks", "diff_locks", "fresh_locks",
            "lock_recipes", "resolve"]

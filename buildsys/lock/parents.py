@@ -13,17 +13,19 @@ import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from buildsys import ecosystems
 from buildsys.core.errors import LockError
 from buildsys.core.store import Artifact, Store
-from buildsys.engine import Container, Engine, RunResult
 from buildsys.model.graph import Graph
 from buildsys.model.lockfile import Lock
 from buildsys.model.recipe import Recipe
 from buildsys.oci.image import OciLayout
 from buildsys.oci.layer import ParentTree
+
+if TYPE_CHECKING:  # docker's client is imported only where an engine is used
+    from buildsys.engine import Container, Engine, RunResult
 
 Reporter = Callable[[str, str, str], None]  # (recipe, stage, detail), as build's progress
 # Puts locked files into the vendor store (``fetch.vendor.fetch``, wired in by the caller: fetch is above lock).
