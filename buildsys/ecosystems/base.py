@@ -14,7 +14,7 @@ is frozen byte for byte); each ecosystem reads and fills only its own.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -152,7 +152,3 @@ class Ecosystem:
         """A next step for a build that failed in this ecosystem's step, if it knows one."""
         return None
 
-
-def locked_names(locks: Sequence[Lock], eco: Ecosystem) -> Mapping[str, str]:
-    """name -> version of what ``eco`` pins across ``locks`` (later locks win)."""
-    return {p.name: p.version for lk in locks for p in eco.pins(lk)}
