@@ -46,6 +46,7 @@ from buildsys.build.builder import Builder
 from buildsys.build.records import BuiltImage, LayerRecord
 from buildsys.build.verify import format_mismatch, verify
 from buildsys.core.store import Store
+from buildsys.ecosystems import artifacts
 from buildsys.ecosystems.pip import host_ca_bundle
 from buildsys.engine import Engine
 from buildsys.fetch.vendor import FetchReport, fetch
@@ -97,13 +98,19 @@ def load_graph(project: Path) -> Graph:
     return build_graph(load_recipes(project))
 
 
+def _resolving(store: Store, graph: Graph) -> dict[str, Any]:
+    """What ``lock`` needs to resolve inside parent images: a Builder over the locks so far, and fetch."""
+    return {"parent_images": lambda locks: Builder(store, graph, locks, engine=Engine.connect(), tag=False),
+            "vendor": lambda arts: fetch(store, arts, progress=False)}
+
+
 def lock_and_fetch(project: Path, store: Store, graph: Graph, names: Sequence[str],
                    ) -> tuple[float, list[LockOutcome], dict[str, Lock], FetchReport]:
-    lock_s, outcomes = timed(lambda: lock_recipes(project, store, graph, names, engine=Engine.connect))
+    lock_s, outcomes = timed(lambda: lock_recipes(project, store, graph, names, **_resolving(store, graph)))
     locks = fresh_locks(project, graph, names)
-    artifacts = sorted({a.sha256: a for lk in locks.values() for a in lk.artifacts()}.values(),
+    arts = sorted({a.sha256: a for lk in locks.values() for a in artifacts(lk)}.values(),
                        key=lambda a: (a.kind, a.filename))
-    return lock_s, outcomes, locks, fetch(store, artifacts, progress=False)
+    return lock_s, outcomes, locks, fetch(store, arts, progress=False)
 
 
 def add_run_step(recipe_file: Path, step: str) -> None:
@@ -358,7 +365,7 @@ def incremental(project: Path, store: Store, engine: Engine, chain: Sequence[str
     try:
         add_run_step(recipe_file, step)
         graph = load_graph(project)
-        relock_s, outcomes = timed(lambda: lock_recipes(project, store, graph, [LEAF], engine=Engine.connect))
+        relock_s, outcomes = timed(lambda: lock_recipes(project, store, graph, [LEAF], **_resolving(store, graph)))
         status = ", ".join(f"{o.recipe}: {o.status}" for o in outcomes)
         locks = fresh_locks(project, graph, [LEAF])
         events = Events()

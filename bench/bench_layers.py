@@ -39,6 +39,7 @@ from rich.console import Console
 from buildsys.build.builder import Builder
 from buildsys.build.records import LayerRecord
 from buildsys.core.store import Store
+from buildsys.ecosystems import artifacts
 from buildsys.engine import Engine
 from buildsys.fetch.vendor import fetch
 from buildsys.lock import fresh_locks
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     graph = build_graph(load_recipes(project))
     chain = graph.chain(LEAF)
     locks = fresh_locks(project, graph, [LEAF])
-    arts = sorted({a.sha256: a for lk in locks.values() for a in lk.artifacts()}.values(), key=lambda a: a.filename)
+    arts = sorted({a.sha256: a for lk in locks.values() for a in artifacts(lk)}.values(), key=lambda a: a.filename)
     fetched = fetch(store, arts, progress=False)
     console.print(f"project {project}\nstore   {store.root}\nfetch: {fetched.downloaded} downloaded, "
                   f"{fetched.skipped} in the store")

@@ -34,6 +34,7 @@ from rich.table import Table
 import buildsys.build.layers as build_module  # where the Debian root calls normalize_tar
 from buildsys.build.builder import Builder
 from buildsys.core.store import Store
+from buildsys.ecosystems import artifacts as locked_artifacts
 from buildsys.engine import Engine
 from buildsys.fetch.vendor import fetch
 from buildsys.lock import fresh_locks, lock_recipes
@@ -150,7 +151,7 @@ def run(args: argparse.Namespace, work: Path, store: Store, keep_tar: Path) -> i
     locks = fresh_locks(project, graph, [RECIPE])
     lock = locks[RECIPE]
     assert lock.base is not None
-    artifacts = sorted({a.sha256: a for a in lock.artifacts()}.values(), key=lambda a: a.filename)
+    artifacts = sorted({a.sha256: a for a in locked_artifacts(lock)}.values(), key=lambda a: a.filename)
     report = fetch(store, artifacts, progress=False)
     fetch_mb = report.bytes / MB
     console.print(f"fetch           {report.seconds:8.2f} s  ({report.downloaded} downloaded, {fetch_mb:.1f} MB, "

@@ -29,9 +29,10 @@ from rich.console import Console
 from rich.table import Table
 
 from buildsys.core.store import Store
+from buildsys.ecosystems import artifacts
+from buildsys.ecosystems.pip import pip_closure
 from buildsys.fetch.vendor import fetch
 from buildsys.lock import check_locks, fresh_locks
-from buildsys.model.coverage import pip_closure
 from buildsys.model.graph import build_graph
 from buildsys.model.lockfile import read_lock
 from buildsys.model.recipe import load_recipes
@@ -50,7 +51,7 @@ def main() -> int:
     store = Store(args.store)
     graph = build_graph(load_recipes(ROOT))
     locks = fresh_locks(ROOT, graph, ["jupyter"])
-    arts = {a.sha256: a for lk in locks.values() for a in lk.artifacts()}
+    arts = {a.sha256: a for lk in locks.values() for a in artifacts(lk)}
     missing = [a for a in arts.values() if not store.has_artifact(a)]
     if missing:
         print(f"{len(missing)} artifacts of the jupyter chain are not vendored in {args.store}: run `make demo` first")

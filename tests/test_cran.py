@@ -21,7 +21,7 @@ from helpers import bs, copy_project, ok
 
 from buildsys.core.errors import BuildsysError
 from buildsys.core.store import Store
-from buildsys.ecosystems.cran import compare_versions, install_order, parse_index
+from buildsys.ecosystems.cran import compare_versions, install_order, parse_index, tarball_artifact
 from buildsys.fetch.vendor import fetch
 from buildsys.model.lockfile import lock_path, read_lock
 
@@ -188,7 +188,7 @@ def test_archived_version_is_fetched(locked: Path, repo: tuple[str, Path], cran_
     try:
         lock = read_lock(lock_path(locked, "rpkgs"))
         fresh = Store(tmp_path / "fresh")
-        fetch(fresh, [c.artifact() for c in lock.cran], progress=False)
+        fetch(fresh, [tarball_artifact(c) for c in lock.cran], progress=False)
         digest = next(c for c in lock.cran if c.name == "digest")
         assert fresh.vendor_path(digest.sha256).is_file()
         assert not (root / f"src/contrib/digest_{digest.version}.tar.gz").exists()
@@ -207,7 +207,7 @@ def test_tampered_tarball(locked: Path, repo: tuple[str, Path], tmp_path: Path) 
     f = bad / f"src/contrib/mime_{mime.version}.tar.gz"
     f.write_bytes(f.read_bytes()[:-10] + b"tampered!!")
     with serve(bad) as bad_url:
-        art = [c.artifact() for c in lock.cran if c.name == "mime"][0]
+        art = tarball_artifact(mime)
         art = type(art)(**{**art.__dict__, "urls": tuple(u.replace(repo[0], bad_url) for u in art.urls)})
         with pytest.raises(BuildsysError) as e:
             fetch(Store(tmp_path / "fresh"), [art], progress=False)
@@ -286,7 +286,7 @@ def test_missing_header_hint_from_real_gcc_output(tmp_path: Path) -> None:
     """gcc's own message for a missing header, after the step marker the build script prints."""
     import subprocess
 
-    from buildsys.build.steps import STEP_MARKER
+    from buildsys.ecosystems.base import STEP_MARKER
     from buildsys.ecosystems.cran import failure_hint
 
     src = tmp_path / "init.c"

@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from buildsys.core.errors import LockError
-from buildsys.lock.parents import chain_debs, chain_pips, check_parents_agree
+from buildsys.ecosystems.apt_layer import chain_debs
+from buildsys.ecosystems.pip import chain_pips
+from buildsys.lock.parents import check_parents_agree
 from buildsys.model.graph import build_graph
 from buildsys.model.lockfile import Lock, LockedCran, LockedDeb, LockedPip
 from buildsys.model.recipe import load_recipes

@@ -20,6 +20,7 @@ import tomlkit
 
 from buildsys.core.errors import BuildsysError
 from buildsys.core.store import Store
+from buildsys.ecosystems import artifacts
 from buildsys.model.lockfile import Lock, read_lock
 from buildsys.model.lockschema import is_safe_filename
 
@@ -63,7 +64,7 @@ def mutate(data: dict, rng: random.Random) -> dict:
 
 
 def assert_contained(lock: Lock, store: Store) -> None:
-    for art in lock.artifacts():
+    for art in artifacts(lock):
         path = store.vendor_path(art.sha256)
         assert path.parent == store.vendor and len(path.name) == 64
         assert is_safe_filename(art.filename), art.filename

@@ -30,6 +30,7 @@ from click.testing import CliRunner
 from buildsys.cli import cli
 from buildsys.core.errors import NotVendored, RecipeError
 from buildsys.core.store import Store
+from buildsys.ecosystems import artifacts
 from buildsys.ecosystems.pip import (
     TOOLS,
     ConflictingPins,
@@ -278,7 +279,7 @@ def as_lock(pl: PipLock) -> Lock:
 def test_staged_wheels_install_offline_into_the_image(engine: Engine, python_image: str, store: Store,
                                                       six_markupsafe: PipLock, tmp_path: Path) -> None:
     lk = as_lock(six_markupsafe)
-    fetch(store, lk.artifacts(), progress=False)
+    fetch(store, artifacts(lk), progress=False)
     staged = tmp_path / "wheels"
     stage_wheels(store, lk, staged)
     pins = by_name(six_markupsafe)

@@ -24,8 +24,7 @@ from helpers import bs, ok
 from regimage import push_tiny_image
 from shipenv import docker_registry
 
-from buildsys.build.steps import dpkg_installed
-from buildsys.ecosystems.imageapt import NotDebianImage, image_release, parse_os_release
+from buildsys.ecosystems.registry_apt import NotDebianImage, dpkg_installed, image_release, parse_os_release
 from buildsys.model.recipe import parse_recipe
 from buildsys.oci.layer.tree import ParentTree
 from buildsys.oci.registry import Registry

@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from buildsys.core.errors import BuildError, NotVendored, ToolMissing
+from buildsys.core.errors import BuildError, ToolMissing
 from buildsys.core.store import Store
-from buildsys.model.lockfile import Lock, LockedDeb
+from buildsys.ecosystems.apt_layer import link_debs, make_local_repo
+from buildsys.model.lockfile import Lock
 
 # The fixed build environment of DESIGN.md (SOURCE_DATE_EPOCH is added per layer).
 BUILD_ENV = {
@@ -60,35 +61,6 @@ def require_tools(*tools: tuple[str, str]) -> None:
     for tool, package in tools:
         if shutil.which(tool) is None:
             raise ToolMissing(tool, package)
-
-
-def link_debs(store: Store, recipe: str, debs: Sequence[LockedDeb], folder: Path) -> None:
-    """Put the vendored .debs into ``folder`` under their own names (hardlinks, no copies)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for deb in debs:
-        src = store.vendor_path(deb.sha256)
-        if not src.is_file():
-            raise NotVendored(recipe, f"{deb.name} {deb.version} ({deb.filename})")
-        if src.stat().st_size != deb.size:
-            raise NotVendored(recipe, f"{deb.name} {deb.version} ({deb.filename})",
-                              f"damaged in the vendor store (size {src.stat().st_size}, locked {deb.size})")
-        dst = folder / deb.filename
-        try:
-            os.link(src, dst)
-        except OSError:
-            shutil.copyfile(src, dst)
-
-
-def make_local_repo(folder: Path, suite: str, codename: str) -> None:
-    """Index ``folder`` as a flat apt repository (``deb [trusted=yes] copy://folder ./``)."""
-    require_tools(("apt-ftparchive", "apt-utils"))
-    with open(folder / "Packages", "wb") as out:
-        _run(["apt-ftparchive", "packages", "."], cwd=folder, stdout=out, what="apt-ftparchive packages")
-    release = _run(["apt-ftparchive",
-                    "-o", f"APT::FTPArchive::Release::Suite={suite}",
-                    "-o", f"APT::FTPArchive::Release::Codename={codename}",
-                    "release", "."], cwd=folder, what="apt-ftparchive release")
-    (folder / "Release").write_bytes(release)
 
 
 def bootstrap_debian(store: Store, lock: Lock, run_steps: Sequence[str], out_dir: Path) -> Bootstrapped:

@@ -11,8 +11,8 @@ from collections.abc import Mapping, Sequence
 from buildsys.build import steps
 from buildsys.core.errors import BuildError, NotVendored, StaleLock
 from buildsys.core.store import Store
+from buildsys.ecosystems import artifacts, closure_problems
 from buildsys.fetch.vendor import verify_store
-from buildsys.model.coverage import pip_closure
 from buildsys.model.lockfile import Lock, lock_path
 from buildsys.model.recipe import Recipe
 from buildsys.oci.layer.tree import ParentTree
@@ -48,10 +48,10 @@ def check_vendored(store: Store, locks: Mapping[str, Lock], recipe: Recipe, pref
 
     A damaged file is removed (so ``fetch`` replaces it) and named; this costs
     one hash pass over the layer's inputs, and only on a cache miss. The
-    closure is read from the wheels themselves (``lockcheck.pip_closure``):
+    closure is read from the wheels themselves (``Ecosystem.closure_problems``):
     pip installs with ``--no-deps`` and would not notice a missing one.
     """
-    arts = locks[recipe.name].artifacts()
+    arts = artifacts(locks[recipe.name])
     missing = [a for a in arts if not store.vendor_path(a.sha256).is_file()]
     if missing:
         names = ", ".join(f"{a.name} {a.version}".strip() for a in missing[:5])
@@ -64,7 +64,7 @@ def check_vendored(store: Store, locks: Mapping[str, Lock], recipe: Recipe, pref
                           f"damaged in the vendor store (its sha256 is not the locked {a.sha256}); "
                           f"{len(corrupt)} damaged file(s) were removed")
     lock = locks[recipe.name]
-    if lock.pip and (unmet := pip_closure(store, [locks[n] for n in prefix], lock)):
+    if unmet := closure_problems(store, [locks[n] for n in prefix], lock):
         more = f" (and {len(unmet) - 3} more)" if len(unmet) > 3 else ""
         raise StaleLock(recipe.name, lock_path(recipe.path.parent.parent, recipe.name),
                         "its pip set is not closed: " + "; ".join(unmet[:3]) + more)

@@ -14,7 +14,7 @@ import traceback
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -31,6 +31,9 @@ from buildsys.core.errors import (
 from buildsys.core.store import Store
 from buildsys.model.graph import Graph, build_graph
 from buildsys.model.recipe import load_recipes
+
+if TYPE_CHECKING:  # imported where used: the CLI starts fast
+    from buildsys.lock.parents import ParentImagesFactory, Vendor
 
 
 @dataclass
@@ -228,12 +231,26 @@ def lock_cmd(obj: Context, recipes: tuple[str, ...], upgrade: bool, upgrade_pack
         if bad:
             raise LocksOutOfDate([o.recipe for o in bad], len(outcomes))
         return
+    with Reporter() as report:
+        store = Store(obj.store)
+        lock_recipes(obj.project, store, g, recipes, upgrade=upgrade, upgrade_packages=upgrade_packages,
+                     parent_images=_parent_images(store, g, report), vendor=_vendor(store), progress=report,
+                     report=lambda o: report(o.recipe, o.status, str(o.path.relative_to(obj.project))))
+
+
+def _parent_images(store: Store, g: Graph, report: Reporter) -> ParentImagesFactory:
+    """How ``lock`` builds the parent images it resolves in: a Builder over the locks so far (lock/ is below build/)."""
+    from buildsys.build.builder import Builder
     from buildsys.engine import Engine
 
-    with Reporter() as report:
-        lock_recipes(obj.project, Store(obj.store), g, recipes, upgrade=upgrade, upgrade_packages=upgrade_packages,
-                     engine=Engine.connect, progress=report,
-                     report=lambda o: report(o.recipe, o.status, str(o.path.relative_to(obj.project))))
+    return lambda locks: Builder(store, g, locks, engine=Engine.connect(), tag=False, report=report)
+
+
+def _vendor(store: Store) -> Vendor:
+    """How ``lock`` fetches the parents' locked files before building them (fetch/ is above lock/)."""
+    from buildsys.fetch.vendor import fetch
+
+    return lambda artifacts: fetch(store, artifacts, progress=False)
 
 
 def _upgrade_check(obj: Context, g: Graph, recipes: tuple[str, ...], upgrade: bool,
@@ -242,13 +259,13 @@ def _upgrade_check(obj: Context, g: Graph, recipes: tuple[str, ...], upgrade: bo
     from rich.console import Console
     from rich.table import Table
 
-    from buildsys.engine import Engine
     from buildsys.lock import lock_recipes
 
     with Reporter() as report:
-        outcomes = lock_recipes(obj.project, Store(obj.store), g, recipes, upgrade=upgrade,
-                                upgrade_packages=upgrade_packages, engine=Engine.connect, progress=report,
-                                dry_run=True, report=lambda o: report(o.recipe, o.status, o.detail))
+        store = Store(obj.store)
+        outcomes = lock_recipes(obj.project, store, g, recipes, upgrade=upgrade, upgrade_packages=upgrade_packages,
+                                parent_images=_parent_images(store, g, report), vendor=_vendor(store),
+                                progress=report, dry_run=True, report=lambda o: report(o.recipe, o.status, o.detail))
     changes = [c for o in outcomes for c in o.changes]
     if not changes and not any(o.status == "would change" for o in outcomes):
         click.echo("every lock is up to date with upstream; nothing would change")
@@ -275,6 +292,7 @@ def _upgrade_check(obj: Context, g: Graph, recipes: tuple[str, ...], upgrade: bo
 def fetch_cmd(obj: Context, recipes: tuple[str, ...], jobs: int, bundle: Path | None,
               from_bundle: Path | None) -> None:
     """Download every locked artifact into the vendor store, hash-checked."""
+    from buildsys.ecosystems import artifacts as locked_artifacts
     from buildsys.fetch.vendor import fetch
     from buildsys.lock import fresh_locks
 
@@ -290,7 +308,7 @@ def fetch_cmd(obj: Context, recipes: tuple[str, ...], jobs: int, bundle: Path | 
         return
     g = obj.graph()
     locks = fresh_locks(obj.project, g, recipes)
-    artifacts = {a.sha256: a for lock in locks.values() for a in lock.artifacts()}
+    artifacts = {a.sha256: a for lock in locks.values() for a in locked_artifacts(lock)}
     result = fetch(Store(obj.store), sorted(artifacts.values(), key=lambda a: (a.kind, a.filename)), jobs=jobs)
     for what in result.repaired:
         click.echo(f"warning: {what} was damaged in the vendor store (its content is not what its sha256 names); "

@@ -1,0 +1,58 @@
+"""Every ecosystem, in the order a recipe is locked, staged, checked and listed.
+
+The order is the SBOM's (the image, the .debs, the wheels, the R packages, the
+files) and the resolver's: apt comes before pip and CRAN, which resolve in an
+image that has the layer's apt packages. Adding an ecosystem is a module with
+an ``Ecosystem`` and one entry here. The functions below read ``ECOSYSTEMS``
+when called (a test may put a fake one in).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from buildsys.core.store import Artifact, Store
+from buildsys.ecosystems.apt_layer import APT
+from buildsys.ecosystems.base import Component, Ecosystem, Pin
+from buildsys.ecosystems.cran import CRAN
+from buildsys.ecosystems.debian_root import DEBIAN_ROOT
+from buildsys.ecosystems.files import FILES
+from buildsys.ecosystems.pip import PIP
+from buildsys.ecosystems.registry_image import REGISTRY_IMAGE
+from buildsys.model.lockfile import Lock
+from buildsys.model.recipe import Recipe
+
+ECOSYSTEMS: tuple[Ecosystem, ...] = (REGISTRY_IMAGE, DEBIAN_ROOT, APT, PIP, CRAN, FILES)
+
+
+def artifacts(lock: Lock) -> list[Artifact]:
+    """Every file ``fetch`` puts in the vendor store for ``lock``."""
+    return [a for eco in ECOSYSTEMS for a in eco.artifacts(lock)]
+
+
+def covers(recipe: Recipe, lock: Lock, above: Sequence[Lock]) -> list[str]:
+    """What ``lock`` lacks or holds against its recipe; empty when it covers it. ``above``: ancestors' locks."""
+    return [problem for eco in ECOSYSTEMS for problem in eco.covers(recipe, lock, above)]
+
+
+def closure_problems(store: Store, chain: Sequence[Lock], lock: Lock) -> list[str]:
+    """What ``lock``'s vendored files need that no lock of ``chain`` pins (``build`` refuses such a layer)."""
+    return [problem for eco in ECOSYSTEMS for problem in eco.closure_problems(store, chain, lock)]
+
+
+def components(lock: Lock) -> list[Component]:
+    return [c for eco in ECOSYSTEMS for c in eco.components(lock)]
+
+
+def pins(lock: Lock) -> list[tuple[Ecosystem, Pin]]:
+    return [(eco, p) for eco in ECOSYSTEMS for p in eco.pins(lock)]
+
+
+def checks(recipe: Recipe) -> list[tuple[str, str]]:
+    """(label, shell command) of the checks ``buildsys test`` runs before a recipe's own [test] commands."""
+    return [c for eco in ECOSYSTEMS for c in eco.checks(recipe)]
+
+
+def failure_hint(output: str) -> str | None:
+    """A next step that knows the failed step's ecosystem (an R package's missing header), if any."""
+    return next((hint for eco in ECOSYSTEMS if (hint := eco.failure_hint(output))), None)

@@ -36,6 +36,7 @@ from debian import deb822
 
 from buildsys.core.errors import LockError, ToolMissing, did_you_mean
 from buildsys.core.store import Artifact
+from buildsys.model.lockfile import LockedArchive
 
 DEBIAN_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 
@@ -633,3 +634,11 @@ def _write_if_changed(path: Path, text: str) -> None:
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(text)
         os.replace(tmp, path)
+
+
+def archive_moved(resolver: AptResolver, archives: Sequence[LockedArchive]) -> tuple[LockedArchive, str] | None:
+    """The first archive whose signed Release is not the one a chain was locked against, and its date now."""
+    for locked, now in zip(archives, resolver.releases(), strict=True):
+        if now.inrelease_sha256 != locked.inrelease_sha256:
+            return locked, now.date
+    return None

@@ -13,6 +13,8 @@ The build side (``install_script``) lives here too, as pip's does in ``pip``.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import gzip
 import hashlib
 import heapq
@@ -23,15 +25,20 @@ import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from buildsys.build.steps import STEP_MARKER
-from buildsys.core.errors import FetchError, HashMismatch, LockError
-from buildsys.core.store import Store
+from packageurl import PackageURL
+
+from buildsys.core.errors import FetchError, HashMismatch, LockError, NotVendored, did_you_mean
+from buildsys.core.store import Artifact, Store
 from buildsys.core.urlpolicy import LocalURLRefused, local_reason, opener
-from buildsys.engine import Engine
-from buildsys.model.lockfile import LockedCran
+from buildsys.ecosystems.apt_layer import chain_debs
+from buildsys.ecosystems.base import MOUNT, STEP_MARKER, Component, Ecosystem, LockContext, Pin
+from buildsys.model.lockfile import Lock, LockedCran
 from buildsys.model.recipe import Recipe
+
+if TYPE_CHECKING:  # docker's client is imported only where an engine is used
+    from buildsys.engine import Engine
 
 # Where R packages of a layer go: Debian's R puts /usr/local/lib/R/site-library first in .libPaths().
 # One fixed path, because lazy-load databases and Meta/*.rds record where a package was installed.
@@ -76,8 +83,6 @@ class CranIndexError(LockError):
 
 class CranPackageMissing(LockError):
     def __init__(self, recipe: Path, package: str, needed_by: str, repo: str, known: Iterable[str]) -> None:
-        from buildsys.core.errors import did_you_mean
-
         self.package, self.needed_by, self.repo = package, needed_by, repo
         why = f" (needed by {needed_by})" if needed_by else ""
         super().__init__(f"{recipe}: cran.packages: R package '{package}'{why} is not in {repo}"
@@ -452,8 +457,6 @@ FCFLAGS += -ffile-prefix-map={BUILD_DIR}=.
 
 
 def stage_tarballs(store: Store, recipe: str, packages: Sequence[LockedCran], folder: Path) -> None:
-    from buildsys.core.errors import NotVendored
-
     folder.mkdir(parents=True)
     for p in packages:
         src = store.vendor_path(p.sha256)
@@ -471,7 +474,7 @@ def failure_hint(output: str) -> str | None:
     pkg = last[-1].split()[2]
     header = re.findall(r"fatal error: ([^:\s]+): No such file or directory", output)
     if header:
-        h = header[-1]
+        h: str = header[-1]
         deb = HEADER_PACKAGES.get(h) or HEADER_PACKAGES.get(h.rsplit("/", 1)[-1])
         if deb:
             return (f"R package {pkg} needs the header {h}, which Debian's {deb} provides: add \"{deb}\" to "
@@ -489,11 +492,91 @@ def failure_hint(output: str) -> str | None:
 
 
 def _utc(epoch: int) -> str:
-    import datetime
-
     return datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _r_string(s: str) -> str:
     return s.replace("\\", "\\\\").replace('"', '\\"')
 
+
+
+def tarball_artifact(c: LockedCran) -> Artifact:
+    """A locked tarball, where it was at lock time first, then where the repository keeps older versions."""
+    repo = c.url.rsplit("/src/contrib/", 1)[0]
+    urls = tuple(dict.fromkeys((c.url, *tarball_urls(repo, c.name, c.version))))
+    # local=True: the repository is the one the recipe names (the freshness check holds the lock to it).
+    return Artifact(kind="cran", name=c.name, version=c.version, filename=f"{c.name}_{c.version}.tar.gz",
+                    sha256=c.sha256, size=c.size, urls=urls, local=True)
+
+
+class Cran(Ecosystem):
+    name = "cran"
+    agree_as = "CRAN"
+
+    def prepare(self, ctx: LockContext) -> None:
+        recipe = ctx.recipe
+        if not recipe.cran_packages:
+            return
+        if recipe.is_root:
+            raise LockError(f"{recipe.path}: [cran] in a root recipe is not supported",
+                            hint="put CRAN packages in a child recipe whose chain installs R (r-base-core)")
+        ctx.progress(f"cran: reading the index of {recipe.cran_repo}")
+        ctx.notes["cran-index"] = check_repo(recipe)
+
+    def lock(self, ctx: LockContext, lock: Lock) -> Lock:
+        recipe = ctx.recipe
+        if not recipe.cran_packages:
+            return lock
+        image = ctx.image(lock, "to resolve CRAN packages against its R")
+        above = {c.name: c.version for lk in ctx.ancestors for c in lk.cran}
+        cran = lock_cran(recipe, ctx.store, ctx.engine(), image, above, ctx.notes["cran-index"],
+                         progress=ctx.progress)
+        return dataclasses.replace(lock, cran=cran.packages, cran_repo=recipe.cran_repo,
+                                   cran_index_sha256=cran.index_sha256, r_version=cran.r_version)
+
+    def artifacts(self, lock: Lock) -> list[Artifact]:
+        return [tarball_artifact(c) for c in lock.cran]
+
+    def stage(self, store: Store, recipe: Recipe, lock: Lock, folder: Path) -> list[str]:
+        if not lock.cran:
+            return []
+        stage_tarballs(store, recipe.name, lock.cran, folder / "cran")
+        return [install_script(lock.cran, lock.cran_repo or "", MOUNT, lock.source_date_epoch)]
+
+    def covers(self, recipe: Recipe, lock: Lock, above: Sequence[Lock]) -> list[str]:
+        """Every [cran] package is pinned here or in the chain (Debian's r-cran-NAME counts), from the recipe's repo."""
+        problems: list[str] = []
+        debs = chain_debs([*above, lock])
+        pinned = {c.name for lk in (*above, lock) for c in lk.cran}
+        for name in recipe.cran_packages:
+            if name not in pinned and f"r-cran-{name.lower()}" not in debs:
+                problems.append(f"R package '{name}' is not locked")
+        if (lock.cran or recipe.cran_packages) and lock.cran_repo != recipe.cran_repo:
+            problems.append(f"[cran-repo] is {lock.cran_repo!r}, the recipe's cran.repo is {recipe.cran_repo!r}")
+        prefix = (recipe.cran_repo or "").rstrip("/") + "/src/contrib/"
+        for c in lock.cran:
+            if not c.url.startswith(prefix):
+                problems.append(f"R package '{c.name}' comes from {c.url}, not the recipe's cran.repo")
+        return problems
+
+    def components(self, lock: Lock) -> list[Component]:
+        return [Component("cran", c.name, c.version, PackageURL("cran", None, c.name, c.version).to_string(),
+                          c.sha256, c.url) for c in sorted(lock.cran, key=lambda c: c.name)]
+
+    def pins(self, lock: Lock) -> list[Pin]:
+        return [Pin("cran", c.name, c.version, "") for c in lock.cran]
+
+    def checks(self, recipe: Recipe) -> list[tuple[str, str]]:
+        """Every [cran] package loads with ``library()``."""
+        if not recipe.cran_packages:
+            return []
+        quoted = ", ".join(f'"{n}"' for n in recipe.cran_packages)
+        script = (f"for (p in c({quoted})) {{ suppressPackageStartupMessages(library(p, character.only = TRUE)); "
+                  f"cat(p, as.character(packageVersion(p)), \"ok\\n\") }}")
+        return [(f"library({', '.join(recipe.cran_packages)})", shlex.join(["Rscript", "-e", script]))]
+
+    def failure_hint(self, output: str) -> str | None:
+        return failure_hint(output)
+
+
+CRAN = Cran()

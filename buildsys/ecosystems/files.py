@@ -6,16 +6,21 @@ addressed, so a later ``fetch`` has nothing to do for it).
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
-from buildsys.core.errors import FetchError, HashMismatch, RecipeError
-from buildsys.core.store import Store
+from packageurl import PackageURL
+
+from buildsys.core.errors import FetchError, HashMismatch, NotVendored, RecipeError
+from buildsys.core.store import Artifact, Store
 from buildsys.core.urlpolicy import LocalURLRefused, local_reason, opener
-from buildsys.model.lockfile import LockedFile
+from buildsys.ecosystems.base import Component, Ecosystem, LockContext, Pin
+from buildsys.model.lockfile import Lock, LockedFile
 from buildsys.model.recipe import Recipe
 
 
@@ -63,3 +68,59 @@ def _download(store: Store, url: str, what: str, allow_local: bool) -> tuple[str
     with resp:
         sha, size = store.vendor_stream(resp, "file-")
     return sha, size, modified
+
+
+class Files(Ecosystem):
+    """``[[files]]``: downloads by URL, pinned by sha256, staged by name for the recipe's ``run`` steps."""
+
+    name = "files"
+
+    def lock(self, ctx: LockContext, lock: Lock) -> Lock:
+        if not ctx.recipe.files:
+            return lock
+        files = lock_files(ctx.recipe, ctx.store, warn=ctx.warn)
+        return dataclasses.replace(lock, files=files.locked,
+                                   source_date_epoch=max([lock.source_date_epoch, *files.epochs]))
+
+    def artifacts(self, lock: Lock) -> list[Artifact]:
+        return [f.artifact() for f in lock.files]
+
+    def stage(self, store: Store, recipe: Recipe, lock: Lock, folder: Path) -> list[str]:
+        if not lock.files:
+            return []
+        (folder / "files").mkdir()
+        for f in lock.files:
+            src = store.vendor_path(f.sha256)
+            if not src.is_file():
+                raise NotVendored(recipe.name, f"file {f.name} ({f.url})")
+            (folder / "files" / f.name).hardlink_to(src)
+        return []
+
+    def covers(self, recipe: Recipe, lock: Lock, above: Sequence[Lock]) -> list[str]:
+        problems: list[str] = []
+        locked = {f.name: f for f in lock.files}
+        for spec in recipe.files:
+            f = locked.pop(spec.name, None)
+            if f is None:
+                problems.append(f"file '{spec.name}' ({spec.url}) is not locked")
+            elif f.url != spec.url:
+                problems.append(f"file '{spec.name}' is locked from {f.url}, the recipe says {spec.url}")
+            elif spec.sha256 and f.sha256 != spec.sha256:
+                problems.append(f"file '{spec.name}' is locked with sha256 {f.sha256}, the recipe pins {spec.sha256}")
+            elif f.local != spec.local:
+                problems.append(f"file '{spec.name}' has local = {str(f.local).lower()} in the lock, "
+                                f"{str(spec.local).lower()} in the recipe")
+        return problems + [f"file '{name}' ({f.url}) is locked but not in the recipe"
+                           for name, f in sorted(locked.items())]
+
+    def components(self, lock: Lock) -> list[Component]:
+        return [Component("file", f.name, "", PackageURL("generic", None, f.name, None,
+                                                         {"checksum": f"sha256:{f.sha256}",
+                                                          "download_url": f.url}).to_string(), f.sha256, f.url)
+                for f in sorted(lock.files, key=lambda f: f.name)]
+
+    def pins(self, lock: Lock) -> list[Pin]:
+        return [Pin("files", f.name, f.sha256[:12], f.url) for f in lock.files]
+
+
+FILES = Files()

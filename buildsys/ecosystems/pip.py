@@ -32,6 +32,7 @@ from its wheel file (``python3 pip-X.whl/pip install --no-index ...``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import email.utils
 import hashlib
@@ -48,13 +49,17 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+import zipfile
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from email.parser import HeaderParser
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urljoin, urlsplit
 
+from packageurl import PackageURL
+from packaging.markers import default_environment
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.tags import Tag, parse_tag
 from packaging.utils import (
@@ -68,10 +73,15 @@ from packaging.version import InvalidVersion, Version
 
 from buildsys import __version__
 from buildsys.core.errors import LockError, NotVendored, RecipeError
-from buildsys.core.store import Store, atomic_write
-from buildsys.engine import Engine
+from buildsys.core.store import Artifact, Store, atomic_write
+from buildsys.core.urlpolicy import local_reason
+from buildsys.ecosystems.apt_layer import chain_debs
+from buildsys.ecosystems.base import MOUNT, STEP_MARKER, Component, Ecosystem, LockContext, Pin
 from buildsys.model.lockfile import Lock, LockedPip, LockedWheelFile
 from buildsys.model.recipe import Recipe
+
+if TYPE_CHECKING:  # docker's client is imported only where an engine is used
+    from buildsys.engine import Engine
 
 DEFAULT_INDEX = "https://pypi.org/simple"
 # The oldest Python the pinned tools run on (click and build need 3.10; 3.11
@@ -816,3 +826,182 @@ def install_script(lock: Lock, wheels_dir_in_container: str = WHEELS_DIR) -> str
             f"--find-links {shlex.quote(d)} --require-hashes --no-deps --no-cache-dir --disable-pip-version-check "
             "--no-warn-script-location --break-system-packages --root-user-action=ignore --no-input "
             f"-r {shlex.quote(f'{d}/{REQUIREMENTS}')}")
+
+
+# --- the ecosystem ---------------------------------------------------------------------------------------------------
+
+# Runs in the image for ``buildsys test``: import the module(s) each named distribution installs. The
+# distribution -> module map is the image's own (importlib.metadata), so
+# scikit-learn -> sklearn, PyYAML -> yaml, beautifulsoup4 -> bs4 need no table.
+IMPORT_CHECK = r"""
+import importlib, importlib.metadata as md, re, sys
+norm = lambda s: re.sub(r"[-_.]+", "-", s).lower()
+modules = {}
+for mod, dists in md.packages_distributions().items():
+    if mod.isidentifier() and not mod.startswith("_"):
+        for d in dists:
+            modules.setdefault(norm(d), set()).add(mod)
+failed = []
+for want in sys.argv[1:]:
+    try:
+        md.distribution(want)
+    except md.PackageNotFoundError:
+        failed.append(f"{want}: not installed"); continue
+    mods = sorted(modules.get(norm(want), ()))
+    same = [m for m in mods if norm(m) == norm(want)]
+    for mod in same or mods[:1]:
+        try:
+            importlib.import_module(mod)
+            print(f"{want}: import {mod} ok")
+        except Exception as e:
+            failed.append(f"{want}: import {mod} failed: {type(e).__name__}: {e}")
+    if not mods:
+        print(f"{want}: installed, no module to import")
+for f in failed:
+    print(f, file=sys.stderr)
+sys.exit(1 if failed else 0)
+"""
+
+
+def chain_pips(locks: Sequence[Lock]) -> dict[str, str]:
+    """The pip pins of a chain of layers, name -> version."""
+    return {p.name: p.version for lk in locks for p in lk.pip}
+
+
+class Pip(Ecosystem):
+    name = "pip"
+    agree_as = "pip"
+
+    def prepare(self, ctx: LockContext) -> None:
+        if ctx.recipe.is_root and ctx.recipe.pip_packages:
+            raise LockError(f"{ctx.recipe.path}: [pip] in a root recipe is not supported",
+                            hint="put pip packages in a child recipe whose chain installs python3")
+
+    def lock(self, ctx: LockContext, lock: Lock) -> Lock:
+        recipe = ctx.recipe
+        if not recipe.pip_packages:
+            return lock
+        image = ctx.image(lock, "to resolve pip in it")
+        ctx.progress(f"pip: resolving {len(recipe.pip_packages)} requirements inside the image")
+        previous = ctx.previous
+        pip = lock_pip(ctx.engine(), image, recipe, ctx.store, constraints=chain_pips(ctx.ancestors),
+                       previous=previous.pip if previous else (), upgrade=ctx.upgrade,
+                       upgrade_packages=ctx.upgrade_packages,
+                       previous_installer=previous.pip_installer if previous else None)
+        return dataclasses.replace(lock, pip=pip.packages, python=pip.python, pip_installer=pip.installer,
+                                   source_date_epoch=max(lock.source_date_epoch, pip.epoch))
+
+    def artifacts(self, lock: Lock) -> list[Artifact]:
+        return [a for p in (*lock.pip, *([lock.pip_installer] if lock.pip_installer else [])) for a in p.artifacts()]
+
+    def stage(self, store: Store, recipe: Recipe, lock: Lock, folder: Path) -> list[str]:
+        if not lock.pip:
+            return []
+        stage_wheels(store, lock, folder / "wheels")
+        return [f"echo '{STEP_MARKER}pip: install {len(lock.pip)} packages'", install_script(lock, f"{MOUNT}/wheels")]
+
+    def covers(self, recipe: Recipe, lock: Lock, above: Sequence[Lock]) -> list[str]:
+        problems: list[str] = []
+        pins = {canonicalize_name(p.name): p.version for lk in (*above, lock) for p in lk.pip}
+        for spec in recipe.pip_packages:
+            try:
+                req = Requirement(spec)
+            except InvalidRequirement:  # the recipe validator reports it; nothing to compare here
+                continue
+            name = canonicalize_name(req.name)
+            if name not in pins:
+                problems.append(f"pip package '{req.name}' is not locked")
+            elif req.specifier and not req.specifier.contains(Version(pins[name]), prereleases=True):
+                problems.append(f"pip package '{req.name}' is locked at {pins[name]}, which is not {req.specifier}")
+        if lock.pip and lock.pip_installer is None:
+            problems.append("[pip-installer] (the pinned pip that installs [[pip]]) is missing")
+        index = urlsplit(recipe.pip_index_url or DEFAULT_INDEX)
+        for p in (*lock.pip, *([lock.pip_installer] if lock.pip_installer else [])):
+            for f in p.files:
+                if (why := local_reason(f.url)) and urlsplit(f.url)[:2] != index[:2]:
+                    problems.append(f"pip file {f.name} is to be read from this machine ({why}), "
+                                    f"which the recipe's index does not allow")
+        return problems
+
+    def closure_problems(self, store: Store, chain: Sequence[Lock], lock: Lock) -> list[str]:
+        return pip_closure(store, chain, lock) if lock.pip else []
+
+    def components(self, lock: Lock) -> list[Component]:
+        out = []
+        for p in sorted(lock.pip, key=lambda p: p.name):
+            f = ([f for f in p.files if f.name == p.selected] or list(p.files)[:1])[0]
+            purl = PackageURL("pypi", None, p.name.lower().replace("_", "-"), p.version)
+            out.append(Component("wheel", p.name, p.version, purl.to_string(), f.sha256, f.url))
+        return out
+
+    def pins(self, lock: Lock) -> list[Pin]:
+        return [Pin("pip", p.name, p.version, "") for p in lock.pip]
+
+    def checks(self, recipe: Recipe) -> list[tuple[str, str]]:
+        """Every [pip] package imports (the module its distribution installs, as the image itself says)."""
+        names = []
+        for spec in recipe.pip_packages:
+            try:
+                names.append(Requirement(spec).name)
+            except InvalidRequirement:  # refused at recipe load already; never here
+                continue
+        if not names:
+            return []
+        return [(f"import {', '.join(names)}", shlex.join(["python3", "-c", IMPORT_CHECK, *names]))]
+
+
+def pip_closure(store: Store, chain_locks: Sequence[Lock], lock: Lock) -> list[str]:
+    """Dependencies of ``lock``'s vendored wheels that no lock of the chain pins ("pkg needs dep").
+
+    The wheels' METADATA is covered by the locked sha256, unlike anything written
+    in the lock; pip installs with ``--no-deps``, so without this an image would
+    quietly lack a dependency. Markers are evaluated for the image's Python
+    (``lock.python``) on Linux x86_64; a dependency met by a Debian package of
+    the chain (``python3-NAME``) counts as met, since pip-compile inside the
+    image saw it installed.
+    """
+    pins = {canonicalize_name(p.name): Version(p.version) for lk in chain_locks for p in lk.pip}
+    debs = set(chain_debs(chain_locks))
+    env: dict[str, str] = {k: str(v) for k, v in default_environment().items()}
+    if lock.python:
+        env.update(python_version=".".join(lock.python.split(".")[:2]), python_full_version=lock.python)
+    env.update(sys_platform="linux", platform_system="Linux", os_name="posix", platform_machine="x86_64",
+               implementation_name="cpython", platform_python_implementation="CPython")
+    missing: list[str] = []
+    for p in lock.pip:
+        for art in p.artifacts():
+            path = store.vendor_path(art.sha256)
+            if not path.is_file() or not art.filename.endswith(".whl"):
+                continue
+            for req in _requires(path):
+                if req.marker is not None and not req.marker.evaluate({**env, "extra": ""}):
+                    continue
+                name = canonicalize_name(req.name)
+                wanted = f"{req.name}{req.specifier}"
+                if name in pins:
+                    if not req.specifier.contains(pins[name], prereleases=True):
+                        missing.append(f"{p.name} {p.version} needs '{wanted}', the chain pins {pins[name]}")
+                elif f"python3-{name}" not in debs:
+                    missing.append(f"{p.name} {p.version} needs '{wanted}', which no lock of the chain pins")
+    return sorted(set(missing))
+
+
+def _requires(wheel: Path) -> Iterable[Requirement]:
+    try:
+        with zipfile.ZipFile(wheel) as z:
+            meta = next((n for n in z.namelist() if n.endswith(".dist-info/METADATA") and n.count("/") == 1), None)
+            if meta is None:
+                return []
+            headers = HeaderParser().parsestr(z.read(meta).decode("utf-8", errors="replace"))
+    except (zipfile.BadZipFile, OSError):
+        return []  # the hash check of the vendored file reports a damaged wheel
+    reqs = []
+    for line in headers.get_all("Requires-Dist") or []:
+        try:
+            reqs.append(Requirement(line))
+        except InvalidRequirement:
+            continue
+    return reqs
+
+
+PIP = Pip()

@@ -382,7 +382,7 @@ def _registry_blob(url: str, fd: int, art: Artifact, advance: Callable[[int], No
     """A registry base's blob, through the registry client (auth, its own retries); resumed by Range."""
     import requests
 
-    from buildsys.ecosystems import image
+    from buildsys.ecosystems import registry_image as image
     from buildsys.oci.registry import RegistryError
 
     have = os.fstat(fd).st_size

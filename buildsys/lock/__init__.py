@@ -1,65 +1,34 @@
 """``buildsys lock``: resolve recipes into lock files, ancestors first.
 
-One module per ecosystem (``base`` for Debian roots, ``apt``, ``pip``,
-``cran``, ``files``); this module orders the work and decides what is stale.
+Each ecosystem (``ecosystems.ECOSYSTEMS``) locks its own part of a recipe;
+this module orders the work, decides what is stale (``freshness``) and gives
+the ecosystems what they ask for while they resolve (``LockContext``): the
+parent chain's image, built by a ``ParentImages`` the caller passes in.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from buildsys.build.builder import Builder
-from buildsys.build.records import Reporter
+from buildsys import ecosystems
 from buildsys.core.errors import BuildsysError, LockError, MissingLock, StaleLock
 from buildsys.core.store import Store
-from buildsys.ecosystems.debian import lock_debian_root
-from buildsys.ecosystems.files import lock_files
 from buildsys.lock import parents as layer
+from buildsys.lock.freshness import Change, LockOutcome, check_fresh, check_locks, fresh_locks
+from buildsys.lock.parents import ParentImages, ParentImagesFactory, Reporter, Vendor
 from buildsys.model.graph import Graph
-from buildsys.model.lockfile import (
-    Lock,
-    LockedArchive,
-    check_fresh,
-    dumps,
-    hash_bytes,
-    lock_path,
-    read_lock,
-    write_lock,
-)
-from buildsys.model.recipe import ImageBase, Recipe
+from buildsys.model.lockfile import Lock, dumps, hash_bytes, lock_path, read_lock, write_lock
+from buildsys.model.recipe import Recipe
 from buildsys.oci.layer.tree import ParentTree
 
 if TYPE_CHECKING:  # docker's client is imported only where an engine is used
     from buildsys.engine import Engine
 
-
-@dataclass(frozen=True)
-class LockOutcome:
-    recipe: str
-    path: Path
-    status: str  # "written" | "unchanged" | "fresh" | "stale" | "missing" | "would change"
-    detail: str = ""
-    changes: tuple[Change, ...] = ()  # what a relock changes (set by a dry run)
-
-
-@dataclass(frozen=True)
-class Change:
-    """One pin that a relock moves: what ``lock --upgrade --check`` reports."""
-
-    recipe: str
-    kind: str  # "apt" | "pip" | "cran" | "files" | "image"
-    name: str
-    old: str  # "" when added
-    new: str  # "" when removed
-    source: str  # where the new one comes from: the archive's mirror, the index, the URL
-
-    def __str__(self) -> str:
-        move = f"{self.old or '(new)'} -> {self.new or '(removed)'}"
-        return f"{self.recipe}: {self.kind} {self.name} {move}" + (f" ({self.source})" if self.source else "")
+__all__ = ["Change", "LockOutcome", "ParentImages", "check_fresh", "check_locks", "diff_locks", "fresh_locks",
+           "lock_recipes", "resolve"]
 
 
 def diff_locks(old: Lock | None, new: Lock) -> list[Change]:
@@ -68,15 +37,7 @@ def diff_locks(old: Lock | None, new: Lock) -> list[Change]:
     def pins(lock: Lock | None) -> dict[tuple[str, str], tuple[str, str]]:
         if lock is None:
             return {}
-        out = {("apt", d.name): (d.version, d.mirror)
-               for d in (*(lock.base.packages if lock.base else ()), *lock.apt)}
-        out.update({("pip", p.name): (p.version, "") for p in lock.pip})
-        out.update({("files", f.name): (f.sha256[:12], f.url) for f in lock.files})
-        out.update({("cran", c.name): (c.version, "") for c in lock.cran})
-        if lock.image_base:  # a tag that moved upstream: the manifest it now names
-            out[("image", lock.image_base.reference)] = (lock.image_base.manifest_digest[:19],
-                                                          lock.image_base.platform)
-        return out
+        return {(p.kind, p.name): (p.version, p.source) for _, p in ecosystems.pins(lock)}
 
     before, after = pins(old), pins(new)
     changes = []
@@ -87,32 +48,6 @@ def diff_locks(old: Lock | None, new: Lock) -> list[Change]:
     return changes
 
 
-def check_locks(project: Path, graph: Graph, names: Sequence[str]) -> list[LockOutcome]:
-    """``lock --check``: report every missing or stale lock; write nothing."""
-    outcomes: list[LockOutcome] = []
-    locks: dict[str, Lock] = {}
-    for name in graph.closure(names):
-        recipe = graph.recipes[name]
-        try:
-            if any(p not in locks for p in recipe.parents):
-                raise StaleLock(name, lock_path(project, name), "a parent's lock is missing or stale")
-            locks[name] = check_fresh(project, recipe, locks)
-            outcomes.append(LockOutcome(name, lock_path(project, name), "fresh"))
-        except MissingLock as e:
-            outcomes.append(LockOutcome(name, lock_path(project, name), "missing", e.message))
-        except StaleLock as e:
-            outcomes.append(LockOutcome(name, lock_path(project, name), "stale", e.reason))
-    return outcomes
-
-
-def fresh_locks(project: Path, graph: Graph, names: Sequence[str]) -> dict[str, Lock]:
-    """The locks of ``names`` and their ancestors, all checked; raise on the first stale one."""
-    locks: dict[str, Lock] = {}
-    for name in graph.closure(names):
-        locks[name] = check_fresh(project, graph.recipes[name], locks)
-    return locks
-
-
 def lock_recipes(
     project: Path,
     store: Store,
@@ -121,17 +56,21 @@ def lock_recipes(
     *,
     upgrade: bool = False,
     upgrade_packages: Sequence[str] = (),
-    engine: Callable[[], Engine] | None = None,
+    parent_images: ParentImagesFactory | None = None,
+    vendor: Vendor = lambda artifacts: None,
     report: Callable[[LockOutcome], None] = lambda o: None,
     progress: Reporter = lambda r, s, d: None,
     dry_run: bool = False,
 ) -> list[LockOutcome]:
     """Lock ``names`` and their ancestors. A fresh lock is kept as it is unless upgrading.
 
-    ``engine`` connects to docker, needed only when a layer's pip set must be
-    resolved inside its parent image. ``dry_run`` resolves the same way and
-    writes nothing: each outcome carries the pins a relock would move
-    (``lock --upgrade --check``, the weekly question "what do new fixes change?").
+    ``parent_images`` makes a builder of parent images (``build.Builder`` over
+    the locks so far), needed only when an ecosystem resolves inside its
+    parent's image (pip, CRAN, apt on a registry image); ``vendor`` fetches
+    the parents' locked files first (``fetch.vendor.fetch``). ``dry_run`` resolves
+    the same way and writes nothing: each outcome carries the pins a relock
+    would move (``lock --upgrade --check``, the weekly question "what do new
+    fixes change?").
     """
     outcomes: list[LockOutcome] = []
     locks: dict[str, Lock] = {}
@@ -152,8 +91,8 @@ def lock_recipes(
                 pass
         previous = _previous(path)
         lock = resolve(recipe, store, graph, locks, previous=previous, upgrade=upgrade and name in selected,
-                       upgrade_packages=upgrade_packages if name in selected else (), engine=engine,
-                       progress=progress)
+                       upgrade_packages=upgrade_packages if name in selected else (), parent_images=parent_images,
+                       vendor=vendor, progress=progress)
         if dry_run:
             data = dumps(lock)
             locks[name] = dataclasses.replace(lock, lock_hash=hash_bytes(data))
@@ -181,98 +120,83 @@ def _previous(path: Path) -> Lock | None:
 
 def resolve(recipe: Recipe, store: Store, graph: Graph, locks: dict[str, Lock], *, previous: Lock | None = None,
             upgrade: bool = False, upgrade_packages: Sequence[str] = (),
-            engine: Callable[[], Engine] | None = None, progress: Reporter = lambda r, s, d: None) -> Lock:
-    """Resolve one recipe against its (already locked) ancestors."""
-    files = lock_files(recipe, store, warn=lambda message: progress(recipe.name, "warning", message))
-    if recipe.is_root:
-        if isinstance(recipe.base, ImageBase):
-            from buildsys.ecosystems.image import lock_image_root
-
-            steps = [k for k, v in (("apt", recipe.apt_packages), ("pip", recipe.pip_packages),
-                                    ("cran", recipe.cran_packages), ("files", recipe.files), ("run", recipe.run))
-                     if v]
-            if steps:
-                raise LockError(f"{recipe.path}: a root on a registry image takes the image as it is; "
-                                f"it cannot have {', '.join(steps)}",
-                                f"move them to a child recipe with parents = [\"{recipe.name}\"]")
-            progress(recipe.name, "lock", f"base: resolving {recipe.base.image} ({recipe.base.platform})")
-            pinned, epoch = lock_image_root(recipe)
-            return Lock(recipe=recipe.name, recipe_hash=recipe.recipe_hash, source_date_epoch=epoch,
-                        image_base=pinned)
-        if recipe.pip_packages:
-            raise LockError(f"{recipe.path}: [pip] in a root recipe is not supported",
-                            hint="put pip packages in a child recipe whose chain installs python3")
-        if recipe.cran_packages:
-            raise LockError(f"{recipe.path}: [cran] in a root recipe is not supported",
-                            hint="put CRAN packages in a child recipe whose chain installs R (r-base-core)")
-        base, epoch = lock_debian_root(recipe, store.cache / "apt")
-        return Lock(recipe=recipe.name, recipe_hash=recipe.recipe_hash,
-                    source_date_epoch=max([epoch, *files.epochs]), base=base, files=files.locked)
-
-    cran_index = None
-    if recipe.cran_packages:
-        from buildsys.ecosystems.cran import check_repo
-
-        progress(recipe.name, "lock", f"cran: reading the index of {recipe.cran_repo}")
-        cran_index = check_repo(recipe)
+            parent_images: ParentImagesFactory | None = None, vendor: Vendor = lambda artifacts: None,
+            progress: Reporter = lambda r, s, d: None) -> Lock:
+    """Resolve one recipe against its (already locked) ancestors: each ecosystem in turn adds its part."""
     chain = graph.chain(recipe.name)
     ancestors = [locks[n] for n in chain[:-1]]
+    ctx = _Resolution(recipe, store, chain, locks, previous, upgrade, upgrade_packages, parent_images, vendor,
+                      progress)
+    for eco in ecosystems.ECOSYSTEMS:
+        eco.prepare(ctx)  # an unreachable index or a refused section says so before anything is built
     layer.check_parents_agree(recipe, graph, locks)
-    image_root = locks[chain[0]].image_base
-    eng: Engine | None = None
-    builder: Builder | None = None
-    apt_archives: tuple[LockedArchive, ...] = ()
-    in_image: tuple[str, ...] = ()
-    apt_epochs: list[int] = []
-    if recipe.apt_packages and image_root is not None:
-        # The image's own packages are in no lock: read its dpkg status and release from the built parent.
-        from buildsys.ecosystems.imageapt import image_release, lock_apt_on_image
-
-        if engine is None:
-            raise LockError(f"{recipe.path}: resolving [apt] on a registry image needs the docker engine")
-        eng = engine()
-        builder = Builder(store, graph, locks, engine=eng, tag=False, report=progress)
-        parent = layer.build_parent(builder, recipe, chain[:-1], store, progress, "to read its Debian release")
-        tree = ParentTree.from_layers((builder.layout.blob_path(d) for d, _ in parent.layers),
-                                      index_dir=store.cache / "index")
-        release = image_release(recipe, image_root.reference, tree)
-        progress(recipe.name, "lock", f"apt: {len(recipe.apt_packages)} packages against the image's dpkg "
-                                      f"status and Debian's {release.suite} ({release.pretty})")
-        debs, apt_archives, in_image, apt_epoch = lock_apt_on_image(recipe, image_root, release, ancestors,
-                                                                    store.cache / "apt")
-        apt = debs
-        apt_epochs.append(apt_epoch)
-    else:
-        progress(recipe.name, "lock", f"apt: {len(recipe.apt_packages)} packages against the parent chain")
-        apt = layer.lock_apt(recipe, locks[chain[0]], ancestors, store.cache / "apt")
-    epoch = max([lk.source_date_epoch for lk in ancestors] + list(files.epochs) + apt_epochs)
-    lock = Lock(recipe=recipe.name, recipe_hash=recipe.recipe_hash, source_date_epoch=epoch,
-                parents={p: locks[p].lock_hash for p in recipe.parents}, apt=tuple(apt), apt_archives=apt_archives,
-                apt_in_image=in_image, files=files.locked)
-    if not recipe.pip_packages and cran_index is None:
-        return lock
-    if engine is None:
-        raise LockError(f"{recipe.path}: resolving [pip] and [cran] needs the docker engine")
-    from buildsys.ecosystems.cran import lock_cran
-    from buildsys.ecosystems.pip import lock_pip
-
-    eng = eng or engine()
-    builder = builder or Builder(store, graph, locks, engine=eng, tag=False, report=progress)
-    image, cleanup = layer.lock_image_with_apt(builder, recipe, chain[:-1], lock, store, progress)
+    lock = Lock(recipe=recipe.name, recipe_hash=recipe.recipe_hash,
+                source_date_epoch=max((lk.source_date_epoch for lk in ancestors), default=0),
+                parents={p: locks[p].lock_hash for p in recipe.parents})
     try:
-        if recipe.pip_packages:
-            progress(recipe.name, "lock", f"pip: resolving {len(recipe.pip_packages)} requirements inside the image")
-            pip = lock_pip(eng, image, recipe, store, constraints=layer.chain_pips(ancestors),
-                           previous=previous.pip if previous else (), upgrade=upgrade,
-                           upgrade_packages=upgrade_packages,
-                           previous_installer=previous.pip_installer if previous else None)
-            lock = dataclasses.replace(lock, pip=pip.packages, python=pip.python, pip_installer=pip.installer,
-                                       source_date_epoch=max(lock.source_date_epoch, pip.epoch))
-        if cran_index is not None:
-            cran = lock_cran(recipe, store, eng, image, {c.name: c.version for lk in ancestors for c in lk.cran},
-                             cran_index, progress=lambda message: progress(recipe.name, "lock", message))
-            lock = dataclasses.replace(lock, cran=cran.packages, cran_repo=recipe.cran_repo,
-                                       cran_index_sha256=cran.index_sha256, r_version=cran.r_version)
+        for eco in ecosystems.ECOSYSTEMS:
+            lock = eco.lock(ctx, lock)
     finally:
-        cleanup()
+        ctx.close()
     return lock
+
+
+class _Resolution:
+    """The ``LockContext`` of one recipe: its chain, and the parent images built (once) on demand."""
+
+    def __init__(self, recipe: Recipe, store: Store, chain: Sequence[str], locks: Mapping[str, Lock],
+                 previous: Lock | None, upgrade: bool, upgrade_packages: Sequence[str],
+                 parent_images: ParentImagesFactory | None, vendor: Vendor, report: Reporter) -> None:
+        self.recipe = recipe
+        self.store = store
+        self.ancestors = [locks[n] for n in chain[:-1]]
+        self.previous = previous
+        self.upgrade = upgrade
+        self.upgrade_packages = upgrade_packages
+        self.notes: MutableMapping[str, Any] = {}
+        self._prefix = list(chain[:-1])
+        self._locks = locks
+        self._factory = parent_images
+        self._vendor = vendor
+        self._report = report
+        self._builder: ParentImages[Any] | None = None
+        self._image: str | None = None
+        self._cleanups: list[Callable[[], None]] = []
+
+    def progress(self, message: str) -> None:
+        self._report(self.recipe.name, "lock", message)
+
+    def warn(self, message: str) -> None:
+        self._report(self.recipe.name, "warning", message)
+
+    def _parents(self, why: str) -> ParentImages[Any]:
+        if self._builder is None:
+            if self._factory is None or not self._prefix:
+                raise LockError(f"{self.recipe.path}: building the parent chain {why} needs the docker engine")
+            self._builder = self._factory(self._locks)
+        return self._builder
+
+    def engine(self) -> Engine:
+        engine = self._parents("to resolve in it").docker()
+        if engine is None:
+            raise LockError(f"{self.recipe.path}: resolving in the parent image needs the docker engine")
+        return engine
+
+    def parent_tree(self, why: str) -> ParentTree:
+        builder = self._parents(why)
+        record = layer.build_parent(builder, self._vendor, self._locks, self.recipe, self._prefix, self._report, why)
+        return layer.parent_tree(builder, record, self.store)
+
+    def image(self, lock: Lock, why: str) -> str:
+        if self._image is None:
+            builder = self._parents(why)
+            self._image, cleanup = layer.image_with(builder, self._vendor, self.engine(), self._locks, self.recipe,
+                                                    self._prefix, lock, self._report, why)
+            self._cleanups.append(cleanup)
+        return self._image
+
+    def close(self) -> None:
+        while self._cleanups:
+            self._cleanups.pop()()
+
+

@@ -20,10 +20,9 @@ import tomlkit
 import tomlkit.exceptions
 import tomlkit.items
 
-from buildsys.core.errors import FormatVersionError, MissingLock, RecipeError, StaleLock
+from buildsys.core.errors import FormatVersionError, MissingLock, RecipeError
 from buildsys.core.store import Artifact, atomic_write
 from buildsys.model.lockschema import validate_lock
-from buildsys.model.recipe import Recipe
 
 LOCK_VERSION = 1
 
@@ -43,7 +42,7 @@ class LockedDeb:
         return self.path.rsplit("/", 1)[-1]
 
     def artifact(self) -> Artifact:
-        # local=True: the mirror is the one the recipe names (``lockcheck`` holds the lock to it),
+        # local=True: the mirror is the one the recipe names (the freshness check holds the lock to it),
         # so a file: or loopback mirror is the recipe's own choice.
         return Artifact(kind="deb", name=self.name, version=self.version, filename=self.filename,
                         sha256=self.sha256, size=self.size, urls=(f"{self.mirror}/{self.path}",), local=True)
@@ -106,7 +105,7 @@ class LockedPip:
 
     def artifacts(self) -> list[Artifact]:
         chosen = [f for f in self.files if f.name == self.selected] if self.selected else list(self.files)
-        # local=True: wheel URLs on this machine pass ``lockcheck`` only under a local index-url.
+        # local=True: wheel URLs on this machine pass the freshness check only under a local index-url.
         return [Artifact(kind="wheel", name=self.name, version=self.version, filename=f.name, sha256=f.sha256,
                          size=f.size, urls=(f.url,), local=True) for f in chosen]
 
@@ -134,16 +133,6 @@ class LockedCran:
     size: int
     url: str  # where it was at lock time; fetch also tries src/contrib/Archive/NAME/
     depends: tuple[str, ...] = ()  # its Depends/Imports/LinkingTo that this lock installs or the chain has
-
-    def artifact(self) -> Artifact:
-        from buildsys.ecosystems.cran import tarball_urls  # the repository layout lives with the ecosystem
-
-        contrib = self.url.rsplit("/src/contrib/", 1)[0]
-        urls = tuple(dict.fromkeys((self.url, *tarball_urls(contrib, self.name, self.version))))
-        # local=True: the repository is the one the recipe names (``lockcheck`` holds the lock to it).
-        return Artifact(kind="cran", name=self.name, version=self.version,
-                        filename=f"{self.name}_{self.version}.tar.gz", sha256=self.sha256, size=self.size,
-                        urls=urls, local=True)
 
     def to_toml(self) -> dict[str, Any]:
         return {"depends": list(self.depends), "name": self.name, "sha256": self.sha256, "size": self.size,
@@ -257,24 +246,6 @@ class ImageBaseLock:
     config_size: int
     layers: tuple[LockedLayer, ...]
 
-    def artifacts(self) -> list[Artifact]:
-        from buildsys.ecosystems.image import blob_url  # the registry's URL scheme lives with the ecosystem
-
-        name = self.reference
-        # local=True: the registry is the one the recipe names (``lockcheck`` holds the lock to it).
-        arts = [Artifact(kind="image", name=name, version="manifest", filename="manifest.json",
-                         sha256=self.manifest_digest.split(":", 1)[1], size=self.manifest_size,
-                         urls=(blob_url(self.reference, "manifests", self.manifest_digest),), local=True),
-                Artifact(kind="image", name=name, version="config", filename="config.json",
-                         sha256=self.config_digest.split(":", 1)[1], size=self.config_size,
-                         urls=(blob_url(self.reference, "blobs", self.config_digest),), local=True)]
-        arts += [Artifact(kind="image", name=name, version=f"layer {i + 1}",
-                          filename=layer.digest.split(":", 1)[1] + ".blob",
-                          sha256=layer.digest.split(":", 1)[1], size=layer.size,
-                          urls=(blob_url(self.reference, "blobs", layer.digest),), local=True)
-                 for i, layer in enumerate(self.layers)]
-        return arts
-
     def to_toml(self) -> dict[str, Any]:
         return {"config-digest": self.config_digest, "config-size": self.config_size,
                 "layers": [la.to_toml() for la in self.layers],  # bottom first: their order is the image
@@ -312,21 +283,6 @@ class Lock:
     r_version: str | None = None  # the image's R the [[cran]] set was resolved for
     # sha256 of the serialized bytes; filled by dumps()/read_lock().
     lock_hash: str = ""
-
-    def artifacts(self) -> list[Artifact]:
-        arts: list[Artifact] = []
-        if self.base:
-            arts += [p.artifact() for p in self.base.packages]
-        if self.image_base:
-            arts += self.image_base.artifacts()
-        arts += [p.artifact() for p in self.apt]
-        for p in self.pip:
-            arts += p.artifacts()
-        if self.pip_installer:
-            arts += self.pip_installer.artifacts()
-        arts += [f.artifact() for f in self.files]
-        arts += [c.artifact() for c in self.cran]
-        return arts
 
     def to_toml(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -466,28 +422,3 @@ def load_lock(project: Path, recipe: str) -> Lock:
         raise MissingLock(recipe, path)
     return read_lock(path)
 
-
-def check_fresh(project: Path, recipe: Recipe, locks: Mapping[str, Lock]) -> Lock:
-    """The recipe's lock, if it still matches the recipe and its parents' locks.
-
-    ``locks`` holds the already-checked locks of the ancestors.
-    """
-    lock = load_lock(project, recipe.name)
-    path = lock_path(project, recipe.name)
-    if lock.recipe != recipe.name:
-        raise StaleLock(recipe.name, path, f"it was written for recipe '{lock.recipe}'")
-    if lock.recipe_hash != recipe.recipe_hash:
-        raise StaleLock(recipe.name, path, f"recipes/{recipe.name}.toml changed since it was locked")
-    if set(lock.parents) != set(recipe.parents):
-        raise StaleLock(recipe.name, path, f"the recipe's parents are now {sorted(recipe.parents)}, "
-                                           f"the lock has {sorted(lock.parents)}")
-    for p in recipe.parents:
-        if lock.parents[p] != locks[p].lock_hash:
-            raise StaleLock(recipe.name, path, f"parent '{p}' was relocked since")
-    from buildsys.model.coverage import ancestors, covers  # lockcheck reads this module's types
-
-    problems = covers(recipe, lock, ancestors(lock, locks))
-    if problems:
-        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-        raise StaleLock(recipe.name, path, "it does not cover its recipe: " + "; ".join(problems[:3]) + more)
-    return lock

@@ -27,12 +27,11 @@ from typing import Any
 
 from packageurl import PackageURL
 
-from buildsys import __version__
+from buildsys import __version__, ecosystems
 from buildsys.build.records import LayerRecord
 from buildsys.core.errors import BuildsysError
 from buildsys.model.graph import Graph
 from buildsys.model.lockfile import Lock
-from buildsys.oci.registry import Reference
 
 FORMATS = ("cyclonedx", "spdx")
 
@@ -53,34 +52,10 @@ class Item:
 
 
 def items(graph: Graph, locks: Mapping[str, Lock], recipe: str) -> Iterator[Item]:
-    """Every locked component of ``recipe``'s chain, bottom layer first, each sorted by name."""
+    """Every locked component of ``recipe``'s chain, bottom layer first, each ecosystem's sorted by name."""
     for layer in graph.chain(recipe):
-        lock = locks[layer]
-        if lock.image_base:  # a registry root: the image itself, pinned by its manifest digest
-            b = lock.image_base
-            ref = Reference.parse(b.reference)
-            purl = PackageURL("oci", None, ref.repository.rsplit("/", 1)[-1], b.manifest_digest,
-                              {"repository_url": f"{ref.host}/{ref.repository}", "arch": b.platform.split("/")[1],
-                               **({"tag": ref.tag} if ref.tag else {})})
-            # No download URL: the purl's repository_url says where it is (an API path is not one SPDX takes).
-            yield Item(layer, "image", b.reference, b.manifest_digest, purl.to_string(),
-                       b.manifest_digest.split(":", 1)[1], "")
-        debs = [*(lock.base.packages if lock.base else ()), *lock.apt]
-        for d in sorted(debs, key=lambda d: (d.name, d.architecture)):
-            purl = PackageURL("deb", "debian", d.name, d.version, {"arch": d.architecture})
-            yield Item(layer, "deb", d.name, d.version, purl.to_string(), d.sha256, f"{d.mirror}/{d.path}")
-        for p in sorted(lock.pip, key=lambda p: p.name):
-            chosen = [f for f in p.files if f.name == p.selected] or list(p.files)[:1]
-            f = chosen[0]
-            purl = PackageURL("pypi", None, p.name.lower().replace("_", "-"), p.version)
-            yield Item(layer, "wheel", p.name, p.version, purl.to_string(), f.sha256, f.url)
-        for c in sorted(getattr(lock, "cran", ()) or (), key=lambda c: c.name):  # issue 7 adds [[cran]]
-            purl = PackageURL("cran", None, c.name, c.version)
-            yield Item(layer, "cran", c.name, c.version, purl.to_string(), c.sha256, getattr(c, "url", ""))
-        for fl in sorted(lock.files, key=lambda f: f.name):
-            purl = PackageURL("generic", None, fl.name, None,
-                              {"checksum": f"sha256:{fl.sha256}", "download_url": fl.url})
-            yield Item(layer, "file", fl.name, "", purl.to_string(), fl.sha256, fl.url)
+        for c in ecosystems.components(locks[layer]):
+            yield Item(layer, c.kind, c.name, c.version, c.purl, c.sha256, c.url)
 
 
 def _when(locks: Mapping[str, Lock], recipe: str) -> datetime.datetime:

@@ -14,49 +14,15 @@ scikit-learn is imported as ``sklearn`` with no name map to keep), and every
 
 from __future__ import annotations
 
-import shlex
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from packaging.requirements import InvalidRequirement, Requirement
-
+from buildsys import ecosystems
 from buildsys.build.records import BuiltImage
 from buildsys.engine import Engine, GpuRequest
 from buildsys.model.graph import Graph
 from buildsys.model.recipe import Recipe
-
-# Runs in the image: import the module(s) each named distribution installs. The
-# distribution -> module map is the image's own (importlib.metadata), so
-# scikit-learn -> sklearn, PyYAML -> yaml, beautifulsoup4 -> bs4 need no table.
-_IMPORT_CHECK = r"""
-import importlib, importlib.metadata as md, re, sys
-norm = lambda s: re.sub(r"[-_.]+", "-", s).lower()
-modules = {}
-for mod, dists in md.packages_distributions().items():
-    if mod.isidentifier() and not mod.startswith("_"):
-        for d in dists:
-            modules.setdefault(norm(d), set()).add(mod)
-failed = []
-for want in sys.argv[1:]:
-    try:
-        md.distribution(want)
-    except md.PackageNotFoundError:
-        failed.append(f"{want}: not installed"); continue
-    mods = sorted(modules.get(norm(want), ()))
-    same = [m for m in mods if norm(m) == norm(want)]
-    for mod in same or mods[:1]:
-        try:
-            importlib.import_module(mod)
-            print(f"{want}: import {mod} ok")
-        except Exception as e:
-            failed.append(f"{want}: import {mod} failed: {type(e).__name__}: {e}")
-    if not mods:
-        print(f"{want}: installed, no module to import")
-for f in failed:
-    print(f, file=sys.stderr)
-sys.exit(1 if failed else 0)
-"""
 
 
 def command_label(command: str) -> str:
@@ -66,23 +32,8 @@ def command_label(command: str) -> str:
 
 
 def package_checks(recipe: Recipe) -> list[tuple[str, str]]:
-    """(label, shell command) of the checks ``recipe``'s [pip] and [cran] lists imply."""
-    checks = []
-    names = []
-    for spec in recipe.pip_packages:
-        try:
-            names.append(Requirement(spec).name)
-        except InvalidRequirement:  # refused at recipe load already; never here
-            continue
-    if names:
-        checks.append((f"import {', '.join(names)}",
-                       shlex.join(["python3", "-c", _IMPORT_CHECK, *names])))
-    if recipe.cran_packages:
-        quoted = ", ".join(f'"{n}"' for n in recipe.cran_packages)
-        script = (f"for (p in c({quoted})) {{ suppressPackageStartupMessages(library(p, character.only = TRUE)); "
-                  f"cat(p, as.character(packageVersion(p)), \"ok\\n\") }}")
-        checks.append((f"library({', '.join(recipe.cran_packages)})", shlex.join(["Rscript", "-e", script])))
-    return checks
+    """(label, shell command) of the checks ``recipe``'s package lists imply, each ecosystem's own."""
+    return ecosystems.checks(recipe)
 
 
 @dataclass(frozen=True)

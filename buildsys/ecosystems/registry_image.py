@@ -14,13 +14,19 @@ changes nothing for a lock.
 from __future__ import annotations
 
 import calendar
+import dataclasses
 import json
 import os
 import time
+from collections.abc import Sequence
 from typing import Any
 
+from packageurl import PackageURL
+
 from buildsys.core.errors import LockError, UsageError
-from buildsys.model.lockfile import ImageBaseLock, LockedLayer
+from buildsys.core.store import Artifact
+from buildsys.ecosystems.base import Component, Ecosystem, LockContext, Pin
+from buildsys.model.lockfile import ImageBaseLock, Lock, LockedLayer
 from buildsys.model.lockschema import IMAGE_MANIFEST_TYPES, LAYER_MEDIA_TYPES
 from buildsys.model.recipe import ImageBase, Recipe
 from buildsys.oci.registry import NotInRegistry, Reference, Registry, RegistryError, RegistryUnavailable
@@ -167,3 +173,81 @@ def download(url: str, fd: int, have: int) -> int:
         return written
     finally:
         resp.close()
+
+
+def blob_artifacts(pinned: ImageBaseLock) -> list[Artifact]:
+    """The manifest, the config and every layer blob, each by its sha256."""
+    name = pinned.reference
+    # local=True: the registry is the one the recipe names (the freshness check holds the lock to it).
+    arts = [Artifact(kind="image", name=name, version="manifest", filename="manifest.json",
+                     sha256=pinned.manifest_digest.split(":", 1)[1], size=pinned.manifest_size,
+                     urls=(blob_url(pinned.reference, "manifests", pinned.manifest_digest),), local=True),
+            Artifact(kind="image", name=name, version="config", filename="config.json",
+                     sha256=pinned.config_digest.split(":", 1)[1], size=pinned.config_size,
+                     urls=(blob_url(pinned.reference, "blobs", pinned.config_digest),), local=True)]
+    arts += [Artifact(kind="image", name=name, version=f"layer {i + 1}",
+                      filename=layer.digest.split(":", 1)[1] + ".blob",
+                      sha256=layer.digest.split(":", 1)[1], size=layer.size,
+                      urls=(blob_url(pinned.reference, "blobs", layer.digest),), local=True)
+             for i, layer in enumerate(pinned.layers)]
+    return arts
+
+
+class RegistryImage(Ecosystem):
+    """A root taken as it is from a registry: ``[base] image = "HOST/REPO:TAG"``, pinned to its blobs."""
+
+    name = "image"
+
+    def prepare(self, ctx: LockContext) -> None:
+        recipe = ctx.recipe
+        if not (recipe.is_root and isinstance(recipe.base, ImageBase)):
+            return
+        steps = [k for k, v in (("apt", recipe.apt_packages), ("pip", recipe.pip_packages),
+                                ("cran", recipe.cran_packages), ("files", recipe.files), ("run", recipe.run)) if v]
+        if steps:
+            raise LockError(f"{recipe.path}: a root on a registry image takes the image as it is; "
+                            f"it cannot have {', '.join(steps)}",
+                            f"move them to a child recipe with parents = [\"{recipe.name}\"]")
+
+    def lock(self, ctx: LockContext, lock: Lock) -> Lock:
+        recipe = ctx.recipe
+        if not (recipe.is_root and isinstance(recipe.base, ImageBase)):
+            return lock
+        ctx.progress(f"base: resolving {recipe.base.image} ({recipe.base.platform})")
+        pinned, epoch = lock_image_root(recipe)
+        return dataclasses.replace(lock, image_base=pinned, source_date_epoch=max(lock.source_date_epoch, epoch))
+
+    def artifacts(self, lock: Lock) -> list[Artifact]:
+        return blob_artifacts(lock.image_base) if lock.image_base else []
+
+    def covers(self, recipe: Recipe, lock: Lock, above: Sequence[Lock]) -> list[str]:
+        pinned = lock.image_base
+        if isinstance(recipe.base, ImageBase):
+            if pinned is None:
+                return [f"[base] is not the registry image {recipe.base.image}"]
+            if (pinned.reference, pinned.platform) != (recipe.base.image, recipe.base.platform):
+                return [f"[base.image] pins {pinned.reference} ({pinned.platform}), the recipe asks for "
+                        f"{recipe.base.image} ({recipe.base.platform})"]
+        elif pinned is not None:
+            return [f"[base.image] pins {pinned.reference}, the recipe's base is not an image"]
+        return []
+
+    def components(self, lock: Lock) -> list[Component]:
+        """The image itself, pinned by its manifest digest (what it installed itself is not listed)."""
+        b = lock.image_base
+        if b is None:
+            return []
+        ref = Reference.parse(b.reference)
+        purl = PackageURL("oci", None, ref.repository.rsplit("/", 1)[-1], b.manifest_digest,
+                          {"repository_url": f"{ref.host}/{ref.repository}", "arch": b.platform.split("/")[1],
+                           **({"tag": ref.tag} if ref.tag else {})})
+        # No download URL: the purl's repository_url says where it is (an API path is not one SPDX takes).
+        return [Component("image", b.reference, b.manifest_digest, purl.to_string(),
+                          b.manifest_digest.split(":", 1)[1], "")]
+
+    def pins(self, lock: Lock) -> list[Pin]:
+        b = lock.image_base  # a tag that moved upstream: the manifest it now names
+        return [Pin("image", b.reference, b.manifest_digest[:19], b.platform)] if b else []
+
+
+REGISTRY_IMAGE = RegistryImage()

@@ -23,9 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from buildsys.build.steps import dpkg_installed
 from buildsys.core.errors import LockError
-from buildsys.ecosystems.apt import AptResolver
+from buildsys.ecosystems.apt import AptResolver, archive_moved
 from buildsys.model.lockfile import ImageBaseLock, Lock, LockedArchive, LockedDeb
 from buildsys.model.recipe import DEFAULT_MIRROR, DEFAULT_SECURITY_MIRROR, Recipe
 from buildsys.oci.layer.tree import ParentTree
@@ -111,8 +110,6 @@ def chain_state(recipe: Recipe, ancestors: Sequence[Lock]) -> tuple[LockedArchiv
 def lock_apt_on_image(recipe: Recipe, root: ImageBaseLock, release: ImageRelease, ancestors: Sequence[Lock],
                       cache: Path) -> tuple[list[LockedDeb], tuple[LockedArchive, ...], tuple[str, ...], int]:
     """Resolve the recipe's apt packages on the image; return (debs, archives, requested ones the image has, epoch)."""
-    from buildsys.lock.parents import _moved  # the same "did the archive move?" test as for Debian roots
-
     arch = _DEBIAN_ARCH.get(root.platform.split("/", 1)[1], "") if "/" in root.platform else ""
     if not arch:
         raise NotDebianImage(recipe, root.reference, f"its platform {root.platform} has no Debian architecture "
@@ -129,9 +126,9 @@ def lock_apt_on_image(recipe: Recipe, root: ImageBaseLock, release: ImageRelease
                                 f"{', '.join(a.mirror + ' ' + a.suite for a in pinned)}, this image is {suite}",
                                 f"relock the chain: `buildsys lock --upgrade {recipe.name}` and its ancestors")
             resolver.update(refresh=False)
-            if _moved(resolver, pinned):
+            if archive_moved(resolver, pinned):
                 resolver.update(refresh=True)
-            if moved := _moved(resolver, pinned):
+            if moved := archive_moved(resolver, pinned):
                 locked, now = moved
                 names = " ".join([*sorted(lk.recipe for lk in ancestors if lk.apt_archives), recipe.name])
                 raise LockError(f"{where}: Debian's archive {locked.mirror} {locked.suite} changed since the "
@@ -158,3 +155,18 @@ def lock_apt_on_image(recipe: Recipe, root: ImageBaseLock, release: ImageRelease
     in_image = tuple(sorted({n for n in (p.split(":", 1)[0].split("=", 1)[0].split("/", 1)[0]
                                          for p in recipe.apt_packages) if n in have and n not in resolved}))
     return debs, archives, in_image, max(r.epoch for r in releases)
+
+
+def dpkg_installed(status: bytes) -> dict[str, str]:
+    """``name -> version`` of what a dpkg status file has installed (``ii``, as the build's dpkg-query reads)."""
+    pkgs: dict[str, str] = {}
+    for para in status.decode("utf-8", "replace").split("\n\n"):
+        fields: dict[str, str] = {}
+        for line in para.splitlines():
+            if line[:1] in (" ", "\t") or ":" not in line:
+                continue  # continuation lines (Description, Conffiles) hold no field we read
+            key, _, value = line.partition(":")
+            fields[key] = value.strip()
+        if fields.get("Package") and fields.get("Status") == "install ok installed" and fields.get("Version"):
+            pkgs[fields["Package"]] = fields["Version"]
+    return pkgs

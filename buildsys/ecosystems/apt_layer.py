@@ -1,0 +1,228 @@
+"""``[apt]`` of a layer: Debian packages on top of a chain, as a flat repository in the build container.
+
+apt resolves on this host with the parent chain's locked packages as the dpkg
+status, from the same archive state as the chain's root (its InRelease hash):
+a chain never mixes two states of the archive. On a registry image the image's
+own dpkg status and Debian release take the place of a root lock
+(``registry_apt``). A Debian root's ``[apt]`` is its bootstrap's ``include``
+(``debian_root``); whether every requested package is locked is checked here
+for both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shlex
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO
+
+from packageurl import PackageURL
+
+from buildsys.core.errors import BuildError, LockError, NotVendored, ToolMissing
+from buildsys.core.store import Artifact, Store
+from buildsys.ecosystems.apt import AptPackage, AptResolver, archive_moved
+from buildsys.ecosystems.base import MOUNT, STEP_MARKER, Component, Ecosystem, LockContext, Pin
+from buildsys.ecosystems.registry_apt import image_release, lock_apt_on_image
+from buildsys.model.lockfile import Lock, LockedDeb
+from buildsys.model.recipe import Recipe
+
+# dpkg's view after the install, printed between two of these: ``build`` compares it with the locks.
+INSTALLED_MARKER = "::buildsys-installed::"
+
+
+def debs_of(lock: Lock) -> tuple[LockedDeb, ...]:
+    """Every .deb a lock installs: a Debian root's bootstrap set, a layer's [apt]."""
+    return (*(lock.base.packages if lock.base else ()), *lock.apt)
+
+
+def chain_debs(locks: Sequence[Lock]) -> dict[str, LockedDeb]:
+    """What a chain of layers has installed from Debian, by package name."""
+    return {d.name: d for lk in locks for d in debs_of(lk)}
+
+
+def deb_component(d: LockedDeb) -> Component:
+    purl = PackageURL("deb", "debian", d.name, d.version, {"arch": d.architecture})
+    return Component("deb", d.name, d.version, purl.to_string(), d.sha256, f"{d.mirror}/{d.path}")
+
+
+def deb_pin(d: LockedDeb) -> Pin:
+    return Pin("apt", d.name, d.version, d.mirror)
+
+
+def lock_apt(recipe: Recipe, root: Lock, ancestors: Sequence[Lock], cache: Path) -> list[LockedDeb]:
+    """The closure of the recipe's apt packages minus what the ancestors installed."""
+    if not recipe.apt_packages:
+        return []
+    base = root.base
+    assert base is not None
+    archives = base.all_archives
+    resolver = AptResolver(cache, base.mirror, base.suite, base.components, base.architecture,
+                           extra=[(a.mirror, a.suite) for a in archives[1:]])
+    resolver.update(refresh=False)
+    if archive_moved(resolver, archives):
+        resolver.update(refresh=True)
+    if moved := archive_moved(resolver, archives):
+        locked, now = moved
+        raise LockError(
+            f"{recipe.path}: Debian's archive {locked.mirror} {locked.suite} changed since the root "
+            f"'{root.recipe}' was locked (its Release: {locked.release_date}; now: {now}); a chain must not "
+            "mix two archive states",
+            f"relock from the root: `buildsys lock --upgrade {root.recipe} {recipe.name}`",
+        )
+    installed = chain_debs(ancestors)
+    with tempfile.TemporaryDirectory() as tmp:
+        status = Path(tmp) / "status"
+        resolver.write_status([AptPackage(name=d.name, version=d.version, architecture=d.architecture,
+                                          sha256=d.sha256, size=d.size, filename=d.path)
+                               for d in installed.values()], status)
+        try:
+            packages = resolver.resolve(recipe.apt_packages, status=status)
+        except LockError as e:
+            raise LockError(f"{recipe.path}: apt.packages: {e.message}", e.hint) from e
+    return [LockedDeb(name=p.name, version=p.version, architecture=p.architecture, sha256=p.sha256, size=p.size,
+                      path=p.filename, mirror=p.mirror or base.mirror) for p in packages]
+
+
+def link_debs(store: Store, recipe: str, debs: Sequence[LockedDeb], folder: Path) -> None:
+    """Put the vendored .debs into ``folder`` under their own names (hardlinks, no copies)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for deb in debs:
+        src = store.vendor_path(deb.sha256)
+        if not src.is_file():
+            raise NotVendored(recipe, f"{deb.name} {deb.version} ({deb.filename})")
+        if src.stat().st_size != deb.size:
+            raise NotVendored(recipe, f"{deb.name} {deb.version} ({deb.filename})",
+                              f"damaged in the vendor store (size {src.stat().st_size}, locked {deb.size})")
+        dst = folder / deb.filename
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copyfile(src, dst)
+
+
+def make_local_repo(folder: Path, suite: str, codename: str) -> None:
+    """Index ``folder`` as a flat apt repository (``deb [trusted=yes] copy://folder ./``)."""
+    if shutil.which("apt-ftparchive") is None:
+        raise ToolMissing("apt-ftparchive", "apt-utils")
+    with open(folder / "Packages", "wb") as out:
+        _ftparchive(["packages", "."], folder, out)
+    release = _ftparchive(["-o", f"APT::FTPArchive::Release::Suite={suite}",
+                           "-o", f"APT::FTPArchive::Release::Codename={codename}", "release", "."], folder)
+    (folder / "Release").write_bytes(release)
+
+
+def _ftparchive(args: list[str], cwd: Path, stdout: IO[bytes] | None = None) -> bytes:
+    proc = subprocess.run(["apt-ftparchive", *args], cwd=cwd, stdin=subprocess.DEVNULL,
+                          stdout=stdout or subprocess.PIPE, stderr=subprocess.PIPE, check=False)
+    if proc.returncode != 0:
+        output = ((proc.stdout or b"") + proc.stderr).decode(errors="replace")
+        raise BuildError("bootstrap", f"apt-ftparchive {args[-2]}", output)
+    return proc.stdout if stdout is None else b""
+
+
+class Apt(Ecosystem):
+    name = "apt"
+    agree_as = "apt"
+
+    def lock(self, ctx: LockContext, lock: Lock) -> Lock:
+        recipe = ctx.recipe
+        if recipe.is_root:  # a Debian root's [apt] is its bootstrap's include (debian_root)
+            return lock
+        root = ctx.ancestors[0]
+        if recipe.apt_packages and root.image_base is not None:
+            # The image's own packages are in no lock: read its dpkg status and release from the built parent.
+            tree = ctx.parent_tree("to read its Debian release")
+            release = image_release(recipe, root.image_base.reference, tree)
+            ctx.progress(f"apt: {len(recipe.apt_packages)} packages against the image's dpkg "
+                         f"status and Debian's {release.suite} ({release.pretty})")
+            debs, archives, in_image, epoch = lock_apt_on_image(recipe, root.image_base, release, ctx.ancestors,
+                                                                ctx.store.cache / "apt")
+            return dataclasses.replace(lock, apt=tuple(debs), apt_archives=archives, apt_in_image=in_image,
+                                       source_date_epoch=max(lock.source_date_epoch, epoch))
+        ctx.progress(f"apt: {len(recipe.apt_packages)} packages against the parent chain")
+        return dataclasses.replace(lock, apt=tuple(lock_apt(recipe, root, ctx.ancestors, ctx.store.cache / "apt")))
+
+    def artifacts(self, lock: Lock) -> list[Artifact]:
+        return [p.artifact() for p in lock.apt]
+
+    def stage(self, store: Store, recipe: Recipe, lock: Lock, folder: Path) -> list[str]:
+        if not lock.apt:
+            return []
+        link_debs(store, recipe.name, lock.apt, folder / "repo")
+        make_local_repo(folder / "repo", "buildsys", "buildsys")
+        (folder / "sources.list").write_text(f"deb [trusted=yes] file:{MOUNT}/repo ./\n")
+        apt = (f"-o Dir::Etc::SourceList={MOUNT}/sources.list -o Dir::Etc::SourceParts=/nonexistent "
+               "-o APT::Sandbox::User=root -o Acquire::Languages=none -o APT::Install-Recommends=false "
+               "-o Dpkg::Use-Pty=0 -q")
+        names = " ".join(shlex.quote(n) for n in sorted(recipe.apt_packages))
+        return [
+            f"echo '{STEP_MARKER}apt: install {len(lock.apt)} packages'",
+            # No service may start inside a build container.
+            "printf '#!/bin/sh\\nexit 101\\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d",
+            f"apt-get {apt} update",
+            f"apt-get {apt} install -y {names}",
+            "rm -f /usr/sbin/policy-rc.d",
+            "rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin",
+            f"echo '{INSTALLED_MARKER}'",
+            "dpkg-query -W -f '${db:Status-Abbrev} ${Package}=${Version}\\n' | awk '$1 == \"ii\" {print $2}'",
+            f"echo '{INSTALLED_MARKER}'",
+        ]
+
+    def covers(self, recipe: Recipe, lock: Lock, above: Sequence[Lock]) -> list[str]:
+        problems: list[str] = []
+        debs = {d.name for lk in (lock, *above) for d in debs_of(lk)}
+        debs_or_image = debs | set(lock.apt_in_image)  # on a registry image: requested ones it already has
+        for pkg in recipe.apt_packages:
+            if pkg.split(":", 1)[0] not in debs_or_image:
+                problems.append(f"apt package '{pkg}' is not locked")
+        root = next((lk for lk in (lock, *above) if lk.base), None)
+        if root is not None and root.base is not None:
+            mirrors = sorted({a.mirror for a in root.base.all_archives})
+            for d in debs_of(lock):
+                if d.mirror not in mirrors:
+                    problems.append(f"apt package '{d.name}' comes from {d.mirror}, not the root's mirror "
+                                    f"{' or '.join(mirrors)}")
+        return problems + _apt_archives_cover(lock, above, root is not None,
+                                              any(lk.image_base is not None for lk in (lock, *above)))
+
+    def components(self, lock: Lock) -> list[Component]:
+        return [deb_component(d) for d in sorted(lock.apt, key=lambda d: (d.name, d.architecture))]
+
+    def pins(self, lock: Lock) -> list[Pin]:
+        return [deb_pin(d) for d in lock.apt]
+
+
+def _apt_archives_cover(lock: Lock, above: Sequence[Lock], debian_root: bool, image_root: bool) -> list[str]:
+    """On a registry image, every .deb comes from the archives the chain's apt layers recorded."""
+    if debian_root:  # a Debian root's archives are checked above; the per-layer table is not its
+        return ["[[apt-archives]] belongs to layers on a registry image, not to a chain on a Debian root"] \
+            if lock.apt_archives or lock.apt_in_image else []
+    if not image_root or not lock.apt:  # (a chain whose root lock is not at hand: nothing to compare with)
+        return []
+    states = [lk.apt_archives for lk in (lock, *above) if lk.apt_archives]
+    if not lock.apt_archives and not states:
+        return ["[[apt]] is locked without [[apt-archives]] (the Debian archives it was resolved from)"]
+    mirrors = sorted({a.mirror for state in states for a in state})
+    return [f"apt package '{d.name}' comes from {d.mirror}, not from the chain's archives {' or '.join(mirrors)}"
+            for d in lock.apt if d.mirror not in mirrors]
+
+
+def installed_packages(output: str) -> dict[str, str] | None:
+    """``name -> version`` as dpkg-query printed it between the markers, if it did."""
+    parts = output.split(INSTALLED_MARKER)
+    if len(parts) < 3:
+        return None
+    pkgs = {}
+    for line in parts[-2].strip().splitlines():
+        name, _, version = line.strip().partition("=")
+        if name and version:
+            pkgs[name.split(":")[0]] = version
+    return pkgs
+
+
+APT = Apt()

@@ -1,0 +1,154 @@
+"""One interface for every kind of thing a recipe installs: the ``Ecosystem``.
+
+A Debian root, ``[apt]`` (on a Debian chain or on a registry image), ``[pip]``,
+``[cran]``, ``[[files]]`` and a registry-image root each implement it in their
+own module; ``ECOSYSTEMS`` (``ecosystems/__init__``) lists them, and the code
+that locks, checks, stages, tests and describes a layer iterates that tuple
+and names none of them (pip-tools' ``repositories/base.py`` and repo2docker's
+buildpacks are the models). An ecosystem is stateless: what one resolution
+needs to keep between ``prepare`` and ``lock`` goes into ``LockContext.notes``.
+
+Lock data keeps its typed fields on ``model.lockfile.Lock`` (the file format
+is frozen byte for byte); each ecosystem reads and fills only its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import MutableMapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from buildsys.core.store import Artifact, Store
+from buildsys.model.lockfile import Lock
+from buildsys.model.recipe import Recipe
+from buildsys.oci.layer.tree import ParentTree
+
+if TYPE_CHECKING:  # docker's client is imported only where an engine is used
+    from buildsys.engine import Engine
+
+# Where a layer's staged inputs are mounted in its build container (read-only), and the line
+# the build script prints before each step, so that a failure names its step.
+MOUNT = "/buildsys"
+STEP_MARKER = "::buildsys-step::"
+
+
+@dataclass(frozen=True)
+class Component:
+    """One locked thing as a bill of materials lists it."""
+
+    kind: str  # image | deb | wheel | cran | file
+    name: str
+    version: str
+    purl: str
+    sha256: str
+    url: str
+
+
+@dataclass(frozen=True)
+class Pin:
+    """One locked version: what ``lock --upgrade --check`` compares and parents must agree on."""
+
+    kind: str  # as the upgrade report shows it: apt | pip | cran | files | image
+    name: str
+    version: str
+    source: str  # where it comes from: a mirror, a URL, a platform ("" when the kind says it)
+
+
+class LockContext(Protocol):
+    """What an ecosystem may ask of the resolve loop while it locks one recipe (``lock/`` implements it)."""
+
+    @property
+    def recipe(self) -> Recipe: ...
+
+    @property
+    def store(self) -> Store: ...
+
+    @property
+    def ancestors(self) -> Sequence[Lock]:
+        """The locks of the recipe's chain above it, the root first; empty for a root."""
+        ...
+
+    @property
+    def previous(self) -> Lock | None:
+        """The lock being replaced, whose pins are kept unless upgrading."""
+        ...
+
+    @property
+    def upgrade(self) -> bool: ...
+
+    @property
+    def upgrade_packages(self) -> Sequence[str]: ...
+
+    @property
+    def notes(self) -> MutableMapping[str, Any]:
+        """Per-recipe scratch: what an ecosystem's ``prepare`` read, for its ``lock``."""
+        ...
+
+    def progress(self, message: str) -> None: ...
+
+    def warn(self, message: str) -> None: ...
+
+    def engine(self) -> Engine:
+        """The docker engine; a LockError that says what needs it when there is none."""
+        ...
+
+    def parent_tree(self, why: str) -> ParentTree:
+        """The files of the parent chain's image (built first when needed)."""
+        ...
+
+    def image(self, lock: Lock, why: str) -> str:
+        """An image of the parent chain plus what ``lock`` holds so far, to resolve in.
+
+        Built at the first call of a resolution and removed at its end: the
+        ecosystems before the caller in ``ECOSYSTEMS`` (apt) are in it.
+        """
+        ...
+
+
+class Ecosystem:
+    """One kind of locked input. Defaults are "nothing to do"; each module overrides what it has."""
+
+    name: str = ""
+    # The word for its packages when parents disagree on one ("parents disagree on CRAN package"),
+    # or None when parents may differ (a file is staged for its own layer only).
+    agree_as: str | None = None
+
+    def prepare(self, ctx: LockContext) -> None:
+        """Before anything costly: refuse what the recipe cannot have here, read an index."""
+
+    def lock(self, ctx: LockContext, lock: Lock) -> Lock:
+        """``lock`` with this ecosystem's part resolved for ``ctx.recipe`` (unchanged when it has none)."""
+        return lock
+
+    def artifacts(self, lock: Lock) -> list[Artifact]:
+        """The files ``fetch`` puts in the vendor store for this part of ``lock``."""
+        return []
+
+    def stage(self, store: Store, recipe: Recipe, lock: Lock, folder: Path) -> list[str]:
+        """Link this part's inputs into the staging ``folder``; return the build-script lines that install them."""
+        return []
+
+    def covers(self, recipe: Recipe, lock: Lock, above: Sequence[Lock]) -> list[str]:
+        """What ``lock`` lacks or holds against ``recipe`` (``above``: the ancestors' locks); empty when it covers."""
+        return []
+
+    def closure_problems(self, store: Store, chain: Sequence[Lock], lock: Lock) -> list[str]:
+        """What the vendored files of ``lock`` need that no lock of ``chain`` pins (read before a build)."""
+        return []
+
+    def components(self, lock: Lock) -> list[Component]:
+        """This part of ``lock`` for the SBOM, sorted."""
+        return []
+
+    def pins(self, lock: Lock) -> list[Pin]:
+        return []
+
+    def checks(self, recipe: Recipe) -> list[tuple[str, str]]:
+        """(label, shell command) of the checks ``buildsys test`` runs for this part of ``recipe``."""
+        return []
+
+    def failure_hint(self, output: str) -> str | None:
+        """A next step for a build that failed in this ecosystem's step, if it knows one."""
+        return None
+
