@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from buildsys.build import baseimage, bootstrap, steps
 from buildsys.core.errors import BuildError, NotVendored, StaleLock
+from buildsys.core.progress import Progress
 from buildsys.core.store import Store, atomic_write
 from buildsys.fetch.vendor import verify_store
 from buildsys.model.coverage import pip_closure
@@ -109,7 +110,7 @@ class BuiltImage:
 
 
 # Progress events: (recipe, stage, detail). The CLI renders them.
-Reporter = Callable[[str, str, str], None]
+Reporter = Progress  # core/progress.py's one type; the old name stays for lock/ and verify until the merge
 
 
 class LayerCache(Protocol):

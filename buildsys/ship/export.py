@@ -31,13 +31,14 @@ import re
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from buildsys.build.builder import LayerRecord, engine_notes
 from buildsys.core.errors import BuildsysError, FormatVersionError
+from buildsys.core.progress import Progress
 from buildsys.core.store import Store, atomic_open
 from buildsys.engine import Engine
 from buildsys.model.graph import Graph
@@ -61,8 +62,6 @@ META = "buildsys/export.json"
 _CHUNK = 1 << 20
 _BLOB_RE = re.compile(r"^blobs/sha256/([0-9a-f]{64})$")
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
-
-Progress = Callable[[str, str, str], None]
 
 
 class ArchiveError(BuildsysError):
