@@ -1,0 +1,68 @@
+"""`buildsys lock`: resolve recipes into locks/*.lock, or check them (`--check`)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import click
+
+from buildsys.cli.app import Context
+from buildsys.cli.render import LiveProgress, print_table
+from buildsys.core.errors import LocksOutOfDate
+
+if TYPE_CHECKING:
+    from buildsys.model.graph import Graph
+
+
+@click.command("lock")
+@click.argument("recipes", nargs=-1)
+@click.option("--upgrade", is_flag=True, help="Re-resolve everything against upstream now.")
+@click.option("--upgrade-package", "upgrade_packages", multiple=True, metavar="NAME",
+              help="Move this package to its newest version, keep every other pin (repeatable).")
+@click.option("--check", is_flag=True, help="Write nothing; exit 3 if any lock is missing or stale. With "
+              "--upgrade: resolve against upstream and show what a relock would change (exit 3 if anything).")
+@click.pass_obj
+def lock_cmd(obj: Context, recipes: tuple[str, ...], upgrade: bool, upgrade_packages: tuple[str, ...],
+             check: bool) -> None:
+    """Resolve recipes (and their ancestors) into locks/*.lock."""
+    from buildsys.lock import check_locks, lock_recipes
+
+    g = obj.graph()
+    if check and (upgrade or upgrade_packages):
+        _upgrade_check(obj, g, recipes, upgrade, upgrade_packages)
+        return
+    if check:
+        outcomes = check_locks(obj.project, g, recipes)
+        bad = [o for o in outcomes if o.status != "fresh"]
+        for o in outcomes:
+            click.echo(f"{o.recipe}: {o.status}" + (f" ({o.detail})" if o.detail else ""))
+        if bad:
+            raise LocksOutOfDate([o.recipe for o in bad], len(outcomes))
+        return
+    from buildsys.engine import Engine
+
+    with LiveProgress() as progress:
+        lock_recipes(obj.project, obj.open_store(), g, recipes, upgrade=upgrade, upgrade_packages=upgrade_packages,
+                     engine=Engine.connect, progress=progress,
+                     report=lambda o: progress(o.recipe, o.status, str(o.path.relative_to(obj.project))))
+
+
+def _upgrade_check(obj: Context, g: Graph, recipes: tuple[str, ...], upgrade: bool,
+                   upgrade_packages: tuple[str, ...]) -> None:
+    """``lock --upgrade --check``: resolve against upstream now, write nothing, show what would move."""
+    from buildsys.engine import Engine
+    from buildsys.lock import lock_recipes
+
+    with LiveProgress() as progress:
+        outcomes = lock_recipes(obj.project, obj.open_store(), g, recipes, upgrade=upgrade,
+                                upgrade_packages=upgrade_packages, engine=Engine.connect, progress=progress,
+                                dry_run=True, report=lambda o: progress(o.recipe, o.status, o.detail))
+    changes = [c for o in outcomes for c in o.changes]
+    if not changes and not any(o.status == "would change" for o in outcomes):
+        click.echo("every lock is up to date with upstream; nothing would change")
+        return
+    print_table("a relock would change", ("recipe", "kind", "package", "locked", "upstream now", "from"),
+                ((c.recipe, c.kind, c.name, c.old or "-", c.new or "(removed)", c.source) for c in changes))
+    names = sorted({o.recipe for o in outcomes if o.status == "would change"})
+    raise LocksOutOfDate(names, len(outcomes), verb="would change",
+                         command=f"buildsys lock --upgrade {' '.join(names)}")
