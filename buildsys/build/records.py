@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from buildsys.core.progress import Progress
 
 
 @dataclass(frozen=True)
@@ -57,4 +59,4 @@ class BuiltImage:
 
 
 # Progress events: (recipe, stage, detail). The CLI renders them.
-Reporter = Callable[[str, str, str], None]
+Reporter = Progress  # core/progress.py's one type; the old name is kept for its importers

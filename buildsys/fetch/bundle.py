@@ -14,11 +14,12 @@ import hashlib
 import json
 import re
 import tarfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from buildsys.core.errors import BuildsysError, NotVendored
+from buildsys.core.progress import Progress
 from buildsys.core.store import Artifact, Store, atomic_open
 from buildsys.oci.image import archive_member, canonical_bytes
 from buildsys.oci.layer.normalize import TarWriter
@@ -26,8 +27,6 @@ from buildsys.oci.layer.normalize import TarWriter
 BUNDLE_VERSION = 1
 _MEMBER_RE = re.compile(r"^sha256/([0-9a-f]{64})$")
 _CHUNK = 1 << 20
-
-Progress = Callable[[str, str, str], None]
 
 
 class BundleError(BuildsysError):

@@ -28,7 +28,6 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -160,9 +159,6 @@ def docker_credentials(host: str, config_dir: Path | None = None) -> tuple[str, 
 def _challenge(header: str) -> tuple[str, dict[str, str]]:
     scheme, _, params = header.partition(" ")
     return scheme.lower(), dict(re.findall(r'(\w+)="([^"]*)"', params))
-
-
-Progress = Callable[[str, str], None]  # (stage, detail)
 
 
 class Registry:

@@ -31,7 +31,7 @@ import re
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -39,6 +39,7 @@ from typing import IO, Any
 from buildsys.build.load import engine_notes
 from buildsys.build.records import LayerRecord
 from buildsys.core.errors import BuildsysError, FormatVersionError
+from buildsys.core.progress import Progress
 from buildsys.core.store import Store, atomic_open
 from buildsys.engine import Engine
 from buildsys.model.graph import Graph
@@ -62,8 +63,6 @@ META = "buildsys/export.json"
 _CHUNK = 1 << 20
 _BLOB_RE = re.compile(r"^blobs/sha256/([0-9a-f]{64})$")
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
-
-Progress = Callable[[str, str, str], None]
 
 
 class ArchiveError(BuildsysError):

@@ -23,13 +23,12 @@ from buildsys.build.builder import Builder
 from buildsys.build.records import LayerRecord
 from buildsys.build.verify import was_verified
 from buildsys.core.errors import ImageNotBuilt, NotVerified
+from buildsys.core.progress import Progress
 from buildsys.core.store import Store, sha256_file
 from buildsys.model.graph import Graph
 from buildsys.model.lockfile import Lock
 from buildsys.oci.image import MANIFEST_MEDIA_TYPE, DamagedBlob, ImageError, OciLayout, digest_bytes
 from buildsys.oci.registry import Reference, Registry, RegistryError
-
-Progress = Callable[[str, str, str], None]
 
 
 @dataclass(frozen=True)

@@ -21,10 +21,10 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 from buildsys.build.records import LayerRecord
+from buildsys.core.progress import Progress
 from buildsys.model.recipe import Recipe
 from buildsys.oci.image import MANIFEST_MEDIA_TYPE, OciLayout, digest_bytes
 from buildsys.oci.registry import NotInRegistry, Reference, Registry, RegistryError
@@ -33,7 +33,7 @@ from buildsys.ship.publish import push_image
 TAG_PREFIX = "bs-"
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
-Report = Callable[[str, str, str], None]
+Report = Progress  # core/progress.py's one type; the old name stays until the merge
 
 
 class RemoteCache:
