@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from buildsys.core import dpkg
 from buildsys.core.errors import BuildError, NotVendored, ToolMissing
 from buildsys.core.store import Store
 from buildsys.model.lockfile import Lock, LockedDeb
@@ -148,10 +149,7 @@ def bootstrap_debian(store: Store, lock: Lock, run_steps: Sequence[str], out_dir
         if not tarball.is_file() or tarball.stat().st_size < 1 << 20 or not status_copy.is_file():
             raise BuildError(lock.recipe, "mmdebstrap", "it wrote no usable root filesystem (no dpkg status)",
                              hint="the local repository's Release may not name the suite; relock and refetch")
-        from debian import deb822  # only here: its import is a good share of a no-op build
-
-        installed = {p["Package"]: p["Version"] for p in deb822.Deb822.iter_paragraphs(status_copy.open())
-                     if "installed" in p.get("Status", "")}
+        installed = dpkg.installed(status_copy.read_bytes())
     return Bootstrapped(tarball=tarball, installed=installed)
 
 

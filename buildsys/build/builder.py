@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from buildsys.build import baseimage, bootstrap, steps
+from buildsys.core import dpkg
 from buildsys.core.errors import BuildError, NotVendored, StaleLock
 from buildsys.core.store import Store, atomic_write
 from buildsys.fetch.vendor import verify_store
@@ -539,7 +540,7 @@ class Builder:
             return
         expected: dict[str, str] = {}
         if self.locks[prefix[0]].image_base is not None and below is not None:
-            expected.update(steps.dpkg_installed(below.read("var/lib/dpkg/status") or b""))
+            expected.update(dpkg.installed(below.read("var/lib/dpkg/status") or b""))
         for name in prefix:
             lk = self.locks[name]
             expected.update({d.name: d.version for d in (*(lk.base.packages if lk.base else ()), *lk.apt)})

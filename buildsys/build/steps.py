@@ -122,18 +122,3 @@ def installed_packages(output: str) -> dict[str, str] | None:
         if name and version:
             pkgs[name.split(":")[0]] = version
     return pkgs
-
-
-def dpkg_installed(status: bytes) -> dict[str, str]:
-    """``name -> version`` of what a dpkg status file has installed (``ii``, as ``installed_packages`` reads)."""
-    pkgs: dict[str, str] = {}
-    for para in status.decode("utf-8", "replace").split("\n\n"):
-        fields: dict[str, str] = {}
-        for line in para.splitlines():
-            if line[:1] in (" ", "\t") or ":" not in line:
-                continue  # continuation lines (Description, Conffiles) hold no field we read
-            key, _, value = line.partition(":")
-            fields[key] = value.strip()
-        if fields.get("Package") and fields.get("Status") == "install ok installed" and fields.get("Version"):
-            pkgs[fields["Package"]] = fields["Version"]
-    return pkgs

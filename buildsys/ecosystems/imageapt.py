@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from buildsys.build.steps import dpkg_installed
+from buildsys.core import dpkg
 from buildsys.core.errors import LockError
 from buildsys.ecosystems.apt import AptResolver
 from buildsys.model.lockfile import ImageBaseLock, Lock, LockedArchive, LockedDeb
@@ -153,7 +153,7 @@ def lock_apt_on_image(recipe: Recipe, root: ImageBaseLock, release: ImageRelease
                       path=p.filename, mirror=p.mirror or DEFAULT_MIRROR) for p in packages]
     archives = tuple(LockedArchive(mirror=r.mirror, suite=r.suite, codename=r.codename, release_date=r.date,
                                    inrelease_sha256=r.inrelease_sha256) for r in releases)
-    have = dpkg_installed(release.status)
+    have = dpkg.installed(release.status)
     resolved = {d.name for d in debs}
     in_image = tuple(sorted({n for n in (p.split(":", 1)[0].split("=", 1)[0].split("/", 1)[0]
                                          for p in recipe.apt_packages) if n in have and n not in resolved}))
