@@ -156,7 +156,7 @@ def sha256_file(path: Path, bufsize: int = 1 << 20) -> str:
 
 
 @contextlib.contextmanager
-def atomic_open(path: Path, mode: str = "wb") -> Iterator[IO]:
+def atomic_open(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path``; on success rename it into place.
 
     On any exception the temporary file is removed and ``path`` is untouched.
