@@ -25,7 +25,7 @@ from buildsys.core.errors import BuildError, NotVendored, ToolMissing
 from buildsys.core.store import Store
 from buildsys.model.lockfile import Lock, LockedDeb
 
-# The fixed build environment of DESIGN.md (SOURCE_DATE_EPOCH is added per layer).
+# The fixed build environment of docs/design.md (SOURCE_DATE_EPOCH is added per layer).
 BUILD_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "TZ": "UTC",
@@ -123,7 +123,7 @@ def bootstrap_debian(store: Store, lock: Lock, run_steps: Sequence[str], out_dir
         # selection from it would miss some. The lock is the bill of materials.
         names = sorted({p.name for p in (*base.packages, *lock.apt)})
         cmd.append("--include=" + ",".join(names))
-        # A fixed hostname, as on every layer (DESIGN.md).
+        # A fixed hostname, as on every layer (docs/design.md).
         cmd.append(f'--customize-hook=echo {BUILD_HOSTNAME} > "$1/etc/hostname"')
         # mmdebstrap leaves the local repository's temporary path in sources.list
         # (caught by --verify); the image gets the locked mirror instead.

@@ -33,7 +33,7 @@ class Staged:
 
 
 def build_env(lock: Lock) -> dict[str, str]:
-    """The fixed environment of every build step (DESIGN.md), plus pip's isolation."""
+    """The fixed environment of every build step (docs/design.md), plus pip's isolation."""
     return {
         **{k: v for k, v in BUILD_ENV.items() if k != "PATH"},
         "SOURCE_DATE_EPOCH": str(lock.source_date_epoch),

@@ -1,7 +1,7 @@
 """Recipes: parse ``recipes/*.toml`` into frozen, validated objects.
 
 Validation is driven by one schema table so that every key of the contract
-(DESIGN.md) is checked the same way: unknown keys are rejected with a close
+(docs/recipes.md) is checked the same way: unknown keys are rejected with a close
 name suggested, wrong types name the key path and the line.
 """
 

@@ -3,7 +3,7 @@
 The config and manifest bytes are the product's identity (the config digest is
 docker's image ID after ``docker load``), so they come from one canonical
 serialization and from nothing that varies between builds: no clock, no
-container id, no hostname (DESIGN.md, "Canonical image rules").
+container id, no hostname (docs/design.md, "Canonical image rules").
 """
 
 from __future__ import annotations
