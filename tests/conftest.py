@@ -41,7 +41,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session")
-def registry(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def registry(tmp_path_factory: pytest.TempPathFactory):
     """Debian's docker-registry on 127.0.0.1, no auth."""
     from shipenv import docker_registry
 
@@ -50,7 +50,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyp
 
 
 @pytest.fixture(scope="session")
-def auth_registry(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def auth_registry(tmp_path_factory: pytest.TempPathFactory):
     """docker-registry with htpasswd (bcrypt) basic auth: user 'builder', password 's3cret'."""
     from shipenv import docker_registry
 
@@ -59,7 +59,7 @@ def auth_registry(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-
 
 
 @pytest.fixture(scope="session")
-def second_engine(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def second_engine(tmp_path_factory: pytest.TempPathFactory):
     """A second dockerd (own data root, socket, bridge) that never saw our images."""
     from shipenv import second_dockerd
 
@@ -119,7 +119,7 @@ def shared_store() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def build_bundled(store: Path, recipe: str):  # type: ignore[no-untyped-def]
+def build_bundled(store: Path, recipe: str):
     """Fetch and build a bundled recipe into ``store``; its BuiltImage, its digests noted for the summary."""
     from helpers import bs, ok
 
@@ -139,12 +139,12 @@ def build_bundled(store: Path, recipe: str):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="session")
-def jupyter(shared_store: Path):  # type: ignore[no-untyped-def]
+def jupyter(shared_store: Path):
     """The bundled jupyter image, fetched and built once for every test that needs it."""
     return build_bundled(shared_store, "jupyter")
 
 
-def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untyped-def]
+def pytest_terminal_summary(terminalreporter) -> None:
     if STACK_DIGESTS:
         terminalreporter.section("bundled images built in this run (compare across machines)")
         for recipe, (image_id, manifest) in sorted(STACK_DIGESTS.items()):

@@ -76,9 +76,14 @@ def docker_registry(root: Path, user: str | None = None, password: str | None = 
         log.close()
 
 
+class _CountingServer(http.server.ThreadingHTTPServer):
+    hits = 0
+
+
 class _Failing(http.server.BaseHTTPRequestHandler):
     def _fail(self) -> None:
-        self.server.hits += 1  # type: ignore[attr-defined]
+        assert isinstance(self.server, _CountingServer)
+        self.server.hits += 1
         body = b'{"errors":[{"code":"UNKNOWN","message":"storage on fire"}]}'
         self.send_response(500)
         self.send_header("Content-Type", "application/json")
@@ -94,10 +99,9 @@ class _Failing(http.server.BaseHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def failing_registry() -> Iterator[tuple[str, http.server.HTTPServer]]:
+def failing_registry() -> Iterator[tuple[str, _CountingServer]]:
     """A loopback server that answers 500 to everything: the registry that fails."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Failing)
-    server.hits = 0  # type: ignore[attr-defined]
+    server = _CountingServer(("127.0.0.1", 0), _Failing)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -165,20 +169,25 @@ def second_dockerd(root: Path) -> Iterator[SecondEngine]:
             shutil.rmtree(data, ignore_errors=True)
 
 
+class _TokenServer(http.server.ThreadingHTTPServer):
+    token_requests: list[str]
+
+
 class _TokenRegistry(http.server.BaseHTTPRequestHandler):
     """/v2/ behind the Bearer flow: 401 with a realm; the realm hands out a token for basic user:pass."""
 
     def do_GET(self) -> None:
         srv = self.server
+        assert isinstance(srv, _TokenServer)
         if self.path.startswith("/token"):
             expected = "Basic " + base64.b64encode(b"robot:tok3n-pass").decode()
-            srv.token_requests.append(self.path)  # type: ignore[attr-defined]
+            srv.token_requests.append(self.path)
             if self.headers.get("Authorization") != expected:
                 return self._send(401, b'{"details":"bad credentials"}')
             return self._send(200, b'{"token":"the-token"}')
         if self.headers.get("Authorization") == "Bearer the-token":
             return self._send(200, b"{}")
-        realm = f"http://127.0.0.1:{srv.server_address[1]}/token"
+        realm = f"http://127.0.0.1:{srv.server_port}/token"
         return self._send(401, b'{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}',
                           {"WWW-Authenticate": f'Bearer realm="{realm}",service="test-registry",'
                                                f'scope="repository:team/app:pull,push"'})
@@ -197,10 +206,10 @@ class _TokenRegistry(http.server.BaseHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def token_registry() -> Iterator[tuple[str, http.server.HTTPServer]]:
+def token_registry() -> Iterator[tuple[str, _TokenServer]]:
     """A loopback server speaking the distribution API's Bearer token flow on /v2/ (only that)."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _TokenRegistry)
-    server.token_requests = []  # type: ignore[attr-defined]
+    server = _TokenServer(("127.0.0.1", 0), _TokenRegistry)
+    server.token_requests = []
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -18,7 +18,7 @@ STACK_ORDER = ["base", "python", "jupyter", "r-base", "rstudio", "user"]
 def buildsys(monkeypatch):
     """Run ``buildsys ARGS...`` in-process; stdout and stderr come back apart."""
     try:
-        runner = CliRunner(mix_stderr=False)  # click < 8.2 mixes them unless told not to
+        runner = CliRunner(mix_stderr=False)  # type: ignore[call-arg,unused-ignore]  # click < 8.2 mixes them unless told not to
     except TypeError:
         runner = CliRunner()  # click >= 8.2 always keeps result.stderr apart
 

@@ -35,7 +35,8 @@ def images(shipped) -> dict[str, str]:
     """recipe -> image id, as the exporting store has them."""
     _, store = shipped
     layout = OciLayout(store / "oci")
-    return {name: layout.read_image(layout.resolve(name))[0]["config"]["digest"] for name in ("app", "tools")}
+    refs = layout.refs()
+    return {name: layout.read_image(refs[name])[0]["config"]["digest"] for name in ("app", "tools")}
 
 
 def members(path: Path) -> dict[str, tarfile.TarInfo]:
@@ -43,7 +44,7 @@ def members(path: Path) -> dict[str, tarfile.TarInfo]:
         return {m.name: m for m in tf.getmembers()}
 
 
-def rewrite(src: Path, dst: Path, name: str, change) -> None:  # type: ignore[no-untyped-def]
+def rewrite(src: Path, dst: Path, name: str, change) -> None:
     """A copy of the archive with one member's bytes changed (same size)."""
     with tarfile.open(src) as tin, tarfile.open(dst, "w", format=tarfile.PAX_FORMAT) as tout:
         for m in tin.getmembers():
@@ -54,16 +55,16 @@ def rewrite(src: Path, dst: Path, name: str, change) -> None:  # type: ignore[no
 
 
 @pytest.fixture
-def engine2(second_engine, monkeypatch) -> Iterator:  # type: ignore[no-untyped-def]
+def engine2(second_engine, monkeypatch) -> Iterator:
     monkeypatch.setenv("DOCKER_HOST", second_engine.host)
     yield second_engine
 
 
-def has_image(engine, image_id: str) -> bool:  # type: ignore[no-untyped-def]
+def has_image(engine, image_id: str) -> bool:
     return engine.docker("image", "inspect", image_id, check=False).returncode == 0
 
 
-def nothing_imported(engine, shipped, store: Path) -> None:  # type: ignore[no-untyped-def]
+def nothing_imported(engine, shipped, store: Path) -> None:
     for image_id in images(shipped).values():
         assert not has_image(engine, image_id)
     assert OciLayout(store / "oci").refs() == {}

@@ -168,7 +168,7 @@ class WriteOnly(io.RawIOBase):
     def writable(self) -> bool:
         return True
 
-    def write(self, b) -> int:  # type: ignore[no-untyped-def]
+    def write(self, b) -> int:
         self.data += b
         return len(b)
 

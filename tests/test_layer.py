@@ -216,7 +216,7 @@ def test_unseekable_input_gives_the_same_layer(tmp_path: Path) -> None:
         def readable(self) -> bool:
             return True
 
-        def readinto(self, b) -> int:  # type: ignore[no-untyped-def]
+        def readinto(self, b) -> int:
             chunk = self.inner.read(min(len(b), 777))
             b[: len(chunk)] = chunk
             return len(chunk)

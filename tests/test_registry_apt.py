@@ -24,7 +24,8 @@ from helpers import bs, ok
 from regimage import push_tiny_image
 from shipenv import docker_registry
 
-from buildsys.ecosystems.registry_apt import NotDebianImage, dpkg_installed, image_release, parse_os_release
+from buildsys.core import dpkg
+from buildsys.ecosystems.registry_apt import NotDebianImage, image_release, parse_os_release
 from buildsys.model.recipe import parse_recipe
 from buildsys.oci.layer.tree import ParentTree
 from buildsys.oci.registry import Registry
@@ -223,7 +224,7 @@ def test_the_image_release_is_read_through_the_os_release_symlink(tmp_path: Path
                   "var/lib/dpkg/status": STATUS})
     release = image_release(recipe, "r.example/x:1", tree)
     assert (release.suite, release.pretty) == ("trixie", "Debian GNU/Linux 13 (trixie)")
-    assert dpkg_installed(release.status) == {"libc6": "2.36-9+deb12u10", "bash": "5.2.15-2+b7"}
+    assert dpkg.installed(release.status) == {"libc6": "2.36-9+deb12u10", "bash": "5.2.15-2+b7"}
     ubuntu = (b'PRETTY_NAME="Ubuntu 22.04.4 LTS"\nID=ubuntu\nID_LIKE=debian\nVERSION_ID="22.04"\n'
               b"VERSION_CODENAME=jammy\n")
     sid = b'PRETTY_NAME="Debian GNU/Linux trixie/sid"\nID=debian\nVERSION_CODENAME=trixie\n'

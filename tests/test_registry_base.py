@@ -47,7 +47,7 @@ def project(where: Path, ref: str, child: str | None = CHILD, root: str = ROOT) 
 
 
 @pytest.fixture
-def tiny(tmp_path: Path):  # type: ignore[no-untyped-def]
+def tiny(tmp_path: Path):
     """A fresh registry holding the tiny image (each test may damage or stop its own)."""
     with docker_registry(tmp_path / "registry") as reg:
         yield reg, push_tiny_image(reg.host)

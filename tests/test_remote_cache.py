@@ -24,7 +24,7 @@ def cache_tags(host: str, repo: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def cache(shipped, registry) -> str:  # type: ignore[no-untyped-def]
+def cache(shipped, registry) -> str:
     proj, store = shipped
     ref = f"{registry.host}/cache/chain"
     result = ok(bs(proj, store, "build", "--cache-to", ref, "app"))

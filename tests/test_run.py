@@ -275,9 +275,10 @@ def test_device_requests_reach_the_engine(jupyter: BuiltImage, tmp_path: Path, s
 @pytest.mark.network
 @pytest.mark.slow
 def test_gpu_tests_are_skipped_without_a_gpu(jupyter: BuiltImage) -> None:
-    graph = build_graph(load_recipes(ROOT))
-    r = graph.recipes["jupyter"]
-    graph.recipes["jupyter"] = dataclasses.replace(r, gpu_tests=("nvidia-smi",))
+    recipes = dict(load_recipes(ROOT))
+    r = recipes["jupyter"]
+    recipes["jupyter"] = dataclasses.replace(r, gpu_tests=("nvidia-smi",))
+    graph = build_graph(recipes)
     results = [t for t in run_tests(Engine.connect(), graph, jupyter) if t.recipe == "jupyter"]
     implied = [(label, "pass") for label, _ in package_checks(r)]  # its [pip] packages import
     assert implied and [(t.command, t.status) for t in results] == [

@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from buildsys.core import dpkg
 from buildsys.core.errors import BuildError, ToolMissing
 from buildsys.core.store import Store
 from buildsys.ecosystems.apt_layer import link_debs, make_local_repo
 from buildsys.model.lockfile import Lock
 
-# The fixed build environment of DESIGN.md (SOURCE_DATE_EPOCH is added per layer).
+# The fixed build environment of docs/design.md (SOURCE_DATE_EPOCH is added per layer).
 BUILD_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "TZ": "UTC",
@@ -94,7 +95,7 @@ def bootstrap_debian(store: Store, lock: Lock, run_steps: Sequence[str], out_dir
         # selection from it would miss some. The lock is the bill of materials.
         names = sorted({p.name for p in (*base.packages, *lock.apt)})
         cmd.append("--include=" + ",".join(names))
-        # A fixed hostname, as on every layer (DESIGN.md).
+        # A fixed hostname, as on every layer (docs/design.md).
         cmd.append(f'--customize-hook=echo {BUILD_HOSTNAME} > "$1/etc/hostname"')
         # mmdebstrap leaves the local repository's temporary path in sources.list
         # (caught by --verify); the image gets the locked mirror instead.
@@ -120,10 +121,7 @@ def bootstrap_debian(store: Store, lock: Lock, run_steps: Sequence[str], out_dir
         if not tarball.is_file() or tarball.stat().st_size < 1 << 20 or not status_copy.is_file():
             raise BuildError(lock.recipe, "mmdebstrap", "it wrote no usable root filesystem (no dpkg status)",
                              hint="the local repository's Release may not name the suite; relock and refetch")
-        from debian import deb822  # only here: its import is a good share of a no-op build
-
-        installed = {p["Package"]: p["Version"] for p in deb822.Deb822.iter_paragraphs(status_copy.open())
-                     if "installed" in p.get("Status", "")}
+        installed = dpkg.installed(status_copy.read_bytes())
     return Bootstrapped(tarball=tarball, installed=installed)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from buildsys.build import steps
+from buildsys.core import dpkg
 from buildsys.core.errors import BuildError, NotVendored, StaleLock
 from buildsys.core.store import Store
 from buildsys.ecosystems import artifacts, closure_problems
@@ -29,7 +29,7 @@ def check_packages(locks: Mapping[str, Lock], recipe: Recipe, prefix: Sequence[s
         return
     expected: dict[str, str] = {}
     if locks[prefix[0]].image_base is not None and below is not None:
-        expected.update(steps.dpkg_installed(below.read("var/lib/dpkg/status") or b""))
+        expected.update(dpkg.installed(below.read("var/lib/dpkg/status") or b""))
     for name in prefix:
         lk = locks[name]
         expected.update({d.name: d.version for d in (*(lk.base.packages if lk.base else ()), *lk.apt)})

@@ -21,12 +21,11 @@ from buildsys.build.bootstrap import BUILD_ENV
 from buildsys.core.store import Store
 from buildsys.ecosystems.apt_layer import INSTALLED_MARKER, installed_packages
 from buildsys.ecosystems.base import MOUNT, STEP_MARKER
-from buildsys.ecosystems.registry_apt import dpkg_installed
 from buildsys.model.lockfile import Lock
 from buildsys.model.recipe import Recipe
 
 # Where they were before each ecosystem staged its own part; ``build`` reads them from here.
-__all__ = ["INSTALLED_MARKER", "MOUNT", "STEP_MARKER", "Staged", "build_env", "dpkg_installed", "failed_step",
+__all__ = ["INSTALLED_MARKER", "MOUNT", "STEP_MARKER", "Staged", "build_env", "failed_step",
            "failure_hint", "installed_packages", "stage_layer"]
 
 
@@ -38,7 +37,7 @@ class Staged:
 
 
 def build_env(lock: Lock) -> dict[str, str]:
-    """The fixed environment of every build step (DESIGN.md), plus pip's isolation."""
+    """The fixed environment of every build step (docs/design.md), plus pip's isolation."""
     return {
         **{k: v for k, v in BUILD_ENV.items() if k != "PATH"},
         "SOURCE_DATE_EPOCH": str(lock.source_date_epoch),

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import tarfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from typing import Any
 
 from buildsys.build.builder import Builder
 from buildsys.build.records import BuiltImage, Reporter
+from buildsys.core import names
 from buildsys.core.errors import UsageError, did_you_mean
 from buildsys.core.store import Store, atomic_write
 from buildsys.engine import Engine
@@ -205,7 +205,7 @@ def diff_images(layout_a: OciLayout, manifest_a: str, layout_b: OciLayout, manif
 def resolve_image(layout: OciLayout, ref: str) -> str:
     """A recipe name (the ref its last build left in the store) or a manifest digest."""
     if ref.startswith("sha256:"):
-        if not re.fullmatch(r"sha256:[0-9a-f]{64}", ref):
+        if not names.DIGEST.fullmatch(ref):
             raise UsageError(f"'{ref}' is not a manifest digest (sha256: and 64 lowercase hex digits)",
                              "give a recipe name or a digest as `buildsys build --json` prints it")
         if layout.has_blob(ref):

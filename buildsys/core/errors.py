@@ -10,7 +10,7 @@ import difflib
 from collections.abc import Iterable
 from pathlib import Path
 
-# Exit codes of the CLI contract (DESIGN.md).
+# Exit codes of the CLI contract (docs/design.md, "Exit codes").
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_NOT_REPRODUCIBLE = 3

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import re
 import shutil
 import stat
 import tempfile
@@ -19,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-_HEX64 = re.compile(r"[0-9a-f]{64}")
+from buildsys.core import names
 
 
 @dataclass(frozen=True)
@@ -88,7 +87,7 @@ class Store:
     def vendor_path(self, sha256: str) -> Path:
         # Locks are validated on read; this guard keeps any other caller from turning
         # a value that is not a digest into a path outside the store.
-        if not _HEX64.fullmatch(sha256):
+        if not names.HEX64.fullmatch(sha256):
             raise ValueError(f"not a sha256 hex digest: {sha256!r}")
         return self.vendor / sha256
 
@@ -163,7 +162,7 @@ def sha256_file(path: Path, bufsize: int = 1 << 20) -> str:
 
 
 @contextlib.contextmanager
-def atomic_open(path: Path, mode: str = "wb") -> Iterator[IO]:
+def atomic_open(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path``; on success rename it into place.
 
     On any exception the temporary file is removed and ``path`` is untouched.

@@ -34,6 +34,7 @@ from urllib.parse import quote, unquote
 
 from debian import deb822
 
+from buildsys.core import names
 from buildsys.core.errors import LockError, ToolMissing, did_you_mean
 from buildsys.core.store import Artifact
 from buildsys.model.lockfile import LockedArchive
@@ -59,7 +60,7 @@ _PRIORITY_PATTERNS = {
 }
 
 # A package as apt-get takes it: name, optional :arch, optional =version or /release.
-_PKG_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]*(:[a-z0-9-]+)?(=[A-Za-z0-9.+~:-]+|/[A-Za-z0-9.+~-]+)?$")
+_PKG_RE = re.compile(rf"{names.DEB_NAME_ARCH.pattern}(=[A-Za-z0-9.+~:-]+|/[A-Za-z0-9.+~-]+)?")
 _SUITE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9._-]+)*$")
 _WORD_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # "Inst libc6 [2.36-9] (2.36-9+deb12u14 Debian:12.15/oldstable, Debian-Security:12/oldstable-security [amd64]) []"
@@ -469,7 +470,7 @@ class AptResolver:
     def _check_names(self, packages: Sequence[str]) -> list[str]:
         names = []
         for p in packages:
-            if not _PKG_RE.match(p):
+            if not _PKG_RE.fullmatch(p):
                 raise LockError(
                     f"'{p}' is not a Debian package name",
                     "names are lowercase letters, digits and + - . (optionally name=version)",

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from packageurl import PackageURL
 
+from buildsys.core import names
 from buildsys.core.errors import FetchError, HashMismatch, LockError, NotVendored, did_you_mean
 from buildsys.core.store import Artifact, Store
 from buildsys.core.urlpolicy import LocalURLRefused, local_reason, opener
@@ -45,7 +46,6 @@ if TYPE_CHECKING:  # docker's client is imported only where an engine is used
 SITE_LIBRARY = "/usr/local/lib/R/site-library"
 # Sources are unpacked and compiled here, always the same path, mapped away by -ffile-prefix-map.
 BUILD_DIR = "/tmp/buildsys-cran"
-R_NAME = re.compile(r"[A-Za-z][A-Za-z0-9.]*[A-Za-z0-9]")
 DEP_FIELDS = ("Depends", "Imports", "LinkingTo")
 _DEP = re.compile(r"^\s*([A-Za-z][A-Za-z0-9.]*)\s*(?:\(\s*([<>=!]+)\s*([^)\s]+)\s*\))?\s*$")
 
@@ -197,7 +197,7 @@ def parse_index(text: str, index_url: str) -> dict[str, IndexEntry]:
             if "Package" not in st or "Version" not in st:
                 raise ValueError(f"a stanza without Package or Version: {sorted(st)[:5]}")
             name, version = st["Package"], st["Version"]
-            if not R_NAME.fullmatch(name) or not re.fullmatch(r"[0-9]+([.-][0-9]+)+", version):
+            if not names.R_NAME.fullmatch(name) or not names.R_VERSION.fullmatch(version):
                 raise ValueError(f"'{name}' '{version}' is not an R package name and version")
             deps = [d for f in DEP_FIELDS for d in parse_deps(st.get(f, ""))]
             entry = IndexEntry(name=name, version=version, depends=tuple(d for d in deps if d.name != "R"),

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from buildsys.core import dpkg
 from buildsys.core.errors import LockError
 from buildsys.ecosystems.apt import AptResolver, archive_moved
 from buildsys.model.lockfile import ImageBaseLock, Lock, LockedArchive, LockedDeb
@@ -150,23 +151,8 @@ def lock_apt_on_image(recipe: Recipe, root: ImageBaseLock, release: ImageRelease
                       path=p.filename, mirror=p.mirror or DEFAULT_MIRROR) for p in packages]
     archives = tuple(LockedArchive(mirror=r.mirror, suite=r.suite, codename=r.codename, release_date=r.date,
                                    inrelease_sha256=r.inrelease_sha256) for r in releases)
-    have = dpkg_installed(release.status)
+    have = dpkg.installed(release.status)
     resolved = {d.name for d in debs}
     in_image = tuple(sorted({n for n in (p.split(":", 1)[0].split("=", 1)[0].split("/", 1)[0]
                                          for p in recipe.apt_packages) if n in have and n not in resolved}))
     return debs, archives, in_image, max(r.epoch for r in releases)
-
-
-def dpkg_installed(status: bytes) -> dict[str, str]:
-    """``name -> version`` of what a dpkg status file has installed (``ii``, as the build's dpkg-query reads)."""
-    pkgs: dict[str, str] = {}
-    for para in status.decode("utf-8", "replace").split("\n\n"):
-        fields: dict[str, str] = {}
-        for line in para.splitlines():
-            if line[:1] in (" ", "\t") or ":" not in line:
-                continue  # continuation lines (Description, Conffiles) hold no field we read
-            key, _, value = line.partition(":")
-            fields[key] = value.strip()
-        if fields.get("Package") and fields.get("Status") == "install ok installed" and fields.get("Version"):
-            pkgs[fields["Package"]] = fields["Version"]
-    return pkgs

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from buildsys.core import names
 from buildsys.core.errors import BuildsysError, NotVendored
 from buildsys.core.progress import Progress
 from buildsys.core.store import Artifact, Store, atomic_open
@@ -25,7 +26,7 @@ from buildsys.oci.image import archive_member, canonical_bytes
 from buildsys.oci.layer.normalize import TarWriter
 
 BUNDLE_VERSION = 1
-_MEMBER_RE = re.compile(r"^sha256/([0-9a-f]{64})$")
+_MEMBER_RE = re.compile(rf"sha256/({names.HEX64.pattern})")
 _CHUNK = 1 << 20
 
 
@@ -105,7 +106,7 @@ def read_bundle(store: Store, bundle: Path, progress: Progress = lambda r, s, d:
                         raise BundleError(bundle, f"bundle.json has version {meta.get('version')!r}, "
                                                   f"this buildsys reads {BUNDLE_VERSION}")
                     continue
-                m = _MEMBER_RE.match(name)
+                m = _MEMBER_RE.fullmatch(name)
                 if not m or not member.isfile():
                     raise BundleError(bundle, f"'{member.name}' is not a vendored file (sha256/<hex>)")
                 sha = m.group(1)

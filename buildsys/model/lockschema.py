@@ -20,22 +20,11 @@ from urllib.parse import urlsplit
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
+from buildsys.core import names
 from buildsys.core.errors import LockFileError, did_you_mean
 
-HEX64 = re.compile(r"[0-9a-f]{64}")
-PREFIXED = re.compile(r"sha256:[0-9a-f]{64}")
-RECIPE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
-DEB_NAME = re.compile(r"[a-z0-9][a-z0-9+.-]+")
-# Debian policy 5.6.12: [epoch:]upstream[-revision]; upstream starts with a digit.
-DEB_VERSION = re.compile(r"([0-9]+:)?[0-9][A-Za-z0-9.+~:-]*")
-DEB_ARCH = re.compile(r"[a-z0-9][a-z0-9-]*")
-SUITE = re.compile(r"[a-z0-9][a-z0-9.-]*")
-PIP_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?")
 # An archive path (pool/main/a/apt/apt_2.6.1_amd64.deb): relative, no "..", no odd characters.
 ARCHIVE_PATH = re.compile(r"[A-Za-z0-9+._~-]+(/[A-Za-z0-9+._~%-]+)*")
-# R: a letter, then letters, digits and dots, not ending in a dot; versions are numbers joined by . or -.
-R_NAME = re.compile(r"[A-Za-z][A-Za-z0-9.]*[A-Za-z0-9]")
-R_VERSION = re.compile(r"[0-9]+([.-][0-9]+)+")
 URL_SCHEMES = ("http", "https", "file")
 
 # Layer media types a registry base may have, and how each is compressed (``lock.image``, ``baseimage``).
@@ -128,22 +117,22 @@ def _date(v: Any) -> str | None:
 
 
 DEB: dict[str, tuple[Check, bool]] = {  # key -> (check, required)
-    "name": (_str(DEB_NAME, "a Debian package name"), True),
-    "version": (_str(DEB_VERSION, "a Debian version"), True),
-    "architecture": (_str(DEB_ARCH, "a Debian architecture"), True),
-    "sha256": (_str(HEX64, "64 lowercase hex digits"), True),
+    "name": (_str(names.DEB_NAME, "a Debian package name"), True),
+    "version": (_str(names.DEB_VERSION, "a Debian version"), True),
+    "architecture": (_str(names.DEB_ARCH, "a Debian architecture"), True),
+    "sha256": (_str(names.HEX64, "64 lowercase hex digits"), True),
     "size": (_int, True),
     "path": (_archive_path, True),
     "mirror": (_url, True),
 }
 WHEEL_FILE = {
     "name": (_filename, True),
-    "sha256": (_str(HEX64, "64 lowercase hex digits"), True),
+    "sha256": (_str(names.HEX64, "64 lowercase hex digits"), True),
     "url": (_url, True),
     "size": (_int, False),
 }
 PIP = {
-    "name": (_str(PIP_NAME, "a Python package name"), True),
+    "name": (_str(names.PIP_NAME, "a Python package name"), True),
     "version": (_pip_version, True),
     "selected": (_filename, False),
     "files": (None, False),  # checked entry by entry below
@@ -151,28 +140,27 @@ PIP = {
 FILE = {
     "name": (_filename, True),
     "url": (_url, True),
-    "sha256": (_str(HEX64, "64 lowercase hex digits"), True),
+    "sha256": (_str(names.HEX64, "64 lowercase hex digits"), True),
     "size": (_int, True),
     "local": (_bool, False),
 }
 BASE = {
     "kind": (_str(re.compile("debian"), "'debian'"), True),
-    "suite": (_str(SUITE, "a Debian suite"), True),
-    "codename": (_str(SUITE, "a Debian codename"), False),
+    "suite": (_str(names.SUITE, "a Debian suite"), True),
+    "codename": (_str(names.SUITE, "a Debian codename"), False),
     "variant": (_str(re.compile(r"[a-z]+"), "an mmdebstrap variant"), True),
-    "architecture": (_str(DEB_ARCH, "a Debian architecture"), True),
-    "components": (_str_list(_str(SUITE, "a component name")), True),
+    "architecture": (_str(names.DEB_ARCH, "a Debian architecture"), True),
+    "components": (_str_list(_str(names.SUITE, "a component name")), True),
     "mirror": (_url, True),
     "release-date": (_date, True),
-    "inrelease-sha256": (_str(HEX64, "64 lowercase hex digits"), True),
-    "include": (_str_list(_str(DEB_NAME, "a Debian package name")), False),
+    "inrelease-sha256": (_str(names.HEX64, "64 lowercase hex digits"), True),
+    "include": (_str_list(_str(names.DEB_NAME, "a Debian package name")), False),
     "packages": (None, False),
     "archives": (None, False),
 }
-# HOST[:PORT]/REPO[:TAG][@sha256:HEX], as registry.Reference parses it (not imported: it pulls in requests).
-IMAGE_REF = re.compile(r"[A-Za-z0-9.-]+(:[0-9]+)?(/[a-z0-9]+([._-]+[a-z0-9]+)*)+"
-                       r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[0-9a-f]{64})?")
-PLATFORM = re.compile(r"[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?")
+# HOST[:PORT]/REPO[:TAG][@sha256:HEX], with the repository and tag rules registry.Reference checks.
+IMAGE_REF = re.compile(rf"[A-Za-z0-9.-]+(:[0-9]+)?/{names.IMAGE_REPOSITORY.pattern}"
+                       rf"(:{names.IMAGE_TAG.pattern})?(@{names.DIGEST.pattern})?")
 
 
 def _one_of(choices: Sequence[str], words: str) -> Check:
@@ -191,53 +179,53 @@ def _ref(v: Any) -> str | None:
 
 IMAGE = {
     "reference": (_ref, True),
-    "platform": (_str(PLATFORM, "OS/ARCH[/VARIANT]"), True),
-    "manifest-digest": (_str(PREFIXED, "'sha256:' and 64 lowercase hex digits"), True),
+    "platform": (_str(names.PLATFORM, "OS/ARCH[/VARIANT]"), True),
+    "manifest-digest": (_str(names.DIGEST, "'sha256:' and 64 lowercase hex digits"), True),
     "manifest-media-type": (_one_of(IMAGE_MANIFEST_TYPES, "an image manifest media type"), True),
     "manifest-size": (_int, True),
-    "config-digest": (_str(PREFIXED, "'sha256:' and 64 lowercase hex digits"), True),
+    "config-digest": (_str(names.DIGEST, "'sha256:' and 64 lowercase hex digits"), True),
     "config-size": (_int, True),
     "layers": (None, True),
 }
 IMAGE_LAYER = {
-    "digest": (_str(PREFIXED, "'sha256:' and 64 lowercase hex digits"), True),
+    "digest": (_str(names.DIGEST, "'sha256:' and 64 lowercase hex digits"), True),
     "size": (_int, True),
     "media-type": (_one_of(sorted(LAYER_MEDIA_TYPES), "a layer media type"), True),
 }
 ARCHIVE = {
     "mirror": (_url, True),
-    "suite": (_str(SUITE, "a Debian suite"), True),
-    "codename": (_str(SUITE, "a Debian codename"), False),
+    "suite": (_str(names.SUITE, "a Debian suite"), True),
+    "codename": (_str(names.SUITE, "a Debian codename"), False),
     "release-date": (_date, True),
-    "inrelease-sha256": (_str(HEX64, "64 lowercase hex digits"), True),
+    "inrelease-sha256": (_str(names.HEX64, "64 lowercase hex digits"), True),
 }
 CRAN = {
-    "name": (_str(R_NAME, "an R package name"), True),
-    "version": (_str(R_VERSION, "an R package version"), True),
-    "sha256": (_str(HEX64, "64 lowercase hex digits"), True),
+    "name": (_str(names.R_NAME, "an R package name"), True),
+    "version": (_str(names.R_VERSION, "an R package version"), True),
+    "sha256": (_str(names.HEX64, "64 lowercase hex digits"), True),
     "size": (_int, True),
     "url": (_url, True),
-    "depends": (_str_list(_str(R_NAME, "an R package name")), False),
+    "depends": (_str_list(_str(names.R_NAME, "an R package name")), False),
 }
 CRAN_REPO = {
     "url": (_url, True),
-    "index-sha256": (_str(HEX64, "64 lowercase hex digits"), True),
+    "index-sha256": (_str(names.HEX64, "64 lowercase hex digits"), True),
 }
 TOP = {
     "version": (_int, True),
-    "recipe": (_str(RECIPE_NAME, "a recipe name"), True),
-    "recipe-hash": (_str(PREFIXED, "'sha256:' and 64 lowercase hex digits"), True),
+    "recipe": (_str(names.RECIPE_NAME, "a recipe name"), True),
+    "recipe-hash": (_str(names.DIGEST, "'sha256:' and 64 lowercase hex digits"), True),
     "source-date-epoch": (_int, True),
     "python": (_str(re.compile(r"[0-9]+(\.[0-9]+){1,2}"), "a Python version"), False),
     "parents": (None, False),
     "base": (None, False),
     "apt": (None, False),
     "apt-archives": (None, False),
-    "apt-in-image": (_str_list(_str(DEB_NAME, "a Debian package name")), False),
+    "apt-in-image": (_str_list(_str(names.DEB_NAME, "a Debian package name")), False),
     "pip": (None, False),
     "pip-installer": (None, False),
     "files": (None, False),
-    "r": (_str(R_VERSION, "an R version"), False),
+    "r": (_str(names.R_VERSION, "an R version"), False),
     "cran-repo": (None, False),
     "cran": (None, False),
 }
@@ -286,8 +274,7 @@ class _Validator:
         files = self.entries(e.get("files", []), f"{label}.files")
         for j, f in enumerate(files):
             self.table(f, WHEEL_FILE, f"{label}.files[{j}]")
-        names = [f["name"] for f in files]
-        if "selected" in e and e["selected"] not in names:
+        if "selected" in e and e["selected"] not in [f["name"] for f in files]:
             raise self.fail(label, "selected", f"{e['selected']!r} is none of the entry's files")
         if not files:
             raise self.fail(label, "files", "no file is locked for it")
@@ -298,9 +285,9 @@ class _Validator:
         if not isinstance(parents, dict):
             raise self.fail("top level", "parents", "must be a table")
         for name, h in parents.items():
-            if not RECIPE_NAME.fullmatch(name):
+            if not names.RECIPE_NAME.fullmatch(name):
                 raise self.fail("[parents]", name, "is not a recipe name")
-            if not isinstance(h, str) or not PREFIXED.fullmatch(h):
+            if not isinstance(h, str) or not names.DIGEST.fullmatch(h):
                 raise self.fail("[parents]", name, f"{h!r} is not 'sha256:' and 64 lowercase hex digits")
         if isinstance(d.get("base"), dict) and "image" in d["base"]:
             self.table(d["base"], {"image": (None, True)}, "[base]")
@@ -340,13 +327,13 @@ class _Validator:
             if e["name"] in r_names:
                 raise self.fail(label, "name", f"'{e['name']}' is locked twice")
             r_names.add(e["name"])
-        names: set[str] = set()
+        file_names: set[str] = set()
         for i, e in enumerate(self.entries(d.get("files", []), "[[files]]")):
             label = _label("[[files]]", i, e)
             self.table(e, FILE, label)
-            if e["name"] in names:
+            if e["name"] in file_names:
                 raise self.fail(label, "name", f"a second file named {e['name']!r}")
-            names.add(e["name"])
+            file_names.add(e["name"])
 
 
 def _label(where: str, i: int, entry: Any) -> str:
@@ -357,5 +344,5 @@ def _label(where: str, i: int, entry: Any) -> str:
 def validate_lock(path: Path, data: Mapping[str, Any]) -> None:
     """Raise ``LockFileError`` (exit 2) for the first value of ``data`` that is not of its shape."""
     recipe = data.get("recipe")
-    name = recipe if isinstance(recipe, str) and RECIPE_NAME.fullmatch(recipe) else ""
+    name = recipe if isinstance(recipe, str) and names.RECIPE_NAME.fullmatch(recipe) else ""
     _Validator(path, name).validate(data)

@@ -1,7 +1,7 @@
 """Recipes: parse ``recipes/*.toml`` into frozen, validated objects.
 
 Validation is driven by one schema table so that every key of the contract
-(DESIGN.md) is checked the same way: unknown keys are rejected with a close
+(docs/recipes.md) is checked the same way: unknown keys are rejected with a close
 name suggested, wrong types name the key path and the line.
 """
 
@@ -21,10 +21,10 @@ from urllib.parse import urlsplit
 import tomlkit
 import tomlkit.exceptions
 
+from buildsys.core import names
 from buildsys.core.errors import RecipeError, did_you_mean
 from buildsys.core.urlpolicy import local_reason
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 DEBIAN_VARIANTS = ("extract", "custom", "essential", "apt", "required", "minbase", "buildd", "important", "standard")
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DEFAULT_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
@@ -32,10 +32,7 @@ DEFAULT_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
 # best effort and not in mmdebstrap's default either).
 ROLLING_SUITES = ("sid", "unstable", "testing", "experimental")
 _URL_SCHEMES = ("http", "https", "file")
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_APT_NAME = re.compile(r"[a-z0-9][a-z0-9+.-]+(:[a-z0-9-]+)?")
 _APT_UPDATE = re.compile(r"\bapt(-get)?\s+(-\S+\s+)*update\b")
-_CRAN_NAME = re.compile(r"[A-Za-z][A-Za-z0-9.]*[A-Za-z0-9]")
 
 # Schema: a key maps to a type tag or a nested schema (a dict).
 # Type tags: "str", "str-list", "int-list", "str-map", "tables:<name>" (array of tables).
@@ -50,7 +47,6 @@ _DEBIAN: dict[str, Any] = {
     "security-mirror": "str",
 }
 _FILE: dict[str, Any] = {"url": "str", "name": "str", "sha256": "str", "local": "bool"}
-_PLATFORM = re.compile(r"[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?")
 SCHEMA: dict[str, Any] = {
     "description": "str",
     "parents": "str-list",
@@ -514,15 +510,15 @@ def parse_recipe(path: Path) -> Recipe:
         data: dict[str, Any] = tomlkit.parse(text).unwrap()
     except tomlkit.exceptions.TOMLKitError as e:
         raise _toml_error(path, text, e) from e
-    if not NAME_RE.match(name):
-        raise RecipeError(path, f"recipe name '{name}' must match {NAME_RE.pattern}", hint="rename the file")
+    if not names.RECIPE_NAME.fullmatch(name):
+        raise RecipeError(path, f"recipe name '{name}' must match {names.RECIPE_NAME.pattern}", hint="rename the file")
     v = _Validator(path, text)
     v.check(data, SCHEMA)
 
     parents = tuple(data.get("parents", []))
     for i, p in enumerate(parents):
-        if not NAME_RE.match(p):
-            raise v.fail(("parents", i), f"'{p}' is not a recipe name ({NAME_RE.pattern})")
+        if not names.RECIPE_NAME.fullmatch(p):
+            raise v.fail(("parents", i), f"'{p}' is not a recipe name ({names.RECIPE_NAME.pattern})")
         if p in parents[:i]:
             raise v.fail(("parents", i), f"lists '{p}' twice")
 
@@ -562,7 +558,7 @@ def parse_recipe(path: Path) -> Recipe:
                 raise v.fail(("base", "image"), f"'{ref}' is not an image reference",
                              hint='e.g. image = "docker.io/library/debian:bookworm"')
             platform = b.get("platform", "linux/amd64")
-            if not _PLATFORM.fullmatch(platform):
+            if not names.PLATFORM.fullmatch(platform):
                 raise v.fail(("base", "platform"), f"'{platform}' is not OS/ARCH[/VARIANT]",
                              hint='e.g. platform = "linux/arm64"')
             base = ImageBase(ref, platform)
@@ -576,7 +572,7 @@ def parse_recipe(path: Path) -> Recipe:
         if not fname or "/" in fname or fname in (".", ".."):
             raise v.fail(("files", i, "name"), f"'{fname}' is not a usable file name", hint='set name = "tool.deb"')
         sha = f.get("sha256")
-        if sha is not None and not re.fullmatch(r"[0-9a-f]{64}", sha):
+        if sha is not None and not names.HEX64.fullmatch(sha):
             raise v.fail(("files", i, "sha256"), "must be 64 lowercase hex digits")
         if fname in (seen.name for seen in files):
             raise v.fail(("files", i, "name" if "name" in f else "url"), f"a second file named '{fname}'",
@@ -592,7 +588,7 @@ def parse_recipe(path: Path) -> Recipe:
         if not 0 < port < 65536:
             raise v.fail(("image", "expose", i), f"{port} is not a port number (1-65535)")
     for var in img.get("env", {}):
-        if not _ENV_NAME.fullmatch(var):
+        if not names.ENV_NAME.fullmatch(var):
             raise v.fail(("image", "env", var), "is not an environment variable name ([A-Za-z_][A-Za-z0-9_]*)")
     if "workdir" in img and not img["workdir"].startswith("/"):
         raise v.fail(("image", "workdir"), f"'{img['workdir']}' must be an absolute path",
@@ -611,11 +607,11 @@ def parse_recipe(path: Path) -> Recipe:
         labels=tuple(sorted(img.get("labels", {}).items())),
     )
     for i, pkg in enumerate(data.get("apt", {}).get("packages", [])):
-        if not _APT_NAME.fullmatch(pkg):
+        if not names.DEB_NAME_ARCH.fullmatch(pkg):
             raise v.fail(("apt", "packages", i), f"'{pkg}' is not a Debian package name",
                          hint="versions are pinned by the lock, not in the recipe")
     for i, pkg in enumerate(data.get("cran", {}).get("packages", [])):
-        if not _CRAN_NAME.fullmatch(pkg):
+        if not names.R_NAME.fullmatch(pkg):
             raise v.fail(("cran", "packages", i), f"'{pkg}' is not an R package name",
                          hint="versions come from the dated snapshot in cran.repo and the lock, not the recipe")
     if "repo" in data.get("cran", {}):

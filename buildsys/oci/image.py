@@ -3,7 +3,7 @@
 The config and manifest bytes are the product's identity (the config digest is
 docker's image ID after ``docker load``), so they come from one canonical
 serialization and from nothing that varies between builds: no clock, no
-container id, no hostname (DESIGN.md, "Canonical image rules").
+container id, no hostname (docs/design.md, "Canonical image rules").
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 import shutil
 import tarfile
 import time
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+from buildsys.core import names
 from buildsys.core.errors import BuildsysError
 from buildsys.core.store import atomic_open, atomic_write
 from buildsys.model.recipe import ImageConfig, canonical_json
@@ -43,7 +43,6 @@ _TOP_KEYS = ("created", "author", "architecture", "os", "os.version", "os.featur
              "history")
 _CONFIG_KEYS = ("User", "ExposedPorts", "Env", "Entrypoint", "Cmd", "Volumes", "WorkingDir", "Labels", "StopSignal",
                 "ArgsEscaped", "Healthcheck", "OnBuild", "Shell")
-_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 _CHUNK = 1 << 20
 
 
@@ -206,7 +205,7 @@ def make_config(
 
 
 def _check_digest(digest: str) -> str:
-    if not _DIGEST_RE.match(digest):
+    if not names.DIGEST.fullmatch(digest):
         raise ImageError(f"'{digest}' is not a sha256 digest (sha256:<64 hex digits>)")
     return digest
 

@@ -34,6 +34,7 @@ from typing import IO
 
 import requests
 
+from buildsys.core import names
 from buildsys.core.errors import BuildsysError, UsageError
 
 MANIFEST_TYPES = (
@@ -42,9 +43,6 @@ MANIFEST_TYPES = (
     "application/vnd.docker.distribution.manifest.v2+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
 )
-_REPO_RE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
-_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 _CHUNK = 1 << 20
 
 
@@ -102,12 +100,12 @@ class Reference:
         last = path.rsplit("/", 1)[-1]
         if ":" in last:
             path, tag = path.rsplit(":", 1)
-            if not _TAG_RE.match(tag):
+            if not names.IMAGE_TAG.fullmatch(tag):
                 raise UsageError(f"'{text}': '{tag}' is not a valid tag", "tags are [A-Za-z0-9_][A-Za-z0-9_.-]*")
-        if not _REPO_RE.match(path):
+        if not names.IMAGE_REPOSITORY.fullmatch(path):
             raise UsageError(f"'{text}': '{path}' is not a valid repository name",
                              "lowercase letters, digits and . _ - separators, parts joined by /")
-        if digest is not None and not _DIGEST_RE.match(digest):
+        if digest is not None and not names.DIGEST.fullmatch(digest):
             raise UsageError(f"'{text}': '{digest}' is not a sha256 digest")
         return cls(host, path, tag, digest)
 

@@ -38,6 +38,7 @@ from typing import IO, Any
 
 from buildsys.build.load import engine_notes
 from buildsys.build.records import LayerRecord
+from buildsys.core import names
 from buildsys.core.errors import BuildsysError, FormatVersionError
 from buildsys.core.progress import Progress
 from buildsys.core.store import Store, atomic_open
@@ -61,8 +62,7 @@ from buildsys.ship.publish import stored_image
 EXPORT_VERSION = 1
 META = "buildsys/export.json"
 _CHUNK = 1 << 20
-_BLOB_RE = re.compile(r"^blobs/sha256/([0-9a-f]{64})$")
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+_BLOB_RE = re.compile(rf"blobs/sha256/({names.HEX64.pattern})")
 
 
 class ArchiveError(BuildsysError):
@@ -223,7 +223,7 @@ def _read_checked(archive: Path, tmp: Path, progress: Progress) -> tuple[dict[st
                     raise ArchiveError(archive, f"'{member.name}' is not a regular file (links are refused)")
                 src = tf.extractfile(member)
                 assert src is not None
-                m = _BLOB_RE.match(name)
+                m = _BLOB_RE.fullmatch(name)
                 if m:
                     digest = "sha256:" + m.group(1)
                     progress("import", "check", f"{digest[:19]} ({member.size / 1e6:.1f} MB)")
@@ -275,7 +275,7 @@ def _check_complete(archive: Path, blobs: Mapping[str, Path], files: Mapping[str
                                 str(entry["image_id"]), tuple(entry["diff_ids"]))
         except (KeyError, TypeError) as e:
             raise ArchiveError(archive, f"{META}: an image entry lacks {e}") from e
-        if not _NAME_RE.match(img.recipe):
+        if not names.RECIPE_NAME.fullmatch(img.recipe):
             raise ArchiveError(archive, f"{META}: '{img.recipe}' is not a recipe name")
         try:
             _check_image(archive, img, blobs)

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tempfile
 from pathlib import Path
 
 from buildsys.build.records import LayerRecord
+from buildsys.core import names
 from buildsys.core.progress import Progress
 from buildsys.model.recipe import Recipe
 from buildsys.oci.image import MANIFEST_MEDIA_TYPE, OciLayout, digest_bytes
@@ -31,7 +31,6 @@ from buildsys.oci.registry import NotInRegistry, Reference, Registry, RegistryEr
 from buildsys.ship.publish import push_image
 
 TAG_PREFIX = "bs-"
-_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 Report = Progress  # core/progress.py's one type; the old name stays until the merge
 
@@ -79,7 +78,7 @@ class RemoteCache:
         manifest_bytes, _, manifest_digest = reg.get_manifest(repo, self.tag(key))
         manifest = json.loads(manifest_bytes)
         layers = [(d["digest"], int(d["size"])) for d in manifest.get("layers", [])]
-        if not all(isinstance(d, str) and _DIGEST.fullmatch(d) for d, _ in layers):
+        if not all(isinstance(d, str) and names.DIGEST.fullmatch(d) for d, _ in layers):
             raise ValueError("a layer digest is not sha256:<64 hex>")
         below = list(parent.layers) if parent else []
         if manifest.get("mediaType") != MANIFEST_MEDIA_TYPE or len(layers) != len(below) + 1 or \
@@ -88,7 +87,7 @@ class RemoteCache:
                                                     "layers; ignored")
             return None
         config_digest = manifest["config"]["digest"]
-        if not isinstance(config_digest, str) or not _DIGEST.fullmatch(config_digest):
+        if not isinstance(config_digest, str) or not names.DIGEST.fullmatch(config_digest):
             raise ValueError("the config digest is not sha256:<64 hex>")
         config_bytes = reg.get_blob_bytes(repo, config_digest)
         config = json.loads(config_bytes)
