@@ -118,7 +118,7 @@ def parse_port(spec: str) -> tuple[str, int, int]:
 def check_ports_free(ports: Sequence[tuple[str, int, int]], flag: Callable[[int], str]) -> None:
     """Fail before anything starts when a host port is taken, or asked for twice (docker would fail half-way).
 
-    The probe binds with SO_REUSEADDR, as docker's proxy does: a port whose last connection
+    The probe binds with SO_REUSEADDR, as docker's proxy (a Go listener) does: a port whose last connection
     is in TIME_WAIT (`up` right after `down`) is free, one something listens on is not.
     """
     every = ("", "0.0.0.0")
