@@ -297,6 +297,10 @@ FIELD_ERRORS = [
     (DEBIAN + '[pip]\nindex_url = "https://pypi.org/simple"\n', "pip.index_url", 4, ["did you mean 'index-url'?"]),
     (DEBIAN + "[test]\ncommands = [\n  'true',\n  1,\n]\n", "test.commands[1]", 6, ["must be a string, not an"]),
     ('run = "make"\n' + DEBIAN, "run", 1, ["must be an array of strings, not a string"]),
+    (DEBIAN + '[image.labels]\n"org.example.team" = "ml"\n"io.buildsys.owner" = "h:1"\n',
+     'image.labels."io.buildsys.owner"', 5, ["'io.buildsys.' is reserved for buildsys", "your own namespace"]),
+    (DEBIAN + '[image]\nlabels = { "IO.Buildsys.up" = "jupyter" }\n', 'image.labels."IO.Buildsys.up"', 4,
+     ["reserved"]),
 ]
 
 
@@ -402,3 +406,15 @@ commands = [ ["nested"], "x" ]
 )
 def test_line_of(key, line):
     assert _line_of(LAYOUT, key) == line
+
+
+def test_the_buildsys_label_namespace_is_reserved(tmp_path):
+    """A container inherits its image's labels: a recipe's io.buildsys.* label would make every container of
+    the image look like one buildsys made (and may remove)."""
+    path = write_recipe(tmp_path, DEBIAN + '[image]\nlabels = { "io.buildsys.owner" = "host:1" }\n')
+    with pytest.raises(RecipeError) as info:
+        parse_recipe(path)
+    assert info.value.exit_code == EXIT_USAGE
+    assert str(path) in str(info.value) and 'image.labels."io.buildsys.owner"' in str(info.value)
+    ok = parse_recipe(write_recipe(tmp_path, DEBIAN + '[image]\nlabels = { "io.buildsys-fan.x" = "1" }\n'))
+    assert ok.image.labels == (("io.buildsys-fan.x", "1"),)

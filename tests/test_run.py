@@ -10,7 +10,6 @@ is built once per session into a store every test here shares (conftest's
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import pwd
 import re
@@ -30,18 +29,25 @@ from helpers import bs, ok
 
 from buildsys.build.records import BuiltImage
 from buildsys.core.errors import UsageError
-from buildsys.engine import Engine, EngineError, GpuRequest
+from buildsys.engine import ContainerSpec, Engine, EngineError, GpuRequest
 from buildsys.lock import fresh_locks
 from buildsys.model.graph import build_graph
 from buildsys.model.recipe import load_recipes
 from buildsys.use.doctor import GpuUnavailable, cuda_verdict, driver_cuda, gpu_support, host_driver, image_cuda
+from buildsys.use.mounts import CUDA_CACHE, MountCollision, SystemMount, check_folder, hidden_by, plan_mounts
 from buildsys.use.run import (
+    FOLDER_LABEL,
+    OWNER_LABEL,
     RUN_LABEL,
     UP_LABEL,
     HostUser,
     RunOptions,
+    UpOptions,
+    check_ports_free,
+    down,
     gpu_start_error,
     identity,
+    network_name,
     parse_gpus,
     parse_port,
     parse_volume,
@@ -81,6 +87,86 @@ def test_port_and_mount_syntax(tmp_path: Path) -> None:
         parse_volume("nope:/data", tmp_path)
     with pytest.raises(UsageError, match="absolute"):
         parse_volume("data:rel", tmp_path)
+    # A host path may hold ':' (the container path is the last part before the mode).
+    (tmp_path / "a:b").mkdir()
+    assert parse_volume("a:b:/in:ro", tmp_path) == (str(tmp_path / "a:b"), "/in", True)
+    assert parse_volume("a:b:/out/", tmp_path) == (str(tmp_path / "a:b"), "/out", False)
+
+
+# -- mount planning: nothing hidden, nothing dropped ------------------------------
+
+
+@pytest.mark.parametrize("folder, hidden", [
+    ("/", "root filesystem"), ("/var", "/var"), ("/var/lib", "/var tree"), ("/var/lib/docker/x", "/var tree"),
+    ("/run", "/run"), ("/run/user/1000", "/run tree"), ("/usr/local", "/usr tree"), ("/etc/x", "/etc tree"),
+    ("/home", "/home"), ("/opt", "/opt"), ("/lib32", "/lib32"), ("/proc/1", "/proc tree"),
+    ("/var/tmp", None), ("/var/tmp/proj", None), ("/home/alice/proj", None), ("/opt/work", None),
+    ("/srv/data", None), ("/tmp/x", None), ("/variable", None), ("/usrdata", None),
+])
+def test_system_trees_are_refused_consistently(folder: str, hidden: str | None) -> None:
+    found = hidden_by(folder)
+    assert (found is None) if hidden is None else (found is not None and found.startswith(hidden)), found
+    if hidden is None:
+        check_folder(Path(folder))
+    else:
+        with pytest.raises(SystemMount, match="nothing was started") as e:
+            check_folder(Path(folder))
+        assert e.value.exit_code == 2 and "cd into a project folder" in str(e.value)
+
+
+def test_a_mount_target_may_be_inside_a_system_tree_but_not_one(tmp_path: Path) -> None:
+    assert parse_volume(f"{tmp_path}:/etc/jupyter:ro", tmp_path) == (str(tmp_path), "/etc/jupyter", True)
+    for target in ("/usr", "/var/", "/", "/etc"):
+        with pytest.raises(SystemMount):
+            parse_volume(f"{tmp_path}:{target}", tmp_path)
+
+
+def test_no_mount_is_silently_dropped(tmp_path: Path) -> None:
+    d, e = tmp_path / "d", tmp_path / "e"
+    d.mkdir(), e.mkdir()
+    cache = tmp_path / "cuda"
+    # One host folder at several paths: each mount is kept (the engine gets a list, not a map by source).
+    assert plan_mounts(tmp_path, cache, [(str(tmp_path), "/ro", True)]) == (
+        (str(tmp_path), str(tmp_path), False), (str(cache), CUDA_CACHE, False), (str(tmp_path), "/ro", True))
+    assert plan_mounts(tmp_path, None, [(str(d), "/in", True), (str(d), "/out", False)])[1:] == (
+        (str(d), "/in", True), (str(d), "/out", False))
+    # The same mount twice is one.
+    assert plan_mounts(tmp_path, None, [(str(d), "/in", True), (str(d), "/in/", True)])[1:] == ((str(d), "/in", True),)
+    # Two on one path: an error naming both, before anything runs.
+    for volumes in ([(str(d), "/in", True), (str(e), "/in", True)], [(str(d), "/in", True), (str(d), "/in", False)],
+                    [(str(d), str(tmp_path), False)], [(str(d), CUDA_CACHE, False)]):
+        with pytest.raises(MountCollision, match="two mounts on") as err:
+            RunOptions(recipe="r", cwd=tmp_path, volumes=tuple(volumes))
+        assert err.value.exit_code == 2 and "nothing was started" in str(err.value)
+
+
+def test_port_probe_takes_a_port_in_time_wait_and_refuses_a_port_twice() -> None:
+    """`up` right after `down`: the port's last connection is in TIME_WAIT, which docker's proxy may bind."""
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        conn, _ = server.accept()
+        conn.close()  # the side that closes first keeps the port in TIME_WAIT
+        client.close()
+    with socket.socket() as plain, pytest.raises(OSError):
+        plain.bind(("127.0.0.1", port))  # what the probe without SO_REUSEADDR said: "in use"
+    check_ports_free([("127.0.0.1", port, 80)], str)
+    with pytest.raises(UsageError, match="asked for twice"):
+        check_ports_free([("127.0.0.1", port, 80), ("", port, 81)], str)
+
+
+def test_up_options_refuse_one_port_twice_and_bracket_ipv6(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="both 7000") as e:
+        UpOptions(recipe="jupyter", cwd=tmp_path, port=7000, tensorboard_port=7000)
+    assert e.value.exit_code == 2
+    with pytest.raises(UsageError, match="not an IP address"):
+        UpOptions(recipe="jupyter", cwd=tmp_path, bind="localhost")
+    assert UpOptions(recipe="jupyter", cwd=tmp_path, bind="::1").url_host == "[::1]"
+    assert UpOptions(recipe="jupyter", cwd=tmp_path, bind="0.0.0.0").url_host == "127.0.0.1"
+    assert UpOptions(recipe="jupyter", cwd=tmp_path).url_host == "127.0.0.1"
 
 
 PASSWD = b"root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n" \
@@ -158,6 +244,109 @@ def test_bundled_gpu_stack_declares_gpu_tests_and_cuda() -> None:
     assert {"torchvision", "transformers"} <= {p.name for p in locks["pytorch"].pip}
     assert any(p.name.startswith("nvidia-") for p in locks["pytorch"].pip)
 
+
+def test_usage_errors_come_before_anything(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No engine, lock or image is looked at: these are the command line's own mistakes (exit 2)."""
+    monkeypatch.chdir(tmp_path)
+    r = bs(ROOT, tmp_path / "store", "up", "jupyter", "--port", "7000", "--tensorboard-port", "7000")
+    assert r.exit_code == 2 and "--port and --tensorboard-port are both 7000" in r.stderr
+    r = bs(ROOT, tmp_path / "store", "compose", "jupyter", "--port", "7000", "--tensorboard-port", "7000")
+    assert r.exit_code == 2 and "both 7000" in r.stderr
+    (tmp_path / "d").mkdir()
+    r = bs(ROOT, tmp_path / "store", "run", "-v", "d:/in", "-v", f"{tmp_path}:/in", "jupyter", "--", "true")
+    assert r.exit_code == 2 and "two mounts on /in" in r.stderr
+    r = bs(ROOT, tmp_path / "store", "run", "-p", "7001:80", "-p", "7001:81", "jupyter", "--", "true")
+    assert r.exit_code == 2 and "asked for twice" in r.stderr
+    monkeypatch.chdir("/var/lib")
+    for args in (("run", "jupyter", "--", "true"), ("up", "jupyter"), ("compose", "jupyter")):
+        r = bs(ROOT, tmp_path / "store", *args)
+        assert r.exit_code == 2 and "hide the image's own /var tree" in r.stderr, (args, r.stderr)
+    assert not (tmp_path / "store").exists()
+
+
+# -- against dockerd: no image needed -------------------------------------------
+
+
+def _tiny_image(labels: dict[str, str]) -> str:
+    """An image of one empty file, made here (`docker import`: no registry), carrying ``labels``."""
+    buf = __import__("io").BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        tf.addfile(tarfile.TarInfo("nothing"))
+    changes = [arg for k, v in labels.items() for arg in ("--change", f"LABEL {k}={v}")]
+    out = subprocess.run(["docker", "import", *changes, "-"], input=buf.getvalue(), capture_output=True, check=True)
+    return out.stdout.decode().strip()
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+@docker_mark
+def test_cleanup_removes_only_what_buildsys_created(tmp_path: Path) -> None:
+    """A container inherits its image's labels: one whose owner/up labels came from its image is nobody's
+    stale buildsys container, and `down` and the sweep leave it alone."""
+    engine = Engine.connect()
+    host = socket.gethostname()
+    forged = {OWNER_LABEL: f"{host}:{_dead_pid()}", UP_LABEL: "jupyter", FOLDER_LABEL: str(tmp_path)}
+    image = _tiny_image(forged)
+    made: list[str] = []
+    try:
+        # Someone's own container of that image, made with plain docker: it carries every forged label.
+        theirs = subprocess.run(["docker", "create", image, "/nothing"], capture_output=True, text=True,
+                                check=True).stdout.strip()
+        made.append(theirs)
+        assert engine.inspect(theirs)["Config"]["Labels"][OWNER_LABEL] == forged[OWNER_LABEL]
+        # One buildsys made, of the same image, for a process that is gone.
+        ours = engine.create(ContainerSpec(image=image, command=("/nothing",),
+                                           labels=((OWNER_LABEL, f"{host}:{_dead_pid()}"),)))
+        made.append(ours)
+        assert theirs not in [c for c, _, _ in engine.labelled(OWNER_LABEL)]
+        assert theirs not in [c for c, _, _ in engine.labelled(UP_LABEL, "jupyter")]
+        assert engine.created_labels(ours) == {OWNER_LABEL: dict(engine.inspect(ours)["Config"]["Labels"])[
+            OWNER_LABEL]}
+        assert engine.remove_stale_containers(OWNER_LABEL) >= 1
+        assert down(engine, "jupyter", tmp_path) == []
+        assert engine.is_running(theirs) is False and engine.inspect(theirs)["Id"] == theirs  # still there
+        with pytest.raises(EngineError, match="no container"):
+            engine.inspect(ours)
+    finally:
+        for cid in made:
+            engine.remove(cid)
+        engine.remove_image(image)
+
+
+@docker_mark
+def test_two_sweeps_at_once_both_succeed() -> None:
+    """Two `buildsys run` on a host with stale containers sweep at once: neither fails on the other's removal."""
+    import threading
+
+    engine = Engine.connect()
+    image = _tiny_image({})
+    stale = [engine.create(ContainerSpec(image=image, command=("/nothing",),
+                                         labels=((OWNER_LABEL, f"{socket.gethostname()}:{_dead_pid()}"),)))
+             for _ in range(12)]
+    errors: list[BaseException] = []
+
+    def sweep() -> None:
+        try:
+            Engine.connect().remove_stale_containers(OWNER_LABEL)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    try:
+        threads = [threading.Thread(target=sweep) for _ in range(3)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        assert errors == []
+        assert not set(stale) & {c for c, _, _ in engine.labelled(OWNER_LABEL)}
+    finally:
+        for cid in stale:
+            engine.remove(cid)
+        engine.remove_image(image)
 
 # -- against dockerd: no image needed -------------------------------------------
 
@@ -435,10 +624,12 @@ def test_up_serves_jupyter_with_a_token_and_tensorboard_then_down(
         assert _get(f"http://127.0.0.1:{port}/api/status?token=wrong") == 403
         assert _get(f"http://127.0.0.1:{tb_port}/") == 200
         assert (tmp_path / "runs").is_dir()
-        mine = Engine.connect().labelled(UP_LABEL, "jupyter")
-        roles = sorted(Engine.connect().inspect(c)["Config"]["Labels"]["io.buildsys.role"] for c, _, _ in mine
-                       if Engine.connect().inspect(c)["Config"]["Labels"]["io.buildsys.folder"] == str(tmp_path))
-        assert roles == ["jupyter", "tensorboard"]
+        engine = Engine.connect()
+        mine = [engine.inspect(c) for c, _, _ in engine.labelled(UP_LABEL, "jupyter")
+                if engine.inspect(c)["Config"]["Labels"]["io.buildsys.folder"] == str(tmp_path)]
+        assert sorted(c["Config"]["Labels"]["io.buildsys.role"] for c in mine) == ["jupyter", "tensorboard"]
+        # The pair's own network: TensorBoard (no authentication) is not on docker's default bridge.
+        assert [list(c["NetworkSettings"]["Networks"]) for c in mine] == [[network_name("jupyter", tmp_path)]] * 2
         again = bs(ROOT, shared_store, "up", "jupyter", "--port", str(_free_port()),
                    "--tensorboard-port", str(_free_port()))
         assert again.exit_code == 1 and "already up" in again.stderr
@@ -448,7 +639,13 @@ def test_up_serves_jupyter_with_a_token_and_tensorboard_then_down(
     left = [c for c, _, _ in Engine.connect().labelled(UP_LABEL, "jupyter")
             if Engine.connect().inspect(c)["Config"]["Labels"]["io.buildsys.folder"] == str(tmp_path)]
     assert left == []
+    assert not Engine.connect().client.networks.list(names=[network_name("jupyter", tmp_path)])
     assert "nothing of 'jupyter' is up" in ok(bs(ROOT, shared_store, "down", "jupyter")).stdout
+    # Up again at once on the same ports: the connections just closed are in TIME_WAIT, which is no obstacle.
+    try:
+        ok(bs(ROOT, shared_store, "up", "jupyter", "--port", str(port), "--tensorboard-port", str(tb_port)))
+    finally:
+        ok(bs(ROOT, shared_store, "down", "jupyter"))
 
 
 @pytest.mark.docker
@@ -470,21 +667,19 @@ def test_up_with_a_port_taken_starts_nothing(jupyter: BuiltImage, shared_store: 
 @pytest.mark.docker
 @pytest.mark.network
 @pytest.mark.slow
-def test_compose_prints_the_same_pair(jupyter: BuiltImage, shared_store: Path, tmp_path: Path,
-                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    text = ok(bs(ROOT, shared_store, "compose", "jupyter", "--gpus", "all")).stdout
-    assert f'image: "{jupyter.record.config_digest}"' in text
-    assert "services:\n  jupyter:\n" in text and "\n  tensorboard:\n" in text
-    assert 'JUPYTER_TOKEN: "${JUPYTER_TOKEN:?' in text
-    assert re.search(r'deploy:\n\s+resources:\n\s+reservations:\n\s+devices:\n\s+- driver: "nvidia"\n'
-                     r'\s+capabilities:\n\s+- "gpu"\n\s+count: "all"', text), text
-    assert text.count("deploy:") == 1  # the GPU is the notebook's
-    assert '"127.0.0.1:8888:8888"' in text and f'"{tmp_path}:{tmp_path}"' in text
-    # Nothing but YAML and comments: every line is a comment, a key or a list item.
-    for line in text.splitlines():
-        assert line.startswith("#") or re.match(r"\s*(- |[A-Za-z_.]+:)", line), line
-    json.dumps(text)  # plain text, no objects leaked
+def test_run_keeps_every_mount_and_takes_any_folder_name(jupyter: BuiltImage, shared_store: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """`-v .:/ro:ro` used to drop the working folder's own mount, `-v D:/in:ro -v D:/out` the first; a folder
+    name with ':' got docker's "invalid volume specification"."""
+    work = tmp_path / "we:ird $name"
+    (work / "d").mkdir(parents=True)
+    monkeypatch.chdir(work)
+    r = bs(ROOT, shared_store, "run", "-v", ".:/ro:ro", "-v", "d:/in:ro", "-v", "d:/out", "jupyter", "--", "sh", "-c",
+           'echo kept > written; touch /ro/x 2>/dev/null || echo ro-refused; echo o > /out/f; cat /in/f; pwd; '
+           'touch /in/y 2>/dev/null || echo in-refused')
+    assert r.exit_code == 0, r.output + r.stderr
+    assert r.stdout.split("\n")[:4] == ["ro-refused", "o", str(work), "in-refused"]
+    assert (work / "written").read_text() == "kept\n" and (work / "d" / "f").read_text() == "o\n"
 
 
 def test_docker_module_stays_in_engine() -> None:

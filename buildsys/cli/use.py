@@ -249,22 +249,18 @@ def down_cmd(obj: Context, recipe: str) -> None:
 @_with_up_options
 @click.pass_obj
 def compose_cmd(obj: Context, recipe: str, port: int, tensorboard_port: int, gpus: str | None, bind: str) -> None:
-    """Print what `up` starts as a Compose file (the token from $JUPYTER_TOKEN, the GPU as deploy devices)."""
-    from buildsys.build.builder import Builder
-    from buildsys.core.errors import ImageNotBuilt, UnknownRecipe
+    """Print what `up` starts as a Compose file for Compose v1 and v2 (the token from $JUPYTER_TOKEN)."""
+    from buildsys.core.errors import UnknownRecipe
     from buildsys.lock import fresh_locks
-    from buildsys.use.run import HostUser, compose, to_yaml
+    from buildsys.use.compose import compose_file
+    from buildsys.use.run import HostUser
 
     opts = _up_options(recipe, port, tensorboard_port, gpus, bind)
     g = obj.graph()
     if recipe not in g.recipes:
         raise UnknownRecipe(recipe, g.recipes)
-    image = Builder(obj.open_store(), g, fresh_locks(obj.project, g, [recipe]), tag=False).find(recipe)
-    if image is None:
-        raise ImageNotBuilt(recipe)
-    click.echo(f"# buildsys compose {recipe}: the image by its ID; docker must hold it (`buildsys build {recipe}`).")
-    click.echo("# Start: JUPYTER_TOKEN=$(openssl rand -hex 24) docker compose -f FILE up -d")
-    click.echo(to_yaml(compose(image.record.config_digest, opts, HostUser.current())))
+    click.echo(compose_file(obj.open_store(), g, fresh_locks(obj.project, g, [recipe]), opts, HostUser.current()),
+               nl=False)
 
 
 @click.command("engine")

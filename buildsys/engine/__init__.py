@@ -250,13 +250,15 @@ class Engine:
         GPU requests go as docker device requests (``--gpus``); the engine
         checks them only at start, so a created container shows what was asked.
         """
-        volumes = {src: {"bind": dst, "mode": "ro" if ro else "rw"} for src, dst, ro in spec.mounts}
+        # Mount objects, not `-v` strings: one source may go to several targets (a dict keyed by source
+        # kept only the last), and a path may hold ':' (docker's "invalid volume specification").
+        mounts = [docker.types.Mount(target=dst, source=src, type="bind", read_only=ro) for src, dst, ro in spec.mounts]
         ports: dict[str, tuple[str, int]] = {f"{c}/tcp": (ip or "0.0.0.0", h) for ip, h, c in spec.ports}
         try:
             c = self.client.containers.create(
                 spec.image, command=list(spec.command) if spec.command is not None else None,
                 entrypoint=list(spec.entrypoint) if spec.entrypoint is not None else None,
-                environment=dict(spec.env), user=spec.user, working_dir=spec.workdir, volumes=volumes,
+                environment=dict(spec.env), user=spec.user, working_dir=spec.workdir, mounts=mounts,
                 ports=ports, device_requests=_device_requests(spec.gpus), network=spec.network,
                 labels=dict(spec.labels), name=spec.name, init=spec.init, tty=spec.tty, stdin_open=spec.tty,
                 auto_remove=spec.auto_remove, detach=True)
@@ -403,25 +405,88 @@ class Engine:
             raise _translate(f"inspecting container {container_id[:12]}", e) from e
 
     def remove(self, container_id: str) -> None:
-        """Stop and remove a container; one already gone is fine."""
+        """Stop and remove a container; one already gone, or being removed by someone else, is fine."""
         try:
             self.client.api.remove_container(container_id, force=True)
-        except docker.errors.NotFound:
-            pass
-        except docker.errors.APIError as e:
-            if "is already in progress" not in str(e):  # auto-remove got there first
-                raise _translate(f"removing container {container_id[:12]}", e) from e
         except _TRANSPORT as e:
-            raise _translate(f"removing container {container_id[:12]}", e) from e
+            if not _gone(e):  # auto-remove, or a neighbour's sweep, got there first
+                raise _translate(f"removing container {container_id[:12]}", e) from e
 
     def labelled(self, label: str, value: str | None = None) -> list[tuple[str, str, str]]:
-        """(id, name, state) of every container, running or not, carrying ``label`` (= ``value``)."""
+        """(id, name, state) of every container, running or not, that was created with ``label`` (= ``value``).
+
+        A container inherits its image's labels, so carrying the label proves nothing: only
+        a container whose value differs from its image's (or whose image has none) had it
+        set when it was created. An image that sets io.buildsys.* labels (recipes may not;
+        a registry base might) cannot make anyone's container look like one of ours.
+        """
         flt = f"{label}={value}" if value is not None else label
         try:
             found = self.client.api.containers(all=True, filters={"label": flt})
         except _TRANSPORT as e:
             raise _translate(f"listing containers labelled {flt}", e) from e
-        return [(c["Id"], (c.get("Names") or ["?"])[0].lstrip("/"), c.get("State", "?")) for c in found]
+        images: dict[str, dict[str, str] | None] = {}
+        return [(c["Id"], (c.get("Names") or ["?"])[0].lstrip("/"), c.get("State", "?")) for c in found
+                if label in self._own_labels(c.get("Labels") or {}, str(c.get("ImageID", "")), images)]
+
+    def created_labels(self, container_id: str) -> dict[str, str]:
+        """The labels a container was created with (its image's inherited ones left out); {} when it is gone."""
+        try:
+            info = self.client.api.inspect_container(container_id)
+        except docker.errors.NotFound:
+            return {}
+        except _TRANSPORT as e:
+            raise _translate(f"inspecting container {container_id[:12]}", e) from e
+        return self._own_labels(info.get("Config", {}).get("Labels") or {}, str(info.get("Image", "")), {})
+
+    def _own_labels(self, labels: Mapping[str, str], image: str,
+                    cache: dict[str, dict[str, str] | None]) -> dict[str, str]:
+        if image not in cache:
+            try:
+                cache[image] = dict(self.client.api.inspect_image(image).get("Config", {}).get("Labels") or {})
+            except docker.errors.NotFound:
+                cache[image] = None  # its image is gone: what was inherited cannot be told apart
+            except _TRANSPORT as e:
+                raise _translate(f"inspecting image {image[:19]}", e) from e
+        inherited = cache[image]
+        if inherited is None:
+            return {}
+        return {k: v for k, v in labels.items() if inherited.get(k) != v}
+
+    def ensure_network(self, name: str, labels: Mapping[str, str]) -> None:
+        """A bridge network named ``name`` carrying ``labels``: made, or reused when one with them is left over.
+
+        A network of that name without those labels is someone else's: refused, never joined.
+        """
+        try:
+            if not (found := self._network(name)):
+                self.client.api.create_network(name, driver="bridge", labels=dict(labels), check_duplicate=True)
+                return
+        except _TRANSPORT as e:
+            raise _translate(f"creating network {name}", e) from e
+        if not _has_labels(found, labels):
+            raise EngineError(f"a docker network named {name} exists and was not made by buildsys for this",
+                              f"remove or rename it (`docker network rm {name}`) if it is not used")
+
+    def remove_network(self, name: str, labels: Mapping[str, str]) -> bool:
+        """Remove the network ``name`` when it carries ``labels`` and nobody else's container uses it.
+
+        False when it stays (someone's container is still on it); one already gone is fine.
+        """
+        try:
+            found = self._network(name)
+            if found and _has_labels(found, labels):
+                self.client.api.remove_network(found["Id"])
+        except _TRANSPORT as e:
+            if isinstance(e, docker.errors.APIError) and "active endpoints" in str(e):
+                return False
+            if not _gone(e):
+                raise _translate(f"removing network {name}", e) from e
+        return True
+
+    def _network(self, name: str) -> dict[str, Any] | None:
+        """The network named exactly ``name`` (docker's filter matches parts of names too)."""
+        return next((n for n in self.client.api.networks(names=[name]) if n.get("Name") == name), None)
 
     def run(self, image: str, command: Sequence[str], **options: Any) -> RunResult:
         """Run a command to completion in a fresh container (``container``'s options), then remove it."""
@@ -431,16 +496,21 @@ class Engine:
     def remove_stale_containers(self, label: str = BUILD_LABEL) -> int:
         """Remove containers (build ones by default) whose buildsys process is gone (killed); return how many.
 
-        Only containers made on this host by a process that no longer runs: an
-        exited container of a live run is about to be read, never removed.
+        Only containers that buildsys created (the owner label set at create, not
+        inherited from the image: see ``labelled``), on this host, by a process that
+        no longer runs: an exited container of a live run is about to be read, never
+        removed. Two buildsys processes may sweep at once: one that the other is
+        already removing, or has removed, is not an error.
         """
         try:
-            found = self.client.containers.list(all=True, filters={"label": label})
-            stale = [c for c in found if _orphaned(c.labels.get(label, ""))]
-            for c in stale:
-                c.remove(force=True)
+            found = self.client.api.containers(all=True, filters={"label": label})
         except _TRANSPORT as e:
-            raise _translate("removing stale build containers", e) from e
+            raise _translate("listing stale buildsys containers", e) from e
+        images: dict[str, dict[str, str] | None] = {}
+        stale = [c["Id"] for c in found if _orphaned(
+            self._own_labels(c.get("Labels") or {}, str(c.get("ImageID", "")), images).get(label, ""))]
+        for cid in stale:
+            self.remove(cid)
         return len(stale)
 
 
@@ -528,6 +598,19 @@ def _device_requests(gpus: Sequence[GpuRequest]) -> list[docker.types.DeviceRequ
 
 def _owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _has_labels(obj: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+    have = obj.get("Labels") or {}
+    return all(have.get(k) == v for k, v in labels.items())
+
+
+def _gone(e: Exception) -> bool:
+    """docker's answer when someone else removed the thing first, or is removing it now (404, 409)."""
+    if isinstance(e, docker.errors.NotFound):
+        return True
+    return isinstance(e, docker.errors.APIError) and e.status_code == 409 and (
+        "in progress" in str(e) or "No such" in str(e))
 
 
 def _orphaned(owner: str) -> bool:

@@ -33,6 +33,8 @@ DEFAULT_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
 ROLLING_SUITES = ("sid", "unstable", "testing", "experimental")
 _URL_SCHEMES = ("http", "https", "file")
 _APT_UPDATE = re.compile(r"\bapt(-get)?\s+(-\S+\s+)*update\b")
+# Labels buildsys puts on images and containers to find its own (see buildsys.engine): recipes may not set them.
+RESERVED_LABELS = "io.buildsys."
 
 # Schema: a key maps to a type tag or a nested schema (a dict).
 # Type tags: "str", "str-list", "int-list", "str-map", "tables:<name>" (array of tables).
@@ -590,6 +592,12 @@ def parse_recipe(path: Path) -> Recipe:
     for var in img.get("env", {}):
         if not names.ENV_NAME.fullmatch(var):
             raise v.fail(("image", "env", var), "is not an environment variable name ([A-Za-z_][A-Za-z0-9_]*)")
+    for key in img.get("labels", {}):
+        if key.lower().startswith(RESERVED_LABELS):
+            # buildsys finds its own containers by these labels; a container inherits its image's labels,
+            # so a recipe setting them would make anyone's container of the image look like buildsys's.
+            raise v.fail(("image", "labels", key), f"the label namespace '{RESERVED_LABELS}' is reserved for "
+                         "buildsys itself", hint='use your own namespace, e.g. "org.example.team"')
     if "workdir" in img and not img["workdir"].startswith("/"):
         raise v.fail(("image", "workdir"), f"'{img['workdir']}' must be an absolute path",
                      hint="docker refuses a relative working directory")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import getpass
 import hashlib
 import io
-import json
+import ipaddress
 import os
 import re
 import secrets
@@ -33,7 +33,6 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from buildsys.build.builder import Builder
 from buildsys.build.records import BuiltImage
@@ -42,21 +41,19 @@ from buildsys.core.store import Store
 from buildsys.engine import ContainerSpec, Engine, EngineError, GpuRequest
 from buildsys.model.graph import Graph
 from buildsys.model.lockfile import Lock
+from buildsys.use.doctor import GpuUnavailable
+from buildsys.use.mounts import CUDA_CACHE as CUDA_CACHE  # planned in use.mounts; importable from here as before
+from buildsys.use.mounts import check_folder as check_folder
+from buildsys.use.mounts import check_volumes, plan_mounts
+from buildsys.use.mounts import parse_volume as parse_volume
 
 RUN_LABEL = "io.buildsys.run"  # value: the recipe; every `buildsys run` container
 OWNER_LABEL = "io.buildsys.owner"  # host:pid of the buildsys process that made it
-UP_LABEL = "io.buildsys.up"  # value: the recipe; `up` containers, with FOLDER_LABEL
+UP_LABEL = "io.buildsys.up"  # value: the recipe; `up` containers and network, with FOLDER_LABEL
 FOLDER_LABEL = "io.buildsys.folder"  # the folder `up` was run in: `down` there removes exactly these
 ROLE_LABEL = "io.buildsys.role"  # jupyter | tensorboard
-
-# Inside the container: where the host's CUDA kernel cache is mounted. Outside HOME on purpose:
-# a bind mount under HOME would make docker create HOME's parents as root, unwritable.
-CUDA_CACHE = "/var/cache/buildsys/cuda"
-
-# Folders that must not be hidden by the current folder's mount (cd to a project folder first).
-_SYSTEM = ("/", "/bin", "/boot", "/dev", "/etc", "/lib", "/lib64", "/proc", "/root", "/run", "/sbin", "/sys",
-           "/usr", "/var", "/home")
-_SYSTEM_TREES = ("/bin/", "/boot/", "/dev/", "/etc/", "/lib/", "/lib64/", "/proc/", "/sbin/", "/sys/", "/usr/")
+# A recipe may not set io.buildsys.* labels (buildsys.model.recipe), and cleanup believes a label only
+# when it was set at create, not inherited from the image (Engine.labelled).
 
 JUPYTER_PORT = 8888
 TENSORBOARD_PORT = 6006
@@ -119,31 +116,20 @@ def parse_port(spec: str) -> tuple[str, int, int]:
                                                       "(or -p 127.0.0.1:8888:8888)")
 
 
-def parse_volume(spec: str, cwd: Path) -> tuple[str, str, bool]:
-    """``HOST:CONTAINER[:ro|rw]``; HOST must exist (docker would make an empty root-owned folder)."""
-    parts = spec.split(":")
-    mode = parts.pop() if len(parts) == 3 and parts[-1] in ("ro", "rw") else "rw"
-    if len(parts) != 2 or not parts[0] or not parts[1].startswith("/"):
-        raise UsageError(f"-v {spec}: not a mount", "use -v HOST:CONTAINER[:ro], CONTAINER an absolute path, "
-                                                    "e.g. -v ~/data:/data:ro")
-    host = (cwd / Path(parts[0]).expanduser()).resolve()
-    if not host.exists():
-        raise UsageError(f"-v {spec}: {host} does not exist", f"create it (`mkdir -p {host}`) or fix the path")
-    return str(host), parts[1], mode == "ro"
-
-
-def check_folder(cwd: Path) -> None:
-    """The current folder is mounted at its own path: refuse one that would hide the image's system."""
-    text = str(cwd)
-    if text in _SYSTEM or text.startswith(_SYSTEM_TREES):
-        raise UsageError(f"the current folder {cwd} would hide the image's own {text} when mounted",
-                         "cd into a project folder first (buildsys mounts the current folder at the same path)")
-
-
 def check_ports_free(ports: Sequence[tuple[str, int, int]], flag: Callable[[int], str]) -> None:
-    """Fail before anything starts when a host port is taken (docker would fail half-way)."""
+    """Fail before anything starts when a host port is taken, or asked for twice (docker would fail half-way).
+
+    The probe binds with SO_REUSEADDR, as docker's proxy (a Go listener) does: a port whose last connection
+    is in TIME_WAIT (`up` right after `down`) is free, one something listens on is not.
+    """
+    every = ("", "0.0.0.0")
+    seen: list[tuple[str, int]] = []
     for ip, port, _ in ports:
+        if any(p == port and (i == ip or i in every or ip in every) for i, p in seen):
+            raise UsageError(f"host port {port} is asked for twice; nothing was started", flag(port))
+        seen.append((ip, port))
         with socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind((ip or "0.0.0.0", port))
             except OSError as e:
@@ -273,6 +259,11 @@ class RunOptions:
     network: str | None = None
     tty: bool = False
 
+    def __post_init__(self) -> None:
+        # Before anything is created or started: a folder that would hide the image's system, two mounts on one path.
+        check_folder(self.cwd)
+        check_volumes(self.cwd, self.volumes)
+
 
 def plan_run(image: str, opts: RunOptions, who: Identity, cuda_cache: Path, init: bool = True) -> ContainerSpec:
     """The container of ``buildsys run``: plain data, nothing started."""
@@ -281,7 +272,7 @@ def plan_run(image: str, opts: RunOptions, who: Identity, cuda_cache: Path, init
     if opts.tty:
         env["TERM"] = os.environ.get("TERM", "xterm")
     cwd = str(opts.cwd)
-    mounts = ((cwd, cwd, False), (str(cuda_cache), CUDA_CACHE, False), *opts.volumes)
+    mounts = plan_mounts(opts.cwd, cuda_cache, opts.volumes)
     return ContainerSpec(
         image=image, command=opts.command or None, env=tuple(sorted(env.items())), user=who.user, workdir=cwd,
         mounts=mounts, ports=opts.ports, gpus=(opts.gpus,) if opts.gpus else (), network=opts.network,
@@ -289,7 +280,7 @@ def plan_run(image: str, opts: RunOptions, who: Identity, cuda_cache: Path, init
 
 
 def mount_targets(opts: RunOptions) -> list[str]:
-    return [str(opts.cwd), CUDA_CACHE, *(t for _, t, _ in opts.volumes)]
+    return [t for _, t, _ in plan_mounts(opts.cwd, Path("/nonexistent"), opts.volumes)]
 
 
 def execute(engine: Engine, spec: ContainerSpec, who: Identity,
@@ -320,8 +311,6 @@ def gpu_start_error(e: EngineError, spec: ContainerSpec) -> BuildsysError:
     """docker's words for a GPU request it cannot serve, said as what is missing."""
     text = str(e)
     if spec.gpus and ("device driver" in text or "nvidia" in text.lower()):
-        from buildsys.use.doctor import GpuUnavailable
-
         return GpuUnavailable(f"the engine refused the GPU request at start: {e.message}")
     return e
 
@@ -338,6 +327,24 @@ class UpOptions:
     gpus: GpuRequest | None = None
     bind: str = "127.0.0.1"
 
+    def __post_init__(self) -> None:
+        if self.port == self.tensorboard_port:
+            raise UsageError(f"--port and --tensorboard-port are both {self.port}; nothing was started",
+                             "give each its own, e.g. --port 8888 --tensorboard-port 6006")
+        if self.bind:
+            try:
+                ipaddress.ip_address(self.bind)
+            except ValueError:
+                raise UsageError(f"--bind {self.bind}: not an IP address",
+                                 "use --bind 127.0.0.1 (this host only), ::1, or 0.0.0.0 (every interface)") from None
+        check_folder(self.cwd)
+
+    @property
+    def url_host(self) -> str:
+        """The host part of the URLs printed: loopback for "every interface", an IPv6 address in brackets."""
+        host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.bind, self.bind)
+        return f"[{host}]" if ":" in host else host
+
 
 def new_token() -> str:
     return secrets.token_hex(24)
@@ -348,7 +355,12 @@ def up_labels(recipe: str, cwd: Path) -> tuple[tuple[str, str], ...]:
 
 
 def container_name(recipe: str, cwd: Path, role: str) -> str:
-    return f"buildsys-{recipe}-{hashlib.sha256(str(cwd).encode()).hexdigest()[:8]}-{role}"
+    return f"{network_name(recipe, cwd)}-{role}"
+
+
+def network_name(recipe: str, cwd: Path) -> str:
+    """The pair's own network: TensorBoard (no authentication) answers nobody on docker's default bridge."""
+    return f"buildsys-{recipe}-{hashlib.sha256(str(cwd).encode()).hexdigest()[:8]}"
 
 
 def plan_up(image: str, opts: UpOptions, who: Identity, token: str, cuda_cache: Path,
@@ -358,19 +370,20 @@ def plan_up(image: str, opts: UpOptions, who: Identity, token: str, cuda_cache: 
     env = {"PYTHONUNBUFFERED": "1", "HOME": who.home, "USER": who.name, "LOGNAME": who.name,
            "CUDA_CACHE_PATH": CUDA_CACHE}
     labels = up_labels(opts.recipe, opts.cwd)
-    mounts = ((cwd, cwd, False), (str(cuda_cache), CUDA_CACHE, False))
+    mounts = plan_mounts(opts.cwd, cuda_cache, ())
+    network = network_name(opts.recipe, opts.cwd)
     jupyter = ContainerSpec(
         image=image, command=("jupyter", "lab", "--ip=0.0.0.0", f"--port={JUPYTER_PORT}", "--no-browser",
                               f"--ServerApp.root_dir={cwd}",
                               # root on the host is root inside (its files stay its own); Jupyter wants it said
                               *(("--allow-root",) if who.user.startswith("0:") else ())),
         env=tuple(sorted({**env, "JUPYTER_TOKEN": token}.items())), user=who.user, workdir=cwd, mounts=mounts,
-        ports=((opts.bind, opts.port, JUPYTER_PORT),), gpus=(opts.gpus,) if opts.gpus else (),
+        ports=((opts.bind, opts.port, JUPYTER_PORT),), gpus=(opts.gpus,) if opts.gpus else (), network=network,
         labels=(*labels, (ROLE_LABEL, "jupyter")), name=container_name(opts.recipe, opts.cwd, "jupyter"), init=init)
     tensorboard = ContainerSpec(
         image=image, command=("tensorboard", f"--logdir={cwd}/runs", "--bind_all", f"--port={TENSORBOARD_PORT}"),
         env=tuple(sorted(env.items())), user=who.user, workdir=cwd, mounts=mounts,
-        ports=((opts.bind, opts.tensorboard_port, TENSORBOARD_PORT),),
+        ports=((opts.bind, opts.tensorboard_port, TENSORBOARD_PORT),), network=network,
         labels=(*labels, (ROLE_LABEL, "tensorboard")), name=container_name(opts.recipe, opts.cwd, "tensorboard"),
         init=init)
     return [jupyter, tensorboard]
@@ -386,20 +399,18 @@ class UpResult:
 def start_up(engine: Engine, specs: Sequence[ContainerSpec], who: Identity, opts: UpOptions, token: str,
              timeout: float = 120.0) -> UpResult:
     """Start both and wait until each answers over HTTP; on any failure remove both."""
-    folder = dict(specs[0].labels)[FOLDER_LABEL]
-    running = engine.labelled(UP_LABEL, opts.recipe)
-    mine = [name for cid, name, _ in running if dict(engine.inspect(cid)["Config"]["Labels"]).get(
-        FOLDER_LABEL) == folder]
-    if mine:
+    if mine := [name for _, name in _up_containers(engine, opts.recipe, opts.cwd)]:
         raise AlreadyUp(opts.recipe, opts.cwd, mine)
     check_ports_free([p for s in specs for p in s.ports],
                      lambda port: "--port N" if port == opts.port else "--tensorboard-port N")
     (opts.cwd / "runs").mkdir(exist_ok=True)
-    host = "127.0.0.1" if opts.bind in ("", "0.0.0.0") else opts.bind
+    host = opts.url_host
     jupyter_url = f"http://{host}:{opts.port}/lab?token={token}"
     tensorboard_url = f"http://{host}:{opts.tensorboard_port}/"
+    network = network_name(opts.recipe, opts.cwd)
     ids: list[str] = []
     try:
+        engine.ensure_network(network, dict(up_labels(opts.recipe, opts.cwd)))
         for spec in specs:
             cid = engine.create(spec)
             ids.append(cid)
@@ -419,6 +430,7 @@ def start_up(engine: Engine, specs: Sequence[ContainerSpec], who: Identity, opts
     except BaseException:
         for cid in ids:
             engine.remove(cid)
+        engine.remove_network(network, dict(up_labels(opts.recipe, opts.cwd)))
         raise
     return UpResult(jupyter_url, tensorboard_url, tuple(ids))
 
@@ -442,75 +454,19 @@ def _wait_http(engine: Engine, cid: str, what: str, url: str, timeout: float) ->
     raise ServiceFailed(what, f"no answer on {url.split('?')[0]} within {timeout:.0f}s ({why})", engine.logs(cid))
 
 
+def _up_containers(engine: Engine, recipe: str, cwd: Path) -> list[tuple[str, str]]:
+    """(id, name) of the containers ``up RECIPE`` made in ``cwd``: both labels set by buildsys, not inherited."""
+    return [(cid, name) for cid, name, _ in engine.labelled(UP_LABEL, recipe)
+            if engine.created_labels(cid).get(FOLDER_LABEL) == str(cwd)]
+
+
 def down(engine: Engine, recipe: str, cwd: Path) -> list[str]:
-    """Remove exactly the containers that ``up RECIPE`` started in ``cwd``; return their names."""
-    found = [(cid, name) for cid, name, _ in engine.labelled(UP_LABEL, recipe)
-             if dict(engine.inspect(cid)["Config"]["Labels"]).get(FOLDER_LABEL) == str(cwd)]
+    """Remove exactly the containers (and the network) that ``up RECIPE`` made in ``cwd``; return their names."""
+    found = _up_containers(engine, recipe, cwd)
     for cid, _ in found:
         engine.remove(cid)
+    engine.remove_network(network_name(recipe, cwd), dict(up_labels(recipe, cwd)))
     return sorted(name for _, name in found)
-
-
-def compose(image: str, opts: UpOptions, user: HostUser) -> dict[str, Any]:
-    """The ``up`` pair as a Compose Specification document (the token comes from the environment)."""
-    specs = plan_up(image, opts, Identity(f"{user.uid}:{user.gid}", user.name, "/tmp", None),
-                    "${JUPYTER_TOKEN:?export JUPYTER_TOKEN first, a long random string}", Path("/nonexistent"))
-    services: dict[str, Any] = {}
-    for spec in specs:
-        role = dict(spec.labels)[ROLE_LABEL]
-        env = {k: v for k, v in spec.env if k != "CUDA_CACHE_PATH"}
-        svc: dict[str, Any] = {
-            "image": spec.image,
-            "command": list(spec.command or ()),
-            "user": spec.user,
-            "working_dir": spec.workdir,
-            "environment": env,
-            "volumes": [f"{opts.cwd}:{opts.cwd}"],
-            "ports": [f"{ip}:{h}:{c}" if ip else f"{h}:{c}" for ip, h, c in spec.ports],
-            "init": spec.init,
-            "labels": {k: v for k, v in spec.labels},
-        }
-        if spec.gpus:
-            g = spec.gpus[0]
-            dev: dict[str, Any] = {"driver": "nvidia", "capabilities": ["gpu"]}
-            if g.device_ids:
-                dev["device_ids"] = list(g.device_ids)
-            else:
-                dev["count"] = "all" if g.count == -1 else g.count
-            svc["deploy"] = {"resources": {"reservations": {"devices": [dev]}}}
-        services[role] = svc
-    return {"name": f"buildsys-{opts.recipe}", "services": services}
-
-
-def to_yaml(doc: Any, indent: int = 0) -> str:
-    """A small YAML writer for compose documents: scalars as JSON strings (valid YAML), maps and lists."""
-    pad = "  " * indent
-    lines: list[str] = []
-    if isinstance(doc, dict):
-        for k, v in doc.items():
-            if isinstance(v, dict | list) and v:
-                lines.append(f"{pad}{k}:")
-                lines.append(to_yaml(v, indent + 1))
-            else:
-                lines.append(f"{pad}{k}: {_scalar(v)}")
-    elif isinstance(doc, list):
-        for v in doc:
-            if isinstance(v, dict) and v:
-                inner = to_yaml(v, indent + 1).splitlines()
-                lines.append(f"{pad}- {inner[0].lstrip()}")
-                lines += inner[1:]
-            else:
-                lines.append(f"{pad}- {_scalar(v)}")
-    return "\n".join(lines)
-
-
-def _scalar(v: Any) -> str:
-    if isinstance(v, dict | list):
-        return "{}" if isinstance(v, dict) else "[]"
-    if isinstance(v, bool | int) or v is None:
-        return json.dumps(v)
-    # Compose interpolates ${...}; a literal $ elsewhere would need $$ (none are written).
-    return json.dumps(str(v))
 
 
 def _owner() -> str:
