@@ -90,7 +90,7 @@ class RemoteCache:
         config_digest = manifest["config"]["digest"]
         if not isinstance(config_digest, str) or not _DIGEST.fullmatch(config_digest):
             raise ValueError("the config digest is not sha256:<64 hex>")
-        config_bytes = reg.get_blob_bytes(repo, config_digest)
+        config_bytes = reg.get_blob_bytes(repo, config_digest, manifest["config"].get("size"))
         config = json.loads(config_bytes)
         diff_ids = tuple(config.get("rootfs", {}).get("diff_ids", []))
         labels = (config.get("config") or {}).get("Labels") or {}
@@ -105,9 +105,7 @@ class RemoteCache:
             fd, tmp = tempfile.mkstemp(dir=layout.root, prefix=".remote-", suffix=".tmp")
             try:
                 with os.fdopen(fd, "wb") as out:
-                    got = reg.get_blob(repo, top, out)  # hashed: BlobMismatch if not ``top``
-                if got != size:
-                    raise RegistryError(reg.host, f"layer {top} has {got} bytes, its manifest says {size}")
+                    reg.get_blob(repo, top, out, size)  # stops at size + 1; hashed: BlobMismatch if not ``top``
                 layout.add_blob_file(Path(tmp), digest=top)
             finally:
                 if os.path.exists(tmp):
