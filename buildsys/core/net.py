@@ -91,9 +91,11 @@ class DeadlineExceeded(NetError):
 
 
 class TooLarge(NetError):
-    def __init__(self, url: str, what: str, limit: int) -> None:
-        self.what, self.limit = what, limit
-        super().__init__(url, f"{what} is larger than {limit} bytes (stopped reading at {limit + 1})",
+    def __init__(self, url: str, what: str, limit: int, declared: int | None = None) -> None:
+        self.what, self.limit, self.declared = what, limit, declared
+        how = f"declares {declared} bytes, refused before reading" if declared is not None \
+            else f"stopped reading at {limit + 1}"
+        super().__init__(url, f"{what} is larger than {limit} bytes ({how})",
                          "the server sends more than it declared or than buildsys accepts; it is damaged or "
                          "hostile: do not use it")
 
@@ -239,7 +241,7 @@ class Response:
         """The whole body, refused beyond ``limit`` bytes."""
         declared = self.declared_length
         if declared is not None and declared > limit:
-            raise TooLarge(self.url, f"{what} (declared {declared} bytes)", limit)
+            raise TooLarge(self.url, what, limit, declared)
         return b"".join(self.chunks(limit, what))
 
     def stream(self, write: Callable[[bytes], object], limit: int | None, what: str) -> int:
@@ -321,6 +323,10 @@ class Client:
                 self._sleep(self.backoff * 2 ** (attempt - 2))
             try:
                 resp = self._follow(method, url, headers or {}, body, credential)
+            except requests.exceptions.SSLError as e:  # a certificate or protocol problem: no blip
+                raise NetError(url, f"TLS failed: {_short(e)}",
+                               "the server's certificate is not trusted here, or it does not speak HTTPS "
+                               "(a registry on plain http needs --insecure)") from e
             except (requests.RequestException, urllib3.exceptions.HTTPError) as e:
                 last = _short(e)
                 continue

@@ -30,10 +30,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import quote, urljoin
+from urllib.parse import urlencode, urljoin
 
 from buildsys.core import net
 from buildsys.core.errors import BuildsysError, UsageError
+from buildsys.core.urlpolicy import local_reason
 from buildsys.model.lockschema import IMAGE_LAYER
 
 MANIFEST_TYPES = (
@@ -179,7 +180,10 @@ class Registry:
         local = loopback(host)
         self.scheme = "http" if insecure or local else "https"
         self.credentials = credentials if credentials is not None else docker_credentials(host)
-        policy = net.Policy(https_only=True, local_ok=local, insecure=frozenset({host.lower()} if insecure else ()),
+        # A registry on this machine (by its name or address) may be read, and may lead here; a remote
+        # one may not send the client to this machine (a redirect to loopback or a metadata address).
+        here = local_reason(f"http://{host}/") is not None
+        policy = net.Policy(https_only=True, local_ok=here, insecure=frozenset({host.lower()} if insecure else ()),
                             loopback=loopback)
         self.client = net.Client(policy, attempts=attempts, backoff=backoff, deadline=deadline,
                                  read_timeout=timeout)
@@ -252,7 +256,7 @@ class Registry:
         realm = params.get("realm")
         if not realm:
             raise RegistryAuthError(self.host, "a Bearer challenge without a realm")
-        query = "&".join(f"{k}={quote(v, safe=':/,')}" for k, v in params.items() if k in ("service", "scope"))
+        query = urlencode({k: v for k, v in params.items() if k in ("service", "scope")})
         url = realm + (("&" if "?" in realm else "?") + query if query else "")
         credential = None
         if self.credentials and self.client.policy.carries_credentials(url):
