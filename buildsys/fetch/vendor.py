@@ -79,9 +79,10 @@ class SizeMismatch(HashMismatch):
     def __init__(self, art: Artifact, url: str, detail: str) -> None:
         self.artifact, self.url = art, url
         self.what, self.expected, self.actual = f"{art.name} {art.version}", art.sha256.lower(), detail
-        FetchError.__init__(self, f"{art.name} {art.version} ({art.filename}): {url}: wrong size: {detail}; it was not kept",
-                         "the server (or something between) serves another file than the one locked; if the "
-                         "upstream file really changed, relock with `buildsys lock --upgrade`")
+        FetchError.__init__(self, f"{art.name} {art.version} ({art.filename}): {url}: wrong size: {detail}; it "
+                            "was not kept",
+                            "the server (or something between) serves another file than the one locked; if the "
+                            "upstream file really changed, relock with `buildsys lock --upgrade`")
 
 
 class StoreWriteFailed(FetchError):
