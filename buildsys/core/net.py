@@ -225,7 +225,9 @@ class Response:
             self._check_time()
             want = CHUNK if limit is None else min(CHUNK, limit + 1 - self.received)
             try:
-                chunk = raw.read1(max(want, 1), decode_content=True)
+                # The bytes as sent: a .tar.gz served with Content-Encoding: gzip (as some servers do
+                # despite Accept-Encoding: identity) must keep its locked sha256, as pip's downloads do.
+                chunk = raw.read1(max(want, 1), decode_content=False)
             except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as e:
                 if isinstance(e, urllib3.exceptions.ReadTimeoutError):
                     raise DeadlineExceeded(self.url, time.monotonic() - self._started, self.received) from e

@@ -140,8 +140,6 @@ def _platform_entry(index: dict[str, Any], platform: str, where: str) -> str:
             found.append(f"{name} (variant {'/'.join(have[2:]) or 'none'}, not {want[2]})")
         elif m.get("mediaType") not in (*IMAGE_MANIFEST_TYPES, None):
             found.append(f"{name} (a {m['mediaType']}, not an image manifest buildsys reads)")
-        elif p.get("os.version") and not str(p.get("os")).startswith("linux"):
-            found.append(f"{name} (os.version {p['os.version']})")
         else:
             return str(m["digest"])
     raise LockError(f"{where}: the index has no {platform} image (it has: {'; '.join(found) or 'none'})",
