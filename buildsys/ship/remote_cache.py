@@ -27,7 +27,7 @@ from pathlib import Path
 from buildsys.build.builder import LayerRecord
 from buildsys.model.recipe import Recipe
 from buildsys.oci.image import MANIFEST_MEDIA_TYPE, OciLayout, digest_bytes
-from buildsys.oci.registry import NotInRegistry, Reference, Registry, RegistryError
+from buildsys.oci.registry import NotInRegistry, Reference, Registry, RegistryError, parse_manifest
 from buildsys.ship.publish import push_image
 
 TAG_PREFIX = "bs-"
@@ -77,7 +77,7 @@ class RemoteCache:
     def _fetch(self, reg: Registry, repo: str, key: str, recipe: Recipe, parent: LayerRecord | None,
                layout: OciLayout) -> LayerRecord | None:
         manifest_bytes, _, manifest_digest = reg.get_manifest(repo, self.tag(key))
-        manifest = json.loads(manifest_bytes)
+        manifest = parse_manifest(reg.host, f"cache entry {self.tag(key)[:19]}", manifest_bytes)
         layers = [(d["digest"], int(d["size"])) for d in manifest.get("layers", [])]
         if not all(isinstance(d, str) and _DIGEST.fullmatch(d) for d, _ in layers):
             raise ValueError("a layer digest is not sha256:<64 hex>")
