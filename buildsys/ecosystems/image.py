@@ -142,7 +142,7 @@ def _platform_entry(index: dict[str, Any], platform: str, where: str) -> str:
             found.append(f"{name} (a {m['mediaType']}, not an image manifest buildsys reads)")
         else:
             return str(m["digest"])
-    raise LockError(f"{where}: the index has no {platform} image (it has: {'; '.join(found) or 'none'})",
+    raise LockError(f"{where}: the index has no {platform} entry (it has: {'; '.join(found) or 'none'})",
                     'pick an image built for it, or set [base] platform = "..." to one of those')
 
 

@@ -27,7 +27,14 @@ from pathlib import Path
 from buildsys.build.builder import LayerRecord
 from buildsys.model.recipe import Recipe
 from buildsys.oci.image import MANIFEST_MEDIA_TYPE, OciLayout, digest_bytes
-from buildsys.oci.registry import NotInRegistry, Reference, Registry, RegistryError, parse_manifest
+from buildsys.oci.registry import (
+    NotInRegistry,
+    Reference,
+    Registry,
+    RegistryDataError,
+    RegistryError,
+    parse_manifest,
+)
 from buildsys.ship.publish import push_image
 
 TAG_PREFIX = "bs-"
@@ -65,6 +72,10 @@ class RemoteCache:
         try:
             return self._fetch(reg, ref.repository, key, recipe, parent, layout)
         except NotInRegistry:
+            return None
+        except RegistryDataError as e:  # an answer that is no entry of ours
+            self.report(recipe.name, "remote miss", f"entry {self.tag(key)[:19]} is not a manifest buildsys "
+                                                    f"wrote ({e.field}: {e.problem.rsplit(': ', 1)[-1]}); ignored")
             return None
         except RegistryError as e:
             self.report(recipe.name, "remote miss", e.message)
