@@ -6,7 +6,8 @@ is locked: a recipe (which arrives in a pull request like any code) could name
 the cloud metadata address, and a ``run`` step would copy what it got into
 the image. So ``file:`` URLs and hosts on loopback, link-local or unspecified
 addresses are refused unless the entry opts in with ``local = true``, and
-every redirect is held to the same rule. Debian mirrors and CRAN-like
+every redirect is held to the same rule (``net.Policy`` applies this module's
+judgement to each hop the one HTTP client follows). Debian mirrors and CRAN-like
 repositories are not restricted here: apt checks every index it reads against
 Debian's keyring, and a repository must serve a parseable index before any
 file of it is named, so neither can be pointed at an arbitrary host file.
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-import urllib.request
 from urllib.parse import urlsplit
 
 LOCAL_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback")
@@ -63,27 +63,3 @@ def _address_reason(host: str) -> str | None:
     if addr.is_unspecified:
         return f"{host}: the unspecified address (this machine)"
     return None
-
-
-class LocalURLRefused(OSError):
-    """A redirect led to this machine; raised inside urllib, translated by the caller."""
-
-    def __init__(self, url: str, reason: str) -> None:
-        self.url, self.reason = url, reason
-        super().__init__(f"redirected to {url}, which buildsys refuses: {reason}")
-
-
-class _GuardedRedirects(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
-        if urlsplit(newurl).scheme not in ("http", "https"):
-            raise LocalURLRefused(newurl, "a redirect may lead only to http(s)")
-        if reason := local_reason(newurl, resolve=True):
-            raise LocalURLRefused(newurl, reason)
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-
-def opener(allow_local: bool) -> urllib.request.OpenerDirector:
-    """urllib's opener; without ``allow_local`` a redirect to this machine is refused."""
-    if allow_local:
-        return urllib.request.build_opener()
-    return urllib.request.build_opener(_GuardedRedirects)

@@ -20,8 +20,6 @@ import hashlib
 import heapq
 import re
 import shlex
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,12 +27,13 @@ from typing import TYPE_CHECKING, TypeVar
 
 from packageurl import PackageURL
 
-from buildsys.core import names
+from buildsys.core import names, net
 from buildsys.core.errors import FetchError, HashMismatch, LockError, NotVendored, did_you_mean
 from buildsys.core.store import Artifact, Store
-from buildsys.core.urlpolicy import LocalURLRefused, local_reason, opener
+from buildsys.core.urlpolicy import local_reason
 from buildsys.ecosystems.apt_layer import chain_debs
 from buildsys.ecosystems.base import MOUNT, STEP_MARKER, Component, Ecosystem, LockContext, Pin
+from buildsys.engine import Engine
 from buildsys.model.lockfile import Lock, LockedCran
 from buildsys.model.recipe import Recipe
 
@@ -232,15 +231,14 @@ def read_index(recipe: Recipe) -> tuple[dict[str, IndexEntry], str]:
     for name in ("PACKAGES.gz", "PACKAGES"):
         url = f"{contrib(repo)}/{name}"
         try:
-            with opener(allow_local).open(urllib.request.Request(url), timeout=60) as resp:
-                raw = resp.read()
-        except urllib.error.HTTPError as e:
-            failures.append(f"{url}: HTTP {e.code}")
-            continue
-        except LocalURLRefused as e:
-            raise CranRepoUnreachable(recipe.path, repo, str(e)) from e
-        except (urllib.error.URLError, OSError) as e:
-            raise CranRepoUnreachable(recipe.path, repo, str(getattr(e, "reason", e))) from e
+            with net.Client(net.Policy(local_ok=allow_local), attempts=3) as client, \
+                    client.send("GET", url) as resp:
+                if resp.status_code >= 400:
+                    failures.append(f"{url}: HTTP {resp.status_code}")
+                    continue
+                raw = resp.read(net.MAX_INDEX, f"the repository index {name}")
+        except net.NetError as e:
+            raise CranRepoUnreachable(recipe.path, repo, e.message) from e
         try:
             text = (gzip.decompress(raw) if name.endswith(".gz") else raw).decode("utf-8")
         except (OSError, EOFError, UnicodeDecodeError) as e:
@@ -387,15 +385,6 @@ def lock_cran(recipe: Recipe, store: Store, engine: Engine, image: str, above: M
 
 def _download(store: Store, url: str, entry: IndexEntry, allow_local: bool) -> tuple[str, int]:
     """The tarball into the vendor store; checked against the index's MD5sum when it has one."""
-    try:
-        resp = opener(allow_local).open(urllib.request.Request(url), timeout=60)
-    except urllib.error.HTTPError as e:
-        raise FetchError(f"{entry.name} {entry.version}: {url} answered HTTP {e.code}, though the repository's "
-                         "index lists it", hint="the repository may be mid-update: run `buildsys lock` again "
-                                                "later, or use a dated snapshot") from e
-    except (urllib.error.URLError, OSError) as e:
-        raise FetchError(f"{entry.name} {entry.version}: cannot download {url}: {getattr(e, 'reason', e)}",
-                         hint="check the network and cran.repo, then `buildsys lock` again") from e
     md5 = hashlib.md5(usedforsecurity=False)
 
     def md5_matches() -> None:
@@ -403,8 +392,17 @@ def _download(store: Store, url: str, entry: IndexEntry, allow_local: bool) -> t
             raise HashMismatch(f"R package {entry.name} {entry.version} (MD5sum in PACKAGES)", url, entry.md5,
                                md5.hexdigest(), algorithm="MD5")
 
-    with resp:
-        return store.vendor_stream(resp, "cran-", also=[md5], check=md5_matches)
+    try:
+        with net.Client(net.Policy(local_ok=allow_local), attempts=3) as client, client.send("GET", url) as resp:
+            if resp.status_code >= 400:
+                raise FetchError(f"{entry.name} {entry.version}: {url} answered HTTP {resp.status_code}, though "
+                                 "the repository's index lists it",
+                                 hint="the repository may be mid-update: run `buildsys lock` again later, or use "
+                                      "a dated snapshot")
+            return store.vendor_stream(resp.reader(None, url), "cran-", also=[md5], check=md5_matches)
+    except net.NetError as e:
+        raise FetchError(f"{entry.name} {entry.version}: cannot download {url}: {e.message}",
+                         hint="check the network and cran.repo, then `buildsys lock` again") from e
 
 
 def install_script(packages: Sequence[LockedCran], repo: str, mount: str, epoch: int) -> str:

@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import dataclasses
 import email.utils
-import urllib.error
-import urllib.request
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from packageurl import PackageURL
 
+from buildsys.core import net
 from buildsys.core.errors import FetchError, HashMismatch, NotVendored, RecipeError
 from buildsys.core.store import Artifact, Store
-from buildsys.core.urlpolicy import LocalURLRefused, local_reason, opener
+from buildsys.core.urlpolicy import local_reason
 from buildsys.ecosystems.base import Component, Ecosystem, LockContext, Pin
 from buildsys.model.lockfile import Lock, LockedFile
 from buildsys.model.recipe import Recipe
@@ -53,20 +54,35 @@ def lock_files(recipe: Recipe, store: Store, warn: Callable[[str], None] = lambd
 
 def _download(store: Store, url: str, what: str, allow_local: bool) -> tuple[str, int, int | None]:
     """Stream ``url`` into the vendor store; return its sha256, size and Last-Modified time."""
+    if urlsplit(url).scheme == "file":  # only with local = true (checked by the caller)
+        return _copy(store, url, what)
+    client = net.Client(net.Policy(local_ok=allow_local), attempts=3)
     try:
-        resp = opener(allow_local).open(urllib.request.Request(url), timeout=60)
-    except LocalURLRefused as e:
-        raise RecipeError(what.split(": ", 1)[0], f"{url} was {e}", key=what.split(": ", 1)[-1],
+        with client.send("GET", url) as resp:
+            if resp.status_code >= 400:
+                raise FetchError(f"{what}: {url} answered HTTP {resp.status_code}", hint="check the URL")
+            lm = resp.headers.get("Last-Modified")
+            modified = int(email.utils.parsedate_to_datetime(lm).timestamp()) if lm else None
+            sha, size = store.vendor_stream(resp.reader(None, url), "file-")
+    except net.URLRefused as e:
+        raise RecipeError(what.split(": ", 1)[0], f"{url} was redirected to {e.url}, which buildsys refuses: "
+                          f"{e.reason}", key=what.split(": ", 1)[-1],
                           hint="pin the final URL, or add local = true to the entry if this is on purpose") from e
-    except urllib.error.HTTPError as e:
-        raise FetchError(f"{what}: {url} answered HTTP {e.code}", hint="check the URL") from e
-    except (urllib.error.URLError, OSError) as e:
-        raise FetchError(f"{what}: cannot download {url}: {getattr(e, 'reason', e)}",
-                         hint="check the URL and the network") from e
-    lm = resp.headers.get("Last-Modified")
-    modified = int(email.utils.parsedate_to_datetime(lm).timestamp()) if lm else None
-    with resp:
-        sha, size = store.vendor_stream(resp, "file-")
+    except net.NetError as e:
+        raise FetchError(f"{what}: cannot download {url}: {e.message}", hint="check the URL and the network") from e
+    finally:
+        client.close()
+    return sha, size, modified
+
+
+def _copy(store: Store, url: str, what: str) -> tuple[str, int, int | None]:
+    path = Path(unquote(urlsplit(url).path))
+    try:
+        with open(path, "rb") as f:
+            modified = int(os.fstat(f.fileno()).st_mtime)
+            sha, size = store.vendor_stream(f, "file-")
+    except OSError as e:
+        raise FetchError(f"{what}: cannot read {path}: {e.strerror}", hint="check the path") from e
     return sha, size, modified
 
 

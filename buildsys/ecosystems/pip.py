@@ -46,9 +46,6 @@ import ssl
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
 import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -71,12 +68,13 @@ from packaging.utils import (
 )
 from packaging.version import InvalidVersion, Version
 
-from buildsys import __version__
+from buildsys.core import net
 from buildsys.core.errors import LockError, NotVendored, RecipeError
 from buildsys.core.store import Artifact, Store, atomic_write
 from buildsys.core.urlpolicy import local_reason
 from buildsys.ecosystems.apt_layer import chain_debs
 from buildsys.ecosystems.base import MOUNT, STEP_MARKER, Component, Ecosystem, LockContext, Pin
+from buildsys.engine import Engine
 from buildsys.model.lockfile import Lock, LockedPip, LockedWheelFile
 from buildsys.model.recipe import Recipe
 
@@ -110,7 +108,6 @@ CA_MOUNT = "/buildsys-ca.pem"
 WHEELS_DIR = "/buildsys/wheels"
 REQUIREMENTS = "requirements.txt"  # written by stage_wheels beside the wheels
 
-USER_AGENT = f"buildsys/{__version__}"
 _SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
 _PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
 
@@ -749,20 +746,18 @@ def _http_get(url: str, accept: str) -> tuple[bytes, str, str]:
 
 def _request(url: str, *, accept: str = "*/*", method: str = "GET",
              tries: int = 3) -> tuple[bytes, str, str, Mapping[str, str]]:
-    req = urllib.request.Request(url, method=method, headers={"Accept": accept, "User-Agent": USER_AGENT})
-    for attempt in range(1, tries + 1):
-        try:
-            with urllib.request.urlopen(req, timeout=60) as resp:
-                body = resp.read() if method == "GET" else b""
-                return body, resp.headers.get("Content-Type", ""), resp.geturl(), dict(resp.headers)
-        except urllib.error.HTTPError as e:
-            if e.code < 500 or attempt == tries:
-                raise IndexUnreachable(url, f"HTTP {e.code} {e.reason}") from e
-        except (urllib.error.URLError, OSError) as e:
-            if attempt == tries:
-                raise IndexUnreachable(url, str(getattr(e, "reason", e))) from e
-        time.sleep(0.5 * 2 ** (attempt - 1))
-    raise AssertionError("unreachable")
+    # Through the one client: the policy on every redirect (a remote index may not lead to this
+    # machine), a deadline, a bounded page; an index on this machine by the recipe's intent may stay here.
+    policy = net.Policy(local_ok=local_reason(url) is not None)
+    try:
+        with net.Client(policy, attempts=tries) as client, \
+                client.send(method, url, headers={"Accept": accept}) as resp:
+            if resp.status_code >= 400:
+                raise IndexUnreachable(url, f"HTTP {resp.status_code}")
+            body = resp.read(net.MAX_INDEX, "the index page") if method == "GET" else b""
+            return body, resp.headers.get("Content-Type", ""), resp.url, dict(resp.headers)
+    except net.NetError as e:
+        raise IndexUnreachable(url, e.problem) from e
 
 
 # --- build time -----------------------------------------------------------------------------------------------------

@@ -29,7 +29,16 @@ from buildsys.ecosystems.base import Component, Ecosystem, LockContext, Pin
 from buildsys.model.lockfile import ImageBaseLock, Lock, LockedLayer
 from buildsys.model.lockschema import IMAGE_MANIFEST_TYPES, LAYER_MEDIA_TYPES
 from buildsys.model.recipe import ImageBase, Recipe
-from buildsys.oci.registry import NotInRegistry, Reference, Registry, RegistryError, RegistryUnavailable
+from buildsys.oci.registry import (
+    NotInRegistry,
+    Reference,
+    Registry,
+    RegistryError,
+    RegistryUnavailable,
+    parse_config,
+    parse_index,
+    parse_manifest,
+)
 
 INDEX_TYPES = ("application/vnd.oci.image.index.v1+json",
                "application/vnd.docker.distribution.manifest.list.v2+json")
@@ -69,12 +78,15 @@ def lock_image_root(recipe: Recipe, registry: Registry | None = None) -> tuple[I
     where = f"{recipe.path}: base.image {base.image}"
     try:
         data, media, digest = reg.get_manifest(ref.repository, ref.digest or ref.tag or "latest")
+        document = f"manifest {ref.digest or ref.tag or 'latest'} of {ref.repository}"
         if media in INDEX_TYPES or json.loads(data).get("manifests") is not None:
-            entry = _platform_entry(data, base.platform, where)
+            entry = _platform_entry(parse_index(ref.host, document, data), base.platform, where)
             data, media, digest = reg.get_manifest(ref.repository, entry)
-        manifest = _manifest(data, media, where)
+            document = f"manifest {entry} of {ref.repository}"
+        manifest = _manifest(parse_manifest(ref.host, document, data), media, where)
         config_desc = manifest["config"]
-        config = reg.get_blob_bytes(ref.repository, config_desc["digest"])
+        config = reg.get_blob_bytes(ref.repository, config_desc["digest"], config_desc["size"])
+        cfg = parse_config(ref.host, f"config {config_desc['digest']} of {ref.repository}", config)
     except NotInRegistry as e:
         raise LockError(f"{where}: {e.message}",
                         f"check the name and tag on {ref.host} (a tag deleted upstream is gone for good: pin "
@@ -85,9 +97,6 @@ def lock_image_root(recipe: Recipe, registry: Registry | None = None) -> tuple[I
                         "written") from e
     except RegistryError as e:
         raise LockError(f"{where}: {e.message}", e.hint) from e
-    except ValueError as e:  # JSON that is not a manifest
-        raise LockError(f"{where}: the registry's manifest is not valid JSON ({e})") from e
-    cfg = json.loads(config)
     platform = f"{cfg.get('os')}/{cfg.get('architecture')}" + (f"/{cfg['variant']}" if cfg.get("variant") else "")
     if platform.split("/")[:2] != base.platform.split("/")[:2]:
         raise LockError(f"{where}: the image is for {platform}, the recipe asks for {base.platform}",
@@ -122,57 +131,54 @@ def created_epoch(config: dict[str, Any]) -> int:
         return 0
 
 
-def _platform_entry(data: bytes, platform: str, where: str) -> str:
-    index = json.loads(data)
+def _platform_entry(index: dict[str, Any], platform: str, where: str) -> str:
+    """The digest of the index's image for ``platform``; when none fits, say why each near one did not."""
     want = platform.split("/")
     found = []
-    for m in index.get("manifests") or []:
+    for m in index["manifests"]:
         p = m.get("platform") or {}
-        have = [p.get("os", ""), p.get("architecture", "")] + ([p["variant"]] if p.get("variant") else [])
-        found.append("/".join(have))
-        if have[:2] == want[:2] and (len(want) < 3 or have[2:] == want[2:]):
-            if m.get("mediaType") not in (*IMAGE_MANIFEST_TYPES, None):
-                continue
+        have = [str(p.get("os", "")), str(p.get("architecture", ""))]
+        have += [str(p["variant"])] if p.get("variant") else []
+        name = "/".join(have)
+        if have[:2] != want[:2]:
+            found.append(name)
+        elif len(want) > 2 and have[2:] != want[2:]:
+            found.append(f"{name} (variant {'/'.join(have[2:]) or 'none'}, not {want[2]})")
+        elif m.get("mediaType") not in (*IMAGE_MANIFEST_TYPES, None):
+            found.append(f"{name} (a {m['mediaType']}, not an image manifest buildsys reads)")
+        else:
             return str(m["digest"])
-    raise LockError(f"{where}: the index has no {platform} entry (it has: {', '.join(found) or 'none'})",
+    raise LockError(f"{where}: the index has no {platform} entry (it has: {'; '.join(found) or 'none'})",
                     'pick an image built for it, or set [base] platform = "..." to one of those')
 
 
-def _manifest(data: bytes, media: str, where: str) -> dict[str, Any]:
-    manifest = json.loads(data)
+def _manifest(manifest: dict[str, Any], media: str, where: str) -> dict[str, Any]:
     media = media or manifest.get("mediaType", "")
     if media not in IMAGE_MANIFEST_TYPES:
         raise LockError(f"{where}: the registry answered a {media or 'untyped'} document, not an image manifest",
                         "point base.image at an image (or an index of images)")
-    if not isinstance(manifest.get("config"), dict) or not isinstance(manifest.get("layers"), list):
-        raise LockError(f"{where}: the manifest lacks its config or layers")
-    return dict(manifest)
+    return manifest
 
 
-def download(url: str, fd: int, have: int) -> int:
+def download(url: str, fd: int, have: int, size: int | None = None) -> int:
     """Append the blob at ``url`` (``blob_url``) to ``fd`` from byte ``have`` on; return bytes written.
 
     Through ``registry.Registry``, so docker's credentials and a Bearer realm
-    work as they do for ``publish``. The caller hashes the finished file.
+    work as they do for ``publish``. Reading stops one byte past the locked
+    ``size`` (``net.TooLarge``); the caller hashes the finished file.
     """
     host, path = parse_blob_url(url)
     reg = Registry(host)
     headers = {"Accept": ", ".join(IMAGE_MANIFEST_TYPES)} if "/manifests/" in path else {}
     if have:
         headers["Range"] = f"bytes={have}-"
-    resp = reg.request("GET", path, headers=headers, ok=(200, 206), stream=True, what=path.rsplit("/", 1)[-1])
-    try:
+    with reg.request("GET", path, headers=headers, ok=(200, 206), what=path.rsplit("/", 1)[-1]) as resp:
         if resp.status_code == 200 and have:  # the registry ignored Range: from the start
             os.ftruncate(fd, 0)
             have = 0
         os.lseek(fd, have, os.SEEK_SET)
-        written = 0
-        for chunk in resp.iter_content(1 << 20):
-            os.write(fd, chunk)
-            written += len(chunk)
-        return written
-    finally:
-        resp.close()
+        return resp.stream(lambda chunk: os.write(fd, chunk), None if size is None else size - have,
+                           f"blob {path.rsplit('/', 1)[-1]}")
 
 
 def blob_artifacts(pinned: ImageBaseLock) -> list[Artifact]:

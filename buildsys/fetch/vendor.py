@@ -16,28 +16,25 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import http.client
 import os
 import shutil
-import ssl
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from buildsys import __version__
+from buildsys.core import net
 from buildsys.core.errors import FetchError, HashMismatch
 from buildsys.core.store import Artifact, Store, sha256_file
-from buildsys.core.urlpolicy import LocalURLRefused, local_reason, opener
+from buildsys.core.urlpolicy import local_reason
+from buildsys.ecosystems import registry_image as image
+from buildsys.oci.registry import RegistryError
 
 CHUNK = 1 << 16
-USER_AGENT = f"buildsys/{__version__}"
 # Backoff before retry n (1-based): BACKOFF * 2**(n-1) seconds, capped.
 BACKOFF = 0.5
 BACKOFF_MAX = 8.0
@@ -73,6 +70,40 @@ class DownloadFailed(FetchError):
         )
 
 
+class SizeMismatch(HashMismatch):
+    """The server sent a file of another size than the lock pins: not called a sha256 mismatch.
+
+    A ``HashMismatch`` still (the content is not the locked one), for code that handles both alike.
+    """
+
+    def __init__(self, art: Artifact, url: str, detail: str) -> None:
+        self.artifact, self.url = art, url
+        self.what, self.expected, self.actual = f"{art.name} {art.version}", art.sha256.lower(), detail
+        FetchError.__init__(self, f"{art.name} {art.version} ({art.filename}): {url}: wrong size: {detail}; it "
+                            "was not kept",
+                            "the server (or something between) serves another file than the one locked; if the "
+                            "upstream file really changed, relock with `buildsys lock --upgrade`")
+
+
+class StoreWriteFailed(FetchError):
+    """Writing a download failed (a full disk, permissions): names the file system that is full."""
+
+    def __init__(self, partial: Path, detail: str) -> None:
+        self.path = partial
+        mount = _mount_point(partial.parent)
+        super().__init__(f"cannot write {partial}: {detail} (the file system mounted at {mount}, which holds "
+                         f"{partial.parent})",
+                         f"free space on {mount} (or point --store elsewhere) and run `buildsys fetch` again; the "
+                         "partial files of this run were removed")
+
+
+def _mount_point(path: Path) -> Path:
+    path = path.resolve()
+    while not os.path.ismount(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
 class FetchFailures(FetchError):
     """Several artifacts failed; each error is in ``errors``."""
 
@@ -96,6 +127,10 @@ class _Stopped(Exception):
 
 class _LocalWriteError(Exception):
     """Writing the store failed (disk full, permissions): no use retrying."""
+
+
+class _TooLong(Exception):
+    """The body goes on past the locked size: the file is not the locked one."""
 
 
 def fetch(
@@ -137,12 +172,13 @@ def fetch(
     live = progress and sys.stderr.isatty() and bool(todo)
     display = _RichDisplay(todo) if live else _NoDisplay()
     stop = threading.Event()
+    purge = threading.Event()  # a full disk: every download stops and removes its partial file
     errors: list[FetchError] = []
     done_bytes = 0
     downloaded = 0
     with display, ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="fetch") as pool:
         futures: dict[Future[tuple[bool, int]], Artifact] = {
-            pool.submit(_fetch_one, store, art, retries, timeout, display, stop): art for art in todo
+            pool.submit(_fetch_one, store, art, retries, timeout, display, stop, purge): art for art in todo
         }
         try:
             pending = set(futures)
@@ -151,6 +187,13 @@ def fetch(
                 for fut in done:
                     try:
                         placed, nbytes = fut.result()
+                    except _Stopped:  # stopped because another hit a full disk: that one says so
+                        continue
+                    except StoreWriteFailed as e:
+                        purge.set()
+                        stop.set()
+                        errors.append(e)
+                        continue
                     except FetchError as e:
                         errors.append(e)
                         continue
@@ -199,9 +242,19 @@ def verify_store(store: Store, artifacts: Sequence[Artifact], *, remove: bool = 
 
 
 def _fetch_one(
-    store: Store, art: Artifact, retries: int, timeout: float, display: _Display, stop: threading.Event
+    store: Store, art: Artifact, retries: int, timeout: float, display: _Display, stop: threading.Event,
+    purge: threading.Event,
 ) -> tuple[bool, int]:
     """Download, verify and place one artifact; return (placed by us, bytes transferred)."""
+    policy = net.Policy(local_ok=art.local)
+    with contextlib.closing(net.Client(policy, attempts=1, read_timeout=timeout)) as client:
+        return _fetch_with(client, store, art, retries, display, stop, purge)
+
+
+def _fetch_with(
+    client: net.Client, store: Store, art: Artifact, retries: int, display: _Display, stop: threading.Event,
+    purge: threading.Event,
+) -> tuple[bool, int]:
     hexdigest = art.sha256.lower()
     final = store.vendor_path(hexdigest)
     partial = final.with_name(f"{hexdigest}.partial")
@@ -221,7 +274,7 @@ def _fetch_one(
                         raise _Stopped()
                     resumed = os.fstat(fd).st_size > 0
                     try:
-                        transferred += _download(url, fd, art, timeout, lambda n: display.advance(task, n), stop)
+                        transferred += _download(url, fd, art, client, lambda n: display.advance(task, n), stop)
                     except _Transient as e:
                         attempt += 1
                         attempts.append((url, f"{e} (attempt {attempt} of {retries + 1})"))
@@ -232,8 +285,15 @@ def _fetch_one(
                     except _Permanent as e:
                         attempts.append((url, str(e)))
                         break
+                    except _TooLong as e:
+                        if resumed:  # the leftover part may be what is wrong: once more from nothing
+                            _restart(fd)
+                            continue
+                        partial.unlink(missing_ok=True)
+                        raise SizeMismatch(art, url, str(e)) from e
                     except _LocalWriteError as e:
-                        raise FetchError(f"cannot write {partial}: {e}", "free some space in the store") from e
+                        partial.unlink(missing_ok=True)
+                        raise StoreWriteFailed(partial, str(e)) from e
                     actual = _check(fd, art)
                     if actual is None:
                         os.replace(partial, final)
@@ -245,12 +305,16 @@ def _fetch_one(
                         _restart(fd)
                         continue
                     partial.unlink(missing_ok=True)
+                    if art.size is not None and os.fstat(fd).st_size != art.size:
+                        raise SizeMismatch(art, url, f"it has {os.fstat(fd).st_size} bytes, the lock pins "
+                                                     f"{art.size}")
                     raise HashMismatch(f"{art.name} {art.version}", url, art.sha256.lower(), actual)
             raise DownloadFailed(art, attempts)
         finally:
             display.finish(task)
-            # Keep a partial download for the next run to resume, but not an empty file.
-            if not placed and partial.exists() and os.fstat(fd).st_size == 0:
+            # Keep a partial download for the next run to resume (a network failure), but not an
+            # empty file, and nothing once a disk was full: that space is what the user needs back.
+            if not placed and partial.exists() and (purge.is_set() or os.fstat(fd).st_size == 0):
                 partial.unlink(missing_ok=True)
 
 
@@ -298,9 +362,14 @@ def _hash_fd(fd: int) -> str:
 
 
 def _download(
-    url: str, fd: int, art: Artifact, timeout: float, advance: Callable[[int], None], stop: threading.Event
+    url: str, fd: int, art: Artifact, client: net.Client, advance: Callable[[int], None], stop: threading.Event
 ) -> int:
-    """Complete the partial file at ``fd`` from ``url``; return the bytes transferred."""
+    """Complete the partial file at ``fd`` from ``url``; return the bytes transferred.
+
+    Through ``net.Client`` (policy on every hop, deadline); reading stops one
+    byte past the locked size, so an endless body costs one byte more than
+    the file, never the disk.
+    """
     scheme = urlsplit(url).scheme
     if not art.local and (reason := local_reason(url, resolve=True)):
         raise _Permanent(f"refused: {reason}; only a [[files]] entry with local = true may read from this machine")
@@ -315,13 +384,17 @@ def _download(
         if have == art.size:
             return 0  # complete already (interrupted before the rename); hashed by _place
         have = _restart(fd)
-    headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
-    if have:
-        headers["Range"] = f"bytes={have}-"
-    request = urllib.request.Request(url, headers=headers)
+    headers = {"Range": f"bytes={have}-"} if have else {}
     try:
-        with opener(art.local).open(request, timeout=timeout) as resp:
-            if have and resp.status == 206:
+        with client.send("GET", url, headers=headers, retry=False) as resp:
+            if resp.status_code == 416 and have:
+                _restart(fd)
+                raise _Transient("range not satisfiable; starting over")
+            if resp.status_code >= 500 or resp.status_code in (408, 429):
+                raise _Transient(f"HTTP {resp.status_code} {resp.reason}")
+            if resp.status_code >= 400:
+                raise _Permanent(f"HTTP {resp.status_code} {resp.reason}")
+            if have and resp.status_code == 206:
                 content_range = resp.headers.get("Content-Range", "")
                 if not content_range.startswith(f"bytes {have}-"):
                     _restart(fd)
@@ -331,72 +404,49 @@ def _download(
                 have = _restart(fd)  # the server ignored Range: start over
             os.lseek(fd, have, os.SEEK_SET)
             written = _stream(resp, fd, have, art, advance, stop)
-            # http.client returns b"" when the server hangs up early, short of Content-Length;
-            # a body longer than the lock says is cut short on purpose (and fails its hash).
-            too_long = art.size is not None and have + written > art.size
-            if resp.length and not too_long:
-                raise _Transient(f"connection closed {resp.length} bytes short")
+            declared = resp.declared_length
+            if declared is not None and written < declared:
+                raise _Transient(f"connection closed {declared - written} bytes short")
             return written
-    except LocalURLRefused as e:
-        raise _Permanent(str(e)) from e
-    except urllib.error.HTTPError as e:
-        if e.code == 416 and have:
-            _restart(fd)
-            raise _Transient("range not satisfiable; starting over") from e
-        why = f"HTTP {e.code} {e.reason}"
-        if e.code >= 500 or e.code in (408, 429):
-            raise _Transient(why) from e
-        raise _Permanent(why) from e
-    except urllib.error.URLError as e:
-        if isinstance(e.reason, ssl.SSLCertVerificationError):
-            raise _Permanent(f"TLS certificate not trusted: {e.reason}") from e
-        raise _Transient(f"cannot connect: {e.reason}") from e
-    except (TimeoutError, ConnectionError, http.client.HTTPException, OSError) as e:
-        raise _Transient(f"{type(e).__name__}: {e}") from e
+    except net.TooLarge as e:
+        raise _TooLong(f"the server sends more than the {art.size} bytes the lock pins (stopped reading at "
+                       f"{art.size + 1 if art.size is not None else '?'})") from e
+    except net.NetError as e:
+        raise (_Transient if e.transient else _Permanent)(e.problem) from e
 
 
-def _stream(
-    resp: http.client.HTTPResponse,
-    fd: int,
-    have: int,
-    art: Artifact,
-    advance: Callable[[int], None],
-    stop: threading.Event,
-) -> int:
-    written = 0
-    # Read at most one byte past the locked size: enough to know the file is wrong.
-    limit = None if art.size is None else art.size - have + 1
-    while chunk := resp.read(CHUNK if limit is None else max(0, min(CHUNK, limit - written))):
+def _stream(resp: net.Response, fd: int, have: int, art: Artifact, advance: Callable[[int], None],
+            stop: threading.Event) -> int:
+    def write(chunk: bytes) -> None:
         if stop.is_set():
             raise _Stopped()
         try:
             os.write(fd, chunk)
         except OSError as e:
             raise _LocalWriteError(str(e)) from e
-        written += len(chunk)
         advance(len(chunk))
-    return written
+
+    # Read at most one byte past the locked size: enough to know the file is wrong.
+    return resp.stream(write, None if art.size is None else art.size - have, art.filename)
 
 
 def _registry_blob(url: str, fd: int, art: Artifact, advance: Callable[[int], None]) -> int:
     """A registry base's blob, through the registry client (auth, its own retries); resumed by Range."""
-    import requests
-
-    from buildsys.ecosystems import registry_image as image
-    from buildsys.oci.registry import RegistryError
-
     have = os.fstat(fd).st_size
     if art.size is not None and have >= art.size:
         if have == art.size:
             return 0
         have = _restart(fd)
     try:
-        written = image.download(url, fd, have)
+        written = image.download(url, fd, have, art.size)
+    except net.TooLarge as e:
+        raise _TooLong(f"the registry sends more than the {art.size} bytes the lock pins (stopped reading at "
+                       f"{(art.size or 0) + 1})") from e
+    except net.NetError as e:
+        raise (_Transient if e.transient else _Permanent)(e.problem) from e
     except RegistryError as e:  # retried by the client already: say what the registry said
         raise _Permanent(e.message) from e
-    except requests.RequestException as e:
-        raise _Transient(f"{type(e).__name__}: {e}") from e
-    except OSError as e:
+    except OSError as e:  # writing the partial file
         raise _LocalWriteError(str(e)) from e
     advance(written)
     return written

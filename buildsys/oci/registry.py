@@ -23,19 +23,19 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
-import ipaddress
 import json
 import os
 import re
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
+from urllib.parse import urlencode, urljoin
 
-import requests
-
-from buildsys.core import names
+from buildsys.core import names, net
 from buildsys.core.errors import BuildsysError, UsageError
+from buildsys.core.urlpolicy import local_reason
+from buildsys.model.lockschema import IMAGE_LAYER
 
 MANIFEST_TYPES = (
     "application/vnd.oci.image.manifest.v1+json",
@@ -72,6 +72,15 @@ class BlobMismatch(RegistryError):
         self.digest, self.actual = digest, actual
         super().__init__(registry, f"blob {digest} came back with other content ({actual}); it was not kept",
                          "the registry (or something between) serves damaged data; do not trust that repository")
+
+
+class BlobSizeMismatch(RegistryError):
+    def __init__(self, registry: str, digest: str, expected: int, actual: str) -> None:
+        self.digest, self.expected = digest, expected
+        super().__init__(registry, f"blob {digest} came back with {actual} bytes, not the {expected} its "
+                         "manifest declares; it was not kept",
+                         "the registry (or something between) serves damaged or hostile data; do not trust "
+                         "that repository")
 
 
 class NotInRegistry(RegistryError):
@@ -117,17 +126,6 @@ class Reference:
         return f"{self.host}/{self.repository}@{digest}"
 
 
-def is_loopback(host: str) -> bool:
-    name = host.rsplit(":", 1)[0] if host.count(":") == 1 or host.startswith("[") else host
-    name = name.strip("[]")
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
-
-
 def docker_credentials(host: str, config_dir: Path | None = None) -> tuple[str, str] | None:
     """(user, password) for ``host`` from docker's config.json, as ``docker login`` writes it."""
     folder = config_dir or Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker")
@@ -160,16 +158,31 @@ def _challenge(header: str) -> tuple[str, dict[str, str]]:
 
 
 class Registry:
-    """One registry host. Every request is retried on a transport error or a 5xx, with backoff."""
+    """One registry host, spoken to through ``net.Client``: every URL it follows is held to the policy.
+
+    The docker credentials (and the token they buy) are bound to this
+    registry's origin: a redirect or an upload ``Location`` on another origin
+    gets no ``Authorization``; a token realm gets the Basic credentials, as the
+    distribution spec's token flow requires, only over HTTPS or on loopback;
+    nothing is sent in clear text to a host that is not this machine.
+    ``loopback`` (what counts as this machine) is injectable for tests only.
+    """
 
     def __init__(self, host: str, *, insecure: bool = False, credentials: tuple[str, str] | None = None,
-                 attempts: int = 4, backoff: float = 0.5, timeout: float = 60) -> None:
+                 attempts: int = 4, backoff: float = 0.5, timeout: float = net.READ_TIMEOUT,
+                 deadline: float = net.DEADLINE, loopback: Callable[[str], bool] = net.is_loopback) -> None:
         self.host = host
-        self.scheme = "http" if insecure or is_loopback(host) else "https"
+        local = loopback(host)
+        self.scheme = "http" if insecure or local else "https"
         self.credentials = credentials if credentials is not None else docker_credentials(host)
-        self.attempts, self.backoff, self.timeout = attempts, backoff, timeout
-        self.session = requests.Session()
-        self._auth: str | None = None  # the Authorization header that worked last
+        # A registry on this machine (by its name or address) may be read, and may lead here; a remote
+        # one may not send the client to this machine (a redirect to loopback or a metadata address).
+        here = local_reason(f"http://{host}/") is not None
+        policy = net.Policy(https_only=True, local_ok=here, insecure=frozenset({host.lower()} if insecure else ()),
+                            loopback=loopback)
+        self.client = net.Client(policy, attempts=attempts, backoff=backoff, deadline=deadline,
+                                 read_timeout=timeout)
+        self._auth: str | None = None  # the Authorization header that worked last, for this origin only
 
     @property
     def base(self) -> str:
@@ -178,55 +191,49 @@ class Registry:
     # ------------------------------------------------------------ transport
 
     def request(self, method: str, url: str, *, body: bytes | Path | None = None,
-                headers: dict[str, str] | None = None, ok: tuple[int, ...] = (200,), stream: bool = False,
-                what: str = "") -> requests.Response:
-        """One call, with auth and retries; a ``Path`` body is streamed from the file, opened afresh per attempt."""
+                headers: dict[str, str] | None = None, ok: tuple[int, ...] = (200,), what: str = "",
+                ) -> net.Response:
+        """One call, with auth and retries; a ``Path`` body is streamed from the file, opened afresh per attempt.
+
+        The caller reads the answer's body through its bounded reads and closes it.
+        """
         if url.startswith("/"):
             url = self.base + url
-        last = ""
-        for attempt in range(1, self.attempts + 1):
-            if attempt > 1:
-                time.sleep(self.backoff * 2 ** (attempt - 2))
-            try:
-                resp = self._send(method, url, body, headers, stream)
-            except requests.RequestException as e:
-                last = _short(e)
-                continue
-            if resp.status_code >= 500:
-                last = f"HTTP {resp.status_code} on {method} {_path(url)}" + _detail(resp)
-                resp.close()
-                continue
-            if resp.status_code in ok:
-                return resp
-            if resp.status_code == 401:
-                raise RegistryAuthError(self.host, f"HTTP 401 on {method} {_path(url)}" + _detail(resp))
-            if resp.status_code == 403:
-                raise RegistryAuthError(self.host, f"HTTP 403, not allowed to {what or method} {_path(url)}")
-            if resp.status_code == 404:
-                raise NotInRegistry(self.host, what or _path(url))
-            raise RegistryError(self.host, f"{what or method + ' ' + _path(url)}: HTTP {resp.status_code}"
-                                + _detail(resp))
-        raise RegistryUnavailable(self.host, last, self.attempts)
+        try:
+            resp = self._send(method, url, body, headers)
+        except net.Unreachable as e:
+            raise RegistryUnavailable(self.host, f"{e.detail} ({method} {_path(url)})", e.attempts) from e
+        except net.NetError as e:
+            raise RegistryError(self.host, e.message, e.hint) from e
+        if resp.status_code in ok:
+            return resp
+        detail = _detail(resp)
+        resp.close()
+        if resp.status_code == 401:
+            raise RegistryAuthError(self.host, f"HTTP 401 on {method} {_path(url)}" + detail)
+        if resp.status_code == 403:
+            raise RegistryAuthError(self.host, f"HTTP 403, not allowed to {what or method} {_path(url)}")
+        if resp.status_code == 404:
+            raise NotInRegistry(self.host, what or _path(url))
+        raise RegistryError(self.host, f"{what or method + ' ' + _path(url)}: HTTP {resp.status_code}" + detail)
 
-    def _once(self, method: str, url: str, body: bytes | Path | None, headers: dict[str, str],
-              stream: bool) -> requests.Response:
-        if isinstance(body, Path):
-            with open(body, "rb") as f:
-                return self.session.request(method, url, data=f, headers=headers, stream=stream,
-                                            timeout=self.timeout, allow_redirects=True)
-        return self.session.request(method, url, data=body, headers=headers, stream=stream, timeout=self.timeout,
-                                    allow_redirects=True)
+    def _credential(self) -> net.Credential | None:
+        return net.Credential.for_url(self.base + "/", self._auth) if self._auth else None
 
     def _send(self, method: str, url: str, body: bytes | Path | None, headers: dict[str, str] | None,
-              stream: bool) -> requests.Response:
-        hdrs = dict(headers or {})
-        if self._auth:
-            hdrs["Authorization"] = self._auth
-        resp = self._once(method, url, body, hdrs, stream)
+              ) -> net.Response:
+        resp = self.client.send(method, url, headers=headers, body=body, credential=self._credential())
         if resp.status_code != 401 or "WWW-Authenticate" not in resp.headers:
             return resp
         scheme, params = _challenge(resp.headers["WWW-Authenticate"])
         resp.close()
+        if net.origin(resp.url) != net.origin(self.base + "/"):
+            raise RegistryAuthError(self.host, f"{resp.url}, on another origin, asks for a login; buildsys "
+                                               "sends the registry's credentials only to the registry")
+        if not self.client.policy.carries_credentials(self.base + "/"):
+            raise RegistryAuthError(self.host, f"the registry asks for a login over plain http to {self.host}, "
+                                               "which is not this machine; buildsys sends credentials only over "
+                                               "HTTPS or to loopback (serve the registry over HTTPS)")
         if scheme == "basic":
             if not self.credentials:
                 raise RegistryAuthError(self.host, "the registry asks for a login and docker's config.json "
@@ -237,35 +244,42 @@ class Registry:
             self._auth = f"Bearer {self._token(params)}"
         else:
             raise RegistryAuthError(self.host, f"unsupported auth scheme {scheme!r}")
-        hdrs["Authorization"] = self._auth
-        return self._once(method, url, body, hdrs, stream)
+        return self.client.send(method, url, headers=headers, body=body, credential=self._credential())
 
     def _token(self, params: dict[str, str]) -> str:
+        """A token from the challenge's realm: with Basic credentials only where they may travel."""
         realm = params.get("realm")
         if not realm:
             raise RegistryAuthError(self.host, "a Bearer challenge without a realm")
-        query = {k: v for k, v in params.items() if k in ("service", "scope")}
-        auth = self.credentials if self.credentials else None
-        resp = self.session.get(realm, params=query, auth=auth, timeout=self.timeout)
-        if resp.status_code in (401, 403):
-            raise RegistryAuthError(self.host, f"the token service {realm} answered HTTP {resp.status_code}")
-        if resp.status_code != 200:
-            raise RegistryError(self.host, f"the token service {realm} answered HTTP {resp.status_code}")
-        data = resp.json()
+        query = urlencode({k: v for k, v in params.items() if k in ("service", "scope")})
+        url = realm + (("&" if "?" in realm else "?") + query if query else "")
+        credential = None
+        if self.credentials and self.client.policy.carries_credentials(url):
+            basic = base64.b64encode(":".join(self.credentials).encode()).decode()
+            credential = net.Credential.for_url(url, f"Basic {basic}")
+        try:
+            with self.client.send("GET", url, credential=credential) as resp:
+                if resp.status_code in (401, 403):
+                    raise RegistryAuthError(self.host, f"the token service {realm} answered HTTP {resp.status_code}")
+                if resp.status_code != 200:
+                    raise RegistryError(self.host, f"the token service {realm} answered HTTP {resp.status_code}")
+                data = _json(resp.read(net.MAX_DOCUMENT, "a token"), self.host, f"the token from {realm}")
+        except net.NetError as e:
+            raise RegistryAuthError(self.host, f"the token service: {e.message}") from e
         token = data.get("token") or data.get("access_token")
-        if not token:
+        if not token or not isinstance(token, str):
             raise RegistryAuthError(self.host, f"the token service {realm} gave no token")
-        return str(token)
+        return token
 
     def ping(self) -> None:
         """``GET /v2/``: reachable, speaks the API, accepts our credentials."""
-        self.request("GET", "/v2/", what="the API root /v2/")
+        self.request("GET", "/v2/", what="the API root /v2/").close()
 
     # ------------------------------------------------------------ blobs
 
     def has_blob(self, repo: str, digest: str) -> bool:
         try:
-            self.request("HEAD", f"/v2/{repo}/blobs/{digest}", what=f"blob {digest}")
+            self.request("HEAD", f"/v2/{repo}/blobs/{digest}", what=f"blob {digest}").close()
         except NotInRegistry:
             return False
         return True
@@ -279,10 +293,12 @@ class Registry:
         ``chunk_size`` and a larger blob: ``PATCH`` chunks with ``Content-Range``,
         each to the ``Location`` the last answer gave, then ``PUT ?digest=`` with
         no body. Either way the registry checks the digest and refuses a mismatch.
+        A ``Location`` on another origin gets the bytes but not the credentials.
         """
         if self.has_blob(repo, digest):
             return False
         resp = self.request("POST", f"/v2/{repo}/blobs/uploads/", ok=(202,), what=f"starting an upload to {repo}")
+        resp.close()
         location = self._location(resp, repo)
         if chunk_size and size > chunk_size:
             location = self._patch_chunks(repo, digest, location, source, chunk_size)
@@ -292,14 +308,14 @@ class Registry:
             headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
         sep = "&" if "?" in location else "?"
         self.request("PUT", f"{location}{sep}digest={digest}", body=source, ok=(201,), headers=headers,
-                     what=f"uploading blob {digest}")
+                     what=f"uploading blob {digest}").close()
         return True
 
-    def _location(self, resp: requests.Response, repo: str) -> str:
+    def _location(self, resp: net.Response, repo: str) -> str:
         location = resp.headers.get("Location")
         if not location:
             raise RegistryError(self.host, f"an upload to {repo} answered without a Location")
-        return self.base + location if location.startswith("/") else location
+        return urljoin(resp.url, location)
 
     def _patch_chunks(self, repo: str, digest: str, location: str, source: bytes | Path, chunk_size: int) -> str:
         with (open(source, "rb") if isinstance(source, Path) else io.BytesIO(source)) as f:
@@ -311,79 +327,199 @@ class Registry:
                                              "Content-Length": str(len(chunk)),
                                              "Content-Range": f"{offset}-{end}"},
                                     what=f"uploading bytes {offset}-{end} of blob {digest}")
+                resp.close()
                 location = self._location(resp, repo)
                 offset = end + 1
         return location
 
-    def get_blob(self, repo: str, digest: str, dst: IO[bytes]) -> int:
-        """Stream a blob into ``dst``, hashing it; raise ``BlobMismatch`` when it is not ``digest``.
+    def get_blob(self, repo: str, digest: str, dst: IO[bytes], size: int | None = None,
+                 limit: int | None = None) -> int:
+        """Stream a blob into ``dst``, hashing it; return its size.
 
-        The caller writes ``dst`` under a temporary name and keeps it only when this returns.
+        With ``size`` (the manifest's or the lock's) reading stops at one byte
+        more, and a blob of another size is ``BlobSizeMismatch``; one of the
+        right size with other bytes is ``BlobMismatch``. Without it, ``limit``
+        (when given) is the most that is read. The caller writes
+        ``dst`` under a temporary name and keeps it only when this returns.
         """
-        resp = self.request("GET", f"/v2/{repo}/blobs/{digest}", stream=True, what=f"blob {digest} in {repo}")
-        h, size = hashlib.sha256(), 0
-        try:
-            for chunk in resp.iter_content(_CHUNK):
-                h.update(chunk)
-                size += len(chunk)
-                dst.write(chunk)
-        except requests.RequestException as e:
-            raise RegistryUnavailable(self.host, f"reading blob {digest}: {_short(e)}", 1) from e
-        finally:
-            resp.close()
+        h = hashlib.sha256()
+
+        def write(chunk: bytes) -> None:
+            h.update(chunk)
+            dst.write(chunk)
+
+        with self.request("GET", f"/v2/{repo}/blobs/{digest}", what=f"blob {digest} in {repo}") as resp:
+            try:
+                got = resp.stream(write, size if size is not None else limit, f"blob {digest}")
+            except net.TooLarge as e:
+                if size is None:
+                    raise RegistryError(self.host, e.message, e.hint) from e
+                raise BlobSizeMismatch(self.host, digest, size, f"more than {size}") from e
+            except net.NetError as e:
+                raise RegistryError(self.host, f"reading blob {digest}: {e.message}", e.hint) from e
+        if size is not None and got != size:
+            raise BlobSizeMismatch(self.host, digest, size, str(got))
         actual = "sha256:" + h.hexdigest()
         if actual != digest:
             raise BlobMismatch(self.host, digest, actual)
-        return size
+        return got
 
-    def get_blob_bytes(self, repo: str, digest: str) -> bytes:
+    def get_blob_bytes(self, repo: str, digest: str, size: int | None = None) -> bytes:
+        """A small blob (a config) in memory: refused beyond ``net.MAX_DOCUMENT``."""
+        if size is not None and size > net.MAX_DOCUMENT:
+            raise RegistryError(self.host, f"blob {digest} in {repo} declares {size} bytes, more than the "
+                                           f"{net.MAX_DOCUMENT} buildsys reads into memory",
+                                "a config is a few KiB; the image is damaged or hostile: pick another")
         buf = io.BytesIO()
-        self.get_blob(repo, digest, buf)
+        self.get_blob(repo, digest, buf, size, limit=net.MAX_DOCUMENT)
         return buf.getvalue()
 
     # ------------------------------------------------------------ manifests
 
     def put_manifest(self, repo: str, ref: str, data: bytes, media_type: str) -> str:
         """PUT a manifest under a digest or a tag; return the digest the registry names."""
-        resp = self.request("PUT", f"/v2/{repo}/manifests/{ref}", body=data, ok=(201,),
-                            headers={"Content-Type": media_type}, what=f"putting manifest {ref} in {repo}")
-        return resp.headers.get("Docker-Content-Digest") or "sha256:" + hashlib.sha256(data).hexdigest()
+        with self.request("PUT", f"/v2/{repo}/manifests/{ref}", body=data, ok=(201,),
+                          headers={"Content-Type": media_type}, what=f"putting manifest {ref} in {repo}") as resp:
+            named = resp.headers.get("Docker-Content-Digest")
+        return named or "sha256:" + hashlib.sha256(data).hexdigest()
 
     def get_manifest(self, repo: str, ref: str) -> tuple[bytes, str, str]:
-        """(bytes, media type, digest) of a manifest or index, by tag or digest.
+        """(bytes, media type, digest) of a manifest or index, by tag or digest; at most ``net.MAX_DOCUMENT``.
 
         By digest, the bytes are checked against it; by tag, the digest is
         computed from the bytes (what a user should pin), never taken on trust.
+        The bytes are JSON objects here; their fields are checked by ``parse_*``.
         """
-        resp = self.request("GET", f"/v2/{repo}/manifests/{ref}", headers={"Accept": ", ".join(MANIFEST_TYPES)},
-                            what=f"manifest {ref} in {repo}")
-        data = resp.content
+        with self.request("GET", f"/v2/{repo}/manifests/{ref}", headers={"Accept": ", ".join(MANIFEST_TYPES)},
+                          what=f"manifest {ref} in {repo}") as resp:
+            try:
+                data = resp.read(net.MAX_DOCUMENT, f"manifest {ref} in {repo}")
+            except net.NetError as e:
+                raise RegistryError(self.host, e.message, e.hint) from e
+            content_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         if ref.startswith("sha256:") and digest != ref:
             raise BlobMismatch(self.host, ref, digest)
-        media = resp.headers.get("Content-Type", "").split(";")[0] or json.loads(data).get("mediaType", "")
+        doc = _json(data, self.host, f"manifest {ref} in {repo}")
+        media = content_type if content_type in MANIFEST_TYPES else str(doc.get("mediaType") or content_type)
         return data, media, digest
 
     def has_manifest(self, repo: str, ref: str) -> bool:
         try:
             self.request("HEAD", f"/v2/{repo}/manifests/{ref}", headers={"Accept": ", ".join(MANIFEST_TYPES)},
-                         what=f"manifest {ref}")
+                         what=f"manifest {ref}").close()
         except NotInRegistry:
             return False
         return True
+
+
+# ---------------------------------------------------------------- what a registry sends, checked
+
+
+class RegistryDataError(RegistryError):
+    """A manifest, index or config that is not what the API promises: named by document and field."""
+
+    def __init__(self, registry: str, document: str, field: str, problem: str) -> None:
+        self.document, self.field = document, field
+        super().__init__(registry, f"{document}: {field}: {problem}",
+                         "the registry serves a damaged or hostile document; nothing was written. Pick another "
+                         "image (or digest), or tell the registry's owner")
+
+
+def _json(data: bytes, host: str, document: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(data)
+    except (ValueError, RecursionError) as e:
+        raise RegistryDataError(host, document, "(the whole document)", f"not JSON ({_short(e)})") from e
+    if not isinstance(doc, dict):
+        raise RegistryDataError(host, document, "(the whole document)",
+                                f"a JSON {type(doc).__name__}, not an object")
+    return doc
+
+
+def _check(host: str, document: str, field: str, check: Callable[[Any], str | None], value: Any) -> None:
+    if problem := check(value):
+        raise RegistryDataError(host, document, field, problem)
+
+
+def _digest_check(v: Any) -> str | None:
+    return IMAGE_LAYER["digest"][0](v)  # the lock's own check
+
+
+def _size_check(v: Any) -> str | None:
+    return IMAGE_LAYER["size"][0](v)
+
+
+def parse_descriptor(host: str, document: str, field: str, desc: Any) -> dict[str, Any]:
+    """A content descriptor: an object with a sha256 ``digest`` and a whole ``size`` of 0 or more."""
+    if not isinstance(desc, dict):
+        raise RegistryDataError(host, document, field, f"a {type(desc).__name__}, not a descriptor object")
+    _check(host, document, f"{field}.digest", _digest_check, desc.get("digest"))
+    _check(host, document, f"{field}.size", _size_check, desc.get("size"))
+    media = desc.get("mediaType")
+    if media is not None and not isinstance(media, str):
+        raise RegistryDataError(host, document, f"{field}.mediaType", f"{media!r} is not a string")
+    return desc
+
+
+def parse_manifest(host: str, document: str, data: bytes) -> dict[str, Any]:
+    """An image manifest whose config and every layer are valid descriptors."""
+    doc = _json(data, host, document)
+    parse_descriptor(host, document, "config", doc.get("config"))
+    layers = doc.get("layers")
+    if not isinstance(layers, list):
+        raise RegistryDataError(host, document, "layers", "missing or not a list")
+    for i, layer in enumerate(layers):
+        parse_descriptor(host, document, f"layers[{i}]", layer)
+    return doc
+
+
+def parse_index(host: str, document: str, data: bytes) -> dict[str, Any]:
+    """An index whose entries are valid descriptors with an optional platform object."""
+    doc = _json(data, host, document)
+    entries = doc.get("manifests")
+    if not isinstance(entries, list):
+        raise RegistryDataError(host, document, "manifests", "missing or not a list")
+    for i, entry in enumerate(entries):
+        parse_descriptor(host, document, f"manifests[{i}]", entry)
+        platform = entry.get("platform")
+        if platform is not None and not (isinstance(platform, dict)
+                                         and all(isinstance(v, str | list) for v in platform.values())):
+            raise RegistryDataError(host, document, f"manifests[{i}].platform", "not an object of strings")
+    return doc
+
+
+def parse_config(host: str, document: str, data: bytes) -> dict[str, Any]:
+    """An image config: an object with string os/architecture and a list of sha256 ``rootfs.diff_ids``."""
+    doc = _json(data, host, document)
+    for key in ("os", "architecture", "variant", "created"):
+        if key in doc and not isinstance(doc[key], str):
+            raise RegistryDataError(host, document, key, f"{doc[key]!r} is not a string")
+    rootfs = doc.get("rootfs")
+    if not isinstance(rootfs, dict) or not isinstance(rootfs.get("diff_ids"), list):
+        raise RegistryDataError(host, document, "rootfs.diff_ids", "missing or not a list")
+    for i, d in enumerate(rootfs["diff_ids"]):
+        _check(host, document, f"rootfs.diff_ids[{i}]", _digest_check, d)
+    if "config" in doc and doc["config"] is not None and not isinstance(doc["config"], dict):
+        raise RegistryDataError(host, document, "config", "not an object")
+    return doc
 
 
 def _path(url: str) -> str:
     return "/" + url.split("://", 1)[-1].split("/", 1)[-1].split("?", 1)[0]
 
 
-def _detail(resp: requests.Response) -> str:
+def _detail(resp: net.Response) -> str:
     try:
-        errors = resp.json().get("errors") or []
-        text = "; ".join(f"{e.get('code')}: {e.get('message')}" for e in errors)
-    except ValueError:
-        text = resp.text.strip()[:200]
-    return f" ({text})" if text else ""
+        body = resp.read(64 << 10, "an error answer")
+    except net.NetError:
+        return ""
+    try:
+        errors = json.loads(body).get("errors") or []
+        text = "; ".join(f"{e.get('code')}: {e.get('message')}" for e in errors if isinstance(e, dict))
+    except (ValueError, AttributeError):
+        text = body.decode(errors="replace").strip()[:200]
+    return f" ({text[:300]})" if text else ""
 
 
 def _short(e: BaseException) -> str:

@@ -27,7 +27,14 @@ from buildsys.core import names
 from buildsys.core.progress import Progress
 from buildsys.model.recipe import Recipe
 from buildsys.oci.image import MANIFEST_MEDIA_TYPE, OciLayout, digest_bytes
-from buildsys.oci.registry import NotInRegistry, Reference, Registry, RegistryError
+from buildsys.oci.registry import (
+    NotInRegistry,
+    Reference,
+    Registry,
+    RegistryDataError,
+    RegistryError,
+    parse_manifest,
+)
 from buildsys.ship.publish import push_image
 
 TAG_PREFIX = "bs-"
@@ -65,6 +72,10 @@ class RemoteCache:
             return self._fetch(reg, ref.repository, key, recipe, parent, layout)
         except NotInRegistry:
             return None
+        except RegistryDataError as e:  # an answer that is no entry of ours
+            self.report(recipe.name, "remote miss", f"entry {self.tag(key)[:19]} is not a manifest buildsys "
+                                                    f"wrote ({e.field}: {e.problem.rsplit(': ', 1)[-1]}); ignored")
+            return None
         except RegistryError as e:
             self.report(recipe.name, "remote miss", e.message)
             return None
@@ -76,7 +87,7 @@ class RemoteCache:
     def _fetch(self, reg: Registry, repo: str, key: str, recipe: Recipe, parent: LayerRecord | None,
                layout: OciLayout) -> LayerRecord | None:
         manifest_bytes, _, manifest_digest = reg.get_manifest(repo, self.tag(key))
-        manifest = json.loads(manifest_bytes)
+        manifest = parse_manifest(reg.host, f"cache entry {self.tag(key)[:19]}", manifest_bytes)
         layers = [(d["digest"], int(d["size"])) for d in manifest.get("layers", [])]
         if not all(isinstance(d, str) and names.DIGEST.fullmatch(d) for d, _ in layers):
             raise ValueError("a layer digest is not sha256:<64 hex>")
@@ -89,7 +100,7 @@ class RemoteCache:
         config_digest = manifest["config"]["digest"]
         if not isinstance(config_digest, str) or not names.DIGEST.fullmatch(config_digest):
             raise ValueError("the config digest is not sha256:<64 hex>")
-        config_bytes = reg.get_blob_bytes(repo, config_digest)
+        config_bytes = reg.get_blob_bytes(repo, config_digest, manifest["config"].get("size"))
         config = json.loads(config_bytes)
         diff_ids = tuple(config.get("rootfs", {}).get("diff_ids", []))
         labels = (config.get("config") or {}).get("Labels") or {}
@@ -104,9 +115,7 @@ class RemoteCache:
             fd, tmp = tempfile.mkstemp(dir=layout.root, prefix=".remote-", suffix=".tmp")
             try:
                 with os.fdopen(fd, "wb") as out:
-                    got = reg.get_blob(repo, top, out)  # hashed: BlobMismatch if not ``top``
-                if got != size:
-                    raise RegistryError(reg.host, f"layer {top} has {got} bytes, its manifest says {size}")
+                    reg.get_blob(repo, top, out, size)  # stops at size + 1; hashed: BlobMismatch if not ``top``
                 layout.add_blob_file(Path(tmp), digest=top)
             finally:
                 if os.path.exists(tmp):

@@ -1,0 +1,377 @@
+"""The one HTTP client: every network read and write of buildsys goes through ``Client``.
+
+What it guarantees, for every URL it follows (the first one, each redirect,
+a token realm, an upload ``Location``) and not only the first:
+
+- **Policy per hop.** Only ``http``/``https``; a redirect anywhere else
+  (``file:``, ``ftp:``) is a permanent ``URLRefused``, never retried as a
+  network blip. A client for registries speaks HTTPS except to loopback or to
+  a host the user named with ``--insecure``; a client for downloads refuses
+  this machine (loopback, link-local, ``file:``) unless the start was there
+  on purpose (``urlpolicy``). Redirects are followed here, by hand, so that
+  each hop is judged and its headers decided afresh.
+- **Origin-bound credentials.** A ``Credential`` belongs to one origin
+  (scheme, host, port). It is sent only to that origin, and only over HTTPS
+  or to loopback: never to a redirect target or an upload ``Location`` on
+  another origin, never in clear text to a host that is not this machine.
+- **Bounds.** A body is read through ``Response.read``/``stream``/``reader``
+  with a byte limit (documents: ``MAX_DOCUMENT``; blobs: their declared size,
+  stopped at one byte more) and a deadline for the whole request, not only
+  per read: ``DEADLINE`` seconds plus one second per ``MIN_RATE`` bytes
+  received. A server that drips a byte every few seconds fails after about
+  ``DEADLINE`` seconds; one that sends fast is never cut short.
+- **Retries.** Connection errors, 5xx, 408 and 429 are retried with
+  exponential backoff; every other answer is returned to the caller, who
+  knows what it means.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, cast
+from urllib.parse import urljoin, urlsplit
+
+import requests
+import urllib3.exceptions
+
+from buildsys import __version__
+from buildsys.core.errors import BuildsysError
+from buildsys.core.urlpolicy import LOCAL_NAMES, local_reason
+
+USER_AGENT = f"buildsys/{__version__}"
+# containerd's limit for manifests, indexes and configs: a real one is a few KiB
+# (a 200-layer manifest is ~40 KiB); a larger document is refused, not held in memory.
+MAX_DOCUMENT = 4 << 20
+# Package indexes (a CRAN PACKAGES file is ~12 MB, PyPI's largest simple JSON pages a few MB).
+MAX_INDEX = 64 << 20
+# A request's deadline: DEADLINE seconds, plus one second per MIN_RATE bytes received.
+# 60 s covers a slow TLS handshake and a registry's cold start; 32 KiB/s is slower
+# than any working link, so only a stalled or dripping server reaches it.
+DEADLINE = 60.0
+MIN_RATE = 32 << 10
+CONNECT_TIMEOUT = 15.0
+READ_TIMEOUT = 30.0  # between two bytes; the deadline bounds the whole
+MAX_REDIRECTS = 10
+CHUNK = 1 << 16
+_REDIRECTS = (301, 302, 303, 307, 308)
+_RETRY_STATUS = (408, 429)
+
+
+class NetError(BuildsysError):
+    """A network request failed; ``transient`` says whether trying again may help. Names the URL."""
+
+    transient = False
+
+    def __init__(self, url: str, problem: str, hint: str | None = None) -> None:
+        self.url, self.problem = url, problem
+        super().__init__(f"{url}: {problem}", hint)
+
+
+class URLRefused(NetError):
+    """A URL (first, redirect, realm or Location) that the policy forbids: permanent."""
+
+    def __init__(self, url: str, reason: str, hint: str | None = None) -> None:
+        self.reason = reason
+        super().__init__(url, f"refused: {reason}", hint or "buildsys follows only http(s) URLs that its policy "
+                         "allows (docs/trust.md); pin the final URL, or ask the server's owner")
+
+
+class DeadlineExceeded(NetError):
+    transient = True
+
+    def __init__(self, url: str, seconds: float, received: int) -> None:
+        self.seconds, self.received = seconds, received
+        super().__init__(url, f"ran out of time: {received} bytes in {seconds:.0f} s (the deadline is "
+                         f"{DEADLINE:.0f} s plus 1 s per {MIN_RATE >> 10} KiB received)",
+                         "the server is stalled or far too slow; try again later or use another mirror")
+
+
+class TooLarge(NetError):
+    def __init__(self, url: str, what: str, limit: int, declared: int | None = None) -> None:
+        self.what, self.limit, self.declared = what, limit, declared
+        how = f"declares {declared} bytes, refused before reading" if declared is not None \
+            else f"stopped reading at {limit + 1}"
+        super().__init__(url, f"{what} is larger than {limit} bytes ({how})",
+                         "the server sends more than it declared or than buildsys accepts; it is damaged or "
+                         "hostile: do not use it")
+
+
+class Unreachable(NetError):
+    transient = True
+
+    def __init__(self, url: str, detail: str, attempts: int) -> None:
+        self.detail, self.attempts = detail, attempts
+        super().__init__(url, f"unreachable or failing after {attempts} attempt(s): {detail}",
+                         "check the network and that the server answers, then try again")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (``NAME``, ``NAME:PORT``, ``[V6]:PORT``) is this machine, from its text alone."""
+    name = host.rsplit(":", 1)[0] if host.count(":") == 1 or host.startswith("[") else host
+    name = name.strip("[]").rstrip(".").lower()
+    if name in LOCAL_NAMES or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def origin(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) with the scheme's default port: what a credential is bound to."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    port = parts.port or (443 if scheme == "https" else 80)
+    return scheme, (parts.hostname or "").lower(), port
+
+
+def netloc(url: str) -> str:
+    return urlsplit(url).netloc.lower()
+
+
+@dataclass(frozen=True)
+class Credential:
+    """An ``Authorization`` header value and the one origin it belongs to."""
+
+    origin: tuple[str, str, int]
+    header: str
+
+    @classmethod
+    def for_url(cls, url: str, header: str) -> Credential:
+        return cls(origin(url), header)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Which URLs a client may follow and where credentials may go.
+
+    ``https_only``: plain http only to loopback or to a host in ``insecure``
+    (registries). ``local_ok``: this machine may be read (a loopback registry,
+    a ``[[files]]`` entry with ``local = true``); otherwise every hop that
+    leads here is refused. ``loopback`` decides what counts as this machine
+    for the clear-text rules; tests inject one to play a remote host on
+    loopback.
+    """
+
+    https_only: bool = False
+    local_ok: bool = False
+    insecure: frozenset[str] = frozenset()
+    loopback: Callable[[str], bool] = field(default=is_loopback)
+
+    def check(self, url: str) -> None:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme not in ("http", "https"):
+            raise URLRefused(url, f"a {scheme or 'scheme-less'} URL (only http and https are followed)")
+        if not parts.hostname:
+            raise URLRefused(url, "a URL without a host")
+        if not self.local_ok and (reason := local_reason(url, resolve=True)):
+            raise URLRefused(url, reason, "only a source on this machine by intent (a loopback registry, "
+                             "a [[files]] entry with local = true) may lead here")
+        if self.https_only and scheme == "http" and not self.loopback(parts.netloc) \
+                and parts.netloc.lower() not in self.insecure:
+            raise URLRefused(url, f"plain http to {parts.netloc}, which is not this machine",
+                             "registries are spoken to over HTTPS, except on loopback or with --insecure "
+                             "for that registry (docs/shipping.md)")
+
+    def carries_credentials(self, url: str) -> bool:
+        """Credentials travel only encrypted, or to this machine."""
+        parts = urlsplit(url)
+        return parts.scheme.lower() == "https" or self.loopback(parts.netloc)
+
+
+Body = bytes | Path | None
+
+
+class Response:
+    """An answer whose body is read only through bounded, deadline-checked reads."""
+
+    def __init__(self, resp: requests.Response, started: float, deadline: float, min_rate: float) -> None:
+        self._resp = resp
+        self.status_code = resp.status_code
+        self.reason = resp.reason or ""
+        self.headers: Mapping[str, str] = resp.headers
+        self.url = resp.url
+        self._started, self._deadline, self._min_rate = started, deadline, min_rate
+        self.received = 0
+
+    def __enter__(self) -> Response:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._resp.close()
+
+    @property
+    def declared_length(self) -> int | None:
+        value = self.headers.get("Content-Length", "")
+        return int(value) if value.isdigit() else None
+
+    def _check_time(self) -> None:
+        elapsed = time.monotonic() - self._started
+        if elapsed > self._deadline + self.received / self._min_rate:
+            raise DeadlineExceeded(self.url, elapsed, self.received)
+
+    def chunks(self, limit: int | None, what: str) -> Iterator[bytes]:
+        """The body, chunk by chunk: at most ``limit`` bytes (more is ``TooLarge``), within the deadline."""
+        raw = self._resp.raw
+        while True:
+            self._check_time()
+            want = CHUNK if limit is None else min(CHUNK, limit + 1 - self.received)
+            try:
+                # The bytes as sent: a .tar.gz served with Content-Encoding: gzip (as some servers do
+                # despite Accept-Encoding: identity) must keep its locked sha256, as pip's downloads do.
+                chunk = raw.read1(max(want, 1), decode_content=False)
+            except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as e:
+                if isinstance(e, urllib3.exceptions.ReadTimeoutError):
+                    raise DeadlineExceeded(self.url, time.monotonic() - self._started, self.received) from e
+                raise Interrupted(self.url, _short(e), self.received) from e
+            if not chunk:
+                return
+            self.received += len(chunk)
+            if limit is not None and self.received > limit:
+                raise TooLarge(self.url, what, limit)
+            yield chunk
+
+    def read(self, limit: int, what: str) -> bytes:
+        """The whole body, refused beyond ``limit`` bytes."""
+        declared = self.declared_length
+        if declared is not None and declared > limit:
+            raise TooLarge(self.url, what, limit, declared)
+        return b"".join(self.chunks(limit, what))
+
+    def stream(self, write: Callable[[bytes], object], limit: int | None, what: str) -> int:
+        """Each chunk to ``write`` (its own errors pass through untouched); return the bytes written."""
+        n = 0
+        for chunk in self.chunks(limit, what):
+            write(chunk)
+            n += len(chunk)
+        return n
+
+    def reader(self, limit: int | None, what: str) -> IO[bytes]:
+        """A file-like view (``read(n)``) for code that consumes streams, bounded the same way."""
+        return cast(IO[bytes], _Reader(self.chunks(limit, what)))
+
+
+class Interrupted(NetError):
+    """The body stopped early (connection reset, short of Content-Length): worth another try."""
+
+    transient = True
+
+    def __init__(self, url: str, detail: str, received: int) -> None:
+        super().__init__(url, f"the transfer broke off after {received} bytes ({detail})",
+                         "try again (fetch resumes where it stopped)")
+
+
+class _Reader:
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks, self._buf = chunks, b""
+
+    def read(self, n: int = -1) -> bytes:
+        while n < 0 or len(self._buf) < n:
+            chunk = next(self._chunks, b"")
+            if not chunk:
+                break
+            self._buf += chunk
+        if n < 0:
+            out, self._buf = self._buf, b""
+        else:
+            out, self._buf = self._buf[:n], self._buf[n:]
+        return out
+
+
+class Client:
+    """A requests session behind the policy, the credential rule, retries and the deadline."""
+
+    def __init__(self, policy: Policy | None = None, *, attempts: int = 4, backoff: float = 0.5,
+                 deadline: float = DEADLINE, min_rate: float = MIN_RATE, read_timeout: float = READ_TIMEOUT,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.policy = policy or Policy()
+        self.attempts, self.backoff = max(1, attempts), backoff
+        self.deadline, self.min_rate, self.read_timeout = deadline, min_rate, read_timeout
+        self._sleep = sleep
+        self.session = requests.Session()
+        self.session.trust_env = True  # proxies and CA bundles from the environment, as before
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def send(self, method: str, url: str, *, headers: Mapping[str, str] | None = None, body: Body = None,
+             credential: Credential | None = None, retry: bool = True) -> Response:
+        """One request, redirects followed by hand, transient failures retried.
+
+        Returns the final answer whatever its status (below 500) for the caller
+        to judge; raises ``URLRefused`` for a hop the policy forbids and
+        ``Unreachable`` when every attempt failed. With ``retry=False`` one
+        attempt is made and any answer, 5xx included, is returned: for callers
+        with their own retry loop (fetch resumes between attempts).
+        """
+        last = ""
+        attempts = self.attempts if retry else 1
+        for attempt in range(1, attempts + 1):
+            if attempt > 1:
+                self._sleep(self.backoff * 2 ** (attempt - 2))
+            try:
+                resp = self._follow(method, url, headers or {}, body, credential)
+            except requests.exceptions.SSLError as e:  # a certificate or protocol problem: no blip
+                raise NetError(url, f"TLS failed: {_short(e)}",
+                               "the server's certificate is not trusted here, or it does not speak HTTPS "
+                               "(a registry on plain http needs --insecure)") from e
+            except (requests.RequestException, urllib3.exceptions.HTTPError) as e:
+                last = _short(e)
+                continue
+            if retry and (resp.status_code >= 500 or resp.status_code in _RETRY_STATUS):
+                last = f"HTTP {resp.status_code} from {resp.url}"
+                resp.close()
+                continue
+            return resp
+        raise Unreachable(url, last, attempts)
+
+    def _follow(self, method: str, url: str, headers: Mapping[str, str], body: Body,
+                credential: Credential | None) -> Response:
+        started = time.monotonic()
+        for _ in range(MAX_REDIRECTS + 1):
+            self.policy.check(url)
+            hdrs = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity", **headers}
+            hdrs.pop("Authorization", None)  # only the credential rule below puts one in
+            if credential is not None and origin(url) == credential.origin and \
+                    self.policy.carries_credentials(url):
+                hdrs["Authorization"] = credential.header
+            remaining = self.deadline - (time.monotonic() - started)
+            if remaining <= 0:
+                raise DeadlineExceeded(url, time.monotonic() - started, 0)
+            timeout = (min(CONNECT_TIMEOUT, remaining), min(self.read_timeout, remaining))
+            try:
+                if isinstance(body, Path):
+                    with open(body, "rb") as f:
+                        resp = self.session.request(method, url, data=f, headers=hdrs, stream=True,
+                                                    timeout=timeout, allow_redirects=False)
+                else:
+                    resp = self.session.request(method, url, data=body, headers=hdrs, stream=True,
+                                                timeout=timeout, allow_redirects=False)
+            except requests.exceptions.InvalidSchema as e:
+                raise URLRefused(url, f"a URL requests cannot follow ({_short(e)})") from e
+            if resp.status_code not in _REDIRECTS or "Location" not in resp.headers:
+                return Response(resp, started, self.deadline, self.min_rate)
+            resp.close()
+            url = urljoin(url, resp.headers["Location"])
+            if resp.status_code == 303 or (resp.status_code in (301, 302) and method == "POST"):
+                method, body = "GET", None
+        raise NetError(url, f"more than {MAX_REDIRECTS} redirects", "the server redirects in a loop")
+
+
+def _short(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[-1] if text else type(e).__name__)[:300]

@@ -1,0 +1,220 @@
+"""A small threaded registry for tests that lies: about digests, sizes, realms, Locations and pace.
+
+It speaks just enough of the distribution API (``/v2/``, manifests, blobs,
+uploads) for buildsys's client, serves what a test put in ``manifests`` and
+``blobs``, and records every request it received (method, path, headers) so
+that a test asserts on what really went over the wire: which Authorization
+header reached which server, how many attempts were made, how many bytes
+were sent before the client hung up.
+
+Its lies are switched on per test through ``Lies``: a Bearer ``realm`` (on
+another server, say), a required Basic login, an upload ``Location`` on
+another origin, a redirect of blob reads (to ``file:``), a drip (a byte every
+``drip`` seconds), endless bodies, a ``Content-Length`` that says less than
+is sent. Bind it to 127.0.0.2 to play "another host" next to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import http.server
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
+USER, PASSWORD = "robot", "s3cret"
+BASIC = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+TOKEN = "the-token"
+
+
+def digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class Lies:
+    realm: str | None = None  # answer /v2/* with a Bearer challenge naming this realm
+    basic: bool = False  # ask for Basic USER:PASSWORD
+    token_endpoint: bool = False  # serve /token (Basic USER:PASSWORD -> TOKEN)
+    location: str | None = None  # the Location of an upload session (default: our own /upload/ID)
+    blob_redirect: str | None = None  # blob GETs answer 302 to this URL
+    drip: float = 0.0  # seconds between two bytes of a GET body
+    endless: bool = False  # GET bodies go on forever (blobs and manifests)
+    short_length: bool = False  # Content-Length says 10 bytes less than the body
+    status: int | None = None  # answer every request with this status (e.g. 503)
+
+
+@dataclass
+class Received:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body_bytes: int = 0
+
+
+@dataclass
+class LyingRegistry:
+    host: str  # HOST:PORT
+    lies: Lies
+    manifests: dict[str, tuple[bytes, str]] = field(default_factory=dict)  # ref -> (bytes, media type)
+    blobs: dict[str, bytes] = field(default_factory=dict)
+    received: list[Received] = field(default_factory=list)
+    sent_bytes: int = 0  # body bytes written before the client hung up (all requests)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}"
+
+    def authorizations(self) -> list[str | None]:
+        return [r.headers.get("Authorization") for r in self.received]
+
+    def put_image(self, repo: str, tag: str, config: bytes, layers: list[bytes], *,
+                  manifest: dict[str, object] | None = None) -> str:
+        """Store a config, its layers and a manifest (or the one given, as is) under ``tag``; its digest."""
+        for blob in (config, *layers):
+            self.blobs[digest(blob)] = blob
+        doc = manifest or {
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": OCI_CONFIG, "digest": digest(config), "size": len(config)},
+            "layers": [{"mediaType": LAYER_TAR, "digest": digest(la), "size": len(la)} for la in layers],
+        }
+        data = json.dumps(doc).encode()
+        self.manifests[tag] = self.manifests[digest(data)] = (data, OCI_MANIFEST)
+        return digest(data)
+
+
+def config(diff_ids: list[str], arch: str = "amd64") -> bytes:
+    return json.dumps({"architecture": arch, "os": "linux", "created": "2024-05-01T12:00:00Z",
+                       "config": {}, "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _record(self) -> Received:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        rec = Received(self.command, self.path, dict(self.headers.items()), len(body))
+        self.server.state.received.append(rec)
+        return rec
+
+    def _send(self, code: int, body: bytes = b"", headers: dict[str, str] | None = None,
+              length: int | None = None) -> None:
+        lies = self.server.state.lies
+        self.send_response(code)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        endless = lies.endless and self.command == "GET" and code == 200
+        if length is None:
+            length = len(body) - (10 if lies.short_length and body else 0)
+        if endless:
+            length = max(length, 1) * 1000
+        self.send_header("Content-Length", str(length))
+        self.end_headers()
+        if self.command == "HEAD":
+            return
+        try:
+            if lies.drip and self.command == "GET" and code == 200:
+                for i in range(length):
+                    self.wfile.write(body[i:i + 1] or b"x")
+                    self.wfile.flush()
+                    self.server.state.sent_bytes += 1
+                    time.sleep(lies.drip)
+            elif endless:
+                chunk = (body or b"x") * max(1, (1 << 16) // max(1, len(body)))
+                while True:
+                    self.wfile.write(chunk)
+                    self.server.state.sent_bytes += len(chunk)
+            else:
+                self.wfile.write(body)
+                self.server.state.sent_bytes += len(body)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+    def _authorized(self) -> bool:
+        lies, auth = self.server.state.lies, self.headers.get("Authorization")
+        if lies.realm:
+            if auth == f"Bearer {TOKEN}":
+                return True
+            self._send(401, b'{"errors":[{"code":"UNAUTHORIZED"}]}',
+                       {"WWW-Authenticate": f'Bearer realm="{lies.realm}",service="lying",scope="repository:x:pull"'})
+            return False
+        if lies.basic:
+            if auth == BASIC:
+                return True
+            self._send(401, b'{"errors":[{"code":"UNAUTHORIZED"}]}', {"WWW-Authenticate": 'Basic realm="lying"'})
+            return False
+        return True
+
+    def _route(self) -> None:
+        state = self.server.state
+        self._record()
+        if state.lies.status:
+            return self._send(state.lies.status, b"{}")
+        path = self.path.split("?", 1)[0]
+        if path.startswith("/token"):
+            if self.headers.get("Authorization") != BASIC:
+                return self._send(401, b"{}")
+            return self._send(200, json.dumps({"token": TOKEN}).encode())
+        if path.startswith("/upload/"):  # a Location target (on us, or on another origin)
+            return self._send(201 if self.command == "PUT" else 202, b"",
+                              {"Location": f"{state.url}{path}", "Docker-Upload-UUID": "x"})
+        if not path.startswith("/v2/") or not self._authorized():
+            return None if path.startswith("/v2/") else self._send(404, b"{}")
+        if path == "/v2/":
+            return self._send(200, b"{}")
+        repo_kind, _, ref = path[4:].rpartition("/")
+        if repo_kind.endswith("/blobs/uploads"):
+            location = state.lies.location or f"{state.url}/upload/1"
+            return self._send(202, b"", {"Location": location})
+        if repo_kind.endswith("/manifests"):
+            if self.command == "PUT":
+                return self._send(201, b"", {"Docker-Content-Digest": ""})
+            if ref not in state.manifests:
+                return self._send(404, b'{"errors":[{"code":"MANIFEST_UNKNOWN"}]}')
+            data, media = state.manifests[ref]
+            return self._send(200, data, {"Content-Type": media})
+        if repo_kind.endswith("/blobs"):
+            if state.lies.blob_redirect and self.command == "GET":
+                return self._send(302, b"", {"Location": state.lies.blob_redirect})
+            if ref not in state.blobs:
+                return self._send(404, b'{"errors":[{"code":"BLOB_UNKNOWN"}]}')
+            return self._send(200, state.blobs[ref], {"Content-Type": "application/octet-stream"})
+        return self._send(404, b"{}")
+
+    do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = _route
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    state: LyingRegistry
+
+
+@contextlib.contextmanager
+def lying_registry(lies: Lies | None = None, bind: str = "127.0.0.1") -> Iterator[LyingRegistry]:
+    server = _Server((bind, 0), _Handler)
+    server.state = LyingRegistry(f"{bind}:{server.server_address[1]}", lies or Lies())
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.state
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def only_127_0_0_1(host: str) -> bool:
+    """A loopback rule for tests: 127.0.0.1 is this machine, 127.0.0.2 plays a remote host."""
+    return host.split(":")[0] in ("127.0.0.1", "localhost")
