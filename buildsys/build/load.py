@@ -18,9 +18,11 @@ from typing import TYPE_CHECKING
 
 from buildsys.build.records import LayerRecord, Reporter
 from buildsys.core.store import Store, atomic_write
+from buildsys.engine import EngineError
+from buildsys.engine.probe import tagged_image
 from buildsys.oci.image import OciLayout, write_docker_archive
 
-if TYPE_CHECKING:  # docker's client is imported only when an engine is used (a no-op build needs none)
+if TYPE_CHECKING:
     from buildsys.engine import Engine
 
 
@@ -64,10 +66,6 @@ class Loader:
 
     def load(self, record: LayerRecord, tag: str | None = None) -> None:
         """Make sure docker has the image (loading it from the store), and tag it."""
-        # Imported here, not above: ``buildsys.engine`` (the package of both) imports the docker
-        # SDK (~0.2 s), which a no-op build never needs.
-        from buildsys.engine.probe import tagged_image
-
         # Loaded and tagged by an earlier build into this engine? Ask it cheaply whether that
         # still holds (an image pruned or a tag moved by hand); when it cannot be asked this
         # way (a remote engine, the socket away), the note is taken at its word.
@@ -77,8 +75,6 @@ class Loader:
         engine = self.docker()
         if engine is None:
             return
-        from buildsys.engine import EngineError
-
         if not engine.has_image(record.config_digest):
             # When docker has the parent image, send only the new layer: the load then
             # costs what the layer holds, not the whole image (measured: 0.94 s of a

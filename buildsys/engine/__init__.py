@@ -15,19 +15,33 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, TypeVar
-
-import docker
-import docker.errors
-import docker.types
-import requests.exceptions
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from buildsys.core.errors import BuildsysError, EngineUnavailable
+
+if TYPE_CHECKING:
+    import docker
+    import docker.errors
+    import docker.types
 
 # Every build container carries it, so one left by a killed run can be found and removed.
 BUILD_LABEL = "io.buildsys.build"
 
-_TRANSPORT = (docker.errors.DockerException, requests.exceptions.RequestException)
+# What a transport failure looks like; filled by _load_sdk() with docker's and requests' exceptions.
+_TRANSPORT: tuple[type[Exception], ...] = ()
+
+
+def _load_sdk() -> None:
+    """Import the docker SDK on the first ``Engine``: it costs ~0.2 s, which a no-op build (which
+    imports this module for its types and errors) never pays. Every use of ``docker.*`` below runs
+    on an ``Engine``, so after this."""
+    global docker, _TRANSPORT
+    import docker
+    import docker.errors
+    import docker.types
+    import requests.exceptions
+
+    _TRANSPORT = (docker.errors.DockerException, requests.exceptions.RequestException)
 
 T = TypeVar("T")
 
@@ -89,11 +103,13 @@ class RunResult:
 
 class Engine:
     def __init__(self, client: docker.DockerClient) -> None:
+        _load_sdk()
         self.client = client
 
     @classmethod
     def connect(cls, timeout: int = 600) -> Engine:
         """Connect using DOCKER_HOST and friends; exit 4 when nobody answers."""
+        _load_sdk()
         try:
             client = docker.from_env(timeout=timeout)
             client.ping()

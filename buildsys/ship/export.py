@@ -58,6 +58,7 @@ from buildsys.oci.image import (
 )
 from buildsys.oci.layer.normalize import TarWriter
 from buildsys.ship.publish import stored_image
+from buildsys.ship.sbom import cyclonedx_json
 
 EXPORT_VERSION = 1
 META = "buildsys/export.json"
@@ -99,8 +100,6 @@ class ExportResult:
 
 def export(store: Store, graph: Graph, locks: Mapping[str, Lock], recipes: Sequence[str], out: Path,
            progress: Progress = lambda r, s, d: None) -> ExportResult:
-    from buildsys.ship.sbom import cyclonedx_json
-
     started = time.monotonic()
     layout = OciLayout(store.oci)
     records: dict[str, LayerRecord] = {name: stored_image(store, graph, locks, name) for name in recipes}
