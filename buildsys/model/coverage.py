@@ -28,6 +28,7 @@ from packaging.version import Version
 
 from buildsys.core.store import Store
 from buildsys.core.urlpolicy import local_reason
+from buildsys.ecosystems.cran import repo_relative_problem  # moves with _cran_covers (house step 2)
 from buildsys.model.lockfile import Lock
 from buildsys.model.recipe import DebianBase, ImageBase, Recipe
 
@@ -115,10 +116,9 @@ def _cran_covers(recipe: Recipe, lock: Lock, above: Sequence[Lock], debs: set[st
             problems.append(f"R package '{name}' is not locked")
     if (lock.cran or recipe.cran_packages) and lock.cran_repo != recipe.cran_repo:
         problems.append(f"[cran-repo] is {lock.cran_repo!r}, the recipe's cran.repo is {recipe.cran_repo!r}")
-    contrib = (recipe.cran_repo or "").rstrip("/") + "/src/contrib/"
     for c in lock.cran:
-        if not c.url.startswith(contrib):
-            problems.append(f"R package '{c.name}' comes from {c.url}, not the recipe's cran.repo")
+        if why := repo_relative_problem(c.url, recipe.cran_repo or ""):
+            problems.append(f"R package '{c.name}' comes from {c.url}, not the recipe's cran.repo ({why})")
     return problems
 
 
