@@ -183,7 +183,7 @@ def gzip_bomb(inflated: int) -> bytes:
     return head + block * (inflated >> 20)
 
 
-def long_continuations(size: int, line: int = 60) -> str:
+def long_continuations(size: int, line: int = 8) -> str:
     """A PACKAGES of about ``size`` bytes whose stanzas carry long continued Description fields."""
     stanzas = []
     body = "\n".join(" " + "x" * (line - 2) for _ in range(max(1, size // line // 4)))

@@ -94,16 +94,16 @@ def test_an_index_over_the_cap_is_refused_unread(tmp_path: Path) -> None:
 def test_long_continuation_lines_parse_in_linear_time() -> None:
     text = long_continuations(4 << 20)
     assert len(text) > 4_000_000
-    started = time.perf_counter()
+    started = time.process_time()
     index = parse_index(text, "PACKAGES")
-    took = time.perf_counter() - started
-    print(f"4 MB PACKAGES of long continued fields: parsed in {took:.3f}s")
+    took = time.process_time() - started
+    print(f"4 MB PACKAGES of long continued fields: parsed in {took:.3f}s of CPU")
     assert set(index) == {"pkga", "pkgb", "pkgc", "pkgd"}
     assert took < 1.0
-    # and twice the text takes about twice the time, not four times
-    started = time.perf_counter()
+    # and twice the text takes about twice the time, not four times (CPU time: the machine is shared)
+    started = time.process_time()
     parse_index(long_continuations(8 << 20), "PACKAGES")
-    assert time.perf_counter() - started < 4 * took + 0.5
+    assert time.process_time() - started < 4 * took + 0.5
 
 
 def test_continuation_lines_are_joined_as_before() -> None:

@@ -25,15 +25,16 @@ def parse_dcf(text: str) -> list[dict[str, str]]:
     current: dict[str, list[str]] = {}
     last: list[str] | None = None
     for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            if current:
-                stanzas.append(_joined(current))
-            current, last = {}, None
-            continue
-        if line[0] in " \t":
-            if last is None:
+        if not line or line[0] in " \t":
+            value = line.strip()
+            if not value:  # a blank line (spaces only, too) ends the stanza
+                if current:
+                    stanzas.append(_joined(current))
+                current, last = {}, None
+            elif last is None:
                 raise DcfError(f"line {n}: a continuation line with no field before it")
-            last.append(line.strip())
+            else:
+                last.append(value)
             continue
         field, sep, value = line.partition(":")
         if not sep or not _FIELD.fullmatch(field):
