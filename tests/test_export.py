@@ -223,3 +223,36 @@ def test_the_vendor_store_moves_in_a_bundle_every_file_checked(shipped, tmp_path
     result = bs(proj, other, "fetch", "--from-bundle", str(bad))
     assert result.exit_code == 1 and "does not match its hash" in result.stderr
     assert not (other / "vendor" / first).exists()
+
+
+def test_an_export_killed_late_leaves_a_partial_that_the_next_export_sweeps(shipped, tmp_path) -> None:
+    """Issue 25: kill -9 after the first blob is written; the partial archive stays until the next export."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    proj, store = shipped
+    out = tmp_path / "out" / "chain.tar"
+    out.parent.mkdir()
+    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        import buildsys.ship.export as ex
+        first = ex.checked_chunks
+        def then_stop(path, digest):
+            yield from first(path, digest)
+            print("READY", flush=True)
+            time.sleep(600)
+        ex.checked_chunks = then_stop
+        from buildsys.cli import cli
+        cli(["-C", {str(proj)!r}, "--store", {str(store)!r}, "export", "app", "-o", {str(out)!r}])
+    """)], stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert child.stdout is not None and child.stdout.readline().strip() == "READY"
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait(timeout=30)
+    (partial,) = out.parent.iterdir()
+    assert partial.name.startswith(".chain.tar.partial.") and f"-{child.pid}." in partial.name
+    result = ok(bs(proj, store, "export", "app", "-o", str(out)))
+    assert [p.name for p in out.parent.iterdir()] == ["chain.tar"]
+    assert "left by an interrupted export" in result.stderr
