@@ -255,4 +255,15 @@ def test_an_export_killed_late_leaves_a_partial_that_the_next_export_sweeps(ship
     assert partial.name.startswith(".chain.tar.partial.") and f"-{child.pid}." in partial.name
     result = ok(bs(proj, store, "export", "app", "-o", str(out)))
     assert [p.name for p in out.parent.iterdir()] == ["chain.tar"]
-    assert "left by an interrupted export" in result.stderr
+    assert "left by an interrupted export" in " ".join(result.stderr.split())  # the line may wrap
+
+
+def test_a_full_output_disk_is_named_not_the_store(shipped, small_disk: Path) -> None:
+    """The archive (about 220 MB) onto a 100 MB file system: the error names that folder and its mount."""
+    proj, store = shipped
+    result = bs(proj, store, "export", "app", "tools", "-o", str(small_disk / "chain.tar"))
+    assert result.exit_code == 1, result.output + result.stderr
+    said = " ".join(result.stderr.split())
+    assert f"in {small_disk}, on the file system mounted at {small_disk}" in said, said
+    assert f"free space on {small_disk}" in said and str(store) not in said and "Traceback" not in said
+    assert list(small_disk.iterdir()) == []
