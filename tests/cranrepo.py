@@ -170,3 +170,42 @@ def serve(root: Path) -> Iterator[str]:
 class _Quiet(http.server.SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
         pass
+
+
+# ---- crafted repositories (issue 25): what a hostile or broken mirror may serve
+
+
+def gzip_bomb(inflated: int) -> bytes:
+    """A PACKAGES.gz that starts like an index and inflates to ``inflated`` bytes, ~1000x: gzip members
+    of 1 MiB of zeros each (~1 KB), one after another, as gzip allows (and R and Python read)."""
+    head = gzip.compress(b"Package: bomb\nVersion: 1.0\nDescription: x\n ", mtime=0)
+    block = gzip.compress(b"\0" * (1 << 20), compresslevel=9, mtime=0)
+    return head + block * (inflated >> 20)
+
+
+def long_continuations(size: int, line: int = 8) -> str:
+    """A PACKAGES of about ``size`` bytes whose stanzas carry long continued Description fields."""
+    stanzas = []
+    body = "\n".join(" " + "x" * (line - 2) for _ in range(max(1, size // line // 4)))
+    for i in range(4):
+        stanzas.append(f"Package: pkg{chr(97 + i)}\nVersion: 1.0\nDescription: start\n{body}")
+    return "\n\n".join(stanzas) + "\n"
+
+
+def relabel(tarball: bytes, package: str, version: str) -> bytes:
+    """The same tarball (same top folder) whose DESCRIPTION names another package and version."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=io.BytesIO(tarball)) as tar, \
+            gzip.GzipFile(fileobj=buf, mode="wb", mtime=0, filename="") as gz, \
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as out:
+        for m in tar.getmembers():
+            data = tar.extractfile(m).read() if m.isfile() else None  # type: ignore[union-attr]
+            parts = m.name.strip("./").split("/")
+            if data is not None and len(parts) == 2 and parts[1] == "DESCRIPTION":
+                lines = [f"Package: {package}" if ln.startswith("Package:") else
+                         f"Version: {version}" if ln.startswith("Version:") else ln
+                         for ln in data.decode("utf-8", errors="replace").splitlines()]
+                data = ("\n".join(lines) + "\n").encode()
+                m.size = len(data)
+            out.addfile(m, None if data is None else io.BytesIO(data))
+    return buf.getvalue()

@@ -299,3 +299,27 @@ def test_missing_header_hint_from_real_gcc_output(tmp_path: Path) -> None:
     assert hint is not None and "R package sodium" in hint and "sodium.h" in hint and "libsodium-dev" in hint
     # Another step's failure gets no R hint.
     assert failure_hint(f"{STEP_MARKER}apt: install 3 packages\n{gcc.stderr}") is None
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_a_tarball_whose_description_is_another_package_fails_the_build(locked: Path, store: Path, built: dict,
+                                                                         cran_packages: dict, tmp_path: Path) -> None:
+    """Issue 25: mime's tarball says 'evilpkg 9.9' inside; the sha256 pins its bytes, not its claim. The lock
+    takes it (the index says mime), the build refuses it before R installs it, naming the package."""
+    from cranrepo import relabel
+
+    version, tarball, fields = cran_packages["mime"]
+    evil = tmp_path / "evil"
+    write_repo(evil, {"mime": (version, relabel(tarball, "evilpkg", "9.9"), fields)})
+    proj = copy_project(locked, tmp_path / "p")
+    with serve(evil) as url:
+        (proj / "recipes" / "rmime.toml").write_text(f'parents = ["r"]\n\n[cran]\npackages = ["mime"]\n'
+                                                     f'repo = "{url}"\n')
+        ok(bs(proj, store, "lock", "rmime"))
+        ok(bs(proj, store, "fetch", "rmime"))
+    r = bs(proj, store, "build", "rmime")
+    assert r.exit_code == 1, r.output + r.stderr
+    said = " ".join(r.stderr.split())
+    assert f"R package mime {version}: its tarball is evilpkg 9.9, not what the lock pins" in said, r.stderr
+    assert "another package or version than its index said" in said and "Traceback" not in said

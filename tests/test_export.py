@@ -224,3 +224,47 @@ def test_the_vendor_store_moves_in_a_bundle_every_file_checked(shipped, tmp_path
     result = bs(proj, other, "fetch", "--from-bundle", str(bad))
     assert result.exit_code == 1 and "does not match its hash" in result.stderr
     assert not (other / "vendor" / first).exists()
+
+
+def test_an_export_killed_late_leaves_a_partial_that_the_next_export_sweeps(shipped, tmp_path) -> None:
+    """Issue 25: kill -9 after the first blob is written; the partial archive stays until the next export."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    proj, store = shipped
+    out = tmp_path / "out" / "chain.tar"
+    out.parent.mkdir()
+    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        import buildsys.ship.export as ex
+        first = ex.checked_chunks
+        def then_stop(path, digest):
+            yield from first(path, digest)
+            print("READY", flush=True)
+            time.sleep(600)
+        ex.checked_chunks = then_stop
+        from buildsys.cli import cli
+        cli(["-C", {str(proj)!r}, "--store", {str(store)!r}, "export", "app", "-o", {str(out)!r}])
+    """)], stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert child.stdout is not None and child.stdout.readline().strip() == "READY"
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait(timeout=30)
+    (partial,) = out.parent.iterdir()
+    assert partial.name.startswith(".chain.tar.partial.") and f"-{child.pid}." in partial.name
+    result = ok(bs(proj, store, "export", "app", "-o", str(out)))
+    assert [p.name for p in out.parent.iterdir()] == ["chain.tar"]
+    assert "left by an interrupted export" in " ".join(result.stderr.split())  # the line may wrap
+
+
+def test_a_full_output_disk_is_named_not_the_store(shipped, small_disk: Path) -> None:
+    """The archive (about 220 MB) onto a 100 MB file system: the error names that folder and its mount."""
+    proj, store = shipped
+    result = bs(proj, store, "export", "app", "tools", "-o", str(small_disk / "chain.tar"))
+    assert result.exit_code == 1, result.output + result.stderr
+    said = " ".join(result.stderr.split())
+    assert f"in {small_disk}, on the file system mounted at {small_disk}" in said, said
+    assert f"free space on {small_disk}" in said and str(store) not in said and "Traceback" not in said
+    assert list(small_disk.iterdir()) == []

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import gzip
 import hashlib
 import heapq
 import re
 import shlex
+import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, TypeVar
 from packageurl import PackageURL
 
 from buildsys.core import names, net
+from buildsys.core.dcf import parse_dcf
 from buildsys.core.errors import FetchError, HashMismatch, LockError, NotVendored, did_you_mean
 from buildsys.core.store import Artifact, Store
 from buildsys.core.urlpolicy import local_reason
@@ -46,6 +47,13 @@ SITE_LIBRARY = "/usr/local/lib/R/site-library"
 # Sources are unpacked and compiled here, always the same path, mapped away by -ffile-prefix-map.
 BUILD_DIR = "/tmp/buildsys-cran"
 DEP_FIELDS = ("Depends", "Imports", "LinkingTo")
+# A repository index is read whole (and then parsed): CRAN's own PACKAGES, about 21 000 stanzas of
+# ~500 bytes, is ~10 MB; 64 MiB leaves six times that and keeps a gzip bomb (a 400 KB PACKAGES.gz that
+# inflated to 400 MB took 1.7 GB RSS, issue 25) to one bounded buffer. Compressed or not, the same cap.
+INDEX_CAP = 64 << 20
+# A Path: field names a folder under src/contrib (CRAN's "Archive/NAME", "4.4.0/Recommended"): plain
+# segments only, so a tarball URL can never leave the repository (no "..", no "%2e", no space).
+_PATH_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 _DEP = re.compile(r"^\s*([A-Za-z][A-Za-z0-9.]*)\s*(?:\(\s*([<>=!]+)\s*([^)\s]+)\s*\))?\s*$")
 
 # Headers a failed compile may name, and the Debian package that provides them.
@@ -150,32 +158,6 @@ def compare_versions(a: str, b: str) -> int:
     return (ka > kb) - (ka < kb)
 
 
-def parse_dcf(text: str) -> list[dict[str, str]]:
-    """Debian-control-like stanzas; continuation lines are joined with a space."""
-    stanzas: list[dict[str, str]] = []
-    current: dict[str, str] = {}
-    last = ""
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            if current:
-                stanzas.append(current)
-            current, last = {}, ""
-            continue
-        if line[0] in " \t":
-            if not last:
-                raise ValueError(f"line {n}: a continuation line with no field before it")
-            current[last] += " " + line.strip()
-            continue
-        field, sep, value = line.partition(":")
-        if not sep or not re.fullmatch(r"[A-Za-z0-9/@._-]+", field):
-            raise ValueError(f"line {n}: {line[:60]!r} is not 'Field: value'")
-        last = field
-        current[field] = value.strip()
-    if current:
-        stanzas.append(current)
-    return stanzas
-
-
 def parse_deps(value: str) -> list[Dependency]:
     out = []
     for part in value.split(","):
@@ -199,9 +181,12 @@ def parse_index(text: str, index_url: str) -> dict[str, IndexEntry]:
             if not names.R_NAME.fullmatch(name) or not names.R_VERSION.fullmatch(version):
                 raise ValueError(f"'{name}' '{version}' is not an R package name and version")
             deps = [d for f in DEP_FIELDS for d in parse_deps(st.get(f, ""))]
+            path = st.get("Path", "").strip("/")
+            if path and (why := _path_problem(path)):
+                raise ValueError(f"{name} {version}: Path: {path!r} {why}")
             entry = IndexEntry(name=name, version=version, depends=tuple(d for d in deps if d.name != "R"),
                                r_needed=tuple(d for d in deps if d.name == "R"), md5=st.get("MD5sum", ""),
-                               path=st.get("Path", ""))
+                               path=path)
             old = entries.get(name)
             if old is None or compare_versions(version, old.version) > 0:
                 entries[name] = entry
@@ -214,6 +199,33 @@ def parse_index(text: str, index_url: str) -> dict[str, IndexEntry]:
 
 def contrib(repo: str) -> str:
     return repo.rstrip("/") + "/src/contrib"
+
+
+def _path_problem(path: str) -> str:
+    """Why a relative path under src/contrib may not be used ("" when it may)."""
+    parts = path.split("/")
+    if any(p in (".", "..") for p in parts):
+        return "leaves the repository (a '..' or '.' segment)"
+    if not all(_PATH_PART.fullmatch(p) for p in parts):
+        return "is not plain folder names (letters, digits, '.', '_', '+', '-'; no spaces, no '%')"
+    return ""
+
+
+def repo_relative_problem(url: str, repo: str) -> str:
+    """Why a locked tarball URL is not a file of the repository's src/contrib ("" when it is).
+
+    The lock check calls it: a lock whose URL leaves the repository (``Path: ../../elsewhere``
+    pinned by an older buildsys, or an edited lock) is stale, not fetched.
+    """
+    base = contrib(repo) + "/"
+    if not url.startswith(base):
+        return f"it is not under {base}"
+    rest = url[len(base):]
+    folder, _, name = rest.rpartition("/")
+    why = _path_problem(folder) if folder else ""
+    if why or not name.endswith(".tar.gz") or not _PATH_PART.fullmatch(name):
+        return f"{rest!r} {why or 'is not a tarball name'}"
+    return ""
 
 
 def tarball_urls(repo: str, name: str, version: str, path: str = "") -> tuple[str, ...]:
@@ -236,15 +248,43 @@ def read_index(recipe: Recipe) -> tuple[dict[str, IndexEntry], str]:
                 if resp.status_code >= 400:
                     failures.append(f"{url}: HTTP {resp.status_code}")
                     continue
-                raw = resp.read(net.MAX_INDEX, f"the repository index {name}")
+                raw = resp.read(INDEX_CAP, f"the repository index {name}")
+        except net.TooLarge as e:
+            raise CranIndexError(url, f"larger than {INDEX_CAP >> 20} MiB, the cap for an index") from e
         except net.NetError as e:
             raise CranRepoUnreachable(recipe.path, repo, e.message) from e
         try:
-            text = (gzip.decompress(raw) if name.endswith(".gz") else raw).decode("utf-8")
-        except (OSError, EOFError, UnicodeDecodeError) as e:
-            raise CranIndexError(url, f"not gzip'd UTF-8 text ({e})") from e
+            text = (_gunzip(raw, url) if name.endswith(".gz") else raw).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise CranIndexError(url, f"not UTF-8 text ({e})") from e
         return parse_index(text, url), hashlib.sha256(raw).hexdigest()
     raise CranRepoUnreachable(recipe.path, repo, "; ".join(failures))
+
+
+def _gunzip(raw: bytes, url: str) -> bytes:
+    """gzip members inflated into at most ``INDEX_CAP`` bytes; a bomb is refused at the cap, not after."""
+    out: list[bytes] = []
+    size = 0
+    data = raw
+    while data:
+        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            while True:
+                chunk = d.decompress(data, INDEX_CAP + 1 - size)
+                size += len(chunk)
+                out.append(chunk)
+                if size > INDEX_CAP:
+                    raise CranIndexError(url, f"it inflates past {INDEX_CAP >> 20} MiB, the cap for an index "
+                                              f"({len(raw)} bytes compressed): refused as a gzip bomb")
+                if not d.unconsumed_tail:
+                    break
+                data = d.unconsumed_tail
+        except zlib.error as e:
+            raise CranIndexError(url, f"not gzip'd text ({e})") from e
+        if not d.eof:
+            raise CranIndexError(url, "the gzip stream stops before its end: truncated")
+        data = d.unused_data.lstrip(b"\0")  # padding after the last member, as gzip allows
+    return b"".join(out)
 
 
 def resolve_closure(recipe: Recipe, index: Mapping[str, IndexEntry], installed: InstalledR,
@@ -405,10 +445,15 @@ def _download(store: Store, url: str, entry: IndexEntry, allow_local: bool) -> t
                          hint="check the network and cran.repo, then `buildsys lock` again") from e
 
 
+_NOT_PINNED = "not what the lock pins"
+
+
 def install_script(packages: Sequence[LockedCran], repo: str, mount: str, epoch: int) -> str:
     """Shell that installs the vendored tarballs in dependency order, reproducibly.
 
-    Each source and its fix is in docs/reproducibility.md ("R packages").
+    Each source and its fix is in docs/reproducibility.md ("R packages"). A tarball whose
+    DESCRIPTION is another package or version than the lock pins (its sha256 vouches for the bytes,
+    not for what they claim) is refused before R installs it, and what R installed is read back.
     """
     built = shlex.quote(_utc(epoch))
     lines = [
@@ -418,6 +463,12 @@ def install_script(packages: Sequence[LockedCran], repo: str, mount: str, epoch:
         f"export R_MAKEVARS_USER={mount}/cran/Makevars",
         "export R_LIBS_USER=/nonexistent R_LIBS=",
         "export R_INSTALL_STAGED=false",
+        # NAME VERSION FILE WHAT: FILE's Package and Version are exactly the pinned ones, or the build stops.
+        "buildsys_cran_is() { "
+        "p=$(sed -n 's/^Package:[[:space:]]*//p' \"$3\" 2>/dev/null | head -n1 | tr -d '[:space:]'); "
+        "v=$(sed -n 's/^Version:[[:space:]]*//p' \"$3\" 2>/dev/null | head -n1 | tr -d '[:space:]'); "
+        "[ \"$p\" = \"$1\" ] && [ \"$v\" = \"$2\" ] || { echo \"R package $1 $2: $4 is ${p:-?} ${v:-?}, "
+        f"{_NOT_PINNED}\"; exit 1; }}; }}",
     ]
     for p in install_order(packages):
         tar = f"{mount}/cran/{p.name}_{p.version}.tar.gz"
@@ -426,8 +477,10 @@ def install_script(packages: Sequence[LockedCran], repo: str, mount: str, epoch:
             f"rm -rf {BUILD_DIR}/{p.name} && tar -xzf {tar} -C {BUILD_DIR} --no-same-owner",
             f"test -d {BUILD_DIR}/{p.name} || {{ echo 'R package {p.name}: its tarball has no folder "
             f"{p.name}/'; exit 1; }}",
+            f"buildsys_cran_is {p.name} {p.version} {BUILD_DIR}/{p.name}/DESCRIPTION 'its tarball'",
             f"R CMD INSTALL --no-multiarch --built-timestamp={built} --library={SITE_LIBRARY} "
             f"{BUILD_DIR}/{p.name}",
+            f"buildsys_cran_is {p.name} {p.version} {SITE_LIBRARY}/{p.name}/DESCRIPTION 'what R installed'",
             f"rm -rf {BUILD_DIR}/{p.name}",
         ]
     rprofile = f'options(repos = c(CRAN = "{_r_string(repo)}"))'
@@ -466,6 +519,9 @@ def stage_tarballs(store: Store, recipe: str, packages: Sequence[LockedCran], fo
 
 def failure_hint(output: str) -> str | None:
     """For a failed R package compile: which [apt] package provides the missing header, when known."""
+    if _NOT_PINNED in output:
+        return ("the repository served a tarball (the one whose sha256 the lock pins) that is another package "
+                "or version than its index said: use a repository you trust, then `buildsys lock` again")
     last = [ln for ln in output.splitlines() if ln.startswith(STEP_MARKER)]
     if not last or not last[-1].startswith(f"{STEP_MARKER}cran: install "):
         return None
@@ -551,10 +607,9 @@ class Cran(Ecosystem):
                 problems.append(f"R package '{name}' is not locked")
         if (lock.cran or recipe.cran_packages) and lock.cran_repo != recipe.cran_repo:
             problems.append(f"[cran-repo] is {lock.cran_repo!r}, the recipe's cran.repo is {recipe.cran_repo!r}")
-        prefix = (recipe.cran_repo or "").rstrip("/") + "/src/contrib/"
         for c in lock.cran:
-            if not c.url.startswith(prefix):
-                problems.append(f"R package '{c.name}' comes from {c.url}, not the recipe's cran.repo")
+            if why := repo_relative_problem(c.url, recipe.cran_repo or ""):
+                problems.append(f"R package '{c.name}' comes from {c.url}, not the recipe's cran.repo ({why})")
         return problems
 
     def components(self, lock: Lock) -> list[Component]:

@@ -6,22 +6,25 @@ deterministically under a temporary name. Reading one hashes every file as it
 is copied into the store and keeps it only when its content is what its name
 says; a file whose name is not a sha256 or whose content is not that hash is
 refused, with the bundle named. Files already checked in the store are kept.
+Only members ``bundle.json`` lists are taken, at their listed sizes (see
+``buildsys.core.archive``); the bundle is written and swept as exports are.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
-import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from buildsys.core import names
+from buildsys.core.archive import JSON_CAP, copy_member, open_archive, owned_open, read_json_member, sweep_partials
 from buildsys.core.errors import BuildsysError, NotVendored
 from buildsys.core.progress import Progress
-from buildsys.core.store import Artifact, Store, atomic_open
+from buildsys.core.store import Artifact, Store
 from buildsys.oci.image import archive_member, canonical_bytes
 from buildsys.oci.layer.normalize import TarWriter
 
@@ -30,8 +33,13 @@ _MEMBER_RE = re.compile(rf"sha256/({names.HEX64.pattern})")
 _CHUNK = 1 << 20
 
 
+
 class BundleError(BuildsysError):
-    def __init__(self, path: Path, problem: str) -> None:
+    """A bundle that is damaged, tampered with or holds what it does not list (exit 1); ``member`` is the
+    member at fault, when one is. Files checked before it stay in the vendor store (each matched its hash)."""
+
+    def __init__(self, path: Path, problem: str, member: str = "") -> None:
+        self.path, self.problem, self.member = path, problem, member
         super().__init__(f"{path}: {problem}",
                          "copy the bundle again (compare its sha256 on both machines), or make it again with "
                          "`buildsys fetch --bundle FILE`")
@@ -57,7 +65,9 @@ def write_bundle(store: Store, artifacts: Sequence[Artifact], out: Path,
         {"sha256": a.sha256, "size": store.vendor_path(a.sha256).stat().st_size, "kind": a.kind, "name": a.name,
          "version": a.version, "filename": a.filename} for a in arts]}
     total = 0
-    with atomic_open(out) as f:
+    for gone in sweep_partials(out.parent):  # a bundle killed before its rename
+        progress("bundle", "cleanup", f"removed {gone.name}, left by an interrupted run")
+    with owned_open(out) as f:
         writer = TarWriter(f)
         data = canonical_bytes(index)
         writer.add(archive_member("bundle.json", len(data)), (data,))
@@ -85,50 +95,73 @@ def _checked(path: Path, art: Artifact):  # type: ignore[no-untyped-def]
 
 
 def read_bundle(store: Store, bundle: Path, progress: Progress = lambda r, s, d: None) -> BundleResult:
-    """Copy a bundle's files into the vendor store, each hash-checked before it is placed."""
+    """Copy a bundle's files into the vendor store, each hash-checked before it is placed.
+
+    Only what ``bundle.json`` lists is taken, at its listed size: any other member, a member of
+    another size, a link or a sparse file is refused from the headers, before a byte is written.
+    """
+    def fail(member: str, why: str) -> BundleError:
+        return BundleError(bundle, f"'{member}': {why}" if member else why, member)
+
     files = added = nbytes = 0
-    listed: dict[str, int] | None = None
-    try:
-        with tarfile.open(bundle, "r|") as tf:
-            for member in tf:
-                name = member.name.removeprefix("./").rstrip("/")
-                if member.isdir():
-                    continue
-                if name == "bundle.json" and member.isfile():
-                    src = tf.extractfile(member)
-                    assert src is not None
-                    try:
-                        meta = json.loads(src.read())
-                        listed = {e["sha256"]: int(e["size"]) for e in meta["files"]}
-                    except (ValueError, KeyError, TypeError) as e:
-                        raise BundleError(bundle, f"bundle.json is not readable ({e})") from e
-                    if meta.get("version") != BUNDLE_VERSION:
-                        raise BundleError(bundle, f"bundle.json has version {meta.get('version')!r}, "
-                                                  f"this buildsys reads {BUNDLE_VERSION}")
-                    continue
+    if n := store.sweep_scratch():  # what a killed read (or build) left in the store's scratch space
+        progress("bundle", "cleanup", f"removed {n} scratch folder(s) left by an interrupted run")
+    with open_archive(bundle, fail) as (tf, members):
+        if "bundle.json" not in members:
+            raise BundleError(bundle, "bundle.json is missing: not a bundle of `buildsys fetch --bundle`")
+        listed = _listing(bundle, read_json_member(tf, members["bundle.json"], JSON_CAP, fail))
+        for name, member in sorted(members.items()):
+            m = _MEMBER_RE.fullmatch(name)
+            if name == "bundle.json":
+                continue
+            if not m or m.group(1) not in listed:
+                raise fail(member.name, "not a vendored file that bundle.json lists (sha256/<hex>); a bundle "
+                                        "holds nothing else")
+            if member.size != listed[m.group(1)]:
+                raise fail(member.name, f"{member.size} bytes, bundle.json declares {listed[m.group(1)]}")
+        # Every member is declared and of its declared size: only now is anything written.
+        with store.scratch("bundle") as tmp:
+            for name, member in sorted(members.items(), key=lambda kv: kv[1].offset):
                 m = _MEMBER_RE.fullmatch(name)
-                if not m or not member.isfile():
-                    raise BundleError(bundle, f"'{member.name}' is not a vendored file (sha256/<hex>)")
+                if not m:
+                    continue
                 sha = m.group(1)
                 files += 1
                 if store.is_verified(sha):
                     continue
-                src = tf.extractfile(member)
-                assert src is not None
                 progress("bundle", "check", sha[:12])
                 h = hashlib.sha256()
-                with atomic_open(store.vendor_path(sha)) as out:
-                    while chunk := src.read(_CHUNK):
-                        h.update(chunk)
-                        out.write(chunk)
-                    if h.hexdigest() != sha:
-                        raise BundleError(bundle, f"sha256/{sha} does not match its hash (it hashes to "
-                                                  f"{h.hexdigest()}): tampered or damaged; it was not kept")
+                part = Path(tmp) / sha
+                with open(part, "wb") as out:
+                    copy_member(tf, member, listed[sha], out, (h,), fail)
+                if h.hexdigest() != sha:
+                    raise BundleError(bundle, f"sha256/{sha} does not match its hash (it hashes to "
+                                              f"{h.hexdigest()}): tampered or damaged; it was not kept", name)
+                dest = store.vendor_path(sha)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(part, dest)
                 store.mark_verified(sha)
                 added += 1
                 nbytes += member.size
-    except (tarfile.TarError, EOFError) as e:
-        raise BundleError(bundle, f"not a complete bundle ({e}): truncated or damaged") from e
-    if listed is None:
-        raise BundleError(bundle, "bundle.json is missing: not a bundle of `buildsys fetch --bundle`")
     return BundleResult(files, added, nbytes)
+
+
+def _listing(bundle: Path, data: bytes) -> dict[str, int]:
+    """bundle.json: sha256 -> size of every file it lists."""
+    try:
+        meta = json.loads(data)
+        version = meta.get("version")
+        entries = [(e["sha256"], e["size"]) for e in meta["files"]]
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise BundleError(bundle, f"bundle.json is not readable ({type(e).__name__}: {e})", "bundle.json") from e
+    if version != BUNDLE_VERSION:
+        raise BundleError(bundle, f"bundle.json has version {version!r}, this buildsys reads {BUNDLE_VERSION}",
+                          "bundle.json")
+    listed: dict[str, int] = {}
+    for sha, size in entries:
+        if not isinstance(sha, str) or not names.HEX64.fullmatch(sha) or type(size) is not int or size < 0 \
+                or listed.get(sha, size) != size:
+            raise BundleError(bundle, f"bundle.json lists {sha!r} with size {size!r}: not a sha256 and a size",
+                              "bundle.json")
+        listed[sha] = size
+    return listed

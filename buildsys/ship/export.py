@@ -11,16 +11,22 @@ The archive is one tar that is three things at once:
   sha256 of every other file here), the chain's locks and an SBOM per image.
 
 It is written deterministically (sorted, mtime 0, no owner names) under a
-temporary name and renamed, so the same images give the same archive bytes.
+temporary name that names this host and process (``.NAME.partial.HOST-PID.*``,
+swept by the next export once that process is gone) and renamed, so the same
+images give the same archive bytes. A full output disk is named as such
+(:class:`~buildsys.core.archive.OutputFull`), not as the store's.
 
-``import`` trusts nothing in it until it is checked: it reads the archive
-once, hashing every blob into the store's scratch folder as it goes, and only
-when every blob matches its digest, every image's manifest, config and layers
-are there, and every file ``export.json`` lists matches its sha256, does it
-move the blobs into the store and load the images into docker. A truncated,
-tampered or incomplete archive (or a full disk) stops it before anything is
-loaded. ``index.json`` and ``manifest.json`` of the archive are not read:
-what is loaded is rebuilt from the checked blobs.
+``import`` trusts nothing in it until it is checked. It first reads the
+headers, ``export.json`` and each image's manifest (each capped, see
+``buildsys.core.archive``): together they declare every member, its size and
+its digest, and any other member, a link, a sparse file or a size other than
+the declared one is refused before a byte is written. Then it streams each
+blob into the store's scratch folder, hashing it (never more than its declared
+size), and only when every blob matches its digest and every config its
+layers, and every file ``export.json`` lists matches its sha256, does it move
+the blobs into the store and load the images into docker. ``index.json`` and
+``manifest.json`` of the archive are not read: what is loaded is rebuilt from
+the checked blobs.
 """
 
 from __future__ import annotations
@@ -39,9 +45,18 @@ from typing import IO, Any
 from buildsys.build.load import engine_notes
 from buildsys.build.records import LayerRecord
 from buildsys.core import names
+from buildsys.core.archive import (
+    JSON_CAP,
+    MANIFEST_CAP,
+    copy_member,
+    open_archive,
+    owned_open,
+    read_json_member,
+    sweep_partials,
+)
 from buildsys.core.errors import BuildsysError, FormatVersionError
 from buildsys.core.progress import Progress
-from buildsys.core.store import Store, atomic_open
+from buildsys.core.store import Store
 from buildsys.engine import Engine
 from buildsys.model.graph import Graph
 from buildsys.model.lockfile import Lock, dumps
@@ -66,11 +81,13 @@ _CHUNK = 1 << 20
 _BLOB_RE = re.compile(rf"blobs/sha256/({names.HEX64.pattern})")
 
 
-class ArchiveError(BuildsysError):
-    """An archive to import is truncated, tampered with or incomplete; nothing was loaded."""
 
-    def __init__(self, path: Path, problem: str) -> None:
-        self.path, self.problem = path, problem
+class ArchiveError(BuildsysError):
+    """An archive to import is truncated, tampered with, incomplete or holds what it does not declare;
+    nothing was loaded (exit 1). ``member`` names the member at fault, when one is."""
+
+    def __init__(self, path: Path, problem: str, member: str = "") -> None:
+        self.path, self.problem, self.member = path, problem, member
         super().__init__(f"{path}: {problem}; nothing was imported",
                          "copy the archive again from the machine that exported it (compare its sha256 there "
                          "and here), or export it again")
@@ -129,7 +146,11 @@ def export(store: Store, graph: Graph, locks: Mapping[str, Lock], recipes: Seque
     total = sum(layout.blob_path(d).stat().st_size for d in blobs)
     done = 0
     h = hashlib.sha256()
-    with atomic_open(out) as f:
+    # An export killed late leaves its partial archive (hundreds of MB) beside ``out``: remove those of
+    # processes that no longer run before writing another.
+    for gone in sweep_partials(out.parent):
+        progress("export", "cleanup", f"removed {gone.name}, left by an interrupted export")
+    with owned_open(out) as f:
         dst = _Hashing(f, h)
         writer = TarWriter(dst)  # type: ignore[arg-type]
         for d in ("blobs", "blobs/sha256", "buildsys", "buildsys/locks", "buildsys/sbom"):
@@ -180,9 +201,12 @@ def import_archive(store: Store, archive: Path, engine: Engine | None,
                    progress: Progress = lambda r, s, d: None) -> Imported:
     started = time.monotonic()
     layout = OciLayout(store.oci)
+    # An import killed (kill -9, a reboot) leaves its scratch folder (hundreds of MB): sweep those
+    # of processes that no longer run, as builds do.
+    if n := store.sweep_scratch():
+        progress("import", "cleanup", f"removed {n} scratch folder(s) left by an interrupted run")
     with store.scratch("import") as tmp:
-        blobs, files, nbytes = _read_checked(archive, Path(tmp), progress)
-        images = _check_complete(archive, blobs, files)
+        images, blobs, nbytes = _read_checked(archive, Path(tmp), progress)
         # Everything is checked: only now does the store (and then docker) see any of it.
         for digest, path in sorted(blobs.items()):
             layout.add_blob_file(path, digest=digest)
@@ -207,104 +231,172 @@ def import_archive(store: Store, archive: Path, engine: Engine | None,
     return Imported(tuple(images), len(blobs), nbytes, time.monotonic() - started)
 
 
-def _read_checked(archive: Path, tmp: Path, progress: Progress) -> tuple[dict[str, Path], dict[str, bytes], int]:
-    """One pass over the archive: blobs hashed into ``tmp``, buildsys/ files kept; anything off is refused."""
-    blobs: dict[str, Path] = {}
-    files: dict[str, bytes] = {}
-    nbytes = 0
-    try:
-        with tarfile.open(archive, "r|") as tf:
-            for member in tf:
-                name = member.name.removeprefix("./").rstrip("/")
-                if member.isdir():
-                    continue
-                if not member.isfile():
-                    raise ArchiveError(archive, f"'{member.name}' is not a regular file (links are refused)")
-                src = tf.extractfile(member)
-                assert src is not None
-                m = _BLOB_RE.fullmatch(name)
-                if m:
-                    digest = "sha256:" + m.group(1)
-                    progress("import", "check", f"{digest[:19]} ({member.size / 1e6:.1f} MB)")
-                    path = tmp / m.group(1)
-                    h = hashlib.sha256()
+# Files export.json lists (locks, SBOMs) are hashed as they are read and never kept; this bounds the read.
+FILE_CAP = 64 << 20
+# Members that docker load and OCI tools read; import neither reads nor keeps them.
+_FOR_OTHER_TOOLS = ("index.json", "manifest.json", "oci-layout")
+
+
+def _read_checked(archive: Path, tmp: Path, progress: Progress) -> tuple[list[ExportedImage], dict[str, Path], int]:
+    """Everything the archive's listing declares, checked; anything else refused before a byte is written.
+
+    export.json declares each image's manifest and the locks and SBOMs (with sha256); each manifest
+    (read first, under ``MANIFEST_CAP``, and hashed) declares its config and layers with their sizes.
+    A member named by none of them, or of another size than declared, stops the import at its header.
+    """
+    def fail(member: str, why: str) -> ArchiveError:
+        return ArchiveError(archive, f"'{member}': {why}" if member else why, member)
+
+    with open_archive(archive, fail) as (tf, members):
+        if META not in members:
+            raise ArchiveError(archive, f"{META} is missing: not an archive of `buildsys export`")
+        images, listed = _listing(archive, read_json_member(tf, members[META], JSON_CAP, fail))
+        manifests: dict[str, bytes] = {}
+        declared: dict[str, tuple[str, int]] = {}  # member name -> (digest, size)
+        wanted_by: dict[str, str] = {}  # member name -> the first recipe whose manifest names it
+        for img in images:
+            data = _manifest_bytes(archive, tf, members, img)
+            manifests[img.manifest_digest] = data
+            declared[_blob_name(img.manifest_digest)] = (img.manifest_digest, len(data))
+            wanted_by.setdefault(_blob_name(img.manifest_digest), img.recipe)
+            for digest, size in _descriptors(archive, img, data):
+                if declared.get(_blob_name(digest), (digest, size))[1] != size:
+                    raise ArchiveError(archive, f"{img.recipe}: blob {digest} is declared with two sizes", digest)
+                declared[_blob_name(digest)] = (digest, size)
+                wanted_by.setdefault(_blob_name(digest), img.recipe)
+        for name, member in sorted(members.items()):
+            if name in declared:
+                if member.size != declared[name][1]:
+                    raise fail(member.name, f"{member.size} bytes, its manifest declares {declared[name][1]}")
+            elif name in listed:
+                if member.size > FILE_CAP:
+                    raise fail(member.name, f"{member.size} bytes, too large for a lock or an SBOM "
+                                            f"(cap {FILE_CAP >> 20} MiB)")
+            elif name not in (META, *_FOR_OTHER_TOOLS):
+                raise fail(member.name, f"not declared by {META} or the manifests it names "
+                                        "(an archive of `buildsys export` holds nothing else)")
+        for name, (digest, _) in sorted(declared.items()):
+            if name not in members:
+                raise ArchiveError(archive, f"{wanted_by[name]}: blob {digest} is missing")
+        for name in sorted(listed):
+            if name not in members:
+                raise ArchiveError(archive, f"'{name}' is listed in {META} but missing")
+        # Every member is declared, and of its declared size: only now is anything written (to scratch).
+        blobs: dict[str, Path] = {}
+        nbytes = 0
+        for name, member in sorted(members.items(), key=lambda kv: kv[1].offset):
+            if name in declared:
+                digest, size = declared[name]
+                path = tmp / digest.split(":", 1)[1]
+                h = hashlib.sha256()
+                if digest in manifests:
+                    h.update(manifests[digest])
+                    path.write_bytes(manifests[digest])
+                else:
+                    progress("import", "check", f"{digest[:19]} ({size / 1e6:.1f} MB)")
                     with open(path, "wb") as out:
-                        while chunk := src.read(_CHUNK):
-                            h.update(chunk)
-                            out.write(chunk)
-                    if "sha256:" + h.hexdigest() != digest:
-                        raise ArchiveError(archive, f"blob {digest} does not match its digest (its content "
-                                                    f"hashes to sha256:{h.hexdigest()}): tampered or damaged")
-                    blobs[digest] = path
-                    nbytes += member.size
-                elif name.startswith("buildsys/"):
-                    if member.size > 64 << 20:
-                        raise ArchiveError(archive, f"'{name}' is too large for a lock or an SBOM")
-                    files[name] = src.read()
-                # index.json, manifest.json, oci-layout: for docker load and OCI tools, not read here
-    except (tarfile.TarError, EOFError) as e:
-        raise ArchiveError(archive, f"not a complete archive ({e}): truncated or damaged") from e
-    return blobs, files, nbytes
+                        copy_member(tf, member, size, out, (h,), fail)
+                if "sha256:" + h.hexdigest() != digest:
+                    raise ArchiveError(archive, f"blob {digest} does not match its digest (its content "
+                                                f"hashes to sha256:{h.hexdigest()}): tampered or damaged", name)
+                blobs[digest] = path
+                nbytes += size
+            elif name in listed:
+                h = hashlib.sha256()
+                copy_member(tf, member, member.size, None, (h,), fail)
+                if h.hexdigest() != listed[name]:
+                    raise ArchiveError(archive, f"'{name}' does not match its sha256 in {META}: tampered or "
+                                                "damaged", name)
+    for img in images:
+        _check_config(archive, img, manifests[img.manifest_digest], blobs)
+    return images, blobs, nbytes
 
 
-def _check_complete(archive: Path, blobs: Mapping[str, Path], files: Mapping[str, bytes]) -> list[ExportedImage]:
-    if META not in files:
-        raise ArchiveError(archive, f"{META} is missing: not an archive of `buildsys export`")
+def _listing(archive: Path, data: bytes) -> tuple[list[ExportedImage], dict[str, str]]:
+    """export.json: its images and the files it lists (name -> sha256)."""
     try:
-        meta = json.loads(files[META])
+        meta = json.loads(data)
     except ValueError as e:
-        raise ArchiveError(archive, f"{META} is not valid JSON ({e})") from e
+        raise ArchiveError(archive, f"{META} is not valid JSON ({e})", META) from e
     if not isinstance(meta, dict):
-        raise ArchiveError(archive, f"{META} is not an object")
+        raise ArchiveError(archive, f"{META} is not an object", META)
     if meta.get("version") != EXPORT_VERSION:
         raise FormatVersionError(f"{archive}:{META}", meta.get("version"), EXPORT_VERSION)
     listed = meta.get("files") or {}
-    if not isinstance(listed, dict) or not all(isinstance(v, str) for v in listed.values()):
-        raise ArchiveError(archive, f"{META}: 'files' is not a map of names to sha256")
-    for name, sha in sorted(listed.items()):
-        data = files.get(name)
-        if data is None:
-            raise ArchiveError(archive, f"'{name}' is listed in {META} but missing")
-        if hashlib.sha256(data).hexdigest() != sha:
-            raise ArchiveError(archive, f"'{name}' does not match its sha256 in {META}: tampered or damaged")
+    if not isinstance(listed, dict) or not all(isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v)
+                                               for v in listed.values()):
+        raise ArchiveError(archive, f"{META}: 'files' is not a map of names to sha256", META)
+    for name in listed:
+        if not re.fullmatch(r"buildsys/(locks/[a-z0-9][a-z0-9._-]*\.lock|sbom/[a-z0-9][a-z0-9._-]*\.cdx\.json)",
+                            name):
+            raise ArchiveError(archive, f"{META}: 'files' names '{name}', which is not a lock or an SBOM", META)
     images: list[ExportedImage] = []
-    for entry in meta.get("images") or []:
+    entries = meta.get("images") or []
+    if not isinstance(entries, list):
+        raise ArchiveError(archive, f"{META}: 'images' is not a list", META)
+    for entry in entries:
         try:
             img = ExportedImage(str(entry["recipe"]), tuple(entry["chain"]), str(entry["manifest_digest"]),
                                 str(entry["image_id"]), tuple(entry["diff_ids"]))
         except (KeyError, TypeError) as e:
-            raise ArchiveError(archive, f"{META}: an image entry lacks {e}") from e
+            raise ArchiveError(archive, f"{META}: an image entry lacks {e}", META) from e
         if not names.RECIPE_NAME.fullmatch(img.recipe):
-            raise ArchiveError(archive, f"{META}: '{img.recipe}' is not a recipe name")
-        try:
-            _check_image(archive, img, blobs)
-        except (ValueError, KeyError, TypeError, AttributeError) as e:  # UnicodeDecodeError is a ValueError
-            raise ArchiveError(archive, f"{img.recipe}: its manifest or config is not an OCI one "
-                                        f"({type(e).__name__}: {e})") from e
+            raise ArchiveError(archive, f"{META}: '{img.recipe}' is not a recipe name", META)
+        if not names.DIGEST.fullmatch(img.manifest_digest):
+            raise ArchiveError(archive, f"{img.recipe}: its manifest digest {img.manifest_digest!r} is not "
+                                        "sha256:<64 hex>", META)
         images.append(img)
     if not images:
-        raise ArchiveError(archive, f"{META} lists no image")
-    return images
+        raise ArchiveError(archive, f"{META} lists no image", META)
+    return images, listed
 
 
-def _check_image(archive: Path, img: ExportedImage, blobs: Mapping[str, Path]) -> None:
-    """The image's manifest, config and layers are all there, with the sizes and diff_ids they claim."""
-    manifest_path = blobs.get(img.manifest_digest)
-    if manifest_path is None:
+def _not_oci(archive: Path, img: ExportedImage, why: str) -> ArchiveError:
+    return ArchiveError(archive, f"{img.recipe}: its manifest or config is not an OCI one ({why})")
+
+
+def _manifest_bytes(archive: Path, tf: tarfile.TarFile, members: Mapping[str, tarfile.TarInfo],
+                    img: ExportedImage) -> bytes:
+    """An image's manifest, read before anything else is written: it declares the image's other blobs."""
+    member = members.get(_blob_name(img.manifest_digest))
+    if member is None:
         raise ArchiveError(archive, f"{img.recipe}: its manifest {img.manifest_digest} is missing")
-    manifest = json.loads(manifest_path.read_bytes())
-    config_digest = manifest.get("config", {}).get("digest")
-    if config_digest != img.image_id:
-        raise ArchiveError(archive, f"{img.recipe}: the manifest's config is {config_digest}, "
-                                    f"{META} says {img.image_id}")
-    for desc in [manifest["config"], *manifest.get("layers", [])]:
-        path = blobs.get(desc["digest"])
-        if path is None:
-            raise ArchiveError(archive, f"{img.recipe}: blob {desc['digest']} is missing")
-        if path.stat().st_size != desc["size"]:
-            raise ArchiveError(archive, f"{img.recipe}: blob {desc['digest']} has {path.stat().st_size} "
-                                        f"bytes, its manifest says {desc['size']}")
-    config = json.loads(blobs[config_digest].read_bytes())
-    diff_ids = tuple(config.get("rootfs", {}).get("diff_ids", []))
-    if diff_ids != tuple(d["digest"] for d in manifest["layers"]) or diff_ids != img.diff_ids:
+    if member.size > MANIFEST_CAP:
+        raise _not_oci(archive, img, f"{member.size} bytes, over the {MANIFEST_CAP >> 20} MiB cap for a manifest")
+    data = read_json_member(tf, member, MANIFEST_CAP,
+                            lambda m, why: ArchiveError(archive, f"'{m}': {why}", m))
+    if "sha256:" + hashlib.sha256(data).hexdigest() != img.manifest_digest:
+        raise ArchiveError(archive, f"blob {img.manifest_digest} does not match its digest: tampered or damaged",
+                           member.name)
+    return data
+
+
+def _descriptors(archive: Path, img: ExportedImage, data: bytes) -> list[tuple[str, int]]:
+    """(digest, size) of the config and every layer a manifest names, checked for shape."""
+    try:
+        manifest = json.loads(data)
+        descs = [manifest["config"], *manifest["layers"]]
+        out = [(d["digest"], d["size"]) for d in descs]
+    except (ValueError, KeyError, TypeError) as e:  # UnicodeDecodeError is a ValueError
+        raise _not_oci(archive, img, f"{type(e).__name__}: {e}") from e
+    for digest, size in out:
+        if not isinstance(digest, str) or not names.DIGEST.fullmatch(digest) or type(size) is not int or size < 0:
+            raise _not_oci(archive, img, f"a descriptor {digest!r} of size {size!r}")
+    if out[0][0] != img.image_id:
+        raise ArchiveError(archive, f"{img.recipe}: the manifest's config is {out[0][0]}, {META} says {img.image_id}")
+    return out
+
+
+def _check_config(archive: Path, img: ExportedImage, manifest: bytes, blobs: Mapping[str, Path]) -> None:
+    """The image's config names exactly its manifest's layers as diff_ids, as export.json says."""
+    descs = _descriptors(archive, img, manifest)
+    path = blobs[img.image_id]
+    if path.stat().st_size > MANIFEST_CAP:
+        raise _not_oci(archive, img, f"a config over the {MANIFEST_CAP >> 20} MiB cap")
+    try:
+        config = json.loads(path.read_bytes())
+        diff_ids = tuple(config["rootfs"]["diff_ids"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise _not_oci(archive, img, f"{type(e).__name__}: {e}") from e
+    if diff_ids != tuple(d for d, _ in descs[1:]) or diff_ids != img.diff_ids:
         raise ArchiveError(archive, f"{img.recipe}: its config's diff_ids do not match its layers")
