@@ -24,6 +24,7 @@ from buildsys.build.load import Loader
 from buildsys.build.records import LayerRecord, Reporter
 from buildsys.core.errors import BuildError
 from buildsys.core.store import Store
+from buildsys.engine import EngineError
 from buildsys.model.lockfile import Lock
 from buildsys.model.recipe import Recipe
 from buildsys.oci.image import OciLayout, canonical_bytes, make_config, oci_labels, write_streamed_archive
@@ -98,7 +99,13 @@ class LayerMaker:
                              manifest_digest=img.manifest_digest, diff_ids=tuple(img.diff_ids),
                              layers=tuple(layers))
         t2 = time.monotonic()
-        self.loader.load(record)
+        try:
+            self.loader.load(record)
+        except EngineError as e:  # its layers matched their locked digests: the base itself is refused
+            raise BuildError(recipe.name, f"docker load of the base image {base.reference}", e.message,
+                             hint=f"its layers are the ones locked (each matched its digest and diff_id), so this "
+                                  f"engine refuses the image itself: pick another image or digest in "
+                                  f"{recipe.path} [base] image, then `buildsys lock {recipe.name}`") from e
         timings.update(install=t1 - t0, normalize=t2 - t1, load=time.monotonic() - t2)
         return record
 

@@ -142,8 +142,8 @@ class Engine:
             self.client.images.load(archive)
         except docker.errors.ImageLoadError as e:  # the engine answered: it refused the archive
             raise EngineError(f"docker load refused the image: {_short(e)}",
-                              "the image in the store may be damaged: run `buildsys build --no-cache` "
-                              "for the recipe (run with -v for details)") from e
+                              "the engine refused the layers it was sent (run with -v for docker's own words); "
+                              "if the image was built here, `buildsys build --no-cache RECIPE` rebuilds it") from e
         except _TRANSPORT as e:
             raise _translate("loading an image", e) from e
 
