@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from buildsys.core.errors import BuildsysError  # noqa: E402
 from buildsys.lock import fresh_locks  # noqa: E402
-from buildsys.model.graph import build_graph  # noqa: E402
+from buildsys.model.graph import Graph, build_graph  # noqa: E402
 from buildsys.model.recipe import load_recipes  # noqa: E402
 
 
@@ -51,15 +51,17 @@ def bs(store: Path, *args: str) -> tuple[float, subprocess.CompletedProcess[str]
     return time.monotonic() - started, done
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("recipes", nargs="*", help="leaf recipes (default: every recipe with a fresh lock)")
     ap.add_argument("--store", type=Path, default=ROOT / ".buildsys", help="the store whose vendor/ to use")
     ap.add_argument("--no-verify", action="store_true", help="skip build --verify of each leaf")
     ap.add_argument("--markdown", action="store_true", help="also print the README's table")
-    args = ap.parse_args()
+    return ap.parse_args()
 
-    graph = build_graph(load_recipes(ROOT))
+
+def lockability(graph: Graph) -> tuple[list[str], dict[str, str]]:
+    """The recipes whose lock is fresh here, and for the others the first line of why not."""
     lockable, unlockable = [], {}
     for name in graph.order:
         try:
@@ -67,6 +69,65 @@ def main() -> None:
             lockable.append(name)
         except BuildsysError as e:
             unlockable[name] = str(e).splitlines()[0]
+    return lockable, unlockable
+
+
+def build_layers(store: Path, layers: list[str]) -> dict[str, dict]:
+    """Build each layer on its cached parents, in order: its seconds, timings and image summary."""
+    per_layer: dict[str, dict] = {}
+    for name in layers:
+        seconds, done = bs(store, "build", "--json", name)
+        if done.returncode != 0:
+            sys.exit(f"build {name} failed:\n{done.stderr[-3000:]}")
+        image = next(i for i in json.loads(done.stdout) if i["recipe"] == name)
+        per_layer[name] = {"seconds": seconds, "timings": image["timings"] or {}, "image": image}
+        print(f"built {name} in {seconds:.1f} s", file=sys.stderr)
+    return per_layer
+
+
+def print_layers(layers: list[str], per_layer: dict[str, dict]) -> None:
+    print(f"{'layer':10} {'seconds':>8} {'install':>8} {'normalize':>9} {'load':>6}")
+    for name in sorted(layers, key=lambda n: -per_layer[n]["seconds"]):
+        t = per_layer[name]["timings"]
+        print(f"{name:10} {per_layer[name]['seconds']:8.1f} {t.get('install', 0):8.1f} "
+              f"{t.get('normalize', 0):9.1f} {t.get('load', 0):6.1f}")
+
+
+def image_rows(client: docker.DockerClient, store: Path, graph: Graph, wanted: list[str],
+               chains: dict[str, list[str]], per_layer: dict[str, dict], leaves: list[str],
+               verify_leaves: bool) -> list[tuple]:
+    """One row per wanted image: its size in docker, cold build time and (for a leaf) verify result."""
+    rows = []
+    for name in wanted:
+        image = per_layer[name]["image"]
+        size = client.images.get(image["image_id"]).attrs["Size"]
+        cold = sum(per_layer[n]["seconds"] for n in chains[name])
+        verify = ""
+        if verify_leaves and name in leaves:
+            vs, done = bs(store, "build", "--verify", name)
+            verify = f"{'equal' if done.returncode == 0 else 'DIFFERS'} ({vs:.0f} s)"
+        rows.append((name, graph.recipes[name].description, len(chains[name]), size, cold, verify,
+                     image["image_id"], image["manifest_digest"]))
+    return rows
+
+
+def print_images(rows: list[tuple], unlockable: dict[str, str], markdown: bool) -> None:
+    print()
+    print(f"{'image':9} {'layers':>6} {'size':>8} {'cold build':>10}  verify            image id")
+    for name, _, n, size, cold, verify, image_id, _ in rows:
+        print(f"{name:9} {n:6} {size / 1e9:7.2f}G {cold:9.0f}s  {verify:17} {image_id[:19]}")
+    for name, reason in unlockable.items():
+        print(f"{name:9} not lockable here: {reason}")
+    if markdown:
+        print("\n| image | what it holds | layers | size | cold build |\n|---|---|---|---|---|")
+        for name, desc, n, size, cold, *_ in rows:
+            print(f"| `{name}` | {desc} | {n} | {size / 1e9:.2f} GB | {cold / 60:.1f} min |")
+
+
+def main() -> None:
+    args = parse_args()
+    graph = build_graph(load_recipes(ROOT))
+    lockable, unlockable = lockability(graph)
     wanted = args.recipes or lockable
     chains = {name: graph.chain(name) for name in wanted}
     layers = [n for n in graph.order if any(n in c for c in chains.values())]
@@ -86,42 +147,10 @@ def main() -> None:
         for name in reversed(layers):
             with contextlib.suppress(docker.errors.APIError):  # absent or in use: its load is not timed
                 client.images.remove(f"{name}:latest", force=False)
-        per_layer: dict[str, dict] = {}
-        for name in layers:
-            seconds, done = bs(store, "build", "--json", name)
-            if done.returncode != 0:
-                sys.exit(f"build {name} failed:\n{done.stderr[-3000:]}")
-            image = next(i for i in json.loads(done.stdout) if i["recipe"] == name)
-            per_layer[name] = {"seconds": seconds, "timings": image["timings"] or {}, "image": image}
-            print(f"built {name} in {seconds:.1f} s", file=sys.stderr)
-
-        print(f"{'layer':10} {'seconds':>8} {'install':>8} {'normalize':>9} {'load':>6}")
-        for name in sorted(layers, key=lambda n: -per_layer[n]["seconds"]):
-            t = per_layer[name]["timings"]
-            print(f"{name:10} {per_layer[name]['seconds']:8.1f} {t.get('install', 0):8.1f} "
-                  f"{t.get('normalize', 0):9.1f} {t.get('load', 0):6.1f}")
-
-        rows = []
-        for name in wanted:
-            image = per_layer[name]["image"]
-            size = client.images.get(image["image_id"]).attrs["Size"]
-            cold = sum(per_layer[n]["seconds"] for n in chains[name])
-            verify = ""
-            if not args.no_verify and name in leaves:
-                vs, done = bs(store, "build", "--verify", name)
-                verify = f"{'equal' if done.returncode == 0 else 'DIFFERS'} ({vs:.0f} s)"
-            rows.append((name, graph.recipes[name].description, len(chains[name]), size, cold, verify,
-                         image["image_id"], image["manifest_digest"]))
-        print()
-        print(f"{'image':9} {'layers':>6} {'size':>8} {'cold build':>10}  verify            image id")
-        for name, _, n, size, cold, verify, image_id, _ in rows:
-            print(f"{name:9} {n:6} {size / 1e9:7.2f}G {cold:9.0f}s  {verify:17} {image_id[:19]}")
-        for name, reason in unlockable.items():
-            print(f"{name:9} not lockable here: {reason}")
-        if args.markdown:
-            print("\n| image | what it holds | layers | size | cold build |\n|---|---|---|---|---|")
-            for name, desc, n, size, cold, *_ in rows:
-                print(f"| `{name}` | {desc} | {n} | {size / 1e9:.2f} GB | {cold / 60:.1f} min |")
+        per_layer = build_layers(store, layers)
+        print_layers(layers, per_layer)
+        rows = image_rows(client, store, graph, wanted, chains, per_layer, leaves, not args.no_verify)
+        print_images(rows, unlockable, args.markdown)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

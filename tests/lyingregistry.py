@@ -171,28 +171,44 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if path.startswith("/upload/"):  # a Location target (on us, or on another origin)
             return self._send(201 if self.command == "PUT" else 202, b"",
                               {"Location": f"{state.url}{path}", "Docker-Upload-UUID": "x"})
-        if not path.startswith("/v2/") or not self._authorized():
-            return None if path.startswith("/v2/") else self._send(404, b"{}")
+        if not path.startswith("/v2/"):
+            return self._send(404, b"{}")
+        if self._authorized():  # else it has answered 401
+            self._distribution(path)
+        return None
+
+    def _distribution(self, path: str) -> None:
+        """The distribution API under /v2/, for a client that got past ``_authorized``."""
         if path == "/v2/":
             return self._send(200, b"{}")
         repo_kind, _, ref = path[4:].rpartition("/")
         if repo_kind.endswith("/blobs/uploads"):
-            location = state.lies.location or f"{state.url}/upload/1"
+            location = self.server.state.lies.location or f"{self.server.state.url}/upload/1"
             return self._send(202, b"", {"Location": location})
         if repo_kind.endswith("/manifests"):
-            if self.command == "PUT":
-                return self._send(201, b"", {"Docker-Content-Digest": ""})
-            if ref not in state.manifests:
-                return self._send(404, b'{"errors":[{"code":"MANIFEST_UNKNOWN"}]}')
-            data, media = state.manifests[ref]
-            return self._send(200, data, {"Content-Type": media})
+            return self._manifest(ref)
         if repo_kind.endswith("/blobs"):
-            if state.lies.blob_redirect and self.command == "GET":
-                return self._send(302, b"", {"Location": state.lies.blob_redirect})
-            if ref not in state.blobs:
-                return self._send(404, b'{"errors":[{"code":"BLOB_UNKNOWN"}]}')
-            return self._send(200, state.blobs[ref], {"Content-Type": "application/octet-stream"})
+            return self._blob(ref)
         return self._send(404, b"{}")
+
+    def _manifest(self, ref: str) -> None:
+        """A PUT is taken (with an empty digest header); a GET or HEAD serves what the test stored."""
+        state = self.server.state
+        if self.command == "PUT":
+            return self._send(201, b"", {"Docker-Content-Digest": ""})
+        if ref not in state.manifests:
+            return self._send(404, b'{"errors":[{"code":"MANIFEST_UNKNOWN"}]}')
+        data, media = state.manifests[ref]
+        return self._send(200, data, {"Content-Type": media})
+
+    def _blob(self, ref: str) -> None:
+        """A stored blob, or a redirect of GETs when that lie is on."""
+        state = self.server.state
+        if state.lies.blob_redirect and self.command == "GET":
+            return self._send(302, b"", {"Location": state.lies.blob_redirect})
+        if ref not in state.blobs:
+            return self._send(404, b'{"errors":[{"code":"BLOB_UNKNOWN"}]}')
+        return self._send(200, state.blobs[ref], {"Content-Type": "application/octet-stream"})
 
     do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = _route
 

@@ -111,10 +111,7 @@ def read_filesystem(src: IO[bytes], parent: ParentTree) -> LayerInput:
 def read_upper_dir(root: Path) -> LayerInput:
     """An overlayfs upper directory (docker's overlay2 ``diff``) as entries, whiteouts and opaque dirs."""
     layer = LayerInput()
-    items = layer.items
     stack = [(os.fspath(root), "")]
-    S_IFMT, S_IFDIR, S_IFREG, S_IFLNK = stat.S_IFMT, stat.S_IFDIR, stat.S_IFREG, stat.S_IFLNK  # noqa: N806
-    listxattr, getxattr = os.listxattr, os.getxattr
     while stack:
         dirpath, rel = stack.pop()
         with os.scandir(dirpath) as scan:
@@ -122,39 +119,60 @@ def read_upper_dir(root: Path) -> LayerInput:
                 path = f"{rel}/{e.name}" if rel else e.name
                 full = e.path
                 st = e.stat(follow_symlinks=False)
-                fmt = S_IFMT(st.st_mode)
-                try:
-                    names = listxattr(full, follow_symlinks=False)
-                except OSError:
-                    names = []  # a file system without xattrs
-                cap = None
-                if names:
-                    bad = [n for n in _UNSUPPORTED_XATTRS if n in names]
-                    if bad:
-                        raise LayerError(f"{full}: overlay attribute {bad[0]} means this directory is not a full "
-                                         "diff", "mount overlay with redirect_dir=off,metacopy=off (docker's default)")
-                    if "security.capability" in names:
-                        cap = getxattr(full, "security.capability", follow_symlinks=False)
-                mtime = st.st_mtime_ns // 1_000_000_000
-                if fmt == S_IFREG:
-                    items[path] = Item(path, "file", st.st_mode, st.st_uid, st.st_gid, mtime, st.st_size, cap=cap,
-                                        src=full, link_key=(st.st_dev, st.st_ino) if st.st_nlink > 1 else None)
-                elif fmt == S_IFDIR:
-                    items[path] = Item(path, "dir", st.st_mode, st.st_uid, st.st_gid, mtime, cap=cap)
-                    if names and any(n in names and getxattr(full, n, follow_symlinks=False) == b"y"
-                                     for n in _OPAQUE_XATTRS):
+                names, cap = _overlay_xattrs(full)
+                if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:  # overlayfs writes a whiteout as a 0/0 device
+                    layer.whiteouts.append(path)
+                    continue
+                it = _upper_item(path, full, st, cap)
+                if it is None:
+                    continue  # sockets cannot be archived; docker skips them too
+                layer.items[path] = it
+                if it.kind == "dir":
+                    if _is_opaque(full, names):
                         layer.opaque.append(path)
                     stack.append((full, path))
-                elif fmt == S_IFLNK:
-                    items[path] = Item(path, "symlink", st.st_mode, st.st_uid, st.st_gid, mtime,
-                                        linkname=os.readlink(full), cap=cap)
-                elif fmt == stat.S_IFCHR and st.st_rdev == 0:
-                    layer.whiteouts.append(path)
-                elif fmt in (stat.S_IFCHR, stat.S_IFBLK):
-                    items[path] = Item(path, "char" if fmt == stat.S_IFCHR else "block", st.st_mode, st.st_uid,
-                                        st.st_gid, mtime, devmajor=os.major(st.st_rdev),
-                                        devminor=os.minor(st.st_rdev))
-                elif fmt == stat.S_IFIFO:
-                    items[path] = Item(path, "fifo", st.st_mode, st.st_uid, st.st_gid, mtime)
-                # sockets cannot be archived; docker skips them too
     return layer
+
+
+def _overlay_xattrs(full: str) -> tuple[list[str], bytes | None]:
+    """An upper-dir entry's xattr names and file capability.
+
+    Refuses the overlay attributes that mean its data lives in the lower dirs.
+    """
+    try:
+        names = os.listxattr(full, follow_symlinks=False)
+    except OSError:
+        return [], None  # a file system without xattrs
+    if not names:
+        return names, None
+    bad = [n for n in _UNSUPPORTED_XATTRS if n in names]
+    if bad:
+        raise LayerError(f"{full}: overlay attribute {bad[0]} means this directory is not a full "
+                         "diff", "mount overlay with redirect_dir=off,metacopy=off (docker's default)")
+    cap = os.getxattr(full, "security.capability", follow_symlinks=False) if "security.capability" in names else None
+    return names, cap
+
+
+def _is_opaque(full: str, names: list[str]) -> bool:
+    """Whether overlayfs marked this directory as hiding everything the lower dirs have in it."""
+    return bool(names) and any(n in names and os.getxattr(full, n, follow_symlinks=False) == b"y"
+                               for n in _OPAQUE_XATTRS)
+
+
+def _upper_item(path: str, full: str, st: os.stat_result, cap: bytes | None) -> Item | None:
+    """The entry an upper-dir file, directory, link, device or fifo gives; None for what a layer cannot hold."""
+    fmt = stat.S_IFMT(st.st_mode)
+    mtime = st.st_mtime_ns // 1_000_000_000
+    if fmt == stat.S_IFREG:
+        return Item(path, "file", st.st_mode, st.st_uid, st.st_gid, mtime, st.st_size, cap=cap,
+                    src=full, link_key=(st.st_dev, st.st_ino) if st.st_nlink > 1 else None)
+    if fmt == stat.S_IFDIR:
+        return Item(path, "dir", st.st_mode, st.st_uid, st.st_gid, mtime, cap=cap)
+    if fmt == stat.S_IFLNK:
+        return Item(path, "symlink", st.st_mode, st.st_uid, st.st_gid, mtime, linkname=os.readlink(full), cap=cap)
+    if fmt in (stat.S_IFCHR, stat.S_IFBLK):
+        return Item(path, "char" if fmt == stat.S_IFCHR else "block", st.st_mode, st.st_uid, st.st_gid, mtime,
+                    devmajor=os.major(st.st_rdev), devminor=os.minor(st.st_rdev))
+    if fmt == stat.S_IFIFO:
+        return Item(path, "fifo", st.st_mode, st.st_uid, st.st_gid, mtime)
+    return None

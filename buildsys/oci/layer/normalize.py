@@ -188,7 +188,14 @@ def _layer_diff(layer: LayerInput, parent: ParentTree, drop: Callable[[str], boo
     items = {p: it for p, it in layer.items.items() if not drop(p)}
     below = parent.entries
     out = {p: it for p, it in items.items() if (prev := below.get(p)) is None or _differs(it, prev, epoch)}
+    out.update(_whiteouts(_removed(layer, items, parent), parent, epoch))
+    _add_parent_dirs(out, items, below)
+    return out
 
+
+def _removed(layer: LayerInput, items: dict[str, Item], parent: ParentTree) -> set[str]:
+    """The parent chain's paths this layer takes away: whited out, gone from a full filesystem, under an opaque dir."""
+    below = parent.entries
     removed: set[str] = {p for p in layer.whiteouts if p in below and p not in items}
     if layer.full:  # the topmost parent paths that the filesystem no longer has
         have = layer.items
@@ -201,10 +208,15 @@ def _layer_diff(layer: LayerInput, parent: ParentTree, drop: Callable[[str], boo
                     removed.add(q)
                 elif items[q].kind == "dir" and below[q].kind == "dir":
                     stack.append(q)
+    return removed
 
+
+def _whiteouts(removed: set[str], parent: ParentTree, epoch: int) -> dict[str, Item]:
+    """The whiteout entries for ``removed``: one opaque marker where a whole directory's contents went."""
     by_dir: dict[str, list[str]] = defaultdict(list)
     for q in removed:
         by_dir[dirname(q)].append(q)
+    out: dict[str, Item] = {}
     for d, gone in sorted(by_dir.items()):
         if d and len(gone) == len(parent.children(d)):  # a directory that existed below, replaced
             out[f"{d}/{OPAQUE_MARKER}"] = _whiteout(d, OPAQUE_MARKER, epoch)
@@ -213,9 +225,14 @@ def _layer_diff(layer: LayerInput, parent: ParentTree, drop: Callable[[str], boo
                 dname, _, base = q.rpartition("/")
                 out[f"{dname}/{WHITEOUT_PREFIX}{base}" if dname else WHITEOUT_PREFIX + base] = \
                     _whiteout(dname, WHITEOUT_PREFIX + base, epoch)
+    return out
 
-    # Every entry's directories come along, with their metadata in the new tree: docker
-    # creates a missing parent directory as 0755 root, which would change what it shows.
+
+def _add_parent_dirs(out: dict[str, Item], items: dict[str, Item], below: dict[str, Item]) -> None:
+    """Every entry's directories come along, with their metadata in the new tree.
+
+    Docker creates a missing parent directory as 0755 root, which would change what it shows.
+    """
     for p in list(out):
         a = dirname(p)
         while a and a not in out:
@@ -224,7 +241,6 @@ def _layer_diff(layer: LayerInput, parent: ParentTree, drop: Callable[[str], boo
                 break
             out[a] = it
             a = dirname(a)
-    return out
 
 
 def _resolve_links(out: dict[str, Item]) -> list[Item]:
