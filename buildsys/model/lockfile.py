@@ -299,18 +299,34 @@ class Lock:
             d["base"] = self.base.to_toml()
         if self.image_base:
             d["base"] = {"image": self.image_base.to_toml()}
+        return d | self._apt_toml() | self._pip_toml() | self._files_toml() | self._cran_toml()
+
+    def _apt_toml(self) -> dict[str, Any]:
+        """``[[apt]]``, and on a registry image the archives it came from and what the image already had."""
+        d: dict[str, Any] = {}
         if self.apt:
             d["apt"] = [p.to_toml() for p in sorted(self.apt, key=lambda p: (p.name, p.architecture))]
         if self.apt_archives:
             d["apt-archives"] = [a.to_toml() for a in self.apt_archives]  # in resolution order, not sorted
         if self.apt_in_image:
             d["apt-in-image"] = sorted(self.apt_in_image)
+        return d
+
+    def _pip_toml(self) -> dict[str, Any]:
+        """``[[pip]]`` by name, and the pip wheel that installs them."""
+        d: dict[str, Any] = {}
         if self.pip:
             d["pip"] = [p.to_toml() for p in sorted(self.pip, key=lambda p: p.name)]
         if self.pip_installer:
             d["pip-installer"] = self.pip_installer.to_toml()
-        if self.files:
-            d["files"] = [f.to_toml() for f in sorted(self.files, key=lambda f: f.name)]
+        return d
+
+    def _files_toml(self) -> dict[str, Any]:
+        return {"files": [f.to_toml() for f in sorted(self.files, key=lambda f: f.name)]} if self.files else {}
+
+    def _cran_toml(self) -> dict[str, Any]:
+        """The R version, the repository with the sha256 of the index read, and ``[[cran]]`` by name."""
+        d: dict[str, Any] = {}
         if self.r_version:
             d["r"] = self.r_version
         if self.cran_repo:

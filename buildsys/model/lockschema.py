@@ -280,8 +280,26 @@ class _Validator:
             raise self.fail(label, "files", "no file is locked for it")
 
     def validate(self, d: Mapping[str, Any]) -> None:
+        # The order of these checks decides which of several bad values is reported: keep it.
         self.table(d, TOP, "top level")
-        parents = d.get("parents", {})
+        self.parents(d.get("parents", {}))
+        if isinstance(d.get("base"), dict) and "image" in d["base"]:
+            self.image_base(d["base"])
+        elif "base" in d:
+            self.debian_base(d["base"])
+        if "apt" in d:
+            self.debs(d["apt"], "[[apt]]")
+        self.archives(d.get("apt-archives", []), "[[apt-archives]]")
+        self.pips(d.get("pip", []))
+        if "pip-installer" in d:
+            self.pip(d["pip-installer"], "[pip-installer]")
+        if "cran-repo" in d:
+            self.table(d["cran-repo"], CRAN_REPO, "[cran-repo]")
+        self.cran(d.get("cran", []))
+        self.files(d.get("files", []))
+
+    def parents(self, parents: Any) -> None:
+        """``[parents]``: recipe name -> the lock hash of that parent."""
         if not isinstance(parents, dict):
             raise self.fail("top level", "parents", "must be a table")
         for name, h in parents.items():
@@ -289,37 +307,42 @@ class _Validator:
                 raise self.fail("[parents]", name, "is not a recipe name")
             if not isinstance(h, str) or not names.DIGEST.fullmatch(h):
                 raise self.fail("[parents]", name, f"{h!r} is not 'sha256:' and 64 lowercase hex digits")
-        if isinstance(d.get("base"), dict) and "image" in d["base"]:
-            self.table(d["base"], {"image": (None, True)}, "[base]")
-            self.table(d["base"]["image"], IMAGE, "[base.image]")
-            layers = self.entries(d["base"]["image"]["layers"], "[[base.image.layers]]")
-            if not layers:
-                raise self.fail("[base.image]", "layers", "no layer is locked")
-            for i, la in enumerate(layers):
-                self.table(la, IMAGE_LAYER, f"[[base.image.layers]] #{i + 1}")
-        elif "base" in d:
-            self.table(d["base"], BASE, "[base]")
-            self.debs(d["base"].get("packages", []), "[[base.packages]]")
-            for i, a in enumerate(self.entries(d["base"].get("archives", []), "[[base.archives]]")):
-                self.table(a, ARCHIVE, _label("[[base.archives]]", i, a))
-        if "apt" in d:
-            self.debs(d["apt"], "[[apt]]")
-        for i, a in enumerate(self.entries(d.get("apt-archives", []), "[[apt-archives]]")):
-            self.table(a, ARCHIVE, _label("[[apt-archives]]", i, a))
+
+    def image_base(self, base: Mapping[str, Any]) -> None:
+        """``[base.image]`` of a registry root: the manifest and config pinned, and at least one layer."""
+        self.table(base, {"image": (None, True)}, "[base]")
+        self.table(base["image"], IMAGE, "[base.image]")
+        layers = self.entries(base["image"]["layers"], "[[base.image.layers]]")
+        if not layers:
+            raise self.fail("[base.image]", "layers", "no layer is locked")
+        for i, la in enumerate(layers):
+            self.table(la, IMAGE_LAYER, f"[[base.image.layers]] #{i + 1}")
+
+    def debian_base(self, base: Any) -> None:
+        """``[base]`` of a Debian root, with its packages and the archives they came from."""
+        self.table(base, BASE, "[base]")
+        self.debs(base.get("packages", []), "[[base.packages]]")
+        self.archives(base.get("archives", []), "[[base.archives]]")
+
+    def archives(self, v: Any, where: str) -> None:
+        for i, a in enumerate(self.entries(v, where)):
+            self.table(a, ARCHIVE, _label(where, i, a))
+
+    def pips(self, v: Any) -> None:
+        """``[[pip]]``: each distribution once, by its canonical name (``Foo_Bar`` is ``foo-bar``)."""
         seen: set[str] = set()
-        for i, e in enumerate(self.entries(d.get("pip", []), "[[pip]]")):
+        for i, e in enumerate(self.entries(v, "[[pip]]")):
             label = _label("[[pip]]", i, e)
             self.pip(e, label)
             key = canonicalize_name(e["name"])
             if key in seen:
                 raise self.fail(label, "name", f"'{e['name']}' is locked twice")
             seen.add(key)
-        if "pip-installer" in d:
-            self.pip(d["pip-installer"], "[pip-installer]")
-        if "cran-repo" in d:
-            self.table(d["cran-repo"], CRAN_REPO, "[cran-repo]")
+
+    def cran(self, v: Any) -> None:
+        """``[[cran]]``: each package once, its URL the tarball of that name and version."""
         r_names: set[str] = set()
-        for i, e in enumerate(self.entries(d.get("cran", []), "[[cran]]")):
+        for i, e in enumerate(self.entries(v, "[[cran]]")):
             label = _label("[[cran]]", i, e)
             self.table(e, CRAN, label)
             if not e["url"].endswith(f"/{e['name']}_{e['version']}.tar.gz"):
@@ -327,8 +350,11 @@ class _Validator:
             if e["name"] in r_names:
                 raise self.fail(label, "name", f"'{e['name']}' is locked twice")
             r_names.add(e["name"])
+
+    def files(self, v: Any) -> None:
+        """``[[files]]``: each name once, since they share one staging folder."""
         file_names: set[str] = set()
-        for i, e in enumerate(self.entries(d.get("files", []), "[[files]]")):
+        for i, e in enumerate(self.entries(v, "[[files]]")):
             label = _label("[[files]]", i, e)
             self.table(e, FILE, label)
             if e["name"] in file_names:

@@ -12,10 +12,10 @@ import difflib
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import tomlkit
@@ -77,6 +77,9 @@ _TYPE_WORDS = {
     "str-map": "a table of strings",
     "bool": "true or false",
 }
+# What each type tag must be, and what the elements of an array or table of that tag must be.
+_TAG_TYPES: dict[str, type] = {"str": str, "bool": bool, "str-list": list, "int-list": list, "str-map": dict}
+_ELEMENT_TYPES: dict[str, type] = {"str-list": str, "int-list": int, "str-map": str}
 
 
 @dataclass(frozen=True)
@@ -436,28 +439,27 @@ class _Validator:
                 raise self.fail(keypath, f"must be an array of tables ([[{render_key(keypath)}]]), not {_kind(value)}")
             for i, item in enumerate(value):
                 self.check(item, spec[1], (*keypath, i))
-        elif spec == "bool":
-            if not isinstance(value, bool):
-                raise self.fail(keypath, f"must be {_TYPE_WORDS[spec]}, not {_kind(value)}")
-        elif spec == "str":
-            if not isinstance(value, str):
-                raise self.fail(keypath, f"must be {_TYPE_WORDS[spec]}, not {_kind(value)}")
-        elif spec in ("str-list", "int-list"):
-            want = str if spec == "str-list" else int
-            if not isinstance(value, list):
-                raise self.fail(keypath, f"must be {_TYPE_WORDS[spec]}, not {_kind(value)}")
-            for i, item in enumerate(value):
-                if not isinstance(item, want) or isinstance(item, bool):
-                    word = "a string" if want is str else "an integer"
-                    raise self.fail((*keypath, i), f"must be {word}, not {_kind(item)}")
-        elif spec == "str-map":
-            if not isinstance(value, dict):
-                raise self.fail(keypath, f"must be {_TYPE_WORDS[spec]}, not {_kind(value)}")
-            for k, v in value.items():
-                if not isinstance(v, str):
-                    raise self.fail((*keypath, k), f"must be a string, not {_kind(v)}")
-        else:  # pragma: no cover - schema typo
+        else:
+            self.check_typed(keypath, value, spec)
+
+    def check_typed(self, keypath: KeyPath, value: Any, spec: str) -> None:
+        """A value of a type tag: its own type, then each element of an array or table of strings.
+
+        A boolean is never taken for an integer (TOML keeps them apart; Python's bool is an int).
+        """
+        if spec not in _TAG_TYPES:  # pragma: no cover - schema typo
             raise AssertionError(spec)
+        if not isinstance(value, _TAG_TYPES[spec]):
+            raise self.fail(keypath, f"must be {_TYPE_WORDS[spec]}, not {_kind(value)}")
+        want = _ELEMENT_TYPES.get(spec)
+        if want is None:
+            return
+        elements: Iterable[tuple[str | int, Any]] = (
+            value.items() if isinstance(value, dict) else enumerate(cast(list[Any], value)))
+        for k, item in elements:
+            if not isinstance(item, want) or isinstance(item, bool):
+                word = "a string" if want is str else "an integer"
+                raise self.fail((*keypath, k), f"must be {word}, not {_kind(item)}")
 
     def url(self, keypath: KeyPath, url: str) -> None:
         parts = urlsplit(url)
@@ -502,6 +504,40 @@ def _toml_error(path: Path, text: str, e: tomlkit.exceptions.TOMLKitError) -> Re
 def parse_recipe(path: Path) -> Recipe:
     """Read and validate one recipe file."""
     name = path.name.removesuffix(".toml")
+    text, data = _read_toml(path)
+    if not names.RECIPE_NAME.fullmatch(name):
+        raise RecipeError(path, f"recipe name '{name}' must match {names.RECIPE_NAME.pattern}", hint="rename the file")
+    v = _Validator(path, text)
+    v.check(data, SCHEMA)
+    # The checks run in this order, so a recipe with several mistakes is told about the same one first.
+    parents = _parents(v, data.get("parents", []))
+    base = _base(v, data["base"]) if "base" in data else None
+    files = _files(v, data.get("files", []))
+    image = _image(v, data.get("image", {}))
+    _check_run(v, data.get("run", []))
+    _check_packages(v, data)
+    return Recipe(
+        name=name,
+        path=path,
+        description=data.get("description", ""),
+        parents=parents,
+        base=base,
+        apt_packages=tuple(data.get("apt", {}).get("packages", [])),
+        pip_packages=tuple(data.get("pip", {}).get("packages", [])),
+        pip_index_url=data.get("pip", {}).get("index-url"),
+        cran_packages=tuple(data.get("cran", {}).get("packages", [])),
+        cran_repo=data.get("cran", {}).get("repo"),
+        files=files,
+        run=tuple(data.get("run", [])),
+        image=image,
+        tests=tuple(data.get("test", {}).get("commands", [])),
+        gpu_tests=tuple(data.get("test", {}).get("gpu", [])),
+        data=data,
+    )
+
+
+def _read_toml(path: Path) -> tuple[str, dict[str, Any]]:
+    """The recipe's text and its parsed document, a read or TOML failure as a ``RecipeError`` with the line."""
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
@@ -512,61 +548,67 @@ def parse_recipe(path: Path) -> Recipe:
         data: dict[str, Any] = tomlkit.parse(text).unwrap()
     except tomlkit.exceptions.TOMLKitError as e:
         raise _toml_error(path, text, e) from e
-    if not names.RECIPE_NAME.fullmatch(name):
-        raise RecipeError(path, f"recipe name '{name}' must match {names.RECIPE_NAME.pattern}", hint="rename the file")
-    v = _Validator(path, text)
-    v.check(data, SCHEMA)
+    return text, data
 
-    parents = tuple(data.get("parents", []))
+
+def _parents(v: _Validator, parents: list[str]) -> tuple[str, ...]:
+    """``parents``: recipe names, each once (the graph checks that they exist)."""
     for i, p in enumerate(parents):
         if not names.RECIPE_NAME.fullmatch(p):
             raise v.fail(("parents", i), f"'{p}' is not a recipe name ({names.RECIPE_NAME.pattern})")
         if p in parents[:i]:
             raise v.fail(("parents", i), f"lists '{p}' twice")
+    return tuple(parents)
 
-    base: DebianBase | ImageBase | None = None
-    if "base" in data:
-        b = data["base"]
-        if len(set(b) - {"platform"}) != 1 or ("platform" in b and "image" not in b):
-            raise v.fail(("base",), "must hold exactly one of 'debian' or 'image' (and 'platform' only "
-                                    "with 'image')",
-                         hint='e.g. debian = { suite = "bookworm", variant = "minbase" }')
-        if "debian" in b:
-            d = b["debian"]
-            if not d.get("suite"):
-                raise v.fail(("base", "debian", "suite"), "is required",
-                             hint='e.g. debian = { suite = "bookworm", variant = "minbase" }')
-            variant = d.get("variant", "minbase")
-            if variant not in DEBIAN_VARIANTS:
-                raise v.fail(("base", "debian", "variant"),
-                             f"unknown variant '{variant}'{did_you_mean(variant, DEBIAN_VARIANTS)}",
-                             hint=f"one of: {', '.join(DEBIAN_VARIANTS)}")
-            for key in ("mirror", "security-mirror"):
-                if key in d:
-                    v.url(("base", "debian", key), d[key])
-            base = DebianBase(
-                suite=d["suite"],
-                variant=variant,
-                mirror=d.get("mirror", DEFAULT_MIRROR).rstrip("/"),
-                architecture=d.get("architecture", "amd64"),
-                components=tuple(d.get("components", ["main"])),
-                updates=d.get("updates", True),
-                security=d.get("security", True),
-                security_mirror=d.get("security-mirror", DEFAULT_SECURITY_MIRROR).rstrip("/"),
-            )
-        else:
-            ref = b["image"]
-            if not ref or any(c.isspace() for c in ref):
-                raise v.fail(("base", "image"), f"'{ref}' is not an image reference",
-                             hint='e.g. image = "docker.io/library/debian:bookworm"')
-            platform = b.get("platform", "linux/amd64")
-            if not names.PLATFORM.fullmatch(platform):
-                raise v.fail(("base", "platform"), f"'{platform}' is not OS/ARCH[/VARIANT]",
-                             hint='e.g. platform = "linux/arm64"')
-            base = ImageBase(ref, platform)
 
+def _base(v: _Validator, b: dict[str, Any]) -> DebianBase | ImageBase:
+    """``[base]`` of a root: exactly one of a Debian suite or a registry image."""
+    if len(set(b) - {"platform"}) != 1 or ("platform" in b and "image" not in b):
+        raise v.fail(("base",), "must hold exactly one of 'debian' or 'image' (and 'platform' only "
+                                "with 'image')",
+                     hint='e.g. debian = { suite = "bookworm", variant = "minbase" }')
+    if "debian" in b:
+        return _debian_base(v, b["debian"])
+    ref = b["image"]
+    if not ref or any(c.isspace() for c in ref):
+        raise v.fail(("base", "image"), f"'{ref}' is not an image reference",
+                     hint='e.g. image = "docker.io/library/debian:bookworm"')
+    platform = b.get("platform", "linux/amd64")
+    if not names.PLATFORM.fullmatch(platform):
+        raise v.fail(("base", "platform"), f"'{platform}' is not OS/ARCH[/VARIANT]",
+                     hint='e.g. platform = "linux/arm64"')
+    return ImageBase(ref, platform)
+
+
+def _debian_base(v: _Validator, d: dict[str, Any]) -> DebianBase:
+    """``[base.debian]``: a suite, a known mmdebstrap variant and http(s) or file mirrors; the rest defaults."""
+    if not d.get("suite"):
+        raise v.fail(("base", "debian", "suite"), "is required",
+                     hint='e.g. debian = { suite = "bookworm", variant = "minbase" }')
+    variant = d.get("variant", "minbase")
+    if variant not in DEBIAN_VARIANTS:
+        raise v.fail(("base", "debian", "variant"),
+                     f"unknown variant '{variant}'{did_you_mean(variant, DEBIAN_VARIANTS)}",
+                     hint=f"one of: {', '.join(DEBIAN_VARIANTS)}")
+    for key in ("mirror", "security-mirror"):
+        if key in d:
+            v.url(("base", "debian", key), d[key])
+    return DebianBase(
+        suite=d["suite"],
+        variant=variant,
+        mirror=d.get("mirror", DEFAULT_MIRROR).rstrip("/"),
+        architecture=d.get("architecture", "amd64"),
+        components=tuple(d.get("components", ["main"])),
+        updates=d.get("updates", True),
+        security=d.get("security", True),
+        security_mirror=d.get("security-mirror", DEFAULT_SECURITY_MIRROR).rstrip("/"),
+    )
+
+
+def _files(v: _Validator, entries: list[dict[str, Any]]) -> tuple[FileSpec, ...]:
+    """``[[files]]``: each a URL and a distinct plain file name; one on this machine only with ``local = true``."""
     files: list[FileSpec] = []
-    for i, f in enumerate(data.get("files", [])):
+    for i, f in enumerate(entries):
         if "url" not in f:
             raise v.fail(("files", i, "url"), "is required")
         v.url(("files", i, "url"), f["url"])
@@ -584,8 +626,11 @@ def parse_recipe(path: Path) -> Recipe:
             raise v.fail(("files", i, "url"), f"'{f['url']}' reads from this machine: {why}",
                          hint="a recipe may do that only on purpose: add local = true to this [[files]] entry")
         files.append(FileSpec(url=f["url"], name=fname, sha256=sha, local=local))
+    return tuple(files)
 
-    img = data.get("image", {})
+
+def _image(v: _Validator, img: dict[str, Any]) -> ImageConfig:
+    """``[image]``: ports, variable names, labels outside buildsys's namespace, an absolute working directory."""
     for i, port in enumerate(img.get("expose", [])):
         if not 0 < port < 65536:
             raise v.fail(("image", "expose", i), f"{port} is not a port number (1-65535)")
@@ -601,11 +646,7 @@ def parse_recipe(path: Path) -> Recipe:
     if "workdir" in img and not img["workdir"].startswith("/"):
         raise v.fail(("image", "workdir"), f"'{img['workdir']}' must be an absolute path",
                      hint="docker refuses a relative working directory")
-    for i, step in enumerate(data.get("run", [])):
-        if _APT_UPDATE.search(step):
-            raise v.fail(("run", i), "runs `apt-get update`, which cannot reach anything: builds have no network",
-                         hint='put the packages in [apt] packages = [...]; they are locked and installed offline')
-    image = ImageConfig(
+    return ImageConfig(
         env=tuple(sorted(img.get("env", {}).items())),
         user=img.get("user"),
         workdir=img.get("workdir"),
@@ -614,6 +655,18 @@ def parse_recipe(path: Path) -> Recipe:
         entrypoint=tuple(img["entrypoint"]) if "entrypoint" in img else None,
         labels=tuple(sorted(img.get("labels", {}).items())),
     )
+
+
+def _check_run(v: _Validator, steps: list[str]) -> None:
+    """``run``: no step may update apt's lists, since builds have no network."""
+    for i, step in enumerate(steps):
+        if _APT_UPDATE.search(step):
+            raise v.fail(("run", i), "runs `apt-get update`, which cannot reach anything: builds have no network",
+                         hint='put the packages in [apt] packages = [...]; they are locked and installed offline')
+
+
+def _check_packages(v: _Validator, data: Mapping[str, Any]) -> None:
+    """``[apt]``, ``[cran]`` and ``[pip]``: package names without versions (the lock pins them), URL repositories."""
     for i, pkg in enumerate(data.get("apt", {}).get("packages", [])):
         if not names.DEB_NAME_ARCH.fullmatch(pkg):
             raise v.fail(("apt", "packages", i), f"'{pkg}' is not a Debian package name",
@@ -626,24 +679,6 @@ def parse_recipe(path: Path) -> Recipe:
         v.url(("cran", "repo"), data["cran"]["repo"])
     if "index-url" in data.get("pip", {}):
         v.url(("pip", "index-url"), data["pip"]["index-url"])
-    return Recipe(
-        name=name,
-        path=path,
-        description=data.get("description", ""),
-        parents=parents,
-        base=base,
-        apt_packages=tuple(data.get("apt", {}).get("packages", [])),
-        pip_packages=tuple(data.get("pip", {}).get("packages", [])),
-        pip_index_url=data.get("pip", {}).get("index-url"),
-        cran_packages=tuple(data.get("cran", {}).get("packages", [])),
-        cran_repo=data.get("cran", {}).get("repo"),
-        files=tuple(files),
-        run=tuple(data.get("run", [])),
-        image=image,
-        tests=tuple(data.get("test", {}).get("commands", [])),
-        gpu_tests=tuple(data.get("test", {}).get("gpu", [])),
-        data=data,
-    )
 
 
 def key_line(path: Path, key: KeyPath | str) -> int | None:
