@@ -3,7 +3,7 @@
 The locked .debs are linked into a throw-away local repository, indexed with
 ``apt-ftparchive`` (a Release file naming the suite is required: without it
 mmdebstrap finds no essential packages and quietly writes an empty tarball,
-REPRODUCIBILITY.md), then ``mmdebstrap`` runs inside ``unshare --net``: a
+docs/reproducibility.md "Inputs"), then ``mmdebstrap`` runs inside ``unshare --net``: a
 network namespace with only a downed loopback, so nothing can be downloaded
 even by mistake.
 """
