@@ -1,7 +1,7 @@
 """Normalize a filesystem diff into a canonical layer tar.
 
 Two builds of the same locked inputs differ in mtimes, a few volatile files and
-tar details (REPRODUCIBILITY.md); the canonical form removes exactly those
+tar details (docs/reproducibility.md); the canonical form removes exactly those
 differences so that identical inputs give an identical diff_id.
 
 A child layer is defined by meaning: what differs from the parent chain's
@@ -47,7 +47,7 @@ T = TypeVar("T")
 NORMALIZER_VERSION = "2"
 
 # Files whose content differs between identical builds (measured, see
-# REPRODUCIBILITY.md "What differed" and "More sources of difference").
+# docs/reproducibility.md, "What differed between identical builds").
 # "x" drops the path x; "x/**" drops everything below x but keeps x itself;
 # "!x" keeps x although a "/**" rule covers it (apt still expects these).
 VOLATILE_PATHS: tuple[str, ...] = (
@@ -74,7 +74,7 @@ VOLATILE_PATHS: tuple[str, ...] = (
 )
 
 # Only file capabilities change what a program may do; SELinux labels,
-# user.* and overlay bookkeeping are host state (REPRODUCIBILITY.md, xattrs).
+# user.* and overlay bookkeeping are host state (docs/reproducibility.md, xattrs).
 KEPT_XATTRS = ("security.capability",)
 
 
