@@ -47,7 +47,7 @@ from buildsys.build.records import BuiltImage, LayerRecord
 from buildsys.build.verify import format_mismatch, verify
 from buildsys.core.store import Store
 from buildsys.ecosystems import artifacts
-from buildsys.ecosystems.pip import host_ca_bundle
+from buildsys.ecosystems.pip_tools import host_ca_bundle
 from buildsys.engine import Engine
 from buildsys.fetch.vendor import FetchReport, fetch
 from buildsys.lock import LockOutcome, fresh_locks, lock_recipes

@@ -228,7 +228,8 @@ def test_diff_with_a_malformed_digest_is_usage_exit_2(project: Path, store: Path
 @pytest.mark.network
 def test_a_wheel_whose_dependency_is_locked_nowhere_is_named(tmp_path: Path) -> None:
     from buildsys.core.store import Store
-    from buildsys.ecosystems.pip import index_files, pip_closure
+    from buildsys.ecosystems.pip import pip_closure
+    from buildsys.ecosystems.pypi import index_files
     from buildsys.fetch.vendor import fetch
     from buildsys.model.lockfile import Lock, LockedPip, LockedWheelFile
 

@@ -31,21 +31,11 @@ from buildsys.cli import cli
 from buildsys.core.errors import NotVendored, RecipeError
 from buildsys.core.store import Store
 from buildsys.ecosystems import artifacts
-from buildsys.ecosystems.pip import (
-    TOOLS,
-    ConflictingPins,
-    NoDistribution,
-    NoWheel,
-    PipLock,
-    PythonMissing,
-    _existing_output,
-    _parse_output,
-    index_files,
-    install_script,
-    lock_pip,
-    stage_wheels,
-    tools_dir,
-)
+from buildsys.ecosystems.pip import install_script, stage_wheels
+from buildsys.ecosystems.pip_errors import ConflictingPins, NoDistribution, NoWheel, PythonMissing
+from buildsys.ecosystems.pip_resolve import PipLock, _existing_output, _parse_output, lock_pip
+from buildsys.ecosystems.pip_tools import TOOLS, tools_dir
+from buildsys.ecosystems.pypi import index_files
 from buildsys.engine import Engine
 from buildsys.fetch.vendor import fetch
 from buildsys.model.lockfile import Lock, LockedPip, LockedWheelFile

@@ -1,0 +1,387 @@
+"""Lock ``[pip]``: resolve inside the image being extended, for the Python it has.
+
+A trixie image has Python 3.13 while the host may have 3.11, and wheels are
+tagged per interpreter and platform, so resolution runs where the layer will
+be installed: pip-compile inside a container of the parent chain (plus this
+layer's apt packages), with network "host", with the tools of ``pip_tools``.
+
+In the container, one script: probe the interpreter (version, tags), run
+pip-compile (ancestors' pins as constraints, the previous lock's pins as the
+existing output so they are kept), then ``pip install --dry-run --report``
+over the compiled pins to learn which file pip picks for this interpreter, and
+the same for the pip wheel that installs the layer at build time. On the host,
+``pypi`` lists every file of each pinned version with its sha256.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.tags import Tag, parse_tag
+from packaging.utils import InvalidWheelFilename, parse_wheel_filename
+from packaging.version import InvalidVersion, Version
+
+from buildsys.core.errors import LockError, RecipeError
+from buildsys.core.store import Store
+from buildsys.ecosystems.pip_errors import (
+    ConflictingPins,
+    ConstraintConflict,
+    NoDistribution,
+    NoWheel,
+    PythonMissing,
+    PythonTooOld,
+    _req_name,
+)
+from buildsys.ecosystems.pip_tools import MIN_PYTHON, PipToolFailed, host_ca_bundle, tools_dir
+from buildsys.ecosystems.pypi import DEFAULT_INDEX, _canon, _head, _index_files_many, _IndexFile, _release_files
+from buildsys.engine import Engine
+from buildsys.model.lockfile import LockedPip, LockedWheelFile
+from buildsys.model.recipe import Recipe
+
+TOOLS_MOUNT = "/buildsys-tools"
+WORK_MOUNT = "/work"
+CA_MOUNT = "/buildsys-ca.pem"
+
+_PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
+
+# Exit statuses of the lock script, one per stage.
+_NO_PYTHON, _PROBE, _COMPILE, _SELECT, _INSTALLER = 80, 81, 82, 83, 84
+
+
+@dataclass(frozen=True)
+class PipLock:
+    python: str  # the image's Python, "X.Y.Z"
+    packages: tuple[LockedPip, ...]  # this layer's pins, without those its ancestors already install
+    installer: LockedPip  # the pip wheel that installs them at build time
+    epoch: int  # newest upload time among the selected files (installer included)
+
+
+@dataclass(frozen=True)
+class _Pin:
+    name: str  # canonical
+    version: str
+
+
+@dataclass(frozen=True)
+class _Resolved:
+    """What the lock container found."""
+
+    python: str
+    pins: list[_Pin]  # pip-compile's output, ancestors' pins included
+    selected: dict[str, tuple[str, str]]  # name -> (url, sha256) of the file pip installs
+    installer: tuple[str, str]  # (url, sha256) of the pip wheel
+
+
+def lock_pip(engine: Engine, image: str, recipe: Recipe, store: Store, *, constraints: Mapping[str, str],
+             previous: Sequence[LockedPip], upgrade: bool, upgrade_packages: Sequence[str],
+             previous_installer: LockedPip | None = None) -> PipLock:
+    """Resolve ``recipe.pip_packages`` for the Python of ``image`` (which must have python3).
+
+    ``constraints`` are the ancestors' pins (name -> version): they bound the
+    resolution and are left out of the result. ``previous`` pins are kept
+    unless ``upgrade`` or named in ``upgrade_packages``; so is
+    ``previous_installer`` (the pip that installs at build time), otherwise
+    the newest pip that supports the image's Python is taken.
+    """
+    _check_requirements(recipe)
+    index = (recipe.pip_index_url or DEFAULT_INDEX).rstrip("/")
+    ancestors = {_canon(n): v for n, v in constraints.items()}
+    moving = sorted({_canon(n) for n in upgrade_packages})
+    kept = [p for p in previous if _canon(p.name) not in ancestors] if not upgrade else []
+    keep_installer = previous_installer if not upgrade and "pip" not in moving else None
+    found = _resolve_in_image(engine, image, recipe, store, index, ancestors, kept, upgrade, moving, keep_installer)
+
+    for pin in found.pins:
+        if pin.name in ancestors and not _same_version(pin.version, ancestors[pin.name]):
+            raise ConstraintConflict(recipe.name, pin.name, ancestors[pin.name], pin.version)
+    own = [p for p in found.pins if p.name not in ancestors]
+    files = _index_files_many(index, sorted({p.name for p in own} | {"pip"}))
+    before = {_canon(p.name): p for p in kept}
+    packages, epochs = [], []
+    for pin in own:
+        url, sha = found.selected[pin.name]
+        locked, uploaded = _locked(pin.name, pin.version, url, sha, files[pin.name], before.get(pin.name))
+        packages.append(locked)
+        epochs.append(uploaded)
+    # The installer is one wheel: no other file of its release can run as pip at build time.
+    url, sha = found.installer
+    installer, uploaded = _locked("pip", _version_from_wheel(url), url, sha, files["pip"], None, only_selected=True)
+    epochs.append(uploaded)
+    return PipLock(python=found.python, packages=tuple(sorted(packages, key=lambda p: p.name)), installer=installer,
+                   epoch=max((e for e in epochs if e is not None), default=0))
+
+
+def _check_requirements(recipe: Recipe) -> None:
+    """Each entry is one PEP 508 requirement on a project of the index: no pip options, no URLs."""
+    for i, text in enumerate(recipe.pip_packages):
+        try:
+            req = Requirement(text)
+        except InvalidRequirement as e:
+            raise RecipeError(recipe.path, f"not a requirement: {e}", key=f"pip.packages[{i}]",
+                              hint='write a project name with an optional version, e.g. "numpy>=2,<3"') from e
+        if req.url:
+            raise RecipeError(recipe.path, f"{text!r}: direct URL requirements cannot be locked here",
+                              key=f"pip.packages[{i}]",
+                              hint="publish the package on an index and set [pip] index-url, or use [[files]]")
+
+
+def _resolve_in_image(engine: Engine, image: str, recipe: Recipe, store: Store, index: str,
+                      ancestors: Mapping[str, str], previous: Sequence[LockedPip], upgrade: bool,
+                      upgrade_packages: Sequence[str], installer: LockedPip | None) -> _Resolved:
+    """One container of ``image``: probe, pip-compile, then pip's choice of files; failures explained."""
+    tools = tools_dir(store)
+    with store.scratch("pip-lock") as scratch:
+        work = Path(scratch)
+        (work / "in.txt").write_text("".join(f"{r}\n" for r in recipe.pip_packages))
+        (work / "constraints.txt").write_text("".join(f"{n}=={v}\n" for n, v in sorted(ancestors.items())))
+        (work / "out.txt").write_text(_existing_output(previous))
+        (work / "probe.py").write_text(_PROBE_PY)
+        (work / "lock.sh").write_text(_script(index, upgrade, upgrade_packages,
+                                              installer.version if installer else None))
+        mounts = [(str(tools), TOOLS_MOUNT, True), (str(work), WORK_MOUNT, False)]
+        env = {"PYTHONPATH": TOOLS_MOUNT, "PYTHONNOUSERSITE": "1", "PYTHONDONTWRITEBYTECODE": "1",
+               "HOME": "/tmp", **{k: v for k in _PROXY_VARS if (v := os.environ.get(k))}}
+        ca = host_ca_bundle()
+        if ca:
+            mounts.append((str(ca), CA_MOUNT, True))
+            env.update(PIP_CERT=CA_MOUNT, SSL_CERT_FILE=CA_MOUNT)
+        result = engine.run(image, [f"{WORK_MOUNT}/lock.sh"], entrypoint=["/bin/sh"], network="host", user="0:0",
+                            env=env, mounts=mounts, workdir=WORK_MOUNT)
+        logs = {n: _read(work / f"{n}.log") for n in ("probe", "compile", "select", "installer")}
+        probe = json.loads(_read(work / "probe.json") or "{}")
+        python = str(probe.get("version", "?"))
+        code = result.exit_code
+        if code == _NO_PYTHON:
+            raise PythonMissing(recipe.name, image)
+        if code == _PROBE and probe.get("version") and not probe.get("supported"):
+            raise PythonTooOld(recipe.name, python)
+        if code == _COMPILE:
+            raise _compile_error(recipe, index, python, logs["compile"], ancestors)
+        pins = _parse_output(_read(work / "out.txt")) if code in (0, _SELECT, _INSTALLER) else []
+        if code == _SELECT:
+            raise _select_error(recipe, index, python, probe.get("tags", []), pins, logs["select"])
+        if code == _INSTALLER:
+            raise PipToolFailed(recipe.name, f"choosing the pip that installs [pip] packages on Python {python}",
+                                logs["installer"])
+        if code != 0:
+            raise PipToolFailed(recipe.name, f"locking [pip] in {image} (exit status {code})",
+                                result.output + "\n" + logs["probe"])
+        selected = _read_report(recipe, work / "report.json")
+        pip = _read_report(recipe, work / "installer.json")
+    missing = [p for p in pins if p.name not in selected]
+    if missing or set(pip) != {"pip"}:
+        what = (f"finding the file pip installs for {missing[0].name}=={missing[0].version}" if missing
+                else "choosing the pip that installs [pip] packages")
+        raise PipToolFailed(recipe.name, what, logs["select"] if missing else logs["installer"])
+    return _Resolved(python=python, pins=pins, selected=selected, installer=pip["pip"])
+
+
+def _existing_output(previous: Sequence[LockedPip]) -> str:
+    """The previous pins as pip-compile's own output, so that it keeps them."""
+    return "".join(f"{_canon(p.name)}=={p.version}\n" for p in sorted(previous, key=lambda p: _canon(p.name)))
+
+
+_PROBE_PY = """\
+import json, platform, sys
+out = {"version": "%d.%d.%d" % sys.version_info[:3], "machine": platform.machine(),
+       "supported": sys.version_info >= MIN_PYTHON}
+if out["supported"]:
+    from packaging import tags
+    out["tags"] = [str(t) for t in tags.sys_tags()]
+with open("/work/probe.json", "w") as f:
+    json.dump(out, f)
+sys.exit(0 if out["supported"] else 3)
+""".replace("MIN_PYTHON", repr(MIN_PYTHON))
+
+
+def _script(index: str, upgrade: bool, upgrade_packages: Sequence[str], installer_version: str | None) -> str:
+    q = shlex.quote
+    compile_args = ["--allow-unsafe", "--no-header", "--no-annotate", "--strip-extras",
+                    "--no-config", "--no-emit-index-url", "--index-url", index, "-c", f"{WORK_MOUNT}/constraints.txt"]
+    if upgrade:
+        compile_args.append("--upgrade")
+    for name in upgrade_packages:
+        compile_args += ["--upgrade-package", name]
+    compile_args += ["-o", f"{WORK_MOUNT}/out.txt", f"{WORK_MOUNT}/in.txt"]
+    dry = ("python3 -m pip install --dry-run --ignore-installed --no-deps --only-binary=:all: "
+           f"--index-url {q(index)}")
+    pip_pin = q(f"pip=={installer_version}") if installer_version else "pip"
+    return "\n".join([
+        "#!/bin/sh",
+        "set -u",
+        # Nothing from the image's environment or configuration may steer pip.
+        "for v in $(env | sed -n 's/^\\(PIP_[A-Za-z0-9_]*\\)=.*/\\1/p'); do",
+        "  [ \"$v\" = PIP_CERT ] || unset \"$v\"",
+        "done",
+        "export PIP_CONFIG_FILE=/dev/null PIP_NO_INPUT=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1",
+        "export PIP_ROOT_USER_ACTION=ignore",
+        f"command -v python3 >/dev/null 2>&1 || exit {_NO_PYTHON}",
+        f"python3 {WORK_MOUNT}/probe.py >{WORK_MOUNT}/probe.log 2>&1 || exit {_PROBE}",
+        f"python3 -m piptools compile {shlex.join(compile_args)} >{WORK_MOUNT}/compile.log 2>&1 || exit {_COMPILE}",
+        # (an empty [pip] list compiles to nothing, and then there is nothing to choose)
+        f"if grep -q '==' {WORK_MOUNT}/out.txt; then",
+        f"  {dry} --report {WORK_MOUNT}/report.json -r {WORK_MOUNT}/out.txt >{WORK_MOUNT}/select.log 2>&1 "
+        f"|| exit {_SELECT}",
+        f"else echo '{{\"install\": []}}' >{WORK_MOUNT}/report.json; fi",
+        # The kept installer, or (when it no longer supports this Python) the newest one.
+        f"{dry} --report {WORK_MOUNT}/installer.json {pip_pin} >{WORK_MOUNT}/installer.log 2>&1 "
+        f"|| {dry} --report {WORK_MOUNT}/installer.json pip >>{WORK_MOUNT}/installer.log 2>&1 || exit {_INSTALLER}",
+        "",
+    ])
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+_REQ_LINE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;\\]+)")
+
+
+def _parse_output(text: str) -> list[_Pin]:
+    """pip-compile's output: ``name==version [; marker] [--hash=...]``, maybe with continuation lines."""
+    pins = []
+    for line in text.replace("\\\n", " ").splitlines():
+        s = line.split(" #", 1)[0].strip()
+        if not s or s.startswith(("#", "-")):
+            continue
+        m = _REQ_LINE.match(s)
+        if not m:
+            raise LockError(f"pip-compile wrote a requirement buildsys cannot pin: {s[:200]}",
+                            "use plain project names and version specifiers in [pip] packages (no URLs or paths)")
+        pins.append(_Pin(_canon(m[1]), m[2]))
+    return sorted(pins, key=lambda p: p.name)
+
+
+def _read_report(recipe: Recipe, path: Path) -> dict[str, tuple[str, str]]:
+    """``pip install --report``: canonical name -> (url, sha256) of the file pip chose."""
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise LockError(f"{recipe.name}: pip wrote no readable installation report ({path.name}): {e}") from e
+    out = {}
+    for item in report.get("install", []):
+        info = item.get("download_info", {})
+        sha = info.get("archive_info", {}).get("hashes", {}).get("sha256")
+        if not sha:  # older pips only have "hash": "sha256=..."
+            h = info.get("archive_info", {}).get("hash", "")
+            sha = h.split("=", 1)[1] if h.startswith("sha256=") else ""
+        out[_canon(item["metadata"]["name"])] = (info.get("url", ""), sha.lower())
+    return out
+
+
+def _same_version(a: str, b: str) -> bool:
+    try:
+        return Version(a) == Version(b)
+    except InvalidVersion:
+        return a == b
+
+
+_NOT_FOUND = re.compile(r"Could not find a version that satisfies the requirement (.+?) \(from versions: ([^)]*)\)")
+_NO_MATCH = re.compile(r"No matching distribution found for (\S+)")
+# RequirementInformation(requirement=SpecifierRequirement('markupsafe<2'), parent=LinkCandidate('https://.../x.whl
+_CAUSE = re.compile(r"RequirementInformation\(requirement=\w+\('([^']*)'\), parent=(None|\w+\('([^' ]*))")
+_IN_LINE = re.compile(r"-r /work/in\.txt \(line (\d+)\)")
+
+
+def _compile_error(recipe: Recipe, index: str, python: str, log: str, ancestors: Mapping[str, str]) -> LockError:
+    def named(text: str) -> str:  # "-r /work/in.txt (line 2)" -> the recipe's own words
+        return _IN_LINE.sub(lambda m: _recipe_req(recipe, int(m[1])), text)
+
+    log = named(log)
+    m = _NOT_FOUND.search(log)
+    if m:
+        return NoDistribution(recipe.name, m[1], index, m[2].strip(), python, log)
+    m = _NO_MATCH.search(log)
+    if m:
+        return NoDistribution(recipe.name, m[1], index, "", python, log)
+    if "ResolutionImpossible" in log or "conflicting dependencies" in log:
+        causes: list[str] = []
+        for req, parent, url in _CAUSE.findall(log):
+            who = "asked by the recipe" if parent == "None" else f"asked by {_dist_of(url) or parent}"
+            if f"{req} ({who})" not in causes:
+                causes.append(f"{req} ({who})")
+        names = {_canon(_req_name(c)) for c in causes}
+        names |= {n for n in ancestors if re.search(rf"\b{re.escape(n)}\b", log, re.IGNORECASE)}
+        return ConflictingPins(recipe.name, causes, {n: v for n, v in ancestors.items() if n in names}, log)
+    return PipToolFailed(recipe.name, f"pip-compile of [pip] packages for Python {python}", log)
+
+
+def _recipe_req(recipe: Recipe, line: int) -> str:
+    return recipe.pip_packages[line - 1] if 0 < line <= len(recipe.pip_packages) else f"[pip] packages[{line - 1}]"
+
+
+def _dist_of(url: str) -> str:
+    """'https://.../jinja2-3.1.4-py3-none-any.whl' -> 'jinja2 3.1.4'."""
+    name = unquote(urlsplit(url).path.rsplit("/", 1)[-1]) if url else ""
+    try:
+        dist, version, *_ = parse_wheel_filename(name)
+        return f"{dist} {version}"
+    except InvalidWheelFilename:
+        return name
+
+
+def _select_error(recipe: Recipe, index: str, python: str, tags: Sequence[str], pins: Sequence[_Pin],
+                  log: str) -> LockError:
+    """The dry run found no installable file: say which pins lack a wheel for this interpreter."""
+    accepted: set[Tag] = set().union(*(parse_tag(t) for t in tags))
+    try:
+        files = _index_files_many(index, sorted({p.name for p in pins}))
+    except LockError:
+        return PipToolFailed(recipe.name, f"choosing wheels for Python {python}", log)
+    missing = []
+    for pin in pins:
+        own = _release_files(files.get(pin.name, {}), pin.name, pin.version).values()
+        if not any(_wheel_tags(f.name) & accepted for f in own):
+            missing.append((pin.name, pin.version, sorted(f.name for f in own)))
+    if missing:
+        return NoWheel(recipe.name, missing, python, list(tags))
+    return PipToolFailed(recipe.name, f"choosing wheels for Python {python}", log)
+
+
+def _wheel_tags(filename: str) -> frozenset[Tag]:
+    try:
+        return parse_wheel_filename(filename)[3]
+    except InvalidWheelFilename:
+        return frozenset()
+
+
+def _version_from_wheel(url: str) -> str:
+    name = unquote(urlsplit(url).path.rsplit("/", 1)[-1])
+    return str(parse_wheel_filename(name)[1])
+
+
+def _locked(name: str, version: str, url: str, sha: str, listed: Mapping[str, _IndexFile],
+            previous: LockedPip | None, only_selected: bool = False) -> tuple[LockedPip, int | None]:
+    """The pin with every file of its release, and the upload time of the selected one.
+
+    A pin kept from the previous lock keeps the files it had (as pip-compile
+    reuses existing hashes), so wheels uploaded later for an old release do not
+    change a lock that nothing else changed.
+    """
+    release = _release_files(listed, name, version)
+    chosen = release.get(sha) or listed.get(sha)
+    if chosen is None or chosen.size is None or chosen.uploaded is None:
+        # An index that does not list this file with its hash, size or upload time: ask the file itself.
+        head = _head(chosen.url if chosen else url, sha)
+        chosen = _IndexFile(chosen.name if chosen else head.name, head.url, sha,
+                            (chosen.size if chosen else None) or head.size,
+                            (chosen.uploaded if chosen else None) or head.uploaded)
+    release[sha] = chosen
+    files = [LockedWheelFile(name=f.name, sha256=f.sha256, url=f.url, size=f.size)
+             for f in ([chosen] if only_selected else release.values())]
+    if previous is not None and previous.version == version and sha in {f.sha256 for f in previous.files}:
+        files = list(previous.files)
+    locked = LockedPip(name=name, version=version, selected=chosen.name,
+                       files=tuple(sorted(files, key=lambda f: f.name)))
+    return locked, chosen.uploaded
