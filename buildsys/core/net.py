@@ -32,15 +32,25 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, cast
+from typing import IO, TYPE_CHECKING, cast
 from urllib.parse import urljoin, urlsplit
-
-import requests
-import urllib3.exceptions
 
 from buildsys import __version__
 from buildsys.core.errors import BuildsysError
 from buildsys.core.urlpolicy import LOCAL_NAMES, local_reason
+
+if TYPE_CHECKING:
+    import requests
+    import urllib3.exceptions
+
+
+def _load_requests() -> None:
+    """Import requests on the first ``Client`` (~90 ms): the many commands that import this module and
+    never talk to the network (``lock --check``, a no-op ``build``) do not pay for it. Every use of
+    ``requests``/``urllib3`` below runs on a ``Client`` or its ``Response``, so after this."""
+    global requests, urllib3
+    import requests
+    import urllib3.exceptions
 
 USER_AGENT = f"buildsys/{__version__}"
 # containerd's limit for manifests, indexes and configs: a real one is a few KiB
@@ -296,6 +306,7 @@ class Client:
         self.attempts, self.backoff = max(1, attempts), backoff
         self.deadline, self.min_rate, self.read_timeout = deadline, min_rate, read_timeout
         self._sleep = sleep
+        _load_requests()
         self.session = requests.Session()
         self.session.trust_env = True  # proxies and CA bundles from the environment, as before
 
