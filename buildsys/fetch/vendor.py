@@ -255,6 +255,7 @@ def _fetch_with(
     client: net.Client, store: Store, art: Artifact, retries: int, display: _Display, stop: threading.Event,
     purge: threading.Event,
 ) -> tuple[bool, int]:
+    """Try each URL of ``art`` in turn under the lock of its partial file; place the first verified download."""
     hexdigest = art.sha256.lower()
     final = store.vendor_path(hexdigest)
     partial = final.with_name(f"{hexdigest}.partial")
@@ -268,47 +269,14 @@ def _fetch_with(
         placed = False
         try:
             for url in art.urls:
-                attempt = 0
-                while True:
-                    if stop.is_set():
-                        raise _Stopped()
-                    resumed = os.fstat(fd).st_size > 0
-                    try:
-                        transferred += _download(url, fd, art, client, lambda n: display.advance(task, n), stop)
-                    except _Transient as e:
-                        attempt += 1
-                        attempts.append((url, f"{e} (attempt {attempt} of {retries + 1})"))
-                        if attempt > retries:
-                            break
-                        time.sleep(min(BACKOFF * 2 ** (attempt - 1), BACKOFF_MAX))
-                        continue
-                    except _Permanent as e:
-                        attempts.append((url, str(e)))
-                        break
-                    except _TooLong as e:
-                        if resumed:  # the leftover part may be what is wrong: once more from nothing
-                            _restart(fd)
-                            continue
-                        partial.unlink(missing_ok=True)
-                        raise SizeMismatch(art, url, str(e)) from e
-                    except _LocalWriteError as e:
-                        partial.unlink(missing_ok=True)
-                        raise StoreWriteFailed(partial, str(e)) from e
-                    actual = _check(fd, art)
-                    if actual is None:
-                        os.replace(partial, final)
-                        store.mark_verified(hexdigest)
-                        placed = True
-                        return True, transferred
-                    if resumed:
-                        # The leftover part may be what is wrong: once more from nothing.
-                        _restart(fd)
-                        continue
-                    partial.unlink(missing_ok=True)
-                    if art.size is not None and os.fstat(fd).st_size != art.size:
-                        raise SizeMismatch(art, url, f"it has {os.fstat(fd).st_size} bytes, the lock pins "
-                                                     f"{art.size}")
-                    raise HashMismatch(f"{art.name} {art.version}", url, art.sha256.lower(), actual)
+                verified, nbytes = _try_url(url, fd, partial, art, client, retries,
+                                            lambda n: display.advance(task, n), stop, attempts)
+                transferred += nbytes
+                if verified:
+                    os.replace(partial, final)
+                    store.mark_verified(hexdigest)
+                    placed = True
+                    return True, transferred
             raise DownloadFailed(art, attempts)
         finally:
             display.finish(task)
@@ -316,6 +284,60 @@ def _fetch_with(
             # empty file, and nothing once a disk was full: that space is what the user needs back.
             if not placed and partial.exists() and (purge.is_set() or os.fstat(fd).st_size == 0):
                 partial.unlink(missing_ok=True)
+
+
+def _try_url(
+    url: str, fd: int, partial: Path, art: Artifact, client: net.Client, retries: int,
+    advance: Callable[[int], None], stop: threading.Event, attempts: list[tuple[str, str]],
+) -> tuple[bool, int]:
+    """Download ``art`` from one URL, retrying transient failures; return (verified, bytes transferred).
+
+    Not verified means this URL gave up (why is appended to ``attempts``): the caller tries the next.
+    A file that is not the locked one, or a store that cannot be written, raises: no other URL helps.
+    """
+    attempt = 0
+    transferred = 0
+    while True:
+        if stop.is_set():
+            raise _Stopped()
+        resumed = os.fstat(fd).st_size > 0
+        try:
+            transferred += _download(url, fd, art, client, advance, stop)
+        except _Transient as e:
+            attempt += 1
+            attempts.append((url, f"{e} (attempt {attempt} of {retries + 1})"))
+            if attempt > retries:
+                return False, transferred
+            time.sleep(min(BACKOFF * 2 ** (attempt - 1), BACKOFF_MAX))
+            continue
+        except _Permanent as e:
+            attempts.append((url, str(e)))
+            return False, transferred
+        except _TooLong as e:
+            if resumed:  # the leftover part may be what is wrong: once more from nothing
+                _restart(fd)
+                continue
+            partial.unlink(missing_ok=True)
+            raise SizeMismatch(art, url, str(e)) from e
+        except _LocalWriteError as e:
+            partial.unlink(missing_ok=True)
+            raise StoreWriteFailed(partial, str(e)) from e
+        actual = _check(fd, art)
+        if actual is None:
+            return True, transferred
+        if resumed:
+            # The leftover part may be what is wrong: once more from nothing.
+            _restart(fd)
+            continue
+        partial.unlink(missing_ok=True)
+        raise _not_locked(art, url, fd, actual)
+
+
+def _not_locked(art: Artifact, url: str, fd: int, actual: str) -> HashMismatch:
+    """The error for a complete download that is another file: a wrong size is said as such."""
+    if art.size is not None and os.fstat(fd).st_size != art.size:
+        return SizeMismatch(art, url, f"it has {os.fstat(fd).st_size} bytes, the lock pins {art.size}")
+    return HashMismatch(f"{art.name} {art.version}", url, art.sha256.lower(), actual)
 
 
 @contextlib.contextmanager
@@ -379,29 +401,20 @@ def _download(
         return _registry_blob(url, fd, art, advance)
     if scheme not in ("http", "https"):
         raise _Permanent(f"unsupported URL scheme '{scheme}'")
-    have = os.fstat(fd).st_size
-    if art.size is not None and have >= art.size:
-        if have == art.size:
-            return 0  # complete already (interrupted before the rename); hashed by _place
-        have = _restart(fd)
+    return _http_get(url, fd, art, client, advance, stop)
+
+
+def _http_get(
+    url: str, fd: int, art: Artifact, client: net.Client, advance: Callable[[int], None], stop: threading.Event
+) -> int:
+    """One GET of ``url``, asking with Range for what the partial file lacks."""
+    have = _resume_from(fd, art)
+    if have is None:
+        return 0  # complete already (interrupted before the rename); hashed by _check
     headers = {"Range": f"bytes={have}-"} if have else {}
     try:
         with client.send("GET", url, headers=headers, retry=False) as resp:
-            if resp.status_code == 416 and have:
-                _restart(fd)
-                raise _Transient("range not satisfiable; starting over")
-            if resp.status_code >= 500 or resp.status_code in (408, 429):
-                raise _Transient(f"HTTP {resp.status_code} {resp.reason}")
-            if resp.status_code >= 400:
-                raise _Permanent(f"HTTP {resp.status_code} {resp.reason}")
-            if have and resp.status_code == 206:
-                content_range = resp.headers.get("Content-Range", "")
-                if not content_range.startswith(f"bytes {have}-"):
-                    _restart(fd)
-                    raise _Transient(f"server answered the range request with {content_range!r}")
-                advance(have)
-            elif have:
-                have = _restart(fd)  # the server ignored Range: start over
+            have = _accept(resp, fd, have, advance)
             os.lseek(fd, have, os.SEEK_SET)
             written = _stream(resp, fd, have, art, advance, stop)
             declared = resp.declared_length
@@ -413,6 +426,40 @@ def _download(
                        f"{art.size + 1 if art.size is not None else '?'})") from e
     except net.NetError as e:
         raise (_Transient if e.transient else _Permanent)(e.problem) from e
+
+
+def _resume_from(fd: int, art: Artifact) -> int | None:
+    """Where to go on writing the partial file; None when it holds the locked size already.
+
+    A partial file longer than the locked size cannot be the start of the locked file: it is emptied.
+    """
+    have = os.fstat(fd).st_size
+    if art.size is not None and have >= art.size:
+        if have == art.size:
+            return None
+        return _restart(fd)
+    return have
+
+
+def _accept(resp: net.Response, fd: int, have: int, advance: Callable[[int], None]) -> int:
+    """Judge the answer's status and range; return the offset its body starts at (0: from the start)."""
+    if resp.status_code == 416 and have:
+        _restart(fd)
+        raise _Transient("range not satisfiable; starting over")
+    if resp.status_code >= 500 or resp.status_code in (408, 429):
+        raise _Transient(f"HTTP {resp.status_code} {resp.reason}")
+    if resp.status_code >= 400:
+        raise _Permanent(f"HTTP {resp.status_code} {resp.reason}")
+    if have and resp.status_code == 206:
+        content_range = resp.headers.get("Content-Range", "")
+        if not content_range.startswith(f"bytes {have}-"):
+            _restart(fd)
+            raise _Transient(f"server answered the range request with {content_range!r}")
+        advance(have)
+        return have
+    if have:
+        return _restart(fd)  # the server ignored Range: start over
+    return 0
 
 
 def _stream(resp: net.Response, fd: int, have: int, art: Artifact, advance: Callable[[int], None],
@@ -432,11 +479,9 @@ def _stream(resp: net.Response, fd: int, have: int, art: Artifact, advance: Call
 
 def _registry_blob(url: str, fd: int, art: Artifact, advance: Callable[[int], None]) -> int:
     """A registry base's blob, through the registry client (auth, its own retries); resumed by Range."""
-    have = os.fstat(fd).st_size
-    if art.size is not None and have >= art.size:
-        if have == art.size:
-            return 0
-        have = _restart(fd)
+    have = _resume_from(fd, art)
+    if have is None:
+        return 0
     try:
         written = image.download(url, fd, have, art.size)
     except net.TooLarge as e:

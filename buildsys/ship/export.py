@@ -38,7 +38,7 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -48,6 +48,7 @@ from buildsys.core import names
 from buildsys.core.archive import (
     JSON_CAP,
     MANIFEST_CAP,
+    Refuse,
     copy_member,
     open_archive,
     owned_open,
@@ -251,65 +252,101 @@ def _read_checked(archive: Path, tmp: Path, progress: Progress) -> tuple[list[Ex
         if META not in members:
             raise ArchiveError(archive, f"{META} is missing: not an archive of `buildsys export`")
         images, listed = _listing(archive, read_json_member(tf, members[META], JSON_CAP, fail))
-        manifests: dict[str, bytes] = {}
-        declared: dict[str, tuple[str, int]] = {}  # member name -> (digest, size)
-        wanted_by: dict[str, str] = {}  # member name -> the first recipe whose manifest names it
-        for img in images:
-            data = _manifest_bytes(archive, tf, members, img)
-            manifests[img.manifest_digest] = data
-            declared[_blob_name(img.manifest_digest)] = (img.manifest_digest, len(data))
-            wanted_by.setdefault(_blob_name(img.manifest_digest), img.recipe)
-            for digest, size in _descriptors(archive, img, data):
-                if declared.get(_blob_name(digest), (digest, size))[1] != size:
-                    raise ArchiveError(archive, f"{img.recipe}: blob {digest} is declared with two sizes", digest)
-                declared[_blob_name(digest)] = (digest, size)
-                wanted_by.setdefault(_blob_name(digest), img.recipe)
-        for name, member in sorted(members.items()):
-            if name in declared:
-                if member.size != declared[name][1]:
-                    raise fail(member.name, f"{member.size} bytes, its manifest declares {declared[name][1]}")
-            elif name in listed:
-                if member.size > FILE_CAP:
-                    raise fail(member.name, f"{member.size} bytes, too large for a lock or an SBOM "
-                                            f"(cap {FILE_CAP >> 20} MiB)")
-            elif name not in (META, *_FOR_OTHER_TOOLS):
-                raise fail(member.name, f"not declared by {META} or the manifests it names "
-                                        "(an archive of `buildsys export` holds nothing else)")
-        for name, (digest, _) in sorted(declared.items()):
-            if name not in members:
-                raise ArchiveError(archive, f"{wanted_by[name]}: blob {digest} is missing")
-        for name in sorted(listed):
-            if name not in members:
-                raise ArchiveError(archive, f"'{name}' is listed in {META} but missing")
+        declared = _declare(archive, tf, members, images)
+        _check_members(members, declared, listed, fail)
+        _check_complete(archive, members, declared, listed)
         # Every member is declared, and of its declared size: only now is anything written (to scratch).
-        blobs: dict[str, Path] = {}
-        nbytes = 0
-        for name, member in sorted(members.items(), key=lambda kv: kv[1].offset):
-            if name in declared:
-                digest, size = declared[name]
-                path = tmp / digest.split(":", 1)[1]
-                h = hashlib.sha256()
-                if digest in manifests:
-                    h.update(manifests[digest])
-                    path.write_bytes(manifests[digest])
-                else:
-                    progress("import", "check", f"{digest[:19]} ({size / 1e6:.1f} MB)")
-                    with open(path, "wb") as out:
-                        copy_member(tf, member, size, out, (h,), fail)
-                if "sha256:" + h.hexdigest() != digest:
-                    raise ArchiveError(archive, f"blob {digest} does not match its digest (its content "
-                                                f"hashes to sha256:{h.hexdigest()}): tampered or damaged", name)
-                blobs[digest] = path
-                nbytes += size
-            elif name in listed:
-                h = hashlib.sha256()
-                copy_member(tf, member, member.size, None, (h,), fail)
-                if h.hexdigest() != listed[name]:
-                    raise ArchiveError(archive, f"'{name}' does not match its sha256 in {META}: tampered or "
-                                                "damaged", name)
+        blobs, nbytes = _extract(archive, tf, members, declared, listed, tmp, progress, fail)
     for img in images:
-        _check_config(archive, img, manifests[img.manifest_digest], blobs)
+        _check_config(archive, img, declared.manifests[img.manifest_digest], blobs)
     return images, blobs, nbytes
+
+
+@dataclass
+class _Declared:
+    """The blobs the manifests declare, as member names of the archive."""
+
+    blobs: dict[str, tuple[str, int]] = field(default_factory=dict)  # member name -> (digest, size)
+    wanted_by: dict[str, str] = field(default_factory=dict)  # member name -> the first recipe whose manifest names it
+    manifests: dict[str, bytes] = field(default_factory=dict)  # digest -> the manifest, read (and hashed) already
+
+    def add(self, img: ExportedImage, digest: str, size: int) -> None:
+        self.blobs[_blob_name(digest)] = (digest, size)
+        self.wanted_by.setdefault(_blob_name(digest), img.recipe)
+
+
+def _declare(archive: Path, tf: tarfile.TarFile, members: Mapping[str, tarfile.TarInfo],
+             images: Sequence[ExportedImage]) -> _Declared:
+    """Read each image's manifest; collect the blobs they declare, one size for each."""
+    declared = _Declared()
+    for img in images:
+        data = _manifest_bytes(archive, tf, members, img)
+        declared.manifests[img.manifest_digest] = data
+        declared.add(img, img.manifest_digest, len(data))
+        for digest, size in _descriptors(archive, img, data):
+            if declared.blobs.get(_blob_name(digest), (digest, size))[1] != size:
+                raise ArchiveError(archive, f"{img.recipe}: blob {digest} is declared with two sizes", digest)
+            declared.add(img, digest, size)
+    return declared
+
+
+def _check_members(members: Mapping[str, tarfile.TarInfo], declared: _Declared, listed: Mapping[str, str],
+                   fail: Refuse) -> None:
+    """Every member is declared and of its declared size (a listed file, under ``FILE_CAP``), or refused."""
+    for name, member in sorted(members.items()):
+        if name in declared.blobs:
+            if member.size != declared.blobs[name][1]:
+                raise fail(member.name, f"{member.size} bytes, its manifest declares {declared.blobs[name][1]}")
+        elif name in listed:
+            if member.size > FILE_CAP:
+                raise fail(member.name, f"{member.size} bytes, too large for a lock or an SBOM "
+                                        f"(cap {FILE_CAP >> 20} MiB)")
+        elif name not in (META, *_FOR_OTHER_TOOLS):
+            raise fail(member.name, f"not declared by {META} or the manifests it names "
+                                    "(an archive of `buildsys export` holds nothing else)")
+
+
+def _check_complete(archive: Path, members: Mapping[str, tarfile.TarInfo], declared: _Declared,
+                    listed: Mapping[str, str]) -> None:
+    """Every declared blob and every listed file is in the archive."""
+    for name, (digest, _) in sorted(declared.blobs.items()):
+        if name not in members:
+            raise ArchiveError(archive, f"{declared.wanted_by[name]}: blob {digest} is missing")
+    for name in sorted(listed):
+        if name not in members:
+            raise ArchiveError(archive, f"'{name}' is listed in {META} but missing")
+
+
+def _extract(archive: Path, tf: tarfile.TarFile, members: Mapping[str, tarfile.TarInfo], declared: _Declared,
+             listed: Mapping[str, str], tmp: Path, progress: Progress, fail: Refuse) -> tuple[dict[str, Path], int]:
+    """Write each blob into ``tmp`` and hash each listed file, in archive order; return the blobs (digest ->
+    path) and their bytes. Any content other than its digest or sha256 says refuses the archive."""
+    blobs: dict[str, Path] = {}
+    nbytes = 0
+    for name, member in sorted(members.items(), key=lambda kv: kv[1].offset):
+        if name in declared.blobs:
+            digest, size = declared.blobs[name]
+            path = tmp / digest.split(":", 1)[1]
+            h = hashlib.sha256()
+            if digest in declared.manifests:
+                h.update(declared.manifests[digest])
+                path.write_bytes(declared.manifests[digest])
+            else:
+                progress("import", "check", f"{digest[:19]} ({size / 1e6:.1f} MB)")
+                with open(path, "wb") as out:
+                    copy_member(tf, member, size, out, (h,), fail)
+            if "sha256:" + h.hexdigest() != digest:
+                raise ArchiveError(archive, f"blob {digest} does not match its digest (its content "
+                                            f"hashes to sha256:{h.hexdigest()}): tampered or damaged", name)
+            blobs[digest] = path
+            nbytes += size
+        elif name in listed:
+            h = hashlib.sha256()
+            copy_member(tf, member, member.size, None, (h,), fail)
+            if h.hexdigest() != listed[name]:
+                raise ArchiveError(archive, f"'{name}' does not match its sha256 in {META}: tampered or "
+                                            "damaged", name)
+    return blobs, nbytes
 
 
 def _listing(archive: Path, data: bytes) -> tuple[list[ExportedImage], dict[str, str]]:
@@ -322,7 +359,18 @@ def _listing(archive: Path, data: bytes) -> tuple[list[ExportedImage], dict[str,
         raise ArchiveError(archive, f"{META} is not an object", META)
     if meta.get("version") != EXPORT_VERSION:
         raise FormatVersionError(f"{archive}:{META}", meta.get("version"), EXPORT_VERSION)
-    listed = meta.get("files") or {}
+    listed = _listed_files(archive, meta.get("files") or {})
+    entries = meta.get("images") or []
+    if not isinstance(entries, list):
+        raise ArchiveError(archive, f"{META}: 'images' is not a list", META)
+    images = [_image_entry(archive, entry) for entry in entries]
+    if not images:
+        raise ArchiveError(archive, f"{META} lists no image", META)
+    return images, listed
+
+
+def _listed_files(archive: Path, listed: Any) -> dict[str, str]:
+    """export.json's 'files': locks and SBOMs only, each with a sha256."""
     if not isinstance(listed, dict) or not all(isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v)
                                                for v in listed.values()):
         raise ArchiveError(archive, f"{META}: 'files' is not a map of names to sha256", META)
@@ -330,25 +378,22 @@ def _listing(archive: Path, data: bytes) -> tuple[list[ExportedImage], dict[str,
         if not re.fullmatch(r"buildsys/(locks/[a-z0-9][a-z0-9._-]*\.lock|sbom/[a-z0-9][a-z0-9._-]*\.cdx\.json)",
                             name):
             raise ArchiveError(archive, f"{META}: 'files' names '{name}', which is not a lock or an SBOM", META)
-    images: list[ExportedImage] = []
-    entries = meta.get("images") or []
-    if not isinstance(entries, list):
-        raise ArchiveError(archive, f"{META}: 'images' is not a list", META)
-    for entry in entries:
-        try:
-            img = ExportedImage(str(entry["recipe"]), tuple(entry["chain"]), str(entry["manifest_digest"]),
-                                str(entry["image_id"]), tuple(entry["diff_ids"]))
-        except (KeyError, TypeError) as e:
-            raise ArchiveError(archive, f"{META}: an image entry lacks {e}", META) from e
-        if not names.RECIPE_NAME.fullmatch(img.recipe):
-            raise ArchiveError(archive, f"{META}: '{img.recipe}' is not a recipe name", META)
-        if not names.DIGEST.fullmatch(img.manifest_digest):
-            raise ArchiveError(archive, f"{img.recipe}: its manifest digest {img.manifest_digest!r} is not "
-                                        "sha256:<64 hex>", META)
-        images.append(img)
-    if not images:
-        raise ArchiveError(archive, f"{META} lists no image", META)
-    return images, listed
+    return listed
+
+
+def _image_entry(archive: Path, entry: Any) -> ExportedImage:
+    """One of export.json's 'images', with a recipe name and a manifest digest of the right shape."""
+    try:
+        img = ExportedImage(str(entry["recipe"]), tuple(entry["chain"]), str(entry["manifest_digest"]),
+                            str(entry["image_id"]), tuple(entry["diff_ids"]))
+    except (KeyError, TypeError) as e:
+        raise ArchiveError(archive, f"{META}: an image entry lacks {e}", META) from e
+    if not names.RECIPE_NAME.fullmatch(img.recipe):
+        raise ArchiveError(archive, f"{META}: '{img.recipe}' is not a recipe name", META)
+    if not names.DIGEST.fullmatch(img.manifest_digest):
+        raise ArchiveError(archive, f"{img.recipe}: its manifest digest {img.manifest_digest!r} is not "
+                                    "sha256:<64 hex>", META)
+    return img
 
 
 def _not_oci(archive: Path, img: ExportedImage, why: str) -> ArchiveError:
