@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from helpers import bs, ok
 
-from buildsys.build.builder import BuiltImage
+from buildsys.build.records import BuiltImage
 from buildsys.engine import Engine, GpuRequest
 from buildsys.use.compose import COMPOSE_LABEL, compose, compose_command, escape, project_name, to_yaml
 from buildsys.use.run import UP_LABEL, HostUser, UpOptions

@@ -22,6 +22,7 @@ import sys
 import tarfile
 import textwrap
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -69,13 +70,13 @@ def image_members(layer_size: int = 300_000) -> dict[str, bytes]:
         "oci-layout": b'{"imageLayoutVersion":"1.0.0"}'}
 
 
-def write_tar(path: Path, members: dict[str, bytes], extra: list[tuple[tarfile.TarInfo, bytes | None]] = ()
-              ) -> Path:  # type: ignore[assignment]
+def write_tar(path: Path, members: dict[str, bytes],
+              extra: Sequence[tuple[tarfile.TarInfo, bytes | None]] = ()) -> Path:
     with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as t:
         for name, data in members.items():
             t.addfile(member(name, len(data)), io.BytesIO(data))
-        for ti, data in extra:
-            t.addfile(ti, None if data is None else io.BytesIO(data))
+        for ti, payload in extra:
+            t.addfile(ti, None if payload is None else io.BytesIO(payload))
     return path
 
 
@@ -133,7 +134,7 @@ def test_a_sparse_member_is_refused_from_its_header(tmp_path: Path) -> None:
             t.addfile(member(name, len(d)), io.BytesIO(d))
         sparse = member(layer, len(data))
         sparse.type = tarfile.GNUTYPE_SPARSE
-        sparse.sparse = [(0, len(data))]
+        sparse.sparse = [(0, len(data))]  # type: ignore[assignment]  # typeshed says bytes; tarfile writes a map
         t.addfile(sparse, io.BytesIO(data))
     store = tmp_path / "store"
     with pytest.raises(ArchiveError) as e:
@@ -246,7 +247,7 @@ def test_a_truncated_archive_is_refused(tmp_path: Path) -> None:
 
 
 def vendored(store: Store, *payloads: bytes) -> list[Artifact]:
-    arts = []
+    arts: list[Artifact] = []
     for data in payloads:
         path = store.vendor_path(sha(data))
         path.parent.mkdir(parents=True, exist_ok=True)

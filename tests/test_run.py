@@ -123,7 +123,8 @@ def test_a_mount_target_may_be_inside_a_system_tree_but_not_one(tmp_path: Path) 
 
 def test_no_mount_is_silently_dropped(tmp_path: Path) -> None:
     d, e = tmp_path / "d", tmp_path / "e"
-    d.mkdir(), e.mkdir()
+    d.mkdir()
+    e.mkdir()
     cache = tmp_path / "cuda"
     # One host folder at several paths: each mount is kept (the engine gets a list, not a map by source).
     assert plan_mounts(tmp_path, cache, [(str(tmp_path), "/ro", True)]) == (

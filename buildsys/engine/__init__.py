@@ -192,7 +192,8 @@ class Engine:
             worker.join()
         if "error" in outcome:
             raise outcome["error"]
-        return outcome["result"]  # type: ignore[no-any-return]
+        result: T = outcome["result"]
+        return result
 
     def has_image(self, ref: str) -> bool:
         try:

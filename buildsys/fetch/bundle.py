@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,7 +82,7 @@ def write_bundle(store: Store, artifacts: Sequence[Artifact], out: Path,
     return BundleResult(len(arts), len(arts), total)
 
 
-def _checked(path: Path, art: Artifact):  # type: ignore[no-untyped-def]
+def _checked(path: Path, art: Artifact) -> Iterator[bytes]:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
