@@ -247,3 +247,12 @@ def test_a_full_disk_during_fetch_leaves_no_partial_and_names_the_device(tmp_pat
             fetch(store, [art], progress=False)
     assert f"mounted at {small_disk}" in exc.value.message and "No space left" in exc.value.message
     assert not list(store.vendor.glob("*.partial"))
+
+
+def test_a_garbled_last_modified_is_no_date_not_a_traceback() -> None:
+    """[[files]] takes a download's epoch from Last-Modified; a server's garbage there is ignored."""
+    from buildsys.ecosystems.files import _last_modified
+
+    assert _last_modified("Wed, 21 Oct 2015 07:28:00 GMT") == 1445412480
+    for garbage in ("garbage", "Wed, 99 Foo 2015 99:99:99 GMT", "", None):
+        assert _last_modified(garbage) is None

@@ -34,7 +34,6 @@ from buildsys.core.store import Artifact, Store
 from buildsys.core.urlpolicy import local_reason
 from buildsys.ecosystems.apt_layer import chain_debs
 from buildsys.ecosystems.base import MOUNT, STEP_MARKER, Component, Ecosystem, LockContext, Pin
-from buildsys.engine import Engine
 from buildsys.model.lockfile import Lock, LockedCran
 from buildsys.model.recipe import Recipe
 

@@ -62,7 +62,7 @@ def _download(store: Store, url: str, what: str, allow_local: bool) -> tuple[str
             if resp.status_code >= 400:
                 raise FetchError(f"{what}: {url} answered HTTP {resp.status_code}", hint="check the URL")
             lm = resp.headers.get("Last-Modified")
-            modified = int(email.utils.parsedate_to_datetime(lm).timestamp()) if lm else None
+            modified = _last_modified(lm)
             sha, size = store.vendor_stream(resp.reader(None, url), "file-")
     except net.URLRefused as e:
         raise RecipeError(what.split(": ", 1)[0], f"{url} was redirected to {e.url}, which buildsys refuses: "
@@ -140,3 +140,13 @@ class Files(Ecosystem):
 
 
 FILES = Files()
+
+
+def _last_modified(value: str | None) -> int | None:
+    """A Last-Modified header as epoch seconds; one a server garbled is no date (never a traceback)."""
+    if not value:
+        return None
+    try:
+        return int(email.utils.parsedate_to_datetime(value).timestamp())
+    except (TypeError, ValueError, OverflowError):
+        return None

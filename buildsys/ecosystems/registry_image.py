@@ -172,7 +172,7 @@ def download(url: str, fd: int, have: int, size: int | None = None) -> int:
     headers = {"Accept": ", ".join(IMAGE_MANIFEST_TYPES)} if "/manifests/" in path else {}
     if have:
         headers["Range"] = f"bytes={have}-"
-    with reg.request("GET", path, headers=headers, ok=(200, 206), what=path.rsplit("/", 1)[-1]) as resp:
+    with reg.client, reg.request("GET", path, headers=headers, ok=(200, 206), what=path.rsplit("/", 1)[-1]) as resp:
         if resp.status_code == 200 and have:  # the registry ignored Range: from the start
             os.ftruncate(fd, 0)
             have = 0

@@ -79,7 +79,6 @@ from buildsys.ship.sbom import cyclonedx_json
 EXPORT_VERSION = 1
 META = "buildsys/export.json"
 _CHUNK = 1 << 20
-_BLOB_RE = re.compile(rf"blobs/sha256/({names.HEX64.pattern})")
 
 
 
