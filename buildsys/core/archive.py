@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from buildsys.core.errors import BuildsysError
+from buildsys.core.store import pid_alive
 
 # JSON documents of an archive (export.json, bundle.json, OCI manifests and configs) are read whole,
 # so each is capped: containerd caps manifests and configs at 4 MiB; 16 MiB holds a bundle.json of
@@ -189,21 +190,11 @@ def sweep_partials(folder: Path) -> list[Path]:
                 continue
             who = entry.name.rsplit(".partial.", 1)[1].rsplit(".", 2)[0]  # HOST-PID
             entry_host, _, pid = who.rpartition("-")
-            if entry_host == host and pid.isdigit() and not alive(int(pid)):
+            if entry_host == host and pid.isdigit() and not pid_alive(int(pid)):
                 with contextlib.suppress(FileNotFoundError):
                     entry.unlink()
                     removed.append(entry)
     return removed
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def mount_point(path: Path) -> Path:

@@ -73,7 +73,7 @@ class Store:
         stale = []
         for entry in self.tmp.iterdir() if (self.root / "tmp").is_dir() else []:
             parts = entry.name.rsplit("-", 2)
-            if len(parts) == 3 and parts[1].isdigit() and not _alive(int(parts[1])):
+            if len(parts) == 3 and parts[1].isdigit() and not pid_alive(int(parts[1])):
                 stale.append(entry)
         return stale
 
@@ -143,7 +143,9 @@ class Store:
             return False
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this machine still runs (one that is not ours to signal counts as alive):
+    how the store's scratch, an export's partials and a build's containers tell what a dead run left."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

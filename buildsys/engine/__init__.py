@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from buildsys.core.errors import BuildsysError, EngineUnavailable
+from buildsys.core.store import pid_alive
 
 if TYPE_CHECKING:
     import docker
@@ -632,15 +633,7 @@ def _gone(e: Exception) -> bool:
 
 def _orphaned(owner: str) -> bool:
     host, _, pid = owner.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    return host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid))
 
 
 def _translate(what: str, e: Exception) -> BuildsysError:
