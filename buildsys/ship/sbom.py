@@ -30,6 +30,7 @@ from packageurl import PackageURL
 from buildsys import __version__, ecosystems
 from buildsys.build.records import LayerRecord
 from buildsys.core.errors import BuildsysError
+from buildsys.ecosystems.base import Component
 from buildsys.model.graph import Graph
 from buildsys.model.lockfile import Lock
 
@@ -41,21 +42,17 @@ class SbomError(BuildsysError):
 
 
 @dataclass(frozen=True)
-class Item:
-    layer: str  # the recipe whose layer installs it
-    kind: str  # image | deb | wheel | cran | file
-    name: str
-    version: str
-    purl: str
-    sha256: str
-    url: str
+class Item(Component):
+    """An ecosystem's component and the recipe whose layer installs it."""
+
+    layer: str = ""
 
 
 def items(graph: Graph, locks: Mapping[str, Lock], recipe: str) -> Iterator[Item]:
     """Every locked component of ``recipe``'s chain, bottom layer first, each ecosystem's sorted by name."""
     for layer in graph.chain(recipe):
         for c in ecosystems.components(locks[layer]):
-            yield Item(layer, c.kind, c.name, c.version, c.purl, c.sha256, c.url)
+            yield Item(c.kind, c.name, c.version, c.purl, c.sha256, c.url, layer=layer)
 
 
 def _when(locks: Mapping[str, Lock], recipe: str) -> datetime.datetime:
