@@ -77,7 +77,7 @@ class TaggingBuilder(Builder):
     def load(self, record: LayerRecord, tag: str | None = None) -> None:
         super().load(record, tag)
         if tag:
-            self.report(record.recipe, "tagged", f"{tag}:latest")
+            self.progress(record.recipe, "tagged", f"{tag}:latest")
 
 
 def yes_no(ok: bool) -> str:
@@ -281,7 +281,7 @@ def run(args: argparse.Namespace, work: Path, store: Store) -> int:
     console.print(f"engine connect  {connect_s:8.3f} s")
     events = Events()
     cold = TaggingBuilder(store, graph, locks, engine=engine, no_cache=True,
-                          report=events).build([LEAF])[0]
+                          progress=events).build([LEAF])[0]
     cold_end = time.monotonic()
     cold_s = cold_end - events.t0
     root_done = events.at(root, "tagged")
@@ -369,7 +369,7 @@ def incremental(project: Path, store: Store, engine: Engine, chain: Sequence[str
         status = ", ".join(f"{o.recipe}: {o.status}" for o in outcomes)
         locks = fresh_locks(project, graph, [LEAF])
         events = Events()
-        image = Builder(store, graph, locks, engine=engine, report=events).build([LEAF])[0]
+        image = Builder(store, graph, locks, engine=engine, progress=events).build([LEAF])[0]
         incr_s = time.monotonic() - events.t0
     finally:
         recipe_file.write_bytes(saved_recipe)

@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"removed {gone} image(s) of this store's {' -> '.join(chain[1:])} from docker")
 
     events = Events()
-    builder = Builder(store, graph, locks, engine=engine, no_cache=True, report=events)
+    builder = Builder(store, graph, locks, engine=engine, no_cache=True, progress=events)
     cold_s, (image,) = timed(lambda: builder.build([LEAF]))
     console.print(f"\ncold build (--no-cache) {cold_s:7.1f} s, image {image.record.config_digest}")
     console.print(f"  {'layer':<8} {'MB':>7} {'install':>8} {'normalize':>9} {'load':>7} {'(n+l)/i':>8} "

@@ -162,7 +162,7 @@ def run(args: argparse.Namespace, work: Path, store: Store, keep_tar: Path) -> i
     console.print(f"engine connect  {connect_s:8.3f} s")
     events = Events()
     with watch_normalize(events, keep_tar):
-        cold = Builder(store, graph, locks, engine=engine, no_cache=True, report=events).build([RECIPE])[0]
+        cold = Builder(store, graph, locks, engine=engine, no_cache=True, progress=events).build([RECIPE])[0]
     cold_end = time.monotonic()
     cold_s = cold_end - events.t0
     console.print(f"cold build      {cold_s:8.2f} s  (cached={cold.cached}, image {cold.record.config_digest[:19]})")

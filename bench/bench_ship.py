@@ -79,11 +79,11 @@ def chain(project: Path, store: Store, host: str, tmp: Path, engine: Engine) -> 
     Builder(store, graph, locks, engine=engine, remote=RemoteCache(None, cache)).build(["app"])
     cold = Store(tmp / "cold", vendor_root=store.vendor_root)
     events = Events()
-    secs_cold, (img_cold,) = timed(lambda: Builder(cold, graph, locks, engine=engine, report=events).build(["app"]))
+    secs_cold, (img_cold,) = timed(lambda: Builder(cold, graph, locks, engine=engine, progress=events).build(["app"]))
     print(f"chain cold build (vendored inputs, no cache): {secs_cold:.1f}s, per layer {events.built_seconds()}")
     events = Events()
     warm = Store(tmp / "from-cache")
-    secs_warm, (img_warm,) = timed(lambda: Builder(warm, graph, locks, engine=engine, report=events,
+    secs_warm, (img_warm,) = timed(lambda: Builder(warm, graph, locks, engine=engine, progress=events,
                                                    remote=RemoteCache(cache, None)).build(["app"]))
     started = [s for _, _, s, _ in events.seen if s in ("run", "bootstrap")]
     print(f"chain --cache-from build (fresh store, nothing vendored): {secs_warm:.1f}s, containers started: "

@@ -60,7 +60,7 @@ def built(chain: Path, store: Path) -> dict:
 def builder(project: Path, store: Path, events: list[tuple[str, str, str]]) -> Builder:
     graph = build_graph(load_recipes(project))
     return Builder(Store(store), graph, fresh_locks(project, graph, []), engine=Engine.connect(),
-                   report=lambda *e: events.append(e))
+                   progress=lambda *e: events.append(e))
 
 
 def test_layer_locks_pin_apt_and_pip_for_the_image_python(chain: Path) -> None:

@@ -86,7 +86,7 @@ def test_a_cache_registry_that_is_down_is_a_miss_not_a_failure(shipped, tmp_path
     graph = build_graph(load_recipes(proj))
     events: list[tuple[str, str, str]] = []
     host = f"127.0.0.1:{free_port()}"
-    remote = RemoteCache(f"{host}/cache/none", None, report=lambda *e: events.append(e))
+    remote = RemoteCache(f"{host}/cache/none", None, progress=lambda *e: events.append(e))
     assert remote.fetch("0" * 64, graph.recipes["root"], None, OciLayout(tmp_path / "oci")) is None
     assert events[0][:2] == ("root", "remote miss") and host in events[0][2] and "unreachable" in events[0][2]
 
@@ -120,7 +120,7 @@ def test_an_answer_that_is_no_manifest_is_a_miss_not_a_traceback(shipped, tmp_pa
         graph = build_graph(load_recipes(proj))
         events: list[tuple[str, str, str]] = []
         remote = RemoteCache(f"127.0.0.1:{server.server_address[1]}/cache/x", None,
-                             report=lambda *e: events.append(e))
+                             progress=lambda *e: events.append(e))
         assert remote.fetch("0" * 64, graph.recipes["root"], None, OciLayout(tmp_path / "oci")) is None
         assert [e for e in events if e[1] == "remote miss" and "not a manifest buildsys wrote" in e[2]], events
     finally:

@@ -21,8 +21,9 @@ from buildsys.build.cache import Cache, LayerCache, cache_key
 from buildsys.build.checks import check_vendored
 from buildsys.build.layers import LayerMaker
 from buildsys.build.load import Loader
-from buildsys.build.records import BuiltImage, LayerRecord, Reporter
+from buildsys.build.records import BuiltImage, LayerRecord
 from buildsys.core.errors import EngineUnavailable
+from buildsys.core.progress import NO_PROGRESS, Progress
 from buildsys.core.store import Store
 from buildsys.model.graph import Graph
 from buildsys.model.lockfile import Lock
@@ -44,7 +45,7 @@ class Builder:
         engine: Engine | None = None,
         no_cache: bool = False,
         tag: bool = True,  # tag chain images as RECIPE:latest (verify rebuilds do not)
-        report: Reporter = lambda recipe, stage, detail: None,
+        progress: Progress = NO_PROGRESS,
         # Connects to docker on first use, when ``engine`` is None: a build that the store
         # answers alone (all cached, already loaded and tagged) makes no engine round trip.
         connect: Callable[[], Engine] | None = None,
@@ -56,12 +57,12 @@ class Builder:
         remote: LayerCache | None = None,
     ) -> None:
         self.store, self.graph, self.locks = store, graph, locks
-        self.no_cache, self.tag, self.report, self.remote = no_cache, tag, report, remote
+        self.no_cache, self.tag, self.progress, self.remote = no_cache, tag, progress, remote
         self.cache = Cache(store, no_cache)
         self._memo: dict[tuple[str, ...], tuple[LayerRecord, bool]] = {}
-        self.loader = Loader(store, report, engine, connect, trust_loaded,
+        self.loader = Loader(store, progress, engine, connect, trust_loaded,
                              known=lambda: (r for r, _ in self._memo.values()))
-        self.maker = LayerMaker(store, locks, self.loader, report)
+        self.maker = LayerMaker(store, locks, self.loader, progress)
         # Seconds spent per built layer (by chain prefix): install, normalize, load.
         self.timings: dict[tuple[str, ...], dict[str, float]] = {}
 
@@ -80,7 +81,7 @@ class Builder:
             # The blob is gone already; forget every cache entry that used it, then once more:
             # the layers it belonged to are rebuilt (the same digests, from the locks).
             dropped = self.forget_blob(e.digest)
-            self.report("*", "repair", f"{e.message}; {dropped} cache entr{'y' if dropped == 1 else 'ies'} "
+            self.progress("*", "repair", f"{e.message}; {dropped} cache entr{'y' if dropped == 1 else 'ies'} "
                                        "dropped, rebuilding")
             self._memo.clear()
             return self._build(names, jobs)
@@ -143,7 +144,7 @@ class Builder:
             with contextlib.suppress(EngineUnavailable):  # no engine, no container to remove
                 self.docker()  # connecting sweeps
         if stale and (n := self.store.sweep_scratch()):
-            self.report("*", "cleanup", f"removed {n} scratch folder(s) left by an interrupted run")
+            self.progress("*", "cleanup", f"removed {n} scratch folder(s) left by an interrupted run")
 
     def docker(self) -> Engine | None:
         """The engine, connected now if it was not yet (None: this builder works without one)."""
@@ -205,7 +206,7 @@ class Builder:
                 self._memo[prefix] = self._layer(self.graph.recipes[prefix[-1]], parent, prefix)
                 if prefix in self.timings and not self._memo[prefix][1]:
                     t = self.timings[prefix]
-                    self.report(prefix[-1], "timings", f"install {t['install']:.1f}s, normalize "
+                    self.progress(prefix[-1], "timings", f"install {t['install']:.1f}s, normalize "
                                                        f"{t['normalize']:.1f}s, load {t['load']:.1f}s")
             parent, cached = self._memo[prefix]
             records.append(parent)
@@ -224,11 +225,11 @@ class Builder:
             hit = self.remote.fetch(key, recipe, parent, self.layout)
             if hit is not None:
                 self.cache.put(key, hit)
-                self.report(recipe.name, "remote cache", f"{hit.config_digest[:19]} from {self.remote}")
+                self.progress(recipe.name, "remote cache", f"{hit.config_digest[:19]} from {self.remote}")
         if hit is not None:
             if self.remote is not None:
                 self.remote.offer(key, hit, self.layout)
-            self.report(recipe.name, "cached", hit.config_digest[:19])
+            self.progress(recipe.name, "cached", hit.config_digest[:19])
             return hit, True
         started = time.monotonic()
         check_vendored(self.store, self.locks, recipe, prefix)
@@ -241,5 +242,5 @@ class Builder:
         self.cache.put(key, record)
         if self.remote is not None:
             self.remote.offer(key, record, self.layout)
-        self.report(recipe.name, "built", f"{record.config_digest[:19]} in {time.monotonic() - started:.1f}s")
+        self.progress(recipe.name, "built", f"{record.config_digest[:19]} in {time.monotonic() - started:.1f}s")
         return record, False

@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 from buildsys.build import baseimage, bootstrap, steps
 from buildsys.build.checks import check_packages
 from buildsys.build.load import Loader
-from buildsys.build.records import LayerRecord, Reporter
+from buildsys.build.records import LayerRecord
 from buildsys.core.errors import BuildError
+from buildsys.core.progress import Progress
 from buildsys.core.store import Store
 from buildsys.engine import EngineError
 from buildsys.model.lockfile import Lock
@@ -46,7 +47,7 @@ class LayerMaker:
     store: Store
     locks: Mapping[str, Lock]
     loader: Loader
-    report: Reporter
+    progress: Progress
 
     @property
     def layout(self) -> OciLayout:
@@ -58,13 +59,13 @@ class LayerMaker:
             return self._image_root(recipe, timings)
         assert lock.base is not None
         with self.store.scratch(f"build-{recipe.name}") as tmp:
-            self.report(recipe.name, "bootstrap", f"mmdebstrap {lock.base.suite}/{lock.base.variant}, "
+            self.progress(recipe.name, "bootstrap", f"mmdebstrap {lock.base.suite}/{lock.base.variant}, "
                                                   f"{len(lock.base.packages)} packages, no network")
             t0 = time.monotonic()
             result = bootstrap.bootstrap_debian(self.store, lock, recipe.run, Path(tmp))
             check_packages(self.locks, recipe, [recipe.name], result.installed, "mmdebstrap")
             t1 = time.monotonic()
-            self.report(recipe.name, "normalize", f"{result.tarball.stat().st_size / 1e6:.0f} MB rootfs")
+            self.progress(recipe.name, "normalize", f"{result.tarball.stat().st_size / 1e6:.0f} MB rootfs")
             layer_tmp = Path(tmp) / "layer.tar"
             with open(result.tarball, "rb") as src, open(layer_tmp, "wb") as dst:
                 info = normalize_tar(src, dst, lock.source_date_epoch)
@@ -83,7 +84,7 @@ class LayerMaker:
         base = lock.image_base
         assert base is not None
         t0 = time.monotonic()
-        self.report(recipe.name, "unpack", f"{base.reference}: {len(base.layers)} layer(s) from the vendor store, "
+        self.progress(recipe.name, "unpack", f"{base.reference}: {len(base.layers)} layer(s) from the vendor store, "
                                            "no registry")
         upstream = baseimage.read_config(self.store, recipe.name, base)
         layers = baseimage.unpack_layers(self.store, self.layout, recipe.name, base, upstream)
@@ -122,7 +123,7 @@ class LayerMaker:
         t0 = time.monotonic()
         with self.run_steps(recipe, lock, parent) as (container, result, scratch):
             t1 = time.monotonic()
-            self.report(recipe.name, "normalize", "the container's filesystem diff")
+            self.progress(recipe.name, "normalize", "the container's filesystem diff")
             below = ParentTree.from_layers((self.layout.blob_path(d) for d, _ in parent.layers),
                                            index_dir=self.store.cache / "index")
             t_read = time.monotonic()
@@ -143,7 +144,7 @@ class LayerMaker:
                 plan = plan_layer(layer, lock.source_date_epoch, (VENDOR_MOUNT,), below)
                 t_write = time.monotonic()
                 record, t2 = self._write_layer(recipe, lock, parent, plan, scratch / "layer.tar", created_by)
-                self.report(recipe.name, "normalized",
+                self.progress(recipe.name, "normalized",
                             f"{plan.entries} entries, {plan.size / 1e6:.0f} MB: parent chain {t_read - t1:.1f}s, "
                             f"{'upper dir' if upper is not None else 'export'} {t_plan - t_read:.1f}s, compare "
                             f"{t_write - t_plan:.1f}s, write+hash+stream {t2 - t_write:.1f}s")
@@ -176,7 +177,7 @@ class LayerMaker:
             if engine is None:
                 write_layer()
             else:
-                self.report(recipe.name, "load", "docker load (new layer only), streamed as it is written")
+                self.progress(recipe.name, "load", "docker load (new layer only), streamed as it is written")
                 lower = list(parent.diff_ids)
                 engine.load_stream(lambda sink: write_streamed_archive(sink, lower, plan.size, write_layer))
             record: LayerRecord = done["record"].result()
@@ -200,7 +201,7 @@ class LayerMaker:
             with engine.container(parent.config_digest, staged.command, env=staged.env, network="none",
                                        mounts=[(str(staged.folder), steps.MOUNT, True)],
                                        hostname=bootstrap.BUILD_HOSTNAME, user="0:0", workdir="/") as container:
-                self.report(recipe.name, "run", f"container on {parent.config_digest[:19]}, network none")
+                self.progress(recipe.name, "run", f"container on {parent.config_digest[:19]}, network none")
                 result = container.run(on_output=lambda line: self._on_build_output(recipe.name, line))
                 if result.exit_code != 0:
                     step = steps.failed_step(result.output)
@@ -212,7 +213,7 @@ class LayerMaker:
 
     def _on_build_output(self, recipe: str, line: str) -> None:
         if line.startswith(steps.STEP_MARKER):
-            self.report(recipe, "step", line.removeprefix(steps.STEP_MARKER))
+            self.progress(recipe, "step", line.removeprefix(steps.STEP_MARKER))
 
     def _config(self, recipe: Recipe, lock: Lock, parent: LayerRecord | None, diff_id: str,
                 created_by: str) -> dict[str, Any]:

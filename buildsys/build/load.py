@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from buildsys.build.records import LayerRecord, Reporter
+from buildsys.build.records import LayerRecord
+from buildsys.core.progress import Progress
 from buildsys.core.store import Store, atomic_write
 from buildsys.engine import EngineError
 from buildsys.engine.probe import tagged_image
@@ -39,7 +40,7 @@ class Loader:
     """The engine of one build, and what goes into it from the store."""
 
     store: Store
-    report: Reporter
+    progress: Progress
     engine: Engine | None = None
     # Connects to docker on first use, when ``engine`` is None.
     connect: Callable[[], Engine] | None = None
@@ -62,7 +63,7 @@ class Loader:
 
     def sweep_containers(self, engine: Engine) -> None:
         if n := engine.remove_stale_containers():
-            self.report("*", "cleanup", f"removed {n} build container(s) left by an interrupted run")
+            self.progress("*", "cleanup", f"removed {n} build container(s) left by an interrupted run")
 
     def load(self, record: LayerRecord, tag: str | None = None) -> None:
         """Make sure docker has the image (loading it from the store), and tag it."""
@@ -81,7 +82,7 @@ class Loader:
             # 1.34 s incremental build went to re-sending the lower layers).
             parent = next((r for r in self.known() if r.layers == record.layers[:-1]), None)
             omit = len(record.layers) - 1 if parent and engine.has_image(parent.config_digest) else 0
-            self.report(record.recipe, "load", "docker load" + (" (new layer only)" if omit else ""))
+            self.progress(record.recipe, "load", "docker load" + (" (new layer only)" if omit else ""))
             try:
                 self._docker_load(record, omit)
             except EngineError:
@@ -93,7 +94,7 @@ class Loader:
             # Tags are per engine, recipes per project: say when a tag moves away from an
             # image that this store did not build (another project's recipe of the same name).
             if previous and previous != record.config_digest and not self.layout.has_blob(previous):
-                self.report(record.recipe, "warning", f"{tag}:latest pointed at {previous[:19]}, which this store "
+                self.progress(record.recipe, "warning", f"{tag}:latest pointed at {previous[:19]}, which this store "
                                                       f"did not build (another project?); it now points at "
                                                       f"{record.config_digest[:19]}")
             self.layout.set_ref(tag, record.manifest_digest)

@@ -6,8 +6,6 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from buildsys.core.progress import Progress
-
 
 @dataclass(frozen=True)
 class LayerRecord:
@@ -57,6 +55,3 @@ class BuiltImage:
             "timings": {k: round(v, 3) for k, v in self.timings.items()} if self.timings is not None else None,
         }
 
-
-# Progress events: (recipe, stage, detail). The CLI renders them.
-Reporter = Progress  # core/progress.py's one type; the old name is kept for its importers

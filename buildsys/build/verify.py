@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from buildsys.build.builder import Builder
-from buildsys.build.records import BuiltImage, Reporter
+from buildsys.build.records import BuiltImage
 from buildsys.core import names
 from buildsys.core.errors import UsageError, did_you_mean
+from buildsys.core.progress import Progress
 from buildsys.core.store import Store, atomic_write
 from buildsys.engine import Engine
 from buildsys.model.graph import Graph
@@ -53,14 +54,14 @@ class VerifyResult:
 
 
 def verify(store: Store, graph: Graph, locks: Mapping[str, Lock], names: Sequence[str],
-           engine: Engine | None, report: Reporter, jobs: int = 1) -> list[VerifyResult]:
-    first = Builder(store, graph, locks, engine=engine, report=report).build(names, jobs=jobs)
+           engine: Engine | None, progress: Progress, jobs: int = 1) -> list[VerifyResult]:
+    first = Builder(store, graph, locks, engine=engine, progress=progress).build(names, jobs=jobs)
     results: list[VerifyResult] = []
     with store.scratch("verify") as tmp:
         fresh = Store(Path(tmp), vendor_root=store.vendor_root)
-        report("*", "verify", "rebuilding from nothing (no cache, fresh store)")
+        progress("*", "verify", "rebuilding from nothing (no cache, fresh store)")
         second = Builder(fresh, graph, locks, engine=engine, no_cache=True, tag=False,
-                         report=lambda r, s, d: report(r, f"verify {s}", d)).build(names, jobs=jobs)
+                         progress=lambda r, s, d: progress(r, f"verify {s}", d)).build(names, jobs=jobs)
         for a, b in zip(first, second, strict=True):
             results.append(compare(a, b, OciLayout(store.oci), OciLayout(fresh.oci)))
     for r in results:

@@ -67,11 +67,11 @@ def build_cmd(obj: Context, recipes: tuple[str, ...], verify: bool, no_cache: bo
     if cache_from or cache_to:
         from buildsys.ship.remote_cache import RemoteCache
 
-        remote = RemoteCache(cache_from, cache_to, insecure=insecure, report=progress)
+        remote = RemoteCache(cache_from, cache_to, insecure=insecure, progress=progress)
     with progress:
         # The engine is connected only when the store cannot answer alone (see Builder.connect).
         images = Builder(store, g, locks, connect=_connect, trust_loaded=True, no_cache=no_cache, remote=remote,
-                         report=progress).build(recipes, jobs=jobs)
+                         progress=progress).build(recipes, jobs=jobs)
     _print_images(images, as_json)
 
 
@@ -109,7 +109,7 @@ def test_cmd(obj: Context, recipes: tuple[str, ...], gpus: str | None) -> None:
     if request:
         require_gpu(engine)  # before anything is built or started
     with LiveProgress() as progress:
-        builder = Builder(obj.open_store(), g, locks, engine=engine, report=progress)
+        builder = Builder(obj.open_store(), g, locks, engine=engine, progress=progress)
         # An image the store holds (built, or brought by `buildsys import` on an offline machine)
         # is tested as it is; only the others are built.
         found = {n: builder.find(n) for n in (recipes or g.order)}

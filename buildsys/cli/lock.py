@@ -76,7 +76,7 @@ def _parent_images(store: Store, g: Graph, progress: Progress) -> ParentImagesFa
     from buildsys.build.builder import Builder
     from buildsys.engine import Engine
 
-    return lambda locks: Builder(store, g, locks, engine=Engine.connect(), tag=False, report=progress)
+    return lambda locks: Builder(store, g, locks, engine=Engine.connect(), tag=False, progress=progress)
 
 
 def _vendor(store: Store) -> Vendor:

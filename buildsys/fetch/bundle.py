@@ -23,7 +23,7 @@ from pathlib import Path
 from buildsys.core import names
 from buildsys.core.archive import JSON_CAP, copy_member, open_archive, owned_open, read_json_member, sweep_partials
 from buildsys.core.errors import BuildsysError, NotVendored
-from buildsys.core.progress import Progress
+from buildsys.core.progress import NO_PROGRESS, Progress
 from buildsys.core.store import Artifact, Store
 from buildsys.oci.image import archive_member, canonical_bytes
 from buildsys.oci.layer.normalize import TarWriter
@@ -56,7 +56,7 @@ _AGAIN = "run the same `buildsys fetch RECIPE... --bundle FILE` again: fetch rep
 
 
 def write_bundle(store: Store, artifacts: Sequence[Artifact], out: Path,
-                 progress: Progress = lambda r, s, d: None) -> BundleResult:
+                 progress: Progress = NO_PROGRESS) -> BundleResult:
     arts = sorted({a.sha256: a for a in artifacts}.values(), key=lambda a: a.sha256)
     missing = [a for a in arts if not store.has_artifact(a)]
     if missing:
@@ -94,7 +94,7 @@ def _checked(path: Path, art: Artifact) -> Iterator[bytes]:
 
 
 
-def read_bundle(store: Store, bundle: Path, progress: Progress = lambda r, s, d: None) -> BundleResult:
+def read_bundle(store: Store, bundle: Path, progress: Progress = NO_PROGRESS) -> BundleResult:
     """Copy a bundle's files into the vendor store, each hash-checked before it is placed.
 
     Only what ``bundle.json`` lists is taken, at its listed size: any other member, a member of

@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 from buildsys import ecosystems
 from buildsys.core.errors import BuildsysError, LockError, MissingLock, StaleLock
+from buildsys.core.progress import NO_PROGRESS, Progress
 from buildsys.core.store import Store
 from buildsys.lock import parents as layer
 from buildsys.lock.freshness import Change, LockOutcome, check_fresh, check_locks, fresh_locks
-from buildsys.lock.parents import ParentImages, ParentImagesFactory, Reporter, Vendor
+from buildsys.lock.parents import ParentImages, ParentImagesFactory, Vendor
 from buildsys.model.graph import Graph
 from buildsys.model.lockfile import Lock, dumps, hash_bytes, lock_path, read_lock, write_lock
 from buildsys.model.recipe import Recipe
@@ -59,7 +60,7 @@ def lock_recipes(
     parent_images: ParentImagesFactory | None = None,
     vendor: Vendor = lambda artifacts: None,
     report: Callable[[LockOutcome], None] = lambda o: None,
-    progress: Reporter = lambda r, s, d: None,
+    progress: Progress = NO_PROGRESS,
     dry_run: bool = False,
 ) -> list[LockOutcome]:
     """Lock ``names`` and their ancestors. A fresh lock is kept as it is unless upgrading.
@@ -121,7 +122,7 @@ def _previous(path: Path) -> Lock | None:
 def resolve(recipe: Recipe, store: Store, graph: Graph, locks: dict[str, Lock], *, previous: Lock | None = None,
             upgrade: bool = False, upgrade_packages: Sequence[str] = (),
             parent_images: ParentImagesFactory | None = None, vendor: Vendor = lambda artifacts: None,
-            progress: Reporter = lambda r, s, d: None) -> Lock:
+            progress: Progress = NO_PROGRESS) -> Lock:
     """Resolve one recipe against its (already locked) ancestors: each ecosystem in turn adds its part."""
     chain = graph.chain(recipe.name)
     ancestors = [locks[n] for n in chain[:-1]]
@@ -146,7 +147,7 @@ class _Resolution:
 
     def __init__(self, recipe: Recipe, store: Store, chain: Sequence[str], locks: Mapping[str, Lock],
                  previous: Lock | None, upgrade: bool, upgrade_packages: Sequence[str],
-                 parent_images: ParentImagesFactory | None, vendor: Vendor, report: Reporter) -> None:
+                 parent_images: ParentImagesFactory | None, vendor: Vendor, progress: Progress) -> None:
         self.recipe = recipe
         self.store = store
         self.ancestors = [locks[n] for n in chain[:-1]]
@@ -158,16 +159,16 @@ class _Resolution:
         self._locks = locks
         self._factory = parent_images
         self._vendor = vendor
-        self._report = report
+        self._progress = progress
         self._builder: ParentImages[Any] | None = None
         self._image: str | None = None
         self._cleanups: list[Callable[[], None]] = []
 
     def progress(self, message: str) -> None:
-        self._report(self.recipe.name, "lock", message)
+        self._progress(self.recipe.name, "lock", message)
 
     def warn(self, message: str) -> None:
-        self._report(self.recipe.name, "warning", message)
+        self._progress(self.recipe.name, "warning", message)
 
     def _parents(self, why: str) -> ParentImages[Any]:
         if self._builder is None:
@@ -184,14 +185,14 @@ class _Resolution:
 
     def parent_tree(self, why: str) -> ParentTree:
         builder = self._parents(why)
-        record = layer.build_parent(builder, self._vendor, self._locks, self.recipe, self._prefix, self._report, why)
+        record = layer.build_parent(builder, self._vendor, self._locks, self.recipe, self._prefix, self._progress, why)
         return layer.parent_tree(builder, record, self.store)
 
     def image(self, lock: Lock, why: str) -> str:
         if self._image is None:
             builder = self._parents(why)
             self._image, cleanup = layer.image_with(builder, self._vendor, self.engine(), self._locks, self.recipe,
-                                                    self._prefix, lock, self._report, why)
+                                                    self._prefix, lock, self._progress, why)
             self._cleanups.append(cleanup)
         return self._image
 

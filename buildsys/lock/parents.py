@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from buildsys import ecosystems
 from buildsys.core.errors import LockError
+from buildsys.core.progress import Progress
 from buildsys.core.store import Artifact, Store
 from buildsys.model.graph import Graph
 from buildsys.model.lockfile import Lock
@@ -27,7 +28,6 @@ from buildsys.oci.layer.tree import ParentTree
 if TYPE_CHECKING:  # docker's client is imported only where an engine is used
     from buildsys.engine import Container, Engine, RunResult
 
-Reporter = Callable[[str, str, str], None]  # (recipe, stage, detail), as build's progress
 # Puts locked files into the vendor store (``fetch.vendor.fetch``, wired in by the caller: fetch is above lock).
 Vendor = Callable[[Sequence[Artifact]], object]
 
@@ -86,11 +86,11 @@ def check_parents_agree(recipe: Recipe, graph: Graph, locks: Mapping[str, Lock])
 
 
 def build_parent(builder: ParentImages[R], vendor: Vendor, locks: Mapping[str, Lock], recipe: Recipe,
-                 prefix: Sequence[str], report: Reporter, why: str) -> R:
+                 prefix: Sequence[str], progress: Progress, why: str) -> R:
     """The image of the parent chain ``prefix``, its inputs fetched first (built once per ``builder``)."""
     arts = {a.sha256: a for name in prefix for a in ecosystems.artifacts(locks[name])}
     vendor(list(arts.values()))
-    report(recipe.name, "lock", f"building the parent chain ({' -> '.join(prefix)}) {why}")
+    progress(recipe.name, "lock", f"building the parent chain ({' -> '.join(prefix)}) {why}")
     records, _ = builder.build_prefix(prefix)
     return records[-1]
 
@@ -102,18 +102,18 @@ def parent_tree(builder: ParentImages[R], record: R, store: Store) -> ParentTree
 
 
 def image_with(builder: ParentImages[R], vendor: Vendor, engine: Engine, locks: Mapping[str, Lock], recipe: Recipe,
-               prefix: Sequence[str], lock: Lock, report: Reporter, why: str) -> tuple[str, Callable[[], None]]:
+               prefix: Sequence[str], lock: Lock, progress: Progress, why: str) -> tuple[str, Callable[[], None]]:
     """An image of the parent chain plus what ``lock`` installs so far (its apt packages), to resolve in.
 
     Returns the image reference and a function that removes it (when it is temporary).
     """
     inputs = ecosystems.artifacts(lock)
     vendor(inputs)
-    parent = build_parent(builder, vendor, locks, recipe, prefix, report, why)
+    parent = build_parent(builder, vendor, locks, recipe, prefix, progress, why)
     builder.load(parent)
     if not inputs:
         return parent.config_digest, lambda: None
-    report(recipe.name, "lock", f"installing the {len(inputs)} packages locked so far to resolve against them")
+    progress(recipe.name, "lock", f"installing the {len(inputs)} packages locked so far to resolve against them")
     # What is locked so far is installed, and no run step (it may need what is not resolved yet).
     with builder.run_steps(dataclasses.replace(recipe, run=()), lock, parent) as (container, _, _):
         image = container.commit()

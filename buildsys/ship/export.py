@@ -56,7 +56,7 @@ from buildsys.core.archive import (
     sweep_partials,
 )
 from buildsys.core.errors import BuildsysError, FormatVersionError
-from buildsys.core.progress import Progress
+from buildsys.core.progress import NO_PROGRESS, Progress
 from buildsys.core.store import Store
 from buildsys.engine import Engine
 from buildsys.model.graph import Graph
@@ -116,7 +116,7 @@ class ExportResult:
 
 
 def export(store: Store, graph: Graph, locks: Mapping[str, Lock], recipes: Sequence[str], out: Path,
-           progress: Progress = lambda r, s, d: None) -> ExportResult:
+           progress: Progress = NO_PROGRESS) -> ExportResult:
     started = time.monotonic()
     layout = OciLayout(store.oci)
     records: dict[str, LayerRecord] = {name: stored_image(store, graph, locks, name) for name in recipes}
@@ -198,7 +198,7 @@ class Imported:
 
 
 def import_archive(store: Store, archive: Path, engine: Engine | None,
-                   progress: Progress = lambda r, s, d: None) -> Imported:
+                   progress: Progress = NO_PROGRESS) -> Imported:
     started = time.monotonic()
     layout = OciLayout(store.oci)
     # An import killed (kill -9, a reboot) leaves its scratch folder (hundreds of MB): sweep those

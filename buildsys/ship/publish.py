@@ -23,7 +23,7 @@ from buildsys.build.builder import Builder
 from buildsys.build.records import LayerRecord
 from buildsys.build.verify import was_verified
 from buildsys.core.errors import ImageNotBuilt, NotVerified
-from buildsys.core.progress import Progress
+from buildsys.core.progress import NO_PROGRESS, Progress
 from buildsys.core.store import Store, sha256_file
 from buildsys.model.graph import Graph
 from buildsys.model.lockfile import Lock
@@ -61,7 +61,7 @@ def stored_image(store: Store, graph: Graph, locks: Mapping[str, Lock], recipe: 
 
 def publish(store: Store, graph: Graph, locks: Mapping[str, Lock], recipe: str, to: str, *,
             insecure: bool = False, force: bool = False, registry: Registry | None = None,
-            progress: Progress = lambda recipe, stage, detail: None) -> Published:
+            progress: Progress = NO_PROGRESS) -> Published:
     ref = Reference.parse(to)
     record = stored_image(store, graph, locks, recipe)
     verified = was_verified(store, record.manifest_digest)

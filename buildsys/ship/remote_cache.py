@@ -24,7 +24,7 @@ from pathlib import Path
 
 from buildsys.build.records import LayerRecord
 from buildsys.core import names
-from buildsys.core.progress import Progress
+from buildsys.core.progress import NO_PROGRESS, Progress
 from buildsys.model.recipe import Recipe
 from buildsys.oci.image import MANIFEST_MEDIA_TYPE, OciLayout, digest_bytes
 from buildsys.oci.registry import (
@@ -39,15 +39,14 @@ from buildsys.ship.publish import push_image
 
 TAG_PREFIX = "bs-"
 
-Report = Progress  # core/progress.py's one type; the old name stays until the merge
 
 
 class RemoteCache:
     def __init__(self, cache_from: str | None, cache_to: str | None, *, insecure: bool = False,
-                 report: Report = lambda r, s, d: None) -> None:
+                 progress: Progress = NO_PROGRESS) -> None:
         self.sources = Reference.parse(cache_from) if cache_from else None
         self.target = Reference.parse(cache_to) if cache_to else None
-        self.report = report
+        self.progress = progress
         self._registries: dict[str, Registry] = {}
         self.insecure = insecure
 
@@ -73,14 +72,14 @@ class RemoteCache:
         except NotInRegistry:
             return None
         except RegistryDataError as e:  # an answer that is no entry of ours
-            self.report(recipe.name, "remote miss", f"entry {self.tag(key)[:19]} is not a manifest buildsys "
+            self.progress(recipe.name, "remote miss", f"entry {self.tag(key)[:19]} is not a manifest buildsys "
                                                     f"wrote ({e.field}: {e.problem.rsplit(': ', 1)[-1]}); ignored")
             return None
         except RegistryError as e:
-            self.report(recipe.name, "remote miss", e.message)
+            self.progress(recipe.name, "remote miss", e.message)
             return None
         except (ValueError, KeyError, TypeError, AttributeError) as e:  # an answer that is no entry of ours
-            self.report(recipe.name, "remote miss", f"entry {self.tag(key)[:19]} is not a manifest buildsys "
+            self.progress(recipe.name, "remote miss", f"entry {self.tag(key)[:19]} is not a manifest buildsys "
                                                     f"wrote ({type(e).__name__}: {e}); ignored")
             return None
 
@@ -94,7 +93,7 @@ class RemoteCache:
         below = list(parent.layers) if parent else []
         if manifest.get("mediaType") != MANIFEST_MEDIA_TYPE or len(layers) != len(below) + 1 or \
                 layers[:-1] != below:
-            self.report(recipe.name, "remote miss", f"entry {self.tag(key)[:19]} does not build on the parent "
+            self.progress(recipe.name, "remote miss", f"entry {self.tag(key)[:19]} does not build on the parent "
                                                     "layers; ignored")
             return None
         config_digest = manifest["config"]["digest"]
@@ -105,12 +104,12 @@ class RemoteCache:
         diff_ids = tuple(config.get("rootfs", {}).get("diff_ids", []))
         labels = (config.get("config") or {}).get("Labels") or {}
         if diff_ids != tuple(d for d, _ in layers) or labels.get("io.buildsys.recipe-hash") != recipe.recipe_hash:
-            self.report(recipe.name, "remote miss", f"entry {self.tag(key)[:19]} is not this recipe's layer; "
+            self.progress(recipe.name, "remote miss", f"entry {self.tag(key)[:19]} is not this recipe's layer; "
                                                     "ignored")
             return None
         top, size = layers[-1]
         if not layout.has_blob(top):
-            self.report(recipe.name, "remote fetch", f"layer {top[:19]} ({size / 1e6:.1f} MB)")
+            self.progress(recipe.name, "remote fetch", f"layer {top[:19]} ({size / 1e6:.1f} MB)")
             layout.blobs.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=layout.root, prefix=".remote-", suffix=".tmp")
             try:
@@ -133,6 +132,6 @@ class RemoteCache:
         repo, tag = self.target.repository, self.tag(key)
         if reg.has_manifest(repo, tag):
             return
-        self.report(record.recipe, "cache push", f"{self.target.host}/{repo}:{tag[:19]}...")
+        self.progress(record.recipe, "cache push", f"{self.target.host}/{repo}:{tag[:19]}...")
         push_image(reg, repo, layout, record.manifest_digest)
         reg.put_manifest(repo, tag, layout.read_blob(record.manifest_digest), MANIFEST_MEDIA_TYPE)
