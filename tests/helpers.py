@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from click.testing import CliRunner, Result
@@ -26,3 +28,14 @@ def copy_project(src: str | Path, dest: Path) -> Path:
     """A copy of a fixture project (by name) or of another project folder, to change freely."""
     shutil.copytree(FIXTURES / src if isinstance(src, str) else src, dest, dirs_exist_ok=True)
     return dest
+
+
+def http_status(url: str) -> int:
+    """The HTTP status ``url`` answers with (an error status too); 0 when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as e:
+        return e.code
+    except (urllib.error.URLError, OSError):
+        return 0

@@ -13,12 +13,10 @@ import shutil
 import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import bs, ok
+from helpers import bs, http_status, ok
 
 from buildsys.build.records import BuiltImage
 from buildsys.engine import Engine, GpuRequest
@@ -91,19 +89,10 @@ def test_the_compose_here_accepts_the_file(tmp_path: Path, bind: str, gpus: GpuR
     assert out.stdout.count("$${JUPYTER_TOKEN}") == 10  # config prints the literals escaped again
 
 
-def _get(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as r:
-            return int(r.status)
-    except urllib.error.HTTPError as e:
-        return e.code
-    except (urllib.error.URLError, OSError):
-        return 0
-
 
 def _wait(url: str, want: int, seconds: float = 120) -> int:
     deadline = time.monotonic() + seconds
-    while (got := _get(url)) != want and time.monotonic() < deadline:
+    while (got := http_status(url)) != want and time.monotonic() < deadline:
         time.sleep(1)
     return got
 
@@ -150,8 +139,8 @@ def test_compose_starts_the_pair_and_down_removes_exactly_it(jupyter: BuiltImage
         started = _project_containers(engine, project)
         assert len(started) == 2
         assert _wait(f"http://127.0.0.1:{port}/api/status?token={token}", 200) == 200
-        assert _get(f"http://127.0.0.1:{port}/api/status") == 403
-        assert _get(f"http://127.0.0.1:{port}/api/status?token=wrong") == 403
+        assert http_status(f"http://127.0.0.1:{port}/api/status") == 403
+        assert http_status(f"http://127.0.0.1:{port}/api/status?token=wrong") == 403
         assert _wait(f"http://127.0.0.1:{tb_port}/", 200) == 200
         for cid in started:
             info = engine.inspect(cid)

@@ -18,14 +18,12 @@ import socket
 import subprocess
 import sys
 import tarfile
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import bs, ok
+from helpers import bs, http_status, ok
 
 from buildsys.build.records import BuiltImage
 from buildsys.core.errors import UsageError
@@ -599,13 +597,6 @@ def test_run_as_a_user_writes_files_they_own(jupyter: BuiltImage, shared_store: 
     assert cache.is_dir() and cache.stat().st_uid == docker_user.pw_uid
 
 
-def _get(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as r:
-            return int(r.status)
-    except urllib.error.HTTPError as e:
-        return e.code
-
 
 @pytest.mark.docker
 @pytest.mark.network
@@ -620,10 +611,10 @@ def test_up_serves_jupyter_with_a_token_and_tensorboard_then_down(
         assert m and len(m.group(1)) == 48, r.stdout
         token = m.group(1)
         assert r.stdout.count(token) == 1  # printed once
-        assert _get(f"http://127.0.0.1:{port}/api/status?token={token}") == 200
-        assert _get(f"http://127.0.0.1:{port}/api/status") == 403
-        assert _get(f"http://127.0.0.1:{port}/api/status?token=wrong") == 403
-        assert _get(f"http://127.0.0.1:{tb_port}/") == 200
+        assert http_status(f"http://127.0.0.1:{port}/api/status?token={token}") == 200
+        assert http_status(f"http://127.0.0.1:{port}/api/status") == 403
+        assert http_status(f"http://127.0.0.1:{port}/api/status?token=wrong") == 403
+        assert http_status(f"http://127.0.0.1:{tb_port}/") == 200
         assert (tmp_path / "runs").is_dir()
         engine = Engine.connect()
         mine = [engine.inspect(c) for c, _, _ in engine.labelled(UP_LABEL, "jupyter")
