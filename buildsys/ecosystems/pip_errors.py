@@ -6,7 +6,7 @@ import re
 from collections.abc import Mapping, Sequence
 
 from buildsys.core.errors import LockError
-from buildsys.ecosystems.pip_tools import MIN_PYTHON, _relevant
+from buildsys.ecosystems.pip_tools import MIN_PYTHON, relevant_lines
 
 
 class PythonMissing(LockError):
@@ -33,7 +33,7 @@ class NoDistribution(LockError):
 
     def __init__(self, recipe: str, requirement: str, index: str, versions: str, python: str, detail: str) -> None:
         self.recipe, self.requirement, self.index, self.versions = recipe, requirement, index, versions
-        name = _req_name(requirement)
+        name = requirement_name(requirement)
         listed = [v.strip() for v in versions.split(",") if v.strip() and v.strip() != "none"]
         if "require a different python version" in detail:
             what = f"no release of '{name}' on {index} that satisfies {requirement} supports Python {python}"
@@ -91,10 +91,10 @@ class NoWheel(LockError):
 
 def _quote(detail: str) -> str:
     """pip's own words: its ERROR and WARNING lines and the final exception, not the traceback."""
-    lines = [s for s in _relevant(detail) if s.startswith(("ERROR", "WARNING", "Ignored", "pip._internal.exc"))]
+    lines = [s for s in relevant_lines(detail) if s.startswith(("ERROR", "WARNING", "Ignored", "pip._internal.exc"))]
     return ("\n  --- pip said ---\n" + "\n".join(f"  | {ln}" for ln in lines[-8:])) if lines else ""
 
 
-def _req_name(requirement: str) -> str:
+def requirement_name(requirement: str) -> str:
     m = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement)
     return m[1] if m else requirement

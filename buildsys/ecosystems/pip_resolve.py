@@ -38,10 +38,17 @@ from buildsys.ecosystems.pip_errors import (
     NoWheel,
     PythonMissing,
     PythonTooOld,
-    _req_name,
+    requirement_name,
 )
 from buildsys.ecosystems.pip_tools import MIN_PYTHON, PipToolFailed, host_ca_bundle, tools_dir
-from buildsys.ecosystems.pypi import DEFAULT_INDEX, _canon, _head, _index_files_many, _IndexFile, _release_files
+from buildsys.ecosystems.pypi import (
+    DEFAULT_INDEX,
+    IndexFile,
+    canonical_name,
+    head_file,
+    index_files_many,
+    release_files,
+)
 from buildsys.engine import Engine
 from buildsys.model.lockfile import LockedPip, LockedWheelFile
 from buildsys.model.recipe import Recipe
@@ -93,9 +100,9 @@ def lock_pip(engine: Engine, image: str, recipe: Recipe, store: Store, *, constr
     """
     _check_requirements(recipe)
     index = (recipe.pip_index_url or DEFAULT_INDEX).rstrip("/")
-    ancestors = {_canon(n): v for n, v in constraints.items()}
-    moving = sorted({_canon(n) for n in upgrade_packages})
-    kept = [p for p in previous if _canon(p.name) not in ancestors] if not upgrade else []
+    ancestors = {canonical_name(n): v for n, v in constraints.items()}
+    moving = sorted({canonical_name(n) for n in upgrade_packages})
+    kept = [p for p in previous if canonical_name(p.name) not in ancestors] if not upgrade else []
     keep_installer = previous_installer if not upgrade and "pip" not in moving else None
     found = _resolve_in_image(engine, image, recipe, store, index, ancestors, kept, upgrade, moving, keep_installer)
 
@@ -103,8 +110,8 @@ def lock_pip(engine: Engine, image: str, recipe: Recipe, store: Store, *, constr
         if pin.name in ancestors and not _same_version(pin.version, ancestors[pin.name]):
             raise ConstraintConflict(recipe.name, pin.name, ancestors[pin.name], pin.version)
     own = [p for p in found.pins if p.name not in ancestors]
-    files = _index_files_many(index, sorted({p.name for p in own} | {"pip"}))
-    before = {_canon(p.name): p for p in kept}
+    files = index_files_many(index, sorted({p.name for p in own} | {"pip"}))
+    before = {canonical_name(p.name): p for p in kept}
     packages, epochs = [], []
     for pin in own:
         url, sha = found.selected[pin.name]
@@ -186,7 +193,8 @@ def _resolve_in_image(engine: Engine, image: str, recipe: Recipe, store: Store, 
 
 def _existing_output(previous: Sequence[LockedPip]) -> str:
     """The previous pins as pip-compile's own output, so that it keeps them."""
-    return "".join(f"{_canon(p.name)}=={p.version}\n" for p in sorted(previous, key=lambda p: _canon(p.name)))
+    ordered = sorted(previous, key=lambda p: canonical_name(p.name))
+    return "".join(f"{canonical_name(p.name)}=={p.version}\n" for p in ordered)
 
 
 _PROBE_PY = """\
@@ -259,7 +267,7 @@ def _parse_output(text: str) -> list[_Pin]:
         if not m:
             raise LockError(f"pip-compile wrote a requirement buildsys cannot pin: {s[:200]}",
                             "use plain project names and version specifiers in [pip] packages (no URLs or paths)")
-        pins.append(_Pin(_canon(m[1]), m[2]))
+        pins.append(_Pin(canonical_name(m[1]), m[2]))
     return sorted(pins, key=lambda p: p.name)
 
 
@@ -276,7 +284,7 @@ def _read_report(recipe: Recipe, path: Path) -> dict[str, tuple[str, str]]:
         if not sha:  # older pips only have "hash": "sha256=..."
             h = info.get("archive_info", {}).get("hash", "")
             sha = h.split("=", 1)[1] if h.startswith("sha256=") else ""
-        out[_canon(item["metadata"]["name"])] = (info.get("url", ""), sha.lower())
+        out[canonical_name(item["metadata"]["name"])] = (info.get("url", ""), sha.lower())
     return out
 
 
@@ -311,7 +319,7 @@ def _compile_error(recipe: Recipe, index: str, python: str, log: str, ancestors:
             who = "asked by the recipe" if parent == "None" else f"asked by {_dist_of(url) or parent}"
             if f"{req} ({who})" not in causes:
                 causes.append(f"{req} ({who})")
-        names = {_canon(_req_name(c)) for c in causes}
+        names = {canonical_name(requirement_name(c)) for c in causes}
         names |= {n for n in ancestors if re.search(rf"\b{re.escape(n)}\b", log, re.IGNORECASE)}
         return ConflictingPins(recipe.name, causes, {n: v for n, v in ancestors.items() if n in names}, log)
     return PipToolFailed(recipe.name, f"pip-compile of [pip] packages for Python {python}", log)
@@ -336,12 +344,12 @@ def _select_error(recipe: Recipe, index: str, python: str, tags: Sequence[str], 
     """The dry run found no installable file: say which pins lack a wheel for this interpreter."""
     accepted: set[Tag] = set().union(*(parse_tag(t) for t in tags))
     try:
-        files = _index_files_many(index, sorted({p.name for p in pins}))
+        files = index_files_many(index, sorted({p.name for p in pins}))
     except LockError:
         return PipToolFailed(recipe.name, f"choosing wheels for Python {python}", log)
     missing = []
     for pin in pins:
-        own = _release_files(files.get(pin.name, {}), pin.name, pin.version).values()
+        own = release_files(files.get(pin.name, {}), pin.name, pin.version).values()
         if not any(_wheel_tags(f.name) & accepted for f in own):
             missing.append((pin.name, pin.version, sorted(f.name for f in own)))
     if missing:
@@ -361,7 +369,7 @@ def _version_from_wheel(url: str) -> str:
     return str(parse_wheel_filename(name)[1])
 
 
-def _locked(name: str, version: str, url: str, sha: str, listed: Mapping[str, _IndexFile],
+def _locked(name: str, version: str, url: str, sha: str, listed: Mapping[str, IndexFile],
             previous: LockedPip | None, only_selected: bool = False) -> tuple[LockedPip, int | None]:
     """The pin with every file of its release, and the upload time of the selected one.
 
@@ -369,12 +377,12 @@ def _locked(name: str, version: str, url: str, sha: str, listed: Mapping[str, _I
     reuses existing hashes), so wheels uploaded later for an old release do not
     change a lock that nothing else changed.
     """
-    release = _release_files(listed, name, version)
+    release = release_files(listed, name, version)
     chosen = release.get(sha) or listed.get(sha)
     if chosen is None or chosen.size is None or chosen.uploaded is None:
         # An index that does not list this file with its hash, size or upload time: ask the file itself.
-        head = _head(chosen.url if chosen else url, sha)
-        chosen = _IndexFile(chosen.name if chosen else head.name, head.url, sha,
+        head = head_file(chosen.url if chosen else url, sha)
+        chosen = IndexFile(chosen.name if chosen else head.name, head.url, sha,
                             (chosen.size if chosen else None) or head.size,
                             (chosen.uploaded if chosen else None) or head.uploaded)
     release[sha] = chosen

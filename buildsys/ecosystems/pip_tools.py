@@ -47,12 +47,12 @@ class PipToolFailed(LockError):
 
     def __init__(self, recipe: str, what: str, output: str, hint: str | None = None) -> None:
         self.recipe, self.output = recipe, output
-        tail = "\n".join(f"  | {ln}" for ln in _relevant(output)[-25:])
+        tail = "\n".join(f"  | {ln}" for ln in relevant_lines(output)[-25:])
         super().__init__(f"{recipe}: {what} failed" + (f":\n{tail}" if tail else ""),
                          hint or "check [pip] packages and index-url, and that the index is reachable")
 
 
-def _relevant(output: str) -> list[str]:
+def relevant_lines(output: str) -> list[str]:
     """pip-tools prints pip's traceback after its message; keep the words, drop the frames."""
     keep = []
     for ln in output.splitlines():

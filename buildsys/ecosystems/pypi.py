@@ -50,7 +50,7 @@ class IndexUnreachable(LockError):
 
 
 @dataclass(frozen=True)
-class _IndexFile:
+class IndexFile:
     name: str
     url: str
     sha256: str
@@ -58,11 +58,12 @@ class _IndexFile:
     uploaded: int | None  # seconds since the epoch
 
 
-def _canon(name: str) -> str:
+def canonical_name(name: str) -> str:
+    """packaging's normalized name, as a plain str."""
     return str(canonicalize_name(name))
 
 
-def _release_files(listed: Mapping[str, _IndexFile], name: str, version: str) -> dict[str, _IndexFile]:
+def release_files(listed: Mapping[str, IndexFile], name: str, version: str) -> dict[str, IndexFile]:
     """The files of one release among a project's files (wheels and sdists, by their names)."""
     try:
         wanted = Version(version)
@@ -74,29 +75,29 @@ def _release_files(listed: Mapping[str, _IndexFile], name: str, version: str) ->
             n, v = parse_wheel_filename(f.name)[:2] if f.name.endswith(".whl") else parse_sdist_filename(f.name)
         except (InvalidWheelFilename, InvalidSdistFilename, InvalidVersion):
             continue
-        if n == _canon(name) and v == wanted:
+        if n == canonical_name(name) and v == wanted:
             out[sha] = f
     return out
 
 
-def _index_files_many(index: str, projects: Sequence[str]) -> dict[str, dict[str, _IndexFile]]:
+def index_files_many(index: str, projects: Sequence[str]) -> dict[str, dict[str, IndexFile]]:
     with ThreadPoolExecutor(max_workers=8, thread_name_prefix="pip-index") as pool:
         return dict(zip(projects, pool.map(lambda p: index_files(index, p), projects), strict=True))
 
 
-def index_files(index: str, project: str) -> dict[str, _IndexFile]:
+def index_files(index: str, project: str) -> dict[str, IndexFile]:
     """Every file of a project on a simple index, by sha256: the JSON API (PEP 691, sizes and
     upload times of PEP 700) where the index speaks it, else the HTML page (PEP 503)."""
-    url = f"{index.rstrip('/')}/{_canon(project)}/"
+    url = f"{index.rstrip('/')}/{canonical_name(project)}/"
     body, ctype, final = _http_get(url, f"{_SIMPLE_JSON}, text/html;q=0.1")
-    out: dict[str, _IndexFile] = {}
+    out: dict[str, IndexFile] = {}
     if ctype.startswith(_SIMPLE_JSON) or ctype.startswith("application/json"):
         for f in json.loads(body).get("files", []):
             sha = (f.get("hashes") or {}).get("sha256")
             if not sha:
                 continue
             size = f.get("size")
-            out[sha.lower()] = _IndexFile(f["filename"], urljoin(final, f["url"]), sha.lower(),
+            out[sha.lower()] = IndexFile(f["filename"], urljoin(final, f["url"]), sha.lower(),
                                           int(size) if isinstance(size, int) else None, _iso_time(f.get("upload-time")))
         return out
     parser = _Anchors()
@@ -107,7 +108,7 @@ def index_files(index: str, project: str) -> dict[str, _IndexFile]:
         if frag.startswith("sha256="):
             sha = frag.removeprefix("sha256=").lower()
             name = text.strip() or unquote(urlsplit(base).path.rsplit("/", 1)[-1])
-            out[sha] = _IndexFile(name, base, sha, None, None)
+            out[sha] = IndexFile(name, base, sha, None, None)
     return out
 
 
@@ -142,7 +143,7 @@ def _iso_time(value: Any) -> int | None:
         return None
 
 
-def _head(url: str, sha: str) -> _IndexFile:
+def head_file(url: str, sha: str) -> IndexFile:
     """Size and Last-Modified of one file, for indexes that do not list them."""
     name = unquote(urlsplit(url).path.rsplit("/", 1)[-1])
     size = uploaded = None
@@ -153,7 +154,7 @@ def _head(url: str, sha: str) -> _IndexFile:
         if headers.get("Last-Modified"):
             with contextlib.suppress(TypeError, ValueError):
                 uploaded = int(email.utils.parsedate_to_datetime(headers["Last-Modified"]).timestamp())
-    return _IndexFile(name, url.split("#", 1)[0], sha, size, uploaded)
+    return IndexFile(name, url.split("#", 1)[0], sha, size, uploaded)
 
 
 def _http_get(url: str, accept: str) -> tuple[bytes, str, str]:
