@@ -399,9 +399,6 @@ class AptResolver:
             found[suite] = hit
         return found
 
-    def _release_file(self) -> Path:
-        return self._release_files()[self.suite]
-
     def _have_lists(self) -> bool:
         try:
             self._release_files()

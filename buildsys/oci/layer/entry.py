@@ -16,6 +16,9 @@ from buildsys.core.errors import BuildsysError
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
 PAX_XATTR = "SCHILY.xattr."
+# The one xattr a layer keeps: file capabilities change what a program may do; SELinux labels,
+# user.* and overlay bookkeeping are host state (docs/reproducibility.md, xattrs).
+CAPABILITY_XATTR = "security.capability"
 CHUNK = 1 << 20
 
 TAR_TYPES = {

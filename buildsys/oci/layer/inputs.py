@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import IO
 
 from buildsys.oci.layer.entry import (
+    CAPABILITY_XATTR,
     KINDS,
     OPAQUE_MARKER,
     PAX_XATTR,
@@ -58,7 +59,7 @@ def read_tar(src: IO[bytes]) -> LayerInput:
         if base.startswith(WHITEOUT_PREFIX):
             layer.whiteouts.append(f"{parent}/{base[4:]}" if parent else base[4:])
             continue
-        cap = m.pax_headers.get(PAX_XATTR + "security.capability")
+        cap = m.pax_headers.get(PAX_XATTR + CAPABILITY_XATTR)
         it = Item(path, kind, m.mode, m.uid, m.gid, int(m.mtime // 1), m.size if kind == "file" else 0,
                    norm_path(m.linkname) if kind == "hardlink" else m.linkname if kind == "symlink" else "",
                    m.devmajor, m.devminor, cap.encode("utf-8", "surrogateescape") if cap is not None else None,
@@ -149,7 +150,7 @@ def _overlay_xattrs(full: str) -> tuple[list[str], bytes | None]:
     if bad:
         raise LayerError(f"{full}: overlay attribute {bad[0]} means this directory is not a full "
                          "diff", "mount overlay with redirect_dir=off,metacopy=off (docker's default)")
-    cap = os.getxattr(full, "security.capability", follow_symlinks=False) if "security.capability" in names else None
+    cap = os.getxattr(full, CAPABILITY_XATTR, follow_symlinks=False) if CAPABILITY_XATTR in names else None
     return names, cap
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from buildsys.oci.layer.entry import (
+    CAPABILITY_XATTR,
     CHUNK,
     OPAQUE_MARKER,
     PAX_XATTR,
@@ -72,11 +73,6 @@ VOLATILE_PATHS: tuple[str, ...] = (
     "root/.cache/pip/**",
     "root/.cache/uv/**",
 )
-
-# Only file capabilities change what a program may do; SELinux labels,
-# user.* and overlay bookkeeping are host state (docs/reproducibility.md, xattrs).
-KEPT_XATTRS = ("security.capability",)
-
 
 @dataclass(frozen=True)
 class LayerInfo:
@@ -331,7 +327,7 @@ def _header(it: Item, mtime: int) -> bytes:
     if it.kind in ("char", "block"):
         info.devmajor, info.devminor = it.devmajor, it.devminor
     if it.cap is not None:
-        info.pax_headers = {PAX_XATTR + "security.capability": it.cap.decode("utf-8", "surrogateescape")}
+        info.pax_headers = {PAX_XATTR + CAPABILITY_XATTR: it.cap.decode("utf-8", "surrogateescape")}
     return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from buildsys.oci.layer.entry import (
+    CAPABILITY_XATTR,
     KINDS,
     OPAQUE_MARKER,
     PAX_XATTR,
@@ -132,7 +133,7 @@ def _layer_index(blob: Path, index_dir: Path | None) -> list[list[Any]]:
         kind = KINDS.get(m.type)
         if not path or kind is None:
             continue
-        cap = m.pax_headers.get(PAX_XATTR + "security.capability")
+        cap = m.pax_headers.get(PAX_XATTR + CAPABILITY_XATTR)
         rows.append([path, kind, m.mode & 0o7777, m.uid, m.gid, int(m.mtime), m.size if kind == "file" else 0,
                      norm_path(m.linkname) if kind == "hardlink" else m.linkname, m.devmajor, m.devminor,
                      cap.encode("utf-8", "surrogateescape").hex() if cap is not None else None, m.offset_data])
