@@ -25,15 +25,13 @@ import contextlib
 import errno
 import os
 import socket
-import stat
 import tarfile
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 from buildsys.core.errors import BuildsysError
-from buildsys.core.store import pid_alive
+from buildsys.core.store import atomic_open, pid_alive
 
 # JSON documents of an archive (export.json, bundle.json, OCI manifests and configs) are read whole,
 # so each is capped: containerd caps manifests and configs at 4 MiB; 16 MiB holds a bundle.json of
@@ -153,30 +151,12 @@ def owned_open(path: Path) -> Iterator[IO[bytes]]:
     A kill -9 leaves the partial file; ``sweep_partials`` (called by the next writer of the same
     folder) removes it once its process is gone. A full disk is told as :class:`OutputFull`.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{partial_prefix(path)}{owner()}.", suffix=".tmp")
     try:
-        try:
-            perm = stat.S_IMODE(path.stat().st_mode)
-        except FileNotFoundError:
-            mask = os.umask(0o022)
-            os.umask(mask)
-            perm = 0o666 & ~mask
-        os.fchmod(fd, perm)
-        with os.fdopen(fd, "wb") as f:
+        with atomic_open(path, "wb", prefix=f"{partial_prefix(path)}{owner()}.") as f:
             yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
     except OSError as e:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise OutputFull(path, e) from e
-        raise
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
         raise
 
 

@@ -164,13 +164,14 @@ def sha256_file(path: Path, bufsize: int = 1 << 20) -> str:
 
 
 @contextlib.contextmanager
-def atomic_open(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
+def atomic_open(path: Path, mode: str = "wb", prefix: str | None = None) -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path``; on success rename it into place.
 
-    On any exception the temporary file is removed and ``path`` is untouched.
+    On any exception the temporary file is removed and ``path`` is untouched. ``prefix`` names the
+    temporary file (default ``.NAME.``); ``core.archive.owned_open`` puts its owner in it.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix or f".{path.name}.", suffix=".tmp")
     try:
         # mkstemp makes 0600; the result keeps the mode of the file it replaces, else the umask's.
         try:
