@@ -26,7 +26,7 @@ from packageurl import PackageURL
 from buildsys.core.errors import BuildError, LockError, NotVendored, ToolMissing
 from buildsys.core.store import Artifact, Store
 from buildsys.ecosystems.apt import AptPackage, AptResolver, archive_moved
-from buildsys.ecosystems.base import MOUNT, STEP_MARKER, Component, Ecosystem, LockContext, Pin
+from buildsys.ecosystems.base import MOUNT, STEP_HEADER, STEP_MARKER, Component, Ecosystem, LockContext, Pin
 from buildsys.ecosystems.registry_apt import image_release, lock_apt_on_image
 from buildsys.model.lockfile import Lock, LockedDeb
 from buildsys.model.recipe import Recipe
@@ -160,17 +160,22 @@ class Apt(Ecosystem):
                "-o APT::Sandbox::User=root -o Acquire::Languages=none -o APT::Install-Recommends=false "
                "-o Dpkg::Use-Pty=0 -q")
         names = " ".join(shlex.quote(n) for n in sorted(recipe.apt_packages))
+        # Two steps, each in a fresh PID namespace (build/steps.py): the index, then the install.
         return [
-            f"echo '{STEP_MARKER}apt: install {len(lock.apt)} packages'",
-            # No service may start inside a build container.
-            "printf '#!/bin/sh\\nexit 101\\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d",
-            f"apt-get {apt} update",
-            f"apt-get {apt} install -y {names}",
-            "rm -f /usr/sbin/policy-rc.d",
-            "rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin",
-            f"echo '{INSTALLED_MARKER}'",
-            "dpkg-query -W -f '${db:Status-Abbrev} ${Package}=${Version}\\n' | awk '$1 == \"ii\" {print $2}'",
-            f"echo '{INSTALLED_MARKER}'",
+            STEP_HEADER + "\n".join([
+                f"echo '{STEP_MARKER}apt: install {len(lock.apt)} packages'",
+                # No service may start inside a build container.
+                "printf '#!/bin/sh\\nexit 101\\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d",
+                f"apt-get {apt} update",
+            ]) + "\n",
+            STEP_HEADER + "\n".join([
+                f"apt-get {apt} install -y {names}",
+                "rm -f /usr/sbin/policy-rc.d",
+                "rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin",
+                f"echo '{INSTALLED_MARKER}'",
+                "dpkg-query -W -f '${db:Status-Abbrev} ${Package}=${Version}\\n' | awk '$1 == \"ii\" {print $2}'",
+                f"echo '{INSTALLED_MARKER}'",
+            ]) + "\n",
         ]
 
     def covers(self, recipe: Recipe, lock: Lock, above: Sequence[Lock]) -> list[str]:

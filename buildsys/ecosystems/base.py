@@ -31,6 +31,9 @@ if TYPE_CHECKING:  # docker's client is imported only where an engine is used
 # the build script prints before each step, so that a failure names its step.
 MOUNT = "/buildsys"
 STEP_MARKER = "::buildsys-step::"
+# What a step script starts with: build steps stop at the first error and at an unset variable,
+# and never inherit a umask or a folder (each step is its own process tree, build/steps.py).
+STEP_HEADER = "set -eu\numask 022\ncd /\n"
 
 
 @dataclass(frozen=True)
@@ -126,7 +129,14 @@ class Ecosystem:
         return []
 
     def stage(self, store: Store, recipe: Recipe, lock: Lock, folder: Path) -> list[str]:
-        """Link this part's inputs into the staging ``folder``; return the build-script lines that install them."""
+        """Link this part's inputs into the staging ``folder``; return the steps that install them.
+
+        Each step is a whole shell script (start it with ``STEP_HEADER``) that the build runs as
+        the first process of a fresh PID namespace, in order, stopping at the first that fails: it
+        carries nothing to the next but the filesystem (no variable, function or folder), and the
+        process IDs it sees are the same on every build (docs/reproducibility.md, "Process IDs").
+        Split an install into one step per package where a package may record a process ID.
+        """
         return []
 
     def covers(self, recipe: Recipe, lock: Lock, above: Sequence[Lock]) -> list[str]:

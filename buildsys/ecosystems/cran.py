@@ -8,7 +8,7 @@ Depends, Imports and LinkingTo (what ``install.packages`` follows by default),
 less base and recommended packages and whatever the parent image already has
 installed (Debian's ``r-cran-*`` included), read from the image itself.
 
-The build side (``install_script``) lives here too, as pip's does in ``pip``.
+The build side (``install_steps``) lives here too, as pip's does in ``pip``.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from buildsys.core.errors import FetchError, HashMismatch, LockError, NotVendore
 from buildsys.core.store import Artifact, Store
 from buildsys.core.urlpolicy import local_reason
 from buildsys.ecosystems.apt_layer import chain_debs
-from buildsys.ecosystems.base import MOUNT, STEP_MARKER, Component, Ecosystem, LockContext, Pin
+from buildsys.ecosystems.base import MOUNT, STEP_HEADER, STEP_MARKER, Component, Ecosystem, LockContext, Pin
 from buildsys.model.lockfile import Lock, LockedCran
 from buildsys.model.recipe import Recipe
 
@@ -447,15 +447,17 @@ def _download(store: Store, url: str, entry: IndexEntry, allow_local: bool) -> t
 _NOT_PINNED = "not what the lock pins"
 
 
-def install_script(packages: Sequence[LockedCran], repo: str, mount: str, epoch: int) -> str:
-    """Shell that installs the vendored tarballs in dependency order, reproducibly.
+def install_steps(packages: Sequence[LockedCran], repo: str, mount: str, epoch: int) -> list[str]:
+    """The build steps that install the vendored tarballs in dependency order, reproducibly: one per package.
 
-    Each source and its fix is in docs/reproducibility.md ("R packages"). A tarball whose
-    DESCRIPTION is another package or version than the lock pins (its sha256 vouches for the bytes,
-    not for what they claim) is refused before R installs it, and what R installed is read back.
+    Each source and its fix is in docs/reproducibility.md ("R packages"). Each package is its own
+    step, so R CMD INSTALL of each runs in a fresh PID namespace and sees the same process IDs on
+    every build (cli records the PID of the R that installed it). A tarball whose DESCRIPTION is
+    another package or version than the lock pins (its sha256 vouches for the bytes, not for what
+    they claim) is refused before R installs it, and what R installed is read back.
     """
     built = shlex.quote(_utc(epoch))
-    lines = [
+    env = "\n".join([
         f"mkdir -p {SITE_LIBRARY} {BUILD_DIR}",
         # Compiler flags: Debian's R Makeconf already maps its own build path; map ours, and
         # keep -g (debug info is then path-free and the same every time).
@@ -468,11 +470,13 @@ def install_script(packages: Sequence[LockedCran], repo: str, mount: str, epoch:
         "v=$(sed -n 's/^Version:[[:space:]]*//p' \"$3\" 2>/dev/null | head -n1 | tr -d '[:space:]'); "
         "[ \"$p\" = \"$1\" ] && [ \"$v\" = \"$2\" ] || { echo \"R package $1 $2: $4 is ${p:-?} ${v:-?}, "
         f"{_NOT_PINNED}\"; exit 1; }}; }}",
-    ]
+    ])
+    steps = []
     for p in install_order(packages):
         tar = f"{mount}/cran/{p.name}_{p.version}.tar.gz"
-        lines += [
+        steps.append(STEP_HEADER + "\n".join([
             f"echo '{STEP_MARKER}cran: install {p.name} {p.version}'",
+            env,
             f"rm -rf {BUILD_DIR}/{p.name} && tar -xzf {tar} -C {BUILD_DIR} --no-same-owner",
             f"test -d {BUILD_DIR}/{p.name} || {{ echo 'R package {p.name}: its tarball has no folder "
             f"{p.name}/'; exit 1; }}",
@@ -481,16 +485,16 @@ def install_script(packages: Sequence[LockedCran], repo: str, mount: str, epoch:
             f"{BUILD_DIR}/{p.name}",
             f"buildsys_cran_is {p.name} {p.version} {SITE_LIBRARY}/{p.name}/DESCRIPTION 'what R installed'",
             f"rm -rf {BUILD_DIR}/{p.name}",
-        ]
+        ]) + "\n")
     rprofile = f'options(repos = c(CRAN = "{_r_string(repo)}"))'
-    lines += [
+    steps.append(STEP_HEADER + "\n".join([
         f"rm -rf {BUILD_DIR}",
         "mkdir -p /etc/R",
         # Debian's Rprofile.site is a conffile; only our line is appended, once.
         f"grep -qxF {shlex.quote(rprofile)} /etc/R/Rprofile.site 2>/dev/null || "
         f"echo {shlex.quote(rprofile)} >> /etc/R/Rprofile.site",
-    ]
-    return "\n".join(lines)
+    ]) + "\n")
+    return steps
 
 
 MAKEVARS = f"""\
@@ -594,7 +598,7 @@ class Cran(Ecosystem):
         if not lock.cran:
             return []
         stage_tarballs(store, recipe.name, lock.cran, folder / "cran")
-        return [install_script(lock.cran, lock.cran_repo or "", MOUNT, lock.source_date_epoch)]
+        return install_steps(lock.cran, lock.cran_repo or "", MOUNT, lock.source_date_epoch)
 
     def covers(self, recipe: Recipe, lock: Lock, above: Sequence[Lock]) -> list[str]:
         """Every [cran] package is pinned here or in the chain (Debian's r-cran-NAME counts), from the recipe's repo."""

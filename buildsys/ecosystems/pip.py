@@ -26,7 +26,7 @@ from buildsys.core.errors import LockError, NotVendored
 from buildsys.core.store import Artifact, Store, atomic_write
 from buildsys.core.urlpolicy import local_reason
 from buildsys.ecosystems.apt_layer import chain_debs
-from buildsys.ecosystems.base import MOUNT, STEP_MARKER, Component, Ecosystem, LockContext, Pin
+from buildsys.ecosystems.base import MOUNT, STEP_HEADER, STEP_MARKER, Component, Ecosystem, LockContext, Pin
 from buildsys.ecosystems.pip_resolve import lock_pip
 from buildsys.ecosystems.pypi import DEFAULT_INDEX
 from buildsys.model.lockfile import Lock, LockedPip, LockedWheelFile
@@ -169,7 +169,8 @@ class Pip(Ecosystem):
         if not lock.pip:
             return []
         stage_wheels(store, lock, folder / "wheels")
-        return [f"echo '{STEP_MARKER}pip: install {len(lock.pip)} packages'", install_script(lock, f"{MOUNT}/wheels")]
+        return [f"{STEP_HEADER}echo '{STEP_MARKER}pip: install {len(lock.pip)} packages'\n"
+                f"{install_script(lock, f'{MOUNT}/wheels')}\n"]
 
     def covers(self, recipe: Recipe, lock: Lock, above: Sequence[Lock]) -> list[str]:
         problems: list[str] = []
