@@ -19,6 +19,7 @@ import hashlib
 import heapq
 import re
 import shlex
+import tarfile
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -520,6 +521,65 @@ def stage_tarballs(store: Store, recipe: str, packages: Sequence[LockedCran], fo
     (folder / "Makevars").write_text(MAKEVARS)
 
 
+# R's own packages: in every R, never on CRAN, never an r-cran-* package.
+R_BASE_PACKAGES = frozenset({"base", "compiler", "datasets", "graphics", "grDevices", "grid", "methods", "parallel",
+                             "splines", "stats", "stats4", "tcltk", "tools", "utils"})
+DESCRIPTION_CAP = 1 << 20  # a DESCRIPTION is a few KiB; CRAN's largest is far below this
+
+
+def tarball_needs(tarball: Path, name: str) -> list[Dependency] | None:
+    """Depends, Imports and LinkingTo (R itself left out) of ``NAME/DESCRIPTION`` in a vendored source tarball.
+
+    None when the tarball has no readable DESCRIPTION for ``name`` (the build refuses such a
+    tarball too, naming it). The tarball is read as a stream, up to its DESCRIPTION.
+    """
+    try:
+        with tarfile.open(tarball, "r|gz") as tf:
+            for m in tf:
+                if m.name.removeprefix("./") != f"{name}/DESCRIPTION":
+                    continue
+                f = tf.extractfile(m) if m.isfile() and m.size <= DESCRIPTION_CAP else None
+                if f is None:
+                    return None
+                fields = parse_dcf(f.read().decode("utf-8", errors="replace"))
+                return [d for fld in DEP_FIELDS for d in parse_deps(fields[0].get(fld, "")) if d.name != "R"]
+    except (tarfile.TarError, OSError, EOFError, zlib.error, ValueError, IndexError):
+        return None
+    return None
+
+
+def cran_closure(store: Store, chain: Sequence[Lock], lock: Lock) -> list[str]:
+    """What the vendored tarballs of ``lock`` need that the chain does not have ("pkg needs dep").
+
+    Read from each tarball's own DESCRIPTION (its sha256 vouches for it, unlike anything
+    written in the lock), as the pip closure is read from the wheels: so a hand-deleted
+    ``[[cran]]`` entry is found before any container starts. A dependency is met by a pin of
+    the chain (whose version must fit), by R's own packages, or by Debian's r-cran-NAME in the
+    chain. On a registry image the image's own R packages are not in any lock, so there only
+    the version of a pinned dependency is checked.
+    """
+    pins = {c.name: c.version for lk in (*chain, lock) for c in lk.cran}
+    debs = chain_debs([*chain, lock])
+    image_root = any(lk.image_base is not None for lk in chain)
+    problems: list[str] = []
+    for c in lock.cran:
+        path = store.vendor_path(c.sha256)
+        if not path.is_file():
+            continue  # the vendor check names a missing file
+        needs = tarball_needs(path, c.name)
+        if needs is None:
+            problems.append(f"R package {c.name} {c.version}: its tarball has no readable {c.name}/DESCRIPTION")
+            continue
+        for dep in needs:
+            if dep.name in pins:
+                if not dep.met_by(pins[dep.name]):
+                    problems.append(f"R package {c.name} {c.version} needs '{dep}', the chain pins "
+                                    f"{pins[dep.name]}")
+            elif not (dep.name in R_BASE_PACKAGES or f"r-cran-{dep.name.lower()}" in debs or image_root):
+                problems.append(f"R package {c.name} {c.version} needs '{dep}', which no lock of the chain pins")
+    return sorted(set(problems))
+
+
 def failure_hint(output: str) -> str | None:
     """For a failed R package compile: which [apt] package provides the missing header, when known."""
     if _NOT_PINNED in output:
@@ -614,6 +674,9 @@ class Cran(Ecosystem):
             if why := repo_relative_problem(c.url, recipe.cran_repo or ""):
                 problems.append(f"R package '{c.name}' comes from {c.url}, not the recipe's cran.repo ({why})")
         return problems
+
+    def closure_problems(self, store: Store, chain: Sequence[Lock], lock: Lock) -> list[str]:
+        return cran_closure(store, chain, lock) if lock.cran else []
 
     def components(self, lock: Lock) -> list[Component]:
         return [Component("cran", c.name, c.version, PackageURL("cran", None, c.name, c.version).to_string(),
