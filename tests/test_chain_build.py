@@ -365,13 +365,16 @@ def test_every_step_is_the_first_process_of_its_own_pid_namespace(chain: Path, s
         '  "echo $$ > /pid-step; sh -c \'echo $$\' > /pid-child; ls /proc | grep -c \'^[0-9]\' > /proc-seen",\n'
         '  "python3 -c \'import os; print(os.getpid())\' > /pid-python; grep CapBnd /proc/self/status > /caps",\n'
         '  "sleep 600 &",\n'
-        ']\n')
+        ']\n\n[test]\ncommands = ["sleep 600 & echo left running"]\n')
     ok(bs(proj, store, "lock", "pids"))
     started = time.monotonic()
     (built,) = json.loads(ok(bs(proj, store, "build", "--json", "pids")).stdout)
     assert time.monotonic() - started < 300  # the background sleep died with its step's namespace
     assert "pids: reproducible" in ok(bs(proj, store, "build", "--verify", "pids")).output
     image = built["image_id"]
+    started = time.monotonic()
+    ok(bs(proj, store, "test", "pids"))  # what a test command leaves running ends with its container
+    assert time.monotonic() - started < 120
     out = docker.from_env().containers.run(image, ["sh", "-c", "cat /pid-step /pid-child /proc-seen /pid-python /caps"],
                                            remove=True, network_mode="none").decode().split()
     # the step's shell is PID 1; `sh -c` is 2; `ls` and `grep` are 3 and 4 and saw only 1-4 (plus /proc/self's own)
