@@ -159,6 +159,21 @@ def test_a_dripping_registry_runs_out_of_time_and_says_where() -> None:
         assert 2.0 <= took < 4.0, took
 
 
+def test_a_registry_that_drips_its_headers_runs_out_of_time_and_says_where() -> None:
+    """The deadline covers the status line and headers too: a byte of them every 0.1 s (each read well
+    within the 1 s read timeout) would take ~15 s per answer; the 1 s deadline cuts it at once, unretried."""
+    with lying_registry(Lies(drip_headers=0.1)) as reg:
+        reg.put_image("x", "1", config([digest(LAYER)]), [LAYER])
+        started = time.monotonic()
+        with pytest.raises(RegistryError) as exc:
+            registry(reg.host, deadline=1.0, timeout=1.0).get_manifest("x", "1")
+        took = time.monotonic() - started
+        assert "ran out of time: no complete status line and headers" in exc.value.message, exc.value.message
+        assert f"{reg.url}/v2/x/manifests/1" in exc.value.message and "the deadline is 1 s" in exc.value.message
+        assert 1.0 <= took < 1.5, took
+        assert len(reg.received) == 1  # not tried again: a server that drips once drips again
+
+
 # ---------------------------------------------------------------- malformed documents, through `lock`
 
 
