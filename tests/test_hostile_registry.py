@@ -139,6 +139,29 @@ def test_fetch_of_an_endless_registry_blob_writes_at_most_one_byte_more(tmp_path
     assert list(store.vendor.glob("*")) == [] if store.vendor.exists() else True
 
 
+def test_fetch_of_an_image_asks_the_token_service_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One registry client per registry and repository for a fetch run: one token for all its blobs."""
+    layers = [LAYER + bytes([i]) for i in range(3)]
+    docker = tmp_path / "docker"
+    docker.mkdir()
+    with lying_registry(Lies(realm="")) as reg:
+        reg.lies.realm = f"{reg.url}/token"
+        (docker / "config.json").write_text(json.dumps({"auths": {reg.host: {"auth": BASIC.split()[1]}}}))
+        monkeypatch.setenv("DOCKER_CONFIG", str(docker))
+        manifest = reg.put_image("x", "1", config([digest(la) for la in layers]), layers)
+        cfg = config([digest(la) for la in layers])
+        blobs = [("manifests", manifest, reg.manifests[manifest][0]), ("blobs", digest(cfg), cfg),
+                 *(("blobs", digest(la), la) for la in layers)]
+        arts = [Artifact("image", "x", f"blob {i}", f"{i}.blob", d[7:], len(data),
+                         (f"oci-registry://{reg.host}/x/{kind}/{d}",), local=True)
+                for i, (kind, d, data) in enumerate(blobs)]
+        report = fetch(Store(tmp_path / "store"), arts, progress=False)
+        tokens = [r for r in reg.received if r.path.startswith("/token")]
+        assert report.downloaded == len(arts) == 5
+        assert len(tokens) == 1, [r.path for r in reg.received]
+        assert all(r.headers.get("Authorization") == BASIC for r in tokens)
+
+
 def test_a_huge_manifest_is_refused_at_four_mib() -> None:
     with lying_registry(Lies(endless=True)) as reg:
         reg.manifests["1"] = (b'{"schemaVersion": 2, "layers": [' + b" " * 5000, OCI_MANIFEST)  # 5 MB

@@ -76,6 +76,9 @@ MIN_RATE = 32 << 10
 CONNECT_TIMEOUT = 15.0
 READ_TIMEOUT = 30.0  # between two bytes; the deadline bounds the whole
 MAX_REDIRECTS = 10
+# Connections kept per host: a client may serve several threads (fetch shares one registry client among
+# its -j downloads); one over this many is closed after use, with a warning from urllib3 on stderr.
+POOL_SIZE = 32
 CHUNK = 1 << 16
 _REDIRECTS = (301, 302, 303, 307, 308)
 _RETRY_STATUS = (408, 429)
@@ -326,7 +329,7 @@ class Client:
         self.session = requests.Session()
         self.session.trust_env = True  # proxies and CA bundles from the environment, as before
         for prefix in ("http://", "https://"):
-            self.session.mount(prefix, _paced_adapter()())
+            self.session.mount(prefix, _paced_adapter()(pool_maxsize=POOL_SIZE))
 
     def close(self) -> None:
         self.session.close()
