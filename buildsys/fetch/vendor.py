@@ -32,7 +32,8 @@ from buildsys.core.errors import FetchError, HashMismatch
 from buildsys.core.store import Artifact, Store, sha256_file
 from buildsys.core.urlpolicy import local_reason
 from buildsys.ecosystems import registry_image as image
-from buildsys.oci.registry import RegistryError
+from buildsys.model.lockschema import IMAGE_MANIFEST_TYPES
+from buildsys.oci.registry import Registry, RegistryError
 
 CHUNK = 1 << 16
 # Backoff before retry n (1-based): BACKOFF * 2**(n-1) seconds, capped.
@@ -176,9 +177,11 @@ def fetch(
     errors: list[FetchError] = []
     done_bytes = 0
     downloaded = 0
-    with display, ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="fetch") as pool:
+    registries = _Registries()
+    with display, registries, ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="fetch") as pool:
         futures: dict[Future[tuple[bool, int]], Artifact] = {
-            pool.submit(_fetch_one, store, art, retries, timeout, display, stop, purge): art for art in todo
+            pool.submit(_fetch_one, store, art, retries, timeout, display, stop, purge, registries): art
+            for art in todo
         }
         try:
             pending = set(futures)
@@ -241,18 +244,56 @@ def verify_store(store: Store, artifacts: Sequence[Artifact], *, remove: bool = 
 # -- one artifact ---------------------------------------------------------------
 
 
+class _Registries:
+    """The registry clients of one fetch run, one per registry and repository, shared by its threads.
+
+    One client per repository, not per blob: its token (scoped to the repository, as a Bearer
+    realm grants it) and its connections serve every blob of an image, where a client per blob
+    asked the token service once per blob. The credential and origin rules are the client's own
+    (``oci/registry.py``); the clients are closed when the run ends.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._clients: dict[tuple[str, str], Registry] = {}
+
+    def get(self, host: str, repository: str) -> Registry:
+        with self._lock:
+            reg = self._clients.get((host, repository))
+            if reg is None:
+                reg = self._clients[(host, repository)] = Registry(host)
+            return reg
+
+    def __enter__(self) -> _Registries:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            for reg in self._clients.values():
+                reg.client.close()
+            self._clients.clear()
+
+
+@dataclass(frozen=True)
+class _Links:
+    """What one download reaches the network through: its own HTTP client, the run's registry clients."""
+
+    http: net.Client
+    registries: _Registries
+
+
 def _fetch_one(
     store: Store, art: Artifact, retries: int, timeout: float, display: _Display, stop: threading.Event,
-    purge: threading.Event,
+    purge: threading.Event, registries: _Registries,
 ) -> tuple[bool, int]:
     """Download, verify and place one artifact; return (placed by us, bytes transferred)."""
     policy = net.Policy(local_ok=art.local)
     with contextlib.closing(net.Client(policy, attempts=1, read_timeout=timeout)) as client:
-        return _fetch_with(client, store, art, retries, display, stop, purge)
+        return _fetch_with(_Links(client, registries), store, art, retries, display, stop, purge)
 
 
 def _fetch_with(
-    client: net.Client, store: Store, art: Artifact, retries: int, display: _Display, stop: threading.Event,
+    links: _Links, store: Store, art: Artifact, retries: int, display: _Display, stop: threading.Event,
     purge: threading.Event,
 ) -> tuple[bool, int]:
     """Try each URL of ``art`` in turn under the lock of its partial file; place the first verified download."""
@@ -269,7 +310,7 @@ def _fetch_with(
         placed = False
         try:
             for url in art.urls:
-                verified, nbytes = _try_url(url, fd, partial, art, client, retries,
+                verified, nbytes = _try_url(url, fd, partial, art, links, retries,
                                             lambda n: display.advance(task, n), stop, attempts)
                 transferred += nbytes
                 if verified:
@@ -287,7 +328,7 @@ def _fetch_with(
 
 
 def _try_url(
-    url: str, fd: int, partial: Path, art: Artifact, client: net.Client, retries: int,
+    url: str, fd: int, partial: Path, art: Artifact, links: _Links, retries: int,
     advance: Callable[[int], None], stop: threading.Event, attempts: list[tuple[str, str]],
 ) -> tuple[bool, int]:
     """Download ``art`` from one URL, retrying transient failures; return (verified, bytes transferred).
@@ -302,7 +343,7 @@ def _try_url(
             raise _Stopped()
         resumed = os.fstat(fd).st_size > 0
         try:
-            transferred += _download(url, fd, art, client, advance, stop)
+            transferred += _download(url, fd, art, links, advance, stop)
         except _Transient as e:
             attempt += 1
             attempts.append((url, f"{e} (attempt {attempt} of {retries + 1})"))
@@ -384,7 +425,7 @@ def _hash_fd(fd: int) -> str:
 
 
 def _download(
-    url: str, fd: int, art: Artifact, client: net.Client, advance: Callable[[int], None], stop: threading.Event
+    url: str, fd: int, art: Artifact, links: _Links, advance: Callable[[int], None], stop: threading.Event
 ) -> int:
     """Complete the partial file at ``fd`` from ``url``; return the bytes transferred.
 
@@ -398,10 +439,10 @@ def _download(
     if scheme == "file":
         return _copy_file(url, fd, advance)
     if scheme == "oci-registry":
-        return _registry_blob(url, fd, art, advance)
+        return _registry_blob(url, fd, art, links.registries, advance)
     if scheme not in ("http", "https"):
         raise _Permanent(f"unsupported URL scheme '{scheme}'")
-    return _http_get(url, fd, art, client, advance, stop)
+    return _http_get(url, fd, art, links.http, advance, stop)
 
 
 def _http_get(
@@ -477,13 +518,14 @@ def _stream(resp: net.Response, fd: int, have: int, art: Artifact, advance: Call
     return resp.stream(write, None if art.size is None else art.size - have, art.filename)
 
 
-def _registry_blob(url: str, fd: int, art: Artifact, advance: Callable[[int], None]) -> int:
-    """A registry base's blob, through the registry client (auth, its own retries); resumed by Range."""
+def _registry_blob(url: str, fd: int, art: Artifact, registries: _Registries,
+                   advance: Callable[[int], None]) -> int:
+    """A registry base's blob, through the run's client of its repository (auth, its own retries)."""
     have = _resume_from(fd, art)
     if have is None:
         return 0
     try:
-        written = image.download(url, fd, have, art.size)
+        written = _registry_get(registries, url, fd, have, art.size)
     except net.TooLarge as e:
         raise _TooLong(f"the registry sends more than the {art.size} bytes the lock pins (stopped reading at "
                        f"{(art.size or 0) + 1})") from e
@@ -495,6 +537,25 @@ def _registry_blob(url: str, fd: int, art: Artifact, advance: Callable[[int], No
         raise _LocalWriteError(str(e)) from e
     advance(written)
     return written
+
+
+def _registry_get(registries: _Registries, url: str, fd: int, have: int, size: int | None) -> int:
+    """Append the blob at ``url`` (``image.blob_url``) to ``fd`` from byte ``have`` on (by Range); its bytes.
+
+    Reading stops one byte past the locked ``size`` (``net.TooLarge``); the caller hashes the file.
+    """
+    host, path = image.parse_blob_url(url)
+    repository, kind, digest = path.removeprefix("/v2/").rsplit("/", 2)
+    reg = registries.get(host, repository)
+    headers = {"Accept": ", ".join(IMAGE_MANIFEST_TYPES)} if kind == "manifests" else {}
+    if have:
+        headers["Range"] = f"bytes={have}-"
+    with reg.request("GET", path, headers=headers, ok=(200, 206), what=digest) as resp:
+        if resp.status_code == 200 and have:  # the registry ignored Range: from the start
+            have = _restart(fd)
+        os.lseek(fd, have, os.SEEK_SET)
+        return resp.stream(lambda chunk: os.write(fd, chunk), None if size is None else size - have,
+                           f"blob {digest}")
 
 
 def _copy_file(url: str, fd: int, advance: Callable[[int], None]) -> int:
