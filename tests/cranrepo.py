@@ -1,11 +1,11 @@
 """A CRAN-like repository on loopback, made of real CRAN source tarballs.
 
 Debian's ``r-cran-*`` source packages carry the CRAN tarball as their
-``*.orig.tar.*``. This module reads bookworm's ``Sources.xz`` for their names
-and sha256, downloads them from deb.debian.org, repacks the ones Debian
-repacked (``+dfsg``, ``.tar.xz``) into ``NAME_VERSION.tar.gz`` with one top
-folder named after the package, and writes ``src/contrib/PACKAGES`` and
-``PACKAGES.gz`` from each tarball's own DESCRIPTION, as ``tools::write_PACKAGES``
+``*.orig.tar.*``. This module reads a suite's ``Sources.xz`` (bookworm's unless
+told) for their names and sha256, downloads them from deb.debian.org, repacks
+the ones Debian repacked (``+dfsg``, ``.tar.xz``) into ``NAME_VERSION.tar.gz``
+with one top folder named after the package, and writes ``src/contrib/PACKAGES``
+and ``PACKAGES.gz`` from each tarball's own DESCRIPTION, as ``tools::write_PACKAGES``
 does. Nothing here is written to look like CRAN by hand.
 """
 
@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 MIRROR = "http://deb.debian.org/debian"
-SOURCES = f"{MIRROR}/dists/bookworm/main/source/Sources.xz"
+SUITE = "bookworm"
 # Fields tools::write_PACKAGES keeps (a subset is enough for resolution).
 FIELDS = ("Package", "Version", "Priority", "Depends", "Imports", "LinkingTo", "Suggests", "Enhances",
           "License", "License_is_FOSS", "License_restricts_use", "OS_type", "Archs", "MD5sum",
@@ -47,11 +47,11 @@ def _get(url: str) -> bytes:
                              "dropped this file; pick another r-cran-* package in tests/cranrepo.py") from e
 
 
-def origs(cache: Path, sources: tuple[str, ...]) -> dict[str, tuple[str, str]]:
-    """source package -> (pool URL of its orig tarball, sha256), from bookworm's Sources.xz."""
-    index = cache / "Sources.xz"
+def origs(cache: Path, sources: tuple[str, ...], suite: str = SUITE) -> dict[str, tuple[str, str]]:
+    """source package -> (pool URL of its orig tarball, sha256), from ``suite``'s Sources.xz."""
+    index = cache / ("Sources.xz" if suite == SUITE else f"Sources-{suite}.xz")
     if not index.is_file():
-        index.write_bytes(_get(SOURCES))
+        index.write_bytes(_get(f"{MIRROR}/dists/{suite}/main/source/Sources.xz"))
     found: dict[str, tuple[str, str]] = {}
     for stanza in lzma.decompress(index.read_bytes()).decode().split("\n\n"):
         lines = stanza.splitlines()
@@ -67,7 +67,7 @@ def origs(cache: Path, sources: tuple[str, ...]) -> dict[str, tuple[str, str]]:
                 found[head["Package"]] = (f"{MIRROR}/{head['Directory']}/{name}", sha)
     missing = set(sources) - set(found)
     if missing:
-        raise DownloadFailed(f"bookworm's Sources.xz has no orig tarball for {sorted(missing)}")
+        raise DownloadFailed(f"{suite}'s Sources.xz has no orig tarball for {sorted(missing)}")
     return found
 
 
@@ -116,10 +116,10 @@ def cran_tarball(raw: bytes) -> tuple[str, str, bytes, dict[str, str]]:
     return name, fields["Version"], buf.getvalue(), fields
 
 
-def build(cache: Path, sources: tuple[str, ...]) -> dict[str, tuple[str, bytes, dict[str, str]]]:
-    """package -> (version, tarball bytes, DESCRIPTION fields) for each Debian source package."""
+def build(cache: Path, sources: tuple[str, ...], suite: str = SUITE) -> dict[str, tuple[str, bytes, dict[str, str]]]:
+    """package -> (version, tarball bytes, DESCRIPTION fields) for each Debian source package of ``suite``."""
     out = {}
-    for _src, (url, sha) in sorted(origs(cache, sources).items()):
+    for _src, (url, sha) in sorted(origs(cache, sources, suite).items()):
         local = cache / url.rsplit("/", 1)[-1]
         if not local.is_file() or hashlib.sha256(local.read_bytes()).hexdigest() != sha:
             data = _get(url)
