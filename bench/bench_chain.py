@@ -47,6 +47,9 @@ from buildsys.build.records import BuiltImage, LayerRecord
 from buildsys.build.verify import format_mismatch, verify
 from buildsys.core.store import Store
 from buildsys.ecosystems import artifacts
+from buildsys.ecosystems.apt_lock import AptSection
+from buildsys.ecosystems.debian_root import DebianBaseLock
+from buildsys.ecosystems.pip import PipSection
 from buildsys.ecosystems.pip_tools import host_ca_bundle
 from buildsys.engine import Engine
 from buildsys.fetch.vendor import FetchReport, fetch
@@ -264,10 +267,10 @@ def run(args: argparse.Namespace, work: Path, store: Store) -> int:
     # 1. lock and fetch
     lock_s, outcomes, locks, fetched = lock_and_fetch(project, store, graph, [LEAF])
     status = ", ".join(f"{o.recipe}: {o.status}" for o in outcomes)
-    root_lock = locks[root]
-    assert root_lock.base is not None
-    n_debs = len(root_lock.base.packages) + sum(len(locks[n].apt) for n in chain[1:])
-    n_wheels = sum(len(locks[n].pip) for n in chain)
+    root_base = locks[root].get(DebianBaseLock)
+    assert root_base is not None
+    n_debs = len(root_base.packages) + sum(len(locks[n].section(AptSection).debs) for n in chain[1:])
+    n_wheels = sum(len(locks[n].section(PipSection).packages) for n in chain)
     resolved = any(o.status != "fresh" for o in outcomes)
     note = f"; pip is resolved inside a build of the parent chain, so this includes building {root}" \
         if resolved else ""

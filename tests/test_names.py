@@ -9,7 +9,7 @@ import pytest
 
 from buildsys.core import names
 from buildsys.core.errors import LockFileError, RecipeError, UsageError
-from buildsys.model.lockschema import validate_lock
+from buildsys.model.lockfile import validate_lock
 from buildsys.model.recipe import parse_recipe
 from buildsys.oci.registry import Reference
 

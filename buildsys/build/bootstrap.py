@@ -24,6 +24,8 @@ from buildsys.core import dpkg
 from buildsys.core.errors import BuildError, ToolMissing
 from buildsys.core.store import Store
 from buildsys.ecosystems.apt_layer import link_debs, make_local_repo
+from buildsys.ecosystems.apt_lock import AptSection
+from buildsys.ecosystems.debian_root import DebianBaseLock
 from buildsys.model.lockfile import Lock
 
 # The fixed build environment of docs/design.md (SOURCE_DATE_EPOCH is added per layer).
@@ -66,12 +68,13 @@ def require_tools(*tools: tuple[str, str]) -> None:
 
 def bootstrap_debian(store: Store, lock: Lock, run_steps: Sequence[str], out_dir: Path) -> Bootstrapped:
     """Run mmdebstrap offline from the vendored .debs; return the rootfs tarball."""
-    assert lock.base is not None
-    base = lock.base
+    base = lock.get(DebianBaseLock)
+    assert base is not None
+    apt = lock.section(AptSection).debs
     require_tools(("mmdebstrap", "mmdebstrap"), ("unshare", "util-linux"))
     with store.scratch("repo") as tmp:
         repo = Path(tmp) / "repo"
-        link_debs(store, lock.recipe, [*base.packages, *lock.apt], repo)
+        link_debs(store, lock.recipe, [*base.packages, *apt], repo)
         make_local_repo(repo, base.suite, base.codename)
         tarball = out_dir / "rootfs.tar"
         status_copy = Path(tmp) / "status"
@@ -93,7 +96,7 @@ def bootstrap_debian(store: Store, lock: Lock, run_steps: Sequence[str], out_dir
         # .deb's own control Priority, not the archive's override (apt's says
         # "important" there, "required" in the archive), so mmdebstrap's own
         # selection from it would miss some. The lock is the bill of materials.
-        names = sorted({p.name for p in (*base.packages, *lock.apt)})
+        names = sorted({p.name for p in (*base.packages, *apt)})
         cmd.append("--include=" + ",".join(names))
         # A fixed hostname, as on every layer (docs/design.md).
         cmd.append(f'--customize-hook=echo {BUILD_HOSTNAME} > "$1/etc/hostname"')

@@ -12,6 +12,8 @@ from buildsys.core import dpkg
 from buildsys.core.errors import BuildError, NotVendored, StaleLock
 from buildsys.core.store import Store
 from buildsys.ecosystems import artifacts, closure_problems
+from buildsys.ecosystems.apt_layer import debs_of
+from buildsys.ecosystems.registry_image import ImageBaseLock
 from buildsys.fetch.vendor import verify_store
 from buildsys.model.lockfile import Lock, lock_path
 from buildsys.model.recipe import Recipe
@@ -28,11 +30,10 @@ def check_packages(locks: Mapping[str, Lock], recipe: Recipe, prefix: Sequence[s
     if installed is None:
         return
     expected: dict[str, str] = {}
-    if locks[prefix[0]].image_base is not None and below is not None:
+    if locks[prefix[0]].get(ImageBaseLock) is not None and below is not None:
         expected.update(dpkg.installed(below.read("var/lib/dpkg/status") or b""))
     for name in prefix:
-        lk = locks[name]
-        expected.update({d.name: d.version for d in (*(lk.base.packages if lk.base else ()), *lk.apt)})
+        expected.update({d.name: d.version for d in debs_of(locks[name])})
     if installed != expected:
         extra = sorted(set(installed) - set(expected))
         missing = sorted(set(expected) - set(installed))

@@ -3,7 +3,7 @@
 The order is the SBOM's (the image, the .debs, the wheels, the R packages, the
 files) and the resolver's: apt comes before pip and CRAN, which resolve in an
 image that has the layer's apt packages. Adding an ecosystem is a module with
-an ``Ecosystem`` and one entry here. The functions below read ``ECOSYSTEMS``
+an ``Ecosystem`` (and its lock part, ``lock_section``) and one entry here. The functions below read ``ECOSYSTEMS``
 when called (a test may put a fake one in).
 """
 
@@ -19,10 +19,12 @@ from buildsys.ecosystems.debian_root import DEBIAN_ROOT
 from buildsys.ecosystems.files import FILES
 from buildsys.ecosystems.pip import PIP
 from buildsys.ecosystems.registry_image import REGISTRY_IMAGE
-from buildsys.model.lockfile import Lock
+from buildsys.model.lockfile import Lock, register_sections
 from buildsys.model.recipe import Recipe
 
 ECOSYSTEMS: tuple[Ecosystem, ...] = (REGISTRY_IMAGE, DEBIAN_ROOT, APT, PIP, CRAN, FILES)
+# Each one's part of a lock, for the lock reader (in this order: the order a lock's parts are checked in).
+register_sections(*(eco.lock_section for eco in ECOSYSTEMS if eco.lock_section is not None))
 
 
 def artifacts(lock: Lock) -> list[Artifact]:

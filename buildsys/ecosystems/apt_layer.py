@@ -21,14 +21,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
-from packageurl import PackageURL
-
 from buildsys.core.errors import BuildError, LockError, NotVendored, ToolMissing
 from buildsys.core.store import Artifact, Store
 from buildsys.ecosystems.apt import AptPackage, AptResolver, archive_moved
+from buildsys.ecosystems.apt_lock import AptSection, LockedDeb, deb_component, deb_pin
 from buildsys.ecosystems.base import MOUNT, STEP_MARKER, Component, Ecosystem, LockContext, Pin
+from buildsys.ecosystems.debian_root import DebianBaseLock, root_debs
 from buildsys.ecosystems.registry_apt import image_release, lock_apt_on_image
-from buildsys.model.lockfile import Lock, LockedDeb
+from buildsys.ecosystems.registry_image import ImageBaseLock
+from buildsys.model.lockfile import Lock
 from buildsys.model.recipe import Recipe
 
 # dpkg's view after the install, printed between two of these: ``build`` compares it with the locks.
@@ -37,7 +38,7 @@ INSTALLED_MARKER = "::buildsys-installed::"
 
 def debs_of(lock: Lock) -> tuple[LockedDeb, ...]:
     """Every .deb a lock installs: a Debian root's bootstrap set, a layer's [apt]."""
-    return (*(lock.base.packages if lock.base else ()), *lock.apt)
+    return (*root_debs(lock), *lock.section(AptSection).debs)
 
 
 def chain_debs(locks: Sequence[Lock]) -> dict[str, LockedDeb]:
@@ -45,20 +46,11 @@ def chain_debs(locks: Sequence[Lock]) -> dict[str, LockedDeb]:
     return {d.name: d for lk in locks for d in debs_of(lk)}
 
 
-def deb_component(d: LockedDeb) -> Component:
-    purl = PackageURL("deb", "debian", d.name, d.version, {"arch": d.architecture})
-    return Component("deb", d.name, d.version, purl.to_string(), d.sha256, f"{d.mirror}/{d.path}")
-
-
-def deb_pin(d: LockedDeb) -> Pin:
-    return Pin("apt", d.name, d.version, d.mirror)
-
-
 def lock_apt(recipe: Recipe, root: Lock, ancestors: Sequence[Lock], cache: Path) -> list[LockedDeb]:
     """The closure of the recipe's apt packages minus what the ancestors installed."""
     if not recipe.apt_packages:
         return []
-    base = root.base
+    base = root.get(DebianBaseLock)
     assert base is not None
     archives = base.all_archives
     resolver = AptResolver(cache, base.mirror, base.suite, base.components, base.architecture,
@@ -128,32 +120,36 @@ def _ftparchive(args: list[str], cwd: Path, stdout: IO[bytes] | None = None) -> 
 class Apt(Ecosystem):
     name = "apt"
     agree_as = "apt"
+    lock_section = AptSection
 
     def lock(self, ctx: LockContext, lock: Lock) -> Lock:
         recipe = ctx.recipe
         if recipe.is_root:  # a Debian root's [apt] is its bootstrap's include (debian_root)
             return lock
         root = ctx.ancestors[0]
-        if recipe.apt_packages and root.image_base is not None:
+        image = root.get(ImageBaseLock)
+        if recipe.apt_packages and image is not None:
             # The image's own packages are in no lock: read its dpkg status and release from the built parent.
             tree = ctx.parent_tree("to read its Debian release")
-            release = image_release(recipe, root.image_base.reference, tree)
+            release = image_release(recipe, image.reference, tree)
             ctx.progress(f"apt: {len(recipe.apt_packages)} packages against the image's dpkg "
                          f"status and Debian's {release.suite} ({release.pretty})")
-            debs, archives, in_image, epoch = lock_apt_on_image(recipe, root.image_base, release, ctx.ancestors,
+            debs, archives, in_image, epoch = lock_apt_on_image(recipe, image, release, ctx.ancestors,
                                                                 ctx.store.cache / "apt")
-            return dataclasses.replace(lock, apt=tuple(debs), apt_archives=archives, apt_in_image=in_image,
+            return dataclasses.replace(lock.with_sections(AptSection(tuple(debs), archives, in_image)),
                                        source_date_epoch=max(lock.source_date_epoch, epoch))
         ctx.progress(f"apt: {len(recipe.apt_packages)} packages against the parent chain")
-        return dataclasses.replace(lock, apt=tuple(lock_apt(recipe, root, ctx.ancestors, ctx.store.cache / "apt")))
+        debs = lock_apt(recipe, root, ctx.ancestors, ctx.store.cache / "apt")
+        return lock.with_sections(AptSection(tuple(debs)))
 
     def artifacts(self, lock: Lock) -> list[Artifact]:
-        return [p.artifact() for p in lock.apt]
+        return [p.artifact() for p in lock.section(AptSection).debs]
 
     def stage(self, store: Store, recipe: Recipe, lock: Lock, folder: Path) -> list[str]:
-        if not lock.apt:
+        debs = lock.section(AptSection).debs
+        if not debs:
             return []
-        link_debs(store, recipe.name, lock.apt, folder / "repo")
+        link_debs(store, recipe.name, debs, folder / "repo")
         make_local_repo(folder / "repo", "buildsys", "buildsys")
         (folder / "sources.list").write_text(f"deb [trusted=yes] file:{MOUNT}/repo ./\n")
         apt = (f"-o Dir::Etc::SourceList={MOUNT}/sources.list -o Dir::Etc::SourceParts=/nonexistent "
@@ -161,7 +157,7 @@ class Apt(Ecosystem):
                "-o Dpkg::Use-Pty=0 -q")
         names = " ".join(shlex.quote(n) for n in sorted(recipe.apt_packages))
         return [
-            f"echo '{STEP_MARKER}apt: install {len(lock.apt)} packages'",
+            f"echo '{STEP_MARKER}apt: install {len(debs)} packages'",
             # No service may start inside a build container.
             "printf '#!/bin/sh\\nexit 101\\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d",
             f"apt-get {apt} update",
@@ -176,40 +172,42 @@ class Apt(Ecosystem):
     def covers(self, recipe: Recipe, lock: Lock, above: Sequence[Lock]) -> list[str]:
         problems: list[str] = []
         debs = {d.name for lk in (lock, *above) for d in debs_of(lk)}
-        debs_or_image = debs | set(lock.apt_in_image)  # on a registry image: requested ones it already has
+        debs_or_image = debs | set(lock.section(AptSection).in_image)  # on a registry image: requested ones it has
         for pkg in recipe.apt_packages:
             if pkg.split(":", 1)[0] not in debs_or_image:
                 problems.append(f"apt package '{pkg}' is not locked")
-        root = next((lk for lk in (lock, *above) if lk.base), None)
-        if root is not None and root.base is not None:
-            mirrors = sorted({a.mirror for a in root.base.all_archives})
+        root = next((base for lk in (lock, *above) if (base := lk.get(DebianBaseLock))), None)
+        if root is not None:
+            mirrors = sorted({a.mirror for a in root.all_archives})
             for d in debs_of(lock):
                 if d.mirror not in mirrors:
                     problems.append(f"apt package '{d.name}' comes from {d.mirror}, not the root's mirror "
                                     f"{' or '.join(mirrors)}")
         return problems + _apt_archives_cover(lock, above, root is not None,
-                                              any(lk.image_base is not None for lk in (lock, *above)))
+                                              any(lk.get(ImageBaseLock) is not None for lk in (lock, *above)))
 
     def components(self, lock: Lock) -> list[Component]:
-        return [deb_component(d) for d in sorted(lock.apt, key=lambda d: (d.name, d.architecture))]
+        debs = lock.section(AptSection).debs
+        return [deb_component(d) for d in sorted(debs, key=lambda d: (d.name, d.architecture))]
 
     def pins(self, lock: Lock) -> list[Pin]:
-        return [deb_pin(d) for d in lock.apt]
+        return [deb_pin(d) for d in lock.section(AptSection).debs]
 
 
 def _apt_archives_cover(lock: Lock, above: Sequence[Lock], debian_root: bool, image_root: bool) -> list[str]:
     """On a registry image, every .deb comes from the archives the chain's apt layers recorded."""
+    apt = lock.section(AptSection)
     if debian_root:  # a Debian root's archives are checked above; the per-layer table is not its
         return ["[[apt-archives]] belongs to layers on a registry image, not to a chain on a Debian root"] \
-            if lock.apt_archives or lock.apt_in_image else []
-    if not image_root or not lock.apt:  # (a chain whose root lock is not at hand: nothing to compare with)
+            if apt.archives or apt.in_image else []
+    if not image_root or not apt.debs:  # (a chain whose root lock is not at hand: nothing to compare with)
         return []
-    states = [lk.apt_archives for lk in (lock, *above) if lk.apt_archives]
-    if not lock.apt_archives and not states:
+    states = [lk.section(AptSection).archives for lk in (lock, *above) if lk.section(AptSection).archives]
+    if not apt.archives and not states:
         return ["[[apt]] is locked without [[apt-archives]] (the Debian archives it was resolved from)"]
     mirrors = sorted({a.mirror for state in states for a in state})
     return [f"apt package '{d.name}' comes from {d.mirror}, not from the chain's archives {' or '.join(mirrors)}"
-            for d in lock.apt if d.mirror not in mirrors]
+            for d in apt.debs if d.mirror not in mirrors]
 
 
 def installed_packages(output: str) -> dict[str, str] | None:

@@ -8,8 +8,11 @@ and names none of them (pip-tools' ``repositories/base.py`` and repo2docker's
 buildpacks are the models). An ecosystem is stateless: what one resolution
 needs to keep between ``prepare`` and ``lock`` goes into ``LockContext.notes``.
 
-Lock data keeps its typed fields on ``model.lockfile.Lock`` (the file format
-is frozen byte for byte); each ecosystem reads and fills only its own.
+Each ecosystem's part of a lock is a ``model.lockfile.LockSection`` that its
+module defines (its entries, its TOML out and in, its shape on read) and names
+as ``lock_section``; ``ecosystems/__init__`` registers them with the lock
+reader. An ecosystem reads and fills only its own part (``lock.section(...)``,
+``lock.with_sections(...)``), and other ecosystems' through their types.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from buildsys.core.store import Artifact, Store
-from buildsys.model.lockfile import Lock
+from buildsys.model.lockfile import Lock, LockSection
 from buildsys.model.recipe import Recipe
 from buildsys.oci.layer.tree import ParentTree
 
@@ -113,6 +116,8 @@ class Ecosystem:
     # The word for its packages when parents disagree on one ("parents disagree on CRAN package"),
     # or None when parents may differ (a file is staged for its own layer only).
     agree_as: str | None = None
+    # Its part of a lock (the keys it owns in the lock file), or None when it locks nothing of its own.
+    lock_section: type[LockSection] | None = None
 
     def prepare(self, ctx: LockContext) -> None:
         """Before anything costly: refuse what the recipe cannot have here, read an index."""

@@ -13,7 +13,6 @@ The build side (``install_script``) lives here too, as pip's does in ``pip``.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import hashlib
 import heapq
@@ -23,7 +22,7 @@ import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
 
 from packageurl import PackageURL
 
@@ -34,7 +33,18 @@ from buildsys.core.store import Artifact, Store
 from buildsys.core.urlpolicy import local_reason
 from buildsys.ecosystems.apt_layer import chain_debs
 from buildsys.ecosystems.base import MOUNT, STEP_MARKER, Component, Ecosystem, LockContext, Pin
-from buildsys.model.lockfile import Lock, LockedCran
+from buildsys.model.lockfile import Lock, LockSection
+from buildsys.model.lockschema import (
+    SHA256,
+    Check,
+    LockValidator,
+    Schema,
+    label,
+    matching,
+    str_list,
+    url_check,
+    whole_number,
+)
 from buildsys.model.recipe import Recipe
 
 if TYPE_CHECKING:  # docker's client is imported only where an engine is used
@@ -137,6 +147,107 @@ class InstalledR:
 
     def is_shipped(self, name: str) -> bool:
         return self.packages.get(name, ("", ""))[1] in ("base", "recommended")
+
+
+@dataclass(frozen=True)
+class LockedCran:
+    """One R source package from the recipe's CRAN-like repository."""
+
+    name: str
+    version: str
+    sha256: str
+    size: int
+    url: str  # where it was at lock time; fetch also tries src/contrib/Archive/NAME/
+    depends: tuple[str, ...] = ()  # its Depends/Imports/LinkingTo that this lock installs or the chain has
+
+    def to_toml(self) -> dict[str, Any]:
+        return {"depends": list(self.depends), "name": self.name, "sha256": self.sha256, "size": self.size,
+                "url": self.url, "version": self.version}
+
+    @classmethod
+    def from_toml(cls, d: Mapping[str, Any]) -> LockedCran:
+        return cls(name=d["name"], version=d["version"], sha256=d["sha256"], size=int(d["size"]), url=d["url"],
+                   depends=tuple(d.get("depends", ())))
+
+
+LOCKED_CRAN: Schema = {
+    "name": (matching(names.R_NAME, "an R package name"), True),
+    "version": (matching(names.R_VERSION, "an R package version"), True),
+    "sha256": (SHA256, True),
+    "size": (whole_number, True),
+    "url": (url_check, True),
+    "depends": (str_list(matching(names.R_NAME, "an R package name")), False),
+}
+CRAN_REPO: Schema = {
+    "url": (url_check, True),
+    "index-sha256": (SHA256, True),
+}
+
+
+@dataclass(frozen=True)
+class CranSection(LockSection):
+    """The R version, the repository with the sha256 of the index read, and ``[[cran]]`` by name."""
+
+    packages: tuple[LockedCran, ...] = ()
+    repo: str | None = None  # the recipe's repository, and the sha256 of the PACKAGES index read
+    index_sha256: str | None = None
+    r_version: str | None = None  # the image's R the [[cran]] set was resolved for
+
+    KEYS: ClassVar[Mapping[str, Check | None]] = {
+        "r": matching(names.R_VERSION, "an R version"), "cran-repo": None, "cran": None}
+
+    def write(self) -> dict[str, Any]:
+        d: dict[str, Any] = {}
+        if self.r_version:
+            d["r"] = self.r_version
+        if self.repo:
+            d["cran-repo"] = {"url": self.repo, "index-sha256": self.index_sha256 or ""}
+        if self.packages:
+            d["cran"] = [c.to_toml() for c in sorted(self.packages, key=lambda c: c.name)]
+        return d
+
+    @classmethod
+    def validate(cls, v: LockValidator, d: Mapping[str, Any]) -> None:
+        """``[cran-repo]``, and ``[[cran]]``: each package once, its URL the tarball of that name and version."""
+        if "cran-repo" in d:
+            v.table(d["cran-repo"], CRAN_REPO, "[cran-repo]")
+        r_names: set[str] = set()
+        for i, e in enumerate(v.entries(d.get("cran", []), "[[cran]]")):
+            at = label("[[cran]]", i, e)
+            v.table(e, LOCKED_CRAN, at)
+            if not e["url"].endswith(f"/{e['name']}_{e['version']}.tar.gz"):
+                raise v.fail(at, "url", f"{e['url']!r} is not {e['name']}_{e['version']}.tar.gz")
+            if e["name"] in r_names:
+                raise v.fail(at, "name", f"'{e['name']}' is locked twice")
+            r_names.add(e["name"])
+
+    @classmethod
+    def read(cls, d: Mapping[str, Any]) -> Self | None:
+        if not any(key in d for key in cls.KEYS):
+            return None
+        return cls(packages=tuple(LockedCran.from_toml(c) for c in d.get("cran", [])),
+                   repo=d.get("cran-repo", {}).get("url"), index_sha256=d.get("cran-repo", {}).get("index-sha256"),
+                   r_version=d.get("r"))
+
+
+@dataclass(frozen=True)
+class CranStaging:
+    """What ``Cran.stage`` reads of a lock, under the names it had when [[cran]] was a field of ``Lock``.
+
+    (``Cran.stage``'s body is being reworked on another branch; ``_staging`` hands it this until that is merged.)
+    """
+
+    cran: tuple[LockedCran, ...]
+    cran_repo: str | None
+    source_date_epoch: int
+
+
+def _staging(stage: Callable[[Cran, Store, Recipe, CranStaging, Path], list[str]],
+             ) -> Callable[[Cran, Store, Recipe, Lock, Path], list[str]]:
+    def staged(self: Cran, store: Store, recipe: Recipe, lock: Lock, folder: Path) -> list[str]:
+        part = lock.section(CranSection)
+        return stage(self, store, recipe, CranStaging(part.packages, part.repo, lock.source_date_epoch), folder)
+    return staged
 
 
 @dataclass(frozen=True)
@@ -565,6 +676,7 @@ def tarball_artifact(c: LockedCran) -> Artifact:
 class Cran(Ecosystem):
     name = "cran"
     agree_as = "CRAN"
+    lock_section = CranSection
 
     def prepare(self, ctx: LockContext) -> None:
         recipe = ctx.recipe
@@ -581,16 +693,16 @@ class Cran(Ecosystem):
         if not recipe.cran_packages:
             return lock
         image = ctx.image(lock, "to resolve CRAN packages against its R")
-        above = {c.name: c.version for lk in ctx.ancestors for c in lk.cran}
+        above = {c.name: c.version for lk in ctx.ancestors for c in lk.section(CranSection).packages}
         cran = lock_cran(recipe, ctx.store, ctx.engine(), image, above, ctx.notes["cran-index"],
                          progress=ctx.progress)
-        return dataclasses.replace(lock, cran=cran.packages, cran_repo=recipe.cran_repo,
-                                   cran_index_sha256=cran.index_sha256, r_version=cran.r_version)
+        return lock.with_sections(CranSection(cran.packages, recipe.cran_repo, cran.index_sha256, cran.r_version))
 
     def artifacts(self, lock: Lock) -> list[Artifact]:
-        return [tarball_artifact(c) for c in lock.cran]
+        return [tarball_artifact(c) for c in lock.section(CranSection).packages]
 
-    def stage(self, store: Store, recipe: Recipe, lock: Lock, folder: Path) -> list[str]:
+    @_staging
+    def stage(self, store: Store, recipe: Recipe, lock: CranStaging, folder: Path) -> list[str]:
         if not lock.cran:
             return []
         stage_tarballs(store, recipe.name, lock.cran, folder / "cran")
@@ -600,23 +712,24 @@ class Cran(Ecosystem):
         """Every [cran] package is pinned here or in the chain (Debian's r-cran-NAME counts), from the recipe's repo."""
         problems: list[str] = []
         debs = chain_debs([*above, lock])
-        pinned = {c.name for lk in (*above, lock) for c in lk.cran}
+        pinned = {c.name for lk in (*above, lock) for c in lk.section(CranSection).packages}
         for name in recipe.cran_packages:
             if name not in pinned and f"r-cran-{name.lower()}" not in debs:
                 problems.append(f"R package '{name}' is not locked")
-        if (lock.cran or recipe.cran_packages) and lock.cran_repo != recipe.cran_repo:
-            problems.append(f"[cran-repo] is {lock.cran_repo!r}, the recipe's cran.repo is {recipe.cran_repo!r}")
-        for c in lock.cran:
+        cran = lock.section(CranSection)
+        if (cran.packages or recipe.cran_packages) and cran.repo != recipe.cran_repo:
+            problems.append(f"[cran-repo] is {cran.repo!r}, the recipe's cran.repo is {recipe.cran_repo!r}")
+        for c in cran.packages:
             if why := repo_relative_problem(c.url, recipe.cran_repo or ""):
                 problems.append(f"R package '{c.name}' comes from {c.url}, not the recipe's cran.repo ({why})")
         return problems
 
     def components(self, lock: Lock) -> list[Component]:
         return [Component("cran", c.name, c.version, PackageURL("cran", None, c.name, c.version).to_string(),
-                          c.sha256, c.url) for c in sorted(lock.cran, key=lambda c: c.name)]
+                          c.sha256, c.url) for c in sorted(lock.section(CranSection).packages, key=lambda c: c.name)]
 
     def pins(self, lock: Lock) -> list[Pin]:
-        return [Pin("cran", c.name, c.version, "") for c in lock.cran]
+        return [Pin("cran", c.name, c.version, "") for c in lock.section(CranSection).packages]
 
     def checks(self, recipe: Recipe) -> list[tuple[str, str]]:
         """Every [cran] package loads with ``library()``."""

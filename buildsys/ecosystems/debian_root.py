@@ -8,16 +8,116 @@ installs them.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar, Self
 
+from buildsys.core import names
 from buildsys.core.errors import LockError
 from buildsys.core.store import Artifact
 from buildsys.ecosystems.apt import AptResolver
-from buildsys.ecosystems.apt_layer import deb_component, deb_pin
+from buildsys.ecosystems.apt_lock import (
+    DEB_NAMES,
+    LockedArchive,
+    LockedDeb,
+    check_archives,
+    check_debs,
+    deb_component,
+    deb_pin,
+    debs_toml,
+    release_date,
+)
 from buildsys.ecosystems.base import Component, Ecosystem, LockContext, Pin
-from buildsys.model.lockfile import DebianBaseLock, Lock, LockedArchive, LockedDeb
+from buildsys.model.lockfile import Lock, LockSection
+from buildsys.model.lockschema import SHA256, Check, LockValidator, Schema, matching, str_list, url_check
 from buildsys.model.recipe import DebianBase, Recipe
+
+BASE: Schema = {
+    "kind": (matching(re.compile("debian"), "'debian'"), True),
+    "suite": (matching(names.SUITE, "a Debian suite"), True),
+    "codename": (matching(names.SUITE, "a Debian codename"), False),
+    "variant": (matching(re.compile(r"[a-z]+"), "an mmdebstrap variant"), True),
+    "architecture": (matching(names.DEB_ARCH, "a Debian architecture"), True),
+    "components": (str_list(matching(names.SUITE, "a component name")), True),
+    "mirror": (url_check, True),
+    "release-date": (release_date, True),
+    "inrelease-sha256": (SHA256, True),
+    "include": (DEB_NAMES, False),
+    "packages": (None, False),
+    "archives": (None, False),
+}
+
+
+@dataclass(frozen=True)
+class DebianBaseLock(LockSection):
+    """A Debian root's ``[base]``: the archive state it was resolved from and its bootstrap's .debs."""
+
+    suite: str
+    codename: str
+    variant: str
+    architecture: str
+    components: tuple[str, ...]
+    mirror: str
+    release_date: str
+    inrelease_sha256: str
+    include: tuple[str, ...]  # the recipe's [apt] packages, given to the bootstrap
+    packages: tuple[LockedDeb, ...]
+    # Every archive resolved from, the suite itself first. A lock written before roots took
+    # their updates has none: then it is the suite alone (the top-level fields).
+    archives: tuple[LockedArchive, ...] = ()
+
+    KEYS: ClassVar[Mapping[str, Check | None]] = {"base": None}  # shared with a registry root's [base.image]
+
+    @property
+    def all_archives(self) -> tuple[LockedArchive, ...]:
+        return self.archives or (LockedArchive(self.mirror, self.suite, self.codename, self.release_date,
+                                               self.inrelease_sha256),)
+
+    def write(self) -> dict[str, Any]:
+        d = {
+            "architecture": self.architecture,
+            "codename": self.codename,
+            "components": list(self.components),
+            "include": list(self.include),
+            "inrelease-sha256": self.inrelease_sha256,
+            "kind": "debian",
+            "mirror": self.mirror,
+            "packages": debs_toml(self.packages),
+            "release-date": self.release_date,
+            "suite": self.suite,
+            "variant": self.variant,
+        }
+        if self.archives:
+            d["archives"] = [a.to_toml() for a in self.archives]  # in resolution order, not sorted
+        return {"base": d}
+
+    @staticmethod
+    def _mine(d: Mapping[str, Any]) -> bool:
+        return "base" in d and not (isinstance(d["base"], dict) and "image" in d["base"])
+
+    @classmethod
+    def validate(cls, v: LockValidator, d: Mapping[str, Any]) -> None:
+        """``[base]`` of a Debian root, with its packages and the archives they came from."""
+        if not cls._mine(d):
+            return
+        base = d["base"]
+        v.table(base, BASE, "[base]")
+        check_debs(v, base.get("packages", []), "[[base.packages]]")
+        check_archives(v, base.get("archives", []), "[[base.archives]]")
+
+    @classmethod
+    def read(cls, d: Mapping[str, Any]) -> Self | None:
+        if not cls._mine(d):
+            return None
+        b = d["base"]
+        return cls(suite=b["suite"], codename=b.get("codename", b["suite"]), variant=b["variant"],
+                   architecture=b["architecture"], components=tuple(b["components"]), mirror=b["mirror"],
+                   release_date=b["release-date"], inrelease_sha256=b["inrelease-sha256"],
+                   include=tuple(b.get("include", [])),
+                   packages=tuple(LockedDeb.from_toml(p) for p in b.get("packages", [])),
+                   archives=tuple(LockedArchive.from_toml(a) for a in b.get("archives", [])))
 
 
 def lock_debian_root(recipe: Recipe, cache_dir: Path) -> tuple[DebianBaseLock, int]:
@@ -74,16 +174,19 @@ class DebianRoot(Ecosystem):
         if not (recipe.is_root and isinstance(recipe.base, DebianBase)):
             return lock
         base, epoch = lock_debian_root(recipe, ctx.store.cache / "apt")
-        return dataclasses.replace(lock, base=base, source_date_epoch=max(lock.source_date_epoch, epoch))
+        return dataclasses.replace(lock.with_sections(base), source_date_epoch=max(lock.source_date_epoch, epoch))
+
+    lock_section = DebianBaseLock
 
     def artifacts(self, lock: Lock) -> list[Artifact]:
-        return [p.artifact() for p in lock.base.packages] if lock.base else []
+        return [p.artifact() for p in root_debs(lock)]
 
     def covers(self, recipe: Recipe, lock: Lock, above: Sequence[Lock]) -> list[str]:
-        if lock.base is None or not isinstance(recipe.base, DebianBase):
+        b = lock.get(DebianBaseLock)
+        if b is None or not isinstance(recipe.base, DebianBase):
             return []
         problems: list[str] = []
-        b, want = lock.base, recipe.base
+        want = recipe.base
         for key, have, asked in (("suite", b.suite, want.suite), ("variant", b.variant, want.variant),
                                  ("architecture", b.architecture, want.architecture),
                                  ("mirror", b.mirror, want.mirror), ("components", b.components, want.components)):
@@ -99,11 +202,16 @@ class DebianRoot(Ecosystem):
         return problems
 
     def components(self, lock: Lock) -> list[Component]:
-        debs = lock.base.packages if lock.base else ()
-        return [deb_component(d) for d in sorted(debs, key=lambda d: (d.name, d.architecture))]
+        return [deb_component(d) for d in sorted(root_debs(lock), key=lambda d: (d.name, d.architecture))]
 
     def pins(self, lock: Lock) -> list[Pin]:
-        return [deb_pin(d) for d in lock.base.packages] if lock.base else []
+        return [deb_pin(d) for d in root_debs(lock)]
+
+
+def root_debs(lock: Lock) -> tuple[LockedDeb, ...]:
+    """A Debian root's bootstrap set; () for any other lock."""
+    base = lock.get(DebianBaseLock)
+    return base.packages if base else ()
 
 
 def _archives(archives: Iterable[tuple[str, str]]) -> str:

@@ -26,7 +26,9 @@ from pathlib import Path
 from buildsys.core import dpkg
 from buildsys.core.errors import LockError
 from buildsys.ecosystems.apt import AptResolver, archive_moved
-from buildsys.model.lockfile import ImageBaseLock, Lock, LockedArchive, LockedDeb
+from buildsys.ecosystems.apt_lock import AptSection, LockedArchive, LockedDeb
+from buildsys.ecosystems.registry_image import ImageBaseLock
+from buildsys.model.lockfile import Lock
 from buildsys.model.recipe import DEFAULT_MIRROR, DEFAULT_SECURITY_MIRROR, Recipe
 from buildsys.oci.layer.tree import ParentTree
 
@@ -99,9 +101,9 @@ def image_release(recipe: Recipe, reference: str, tree: ParentTree) -> ImageRele
 
 def chain_state(recipe: Recipe, ancestors: Sequence[Lock]) -> tuple[LockedArchive, ...]:
     """The archive state an earlier apt layer of the chain resolved against; () when none did."""
-    states = {lk.apt_archives for lk in ancestors if lk.apt_archives}
+    states = {lk.section(AptSection).archives for lk in ancestors if lk.section(AptSection).archives}
     if len(states) > 1:
-        names = sorted(lk.recipe for lk in ancestors if lk.apt_archives)
+        names = sorted(lk.recipe for lk in ancestors if lk.section(AptSection).archives)
         raise LockError(f"{recipe.path}: the parent chain's apt layers ({', '.join(names)}) were resolved against "
                         "different states of Debian's archive; a chain must not mix two",
                         f"relock them together: `buildsys lock --upgrade {' '.join(names)} {recipe.name}`")
@@ -131,7 +133,8 @@ def lock_apt_on_image(recipe: Recipe, root: ImageBaseLock, release: ImageRelease
                 resolver.update(refresh=True)
             if moved := archive_moved(resolver, pinned):
                 locked, now = moved
-                names = " ".join([*sorted(lk.recipe for lk in ancestors if lk.apt_archives), recipe.name])
+                names = " ".join([*sorted(lk.recipe for lk in ancestors if lk.section(AptSection).archives),
+                                   recipe.name])
                 raise LockError(f"{where}: Debian's archive {locked.mirror} {locked.suite} changed since the "
                                 f"chain's earlier apt layer was locked (its Release: {locked.release_date}; now: "
                                 f"{now}); a chain must not mix two archive states",

@@ -17,17 +17,31 @@ import calendar
 import dataclasses
 import json
 import os
+import re
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Self
 
 from packageurl import PackageURL
 
+from buildsys.core import names
 from buildsys.core.errors import LockError, UsageError
 from buildsys.core.store import Artifact
 from buildsys.ecosystems.base import Component, Ecosystem, LockContext, Pin
-from buildsys.model.lockfile import ImageBaseLock, Lock, LockedLayer
-from buildsys.model.lockschema import IMAGE_MANIFEST_TYPES, LAYER_MEDIA_TYPES
+from buildsys.model.lockfile import Lock, LockSection
+from buildsys.model.lockschema import (
+    DIGEST,
+    IMAGE_LAYER,
+    IMAGE_MANIFEST_TYPES,
+    LAYER_MEDIA_TYPES,
+    Check,
+    LockValidator,
+    Schema,
+    matching,
+    one_of,
+    whole_number,
+)
 from buildsys.model.recipe import ImageBase, Recipe
 from buildsys.oci.registry import (
     NotInRegistry,
@@ -44,6 +58,99 @@ INDEX_TYPES = ("application/vnd.oci.image.index.v1+json",
                "application/vnd.docker.distribution.manifest.list.v2+json")
 # The scheme of the vendor store's URLs for registry blobs: ``vendor`` hands them to ``download``.
 SCHEME = "oci-registry"
+
+
+# HOST[:PORT]/REPO[:TAG][@sha256:HEX], with the repository and tag rules registry.Reference checks.
+IMAGE_REF = re.compile(rf"[A-Za-z0-9.-]+(:[0-9]+)?/{names.IMAGE_REPOSITORY.pattern}"
+                       rf"(:{names.IMAGE_TAG.pattern})?(@{names.DIGEST.pattern})?")
+_IMAGE_REF = matching(IMAGE_REF, "an image reference HOST/REPO[:TAG][@sha256:DIGEST]")
+
+
+def _ref(v: Any) -> str | None:
+    err = _IMAGE_REF(v)
+    if err is None and ("." not in v.split("/", 1)[0] and ":" not in v.split("/", 1)[0]
+                        and v.split("/", 1)[0] != "localhost"):
+        return f"{v!r} does not name a registry host"
+    return err
+
+
+IMAGE: Schema = {
+    "reference": (_ref, True),
+    "platform": (matching(names.PLATFORM, "OS/ARCH[/VARIANT]"), True),
+    "manifest-digest": (DIGEST, True),
+    "manifest-media-type": (one_of(IMAGE_MANIFEST_TYPES, "an image manifest media type"), True),
+    "manifest-size": (whole_number, True),
+    "config-digest": (DIGEST, True),
+    "config-size": (whole_number, True),
+    "layers": (None, True),
+}
+
+
+@dataclass(frozen=True)
+class LockedLayer:
+    """One layer blob of a registry base, as the registry stores it (compressed)."""
+
+    digest: str  # sha256:... of the blob's bytes
+    size: int
+    media_type: str
+
+    def to_toml(self) -> dict[str, Any]:
+        return {"digest": self.digest, "media-type": self.media_type, "size": self.size}
+
+    @classmethod
+    def from_toml(cls, d: Mapping[str, Any]) -> LockedLayer:
+        return cls(digest=d["digest"], size=int(d["size"]), media_type=d["media-type"])
+
+
+@dataclass(frozen=True)
+class ImageBaseLock(LockSection):
+    """``[base.image]``: a registry image pinned to its manifest, config and every layer blob.
+
+    Everything ``build`` needs is in the vendor store after ``fetch`` (the manifest
+    and config bytes too), so the registry may forget the tag, or be gone.
+    """
+
+    reference: str  # as the recipe wrote it
+    platform: str
+    manifest_digest: str
+    manifest_media_type: str
+    manifest_size: int
+    config_digest: str
+    config_size: int
+    layers: tuple[LockedLayer, ...]
+
+    KEYS: ClassVar[Mapping[str, Check | None]] = {"base": None}  # shared with a Debian root's [base]
+
+    def write(self) -> dict[str, Any]:
+        return {"base": {"image": {
+            "config-digest": self.config_digest, "config-size": self.config_size,
+            "layers": [la.to_toml() for la in self.layers],  # bottom first: their order is the image
+            "manifest-digest": self.manifest_digest, "manifest-media-type": self.manifest_media_type,
+            "manifest-size": self.manifest_size, "platform": self.platform, "reference": self.reference}}}
+
+    @classmethod
+    def validate(cls, v: LockValidator, d: Mapping[str, Any]) -> None:
+        """``[base.image]`` of a registry root: the manifest and config pinned, and at least one layer."""
+        base = d.get("base")
+        if not (isinstance(base, dict) and "image" in base):
+            return
+        v.table(base, {"image": (None, True)}, "[base]")
+        v.table(base["image"], IMAGE, "[base.image]")
+        layers = v.entries(base["image"]["layers"], "[[base.image.layers]]")
+        if not layers:
+            raise v.fail("[base.image]", "layers", "no layer is locked")
+        for i, la in enumerate(layers):
+            v.table(la, IMAGE_LAYER, f"[[base.image.layers]] #{i + 1}")
+
+    @classmethod
+    def read(cls, d: Mapping[str, Any]) -> Self | None:
+        if "image" not in d.get("base", {}):
+            return None
+        b = d["base"]["image"]
+        return cls(reference=b["reference"], platform=b["platform"], manifest_digest=b["manifest-digest"],
+                   manifest_media_type=b["manifest-media-type"], manifest_size=int(b["manifest-size"]),
+                   config_digest=b["config-digest"], config_size=int(b["config-size"]),
+                   layers=tuple(LockedLayer.from_toml(la) for la in b.get("layers", [])))
 
 
 def blob_url(reference: str, kind: str, digest: str) -> str:
@@ -203,6 +310,7 @@ class RegistryImage(Ecosystem):
     """A root taken as it is from a registry: ``[base] image = "HOST/REPO:TAG"``, pinned to its blobs."""
 
     name = "image"
+    lock_section = ImageBaseLock
 
     def prepare(self, ctx: LockContext) -> None:
         recipe = ctx.recipe
@@ -221,13 +329,14 @@ class RegistryImage(Ecosystem):
             return lock
         ctx.progress(f"base: resolving {recipe.base.image} ({recipe.base.platform})")
         pinned, epoch = lock_image_root(recipe)
-        return dataclasses.replace(lock, image_base=pinned, source_date_epoch=max(lock.source_date_epoch, epoch))
+        return dataclasses.replace(lock.with_sections(pinned), source_date_epoch=max(lock.source_date_epoch, epoch))
 
     def artifacts(self, lock: Lock) -> list[Artifact]:
-        return blob_artifacts(lock.image_base) if lock.image_base else []
+        pinned = lock.get(ImageBaseLock)
+        return blob_artifacts(pinned) if pinned else []
 
     def covers(self, recipe: Recipe, lock: Lock, above: Sequence[Lock]) -> list[str]:
-        pinned = lock.image_base
+        pinned = lock.get(ImageBaseLock)
         if isinstance(recipe.base, ImageBase):
             if pinned is None:
                 return [f"[base] is not the registry image {recipe.base.image}"]
@@ -240,7 +349,7 @@ class RegistryImage(Ecosystem):
 
     def components(self, lock: Lock) -> list[Component]:
         """The image itself, pinned by its manifest digest (what it installed itself is not listed)."""
-        b = lock.image_base
+        b = lock.get(ImageBaseLock)
         if b is None:
             return []
         ref = Reference.parse(b.reference)
@@ -252,7 +361,7 @@ class RegistryImage(Ecosystem):
                           b.manifest_digest.split(":", 1)[1], "")]
 
     def pins(self, lock: Lock) -> list[Pin]:
-        b = lock.image_base  # a tag that moved upstream: the manifest it now names
+        b = lock.get(ImageBaseLock)  # a tag that moved upstream: the manifest it now names
         return [Pin("image", b.reference, b.manifest_digest[:19], b.platform)] if b else []
 
 
