@@ -28,7 +28,7 @@ from helpers import bs, copy_project, ok
 
 from buildsys.build.builder import Builder
 from buildsys.core.store import Store
-from buildsys.ecosystems.apt_lock import AptSection
+from buildsys.ecosystems.apt_sections import AptSection
 from buildsys.ecosystems.debian_root import DebianBaseLock
 from buildsys.ecosystems.files import FilesSection
 from buildsys.ecosystems.pip import PipSection

@@ -8,7 +8,7 @@ import pytest
 
 from buildsys.core.errors import LockError
 from buildsys.ecosystems.apt_layer import chain_debs
-from buildsys.ecosystems.apt_lock import AptSection, LockedDeb
+from buildsys.ecosystems.apt_sections import AptSection, LockedDeb
 from buildsys.ecosystems.cran import CranSection, LockedCran
 from buildsys.ecosystems.pip import PipSection, chain_pips
 from buildsys.ecosystems.pip_resolve import LockedPip

@@ -37,6 +37,7 @@ from buildsys.ecosystems.pip_resolve import (
     LockedPip,
     LockedWheelFile,
     PipLock,
+    PipRecipe,
     _existing_output,
     _parse_output,
     lock_pip,
@@ -110,8 +111,8 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
 
 
 def recipe(*packages: str, index_url: str | None = None) -> Recipe:
-    return Recipe(name="py", path=Path("recipes/py.toml"), parents=("python",), pip_packages=packages,
-                  pip_index_url=index_url)
+    return Recipe(name="py", path=Path("recipes/py.toml"), parents=("python",),
+                  sections=(PipRecipe(packages, index_url),))
 
 
 def lock(engine: Engine, image: str, store: Store, *packages: str, **kw: object) -> PipLock:

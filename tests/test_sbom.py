@@ -11,7 +11,7 @@ from cyclonedx.validation.json import JsonStrictValidator
 from helpers import bs, ok
 from packageurl import PackageURL
 
-from buildsys.ecosystems.apt_lock import AptSection
+from buildsys.ecosystems.apt_sections import AptSection
 from buildsys.ecosystems.debian_root import DebianBaseLock
 from buildsys.ecosystems.pip import PipSection
 from buildsys.model.lockfile import lock_path, read_lock

@@ -24,7 +24,7 @@ from buildsys.core import dpkg
 from buildsys.core.errors import BuildError, ToolMissing
 from buildsys.core.store import Store
 from buildsys.ecosystems.apt_layer import link_debs, make_local_repo
-from buildsys.ecosystems.apt_lock import AptSection
+from buildsys.ecosystems.apt_sections import AptSection
 from buildsys.ecosystems.debian_root import DebianBaseLock
 from buildsys.model.lockfile import Lock
 

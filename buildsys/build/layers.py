@@ -239,15 +239,7 @@ class LayerMaker:
 
 
 def _summary(recipe: Recipe) -> str:
-    parts = []
-    if recipe.apt_packages:
-        parts.append(f"apt {len(recipe.apt_packages)}")
-    if recipe.pip_packages:
-        parts.append(f"pip {len(recipe.pip_packages)}")
-    if recipe.cran_packages:
-        parts.append(f"cran {len(recipe.cran_packages)}")
-    if recipe.files:
-        parts.append(f"files {len(recipe.files)}")
+    parts = [f"{part.KEY} {part.count()}" for part in recipe.sections if part.count()]
     if recipe.run:
         parts.append(f"run {len(recipe.run)}")
     return ", ".join(parts) or "config only"

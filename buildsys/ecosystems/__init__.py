@@ -20,10 +20,12 @@ from buildsys.ecosystems.files import FILES
 from buildsys.ecosystems.pip import PIP
 from buildsys.ecosystems.registry_image import REGISTRY_IMAGE
 from buildsys.model.lockfile import Lock, register_sections
-from buildsys.model.recipe import Recipe
+from buildsys.model.recipe import Recipe, register_recipe_sections
 
 ECOSYSTEMS: tuple[Ecosystem, ...] = (REGISTRY_IMAGE, DEBIAN_ROOT, APT, PIP, CRAN, FILES)
-# Each one's part of a lock, for the lock reader (in this order: the order a lock's parts are checked in).
+# Each one's part of a recipe and of a lock, for the recipe parser and the lock reader (in this order: the
+# order in which a recipe's and a lock's parts are checked).
+register_recipe_sections(*(eco.recipe_section for eco in ECOSYSTEMS if eco.recipe_section is not None))
 register_sections(*(eco.lock_section for eco in ECOSYSTEMS if eco.lock_section is not None))
 
 

@@ -37,7 +37,7 @@ from debian import deb822
 from buildsys.core import names
 from buildsys.core.errors import LockError, ToolMissing, did_you_mean
 from buildsys.core.store import Artifact
-from buildsys.ecosystems.apt_lock import LockedArchive
+from buildsys.ecosystems.apt_sections import LockedArchive
 
 DEBIAN_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 

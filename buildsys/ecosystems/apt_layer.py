@@ -24,7 +24,7 @@ from typing import IO
 from buildsys.core.errors import BuildError, LockError, NotVendored, ToolMissing
 from buildsys.core.store import Artifact, Store
 from buildsys.ecosystems.apt import AptPackage, AptResolver, archive_moved
-from buildsys.ecosystems.apt_lock import AptSection, LockedDeb, deb_component, deb_pin
+from buildsys.ecosystems.apt_sections import AptRecipe, AptSection, LockedDeb, deb_component, deb_pin
 from buildsys.ecosystems.base import MOUNT, STEP_MARKER, Component, Ecosystem, LockContext, Pin
 from buildsys.ecosystems.debian_root import DebianBaseLock, root_debs
 from buildsys.ecosystems.registry_apt import image_release, lock_apt_on_image
@@ -48,7 +48,7 @@ def chain_debs(locks: Sequence[Lock]) -> dict[str, LockedDeb]:
 
 def lock_apt(recipe: Recipe, root: Lock, ancestors: Sequence[Lock], cache: Path) -> list[LockedDeb]:
     """The closure of the recipe's apt packages minus what the ancestors installed."""
-    if not recipe.apt_packages:
+    if not recipe.section(AptRecipe).packages:
         return []
     base = root.get(DebianBaseLock)
     assert base is not None
@@ -73,7 +73,7 @@ def lock_apt(recipe: Recipe, root: Lock, ancestors: Sequence[Lock], cache: Path)
                                           sha256=d.sha256, size=d.size, filename=d.path)
                                for d in installed.values()], status)
         try:
-            packages = resolver.resolve(recipe.apt_packages, status=status)
+            packages = resolver.resolve(recipe.section(AptRecipe).packages, status=status)
         except LockError as e:
             raise LockError(f"{recipe.path}: apt.packages: {e.message}", e.hint) from e
     return [LockedDeb(name=p.name, version=p.version, architecture=p.architecture, sha256=p.sha256, size=p.size,
@@ -120,6 +120,7 @@ def _ftparchive(args: list[str], cwd: Path, stdout: IO[bytes] | None = None) -> 
 class Apt(Ecosystem):
     name = "apt"
     agree_as = "apt"
+    recipe_section = AptRecipe
     lock_section = AptSection
 
     def lock(self, ctx: LockContext, lock: Lock) -> Lock:
@@ -128,17 +129,18 @@ class Apt(Ecosystem):
             return lock
         root = ctx.ancestors[0]
         image = root.get(ImageBaseLock)
-        if recipe.apt_packages and image is not None:
+        wanted = recipe.section(AptRecipe).packages
+        if wanted and image is not None:
             # The image's own packages are in no lock: read its dpkg status and release from the built parent.
             tree = ctx.parent_tree("to read its Debian release")
             release = image_release(recipe, image.reference, tree)
-            ctx.progress(f"apt: {len(recipe.apt_packages)} packages against the image's dpkg "
+            ctx.progress(f"apt: {len(wanted)} packages against the image's dpkg "
                          f"status and Debian's {release.suite} ({release.pretty})")
             debs, archives, in_image, epoch = lock_apt_on_image(recipe, image, release, ctx.ancestors,
                                                                 ctx.store.cache / "apt")
             return dataclasses.replace(lock.with_sections(AptSection(tuple(debs), archives, in_image)),
                                        source_date_epoch=max(lock.source_date_epoch, epoch))
-        ctx.progress(f"apt: {len(recipe.apt_packages)} packages against the parent chain")
+        ctx.progress(f"apt: {len(wanted)} packages against the parent chain")
         debs = lock_apt(recipe, root, ctx.ancestors, ctx.store.cache / "apt")
         return lock.with_sections(AptSection(tuple(debs)))
 
@@ -155,7 +157,7 @@ class Apt(Ecosystem):
         apt = (f"-o Dir::Etc::SourceList={MOUNT}/sources.list -o Dir::Etc::SourceParts=/nonexistent "
                "-o APT::Sandbox::User=root -o Acquire::Languages=none -o APT::Install-Recommends=false "
                "-o Dpkg::Use-Pty=0 -q")
-        names = " ".join(shlex.quote(n) for n in sorted(recipe.apt_packages))
+        names = " ".join(shlex.quote(n) for n in sorted(recipe.section(AptRecipe).packages))
         return [
             f"echo '{STEP_MARKER}apt: install {len(debs)} packages'",
             # No service may start inside a build container.
@@ -173,7 +175,7 @@ class Apt(Ecosystem):
         problems: list[str] = []
         debs = {d.name for lk in (lock, *above) for d in debs_of(lk)}
         debs_or_image = debs | set(lock.section(AptSection).in_image)  # on a registry image: requested ones it has
-        for pkg in recipe.apt_packages:
+        for pkg in recipe.section(AptRecipe).packages:
             if pkg.split(":", 1)[0] not in debs_or_image:
                 problems.append(f"apt package '{pkg}' is not locked")
         root = next((base for lk in (lock, *above) if (base := lk.get(DebianBaseLock))), None)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from buildsys.core.store import Artifact, Store
 from buildsys.model.lockfile import Lock, LockSection
-from buildsys.model.recipe import Recipe
+from buildsys.model.recipe import Recipe, RecipeSection
 from buildsys.oci.layer.tree import ParentTree
 
 if TYPE_CHECKING:  # docker's client is imported only where an engine is used
@@ -116,7 +116,9 @@ class Ecosystem:
     # The word for its packages when parents disagree on one ("parents disagree on CRAN package"),
     # or None when parents may differ (a file is staged for its own layer only).
     agree_as: str | None = None
-    # Its part of a lock (the keys it owns in the lock file), or None when it locks nothing of its own.
+    # Its part of a recipe (its key, or its kind of root under [base]) and of a lock (the keys it owns
+    # in the lock file), or None when it has none of its own.
+    recipe_section: type[RecipeSection] | None = None
     lock_section: type[LockSection] | None = None
 
     def prepare(self, ctx: LockContext) -> None:

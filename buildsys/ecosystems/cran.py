@@ -45,7 +45,7 @@ from buildsys.model.lockschema import (
     url_check,
     whole_number,
 )
-from buildsys.model.recipe import Recipe
+from buildsys.model.recipe import Recipe, RecipeSection, RecipeValidator
 
 if TYPE_CHECKING:  # docker's client is imported only where an engine is used
     from buildsys.engine import Engine
@@ -147,6 +147,31 @@ class InstalledR:
 
     def is_shipped(self, name: str) -> bool:
         return self.packages.get(name, ("", ""))[1] in ("base", "recommended")
+
+
+@dataclass(frozen=True)
+class CranRecipe(RecipeSection):
+    """``[cran]``: R package names, from the CRAN-like repository ``repo`` (a dated snapshot)."""
+
+    packages: tuple[str, ...] = ()
+    repo: str | None = None
+
+    KEY = "cran"
+    SCHEMA = {"packages": "str-list", "repo": "str"}
+
+    @classmethod
+    def parse(cls, v: RecipeValidator, data: Mapping[str, Any]) -> Self:
+        cran = data.get("cran", {})
+        for i, pkg in enumerate(cran.get("packages", [])):
+            if not names.R_NAME.fullmatch(pkg):
+                raise v.fail(("cran", "packages", i), f"'{pkg}' is not an R package name",
+                             hint="versions come from the dated snapshot in cran.repo and the lock, not the recipe")
+        if "repo" in cran:
+            v.url(("cran", "repo"), cran["repo"])
+        return cls(tuple(cran.get("packages", [])), cran.get("repo"))
+
+    def count(self) -> int:
+        return len(self.packages)
 
 
 @dataclass(frozen=True)
@@ -346,8 +371,8 @@ def tarball_urls(repo: str, name: str, version: str, path: str = "") -> tuple[st
 
 def read_index(recipe: Recipe) -> tuple[dict[str, IndexEntry], str]:
     """The repo's PACKAGES index (PACKAGES.gz first, as R does) and the sha256 of the bytes read."""
-    assert recipe.cran_repo
-    repo = recipe.cran_repo
+    repo = recipe.section(CranRecipe).repo
+    assert repo
     allow_local = local_reason(repo) is not None  # the recipe names a loopback/file repo on purpose
     failures = []
     for name in ("PACKAGES.gz", "PACKAGES"):
@@ -404,11 +429,11 @@ def resolve_closure(recipe: Recipe, index: Mapping[str, IndexEntry], installed: 
     ``above``: R packages the ancestors' locks pinned from CRAN (they are in the
     image too, but named here so a missing one says where it was expected).
     """
-    repo = recipe.cran_repo or ""
+    repo = recipe.section(CranRecipe).repo or ""
     have = dict(above or {})
     have.update({n: v for n, (v, _) in installed.packages.items()})
     chosen: dict[str, IndexEntry] = {}
-    todo: list[tuple[str, Dependency | None, str]] = [(p, None, "") for p in recipe.cran_packages]
+    todo: list[tuple[str, Dependency | None, str]] = [(p, None, "") for p in recipe.section(CranRecipe).packages]
     while todo:
         name, dep, parent = todo.pop()
         where = f"{parent} needs '{dep}'" if dep and parent else f"the recipe asks for '{name}'"
@@ -505,7 +530,7 @@ def inspect_image(engine: Engine, image: str) -> InstalledR | None:
 
 def check_repo(recipe: Recipe) -> tuple[dict[str, IndexEntry], str]:
     """Read the index before anything costly (the parent image is built after): an unreachable repo says so first."""
-    if not recipe.cran_repo:
+    if not recipe.section(CranRecipe).repo:
         raise LockError(f"{recipe.path}: [cran] needs repo = \"...\" (a dated CRAN snapshot)",
                         hint='add repo = "https://packagemanager.posit.co/cran/2025-06-02" (or your mirror)')
     return read_index(recipe)
@@ -515,7 +540,8 @@ def lock_cran(recipe: Recipe, store: Store, engine: Engine, image: str, above: M
               index: tuple[dict[str, IndexEntry], str],
               progress: Callable[[str], None] = lambda message: None) -> CranLock:
     """Resolve the recipe's [cran] packages for the R in ``image``; pin each tarball by its sha256."""
-    assert recipe.cran_repo
+    repo = recipe.section(CranRecipe).repo
+    assert repo
     installed = inspect_image(engine, image)
     if installed is None:
         raise LockError(f"{recipe.path}: [cran] packages need R in the image, and the parent chain has none",
@@ -523,10 +549,10 @@ def lock_cran(recipe: Recipe, store: Store, engine: Engine, image: str, above: M
     entries = resolve_closure(recipe, index[0], installed, above)
     progress(f"cran: {len(entries)} packages to pin (R {installed.version}): "
              + " ".join(f"{e.name}={e.version}" for e in entries))
-    allow_local = local_reason(recipe.cran_repo) is not None
+    allow_local = local_reason(repo) is not None
     locked = []
     for e in entries:
-        url = tarball_urls(recipe.cran_repo, e.name, e.version, e.path)[0]
+        url = tarball_urls(repo, e.name, e.version, e.path)[0]
         sha, size = _download(store, url, e, allow_local)
         locked.append(LockedCran(name=e.name, version=e.version, sha256=sha, size=size, url=url,
                                  depends=tuple(sorted({d.name for d in e.depends}))))
@@ -676,27 +702,30 @@ def tarball_artifact(c: LockedCran) -> Artifact:
 class Cran(Ecosystem):
     name = "cran"
     agree_as = "CRAN"
+    recipe_section = CranRecipe
     lock_section = CranSection
 
     def prepare(self, ctx: LockContext) -> None:
         recipe = ctx.recipe
-        if not recipe.cran_packages:
+        wanted = recipe.section(CranRecipe)
+        if not wanted.packages:
             return
         if recipe.is_root:
             raise LockError(f"{recipe.path}: [cran] in a root recipe is not supported",
                             hint="put CRAN packages in a child recipe whose chain installs R (r-base-core)")
-        ctx.progress(f"cran: reading the index of {recipe.cran_repo}")
+        ctx.progress(f"cran: reading the index of {wanted.repo}")
         ctx.notes["cran-index"] = check_repo(recipe)
 
     def lock(self, ctx: LockContext, lock: Lock) -> Lock:
         recipe = ctx.recipe
-        if not recipe.cran_packages:
+        wanted = recipe.section(CranRecipe)
+        if not wanted.packages:
             return lock
         image = ctx.image(lock, "to resolve CRAN packages against its R")
         above = {c.name: c.version for lk in ctx.ancestors for c in lk.section(CranSection).packages}
         cran = lock_cran(recipe, ctx.store, ctx.engine(), image, above, ctx.notes["cran-index"],
                          progress=ctx.progress)
-        return lock.with_sections(CranSection(cran.packages, recipe.cran_repo, cran.index_sha256, cran.r_version))
+        return lock.with_sections(CranSection(cran.packages, wanted.repo, cran.index_sha256, cran.r_version))
 
     def artifacts(self, lock: Lock) -> list[Artifact]:
         return [tarball_artifact(c) for c in lock.section(CranSection).packages]
@@ -713,14 +742,15 @@ class Cran(Ecosystem):
         problems: list[str] = []
         debs = chain_debs([*above, lock])
         pinned = {c.name for lk in (*above, lock) for c in lk.section(CranSection).packages}
-        for name in recipe.cran_packages:
+        wanted = recipe.section(CranRecipe)
+        for name in wanted.packages:
             if name not in pinned and f"r-cran-{name.lower()}" not in debs:
                 problems.append(f"R package '{name}' is not locked")
         cran = lock.section(CranSection)
-        if (cran.packages or recipe.cran_packages) and cran.repo != recipe.cran_repo:
-            problems.append(f"[cran-repo] is {cran.repo!r}, the recipe's cran.repo is {recipe.cran_repo!r}")
+        if (cran.packages or wanted.packages) and cran.repo != wanted.repo:
+            problems.append(f"[cran-repo] is {cran.repo!r}, the recipe's cran.repo is {wanted.repo!r}")
         for c in cran.packages:
-            if why := repo_relative_problem(c.url, recipe.cran_repo or ""):
+            if why := repo_relative_problem(c.url, wanted.repo or ""):
                 problems.append(f"R package '{c.name}' comes from {c.url}, not the recipe's cran.repo ({why})")
         return problems
 
@@ -733,12 +763,13 @@ class Cran(Ecosystem):
 
     def checks(self, recipe: Recipe) -> list[tuple[str, str]]:
         """Every [cran] package loads with ``library()``."""
-        if not recipe.cran_packages:
+        packages = recipe.section(CranRecipe).packages
+        if not packages:
             return []
-        quoted = ", ".join(f'"{n}"' for n in recipe.cran_packages)
+        quoted = ", ".join(f'"{n}"' for n in packages)
         script = (f"for (p in c({quoted})) {{ suppressPackageStartupMessages(library(p, character.only = TRUE)); "
                   f"cat(p, as.character(packageVersion(p)), \"ok\\n\") }}")
-        return [(f"library({', '.join(recipe.cran_packages)})", shlex.join(["Rscript", "-e", script]))]
+        return [(f"library({', '.join(packages)})", shlex.join(["Rscript", "-e", script]))]
 
     def failure_hint(self, output: str) -> str | None:
         return failure_hint(output)

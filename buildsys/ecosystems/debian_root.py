@@ -1,5 +1,7 @@
 """A Debian root: the bootstrap package set of a suite/variant, pinned (``[base] debian = {...}``).
 
+Its part of a recipe is ``DebianBase`` (``[base.debian]``), of a lock ``DebianBaseLock`` (``[base]``).
+
 Its ``[apt]`` packages are the bootstrap's ``include``; its .debs are listed,
 fetched and described like a layer's (``apt_layer``), and ``build.bootstrap``
 installs them.
@@ -15,11 +17,12 @@ from pathlib import Path
 from typing import Any, ClassVar, Self
 
 from buildsys.core import names
-from buildsys.core.errors import LockError
+from buildsys.core.errors import LockError, did_you_mean
 from buildsys.core.store import Artifact
 from buildsys.ecosystems.apt import AptResolver
-from buildsys.ecosystems.apt_lock import (
+from buildsys.ecosystems.apt_sections import (
     DEB_NAMES,
+    AptRecipe,
     LockedArchive,
     LockedDeb,
     check_archives,
@@ -32,7 +35,85 @@ from buildsys.ecosystems.apt_lock import (
 from buildsys.ecosystems.base import Component, Ecosystem, LockContext, Pin
 from buildsys.model.lockfile import Lock, LockSection
 from buildsys.model.lockschema import SHA256, Check, LockValidator, Schema, matching, str_list, url_check
-from buildsys.model.recipe import DebianBase, Recipe
+from buildsys.model.recipe import Recipe, RecipeSection, RecipeValidator
+
+VARIANTS = ("extract", "custom", "essential", "apt", "required", "minbase", "buildd", "important", "standard")
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+DEFAULT_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
+# Suites with no -updates or -security archive of their own (testing's security support is
+# best effort and not in mmdebstrap's default either).
+ROLLING_SUITES = ("sid", "unstable", "testing", "experimental")
+_EXAMPLE = 'debian = { suite = "bookworm", variant = "minbase" }'
+
+
+@dataclass(frozen=True)
+class DebianBase(RecipeSection):
+    """``[base] debian = { suite, variant, ... }``: a root bootstrapped from a Debian suite."""
+
+    suite: str
+    variant: str = "minbase"
+    mirror: str = DEFAULT_MIRROR
+    architecture: str = "amd64"
+    components: tuple[str, ...] = ("main",)
+    # An ordinary installation of a release gets its point-release updates and its
+    # security fixes; a root does too unless the recipe opts out (updates/security = false).
+    updates: bool = True
+    security: bool = True
+    security_mirror: str = DEFAULT_SECURITY_MIRROR
+
+    KEY = "debian"
+    ROOT = True
+    SCHEMA = {
+        "suite": "str",
+        "variant": "str",
+        "mirror": "str",
+        "architecture": "str",
+        "components": "str-list",
+        "updates": "bool",
+        "security": "bool",
+        "security-mirror": "str",
+    }
+    EXAMPLE = _EXAMPLE
+
+    @property
+    def archives(self) -> tuple[tuple[str, str], ...]:
+        """(mirror, suite) of every archive the root is resolved from, the suite itself first.
+
+        As Debian's own sources (and mmdebstrap's default): SUITE-updates on the
+        mirror, SUITE-security on the security mirror; rolling suites have neither.
+        """
+        out = [(self.mirror, self.suite)]
+        if self.suite not in ROLLING_SUITES:
+            if self.updates:
+                out.append((self.mirror, f"{self.suite}-updates"))
+            if self.security:
+                out.append((self.security_mirror, f"{self.suite}-security"))
+        return tuple(out)
+
+    @classmethod
+    def parse(cls, v: RecipeValidator, data: Mapping[str, Any]) -> Self:
+        """``[base.debian]``: a suite, a known mmdebstrap variant and http(s) or file mirrors; the rest defaults."""
+        d = data["base"]["debian"]
+        if not d.get("suite"):
+            raise v.fail(("base", "debian", "suite"), "is required", hint=f"e.g. {_EXAMPLE}")
+        variant = d.get("variant", "minbase")
+        if variant not in VARIANTS:
+            raise v.fail(("base", "debian", "variant"),
+                         f"unknown variant '{variant}'{did_you_mean(variant, VARIANTS)}",
+                         hint=f"one of: {', '.join(VARIANTS)}")
+        for key in ("mirror", "security-mirror"):
+            if key in d:
+                v.url(("base", "debian", key), d[key])
+        return cls(
+            suite=d["suite"],
+            variant=variant,
+            mirror=d.get("mirror", DEFAULT_MIRROR).rstrip("/"),
+            architecture=d.get("architecture", "amd64"),
+            components=tuple(d.get("components", ["main"])),
+            updates=d.get("updates", True),
+            security=d.get("security", True),
+            security_mirror=d.get("security-mirror", DEFAULT_SECURITY_MIRROR).rstrip("/"),
+        )
 
 BASE: Schema = {
     "kind": (matching(re.compile("debian"), "'debian'"), True),
@@ -138,7 +219,7 @@ def lock_debian_root(recipe: Recipe, cache_dir: Path) -> tuple[DebianBaseLock, i
     except LockError as e:
         raise LockError(f"{recipe.path}: base.debian: {e.message}", e.hint) from e
     try:
-        packages = resolver.bootstrap_set(base.variant, include=recipe.apt_packages)
+        packages = resolver.bootstrap_set(base.variant, include=recipe.section(AptRecipe).packages)
     except LockError as e:
         raise LockError(f"{recipe.path}: apt.packages: {e.message}", e.hint) from e
     locked = tuple(
@@ -157,7 +238,7 @@ def lock_debian_root(recipe: Recipe, cache_dir: Path) -> tuple[DebianBaseLock, i
         mirror=base.mirror,
         release_date=release.date,
         inrelease_sha256=release.inrelease_sha256,
-        include=tuple(sorted(recipe.apt_packages)),
+        include=tuple(sorted(recipe.section(AptRecipe).packages)),
         packages=locked,
         # A lock of the suite alone keeps the old form (no archives table): nothing changes for it.
         archives=archives if len(archives) > 1 else (),
@@ -176,6 +257,7 @@ class DebianRoot(Ecosystem):
         base, epoch = lock_debian_root(recipe, ctx.store.cache / "apt")
         return dataclasses.replace(lock.with_sections(base), source_date_epoch=max(lock.source_date_epoch, epoch))
 
+    recipe_section = DebianBase
     lock_section = DebianBaseLock
 
     def artifacts(self, lock: Lock) -> list[Artifact]:
@@ -196,9 +278,9 @@ class DebianRoot(Ecosystem):
         if have_archives != list(want.archives):
             problems.append(f"[base] is resolved from {_archives(have_archives)}, the recipe asks for "
                             f"{_archives(want.archives)}")
-        if sorted(b.include) != sorted(recipe.apt_packages):
-            problems.append(f"[base] include is {sorted(b.include)}, "
-                            f"the recipe's [apt] is {sorted(recipe.apt_packages)}")
+        include = sorted(recipe.section(AptRecipe).packages)
+        if sorted(b.include) != include:
+            problems.append(f"[base] include is {sorted(b.include)}, the recipe's [apt] is {include}")
         return problems
 
     def components(self, lock: Lock) -> list[Component]:

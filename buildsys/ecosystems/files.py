@@ -17,7 +17,7 @@ from urllib.parse import unquote, urlsplit
 
 from packageurl import PackageURL
 
-from buildsys.core import net
+from buildsys.core import names, net
 from buildsys.core.errors import FetchError, HashMismatch, NotVendored, RecipeError
 from buildsys.core.store import Artifact, Store
 from buildsys.core.urlpolicy import local_reason
@@ -34,7 +34,54 @@ from buildsys.model.lockschema import (
     url_check,
     whole_number,
 )
-from buildsys.model.recipe import Recipe
+from buildsys.model.recipe import Recipe, RecipeSection, RecipeValidator
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    url: str
+    name: str
+    sha256: str | None = None
+    local: bool = False  # may read from this machine (file:, loopback): an explicit opt-in, see urlpolicy
+
+
+@dataclass(frozen=True)
+class FilesRecipe(RecipeSection):
+    """``[[files]]``: files by URL, each under a distinct plain name, with an optional sha256 to hold them to."""
+
+    files: tuple[FileSpec, ...] = ()
+
+    KEY = "files"
+    SCHEMA = ("tables", {"url": "str", "name": "str", "sha256": "str", "local": "bool"})
+
+    @classmethod
+    def parse(cls, v: RecipeValidator, data: Mapping[str, Any]) -> Self:
+        """Each a URL and a distinct plain file name; one on this machine only with ``local = true``."""
+        files: list[FileSpec] = []
+        for i, f in enumerate(data.get("files", [])):
+            if "url" not in f:
+                raise v.fail(("files", i, "url"), "is required")
+            v.url(("files", i, "url"), f["url"])
+            fname = f.get("name") or urlsplit(f["url"]).path.rstrip("/").rsplit("/", 1)[-1]
+            if not fname or "/" in fname or fname in (".", ".."):
+                raise v.fail(("files", i, "name"), f"'{fname}' is not a usable file name",
+                             hint='set name = "tool.deb"')
+            sha = f.get("sha256")
+            if sha is not None and not names.HEX64.fullmatch(sha):
+                raise v.fail(("files", i, "sha256"), "must be 64 lowercase hex digits")
+            if fname in (seen.name for seen in files):
+                raise v.fail(("files", i, "name" if "name" in f else "url"), f"a second file named '{fname}'",
+                             hint='give each a distinct name = "..."')
+            local = f.get("local", False)
+            if not local and (why := local_reason(f["url"])):
+                raise v.fail(("files", i, "url"), f"'{f['url']}' reads from this machine: {why}",
+                             hint="a recipe may do that only on purpose: add local = true to this [[files]] entry")
+            files.append(FileSpec(url=f["url"], name=fname, sha256=sha, local=local))
+        return cls(tuple(files))
+
+    def count(self) -> int:
+        return len(self.files)
+
 
 LOCKED_FILE: Schema = {
     "name": (filename_check, True),
@@ -106,7 +153,7 @@ def lock_files(recipe: Recipe, store: Store, warn: Callable[[str], None] = lambd
                ) -> FilesLock:
     """Download and pin each ``[[files]]`` entry; ``warn`` hears of every local source allowed."""
     locked, epochs = [], []
-    for i, spec in enumerate(recipe.files):
+    for i, spec in enumerate(recipe.section(FilesRecipe).files):
         what = f"{recipe.path}: files[{i}] ({spec.name})"
         reason = local_reason(spec.url, resolve=True)
         if reason and not spec.local:
@@ -161,10 +208,11 @@ class Files(Ecosystem):
     """``[[files]]``: downloads by URL, pinned by sha256, staged by name for the recipe's ``run`` steps."""
 
     name = "files"
+    recipe_section = FilesRecipe
     lock_section = FilesSection
 
     def lock(self, ctx: LockContext, lock: Lock) -> Lock:
-        if not ctx.recipe.files:
+        if not ctx.recipe.section(FilesRecipe).files:
             return lock
         files = lock_files(ctx.recipe, ctx.store, warn=ctx.warn)
         return dataclasses.replace(lock.with_sections(FilesSection(files.locked)),
@@ -188,7 +236,7 @@ class Files(Ecosystem):
     def covers(self, recipe: Recipe, lock: Lock, above: Sequence[Lock]) -> list[str]:
         problems: list[str] = []
         locked = {f.name: f for f in lock.section(FilesSection).files}
-        for spec in recipe.files:
+        for spec in recipe.section(FilesRecipe).files:
             f = locked.pop(spec.name, None)
             if f is None:
                 problems.append(f"file '{spec.name}' ({spec.url}) is not locked")

@@ -30,7 +30,7 @@ from buildsys.core.store import Artifact, Store, atomic_write
 from buildsys.core.urlpolicy import local_reason
 from buildsys.ecosystems.apt_layer import chain_debs
 from buildsys.ecosystems.base import MOUNT, STEP_MARKER, Component, Ecosystem, LockContext, Pin
-from buildsys.ecosystems.pip_resolve import LockedPip, LockedWheelFile, check_pip, lock_pip
+from buildsys.ecosystems.pip_resolve import LockedPip, LockedWheelFile, PipRecipe, check_pip, lock_pip
 from buildsys.ecosystems.pypi import DEFAULT_INDEX
 from buildsys.model.lockfile import Lock, LockSection
 from buildsys.model.lockschema import Check, LockValidator, label, matching
@@ -201,19 +201,21 @@ def chain_pips(locks: Sequence[Lock]) -> dict[str, str]:
 class Pip(Ecosystem):
     name = "pip"
     agree_as = "pip"
+    recipe_section = PipRecipe
     lock_section = PipSection
 
     def prepare(self, ctx: LockContext) -> None:
-        if ctx.recipe.is_root and ctx.recipe.pip_packages:
+        if ctx.recipe.is_root and ctx.recipe.section(PipRecipe).packages:
             raise LockError(f"{ctx.recipe.path}: [pip] in a root recipe is not supported",
                             hint="put pip packages in a child recipe whose chain installs python3")
 
     def lock(self, ctx: LockContext, lock: Lock) -> Lock:
         recipe = ctx.recipe
-        if not recipe.pip_packages:
+        wanted = recipe.section(PipRecipe).packages
+        if not wanted:
             return lock
         image = ctx.image(lock, "to resolve pip in it")
-        ctx.progress(f"pip: resolving {len(recipe.pip_packages)} requirements inside the image")
+        ctx.progress(f"pip: resolving {len(wanted)} requirements inside the image")
         previous = ctx.previous.section(PipSection) if ctx.previous else PipSection()
         pip = lock_pip(ctx.engine(), image, recipe, ctx.store, constraints=chain_pips(ctx.ancestors),
                        previous=previous.packages, upgrade=ctx.upgrade, upgrade_packages=ctx.upgrade_packages,
@@ -234,7 +236,7 @@ class Pip(Ecosystem):
     def covers(self, recipe: Recipe, lock: Lock, above: Sequence[Lock]) -> list[str]:
         problems: list[str] = []
         pins = {canonicalize_name(p.name): p.version for lk in (*above, lock) for p in lk.section(PipSection).packages}
-        for spec in recipe.pip_packages:
+        for spec in recipe.section(PipRecipe).packages:
             try:
                 req = Requirement(spec)
             except InvalidRequirement:  # the recipe validator reports it; nothing to compare here
@@ -247,7 +249,7 @@ class Pip(Ecosystem):
         pip = lock.section(PipSection)
         if pip.packages and pip.installer is None:
             problems.append("[pip-installer] (the pinned pip that installs [[pip]]) is missing")
-        index = urlsplit(recipe.pip_index_url or DEFAULT_INDEX)
+        index = urlsplit(recipe.section(PipRecipe).index_url or DEFAULT_INDEX)
         for p in pip.with_installer():
             for f in p.files:
                 if (why := local_reason(f.url)) and urlsplit(f.url)[:2] != index[:2]:
@@ -272,7 +274,7 @@ class Pip(Ecosystem):
     def checks(self, recipe: Recipe) -> list[tuple[str, str]]:
         """Every [pip] package imports (the module its distribution installs, as the image itself says)."""
         names = []
-        for spec in recipe.pip_packages:
+        for spec in recipe.section(PipRecipe).packages:
             try:
                 names.append(Requirement(spec).name)
             except InvalidRequirement:  # refused at recipe load already; never here

@@ -22,7 +22,7 @@ import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 from urllib.parse import unquote, urlsplit
 
 from packaging.requirements import InvalidRequirement, Requirement
@@ -53,7 +53,7 @@ from buildsys.ecosystems.pypi import (
 )
 from buildsys.engine import Engine
 from buildsys.model.lockschema import SHA256, LockValidator, Schema, filename_check, matching, url_check, whole_number
-from buildsys.model.recipe import Recipe
+from buildsys.model.recipe import Recipe, RecipeSection, RecipeValidator
 
 TOOLS_MOUNT = "/buildsys-tools"
 WORK_MOUNT = "/work"
@@ -63,6 +63,27 @@ _PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_pro
 
 # Exit statuses of the lock script, one per stage.
 _NO_PYTHON, _PROBE, _COMPILE, _SELECT, _INSTALLER = 80, 81, 82, 83, 84
+
+
+@dataclass(frozen=True)
+class PipRecipe(RecipeSection):
+    """``[pip]``: PEP 508 requirements, and the index they are resolved from (PyPI unless ``index-url``)."""
+
+    packages: tuple[str, ...] = ()
+    index_url: str | None = None
+
+    KEY = "pip"
+    SCHEMA = {"packages": "str-list", "index-url": "str"}
+
+    @classmethod
+    def parse(cls, v: RecipeValidator, data: Mapping[str, Any]) -> Self:
+        pip = data.get("pip", {})
+        if "index-url" in pip:
+            v.url(("pip", "index-url"), pip["index-url"])
+        return cls(tuple(pip.get("packages", [])), pip.get("index-url"))
+
+    def count(self) -> int:
+        return len(self.packages)
 
 
 @dataclass(frozen=True)
@@ -172,7 +193,7 @@ class _Resolved:
 def lock_pip(engine: Engine, image: str, recipe: Recipe, store: Store, *, constraints: Mapping[str, str],
              previous: Sequence[LockedPip], upgrade: bool, upgrade_packages: Sequence[str],
              previous_installer: LockedPip | None = None) -> PipLock:
-    """Resolve ``recipe.pip_packages`` for the Python of ``image`` (which must have python3).
+    """Resolve the recipe's ``[pip]`` packages for the Python of ``image`` (which must have python3).
 
     ``constraints`` are the ancestors' pins (name -> version): they bound the
     resolution and are left out of the result. ``previous`` pins are kept
@@ -181,7 +202,7 @@ def lock_pip(engine: Engine, image: str, recipe: Recipe, store: Store, *, constr
     the newest pip that supports the image's Python is taken.
     """
     _check_requirements(recipe)
-    index = (recipe.pip_index_url or DEFAULT_INDEX).rstrip("/")
+    index = (recipe.section(PipRecipe).index_url or DEFAULT_INDEX).rstrip("/")
     ancestors = {canonical_name(n): v for n, v in constraints.items()}
     moving = sorted({canonical_name(n) for n in upgrade_packages})
     kept = [p for p in previous if canonical_name(p.name) not in ancestors] if not upgrade else []
@@ -210,7 +231,7 @@ def lock_pip(engine: Engine, image: str, recipe: Recipe, store: Store, *, constr
 
 def _check_requirements(recipe: Recipe) -> None:
     """Each entry is one PEP 508 requirement on a project of the index: no pip options, no URLs."""
-    for i, text in enumerate(recipe.pip_packages):
+    for i, text in enumerate(recipe.section(PipRecipe).packages):
         try:
             req = Requirement(text)
         except InvalidRequirement as e:
@@ -229,7 +250,7 @@ def _resolve_in_image(engine: Engine, image: str, recipe: Recipe, store: Store, 
     tools = tools_dir(store)
     with store.scratch("pip-lock") as scratch:
         work = Path(scratch)
-        (work / "in.txt").write_text("".join(f"{r}\n" for r in recipe.pip_packages))
+        (work / "in.txt").write_text("".join(f"{r}\n" for r in recipe.section(PipRecipe).packages))
         (work / "constraints.txt").write_text("".join(f"{n}=={v}\n" for n, v in sorted(ancestors.items())))
         (work / "out.txt").write_text(_existing_output(previous))
         (work / "probe.py").write_text(_PROBE_PY)
@@ -408,7 +429,8 @@ def _compile_error(recipe: Recipe, index: str, python: str, log: str, ancestors:
 
 
 def _recipe_req(recipe: Recipe, line: int) -> str:
-    return recipe.pip_packages[line - 1] if 0 < line <= len(recipe.pip_packages) else f"[pip] packages[{line - 1}]"
+    packages = recipe.section(PipRecipe).packages
+    return packages[line - 1] if 0 < line <= len(packages) else f"[pip] packages[{line - 1}]"
 
 
 def _dist_of(url: str) -> str:

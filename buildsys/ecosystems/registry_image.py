@@ -42,7 +42,7 @@ from buildsys.model.lockschema import (
     one_of,
     whole_number,
 )
-from buildsys.model.recipe import ImageBase, Recipe
+from buildsys.model.recipe import Recipe, RecipeSection, RecipeValidator
 from buildsys.oci.registry import (
     NotInRegistry,
     Reference,
@@ -84,6 +84,32 @@ IMAGE: Schema = {
     "config-size": (whole_number, True),
     "layers": (None, True),
 }
+
+
+@dataclass(frozen=True)
+class ImageBase(RecipeSection):
+    """``[base] image = "HOST/REPO[:TAG][@sha256:...]"``: a root from a registry image, pinned by ``lock``."""
+
+    image: str
+    platform: str = "linux/amd64"  # the entry taken from a multi-platform index
+
+    KEY = "image"
+    ROOT = True
+    SCHEMA = "str"
+    EXTRA = {"platform": "str"}
+    EXAMPLE = 'image = "docker.io/library/debian:bookworm"'
+
+    @classmethod
+    def parse(cls, v: RecipeValidator, data: Mapping[str, Any]) -> Self:
+        b = data["base"]
+        ref = b["image"]
+        if not ref or any(c.isspace() for c in ref):
+            raise v.fail(("base", "image"), f"'{ref}' is not an image reference", hint=f"e.g. {cls.EXAMPLE}")
+        platform = b.get("platform", "linux/amd64")
+        if not names.PLATFORM.fullmatch(platform):
+            raise v.fail(("base", "platform"), f"'{platform}' is not OS/ARCH[/VARIANT]",
+                         hint='e.g. platform = "linux/arm64"')
+        return cls(ref, platform)
 
 
 @dataclass(frozen=True)
@@ -310,14 +336,15 @@ class RegistryImage(Ecosystem):
     """A root taken as it is from a registry: ``[base] image = "HOST/REPO:TAG"``, pinned to its blobs."""
 
     name = "image"
+    recipe_section = ImageBase
     lock_section = ImageBaseLock
 
     def prepare(self, ctx: LockContext) -> None:
         recipe = ctx.recipe
         if not (recipe.is_root and isinstance(recipe.base, ImageBase)):
             return
-        steps = [k for k, v in (("apt", recipe.apt_packages), ("pip", recipe.pip_packages),
-                                ("cran", recipe.cran_packages), ("files", recipe.files), ("run", recipe.run)) if v]
+        # What the recipe installs (each ecosystem's part that asks for something) and its run steps.
+        steps = [*(part.KEY for part in recipe.sections if part.count()), *(["run"] if recipe.run else [])]
         if steps:
             raise LockError(f"{recipe.path}: a root on a registry image takes the image as it is; "
                             f"it cannot have {', '.join(steps)}",

@@ -1,10 +1,11 @@
-"""The apt family's part of a lock: locked .debs, the archive states they came from, ``[[apt]]``.
+"""The apt family's parts of a recipe and of a lock: ``[apt]``, locked .debs and the archive states they came from.
 
-A Debian root's ``[base]`` (``debian_root``) and a layer's ``[[apt]]``
-(``apt_layer``, ``registry_apt``) are made of the same entries: ``LockedDeb``
-and ``LockedArchive``, each with its TOML out and in and its shape on read.
-``AptSection`` is a layer's part: ``[[apt]]``, and on a registry image
-``[[apt-archives]]`` and ``apt-in-image``.
+``AptRecipe`` is a recipe's ``[apt]`` (a Debian root's bootstrap ``include``,
+or a layer's packages). A Debian root's ``[base]`` (``debian_root``) and a
+layer's ``[[apt]]`` (``apt_layer``, ``registry_apt``) are made of the same lock
+entries: ``LockedDeb`` and ``LockedArchive``, each with its TOML out and in and
+its shape on read. ``AptSection`` is a layer's part of a lock: ``[[apt]]``,
+and on a registry image ``[[apt-archives]]`` and ``apt-in-image``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from buildsys.model.lockschema import (
     url_check,
     whole_number,
 )
+from buildsys.model.recipe import RecipeSection, RecipeValidator
 
 # An archive path (pool/main/a/apt/apt_2.6.1_amd64.deb): relative, no "..", no odd characters.
 ARCHIVE_PATH = re.compile(r"[A-Za-z0-9+._~-]+(/[A-Za-z0-9+._~%-]+)*")
@@ -65,6 +67,28 @@ ARCHIVE: Schema = {
     "release-date": (release_date, True),
     "inrelease-sha256": (SHA256, True),
 }
+
+
+@dataclass(frozen=True)
+class AptRecipe(RecipeSection):
+    """``[apt]``: Debian package names, each with an optional ``:arch``; the lock pins their versions."""
+
+    packages: tuple[str, ...] = ()
+
+    KEY = "apt"
+    SCHEMA = {"packages": "str-list"}
+
+    @classmethod
+    def parse(cls, v: RecipeValidator, data: Mapping[str, Any]) -> Self:
+        packages = data.get("apt", {}).get("packages", [])
+        for i, pkg in enumerate(packages):
+            if not names.DEB_NAME_ARCH.fullmatch(pkg):
+                raise v.fail(("apt", "packages", i), f"'{pkg}' is not a Debian package name",
+                             hint="versions are pinned by the lock, not in the recipe")
+        return cls(tuple(packages))
+
+    def count(self) -> int:
+        return len(self.packages)
 
 
 @dataclass(frozen=True)
