@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from buildsys.build import baseimage, bootstrap, steps
-from buildsys.build.checks import check_packages
+from buildsys.build.checks import check_built
 from buildsys.build.load import Loader
 from buildsys.build.records import LayerRecord
 from buildsys.core.errors import BuildError
@@ -66,7 +66,6 @@ class LayerMaker:
                                                   f"{len(base.packages)} packages, no network")
             t0 = time.monotonic()
             result = bootstrap.bootstrap_debian(self.store, lock, recipe.run, Path(tmp))
-            check_packages(self.locks, recipe, [recipe.name], result.installed, "mmdebstrap")
             t1 = time.monotonic()
             self.progress(recipe.name, "normalize", f"{result.tarball.stat().st_size / 1e6:.0f} MB rootfs")
             layer_tmp = Path(tmp) / "layer.tar"
@@ -130,7 +129,7 @@ class LayerMaker:
             below = ParentTree.from_layers((self.layout.blob_path(d) for d, _ in parent.layers),
                                            index_dir=self.store.cache / "index")
             t_read = time.monotonic()
-            check_packages(self.locks, recipe, prefix, steps.installed_packages(result.output), "apt", below)
+            check_built(self.locks, recipe, prefix, result.output, below)
             with contextlib.ExitStack() as stack:
                 upper = container.upper_dir()
                 if upper is not None:

@@ -19,14 +19,12 @@ from pathlib import Path
 from buildsys import ecosystems
 from buildsys.build.bootstrap import BUILD_ENV
 from buildsys.core.store import Store
-from buildsys.ecosystems.apt_layer import INSTALLED_MARKER, installed_packages
 from buildsys.ecosystems.base import MOUNT, STEP_MARKER
 from buildsys.model.lockfile import Lock
 from buildsys.model.recipe import Recipe
 
 # Where they were before each ecosystem staged its own part; ``build`` reads them from here.
-__all__ = ["INSTALLED_MARKER", "MOUNT", "STEP_MARKER", "Staged", "build_env", "failed_step",
-           "failure_hint", "installed_packages", "stage_layer"]
+__all__ = ["MOUNT", "STEP_MARKER", "Staged", "build_env", "failed_step", "failure_hint", "stage_layer"]
 
 
 @dataclass(frozen=True)

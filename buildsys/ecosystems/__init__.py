@@ -10,6 +10,7 @@ when called (a test may put a fake one in).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from urllib.parse import urlsplit
 
 from buildsys.core.store import Artifact, Store
 from buildsys.ecosystems.apt_layer import APT
@@ -21,6 +22,7 @@ from buildsys.ecosystems.pip import PIP
 from buildsys.ecosystems.registry_image import REGISTRY_IMAGE
 from buildsys.model.lockfile import Lock, register_sections
 from buildsys.model.recipe import Recipe, register_recipe_sections
+from buildsys.oci.layer.tree import ParentTree
 
 ECOSYSTEMS: tuple[Ecosystem, ...] = (REGISTRY_IMAGE, DEBIAN_ROOT, APT, PIP, CRAN, FILES)
 # Each one's part of a recipe and of a lock, for the recipe parser and the lock reader (in this order: the
@@ -55,6 +57,17 @@ def pins(lock: Lock) -> list[tuple[Ecosystem, Pin]]:
 def checks(recipe: Recipe) -> list[tuple[str, str]]:
     """(label, shell command) of the checks ``buildsys test`` runs before a recipe's own [test] commands."""
     return [c for eco in ECOSYSTEMS for c in eco.checks(recipe)]
+
+
+def check_built(chain: Sequence[Lock], output: str, below: ParentTree | None) -> list[tuple[Ecosystem, str]]:
+    """(ecosystem, what is wrong) for each ecosystem whose part of a layer just built is not what the locks pin."""
+    return [(eco, problem) for eco in ECOSYSTEMS if (problem := eco.check_built(chain, output, below))]
+
+
+def downloader(url: str) -> Ecosystem | None:
+    """The ecosystem that downloads ``url`` itself (by its scheme: a registry's blobs), if any."""
+    scheme = urlsplit(url).scheme
+    return next((eco for eco in ECOSYSTEMS if eco.url_scheme == scheme), None)
 
 
 def failure_hint(output: str) -> str | None:

@@ -12,25 +12,23 @@ for both.
 from __future__ import annotations
 
 import dataclasses
-import os
 import shlex
-import shutil
-import subprocess
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO
 
-from buildsys.core.errors import BuildError, LockError, NotVendored, ToolMissing
+from buildsys.core import dpkg
+from buildsys.core.errors import LockError
 from buildsys.core.store import Artifact, Store
-from buildsys.ecosystems.apt import AptPackage, AptResolver, archive_moved
-from buildsys.ecosystems.apt_sections import AptRecipe, AptSection, LockedDeb, deb_component, deb_pin
+from buildsys.ecosystems.apt import AptPackage, AptResolver, archive_moved, link_debs, make_local_repo
+from buildsys.ecosystems.apt_sections import AptRecipe, AptSection, LockedDeb, deb_component, deb_pin, dpkg_mismatch
 from buildsys.ecosystems.base import MOUNT, STEP_MARKER, Component, Ecosystem, LockContext, Pin
 from buildsys.ecosystems.debian_root import DebianBaseLock, root_debs
 from buildsys.ecosystems.registry_apt import image_release, lock_apt_on_image
 from buildsys.ecosystems.registry_image import ImageBaseLock
 from buildsys.model.lockfile import Lock
 from buildsys.model.recipe import Recipe
+from buildsys.oci.layer.tree import ParentTree
 
 # dpkg's view after the install, printed between two of these: ``build`` compares it with the locks.
 INSTALLED_MARKER = "::buildsys-installed::"
@@ -78,43 +76,6 @@ def lock_apt(recipe: Recipe, root: Lock, ancestors: Sequence[Lock], cache: Path)
             raise LockError(f"{recipe.path}: apt.packages: {e.message}", e.hint) from e
     return [LockedDeb(name=p.name, version=p.version, architecture=p.architecture, sha256=p.sha256, size=p.size,
                       path=p.filename, mirror=p.mirror or base.mirror) for p in packages]
-
-
-def link_debs(store: Store, recipe: str, debs: Sequence[LockedDeb], folder: Path) -> None:
-    """Put the vendored .debs into ``folder`` under their own names (hardlinks, no copies)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for deb in debs:
-        src = store.vendor_path(deb.sha256)
-        if not src.is_file():
-            raise NotVendored(recipe, f"{deb.name} {deb.version} ({deb.filename})")
-        if src.stat().st_size != deb.size:
-            raise NotVendored(recipe, f"{deb.name} {deb.version} ({deb.filename})",
-                              f"damaged in the vendor store (size {src.stat().st_size}, locked {deb.size})")
-        dst = folder / deb.filename
-        try:
-            os.link(src, dst)
-        except OSError:
-            shutil.copyfile(src, dst)
-
-
-def make_local_repo(folder: Path, suite: str, codename: str) -> None:
-    """Index ``folder`` as a flat apt repository (``deb [trusted=yes] copy://folder ./``)."""
-    if shutil.which("apt-ftparchive") is None:
-        raise ToolMissing("apt-ftparchive", "apt-utils")
-    with open(folder / "Packages", "wb") as out:
-        _ftparchive(["packages", "."], folder, out)
-    release = _ftparchive(["-o", f"APT::FTPArchive::Release::Suite={suite}",
-                           "-o", f"APT::FTPArchive::Release::Codename={codename}", "release", "."], folder)
-    (folder / "Release").write_bytes(release)
-
-
-def _ftparchive(args: list[str], cwd: Path, stdout: IO[bytes] | None = None) -> bytes:
-    proc = subprocess.run(["apt-ftparchive", *args], cwd=cwd, stdin=subprocess.DEVNULL,
-                          stdout=stdout or subprocess.PIPE, stderr=subprocess.PIPE, check=False)
-    if proc.returncode != 0:
-        output = ((proc.stdout or b"") + proc.stderr).decode(errors="replace")
-        raise BuildError("bootstrap", f"apt-ftparchive {args[-2]}", output)
-    return proc.stdout if stdout is None else b""
 
 
 class Apt(Ecosystem):
@@ -187,6 +148,18 @@ class Apt(Ecosystem):
                                     f"{' or '.join(mirrors)}")
         return problems + _apt_archives_cover(lock, above, root is not None,
                                               any(lk.get(ImageBaseLock) is not None for lk in (lock, *above)))
+
+    def check_built(self, chain: Sequence[Lock], output: str, below: ParentTree | None) -> str | None:
+        """dpkg holds exactly the chain's locked packages (on a registry image: and what the image itself had)."""
+        installed = installed_packages(output)
+        if installed is None:
+            return None
+        expected: dict[str, str] = {}
+        if chain[0].get(ImageBaseLock) is not None and below is not None:  # the image's own are in no lock
+            expected.update(dpkg.installed(below.read("var/lib/dpkg/status") or b""))
+        for lk in chain:
+            expected.update({d.name: d.version for d in debs_of(lk)})
+        return dpkg_mismatch(installed, expected)
 
     def components(self, lock: Lock) -> list[Component]:
         debs = lock.section(AptSection).debs

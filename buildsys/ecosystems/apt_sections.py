@@ -163,6 +163,17 @@ def check_archives(v: LockValidator, value: Any, where: str) -> None:
         v.table(a, ARCHIVE, label(where, i, a))
 
 
+def dpkg_mismatch(installed: Mapping[str, str], expected: Mapping[str, str]) -> str | None:
+    """How dpkg's packages (name -> version) differ from the locked ones; None when they are the same."""
+    if installed == expected:
+        return None
+    extra = sorted(set(installed) - set(expected))
+    missing = sorted(set(expected) - set(installed))
+    changed = sorted(n for n in set(installed) & set(expected) if installed[n] != expected[n])
+    return (f"installed but not locked: {extra or '-'}; locked but not installed: {missing or '-'}; "
+            f"other version: {changed or '-'}")
+
+
 def deb_component(d: LockedDeb) -> Component:
     purl = PackageURL("deb", "debian", d.name, d.version, {"arch": d.architecture})
     return Component("deb", d.name, d.version, purl.to_string(), d.sha256, f"{d.mirror}/{d.path}")

@@ -159,3 +159,21 @@ class Ecosystem:
         """A next step for a build that failed in this ecosystem's step, if it knows one."""
         return None
 
+    def check_built(self, chain: Sequence[Lock], output: str, below: ParentTree | None) -> str | None:
+        """What a layer just built holds against the locks, read from its build script's ``output``.
+
+        ``chain``: the locks of its chain, the root first and the layer's own last; ``below``: the
+        parent chain's files. None when it holds what they pin (or this ecosystem cannot tell).
+        """
+        return None
+
+    # The scheme of the vendor store's URLs this ecosystem downloads itself (``download``), if any.
+    url_scheme: str | None = None
+
+    def download(self, url: str, fd: int, have: int, size: int | None) -> int:
+        """Append the file at ``url`` (of ``url_scheme``) to ``fd`` from byte ``have`` on; return bytes written.
+
+        Reading stops one byte past ``size`` (``net.TooLarge``); ``fetch`` hashes the finished file.
+        """
+        raise NotImplementedError(f"{self.name} downloads no URL of its own")
+

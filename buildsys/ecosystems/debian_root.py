@@ -4,7 +4,8 @@ Its part of a recipe is ``DebianBase`` (``[base.debian]``), of a lock ``DebianBa
 
 Its ``[apt]`` packages are the bootstrap's ``include``; its .debs are listed,
 fetched and described like a layer's (``apt_layer``), and ``build.bootstrap``
-installs them.
+installs them from the local repository ``bootstrap_repository`` makes, then
+holds the result to them (``check_bootstrap``).
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from typing import Any, ClassVar, Self
 
 from buildsys.core import names
 from buildsys.core.errors import LockError, did_you_mean
-from buildsys.core.store import Artifact
-from buildsys.ecosystems.apt import AptResolver
+from buildsys.core.store import Artifact, Store
+from buildsys.ecosystems.apt import AptResolver, link_debs, make_local_repo
 from buildsys.ecosystems.apt_sections import (
     DEB_NAMES,
     AptRecipe,
+    AptSection,
     LockedArchive,
     LockedDeb,
     check_archives,
@@ -30,6 +32,7 @@ from buildsys.ecosystems.apt_sections import (
     deb_component,
     deb_pin,
     debs_toml,
+    dpkg_mismatch,
     release_date,
 )
 from buildsys.ecosystems.base import Component, Ecosystem, LockContext, Pin
@@ -294,6 +297,24 @@ def root_debs(lock: Lock) -> tuple[LockedDeb, ...]:
     """A Debian root's bootstrap set; () for any other lock."""
     base = lock.get(DebianBaseLock)
     return base.packages if base else ()
+
+
+def bootstrap_debs(lock: Lock) -> tuple[LockedDeb, ...]:
+    """Every .deb the bootstrap of a Debian root's lock installs."""
+    return (*root_debs(lock), *lock.section(AptSection).debs)
+
+
+def bootstrap_repository(store: Store, lock: Lock, folder: Path) -> None:
+    """The root's vendored .debs in ``folder`` as a flat apt repository of its suite, for mmdebstrap."""
+    base = lock.get(DebianBaseLock)
+    assert base is not None
+    link_debs(store, lock.recipe, bootstrap_debs(lock), folder)
+    make_local_repo(folder, base.suite, base.codename)
+
+
+def check_bootstrap(lock: Lock, installed: dict[str, str]) -> str | None:
+    """How the bootstrapped root's dpkg packages differ from the lock's; None when they are the same."""
+    return dpkg_mismatch(installed, {d.name: d.version for d in bootstrap_debs(lock)})
 
 
 def _archives(archives: Iterable[tuple[str, str]]) -> str:

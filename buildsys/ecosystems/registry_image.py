@@ -338,6 +338,10 @@ class RegistryImage(Ecosystem):
     name = "image"
     recipe_section = ImageBase
     lock_section = ImageBaseLock
+    url_scheme = SCHEME  # the blobs, through the registry client (docker's credentials, Bearer auth)
+
+    def download(self, url: str, fd: int, have: int, size: int | None) -> int:
+        return download(url, fd, have, size)
 
     def prepare(self, ctx: LockContext) -> None:
         recipe = ctx.recipe

@@ -31,7 +31,8 @@ from buildsys.core import net
 from buildsys.core.errors import FetchError, HashMismatch
 from buildsys.core.store import Artifact, Store, sha256_file
 from buildsys.core.urlpolicy import local_reason
-from buildsys.ecosystems import registry_image as image
+from buildsys.ecosystems import downloader
+from buildsys.ecosystems.base import Ecosystem
 from buildsys.oci.registry import RegistryError
 
 CHUNK = 1 << 16
@@ -397,8 +398,8 @@ def _download(
         raise _Permanent(f"refused: {reason}; only a [[files]] entry with local = true may read from this machine")
     if scheme == "file":
         return _copy_file(url, fd, advance)
-    if scheme == "oci-registry":
-        return _registry_blob(url, fd, art, advance)
+    if (eco := downloader(url)) is not None:  # a registry base's blobs
+        return _ecosystem_download(eco, url, fd, art, advance)
     if scheme not in ("http", "https"):
         raise _Permanent(f"unsupported URL scheme '{scheme}'")
     return _http_get(url, fd, art, client, advance, stop)
@@ -477,13 +478,14 @@ def _stream(resp: net.Response, fd: int, have: int, art: Artifact, advance: Call
     return resp.stream(write, None if art.size is None else art.size - have, art.filename)
 
 
-def _registry_blob(url: str, fd: int, art: Artifact, advance: Callable[[int], None]) -> int:
-    """A registry base's blob, through the registry client (auth, its own retries); resumed by Range."""
+def _ecosystem_download(eco: Ecosystem, url: str, fd: int, art: Artifact, advance: Callable[[int], None]) -> int:
+    """A file an ecosystem downloads itself (a registry base's blob, through the registry client: auth, its
+    own retries); resumed by Range."""
     have = _resume_from(fd, art)
     if have is None:
         return 0
     try:
-        written = image.download(url, fd, have, art.size)
+        written = eco.download(url, fd, have, art.size)
     except net.TooLarge as e:
         raise _TooLong(f"the registry sends more than the {art.size} bytes the lock pins (stopped reading at "
                        f"{(art.size or 0) + 1})") from e
