@@ -10,7 +10,8 @@ were sent before the client hung up.
 Its lies are switched on per test through ``Lies``: a Bearer ``realm`` (on
 another server, say), a required Basic login, an upload ``Location`` on
 another origin, a redirect of blob reads (to ``file:``), a drip (a byte every
-``drip`` seconds), endless bodies, a ``Content-Length`` that says less than
+``drip`` seconds) of the body or (``drip_headers``) of the status line and
+headers, endless bodies, a ``Content-Length`` that says less than
 is sent. Bind it to 127.0.0.2 to play "another host" next to 127.0.0.1.
 """
 
@@ -47,6 +48,7 @@ class Lies:
     location: str | None = None  # the Location of an upload session (default: our own /upload/ID)
     blob_redirect: str | None = None  # blob GETs answer 302 to this URL
     drip: float = 0.0  # seconds between two bytes of a GET body
+    drip_headers: float = 0.0  # seconds between two bytes of the status line and headers (every answer)
     endless: bool = False  # GET bodies go on forever (blobs and manifests)
     short_length: bool = False  # Content-Length says 10 bytes less than the body
     status: int | None = None  # answer every request with this status (e.g. 503)
@@ -102,6 +104,21 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, *args: object) -> None:
         pass
+
+    def flush_headers(self) -> None:
+        drip = self.server.state.lies.drip_headers
+        if not drip:
+            return super().flush_headers()
+        data = b"".join(getattr(self, "_headers_buffer", []))
+        self._headers_buffer: list[bytes] = []
+        try:
+            for i in range(len(data)):
+                self.wfile.write(data[i:i + 1])
+                self.wfile.flush()
+                time.sleep(drip)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+        return None
 
     def _record(self) -> Received:
         length = int(self.headers.get("Content-Length") or 0)

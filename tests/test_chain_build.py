@@ -362,3 +362,43 @@ def test_moving_a_tag_away_from_another_projects_image_is_said(chain: Path, stor
         assert "did not build" not in " ".join(again.stderr.split())
     finally:
         client.images.remove(other.id, force=True)
+
+
+def test_every_step_is_the_first_process_of_its_own_pid_namespace(chain: Path, store: Path, tmp_path: Path) -> None:
+    """The PIDs a step sees are the same on every build (R's cli records one); it has no CAP_SYS_ADMIN."""
+    proj = copy_project(chain, tmp_path / "p")
+    (proj / "recipes" / "pids.toml").write_text(
+        'parents = ["tools"]\nrun = [\n'
+        '  "echo $$ > /pid-step; sh -c \'echo $$\' > /pid-child; ls /proc | grep -c \'^[0-9]\' > /proc-seen",\n'
+        '  "python3 -c \'import os; print(os.getpid())\' > /pid-python; grep CapBnd /proc/self/status > /caps",\n'
+        '  "sleep 600 &",\n'
+        ']\n\n[test]\ncommands = ["sleep 600 & echo left running"]\n')
+    ok(bs(proj, store, "lock", "pids"))
+    started = time.monotonic()
+    (built,) = json.loads(ok(bs(proj, store, "build", "--json", "pids")).stdout)
+    assert time.monotonic() - started < 300  # the background sleep died with its step's namespace
+    assert "pids: reproducible" in ok(bs(proj, store, "build", "--verify", "pids")).output
+    image = built["image_id"]
+    started = time.monotonic()
+    ok(bs(proj, store, "test", "pids"))  # what a test command leaves running ends with its container
+    assert time.monotonic() - started < 120
+    out = docker.from_env().containers.run(image, ["sh", "-c", "cat /pid-step /pid-child /proc-seen /pid-python /caps"],
+                                           remove=True, network_mode="none").decode().split()
+    # the step's shell is PID 1; `sh -c` is 2; `ls` and `grep` are 3 and 4 and saw only 1-4 (plus /proc/self's own)
+    assert out[:2] == ["1", "2"]
+    assert int(out[2]) <= 4
+    assert out[3] == "2"  # the second step starts again at 1: its shell, then python
+    cap_bnd = int(out[5], 16)
+    assert not cap_bnd & (1 << 21), "a build step holds CAP_SYS_ADMIN"
+
+
+def test_an_image_without_setpriv_builds_without_namespaces_and_says_so(chain: Path, store: Path,
+                                                                        tmp_path: Path) -> None:
+    proj = copy_project(chain, tmp_path / "p")
+    (proj / "recipes" / "nosetpriv.toml").write_text('parents = ["tools"]\nrun = ["rm /usr/bin/setpriv"]\n')
+    (proj / "recipes" / "plain.toml").write_text('parents = ["nosetpriv"]\nrun = ["echo $$ > /pid-step"]\n')
+    ok(bs(proj, store, "lock", "plain"))
+    result = ok(bs(proj, store, "build", "plain"))
+    assert "warning: the image has no setpriv (util-linux)" in result.stderr
+    assert docker.from_env().containers.run("plain:latest", ["cat", "/pid-step"], remove=True,
+                                            network_mode="none").decode().strip() != ""

@@ -10,6 +10,7 @@ needs libxml2's headers, which the parent lacks.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -325,3 +326,23 @@ def test_a_tarball_whose_description_is_another_package_fails_the_build(locked: 
     said = " ".join(r.stderr.split())
     assert f"R package mime {version}: its tarball is evilpkg 9.9, not what the lock pins" in said, r.stderr
     assert "another package or version than its index said" in said and "Traceback" not in said
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_a_hand_deleted_cran_entry_is_refused_before_any_container_starts(locked: Path, store: Path, built: dict,
+                                                                          tmp_path: Path) -> None:
+    """Issue 18: the closure is re-read from the vendored tarballs' DESCRIPTION, not from the lock's words."""
+    proj = copy_project(locked, tmp_path / "p")
+    path = lock_path(proj, "rpkgs")
+    head, *entries = path.read_text().split("\n[[cran]]\n")
+    kept = [e for e in entries if '\nname = "ps"\n' not in f"\n{e}"]
+    assert len(kept) == len(entries) - 1
+    path.write_text("\n[[cran]]\n".join([head, *kept]))
+    r = bs(proj, store, "build", "rpkgs")
+    assert r.exit_code == 3, r.output + r.stderr
+    said = " ".join(r.stderr.split())
+    assert "rpkgs.lock" in said and "its package set is not closed" in said
+    unmet = r"R package processx \S+ needs 'ps( \(>= [0-9.]+\))?', which no lock of the chain pins"
+    assert re.search(unmet, said), said
+    assert "container on" not in r.stderr  # refused before the build container was made

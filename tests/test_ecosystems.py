@@ -60,7 +60,7 @@ class Conda(Ecosystem):
             return []
         (folder / "conda").mkdir()
         (folder / "conda" / "environment.txt").write_text(f"numpy=={self.versions[lock.recipe]}\n")
-        return [f"echo '{STEP_MARKER}conda: install 1 package'", "conda install --offline numpy"]
+        return [f"echo '{STEP_MARKER}conda: install 1 package'\nconda install --offline numpy\n"]
 
     def covers(self, recipe: Recipe, lock: Lock, above: Sequence[Lock]) -> list[str]:
         return [self.problem] if self.problem and lock.recipe in self.versions else []
@@ -94,8 +94,9 @@ def test_staging_runs_the_new_ecosystem_after_the_others_and_before_run(tmp_path
     lock = Lock(recipe="app", recipe_hash="sha256:a", source_date_epoch=1)
     with_conda(monkeypatch, Conda({"app": "2.0.1"}))
     staged = stage_layer(Store(tmp_path / "store"), recipe, lock, tmp_path / "stage")
-    script = (staged.folder / "build.sh").read_text().splitlines()
-    assert script.index("conda install --offline numpy") < script.index("/bin/sh -e /buildsys/steps/1.sh")
+    steps = sorted((staged.folder / "steps").iterdir(), key=lambda f: int(f.stem))
+    assert [f.read_text().splitlines()[-1] for f in steps] == ["conda install --offline numpy", "echo hi"]
+    assert "run[0]: echo hi" in (staged.folder / "build.sh").read_text()
     assert (staged.folder / "conda" / "environment.txt").read_text() == "numpy==2.0.1\n"
 
 

@@ -249,9 +249,12 @@ def test_an_export_killed_late_leaves_a_partial_that_the_next_export_sweeps(ship
         from buildsys.cli import cli
         cli(["-C", {str(proj)!r}, "--store", {str(store)!r}, "export", "app", "-o", {str(out)!r}])
     """)], stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
-    assert child.stdout is not None and child.stdout.readline().strip() == "READY"
-    os.kill(child.pid, signal.SIGKILL)
-    child.wait(timeout=30)
+    with child:  # closes its stdout (left open, it was a ResourceWarning wherever the GC ran next)
+        try:
+            assert child.stdout is not None and child.stdout.readline().strip() == "READY"
+        finally:
+            os.kill(child.pid, signal.SIGKILL)
+            child.wait(timeout=30)
     (partial,) = out.parent.iterdir()
     assert partial.name.startswith(".chain.tar.partial.") and f"-{child.pid}." in partial.name
     result = ok(bs(proj, store, "export", "app", "-o", str(out)))

@@ -301,10 +301,13 @@ def _start(code: str) -> subprocess.Popen[str]:
 
 
 def _kill_when_ready(proc: subprocess.Popen[str]) -> None:
-    assert proc.stdout is not None
-    assert proc.stdout.readline().strip() == "READY"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
+    with proc:  # closes its stdout pipe, which would be an unclosed file wherever the GC found it
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == "READY"
+        finally:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
 
 

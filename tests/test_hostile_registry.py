@@ -139,6 +139,29 @@ def test_fetch_of_an_endless_registry_blob_writes_at_most_one_byte_more(tmp_path
     assert list(store.vendor.glob("*")) == [] if store.vendor.exists() else True
 
 
+def test_fetch_of_an_image_asks_the_token_service_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One registry client per registry and repository for a fetch run: one token for all its blobs."""
+    layers = [LAYER + bytes([i]) for i in range(3)]
+    docker = tmp_path / "docker"
+    docker.mkdir()
+    with lying_registry(Lies(realm="")) as reg:
+        reg.lies.realm = f"{reg.url}/token"
+        (docker / "config.json").write_text(json.dumps({"auths": {reg.host: {"auth": BASIC.split()[1]}}}))
+        monkeypatch.setenv("DOCKER_CONFIG", str(docker))
+        manifest = reg.put_image("x", "1", config([digest(la) for la in layers]), layers)
+        cfg = config([digest(la) for la in layers])
+        blobs = [("manifests", manifest, reg.manifests[manifest][0]), ("blobs", digest(cfg), cfg),
+                 *(("blobs", digest(la), la) for la in layers)]
+        arts = [Artifact("image", "x", f"blob {i}", f"{i}.blob", d[7:], len(data),
+                         (f"oci-registry://{reg.host}/x/{kind}/{d}",), local=True)
+                for i, (kind, d, data) in enumerate(blobs)]
+        report = fetch(Store(tmp_path / "store"), arts, progress=False)
+        tokens = [r for r in reg.received if r.path.startswith("/token")]
+        assert report.downloaded == len(arts) == 5
+        assert len(tokens) == 1, [r.path for r in reg.received]
+        assert all(r.headers.get("Authorization") == BASIC for r in tokens)
+
+
 def test_a_huge_manifest_is_refused_at_four_mib() -> None:
     with lying_registry(Lies(endless=True)) as reg:
         reg.manifests["1"] = (b'{"schemaVersion": 2, "layers": [' + b" " * 5000, OCI_MANIFEST)  # 5 MB
@@ -157,6 +180,21 @@ def test_a_dripping_registry_runs_out_of_time_and_says_where() -> None:
         took = time.monotonic() - started
         assert "ran out of time" in exc.value.message and f"{reg.url}/v2/x/manifests/1" in exc.value.message
         assert 2.0 <= took < 4.0, took
+
+
+def test_a_registry_that_drips_its_headers_runs_out_of_time_and_says_where() -> None:
+    """The deadline covers the status line and headers too: a byte of them every 0.1 s (each read well
+    within the 1 s read timeout) would take ~15 s per answer; the 1 s deadline cuts it at once, unretried."""
+    with lying_registry(Lies(drip_headers=0.1)) as reg:
+        reg.put_image("x", "1", config([digest(LAYER)]), [LAYER])
+        started = time.monotonic()
+        with pytest.raises(RegistryError) as exc:
+            registry(reg.host, deadline=1.0, timeout=1.0).get_manifest("x", "1")
+        took = time.monotonic() - started
+        assert "ran out of time: no complete status line and headers" in exc.value.message, exc.value.message
+        assert f"{reg.url}/v2/x/manifests/1" in exc.value.message and "the deadline is 1 s" in exc.value.message
+        assert 1.0 <= took < 1.5, took
+        assert len(reg.received) == 1  # not tried again: a server that drips once drips again
 
 
 # ---------------------------------------------------------------- malformed documents, through `lock`

@@ -5,7 +5,9 @@ The locked .debs are linked into a throw-away local repository, indexed with
 mmdebstrap finds no essential packages and quietly writes an empty tarball,
 docs/reproducibility.md "Inputs"), then ``mmdebstrap`` runs inside ``unshare --net``: a
 network namespace with only a downed loopback, so nothing can be downloaded
-even by mistake.
+even by mistake; and in its own PID namespace (with its own ``/proc``), so the
+maintainer scripts see the same process IDs on every build, as a layer's steps do,
+and nothing they start outlives the bootstrap.
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ def bootstrap_debian(store: Store, lock: Lock, run_steps: Sequence[str], out_dir
         mm_tmp.mkdir()
         env["TMPDIR"] = str(mm_tmp)
         cmd = [
-            "unshare", "--net", "--mount", "--",
+            "unshare", "--net", "--mount", "--pid", "--fork", "--mount-proc", "--kill-child", "--",
             "mmdebstrap", "--quiet", "--mode=root", "--format=tar",
             f"--variant={base.variant}", f"--architectures={base.architecture}",
             '--aptopt=Acquire::Languages "none"',

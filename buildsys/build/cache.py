@@ -22,7 +22,7 @@ from buildsys.oci.layer.normalize import NORMALIZER_VERSION
 
 # Bump when the way a layer is made changes (build steps, environment), so
 # old cache entries stop matching. The normalizer has its own version.
-BUILDER_VERSION = "2"
+BUILDER_VERSION = "3"
 
 
 class LayerCache(Protocol):

@@ -54,4 +54,4 @@ def check_vendored(store: Store, locks: Mapping[str, Lock], recipe: Recipe, pref
     if unmet := ecosystems.closure_problems(store, [locks[n] for n in prefix], lock):
         more = f" (and {len(unmet) - 3} more)" if len(unmet) > 3 else ""
         raise StaleLock(recipe.name, lock_path(recipe.path.parent.parent, recipe.name),
-                        "its pip set is not closed: " + "; ".join(unmet[:3]) + more)
+                        "its package set is not closed: " + "; ".join(unmet[:3]) + more)

@@ -195,27 +195,46 @@ class LayerMaker:
         Yields the stopped container (to read its diff, or commit it), the run's
         result and a scratch folder; a failed step raises, naming the step.
         """
-        engine = self.loader.docker()
-        assert engine is not None, "building a layer needs the docker engine"
         self.loader.load(parent, tag=None)
         with self.store.scratch(f"build-{recipe.name}") as tmp:
             staged = steps.stage_layer(self.store, recipe, lock, Path(tmp) / "stage")
-            with engine.container(parent.config_digest, staged.command, env=staged.env, network="none",
-                                       mounts=[(str(staged.folder), steps.MOUNT, True)],
-                                       hostname=bootstrap.BUILD_HOSTNAME, user="0:0", workdir="/") as container:
-                self.progress(recipe.name, "run", f"container on {parent.config_digest[:19]}, network none")
-                result = container.run(on_output=lambda line: self._on_build_output(recipe.name, line))
-                if result.exit_code != 0:
-                    step = steps.failed_step(result.output)
-                    hint = (bootstrap.NO_NETWORK_HINT if bootstrap.tried_network(result.output) else
-                            steps.failure_hint(result.output) or
-                            f"fix the step in {recipe.path}, then run `buildsys build {recipe.name}` again")
-                    raise BuildError(recipe.name, f"{step} (exit {result.exit_code})", result.output, hint=hint)
-                yield container, result, Path(tmp)
+            with self._container(recipe, parent, staged, namespaces=True) as (container, result):
+                if not steps.lacks_namespaces(result):
+                    yield container, self._checked(recipe, result), Path(tmp)
+                    return
+            self.progress(recipe.name, "warning", "the image has no setpriv (util-linux): steps run without a "
+                          "fresh PID namespace each, so process IDs may differ between builds")
+            with self._container(recipe, parent, staged, namespaces=False) as (container, result):
+                yield container, self._checked(recipe, result), Path(tmp)
+
+    @contextlib.contextmanager
+    def _container(self, recipe: Recipe, parent: LayerRecord, staged: steps.Staged, *,
+                   namespaces: bool) -> Iterator[tuple[Container, RunResult]]:
+        """The build container of ``staged`` on ``parent``, run to its end (removed when the block ends)."""
+        engine = self.loader.docker()
+        assert engine is not None, "building a layer needs the docker engine"
+        command = staged.command if namespaces else staged.plain_command
+        with engine.container(parent.config_digest, command, env=staged.env, network="none",
+                              mounts=[(str(staged.folder), steps.MOUNT, True)], hostname=bootstrap.BUILD_HOSTNAME,
+                              user="0:0", workdir="/", namespaces=namespaces) as container:
+            self.progress(recipe.name, "run", f"container on {parent.config_digest[:19]}, network none")
+            yield container, container.run(on_output=lambda line: self._on_build_output(recipe.name, line))
+
+    def _checked(self, recipe: Recipe, result: RunResult) -> RunResult:
+        """``result`` of a build that succeeded; a failed step raises, naming the step."""
+        if result.exit_code != 0:
+            step = steps.failed_step(result.output)
+            hint = (bootstrap.NO_NETWORK_HINT if bootstrap.tried_network(result.output) else
+                    steps.failure_hint(result.output) or
+                    f"fix the step in {recipe.path}, then run `buildsys build {recipe.name}` again")
+            raise BuildError(recipe.name, f"{step} (exit {result.exit_code})", result.output, hint=hint)
+        return result
 
     def _on_build_output(self, recipe: str, line: str) -> None:
         if line.startswith(steps.STEP_MARKER):
             self.progress(recipe, "step", line.removeprefix(steps.STEP_MARKER))
+        elif line.startswith(steps.WARNING_MARKER):
+            self.progress(recipe, "warning", line.removeprefix(steps.WARNING_MARKER))
 
     def _config(self, recipe: Recipe, lock: Lock, parent: LayerRecord | None, diff_id: str,
                 created_by: str) -> dict[str, Any]:

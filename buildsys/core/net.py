@@ -18,8 +18,11 @@ a token realm, an upload ``Location``) and not only the first:
   with a byte limit (documents: ``MAX_DOCUMENT``; blobs: their declared size,
   stopped at one byte more) and a deadline for the whole request, not only
   per read: ``DEADLINE`` seconds plus one second per ``MIN_RATE`` bytes
-  received. A server that drips a byte every few seconds fails after about
-  ``DEADLINE`` seconds; one that sends fast is never cut short.
+  received. It runs from the first connect, through every redirect, the
+  status lines and headers (each read of them waits at most until the
+  deadline: ``_paced_adapter``) to the last byte of the body. A server that
+  drips a byte every few seconds, in its headers or its body, fails after
+  about ``DEADLINE`` seconds; one that sends fast is never cut short.
 - **Retries.** Connection errors, 5xx, 408 and 429 are retried with
   exponential backoff; every other answer is returned to the caller, who
   knows what it means.
@@ -27,12 +30,15 @@ a token realm, an upload ``Location``) and not only the first:
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import ipaddress
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, cast
+from typing import IO, TYPE_CHECKING, Any, cast
 from urllib.parse import urljoin, urlsplit
 
 from buildsys import __version__
@@ -40,7 +46,11 @@ from buildsys.core.errors import BuildsysError
 from buildsys.core.urlpolicy import LOCAL_NAMES, local_reason
 
 if TYPE_CHECKING:
+    import http.client
+    import socket
+
     import requests
+    import requests.adapters
     import urllib3.exceptions
 
 
@@ -66,6 +76,9 @@ MIN_RATE = 32 << 10
 CONNECT_TIMEOUT = 15.0
 READ_TIMEOUT = 30.0  # between two bytes; the deadline bounds the whole
 MAX_REDIRECTS = 10
+# Connections kept per host: a client may serve several threads (fetch shares one registry client among
+# its -j downloads); one over this many is closed after use, with a warning from urllib3 on stderr.
+POOL_SIZE = 32
 CHUNK = 1 << 16
 _REDIRECTS = (301, 302, 303, 307, 308)
 _RETRY_STATUS = (408, 429)
@@ -91,12 +104,16 @@ class URLRefused(NetError):
 
 
 class DeadlineExceeded(NetError):
+    """The request's deadline passed: before the headers were all in (``received`` 0), or during the body."""
+
     transient = True
 
-    def __init__(self, url: str, seconds: float, received: int) -> None:
+    def __init__(self, url: str, seconds: float, received: int, *, deadline: float = DEADLINE,
+                 min_rate: float = MIN_RATE, headers: bool = False) -> None:
         self.seconds, self.received = seconds, received
-        super().__init__(url, f"ran out of time: {received} bytes in {seconds:.0f} s (the deadline is "
-                         f"{DEADLINE:.0f} s plus 1 s per {MIN_RATE >> 10} KiB received)",
+        what = "no complete status line and headers" if headers else f"{received} bytes"
+        super().__init__(url, f"ran out of time: {what} in {seconds:.1f} s (the deadline is "
+                         f"{deadline:g} s plus 1 s per {int(min_rate) >> 10} KiB received)",
                          "the server is stalled or far too slow; try again later or use another mirror")
 
 
@@ -226,7 +243,8 @@ class Response:
     def _check_time(self) -> None:
         elapsed = time.monotonic() - self._started
         if elapsed > self._deadline + self.received / self._min_rate:
-            raise DeadlineExceeded(self.url, elapsed, self.received)
+            raise DeadlineExceeded(self.url, elapsed, self.received, deadline=self._deadline,
+                                   min_rate=self._min_rate)
 
     def chunks(self, limit: int | None, what: str) -> Iterator[bytes]:
         """The body, chunk by chunk: at most ``limit`` bytes (more is ``TooLarge``), within the deadline."""
@@ -240,7 +258,8 @@ class Response:
                 chunk = raw.read1(max(want, 1), decode_content=False)
             except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as e:
                 if isinstance(e, urllib3.exceptions.ReadTimeoutError):
-                    raise DeadlineExceeded(self.url, time.monotonic() - self._started, self.received) from e
+                    raise DeadlineExceeded(self.url, time.monotonic() - self._started, self.received,
+                                           deadline=self._deadline, min_rate=self._min_rate) from e
                 raise Interrupted(self.url, _short(e), self.received) from e
             if not chunk:
                 return
@@ -309,6 +328,8 @@ class Client:
         _load_requests()
         self.session = requests.Session()
         self.session.trust_env = True  # proxies and CA bundles from the environment, as before
+        for prefix in ("http://", "https://"):
+            self.session.mount(prefix, _paced_adapter()(pool_maxsize=POOL_SIZE))
 
     def close(self) -> None:
         self.session.close()
@@ -360,20 +381,7 @@ class Client:
             if credential is not None and origin(url) == credential.origin and \
                     self.policy.carries_credentials(url):
                 hdrs["Authorization"] = credential.header
-            remaining = self.deadline - (time.monotonic() - started)
-            if remaining <= 0:
-                raise DeadlineExceeded(url, time.monotonic() - started, 0)
-            timeout = (min(CONNECT_TIMEOUT, remaining), min(self.read_timeout, remaining))
-            try:
-                if isinstance(body, Path):
-                    with open(body, "rb") as f:
-                        resp = self.session.request(method, url, data=f, headers=hdrs, stream=True,
-                                                    timeout=timeout, allow_redirects=False)
-                else:
-                    resp = self.session.request(method, url, data=body, headers=hdrs, stream=True,
-                                                timeout=timeout, allow_redirects=False)
-            except requests.exceptions.InvalidSchema as e:
-                raise URLRefused(url, f"a URL requests cannot follow ({_short(e)})") from e
+            resp = self._request(method, url, hdrs, body, started)
             if resp.status_code not in _REDIRECTS or "Location" not in resp.headers:
                 return Response(resp, started, self.deadline, self.min_rate)
             resp.close()
@@ -381,6 +389,134 @@ class Client:
             if resp.status_code == 303 or (resp.status_code in (301, 302) and method == "POST"):
                 method, body = "GET", None
         raise NetError(url, f"more than {MAX_REDIRECTS} redirects", "the server redirects in a loop")
+
+    def _request(self, method: str, url: str, headers: Mapping[str, str], body: Body,
+                 started: float) -> requests.Response:
+        """One hop, up to its status line and headers, within what is left of the deadline."""
+        def expired() -> DeadlineExceeded:
+            return DeadlineExceeded(url, time.monotonic() - started, 0, deadline=self.deadline,
+                                    min_rate=self.min_rate, headers=True)
+
+        remaining = self.deadline - (time.monotonic() - started)
+        if remaining <= 0:
+            raise expired()
+        timeout = (min(CONNECT_TIMEOUT, remaining), min(self.read_timeout, remaining))
+        _pace.until = started + self.deadline
+        try:
+            with open(body, "rb") if isinstance(body, Path) else contextlib.nullcontext(body) as data:
+                return self.session.request(method, url, data=data, headers=headers, stream=True,
+                                            timeout=timeout, allow_redirects=False)
+        except requests.exceptions.InvalidSchema as e:
+            raise URLRefused(url, f"a URL requests cannot follow ({_short(e)})") from e
+        except (requests.exceptions.Timeout, requests.exceptions.ConnectionError) as e:
+            if time.monotonic() - started >= self.deadline:
+                raise expired() from e
+            raise
+        finally:
+            _pace.until = None
+
+
+# The deadline of the request this thread is sending (monotonic seconds), read by the paced
+# responses below while they read a status line and headers; None outside ``Client._request``.
+_pace = threading.local()
+_pace.until = None
+
+
+@functools.cache
+def _paced_adapter() -> type[requests.adapters.HTTPAdapter]:
+    """A requests adapter whose connections read status lines and headers within the request's deadline.
+
+    urllib3 sets one timeout per read; a server that sends a byte of its headers every few
+    seconds would never meet it. Here each read of a status line or header waits at most
+    until the deadline in ``_pace`` (and at most the read timeout): the response's reads go
+    through ``Paced``, which sets the socket's timeout before every one. Once the headers
+    are in, reads go on as before (``Response.chunks`` judges the body's pace). Built on
+    the first ``Client``, after requests is imported; a SOCKS proxy keeps urllib3's own
+    connections (and per-read timeouts only).
+    """
+    import requests.adapters
+    import urllib3.connection
+    import urllib3.connectionpool
+
+    paced = _paced_response()
+
+    class HTTPConnection(urllib3.connection.HTTPConnection):
+        response_class = paced
+
+    class HTTPSConnection(urllib3.connection.HTTPSConnection):
+        response_class = paced
+
+    class HTTPPool(urllib3.connectionpool.HTTPConnectionPool):
+        ConnectionCls = HTTPConnection
+
+    class HTTPSPool(urllib3.connectionpool.HTTPSConnectionPool):
+        ConnectionCls = HTTPSConnection
+
+    pools = {"http": HTTPPool, "https": HTTPSPool}
+
+    class Adapter(requests.adapters.HTTPAdapter):
+        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+            super().init_poolmanager(*args, **kwargs)
+            self.poolmanager.pool_classes_by_scheme = pools
+
+        def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+            manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+            if not proxy.lower().startswith("socks"):
+                manager.pool_classes_by_scheme = pools
+            return manager
+
+    return Adapter
+
+
+@functools.cache
+def _paced_response() -> type[http.client.HTTPResponse]:
+    """An ``http.client`` response whose status line and headers are read within ``_pace.until``."""
+    import http.client
+    import io
+
+    class Paced(io.RawIOBase):
+        def __init__(self, sock: socket.socket) -> None:
+            super().__init__()
+            self._sock, self._io = sock, sock.makefile("rb", buffering=0)
+            self.until: float | None = None
+            self.per_read: float | None = None
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buffer: Any) -> int | None:
+            if self.until is not None:
+                left = self.until - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("the request's deadline passed")
+                self._sock.settimeout(left if self.per_read is None else min(self.per_read, left))
+            return self._io.readinto(buffer)
+
+        def close(self) -> None:
+            self._io.close()
+            super().close()
+
+    class PacedResponse(http.client.HTTPResponse):
+        def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
+            super().__init__(sock, *args, **kwargs)
+            self.fp.close()  # the plain one; reads go through the paced one
+            self._paced = Paced(sock)
+            self._paced_sock = sock
+            self.fp = io.BufferedReader(self._paced)
+
+        def begin(self) -> None:
+            until = getattr(_pace, "until", None)
+            if until is None:
+                return super().begin()
+            self._paced.until, self._paced.per_read = until, self._paced_sock.gettimeout()
+            try:
+                return super().begin()
+            finally:
+                self._paced.until = None
+                with contextlib.suppress(OSError):  # closed after a failure: nothing to restore
+                    self._paced_sock.settimeout(self._paced.per_read)
+
+    return PacedResponse
 
 
 def _short(e: BaseException) -> str:

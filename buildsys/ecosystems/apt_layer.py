@@ -22,7 +22,7 @@ from buildsys.core.errors import LockError
 from buildsys.core.store import Artifact, Store
 from buildsys.ecosystems.apt import AptPackage, AptResolver, archive_moved, link_debs, make_local_repo
 from buildsys.ecosystems.apt_sections import AptRecipe, AptSection, LockedDeb, deb_component, deb_pin, dpkg_mismatch
-from buildsys.ecosystems.base import MOUNT, STEP_MARKER, Component, Ecosystem, LockContext, Pin
+from buildsys.ecosystems.base import MOUNT, STEP_HEADER, STEP_MARKER, Component, Ecosystem, LockContext, Pin
 from buildsys.ecosystems.debian_root import DebianBaseLock, root_debs
 from buildsys.ecosystems.registry_apt import image_release, lock_apt_on_image
 from buildsys.ecosystems.registry_image import ImageBaseLock
@@ -119,17 +119,22 @@ class Apt(Ecosystem):
                "-o APT::Sandbox::User=root -o Acquire::Languages=none -o APT::Install-Recommends=false "
                "-o Dpkg::Use-Pty=0 -q")
         names = " ".join(shlex.quote(n) for n in sorted(recipe.section(AptRecipe).packages))
+        # Two steps, each in a fresh PID namespace (build/steps.py): the index, then the install.
         return [
-            f"echo '{STEP_MARKER}apt: install {len(debs)} packages'",
-            # No service may start inside a build container.
-            "printf '#!/bin/sh\\nexit 101\\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d",
-            f"apt-get {apt} update",
-            f"apt-get {apt} install -y {names}",
-            "rm -f /usr/sbin/policy-rc.d",
-            "rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin",
-            f"echo '{INSTALLED_MARKER}'",
-            "dpkg-query -W -f '${db:Status-Abbrev} ${Package}=${Version}\\n' | awk '$1 == \"ii\" {print $2}'",
-            f"echo '{INSTALLED_MARKER}'",
+            STEP_HEADER + "\n".join([
+                f"echo '{STEP_MARKER}apt: install {len(debs)} packages'",
+                # No service may start inside a build container.
+                "printf '#!/bin/sh\\nexit 101\\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d",
+                f"apt-get {apt} update",
+            ]) + "\n",
+            STEP_HEADER + "\n".join([
+                f"apt-get {apt} install -y {names}",
+                "rm -f /usr/sbin/policy-rc.d",
+                "rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin",
+                f"echo '{INSTALLED_MARKER}'",
+                "dpkg-query -W -f '${db:Status-Abbrev} ${Package}=${Version}\\n' | awk '$1 == \"ii\" {print $2}'",
+                f"echo '{INSTALLED_MARKER}'",
+            ]) + "\n",
         ]
 
     def covers(self, recipe: Recipe, lock: Lock, above: Sequence[Lock]) -> list[str]:

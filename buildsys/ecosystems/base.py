@@ -34,6 +34,9 @@ if TYPE_CHECKING:  # docker's client is imported only where an engine is used
 # the build script prints before each step, so that a failure names its step.
 MOUNT = "/buildsys"
 STEP_MARKER = "::buildsys-step::"
+# What a step script starts with: build steps stop at the first error and at an unset variable,
+# and never inherit a umask or a folder (each step is its own process tree, build/steps.py).
+STEP_HEADER = "set -eu\numask 022\ncd /\n"
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,18 @@ class Pin:
     name: str
     version: str
     source: str  # where it comes from: a mirror, a URL, a platform ("" when the kind says it)
+
+
+class Downloads(Protocol):
+    """An ecosystem's downloads of its own URLs for one ``fetch`` run, shared by the run's threads."""
+
+    def download(self, url: str, fd: int, have: int, size: int | None) -> int:
+        """Append the file at ``url`` to ``fd`` from byte ``have`` on (from the start, the file emptied, when the
+        server does not resume); return the bytes written. Reading stops one byte past ``size``
+        (``net.TooLarge``); ``fetch`` hashes the finished file."""
+        ...
+
+    def close(self) -> None: ...
 
 
 class LockContext(Protocol):
@@ -133,7 +148,14 @@ class Ecosystem:
         return []
 
     def stage(self, store: Store, recipe: Recipe, lock: Lock, folder: Path) -> list[str]:
-        """Link this part's inputs into the staging ``folder``; return the build-script lines that install them."""
+        """Link this part's inputs into the staging ``folder``; return the steps that install them.
+
+        Each step is a whole shell script (start it with ``STEP_HEADER``) that the build runs as
+        the first process of a fresh PID namespace, in order, stopping at the first that fails: it
+        carries nothing to the next but the filesystem (no variable, function or folder), and the
+        process IDs it sees are the same on every build (docs/reproducibility.md, "Process IDs").
+        Split an install into one step per package where a package may record a process ID.
+        """
         return []
 
     def covers(self, recipe: Recipe, lock: Lock, above: Sequence[Lock]) -> list[str]:
@@ -167,13 +189,10 @@ class Ecosystem:
         """
         return None
 
-    # The scheme of the vendor store's URLs this ecosystem downloads itself (``download``), if any.
+    # The scheme of the vendor store's URLs this ecosystem downloads itself (``downloads``), if any.
     url_scheme: str | None = None
 
-    def download(self, url: str, fd: int, have: int, size: int | None) -> int:
-        """Append the file at ``url`` (of ``url_scheme``) to ``fd`` from byte ``have`` on; return bytes written.
-
-        Reading stops one byte past ``size`` (``net.TooLarge``); ``fetch`` hashes the finished file.
-        """
+    def downloads(self) -> Downloads:
+        """What downloads this ecosystem's URLs (of ``url_scheme``) for one ``fetch`` run, which closes it."""
         raise NotImplementedError(f"{self.name} downloads no URL of its own")
 

@@ -8,7 +8,7 @@ Depends, Imports and LinkingTo (what ``install.packages`` follows by default),
 less base and recommended packages and whatever the parent image already has
 installed (Debian's ``r-cran-*`` included), read from the image itself.
 
-The build side (``install_script``) lives here too, as pip's does in ``pip``.
+The build side (``install_steps``) lives here too, as pip's does in ``pip``.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import hashlib
 import heapq
 import re
 import shlex
+import tarfile
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,7 +33,8 @@ from buildsys.core.errors import FetchError, HashMismatch, LockError, NotVendore
 from buildsys.core.store import Artifact, Store
 from buildsys.core.urlpolicy import local_reason
 from buildsys.ecosystems.apt_layer import chain_debs
-from buildsys.ecosystems.base import MOUNT, STEP_MARKER, Component, Ecosystem, LockContext, Pin
+from buildsys.ecosystems.base import MOUNT, STEP_HEADER, STEP_MARKER, Component, Ecosystem, LockContext, Pin
+from buildsys.ecosystems.registry_image import ImageBaseLock
 from buildsys.model.lockfile import Lock, LockSection
 from buildsys.model.lockschema import (
     SHA256,
@@ -584,15 +586,17 @@ def _download(store: Store, url: str, entry: IndexEntry, allow_local: bool) -> t
 _NOT_PINNED = "not what the lock pins"
 
 
-def install_script(packages: Sequence[LockedCran], repo: str, mount: str, epoch: int) -> str:
-    """Shell that installs the vendored tarballs in dependency order, reproducibly.
+def install_steps(packages: Sequence[LockedCran], repo: str, mount: str, epoch: int) -> list[str]:
+    """The build steps that install the vendored tarballs in dependency order, reproducibly: one per package.
 
-    Each source and its fix is in docs/reproducibility.md ("R packages"). A tarball whose
-    DESCRIPTION is another package or version than the lock pins (its sha256 vouches for the bytes,
-    not for what they claim) is refused before R installs it, and what R installed is read back.
+    Each source and its fix is in docs/reproducibility.md ("R packages"). Each package is its own
+    step, so R CMD INSTALL of each runs in a fresh PID namespace and sees the same process IDs on
+    every build (cli records the PID of the R that installed it). A tarball whose DESCRIPTION is
+    another package or version than the lock pins (its sha256 vouches for the bytes, not for what
+    they claim) is refused before R installs it, and what R installed is read back.
     """
     built = shlex.quote(_utc(epoch))
-    lines = [
+    env = "\n".join([
         f"mkdir -p {SITE_LIBRARY} {BUILD_DIR}",
         # Compiler flags: Debian's R Makeconf already maps its own build path; map ours, and
         # keep -g (debug info is then path-free and the same every time).
@@ -605,11 +609,13 @@ def install_script(packages: Sequence[LockedCran], repo: str, mount: str, epoch:
         "v=$(sed -n 's/^Version:[[:space:]]*//p' \"$3\" 2>/dev/null | head -n1 | tr -d '[:space:]'); "
         "[ \"$p\" = \"$1\" ] && [ \"$v\" = \"$2\" ] || { echo \"R package $1 $2: $4 is ${p:-?} ${v:-?}, "
         f"{_NOT_PINNED}\"; exit 1; }}; }}",
-    ]
+    ])
+    steps = []
     for p in install_order(packages):
         tar = f"{mount}/cran/{p.name}_{p.version}.tar.gz"
-        lines += [
+        steps.append(STEP_HEADER + "\n".join([
             f"echo '{STEP_MARKER}cran: install {p.name} {p.version}'",
+            env,
             f"rm -rf {BUILD_DIR}/{p.name} && tar -xzf {tar} -C {BUILD_DIR} --no-same-owner",
             f"test -d {BUILD_DIR}/{p.name} || {{ echo 'R package {p.name}: its tarball has no folder "
             f"{p.name}/'; exit 1; }}",
@@ -618,16 +624,16 @@ def install_script(packages: Sequence[LockedCran], repo: str, mount: str, epoch:
             f"{BUILD_DIR}/{p.name}",
             f"buildsys_cran_is {p.name} {p.version} {SITE_LIBRARY}/{p.name}/DESCRIPTION 'what R installed'",
             f"rm -rf {BUILD_DIR}/{p.name}",
-        ]
+        ]) + "\n")
     rprofile = f'options(repos = c(CRAN = "{_r_string(repo)}"))'
-    lines += [
+    steps.append(STEP_HEADER + "\n".join([
         f"rm -rf {BUILD_DIR}",
         "mkdir -p /etc/R",
         # Debian's Rprofile.site is a conffile; only our line is appended, once.
         f"grep -qxF {shlex.quote(rprofile)} /etc/R/Rprofile.site 2>/dev/null || "
         f"echo {shlex.quote(rprofile)} >> /etc/R/Rprofile.site",
-    ]
-    return "\n".join(lines)
+    ]) + "\n")
+    return steps
 
 
 MAKEVARS = f"""\
@@ -651,6 +657,65 @@ def stage_tarballs(store: Store, recipe: str, packages: Sequence[LockedCran], fo
             raise NotVendored(recipe, f"R package {p.name} {p.version} ({p.url})")
         (folder / f"{p.name}_{p.version}.tar.gz").hardlink_to(src)
     (folder / "Makevars").write_text(MAKEVARS)
+
+
+# R's own packages: in every R, never on CRAN, never an r-cran-* package.
+R_BASE_PACKAGES = frozenset({"base", "compiler", "datasets", "graphics", "grDevices", "grid", "methods", "parallel",
+                             "splines", "stats", "stats4", "tcltk", "tools", "utils"})
+DESCRIPTION_CAP = 1 << 20  # a DESCRIPTION is a few KiB; CRAN's largest is far below this
+
+
+def tarball_needs(tarball: Path, name: str) -> list[Dependency] | None:
+    """Depends, Imports and LinkingTo (R itself left out) of ``NAME/DESCRIPTION`` in a vendored source tarball.
+
+    None when the tarball has no readable DESCRIPTION for ``name`` (the build refuses such a
+    tarball too, naming it). The tarball is read as a stream, up to its DESCRIPTION.
+    """
+    try:
+        with tarfile.open(tarball, "r|gz") as tf:
+            for m in tf:
+                if m.name.removeprefix("./") != f"{name}/DESCRIPTION":
+                    continue
+                f = tf.extractfile(m) if m.isfile() and m.size <= DESCRIPTION_CAP else None
+                if f is None:
+                    return None
+                fields = parse_dcf(f.read().decode("utf-8", errors="replace"))
+                return [d for fld in DEP_FIELDS for d in parse_deps(fields[0].get(fld, "")) if d.name != "R"]
+    except (tarfile.TarError, OSError, EOFError, zlib.error, ValueError, IndexError):
+        return None
+    return None
+
+
+def cran_closure(store: Store, chain: Sequence[Lock], lock: Lock) -> list[str]:
+    """What the vendored tarballs of ``lock`` need that the chain does not have ("pkg needs dep").
+
+    Read from each tarball's own DESCRIPTION (its sha256 vouches for it, unlike anything
+    written in the lock), as the pip closure is read from the wheels: so a hand-deleted
+    ``[[cran]]`` entry is found before any container starts. A dependency is met by a pin of
+    the chain (whose version must fit), by R's own packages, or by Debian's r-cran-NAME in the
+    chain. On a registry image the image's own R packages are not in any lock, so there only
+    the version of a pinned dependency is checked.
+    """
+    pins = {c.name: c.version for lk in (*chain, lock) for c in lk.section(CranSection).packages}
+    debs = chain_debs([*chain, lock])
+    image_root = any(lk.get(ImageBaseLock) is not None for lk in chain)
+    problems: list[str] = []
+    for c in lock.section(CranSection).packages:
+        path = store.vendor_path(c.sha256)
+        if not path.is_file():
+            continue  # the vendor check names a missing file
+        needs = tarball_needs(path, c.name)
+        if needs is None:
+            problems.append(f"R package {c.name} {c.version}: its tarball has no readable {c.name}/DESCRIPTION")
+            continue
+        for dep in needs:
+            if dep.name in pins:
+                if not dep.met_by(pins[dep.name]):
+                    problems.append(f"R package {c.name} {c.version} needs '{dep}', the chain pins "
+                                    f"{pins[dep.name]}")
+            elif not (dep.name in R_BASE_PACKAGES or f"r-cran-{dep.name.lower()}" in debs or image_root):
+                problems.append(f"R package {c.name} {c.version} needs '{dep}', which no lock of the chain pins")
+    return sorted(set(problems))
 
 
 def failure_hint(output: str) -> str | None:
@@ -735,7 +800,7 @@ class Cran(Ecosystem):
         if not lock.cran:
             return []
         stage_tarballs(store, recipe.name, lock.cran, folder / "cran")
-        return [install_script(lock.cran, lock.cran_repo or "", MOUNT, lock.source_date_epoch)]
+        return install_steps(lock.cran, lock.cran_repo or "", MOUNT, lock.source_date_epoch)
 
     def covers(self, recipe: Recipe, lock: Lock, above: Sequence[Lock]) -> list[str]:
         """Every [cran] package is pinned here or in the chain (Debian's r-cran-NAME counts), from the recipe's repo."""
@@ -753,6 +818,9 @@ class Cran(Ecosystem):
             if why := repo_relative_problem(c.url, wanted.repo or ""):
                 problems.append(f"R package '{c.name}' comes from {c.url}, not the recipe's cran.repo ({why})")
         return problems
+
+    def closure_problems(self, store: Store, chain: Sequence[Lock], lock: Lock) -> list[str]:
+        return cran_closure(store, chain, lock) if lock.section(CranSection).packages else []
 
     def components(self, lock: Lock) -> list[Component]:
         return [Component("cran", c.name, c.version, PackageURL("cran", None, c.name, c.version).to_string(),

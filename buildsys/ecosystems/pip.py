@@ -29,7 +29,7 @@ from buildsys.core.errors import LockError, NotVendored
 from buildsys.core.store import Artifact, Store, atomic_write
 from buildsys.core.urlpolicy import local_reason
 from buildsys.ecosystems.apt_layer import chain_debs
-from buildsys.ecosystems.base import MOUNT, STEP_MARKER, Component, Ecosystem, LockContext, Pin
+from buildsys.ecosystems.base import MOUNT, STEP_HEADER, STEP_MARKER, Component, Ecosystem, LockContext, Pin
 from buildsys.ecosystems.pip_resolve import LockedPip, LockedWheelFile, PipRecipe, check_pip, lock_pip
 from buildsys.ecosystems.pypi import DEFAULT_INDEX
 from buildsys.model.lockfile import Lock, LockSection
@@ -231,7 +231,8 @@ class Pip(Ecosystem):
         if not packages:
             return []
         stage_wheels(store, lock, folder / "wheels")
-        return [f"echo '{STEP_MARKER}pip: install {len(packages)} packages'", install_script(lock, f"{MOUNT}/wheels")]
+        return [f"{STEP_HEADER}echo '{STEP_MARKER}pip: install {len(packages)} packages'\n"
+                f"{install_script(lock, f'{MOUNT}/wheels')}\n"]
 
     def covers(self, recipe: Recipe, lock: Lock, above: Sequence[Lock]) -> list[str]:
         problems: list[str] = []

@@ -18,6 +18,7 @@ import dataclasses
 import json
 import os
 import re
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -56,7 +57,7 @@ from buildsys.oci.registry import (
 
 INDEX_TYPES = ("application/vnd.oci.image.index.v1+json",
                "application/vnd.docker.distribution.manifest.list.v2+json")
-# The scheme of the vendor store's URLs for registry blobs: ``vendor`` hands them to ``download``.
+# The scheme of the vendor store's URLs for registry blobs: ``fetch`` hands them to ``BlobDownloads``.
 SCHEME = "oci-registry"
 
 
@@ -293,25 +294,51 @@ def _manifest(manifest: dict[str, Any], media: str, where: str) -> dict[str, Any
     return manifest
 
 
-def download(url: str, fd: int, have: int, size: int | None = None) -> int:
-    """Append the blob at ``url`` (``blob_url``) to ``fd`` from byte ``have`` on; return bytes written.
+class BlobDownloads:
+    """``fetch``'s registry clients of one run, one per registry and repository, shared by its threads.
 
-    Through ``registry.Registry``, so docker's credentials and a Bearer realm
-    work as they do for ``publish``. Reading stops one byte past the locked
-    ``size`` (``net.TooLarge``); the caller hashes the finished file.
+    One client per repository, not per blob: its token (scoped to the repository, as a Bearer
+    realm grants it) and its connections serve every blob of an image, where a client per blob
+    asked the token service once per blob. The credential and origin rules are the client's own
+    (``oci/registry.py``), so docker's credentials and a Bearer realm work as they do for
+    ``publish``; the clients are closed when the run ends.
     """
-    host, path = parse_blob_url(url)
-    reg = Registry(host)
-    headers = {"Accept": ", ".join(IMAGE_MANIFEST_TYPES)} if "/manifests/" in path else {}
-    if have:
-        headers["Range"] = f"bytes={have}-"
-    with reg.client, reg.request("GET", path, headers=headers, ok=(200, 206), what=path.rsplit("/", 1)[-1]) as resp:
-        if resp.status_code == 200 and have:  # the registry ignored Range: from the start
-            os.ftruncate(fd, 0)
-            have = 0
-        os.lseek(fd, have, os.SEEK_SET)
-        return resp.stream(lambda chunk: os.write(fd, chunk), None if size is None else size - have,
-                           f"blob {path.rsplit('/', 1)[-1]}")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._clients: dict[tuple[str, str], Registry] = {}
+
+    def _client(self, host: str, repository: str) -> Registry:
+        with self._lock:
+            reg = self._clients.get((host, repository))
+            if reg is None:
+                reg = self._clients[(host, repository)] = Registry(host)
+            return reg
+
+    def download(self, url: str, fd: int, have: int, size: int | None) -> int:
+        """Append the blob at ``url`` (``blob_url``) to ``fd`` from byte ``have`` on (by Range); its bytes.
+
+        Reading stops one byte past the locked ``size`` (``net.TooLarge``); the caller hashes the file.
+        """
+        host, path = parse_blob_url(url)
+        repository, kind, digest = path.removeprefix("/v2/").rsplit("/", 2)
+        reg = self._client(host, repository)
+        headers = {"Accept": ", ".join(IMAGE_MANIFEST_TYPES)} if kind == "manifests" else {}
+        if have:
+            headers["Range"] = f"bytes={have}-"
+        with reg.request("GET", path, headers=headers, ok=(200, 206), what=digest) as resp:
+            if resp.status_code == 200 and have:  # the registry ignored Range: from the start
+                os.ftruncate(fd, 0)
+                have = 0
+            os.lseek(fd, have, os.SEEK_SET)
+            return resp.stream(lambda chunk: os.write(fd, chunk), None if size is None else size - have,
+                               f"blob {digest}")
+
+    def close(self) -> None:
+        with self._lock:
+            for reg in self._clients.values():
+                reg.client.close()
+            self._clients.clear()
 
 
 def blob_artifacts(pinned: ImageBaseLock) -> list[Artifact]:
@@ -340,8 +367,8 @@ class RegistryImage(Ecosystem):
     lock_section = ImageBaseLock
     url_scheme = SCHEME  # the blobs, through the registry client (docker's credentials, Bearer auth)
 
-    def download(self, url: str, fd: int, have: int, size: int | None) -> int:
-        return download(url, fd, have, size)
+    def downloads(self) -> BlobDownloads:
+        return BlobDownloads()
 
     def prepare(self, ctx: LockContext) -> None:
         recipe = ctx.recipe

@@ -237,21 +237,26 @@ class Engine:
                   env: Mapping[str, str] | None = None, network: str = "none",
                   mounts: Iterable[tuple[str, str, bool]] = (), hostname: str | None = None,
                   user: str | None = None, workdir: str | None = None,
-                  gpus: Sequence[GpuRequest] = ()) -> Iterator[Container]:
+                  gpus: Sequence[GpuRequest] = (), namespaces: bool = False) -> Iterator[Container]:
         """A created (not started) container, removed on exit whatever happens.
 
         ``entrypoint`` replaces the image's (empty: none, ``command`` runs as is);
         ``user``/``workdir`` default to the image's; ``mounts`` are (host path,
         container path, read_only) bind mounts. Every container carries the owner
         label, so one left by a killed run is found and removed later.
+        ``namespaces``: the command may make PID and mount namespaces (CAP_SYS_ADMIN, and no
+        AppArmor profile where the host has one, whose docker-default denies mounting a
+        ``/proc``); a build's runner takes it and drops it before any step (build/steps.py).
         """
+        privileges: dict[str, Any] = ({"cap_add": ["SYS_ADMIN"], "security_opt": ["apparmor=unconfined"]}
+                                      if namespaces else {})
         volumes = {src: {"bind": dst, "mode": "ro" if ro else "rw"} for src, dst, ro in mounts}
         try:
             c = self.client.containers.create(
                 image, command=list(command), entrypoint=list(entrypoint), environment=dict(env or {}), user=user,
                 network_mode=network, volumes=volumes, hostname=hostname, working_dir=workdir,
                 labels={BUILD_LABEL: _owner()}, tty=False, stdin_open=False,
-                device_requests=_device_requests(gpus))
+                device_requests=_device_requests(gpus), **privileges)
         except _TRANSPORT as e:
             raise _translate(f"creating a container of {image}", e) from e
         try:

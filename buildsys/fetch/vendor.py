@@ -32,7 +32,7 @@ from buildsys.core.errors import FetchError, HashMismatch
 from buildsys.core.store import Artifact, Store, sha256_file
 from buildsys.core.urlpolicy import local_reason
 from buildsys.ecosystems import downloader
-from buildsys.ecosystems.base import Ecosystem
+from buildsys.ecosystems.base import Downloads, Ecosystem
 from buildsys.oci.registry import RegistryError
 
 CHUNK = 1 << 16
@@ -177,9 +177,11 @@ def fetch(
     errors: list[FetchError] = []
     done_bytes = 0
     downloaded = 0
-    with display, ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="fetch") as pool:
+    downloads = _Downloads()
+    with display, downloads, ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="fetch") as pool:
         futures: dict[Future[tuple[bool, int]], Artifact] = {
-            pool.submit(_fetch_one, store, art, retries, timeout, display, stop, purge): art for art in todo
+            pool.submit(_fetch_one, store, art, retries, timeout, display, stop, purge, downloads): art
+            for art in todo
         }
         try:
             pending = set(futures)
@@ -242,18 +244,51 @@ def verify_store(store: Store, artifacts: Sequence[Artifact], *, remove: bool = 
 # -- one artifact ---------------------------------------------------------------
 
 
+class _Downloads:
+    """The ecosystems' downloads of one fetch run (``Ecosystem.downloads``: a registry's clients, one per
+    repository), each made at its first URL, shared by the run's threads and closed when the run ends."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: dict[str, Downloads] = {}
+
+    def get(self, eco: Ecosystem) -> Downloads:
+        with self._lock:
+            d = self._open.get(eco.name)
+            if d is None:
+                d = self._open[eco.name] = eco.downloads()
+            return d
+
+    def __enter__(self) -> _Downloads:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            for d in self._open.values():
+                d.close()
+            self._open.clear()
+
+
+@dataclass(frozen=True)
+class _Links:
+    """What one download reaches the network through: its own HTTP client, the run's ecosystems' downloads."""
+
+    http: net.Client
+    downloads: _Downloads
+
+
 def _fetch_one(
     store: Store, art: Artifact, retries: int, timeout: float, display: _Display, stop: threading.Event,
-    purge: threading.Event,
+    purge: threading.Event, downloads: _Downloads,
 ) -> tuple[bool, int]:
     """Download, verify and place one artifact; return (placed by us, bytes transferred)."""
     policy = net.Policy(local_ok=art.local)
     with contextlib.closing(net.Client(policy, attempts=1, read_timeout=timeout)) as client:
-        return _fetch_with(client, store, art, retries, display, stop, purge)
+        return _fetch_with(_Links(client, downloads), store, art, retries, display, stop, purge)
 
 
 def _fetch_with(
-    client: net.Client, store: Store, art: Artifact, retries: int, display: _Display, stop: threading.Event,
+    links: _Links, store: Store, art: Artifact, retries: int, display: _Display, stop: threading.Event,
     purge: threading.Event,
 ) -> tuple[bool, int]:
     """Try each URL of ``art`` in turn under the lock of its partial file; place the first verified download."""
@@ -270,7 +305,7 @@ def _fetch_with(
         placed = False
         try:
             for url in art.urls:
-                verified, nbytes = _try_url(url, fd, partial, art, client, retries,
+                verified, nbytes = _try_url(url, fd, partial, art, links, retries,
                                             lambda n: display.advance(task, n), stop, attempts)
                 transferred += nbytes
                 if verified:
@@ -288,7 +323,7 @@ def _fetch_with(
 
 
 def _try_url(
-    url: str, fd: int, partial: Path, art: Artifact, client: net.Client, retries: int,
+    url: str, fd: int, partial: Path, art: Artifact, links: _Links, retries: int,
     advance: Callable[[int], None], stop: threading.Event, attempts: list[tuple[str, str]],
 ) -> tuple[bool, int]:
     """Download ``art`` from one URL, retrying transient failures; return (verified, bytes transferred).
@@ -303,7 +338,7 @@ def _try_url(
             raise _Stopped()
         resumed = os.fstat(fd).st_size > 0
         try:
-            transferred += _download(url, fd, art, client, advance, stop)
+            transferred += _download(url, fd, art, links, advance, stop)
         except _Transient as e:
             attempt += 1
             attempts.append((url, f"{e} (attempt {attempt} of {retries + 1})"))
@@ -385,7 +420,7 @@ def _hash_fd(fd: int) -> str:
 
 
 def _download(
-    url: str, fd: int, art: Artifact, client: net.Client, advance: Callable[[int], None], stop: threading.Event
+    url: str, fd: int, art: Artifact, links: _Links, advance: Callable[[int], None], stop: threading.Event
 ) -> int:
     """Complete the partial file at ``fd`` from ``url``; return the bytes transferred.
 
@@ -399,10 +434,10 @@ def _download(
     if scheme == "file":
         return _copy_file(url, fd, advance)
     if (eco := downloader(url)) is not None:  # a registry base's blobs
-        return _ecosystem_download(eco, url, fd, art, advance)
+        return _ecosystem_download(links.downloads.get(eco), url, fd, art, advance)
     if scheme not in ("http", "https"):
         raise _Permanent(f"unsupported URL scheme '{scheme}'")
-    return _http_get(url, fd, art, client, advance, stop)
+    return _http_get(url, fd, art, links.http, advance, stop)
 
 
 def _http_get(
@@ -478,14 +513,14 @@ def _stream(resp: net.Response, fd: int, have: int, art: Artifact, advance: Call
     return resp.stream(write, None if art.size is None else art.size - have, art.filename)
 
 
-def _ecosystem_download(eco: Ecosystem, url: str, fd: int, art: Artifact, advance: Callable[[int], None]) -> int:
-    """A file an ecosystem downloads itself (a registry base's blob, through the registry client: auth, its
-    own retries); resumed by Range."""
+def _ecosystem_download(downloads: Downloads, url: str, fd: int, art: Artifact, advance: Callable[[int], None]) -> int:
+    """A file an ecosystem downloads itself (a registry base's blob, through the run's client of its repository:
+    auth, its own retries); resumed by Range."""
     have = _resume_from(fd, art)
     if have is None:
         return 0
     try:
-        written = eco.download(url, fd, have, art.size)
+        written = downloads.download(url, fd, have, art.size)
     except net.TooLarge as e:
         raise _TooLong(f"the registry sends more than the {art.size} bytes the lock pins (stopped reading at "
                        f"{(art.size or 0) + 1})") from e

@@ -26,6 +26,7 @@ import io
 import json
 import os
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,6 +167,10 @@ class Registry:
     distribution spec's token flow requires, only over HTTPS or on loopback;
     nothing is sent in clear text to a host that is not this machine.
     ``loopback`` (what counts as this machine) is injectable for tests only.
+
+    One client may serve several threads (``fetch`` shares one per registry
+    and repository): the requests that a 401 answers at once log in once, and
+    go on with the header that login gave.
     """
 
     def __init__(self, host: str, *, insecure: bool = False, credentials: tuple[str, str] | None = None,
@@ -183,6 +188,7 @@ class Registry:
         self.client = net.Client(policy, attempts=attempts, backoff=backoff, deadline=deadline,
                                  read_timeout=timeout)
         self._auth: str | None = None  # the Authorization header that worked last, for this origin only
+        self._login_lock = threading.Lock()
 
     @property
     def base(self) -> str:
@@ -217,12 +223,13 @@ class Registry:
             raise NotInRegistry(self.host, what or _path(url))
         raise RegistryError(self.host, f"{what or method + ' ' + _path(url)}: HTTP {resp.status_code}" + detail)
 
-    def _credential(self) -> net.Credential | None:
-        return net.Credential.for_url(self.base + "/", self._auth) if self._auth else None
+    def _credential(self, auth: str | None) -> net.Credential | None:
+        return net.Credential.for_url(self.base + "/", auth) if auth else None
 
     def _send(self, method: str, url: str, body: bytes | Path | None, headers: dict[str, str] | None,
               ) -> net.Response:
-        resp = self.client.send(method, url, headers=headers, body=body, credential=self._credential())
+        sent = self._auth
+        resp = self.client.send(method, url, headers=headers, body=body, credential=self._credential(sent))
         if resp.status_code != 401 or "WWW-Authenticate" not in resp.headers:
             return resp
         scheme, params = _challenge(resp.headers["WWW-Authenticate"])
@@ -234,17 +241,23 @@ class Registry:
             raise RegistryAuthError(self.host, f"the registry asks for a login over plain http to {self.host}, "
                                                "which is not this machine; buildsys sends credentials only over "
                                                "HTTPS or to loopback (serve the registry over HTTPS)")
+        with self._login_lock:
+            if self._auth == sent:  # no other thread logged in since this request went out: log in
+                self._auth = self._login(scheme, params)
+            auth = self._auth
+        return self.client.send(method, url, headers=headers, body=body, credential=self._credential(auth))
+
+    def _login(self, scheme: str, params: dict[str, str]) -> str:
+        """The Authorization header that answers a challenge: Basic from the credentials, or a Bearer token."""
         if scheme == "basic":
             if not self.credentials:
                 raise RegistryAuthError(self.host, "the registry asks for a login and docker's config.json "
                                                    "has none for it")
             token = base64.b64encode(":".join(self.credentials).encode()).decode()
-            self._auth = f"Basic {token}"
-        elif scheme == "bearer":
-            self._auth = f"Bearer {self._token(params)}"
-        else:
-            raise RegistryAuthError(self.host, f"unsupported auth scheme {scheme!r}")
-        return self.client.send(method, url, headers=headers, body=body, credential=self._credential())
+            return f"Basic {token}"
+        if scheme == "bearer":
+            return f"Bearer {self._token(params)}"
+        raise RegistryAuthError(self.host, f"unsupported auth scheme {scheme!r}")
 
     def _token(self, params: dict[str, str]) -> str:
         """A token from the challenge's realm: with Basic credentials only where they may travel."""
