@@ -3,8 +3,10 @@
 The order is the SBOM's (the image, the .debs, the wheels, the R packages, the
 files) and the resolver's: apt comes before pip and CRAN, which resolve in an
 image that has the layer's apt packages. Adding an ecosystem is a module with
-an ``Ecosystem`` (and its lock part, ``lock_section``) and one entry here. The functions below read ``ECOSYSTEMS``
-when called (a test may put a fake one in).
+an ``Ecosystem`` (with its parts of a recipe and of a lock, ``recipe_section``
+and ``lock_section``, which are registered here with ``model/``) and one entry
+here. The functions below read ``ECOSYSTEMS`` when called (a test may put a
+fake one in).
 """
 
 from __future__ import annotations

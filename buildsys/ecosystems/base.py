@@ -8,11 +8,14 @@ and names none of them (pip-tools' ``repositories/base.py`` and repo2docker's
 buildpacks are the models). An ecosystem is stateless: what one resolution
 needs to keep between ``prepare`` and ``lock`` goes into ``LockContext.notes``.
 
-Each ecosystem's part of a lock is a ``model.lockfile.LockSection`` that its
-module defines (its entries, its TOML out and in, its shape on read) and names
-as ``lock_section``; ``ecosystems/__init__`` registers them with the lock
-reader. An ecosystem reads and fills only its own part (``lock.section(...)``,
-``lock.with_sections(...)``), and other ecosystems' through their types.
+Each ecosystem's part of a recipe is a ``model.recipe.RecipeSection`` (its
+key, its schema and checks, its parsed form) and its part of a lock a
+``model.lockfile.LockSection`` (its entries, its TOML out and in, its shape on
+read), both defined in its module and named as ``recipe_section`` and
+``lock_section``; ``ecosystems/__init__`` registers them with ``model/``. An
+ecosystem reads and fills its own parts (``recipe.section(...)``,
+``lock.section(...)``, ``lock.with_sections(...)``), and another's only
+through its types (apt on a root's lock part).
 """
 
 from __future__ import annotations
