@@ -47,6 +47,11 @@ from buildsys.build.records import BuiltImage, LayerRecord
 from buildsys.build.verify import format_mismatch, verify
 from buildsys.core.store import Store
 from buildsys.ecosystems import artifacts
+from buildsys.ecosystems.apt_sections import AptRecipe, AptSection
+from buildsys.ecosystems.debian_root import DebianBaseLock
+from buildsys.ecosystems.files import FilesRecipe
+from buildsys.ecosystems.pip import PipSection
+from buildsys.ecosystems.pip_resolve import PipRecipe
 from buildsys.ecosystems.pip_tools import host_ca_bundle
 from buildsys.engine import Engine
 from buildsys.fetch.vendor import FetchReport, fetch
@@ -147,14 +152,15 @@ def dockerfile(graph: Graph, chain: Sequence[str], base_id: str, with_ca: bool) 
     lines = [f"FROM {base_id}"]
     for name in chain[1:]:
         r: Recipe = graph.recipes[name]
-        if r.files:
+        if r.section(FilesRecipe).files:
             raise SystemExit(f"{name}: [[files]] has no Dockerfile counterpart in this benchmark")
-        apt = list(dict.fromkeys([*r.apt_packages, *(["python3-pip"] if r.pip_packages else [])]))
+        pips = r.section(PipRecipe).packages
+        apt = list(dict.fromkeys([*r.section(AptRecipe).packages, *(["python3-pip"] if pips else [])]))
         if apt:
             lines.append("RUN apt-get update && apt-get install -y --no-install-recommends "
                          f"{' '.join(apt)} && rm -rf /var/lib/apt/lists/*")
-        if r.pip_packages:
-            pip = f"pip install --break-system-packages {' '.join(shlex.quote(p) for p in r.pip_packages)}"
+        if pips:
+            pip = f"pip install --break-system-packages {' '.join(shlex.quote(p) for p in pips)}"
             if with_ca:
                 lines += [f"COPY {CA_FILE} /tmp/{CA_FILE}", f"RUN PIP_CERT=/tmp/{CA_FILE} {pip} && rm /tmp/{CA_FILE}"]
             else:
@@ -264,10 +270,10 @@ def run(args: argparse.Namespace, work: Path, store: Store) -> int:
     # 1. lock and fetch
     lock_s, outcomes, locks, fetched = lock_and_fetch(project, store, graph, [LEAF])
     status = ", ".join(f"{o.recipe}: {o.status}" for o in outcomes)
-    root_lock = locks[root]
-    assert root_lock.base is not None
-    n_debs = len(root_lock.base.packages) + sum(len(locks[n].apt) for n in chain[1:])
-    n_wheels = sum(len(locks[n].pip) for n in chain)
+    root_base = locks[root].get(DebianBaseLock)
+    assert root_base is not None
+    n_debs = len(root_base.packages) + sum(len(locks[n].section(AptSection).debs) for n in chain[1:])
+    n_wheels = sum(len(locks[n].section(PipSection).packages) for n in chain)
     resolved = any(o.status != "fresh" for o in outcomes)
     note = f"; pip is resolved inside a build of the parent chain, so this includes building {root}" \
         if resolved else ""

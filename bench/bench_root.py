@@ -35,6 +35,7 @@ import buildsys.build.layers as build_module  # where the Debian root calls norm
 from buildsys.build.builder import Builder
 from buildsys.core.store import Store
 from buildsys.ecosystems import artifacts as locked_artifacts
+from buildsys.ecosystems.debian_root import DebianBaseLock
 from buildsys.engine import Engine
 from buildsys.fetch.vendor import fetch
 from buildsys.lock import fresh_locks, lock_recipes
@@ -150,12 +151,13 @@ def run(args: argparse.Namespace, work: Path, store: Store, keep_tar: Path) -> i
     console.print(f"lock            {lock_s:8.2f} s  ({status})")
     locks = fresh_locks(project, graph, [RECIPE])
     lock = locks[RECIPE]
-    assert lock.base is not None
+    base = lock.get(DebianBaseLock)
+    assert base is not None
     artifacts = sorted({a.sha256: a for a in locked_artifacts(lock)}.values(), key=lambda a: a.filename)
     report = fetch(store, artifacts, progress=False)
     fetch_mb = report.bytes / MB
     console.print(f"fetch           {report.seconds:8.2f} s  ({report.downloaded} downloaded, {fetch_mb:.1f} MB, "
-                  f"{report.skipped} already in the store; {len(lock.base.packages)} packages locked)")
+                  f"{report.skipped} already in the store; {len(base.packages)} packages locked)")
 
     # 2. cold build
     connect_s, engine = timed(Engine.connect)
@@ -200,7 +202,7 @@ def run(args: argparse.Namespace, work: Path, store: Store, keep_tar: Path) -> i
                   f"{info.entries / min(norm_runs):,.0f} entries/s")
 
     # 5. summary
-    table = Table(title=f"Debian bookworm minbase root ({len(lock.base.packages)} packages)", title_justify="left")
+    table = Table(title=f"Debian bookworm minbase root ({len(base.packages)} packages)", title_justify="left")
     for col in ("lock s", "fetch s (MB)", "cold build s", "no-op rebuild s (median)", "normalize MB/s",
                 "sha256 MB/s", "normalize/sha256"):
         table.add_column(col, justify="right")

@@ -30,7 +30,7 @@ from rich.table import Table
 
 from buildsys.core.store import Store
 from buildsys.ecosystems import artifacts
-from buildsys.ecosystems.pip import pip_closure
+from buildsys.ecosystems.pip import PipSection, pip_closure
 from buildsys.fetch.vendor import fetch
 from buildsys.lock import check_locks, fresh_locks
 from buildsys.model.graph import build_graph
@@ -69,7 +69,7 @@ def main() -> int:
 
     chain = [locks[n] for n in graph.chain("jupyter")]
     closure = median_of(lambda: pip_closure(store, chain, locks["jupyter"]))
-    wheels = sum(1 for p in locks["jupyter"].pip for _ in p.artifacts())
+    wheels = sum(1 for p in locks["jupyter"].section(PipSection).packages for _ in p.artifacts())
     rows.append((f"pip closure of jupyter ({wheels} wheels' METADATA)", f"{closure * 1e3:.0f} ms", "", ""))
 
     files = [store.vendor_path(a.sha256) for a in arts.values()]

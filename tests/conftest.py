@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+import buildsys.ecosystems  # noqa: F401  (each ecosystem registers its part of a lock and of a recipe)
+
 FIXTURES = Path(__file__).parent / "fixtures"
 
 

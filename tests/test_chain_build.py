@@ -28,6 +28,10 @@ from helpers import bs, copy_project, ok
 
 from buildsys.build.builder import Builder
 from buildsys.core.store import Store
+from buildsys.ecosystems.apt_sections import AptSection
+from buildsys.ecosystems.debian_root import DebianBaseLock
+from buildsys.ecosystems.files import FilesSection
+from buildsys.ecosystems.pip import PipSection
 from buildsys.engine import Engine
 from buildsys.lock import fresh_locks
 from buildsys.model.graph import build_graph
@@ -65,21 +69,23 @@ def builder(project: Path, store: Path, events: list[tuple[str, str, str]]) -> B
 
 def test_layer_locks_pin_apt_and_pip_for_the_image_python(chain: Path) -> None:
     root, tools, app = (read_lock(lock_path(chain, n)) for n in ("root", "tools", "app"))
-    apt = {d.name for d in tools.apt}
+    apt = {d.name for d in tools.section(AptSection).debs}
     assert {"jq", "libjq1", "python3", "python3.11"} <= apt
-    assert root.base is not None
-    assert not apt & {d.name for d in root.base.packages}  # the parent's packages are not repeated
-    assert tools.python and tools.python.startswith("3.11.")  # bookworm's, whatever the host runs
-    pins = {p.name: p for p in tools.pip}
+    root_base = root.get(DebianBaseLock)
+    assert root_base is not None
+    assert not apt & {d.name for d in root_base.packages}  # the parent's packages are not repeated
+    pip = tools.section(PipSection)
+    assert pip.python and pip.python.startswith("3.11.")  # bookworm's, whatever the host runs
+    pins = {p.name: p for p in pip.packages}
     assert set(pins) == {"six", "markupsafe"}
     selected = pins["markupsafe"].selected or ""
     assert "cp311" in selected and "manylinux" in selected
-    for p in tools.pip:
+    for p in pip.packages:
         assert p.selected in {f.name for f in p.files}
         assert all(len(f.sha256) == 64 for f in p.files)
-    assert tools.pip_installer is not None and tools.pip_installer.name == "pip"
+    assert pip.installer is not None and pip.installer.name == "pip"
     assert tools.parents == {"root": root.lock_hash}
-    assert app.parents == {"tools": tools.lock_hash} and not app.apt and not app.pip
+    assert app.parents == {"tools": tools.lock_hash} and not app.get(AptSection) and not app.get(PipSection)
     assert app.source_date_epoch >= tools.source_date_epoch >= root.source_date_epoch
 
 
@@ -212,8 +218,9 @@ def test_trixie_root_with_pip_locks_from_this_host_and_imports(tmp_path: Path, s
     proj = copy_project("trixie-pip", tmp_path / "t")
     ok(bs(proj, store, "lock", "tpy"))
     lock = read_lock(lock_path(proj, "tpy"))
-    assert lock.python and lock.python.startswith("3.13.")
-    (markupsafe,) = lock.pip
+    pip = lock.section(PipSection)
+    assert pip.python and pip.python.startswith("3.13.")
+    (markupsafe,) = pip.packages
     assert markupsafe.selected and "cp313" in markupsafe.selected
     ok(bs(proj, store, "fetch", "tpy"))
     ok(bs(proj, store, "build", "tpy"))
@@ -244,7 +251,7 @@ def test_pinned_files_are_locked_vendored_and_seen_by_run_steps(chain: Path, sto
         f'[[files]]\nurl = "{http_files}/hello.txt"\nlocal = true\n\n'
         '[test]\ncommands = ["grep -q pinned /hello.txt"]\n')
     ok(bs(proj, store, "lock", "withfile"))
-    (locked,) = read_lock(lock_path(proj, "withfile")).files
+    (locked,) = read_lock(lock_path(proj, "withfile")).section(FilesSection).files
     expected = hashlib.sha256(b"hello from a pinned file\n").hexdigest()
     assert (locked.name, locked.sha256, locked.size, locked.local) == ("hello.txt", expected, 25, True)
     ok(bs(proj, store, "fetch", "withfile"))

@@ -22,7 +22,7 @@ from helpers import bs, copy_project, ok
 
 from buildsys.core.errors import BuildsysError
 from buildsys.core.store import Store
-from buildsys.ecosystems.cran import compare_versions, install_order, parse_index, tarball_artifact
+from buildsys.ecosystems.cran import CranSection, compare_versions, install_order, parse_index, tarball_artifact
 from buildsys.fetch.vendor import fetch
 from buildsys.model.lockfile import lock_path, read_lock
 
@@ -168,11 +168,12 @@ def locked(repo: tuple[str, Path], store: Path, tmp_path_factory: pytest.TempPat
 @pytest.mark.slow
 def test_lock_closure(locked: Path, repo: tuple[str, Path]) -> None:
     lock = read_lock(lock_path(locked, "rpkgs"))
-    pins = {c.name: c for c in lock.cran}
+    cran = lock.section(CranSection)
+    pins = {c.name: c for c in cran.packages}
     # jsonlite and R6 come from Debian in the parent; base packages (utils, tools) ship with R.
     assert sorted(pins) == ["digest", "mime", "processx", "ps"]
     assert pins["processx"].depends == ("R6", "ps", "utils") or "ps" in pins["processx"].depends
-    assert lock.cran_repo == repo[0] and lock.cran_index_sha256 and lock.r_version and lock.r_version.startswith("4.")
+    assert cran.repo == repo[0] and cran.index_sha256 and cran.r_version and cran.r_version.startswith("4.")
     text = lock_path(locked, "rpkgs").read_text()
     assert "[cran-repo]" in text and "[[cran]]" in text
     # A relock with nothing new is byte-identical.
@@ -189,8 +190,9 @@ def test_archived_version_is_fetched(locked: Path, repo: tuple[str, Path], cran_
     try:
         lock = read_lock(lock_path(locked, "rpkgs"))
         fresh = Store(tmp_path / "fresh")
-        fetch(fresh, [tarball_artifact(c) for c in lock.cran], progress=False)
-        digest = next(c for c in lock.cran if c.name == "digest")
+        packages = lock.section(CranSection).packages
+        fetch(fresh, [tarball_artifact(c) for c in packages], progress=False)
+        digest = next(c for c in packages if c.name == "digest")
         assert fresh.vendor_path(digest.sha256).is_file()
         assert not (root / f"src/contrib/digest_{digest.version}.tar.gz").exists()
     finally:
@@ -202,7 +204,7 @@ def test_archived_version_is_fetched(locked: Path, repo: tuple[str, Path], cran_
 def test_tampered_tarball(locked: Path, repo: tuple[str, Path], tmp_path: Path) -> None:
     _, root = repo
     lock = read_lock(lock_path(locked, "rpkgs"))
-    mime = next(c for c in lock.cran if c.name == "mime")
+    mime = next(c for c in lock.section(CranSection).packages if c.name == "mime")
     bad = tmp_path / "bad"
     shutil.copytree(root, bad)
     f = bad / f"src/contrib/mime_{mime.version}.tar.gz"

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from buildsys.core.errors import EXIT_USAGE, GraphError, UnknownRecipe
+from buildsys.ecosystems.debian_root import DebianBase
 from buildsys.model.graph import Graph, build_graph
-from buildsys.model.recipe import DebianBase, Recipe, load_recipes
+from buildsys.model.recipe import Recipe, load_recipes
 
 STACK_ORDER = ["base", "python", "jupyter", "r-base", "rstudio", "user"]
 

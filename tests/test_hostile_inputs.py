@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 from helpers import bs, ok
 
+from buildsys.ecosystems.files import FilesSection
+from buildsys.ecosystems.pip import PipSection
 from buildsys.model.lockfile import lock_path, read_lock, write_lock
 
 REPO = Path(__file__).resolve().parents[1]
@@ -144,7 +146,7 @@ def test_a_local_file_with_local_true_is_locked_with_a_warning_and_recorded(proj
     result = ok(bs(project, store, "lock", "withlocal"))
     said = " ".join(result.stderr.split())  # rich folds long lines
     assert "withlocal warning: files[0] (model.bin): reading" in said and "as local = true allows" in said
-    (locked,) = read_lock(lock_path(project, "withlocal")).files
+    (locked,) = read_lock(lock_path(project, "withlocal")).section(FilesSection).files
     assert locked.local and locked.sha256 == hashlib.sha256(b"weights\n").hexdigest()
     assert "local = true" in lock_path(project, "withlocal").read_text()
     # Dropping the opt-in from the recipe makes the lock stale, not silently trusted.
@@ -180,7 +182,7 @@ def test_a_lock_without_a_requested_apt_package_is_stale(project: Path, store: P
 
 def test_a_pin_outside_the_recipe_specifier_is_stale(project: Path, store: Path) -> None:
     lock = read_lock(lock_path(project, "python"))
-    numpy = next(p for p in lock.pip if p.name == "numpy")
+    numpy = next(p for p in lock.section(PipSection).packages if p.name == "numpy")
     edit_lock(project, "python", f'name = "numpy"\nselected = "{numpy.selected}"\nversion = "{numpy.version}"',
               f'name = "numpy"\nselected = "{numpy.selected}"\nversion = "1.26.4"')
     result = bs(project, store, "lock", "--check", "python")
@@ -229,9 +231,10 @@ def test_diff_with_a_malformed_digest_is_usage_exit_2(project: Path, store: Path
 def test_a_wheel_whose_dependency_is_locked_nowhere_is_named(tmp_path: Path) -> None:
     from buildsys.core.store import Store
     from buildsys.ecosystems.pip import pip_closure
+    from buildsys.ecosystems.pip_resolve import LockedPip, LockedWheelFile
     from buildsys.ecosystems.pypi import index_files
     from buildsys.fetch.vendor import fetch
-    from buildsys.model.lockfile import Lock, LockedPip, LockedWheelFile
+    from buildsys.model.lockfile import Lock
 
     def pinned(project: str, filename: str) -> LockedPip:
         (f,) = [f for f in index_files("https://pypi.org/simple", project).values() if f.name == filename]
@@ -244,7 +247,8 @@ def test_a_wheel_whose_dependency_is_locked_nowhere_is_named(tmp_path: Path) -> 
     fetch(store, [*dateutil.artifacts(), *six.artifacts()], progress=False)
 
     def lock(*pins: LockedPip) -> Lock:
-        return Lock(recipe="app", recipe_hash="sha256:" + "0" * 64, source_date_epoch=1, pip=pins, python="3.11.2")
+        return Lock(recipe="app", recipe_hash="sha256:" + "0" * 64, source_date_epoch=1).with_sections(
+            PipSection(packages=pins, python="3.11.2"))
 
     assert pip_closure(store, [lock(dateutil, six)], lock(dateutil, six)) == []
     parent = lock(six)  # an ancestor's pin counts

@@ -8,10 +8,13 @@ import pytest
 
 from buildsys.core.errors import LockError
 from buildsys.ecosystems.apt_layer import chain_debs
-from buildsys.ecosystems.pip import chain_pips
+from buildsys.ecosystems.apt_sections import AptSection, LockedDeb
+from buildsys.ecosystems.cran import CranSection, LockedCran
+from buildsys.ecosystems.pip import PipSection, chain_pips
+from buildsys.ecosystems.pip_resolve import LockedPip
 from buildsys.lock.parents import check_parents_agree
 from buildsys.model.graph import build_graph
-from buildsys.model.lockfile import Lock, LockedCran, LockedDeb, LockedPip
+from buildsys.model.lockfile import Lock, LockSection
 from buildsys.model.recipe import load_recipes
 
 DIAMOND = Path(__file__).parent / "fixtures" / "diamond"
@@ -22,17 +25,19 @@ def deb(name: str, version: str) -> LockedDeb:
                      path=f"pool/main/{name[0]}/{name}/{name}_{version}_amd64.deb", mirror="http://deb.debian.org/debian")
 
 
+def layer(recipe: str, recipe_hash: str, *parts: LockSection) -> Lock:
+    return Lock(recipe=recipe, recipe_hash=recipe_hash, source_date_epoch=1).with_sections(*parts)
+
+
 def locks(left: Lock, right: Lock) -> dict[str, Lock]:
-    return {"base": Lock(recipe="base", recipe_hash="sha256:b", source_date_epoch=1, apt=(deb("libc6", "2.36"),)),
+    return {"base": layer("base", "sha256:b", AptSection((deb("libc6", "2.36"),))),
             "left": left, "right": right}
 
 
 def test_parents_that_agree_pass() -> None:
     graph = build_graph(load_recipes(DIAMOND))
-    left = Lock(recipe="left", recipe_hash="sha256:l", source_date_epoch=1, apt=(deb("jq", "1.6"),),
-                pip=(LockedPip("six", "1.17.0", ()),))
-    right = Lock(recipe="right", recipe_hash="sha256:r", source_date_epoch=1, apt=(deb("jq", "1.6"),),
-                 pip=(LockedPip("six", "1.17.0", ()),))
+    left = layer("left", "sha256:l", AptSection((deb("jq", "1.6"),)), PipSection((LockedPip("six", "1.17.0", ()),)))
+    right = layer("right", "sha256:r", AptSection((deb("jq", "1.6"),)), PipSection((LockedPip("six", "1.17.0", ()),)))
     check_parents_agree(graph.recipes["top"], graph, locks(left, right))
 
 
@@ -45,17 +50,16 @@ def cran(name: str, version: str) -> LockedCran:
 def test_parents_that_disagree_name_the_package_both_versions_and_what_to_relock(kind: str) -> None:
     graph = build_graph(load_recipes(DIAMOND))
     if kind == "apt":
-        left = Lock(recipe="left", recipe_hash="sha256:l", source_date_epoch=1, apt=(deb("jq", "1.6"),))
-        right = Lock(recipe="right", recipe_hash="sha256:r", source_date_epoch=1, apt=(deb("jq", "1.7"),))
+        left = layer("left", "sha256:l", AptSection((deb("jq", "1.6"),)))
+        right = layer("right", "sha256:r", AptSection((deb("jq", "1.7"),)))
         pkg, a, b = "jq", "1.6", "1.7"
     elif kind == "CRAN":  # two snapshot dates: both layers would install into the one site library
-        left = Lock(recipe="left", recipe_hash="sha256:l", source_date_epoch=1, cran=(cran("jsonlite", "1.8.8"),))
-        right = Lock(recipe="right", recipe_hash="sha256:r", source_date_epoch=1, cran=(cran("jsonlite", "1.9.0"),))
+        left = layer("left", "sha256:l", CranSection((cran("jsonlite", "1.8.8"),)))
+        right = layer("right", "sha256:r", CranSection((cran("jsonlite", "1.9.0"),)))
         pkg, a, b = "jsonlite", "1.8.8", "1.9.0"
     else:
-        left = Lock(recipe="left", recipe_hash="sha256:l", source_date_epoch=1, pip=(LockedPip("six", "1.16.0", ()),))
-        right = Lock(recipe="right", recipe_hash="sha256:r", source_date_epoch=1,
-                     pip=(LockedPip("six", "1.17.0", ()),))
+        left = layer("left", "sha256:l", PipSection((LockedPip("six", "1.16.0", ()),)))
+        right = layer("right", "sha256:r", PipSection((LockedPip("six", "1.17.0", ()),)))
         pkg, a, b = "six", "1.16.0", "1.17.0"
     with pytest.raises(LockError) as e:
         check_parents_agree(graph.recipes["top"], graph, locks(left, right))
@@ -65,7 +69,7 @@ def test_parents_that_disagree_name_the_package_both_versions_and_what_to_relock
 
 
 def test_chain_helpers_merge_layers_in_order() -> None:
-    a = Lock(recipe="a", recipe_hash="h", source_date_epoch=1, apt=(deb("x", "1"),), pip=(LockedPip("p", "1", ()),))
-    b = Lock(recipe="b", recipe_hash="h", source_date_epoch=1, apt=(deb("y", "2"),), pip=(LockedPip("q", "3", ()),))
+    a = layer("a", "h", AptSection((deb("x", "1"),)), PipSection((LockedPip("p", "1", ()),)))
+    b = layer("b", "h", AptSection((deb("y", "2"),)), PipSection((LockedPip("q", "3", ()),)))
     assert {n: d.version for n, d in chain_debs([a, b]).items()} == {"x": "1", "y": "2"}
     assert chain_pips([a, b]) == {"p": "1", "q": "3"}

@@ -21,6 +21,8 @@ import tomlkit
 from buildsys.core.errors import BuildsysError
 from buildsys.core.store import Store
 from buildsys.ecosystems import artifacts
+from buildsys.ecosystems.apt_layer import debs_of
+from buildsys.ecosystems.files import FilesSection
 from buildsys.model.lockfile import Lock, read_lock
 from buildsys.model.lockschema import is_safe_filename
 
@@ -70,9 +72,9 @@ def assert_contained(lock: Lock, store: Store) -> None:
         assert is_safe_filename(art.filename), art.filename
         for url in art.urls:
             assert urlsplit(url).scheme in ("http", "https", "file"), url
-    for f in lock.files:
+    for f in lock.section(FilesSection).files:
         assert is_safe_filename(f.name)
-    for deb in (*(lock.base.packages if lock.base else ()), *lock.apt):
+    for deb in debs_of(lock):
         assert ".." not in deb.path.split("/") and not deb.path.startswith("/")
 
 

@@ -9,7 +9,8 @@ import pytest
 
 from buildsys.core import names
 from buildsys.core.errors import LockFileError, RecipeError, UsageError
-from buildsys.model.lockschema import validate_lock
+from buildsys.ecosystems.apt_sections import AptRecipe
+from buildsys.model.lockfile import validate_lock
 from buildsys.model.recipe import parse_recipe
 from buildsys.oci.registry import Reference
 
@@ -61,7 +62,7 @@ def _recipe(tmp_path: Path, text: str) -> Path:
 
 def test_recipe_takes_an_arch_qualifier_and_rejects_a_one_letter_apt_name(tmp_path: Path) -> None:
     ok = parse_recipe(_recipe(tmp_path, 'parents = ["base"]\n[apt]\npackages = ["libc6:i386", "g++"]\n'))
-    assert ok.apt_packages == ("libc6:i386", "g++")
+    assert ok.section(AptRecipe).packages == ("libc6:i386", "g++")
     with pytest.raises(RecipeError, match="'a' is not a Debian package name"):
         parse_recipe(_recipe(tmp_path, 'parents = ["base"]\n[apt]\npackages = ["a"]\n'))
 

@@ -31,14 +31,22 @@ from buildsys.cli import cli
 from buildsys.core.errors import NotVendored, RecipeError
 from buildsys.core.store import Store
 from buildsys.ecosystems import artifacts
-from buildsys.ecosystems.pip import install_script, stage_wheels
+from buildsys.ecosystems.pip import PipSection, install_script, stage_wheels
 from buildsys.ecosystems.pip_errors import ConflictingPins, NoDistribution, NoWheel, PythonMissing
-from buildsys.ecosystems.pip_resolve import PipLock, _existing_output, _parse_output, lock_pip
+from buildsys.ecosystems.pip_resolve import (
+    LockedPip,
+    LockedWheelFile,
+    PipLock,
+    PipRecipe,
+    _existing_output,
+    _parse_output,
+    lock_pip,
+)
 from buildsys.ecosystems.pip_tools import TOOLS, tools_dir
 from buildsys.ecosystems.pypi import index_files
 from buildsys.engine import Engine
 from buildsys.fetch.vendor import fetch
-from buildsys.model.lockfile import Lock, LockedPip, LockedWheelFile
+from buildsys.model.lockfile import Lock
 from buildsys.model.recipe import Recipe
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -103,8 +111,8 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
 
 
 def recipe(*packages: str, index_url: str | None = None) -> Recipe:
-    return Recipe(name="py", path=Path("recipes/py.toml"), parents=("python",), pip_packages=packages,
-                  pip_index_url=index_url)
+    return Recipe(name="py", path=Path("recipes/py.toml"), parents=("python",),
+                  sections=(PipRecipe(packages, index_url),))
 
 
 def lock(engine: Engine, image: str, store: Store, *packages: str, **kw: object) -> PipLock:
@@ -261,8 +269,8 @@ def test_an_image_without_python_says_to_add_it(engine: Engine, root_image: str,
 
 
 def as_lock(pl: PipLock) -> Lock:
-    return Lock(recipe="py", recipe_hash="sha256:" + "0" * 64, source_date_epoch=pl.epoch, pip=pl.packages,
-                python=pl.python, pip_installer=pl.installer)
+    return Lock(recipe="py", recipe_hash="sha256:" + "0" * 64, source_date_epoch=pl.epoch).with_sections(
+        PipSection(pl.packages, pl.python, pl.installer))
 
 
 @integration
@@ -309,7 +317,7 @@ def test_stage_wheels_links_the_vendored_files_and_pins_their_hashes(tmp_path: P
     for p, data in ((a, a_data), (pip, pip_data)):
         store.vendor.mkdir(parents=True, exist_ok=True)
         store.vendor_path(p.files[0].sha256).write_bytes(data)
-    lk = Lock(recipe="py", recipe_hash="x", source_date_epoch=0, pip=(a,), pip_installer=pip)
+    lk = Lock(recipe="py", recipe_hash="x", source_date_epoch=0).with_sections(PipSection((a,), installer=pip))
     dest = tmp_path / "wheels"
     stage_wheels(store, lk, dest)
     assert (dest / "alpha-1.0-py3-none-any.whl").read_bytes() == a_data
@@ -320,13 +328,13 @@ def test_stage_wheels_links_the_vendored_files_and_pins_their_hashes(tmp_path: P
     for flag in ("--no-index", "--find-links /w", "--require-hashes", "--no-deps", "--break-system-packages",
                  "-r /w/requirements.txt"):
         assert flag in script
-    assert install_script(dataclasses.replace(lk, pip=())) == ""
+    assert install_script(lk.with_sections(PipSection(installer=pip))) == ""
 
 
 def test_stage_wheels_names_a_missing_wheel_and_says_fetch(tmp_path: Path) -> None:
     a, _ = fake_pin("alpha", b"alpha wheel")
     pip, _ = fake_pin("pip", b"pip wheel")
-    lk = Lock(recipe="py", recipe_hash="x", source_date_epoch=0, pip=(a,), pip_installer=pip)
+    lk = Lock(recipe="py", recipe_hash="x", source_date_epoch=0).with_sections(PipSection((a,), installer=pip))
     with pytest.raises(NotVendored) as e:
         stage_wheels(Store(tmp_path / "store"), lk, tmp_path / "wheels")
     assert "alpha-1.0-py3-none-any.whl" in str(e.value) and "buildsys fetch py" in str(e.value)

@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 
 from buildsys.core.errors import EXIT_USAGE, RecipeError
+from buildsys.ecosystems.apt_sections import AptRecipe
+from buildsys.ecosystems.cran import CranRecipe
+from buildsys.ecosystems.debian_root import DEFAULT_MIRROR, DebianBase
+from buildsys.ecosystems.files import FileSpec, FilesRecipe
+from buildsys.ecosystems.pip_resolve import PipRecipe
+from buildsys.ecosystems.registry_image import ImageBase
 from buildsys.model.recipe import (
-    DEFAULT_MIRROR,
-    DebianBase,
-    FileSpec,
-    ImageBase,
     ImageConfig,
     _line_of,
     canonical_json,
@@ -47,12 +49,13 @@ def test_debian_root_gets_the_defaults(fixture_project):
     assert base.is_root
     assert base.description == "Debian bookworm, bootstrapped from pinned .debs"
     assert base.base == DebianBase(suite="bookworm", variant="minbase")
+    assert isinstance(base.base, DebianBase)
     assert base.base.mirror == DEFAULT_MIRROR == "http://deb.debian.org/debian"
     assert base.base.architecture == "amd64"
     assert base.base.components == ("main",)
-    assert base.apt_packages == ("ca-certificates", "locales")
+    assert base.section(AptRecipe).packages == ("ca-certificates", "locales")
     assert base.image == ImageConfig()
-    assert base.files == () and base.run == () and base.tests == ()
+    assert base.section(FilesRecipe).files == () and base.run == () and base.tests == ()
 
 
 def test_every_debian_option_as_a_table(fixture_project):
@@ -79,9 +82,8 @@ def test_jupyter_parses_every_section(fixture_project):
     assert not r.is_root and r.base is None
     assert r.parents == ("python",)
     assert r.run == ("jupyter lab --generate-config",)
-    assert r.apt_packages == ("git", "tini")
-    assert r.pip_packages == ("jupyterlab>=4,<5", "tensorboard")
-    assert r.pip_index_url is None
+    assert r.section(AptRecipe).packages == ("git", "tini")
+    assert r.section(PipRecipe) == PipRecipe(packages=("jupyterlab>=4,<5", "tensorboard"), index_url=None)
     assert r.image == ImageConfig(
         env=(("JUPYTER_PORT", "8888"),),
         user="1000:1000",
@@ -96,11 +98,11 @@ def test_jupyter_parses_every_section(fixture_project):
 
 def test_pip_cran_and_files(fixture_project):
     recipes = load_recipes(fixture_project("valid-stack"))
-    assert recipes["python"].pip_index_url == "https://pypi.org/simple"
-    assert recipes["python"].apt_packages == ("python3", "python3-pip", "python3-venv")
-    assert recipes["r-base"].cran_packages == ("jsonlite", "data.table")
-    assert recipes["r-base"].cran_repo == "https://packagemanager.posit.co/cran/2025-06-02"
-    assert recipes["rstudio"].files == (
+    assert recipes["python"].section(PipRecipe).index_url == "https://pypi.org/simple"
+    assert recipes["python"].section(AptRecipe).packages == ("python3", "python3-pip", "python3-venv")
+    assert recipes["r-base"].section(CranRecipe) == CranRecipe(
+        packages=("jsonlite", "data.table"), repo="https://packagemanager.posit.co/cran/2025-06-02")
+    assert recipes["rstudio"].section(FilesRecipe).files == (
         FileSpec(
             url="https://download2.rstudio.org/server/jammy/amd64/rstudio-server-2024.12.1-563-amd64.deb",
             name="rstudio-server.deb",
@@ -317,8 +319,8 @@ def test_field_checks(tmp_path, text, key, line, words):
 def test_file_urls_and_snapshot_repos_are_accepted(tmp_path):
     r = parse_recipe(write_recipe(tmp_path, DEBIAN + '[[files]]\nurl = "file:///srv/tool.deb"\nlocal = true\n'
                                   '[cran]\nrepo = "http://127.0.0.1:8123/"\n'))
-    assert r.files == (FileSpec(url="file:///srv/tool.deb", name="tool.deb", local=True),)
-    assert r.cran_repo == "http://127.0.0.1:8123/"
+    assert r.section(FilesRecipe).files == (FileSpec(url="file:///srv/tool.deb", name="tool.deb", local=True),)
+    assert r.section(CranRecipe).repo == "http://127.0.0.1:8123/"
 
 
 @pytest.mark.parametrize("url, why", [
@@ -338,7 +340,7 @@ def test_files_reading_this_machine_need_local_true(tmp_path, url, why):
     assert info.value.key == "files[0].url" and info.value.exit_code == 2
     assert why in str(info.value) and "local = true" in str(info.value)
     ok = parse_recipe(write_recipe(tmp_path, DEBIAN + f'[[files]]\nurl = "{url}"\nname = "x"\nlocal = true\n'))
-    assert ok.files[0].local
+    assert ok.section(FilesRecipe).files[0].local
 
 
 @pytest.mark.parametrize("step", ["apt-get update", "apt update && apt install -y jq", "apt-get -q update"])

@@ -22,6 +22,7 @@ import docker
 import pytest
 from helpers import bs, copy_project
 
+from buildsys.ecosystems.debian_root import DebianBaseLock
 from buildsys.model.lockfile import lock_path, read_lock
 from buildsys.oci.image import OciLayout
 
@@ -51,14 +52,15 @@ def built(project: Path, store: Path) -> dict:
 
 def test_lock_pins_every_deb_with_hashes_and_an_archive_epoch(project: Path) -> None:
     lock = read_lock(lock_path(project, "mini"))
-    assert lock.base is not None
-    names = {p.name for p in lock.base.packages}
+    base = lock.get(DebianBaseLock)
+    assert base is not None
+    names = {p.name for p in base.packages}
     assert {"base-files", "dpkg", "apt", "libc6", "bash"} <= names
-    for p in lock.base.packages:
+    for p in base.packages:
         assert len(p.sha256) == 64 and p.size > 0 and p.path.startswith("pool/")
     # The epoch is the signed Release date, not the wall clock of locking.
     assert lock.source_date_epoch < time.time() - 3600
-    assert lock.base.release_date and len(lock.base.inrelease_sha256) == 64
+    assert base.release_date and len(base.inrelease_sha256) == 64
 
 
 def test_relock_with_nothing_new_is_byte_identical(project: Path, store: Path) -> None:
@@ -114,8 +116,9 @@ def test_test_command_runs_the_recipe_tests_inside_the_image(project: Path, stor
 
 def test_a_tampered_vendored_file_is_refused_and_removed(project: Path, store: Path, built: dict) -> None:
     lock = read_lock(lock_path(project, "mini"))
-    assert lock.base is not None
-    victim = next(p for p in lock.base.packages if p.name == "bash")
+    base = lock.get(DebianBaseLock)
+    assert base is not None
+    victim = next(p for p in base.packages if p.name == "bash")
     path = store / "vendor" / "sha256" / victim.sha256
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF  # same size, different content
@@ -262,10 +265,11 @@ def test_diff_compares_two_images_file_by_file(tmp_path: Path, store: Path, buil
 def test_a_full_disk_is_a_clear_error_and_leaves_nothing_trusted(project: Path, store: Path, built: dict,
                                                                  small_disk: Path) -> None:
     lock = read_lock(lock_path(project, "mini"))
-    assert lock.base is not None
+    base = lock.get(DebianBaseLock)
+    assert base is not None
     vendor = small_disk / "vendor" / "sha256"
     vendor.mkdir(parents=True)
-    for p in lock.base.packages:  # ~40 MB of .debs: the 170 MB root cannot fit beside them
+    for p in base.packages:  # ~40 MB of .debs: the 170 MB root cannot fit beside them
         shutil.copyfile(store / "vendor" / "sha256" / p.sha256, vendor / p.sha256)
     result = bs(project, small_disk, "build", "mini")
     assert result.exit_code == 1
@@ -279,8 +283,9 @@ def test_the_root_is_what_an_updated_bookworm_machine_has(project: Path, built: 
     """Locked from the suite, -updates and -security: the built image, with the network on and its
     three standard sources, finds nothing to upgrade (the same versions as apt-cache policy picks)."""
     lock = read_lock(lock_path(project, "mini"))
-    assert lock.base is not None
-    archives = [(a.mirror, a.suite) for a in lock.base.all_archives]
+    base = lock.get(DebianBaseLock)
+    assert base is not None
+    archives = [(a.mirror, a.suite) for a in base.all_archives]
     assert archives == [("http://deb.debian.org/debian", "bookworm"),
                         ("http://deb.debian.org/debian", "bookworm-updates"),
                         ("http://deb.debian.org/debian-security", "bookworm-security")]
@@ -289,7 +294,7 @@ def test_the_root_is_what_an_updated_bookworm_machine_has(project: Path, built: 
     out = docker.from_env().containers.run(built["image_id"], ["sh", "-c", script], remove=True,
                                            network_mode="bridge").decode()
     seen = set(re.findall(r"^([0-9a-f]{64}) ", out, re.M))
-    if seen != {a.inrelease_sha256 for a in lock.base.all_archives}:
+    if seen != {a.inrelease_sha256 for a in base.all_archives}:
         pytest.skip("Debian's archive moved between locking and this check; the next run compares again")
     sources = docker.from_env().containers.run(built["image_id"], ["cat", "/etc/apt/sources.list"],
                                                remove=True).decode()
@@ -306,7 +311,8 @@ def test_upgrade_check_shows_what_a_relock_moves_and_writes_nothing(project: Pat
                                                   'variant = "minbase", updates = false, security = false }'))
     assert bs(proj, store, "lock", "mini").exit_code == 0
     old = read_lock(lock_path(proj, "mini"))
-    assert old.base is not None and old.base.archives == ()  # the old form, unchanged for who opts out
+    old_base = old.get(DebianBaseLock)
+    assert old_base is not None and old_base.archives == ()  # the old form, unchanged for who opts out
     recipe.write_text(recipe.read_text().replace(", updates = false, security = false", ""))
     before = lock_path(proj, "mini").read_bytes()
     result = bs(proj, store, "lock", "--upgrade", "--check", "mini")

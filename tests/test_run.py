@@ -27,6 +27,7 @@ from helpers import bs, http_status, ok
 
 from buildsys.build.records import BuiltImage
 from buildsys.core.errors import UsageError
+from buildsys.ecosystems.pip import PipSection
 from buildsys.engine import ContainerSpec, Engine, EngineError, GpuRequest
 from buildsys.lock import fresh_locks
 from buildsys.model.graph import build_graph
@@ -237,11 +238,11 @@ def test_bundled_gpu_stack_declares_gpu_tests_and_cuda() -> None:
         assert r.parents == ("python",) and r.gpu_tests and r.tests
         assert dict(r.image.env)["NVIDIA_VISIBLE_DEVICES"] == "all"
         assert "compute" in dict(r.image.env)["NVIDIA_DRIVER_CAPABILITIES"]
-        assert pkg in {p.name for p in locks[name].pip}
+        assert pkg in {p.name for p in locks[name].section(PipSection).packages}
         cuda = image_cuda(locks, graph.chain(name))
         assert cuda is not None and re.fullmatch(r"1[23]\.\d+", cuda[0]), cuda
-    assert {"torchvision", "transformers"} <= {p.name for p in locks["pytorch"].pip}
-    assert any(p.name.startswith("nvidia-") for p in locks["pytorch"].pip)
+    assert {"torchvision", "transformers"} <= {p.name for p in locks["pytorch"].section(PipSection).packages}
+    assert any(p.name.startswith("nvidia-") for p in locks["pytorch"].section(PipSection).packages)
 
 
 def test_usage_errors_come_before_anything(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,12 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+from buildsys.ecosystems.cran import CranRecipe
+from buildsys.ecosystems.pip_resolve import PipRecipe
 from buildsys.model.recipe import Recipe
 from buildsys.use.testing import command_label, package_checks
 
 
 def _recipe(pip: tuple[str, ...] = (), cran: tuple[str, ...] = ()) -> Recipe:
-    return Recipe(name="r", path=Path("recipes/r.toml"), parents=("base",), pip_packages=pip, cran_packages=cran)
+    return Recipe(name="r", path=Path("recipes/r.toml"), parents=("base",),
+                  sections=(PipRecipe(packages=pip), CranRecipe(packages=cran)))
 
 
 def _site(tmp_path: Path) -> Path:

@@ -29,7 +29,7 @@ from typing import IO, Any
 
 from buildsys.core.errors import BuildsysError, NotVendored
 from buildsys.core.store import Store
-from buildsys.model.lockfile import ImageBaseLock
+from buildsys.ecosystems.registry_image import ImageBaseLock
 from buildsys.model.lockschema import LAYER_MEDIA_TYPES
 from buildsys.oci.image import _TOP_KEYS, OciLayout, rfc3339
 

@@ -22,10 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from buildsys.build.checks import not_as_locked
 from buildsys.core import dpkg
 from buildsys.core.errors import BuildError, ToolMissing
 from buildsys.core.store import Store
-from buildsys.ecosystems.apt_layer import link_debs, make_local_repo
+from buildsys.ecosystems.debian_root import DebianBaseLock, bootstrap_debs, bootstrap_repository, check_bootstrap
 from buildsys.model.lockfile import Lock
 
 # The fixed build environment of docs/design.md (SOURCE_DATE_EPOCH is added per layer).
@@ -68,13 +69,12 @@ def require_tools(*tools: tuple[str, str]) -> None:
 
 def bootstrap_debian(store: Store, lock: Lock, run_steps: Sequence[str], out_dir: Path) -> Bootstrapped:
     """Run mmdebstrap offline from the vendored .debs; return the rootfs tarball."""
-    assert lock.base is not None
-    base = lock.base
+    base = lock.get(DebianBaseLock)
+    assert base is not None
     require_tools(("mmdebstrap", "mmdebstrap"), ("unshare", "util-linux"))
     with store.scratch("repo") as tmp:
         repo = Path(tmp) / "repo"
-        link_debs(store, lock.recipe, [*base.packages, *lock.apt], repo)
-        make_local_repo(repo, base.suite, base.codename)
+        bootstrap_repository(store, lock, repo)
         tarball = out_dir / "rootfs.tar"
         status_copy = Path(tmp) / "status"
         env = {**BUILD_ENV, "SOURCE_DATE_EPOCH": str(lock.source_date_epoch)}
@@ -95,7 +95,7 @@ def bootstrap_debian(store: Store, lock: Lock, run_steps: Sequence[str], out_dir
         # .deb's own control Priority, not the archive's override (apt's says
         # "important" there, "required" in the archive), so mmdebstrap's own
         # selection from it would miss some. The lock is the bill of materials.
-        names = sorted({p.name for p in (*base.packages, *lock.apt)})
+        names = sorted({p.name for p in bootstrap_debs(lock)})
         cmd.append("--include=" + ",".join(names))
         # A fixed hostname, as on every layer (docs/design.md).
         cmd.append(f'--customize-hook=echo {BUILD_HOSTNAME} > "$1/etc/hostname"')
@@ -124,6 +124,9 @@ def bootstrap_debian(store: Store, lock: Lock, run_steps: Sequence[str], out_dir
             raise BuildError(lock.recipe, "mmdebstrap", "it wrote no usable root filesystem (no dpkg status)",
                              hint="the local repository's Release may not name the suite; relock and refetch")
         installed = dpkg.installed(status_copy.read_bytes())
+    # dpkg must hold exactly the locked packages: the lock is the bill of materials.
+    if problem := check_bootstrap(lock, installed):
+        raise not_as_locked(lock.recipe, "mmdebstrap", problem)
     return Bootstrapped(tarball=tarball, installed=installed)
 
 

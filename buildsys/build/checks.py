@@ -8,39 +8,26 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from buildsys.core import dpkg
+from buildsys import ecosystems
 from buildsys.core.errors import BuildError, NotVendored, StaleLock
 from buildsys.core.store import Store
-from buildsys.ecosystems import artifacts, closure_problems
 from buildsys.fetch.vendor import verify_store
 from buildsys.model.lockfile import Lock, lock_path
 from buildsys.model.recipe import Recipe
 from buildsys.oci.layer.tree import ParentTree
 
 
-def check_packages(locks: Mapping[str, Lock], recipe: Recipe, prefix: Sequence[str],
-                   installed: Mapping[str, str] | None, step: str, below: ParentTree | None = None) -> None:
-    """dpkg must hold exactly the locked packages of the chain so far: the locks are the bill of materials.
+def check_built(locks: Mapping[str, Lock], recipe: Recipe, prefix: Sequence[str], output: str,
+                below: ParentTree | None) -> None:
+    """Each ecosystem's part of the layer just built is what the chain's locks pin: the locks are the bill of
+    materials (dpkg holds exactly the locked packages, on a registry image with what the image itself had)."""
+    for eco, problem in ecosystems.check_built([locks[name] for name in prefix], output, below):
+        raise not_as_locked(recipe.name, eco.name, problem)
 
-    On a registry image, what the image itself installed is in no lock: it is read
-    from the parent image's own dpkg status (``below``), and the locks add to it.
-    """
-    if installed is None:
-        return
-    expected: dict[str, str] = {}
-    if locks[prefix[0]].image_base is not None and below is not None:
-        expected.update(dpkg.installed(below.read("var/lib/dpkg/status") or b""))
-    for name in prefix:
-        lk = locks[name]
-        expected.update({d.name: d.version for d in (*(lk.base.packages if lk.base else ()), *lk.apt)})
-    if installed != expected:
-        extra = sorted(set(installed) - set(expected))
-        missing = sorted(set(expected) - set(installed))
-        changed = sorted(n for n in set(installed) & set(expected) if installed[n] != expected[n])
-        raise BuildError(recipe.name, step, f"installed but not locked: {extra or '-'}; locked but not "
-                         f"installed: {missing or '-'}; other version: {changed or '-'}",
-                         hint=f"relock: `buildsys lock --upgrade {recipe.name}`; if it persists, "
-                              "this is a buildsys bug")
+
+def not_as_locked(recipe: str, step: str, problem: str) -> BuildError:
+    return BuildError(recipe, step, problem, hint=f"relock: `buildsys lock --upgrade {recipe}`; if it persists, "
+                                                  "this is a buildsys bug")
 
 
 def check_vendored(store: Store, locks: Mapping[str, Lock], recipe: Recipe, prefix: Sequence[str]) -> None:
@@ -51,7 +38,7 @@ def check_vendored(store: Store, locks: Mapping[str, Lock], recipe: Recipe, pref
     closure is read from the wheels themselves (``Ecosystem.closure_problems``):
     pip installs with ``--no-deps`` and would not notice a missing one.
     """
-    arts = artifacts(locks[recipe.name])
+    arts = ecosystems.artifacts(locks[recipe.name])
     missing = [a for a in arts if not store.vendor_path(a.sha256).is_file()]
     if missing:
         names = ", ".join(f"{a.name} {a.version}".strip() for a in missing[:5])
@@ -64,7 +51,7 @@ def check_vendored(store: Store, locks: Mapping[str, Lock], recipe: Recipe, pref
                           f"damaged in the vendor store (its sha256 is not the locked {a.sha256}); "
                           f"{len(corrupt)} damaged file(s) were removed")
     lock = locks[recipe.name]
-    if unmet := closure_problems(store, [locks[n] for n in prefix], lock):
+    if unmet := ecosystems.closure_problems(store, [locks[n] for n in prefix], lock):
         more = f" (and {len(unmet) - 3} more)" if len(unmet) > 3 else ""
         raise StaleLock(recipe.name, lock_path(recipe.path.parent.parent, recipe.name),
                         "its package set is not closed: " + "; ".join(unmet[:3]) + more)

@@ -19,12 +19,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from buildsys.build import baseimage, bootstrap, steps
-from buildsys.build.checks import check_packages
+from buildsys.build.checks import check_built
 from buildsys.build.load import Loader
 from buildsys.build.records import LayerRecord
 from buildsys.core.errors import BuildError
 from buildsys.core.progress import Progress
 from buildsys.core.store import Store
+from buildsys.ecosystems.debian_root import DebianBaseLock
+from buildsys.ecosystems.registry_image import ImageBaseLock
 from buildsys.engine import EngineError
 from buildsys.model.lockfile import Lock
 from buildsys.model.recipe import Recipe
@@ -55,15 +57,15 @@ class LayerMaker:
 
     def root(self, recipe: Recipe, timings: dict[str, float]) -> LayerRecord:
         lock = self.locks[recipe.name]
-        if lock.image_base is not None:
+        if lock.get(ImageBaseLock) is not None:
             return self._image_root(recipe, timings)
-        assert lock.base is not None
+        base = lock.get(DebianBaseLock)
+        assert base is not None
         with self.store.scratch(f"build-{recipe.name}") as tmp:
-            self.progress(recipe.name, "bootstrap", f"mmdebstrap {lock.base.suite}/{lock.base.variant}, "
-                                                  f"{len(lock.base.packages)} packages, no network")
+            self.progress(recipe.name, "bootstrap", f"mmdebstrap {base.suite}/{base.variant}, "
+                                                  f"{len(base.packages)} packages, no network")
             t0 = time.monotonic()
             result = bootstrap.bootstrap_debian(self.store, lock, recipe.run, Path(tmp))
-            check_packages(self.locks, recipe, [recipe.name], result.installed, "mmdebstrap")
             t1 = time.monotonic()
             self.progress(recipe.name, "normalize", f"{result.tarball.stat().st_size / 1e6:.0f} MB rootfs")
             layer_tmp = Path(tmp) / "layer.tar"
@@ -71,7 +73,7 @@ class LayerMaker:
                 info = normalize_tar(src, dst, lock.source_date_epoch)
             result.tarball.unlink()
             record = self._write_image(recipe, lock, None, layer_tmp, info.digest, info.size,
-                                       created_by=f"buildsys: debootstrap {lock.base.suite} ({lock.base.variant})")
+                                       created_by=f"buildsys: debootstrap {base.suite} ({base.variant})")
             t2 = time.monotonic()
             # Every root is needed by docker next (its child's build, or its own run): load it now.
             self.loader.load(record)
@@ -81,7 +83,7 @@ class LayerMaker:
     def _image_root(self, recipe: Recipe, timings: dict[str, float]) -> LayerRecord:
         """A registry root: the image's vendored layers, unpacked and checked, under its canonical config."""
         lock = self.locks[recipe.name]
-        base = lock.image_base
+        base = lock.get(ImageBaseLock)
         assert base is not None
         t0 = time.monotonic()
         self.progress(recipe.name, "unpack", f"{base.reference}: {len(base.layers)} layer(s) from the vendor store, "
@@ -127,7 +129,7 @@ class LayerMaker:
             below = ParentTree.from_layers((self.layout.blob_path(d) for d, _ in parent.layers),
                                            index_dir=self.store.cache / "index")
             t_read = time.monotonic()
-            check_packages(self.locks, recipe, prefix, steps.installed_packages(result.output), "apt", below)
+            check_built(self.locks, recipe, prefix, result.output, below)
             with contextlib.ExitStack() as stack:
                 upper = container.upper_dir()
                 if upper is not None:
@@ -255,15 +257,7 @@ class LayerMaker:
 
 
 def _summary(recipe: Recipe) -> str:
-    parts = []
-    if recipe.apt_packages:
-        parts.append(f"apt {len(recipe.apt_packages)}")
-    if recipe.pip_packages:
-        parts.append(f"pip {len(recipe.pip_packages)}")
-    if recipe.cran_packages:
-        parts.append(f"cran {len(recipe.cran_packages)}")
-    if recipe.files:
-        parts.append(f"files {len(recipe.files)}")
+    parts = [f"{part.KEY} {part.count()}" for part in recipe.sections if part.count()]
     if recipe.run:
         parts.append(f"run {len(recipe.run)}")
     return ", ".join(parts) or "config only"

@@ -33,16 +33,14 @@ from pathlib import Path
 from buildsys import ecosystems
 from buildsys.build.bootstrap import BUILD_ENV
 from buildsys.core.store import Store
-from buildsys.ecosystems.apt_layer import INSTALLED_MARKER, installed_packages
 from buildsys.ecosystems.base import MOUNT, STEP_MARKER
 from buildsys.engine import RunResult
 from buildsys.model.lockfile import Lock
 from buildsys.model.recipe import Recipe
 
 # Where they were before each ecosystem staged its own part; ``build`` reads them from here.
-__all__ = ["INSTALLED_MARKER", "MOUNT", "NO_NAMESPACES_EXIT", "NO_NAMESPACES_MARKER", "STEP_MARKER", "WARNING_MARKER",
-           "Staged", "build_env", "failed_step",
-           "failure_hint", "installed_packages", "stage_layer"]
+__all__ = ["MOUNT", "NO_NAMESPACES_EXIT", "NO_NAMESPACES_MARKER", "STEP_MARKER", "WARNING_MARKER",
+           "Staged", "build_env", "failed_step", "failure_hint", "stage_layer"]
 
 
 # What ``build.sh`` prints, and its exit status, when the image has no ``setpriv`` to drop the

@@ -33,6 +33,7 @@ class Context:
     verbose: bool
 
     def graph(self) -> Graph:
+        import buildsys.ecosystems  # noqa: F401  (each registers its part of a recipe, which the parser checks)
         from buildsys.model.graph import build_graph
         from buildsys.model.recipe import load_recipes
 

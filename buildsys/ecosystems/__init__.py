@@ -3,13 +3,16 @@
 The order is the SBOM's (the image, the .debs, the wheels, the R packages, the
 files) and the resolver's: apt comes before pip and CRAN, which resolve in an
 image that has the layer's apt packages. Adding an ecosystem is a module with
-an ``Ecosystem`` and one entry here. The functions below read ``ECOSYSTEMS``
-when called (a test may put a fake one in).
+an ``Ecosystem`` (with its parts of a recipe and of a lock, ``recipe_section``
+and ``lock_section``, which are registered here with ``model/``) and one entry
+here. The functions below read ``ECOSYSTEMS`` when called (a test may put a
+fake one in).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from urllib.parse import urlsplit
 
 from buildsys.core.store import Artifact, Store
 from buildsys.ecosystems.apt_layer import APT
@@ -19,10 +22,15 @@ from buildsys.ecosystems.debian_root import DEBIAN_ROOT
 from buildsys.ecosystems.files import FILES
 from buildsys.ecosystems.pip import PIP
 from buildsys.ecosystems.registry_image import REGISTRY_IMAGE
-from buildsys.model.lockfile import Lock
-from buildsys.model.recipe import Recipe
+from buildsys.model.lockfile import Lock, register_sections
+from buildsys.model.recipe import Recipe, register_recipe_sections
+from buildsys.oci.layer.tree import ParentTree
 
 ECOSYSTEMS: tuple[Ecosystem, ...] = (REGISTRY_IMAGE, DEBIAN_ROOT, APT, PIP, CRAN, FILES)
+# Each one's part of a recipe and of a lock, for the recipe parser and the lock reader (in this order: the
+# order in which a recipe's and a lock's parts are checked).
+register_recipe_sections(*(eco.recipe_section for eco in ECOSYSTEMS if eco.recipe_section is not None))
+register_sections(*(eco.lock_section for eco in ECOSYSTEMS if eco.lock_section is not None))
 
 
 def artifacts(lock: Lock) -> list[Artifact]:
@@ -51,6 +59,17 @@ def pins(lock: Lock) -> list[tuple[Ecosystem, Pin]]:
 def checks(recipe: Recipe) -> list[tuple[str, str]]:
     """(label, shell command) of the checks ``buildsys test`` runs before a recipe's own [test] commands."""
     return [c for eco in ECOSYSTEMS for c in eco.checks(recipe)]
+
+
+def check_built(chain: Sequence[Lock], output: str, below: ParentTree | None) -> list[tuple[Ecosystem, str]]:
+    """(ecosystem, what is wrong) for each ecosystem whose part of a layer just built is not what the locks pin."""
+    return [(eco, problem) for eco in ECOSYSTEMS if (problem := eco.check_built(chain, output, below))]
+
+
+def downloader(url: str) -> Ecosystem | None:
+    """The ecosystem that downloads ``url`` itself (by its scheme: a registry's blobs), if any."""
+    scheme = urlsplit(url).scheme
+    return next((eco for eco in ECOSYSTEMS if eco.url_scheme == scheme), None)
 
 
 def failure_hint(output: str) -> str | None:

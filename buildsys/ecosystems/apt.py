@@ -15,6 +15,10 @@ For bookworm one apt run over both gives the same sets (measured for
 essential, apt, minbase, buildd, standard), but apt may choose another
 alternative of a dependency once the essential set is installed, so the two
 stages are kept as mmdebstrap has them.
+
+At build time the other way round: the locked .debs, from the vendor store,
+become a flat local repository that apt (or mmdebstrap) installs from with no
+network (``link_debs``, ``make_local_repo``).
 """
 
 from __future__ import annotations
@@ -26,18 +30,20 @@ import fcntl
 import hashlib
 import os
 import re
+import shutil
 import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import IO
 from urllib.parse import quote, unquote
 
 from debian import deb822
 
 from buildsys.core import names
-from buildsys.core.errors import LockError, ToolMissing, did_you_mean
-from buildsys.core.store import Artifact
-from buildsys.model.lockfile import LockedArchive
+from buildsys.core.errors import BuildError, LockError, NotVendored, ToolMissing, did_you_mean
+from buildsys.core.store import Artifact, Store
+from buildsys.ecosystems.apt_sections import LockedArchive, LockedDeb
 
 DEBIAN_KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 
@@ -640,3 +646,40 @@ def archive_moved(resolver: AptResolver, archives: Sequence[LockedArchive]) -> t
         if now.inrelease_sha256 != locked.inrelease_sha256:
             return locked, now.date
     return None
+
+
+def link_debs(store: Store, recipe: str, debs: Sequence[LockedDeb], folder: Path) -> None:
+    """Put the vendored .debs into ``folder`` under their own names (hardlinks, no copies)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for deb in debs:
+        src = store.vendor_path(deb.sha256)
+        if not src.is_file():
+            raise NotVendored(recipe, f"{deb.name} {deb.version} ({deb.filename})")
+        if src.stat().st_size != deb.size:
+            raise NotVendored(recipe, f"{deb.name} {deb.version} ({deb.filename})",
+                              f"damaged in the vendor store (size {src.stat().st_size}, locked {deb.size})")
+        dst = folder / deb.filename
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copyfile(src, dst)
+
+
+def make_local_repo(folder: Path, suite: str, codename: str) -> None:
+    """Index ``folder`` as a flat apt repository (``deb [trusted=yes] copy://folder ./``)."""
+    if shutil.which("apt-ftparchive") is None:
+        raise ToolMissing("apt-ftparchive", "apt-utils")
+    with open(folder / "Packages", "wb") as out:
+        _ftparchive(["packages", "."], folder, out)
+    release = _ftparchive(["-o", f"APT::FTPArchive::Release::Suite={suite}",
+                           "-o", f"APT::FTPArchive::Release::Codename={codename}", "release", "."], folder)
+    (folder / "Release").write_bytes(release)
+
+
+def _ftparchive(args: list[str], cwd: Path, stdout: IO[bytes] | None = None) -> bytes:
+    proc = subprocess.run(["apt-ftparchive", *args], cwd=cwd, stdin=subprocess.DEVNULL,
+                          stdout=stdout or subprocess.PIPE, stderr=subprocess.PIPE, check=False)
+    if proc.returncode != 0:
+        output = ((proc.stdout or b"") + proc.stderr).decode(errors="replace")
+        raise BuildError("bootstrap", f"apt-ftparchive {args[-2]}", output)
+    return proc.stdout if stdout is None else b""

@@ -12,24 +12,23 @@ for both.
 from __future__ import annotations
 
 import dataclasses
-import os
 import shlex
-import shutil
-import subprocess
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO
 
-from packageurl import PackageURL
-
-from buildsys.core.errors import BuildError, LockError, NotVendored, ToolMissing
+from buildsys.core import dpkg
+from buildsys.core.errors import LockError
 from buildsys.core.store import Artifact, Store
-from buildsys.ecosystems.apt import AptPackage, AptResolver, archive_moved
+from buildsys.ecosystems.apt import AptPackage, AptResolver, archive_moved, link_debs, make_local_repo
+from buildsys.ecosystems.apt_sections import AptRecipe, AptSection, LockedDeb, deb_component, deb_pin, dpkg_mismatch
 from buildsys.ecosystems.base import MOUNT, STEP_HEADER, STEP_MARKER, Component, Ecosystem, LockContext, Pin
+from buildsys.ecosystems.debian_root import DebianBaseLock, root_debs
 from buildsys.ecosystems.registry_apt import image_release, lock_apt_on_image
-from buildsys.model.lockfile import Lock, LockedDeb
+from buildsys.ecosystems.registry_image import ImageBaseLock
+from buildsys.model.lockfile import Lock
 from buildsys.model.recipe import Recipe
+from buildsys.oci.layer.tree import ParentTree
 
 # dpkg's view after the install, printed between two of these: ``build`` compares it with the locks.
 INSTALLED_MARKER = "::buildsys-installed::"
@@ -37,7 +36,7 @@ INSTALLED_MARKER = "::buildsys-installed::"
 
 def debs_of(lock: Lock) -> tuple[LockedDeb, ...]:
     """Every .deb a lock installs: a Debian root's bootstrap set, a layer's [apt]."""
-    return (*(lock.base.packages if lock.base else ()), *lock.apt)
+    return (*root_debs(lock), *lock.section(AptSection).debs)
 
 
 def chain_debs(locks: Sequence[Lock]) -> dict[str, LockedDeb]:
@@ -45,20 +44,11 @@ def chain_debs(locks: Sequence[Lock]) -> dict[str, LockedDeb]:
     return {d.name: d for lk in locks for d in debs_of(lk)}
 
 
-def deb_component(d: LockedDeb) -> Component:
-    purl = PackageURL("deb", "debian", d.name, d.version, {"arch": d.architecture})
-    return Component("deb", d.name, d.version, purl.to_string(), d.sha256, f"{d.mirror}/{d.path}")
-
-
-def deb_pin(d: LockedDeb) -> Pin:
-    return Pin("apt", d.name, d.version, d.mirror)
-
-
 def lock_apt(recipe: Recipe, root: Lock, ancestors: Sequence[Lock], cache: Path) -> list[LockedDeb]:
     """The closure of the recipe's apt packages minus what the ancestors installed."""
-    if not recipe.apt_packages:
+    if not recipe.section(AptRecipe).packages:
         return []
-    base = root.base
+    base = root.get(DebianBaseLock)
     assert base is not None
     archives = base.all_archives
     resolver = AptResolver(cache, base.mirror, base.suite, base.components, base.architecture,
@@ -81,89 +71,58 @@ def lock_apt(recipe: Recipe, root: Lock, ancestors: Sequence[Lock], cache: Path)
                                           sha256=d.sha256, size=d.size, filename=d.path)
                                for d in installed.values()], status)
         try:
-            packages = resolver.resolve(recipe.apt_packages, status=status)
+            packages = resolver.resolve(recipe.section(AptRecipe).packages, status=status)
         except LockError as e:
             raise LockError(f"{recipe.path}: apt.packages: {e.message}", e.hint) from e
     return [LockedDeb(name=p.name, version=p.version, architecture=p.architecture, sha256=p.sha256, size=p.size,
                       path=p.filename, mirror=p.mirror or base.mirror) for p in packages]
 
 
-def link_debs(store: Store, recipe: str, debs: Sequence[LockedDeb], folder: Path) -> None:
-    """Put the vendored .debs into ``folder`` under their own names (hardlinks, no copies)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for deb in debs:
-        src = store.vendor_path(deb.sha256)
-        if not src.is_file():
-            raise NotVendored(recipe, f"{deb.name} {deb.version} ({deb.filename})")
-        if src.stat().st_size != deb.size:
-            raise NotVendored(recipe, f"{deb.name} {deb.version} ({deb.filename})",
-                              f"damaged in the vendor store (size {src.stat().st_size}, locked {deb.size})")
-        dst = folder / deb.filename
-        try:
-            os.link(src, dst)
-        except OSError:
-            shutil.copyfile(src, dst)
-
-
-def make_local_repo(folder: Path, suite: str, codename: str) -> None:
-    """Index ``folder`` as a flat apt repository (``deb [trusted=yes] copy://folder ./``)."""
-    if shutil.which("apt-ftparchive") is None:
-        raise ToolMissing("apt-ftparchive", "apt-utils")
-    with open(folder / "Packages", "wb") as out:
-        _ftparchive(["packages", "."], folder, out)
-    release = _ftparchive(["-o", f"APT::FTPArchive::Release::Suite={suite}",
-                           "-o", f"APT::FTPArchive::Release::Codename={codename}", "release", "."], folder)
-    (folder / "Release").write_bytes(release)
-
-
-def _ftparchive(args: list[str], cwd: Path, stdout: IO[bytes] | None = None) -> bytes:
-    proc = subprocess.run(["apt-ftparchive", *args], cwd=cwd, stdin=subprocess.DEVNULL,
-                          stdout=stdout or subprocess.PIPE, stderr=subprocess.PIPE, check=False)
-    if proc.returncode != 0:
-        output = ((proc.stdout or b"") + proc.stderr).decode(errors="replace")
-        raise BuildError("bootstrap", f"apt-ftparchive {args[-2]}", output)
-    return proc.stdout if stdout is None else b""
-
-
 class Apt(Ecosystem):
     name = "apt"
     agree_as = "apt"
+    recipe_section = AptRecipe
+    lock_section = AptSection
 
     def lock(self, ctx: LockContext, lock: Lock) -> Lock:
         recipe = ctx.recipe
         if recipe.is_root:  # a Debian root's [apt] is its bootstrap's include (debian_root)
             return lock
         root = ctx.ancestors[0]
-        if recipe.apt_packages and root.image_base is not None:
+        image = root.get(ImageBaseLock)
+        wanted = recipe.section(AptRecipe).packages
+        if wanted and image is not None:
             # The image's own packages are in no lock: read its dpkg status and release from the built parent.
             tree = ctx.parent_tree("to read its Debian release")
-            release = image_release(recipe, root.image_base.reference, tree)
-            ctx.progress(f"apt: {len(recipe.apt_packages)} packages against the image's dpkg "
+            release = image_release(recipe, image.reference, tree)
+            ctx.progress(f"apt: {len(wanted)} packages against the image's dpkg "
                          f"status and Debian's {release.suite} ({release.pretty})")
-            debs, archives, in_image, epoch = lock_apt_on_image(recipe, root.image_base, release, ctx.ancestors,
+            debs, archives, in_image, epoch = lock_apt_on_image(recipe, image, release, ctx.ancestors,
                                                                 ctx.store.cache / "apt")
-            return dataclasses.replace(lock, apt=tuple(debs), apt_archives=archives, apt_in_image=in_image,
+            return dataclasses.replace(lock.with_sections(AptSection(tuple(debs), archives, in_image)),
                                        source_date_epoch=max(lock.source_date_epoch, epoch))
-        ctx.progress(f"apt: {len(recipe.apt_packages)} packages against the parent chain")
-        return dataclasses.replace(lock, apt=tuple(lock_apt(recipe, root, ctx.ancestors, ctx.store.cache / "apt")))
+        ctx.progress(f"apt: {len(wanted)} packages against the parent chain")
+        debs = lock_apt(recipe, root, ctx.ancestors, ctx.store.cache / "apt")
+        return lock.with_sections(AptSection(tuple(debs)))
 
     def artifacts(self, lock: Lock) -> list[Artifact]:
-        return [p.artifact() for p in lock.apt]
+        return [p.artifact() for p in lock.section(AptSection).debs]
 
     def stage(self, store: Store, recipe: Recipe, lock: Lock, folder: Path) -> list[str]:
-        if not lock.apt:
+        debs = lock.section(AptSection).debs
+        if not debs:
             return []
-        link_debs(store, recipe.name, lock.apt, folder / "repo")
+        link_debs(store, recipe.name, debs, folder / "repo")
         make_local_repo(folder / "repo", "buildsys", "buildsys")
         (folder / "sources.list").write_text(f"deb [trusted=yes] file:{MOUNT}/repo ./\n")
         apt = (f"-o Dir::Etc::SourceList={MOUNT}/sources.list -o Dir::Etc::SourceParts=/nonexistent "
                "-o APT::Sandbox::User=root -o Acquire::Languages=none -o APT::Install-Recommends=false "
                "-o Dpkg::Use-Pty=0 -q")
-        names = " ".join(shlex.quote(n) for n in sorted(recipe.apt_packages))
+        names = " ".join(shlex.quote(n) for n in sorted(recipe.section(AptRecipe).packages))
         # Two steps, each in a fresh PID namespace (build/steps.py): the index, then the install.
         return [
             STEP_HEADER + "\n".join([
-                f"echo '{STEP_MARKER}apt: install {len(lock.apt)} packages'",
+                f"echo '{STEP_MARKER}apt: install {len(debs)} packages'",
                 # No service may start inside a build container.
                 "printf '#!/bin/sh\\nexit 101\\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d",
                 f"apt-get {apt} update",
@@ -181,40 +140,54 @@ class Apt(Ecosystem):
     def covers(self, recipe: Recipe, lock: Lock, above: Sequence[Lock]) -> list[str]:
         problems: list[str] = []
         debs = {d.name for lk in (lock, *above) for d in debs_of(lk)}
-        debs_or_image = debs | set(lock.apt_in_image)  # on a registry image: requested ones it already has
-        for pkg in recipe.apt_packages:
+        debs_or_image = debs | set(lock.section(AptSection).in_image)  # on a registry image: requested ones it has
+        for pkg in recipe.section(AptRecipe).packages:
             if pkg.split(":", 1)[0] not in debs_or_image:
                 problems.append(f"apt package '{pkg}' is not locked")
-        root = next((lk for lk in (lock, *above) if lk.base), None)
-        if root is not None and root.base is not None:
-            mirrors = sorted({a.mirror for a in root.base.all_archives})
+        root = next((base for lk in (lock, *above) if (base := lk.get(DebianBaseLock))), None)
+        if root is not None:
+            mirrors = sorted({a.mirror for a in root.all_archives})
             for d in debs_of(lock):
                 if d.mirror not in mirrors:
                     problems.append(f"apt package '{d.name}' comes from {d.mirror}, not the root's mirror "
                                     f"{' or '.join(mirrors)}")
         return problems + _apt_archives_cover(lock, above, root is not None,
-                                              any(lk.image_base is not None for lk in (lock, *above)))
+                                              any(lk.get(ImageBaseLock) is not None for lk in (lock, *above)))
+
+    def check_built(self, chain: Sequence[Lock], output: str, below: ParentTree | None) -> str | None:
+        """dpkg holds exactly the chain's locked packages (on a registry image: and what the image itself had)."""
+        installed = installed_packages(output)
+        if installed is None:
+            return None
+        expected: dict[str, str] = {}
+        if chain[0].get(ImageBaseLock) is not None and below is not None:  # the image's own are in no lock
+            expected.update(dpkg.installed(below.read("var/lib/dpkg/status") or b""))
+        for lk in chain:
+            expected.update({d.name: d.version for d in debs_of(lk)})
+        return dpkg_mismatch(installed, expected)
 
     def components(self, lock: Lock) -> list[Component]:
-        return [deb_component(d) for d in sorted(lock.apt, key=lambda d: (d.name, d.architecture))]
+        debs = lock.section(AptSection).debs
+        return [deb_component(d) for d in sorted(debs, key=lambda d: (d.name, d.architecture))]
 
     def pins(self, lock: Lock) -> list[Pin]:
-        return [deb_pin(d) for d in lock.apt]
+        return [deb_pin(d) for d in lock.section(AptSection).debs]
 
 
 def _apt_archives_cover(lock: Lock, above: Sequence[Lock], debian_root: bool, image_root: bool) -> list[str]:
     """On a registry image, every .deb comes from the archives the chain's apt layers recorded."""
+    apt = lock.section(AptSection)
     if debian_root:  # a Debian root's archives are checked above; the per-layer table is not its
         return ["[[apt-archives]] belongs to layers on a registry image, not to a chain on a Debian root"] \
-            if lock.apt_archives or lock.apt_in_image else []
-    if not image_root or not lock.apt:  # (a chain whose root lock is not at hand: nothing to compare with)
+            if apt.archives or apt.in_image else []
+    if not image_root or not apt.debs:  # (a chain whose root lock is not at hand: nothing to compare with)
         return []
-    states = [lk.apt_archives for lk in (lock, *above) if lk.apt_archives]
-    if not lock.apt_archives and not states:
+    states = [lk.section(AptSection).archives for lk in (lock, *above) if lk.section(AptSection).archives]
+    if not apt.archives and not states:
         return ["[[apt]] is locked without [[apt-archives]] (the Debian archives it was resolved from)"]
     mirrors = sorted({a.mirror for state in states for a in state})
     return [f"apt package '{d.name}' comes from {d.mirror}, not from the chain's archives {' or '.join(mirrors)}"
-            for d in lock.apt if d.mirror not in mirrors]
+            for d in apt.debs if d.mirror not in mirrors]
 
 
 def installed_packages(output: str) -> dict[str, str] | None:

@@ -8,8 +8,14 @@ and names none of them (pip-tools' ``repositories/base.py`` and repo2docker's
 buildpacks are the models). An ecosystem is stateless: what one resolution
 needs to keep between ``prepare`` and ``lock`` goes into ``LockContext.notes``.
 
-Lock data keeps its typed fields on ``model.lockfile.Lock`` (the file format
-is frozen byte for byte); each ecosystem reads and fills only its own.
+Each ecosystem's part of a recipe is a ``model.recipe.RecipeSection`` (its
+key, its schema and checks, its parsed form) and its part of a lock a
+``model.lockfile.LockSection`` (its entries, its TOML out and in, its shape on
+read), both defined in its module and named as ``recipe_section`` and
+``lock_section``; ``ecosystems/__init__`` registers them with ``model/``. An
+ecosystem reads and fills its own parts (``recipe.section(...)``,
+``lock.section(...)``, ``lock.with_sections(...)``), and another's only
+through its types (apt on a root's lock part).
 """
 
 from __future__ import annotations
@@ -20,8 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from buildsys.core.store import Artifact, Store
-from buildsys.model.lockfile import Lock
-from buildsys.model.recipe import Recipe
+from buildsys.model.lockfile import Lock, LockSection
+from buildsys.model.recipe import Recipe, RecipeSection
 from buildsys.oci.layer.tree import ParentTree
 
 if TYPE_CHECKING:  # docker's client is imported only where an engine is used
@@ -56,6 +62,18 @@ class Pin:
     name: str
     version: str
     source: str  # where it comes from: a mirror, a URL, a platform ("" when the kind says it)
+
+
+class Downloads(Protocol):
+    """An ecosystem's downloads of its own URLs for one ``fetch`` run, shared by the run's threads."""
+
+    def download(self, url: str, fd: int, have: int, size: int | None) -> int:
+        """Append the file at ``url`` to ``fd`` from byte ``have`` on (from the start, the file emptied, when the
+        server does not resume); return the bytes written. Reading stops one byte past ``size``
+        (``net.TooLarge``); ``fetch`` hashes the finished file."""
+        ...
+
+    def close(self) -> None: ...
 
 
 class LockContext(Protocol):
@@ -116,6 +134,10 @@ class Ecosystem:
     # The word for its packages when parents disagree on one ("parents disagree on CRAN package"),
     # or None when parents may differ (a file is staged for its own layer only).
     agree_as: str | None = None
+    # Its part of a recipe (its key, or its kind of root under [base]) and of a lock (the keys it owns
+    # in the lock file), or None when it has none of its own.
+    recipe_section: type[RecipeSection] | None = None
+    lock_section: type[LockSection] | None = None
 
     def prepare(self, ctx: LockContext) -> None:
         """Before anything costly: refuse what the recipe cannot have here, read an index."""
@@ -161,4 +183,19 @@ class Ecosystem:
     def failure_hint(self, output: str) -> str | None:
         """A next step for a build that failed in this ecosystem's step, if it knows one."""
         return None
+
+    def check_built(self, chain: Sequence[Lock], output: str, below: ParentTree | None) -> str | None:
+        """What a layer just built holds against the locks, read from its build script's ``output``.
+
+        ``chain``: the locks of its chain, the root first and the layer's own last; ``below``: the
+        parent chain's files. None when it holds what they pin (or this ecosystem cannot tell).
+        """
+        return None
+
+    # The scheme of the vendor store's URLs this ecosystem downloads itself (``downloads``), if any.
+    url_scheme: str | None = None
+
+    def downloads(self) -> Downloads:
+        """What downloads this ecosystem's URLs (of ``url_scheme``) for one ``fetch`` run, which closes it."""
+        raise NotImplementedError(f"{self.name} downloads no URL of its own")
 

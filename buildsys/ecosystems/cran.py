@@ -13,7 +13,6 @@ The build side (``install_steps``) lives here too, as pip's does in ``pip``.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import hashlib
 import heapq
@@ -24,7 +23,7 @@ import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
 
 from packageurl import PackageURL
 
@@ -35,8 +34,20 @@ from buildsys.core.store import Artifact, Store
 from buildsys.core.urlpolicy import local_reason
 from buildsys.ecosystems.apt_layer import chain_debs
 from buildsys.ecosystems.base import MOUNT, STEP_HEADER, STEP_MARKER, Component, Ecosystem, LockContext, Pin
-from buildsys.model.lockfile import Lock, LockedCran
-from buildsys.model.recipe import Recipe
+from buildsys.ecosystems.registry_image import ImageBaseLock
+from buildsys.model.lockfile import Lock, LockSection
+from buildsys.model.lockschema import (
+    SHA256,
+    Check,
+    LockValidator,
+    Schema,
+    label,
+    matching,
+    str_list,
+    url_check,
+    whole_number,
+)
+from buildsys.model.recipe import Recipe, RecipeSection, RecipeValidator
 
 if TYPE_CHECKING:  # docker's client is imported only where an engine is used
     from buildsys.engine import Engine
@@ -141,6 +152,132 @@ class InstalledR:
 
 
 @dataclass(frozen=True)
+class CranRecipe(RecipeSection):
+    """``[cran]``: R package names, from the CRAN-like repository ``repo`` (a dated snapshot)."""
+
+    packages: tuple[str, ...] = ()
+    repo: str | None = None
+
+    KEY = "cran"
+    SCHEMA = {"packages": "str-list", "repo": "str"}
+
+    @classmethod
+    def parse(cls, v: RecipeValidator, data: Mapping[str, Any]) -> Self:
+        cran = data.get("cran", {})
+        for i, pkg in enumerate(cran.get("packages", [])):
+            if not names.R_NAME.fullmatch(pkg):
+                raise v.fail(("cran", "packages", i), f"'{pkg}' is not an R package name",
+                             hint="versions come from the dated snapshot in cran.repo and the lock, not the recipe")
+        if "repo" in cran:
+            v.url(("cran", "repo"), cran["repo"])
+        return cls(tuple(cran.get("packages", [])), cran.get("repo"))
+
+    def count(self) -> int:
+        return len(self.packages)
+
+
+@dataclass(frozen=True)
+class LockedCran:
+    """One R source package from the recipe's CRAN-like repository."""
+
+    name: str
+    version: str
+    sha256: str
+    size: int
+    url: str  # where it was at lock time; fetch also tries src/contrib/Archive/NAME/
+    depends: tuple[str, ...] = ()  # its Depends/Imports/LinkingTo that this lock installs or the chain has
+
+    def to_toml(self) -> dict[str, Any]:
+        return {"depends": list(self.depends), "name": self.name, "sha256": self.sha256, "size": self.size,
+                "url": self.url, "version": self.version}
+
+    @classmethod
+    def from_toml(cls, d: Mapping[str, Any]) -> LockedCran:
+        return cls(name=d["name"], version=d["version"], sha256=d["sha256"], size=int(d["size"]), url=d["url"],
+                   depends=tuple(d.get("depends", ())))
+
+
+LOCKED_CRAN: Schema = {
+    "name": (matching(names.R_NAME, "an R package name"), True),
+    "version": (matching(names.R_VERSION, "an R package version"), True),
+    "sha256": (SHA256, True),
+    "size": (whole_number, True),
+    "url": (url_check, True),
+    "depends": (str_list(matching(names.R_NAME, "an R package name")), False),
+}
+CRAN_REPO: Schema = {
+    "url": (url_check, True),
+    "index-sha256": (SHA256, True),
+}
+
+
+@dataclass(frozen=True)
+class CranSection(LockSection):
+    """The R version, the repository with the sha256 of the index read, and ``[[cran]]`` by name."""
+
+    packages: tuple[LockedCran, ...] = ()
+    repo: str | None = None  # the recipe's repository, and the sha256 of the PACKAGES index read
+    index_sha256: str | None = None
+    r_version: str | None = None  # the image's R the [[cran]] set was resolved for
+
+    KEYS: ClassVar[Mapping[str, Check | None]] = {
+        "r": matching(names.R_VERSION, "an R version"), "cran-repo": None, "cran": None}
+
+    def write(self) -> dict[str, Any]:
+        d: dict[str, Any] = {}
+        if self.r_version:
+            d["r"] = self.r_version
+        if self.repo:
+            d["cran-repo"] = {"url": self.repo, "index-sha256": self.index_sha256 or ""}
+        if self.packages:
+            d["cran"] = [c.to_toml() for c in sorted(self.packages, key=lambda c: c.name)]
+        return d
+
+    @classmethod
+    def validate(cls, v: LockValidator, d: Mapping[str, Any]) -> None:
+        """``[cran-repo]``, and ``[[cran]]``: each package once, its URL the tarball of that name and version."""
+        if "cran-repo" in d:
+            v.table(d["cran-repo"], CRAN_REPO, "[cran-repo]")
+        r_names: set[str] = set()
+        for i, e in enumerate(v.entries(d.get("cran", []), "[[cran]]")):
+            at = label("[[cran]]", i, e)
+            v.table(e, LOCKED_CRAN, at)
+            if not e["url"].endswith(f"/{e['name']}_{e['version']}.tar.gz"):
+                raise v.fail(at, "url", f"{e['url']!r} is not {e['name']}_{e['version']}.tar.gz")
+            if e["name"] in r_names:
+                raise v.fail(at, "name", f"'{e['name']}' is locked twice")
+            r_names.add(e["name"])
+
+    @classmethod
+    def read(cls, d: Mapping[str, Any]) -> Self | None:
+        if not any(key in d for key in cls.KEYS):
+            return None
+        return cls(packages=tuple(LockedCran.from_toml(c) for c in d.get("cran", [])),
+                   repo=d.get("cran-repo", {}).get("url"), index_sha256=d.get("cran-repo", {}).get("index-sha256"),
+                   r_version=d.get("r"))
+
+
+@dataclass(frozen=True)
+class CranStaging:
+    """What ``Cran.stage`` reads of a lock, under the names it had when [[cran]] was a field of ``Lock``.
+
+    (``Cran.stage``'s body is being reworked on another branch; ``_staging`` hands it this until that is merged.)
+    """
+
+    cran: tuple[LockedCran, ...]
+    cran_repo: str | None
+    source_date_epoch: int
+
+
+def _staging(stage: Callable[[Cran, Store, Recipe, CranStaging, Path], list[str]],
+             ) -> Callable[[Cran, Store, Recipe, Lock, Path], list[str]]:
+    def staged(self: Cran, store: Store, recipe: Recipe, lock: Lock, folder: Path) -> list[str]:
+        part = lock.section(CranSection)
+        return stage(self, store, recipe, CranStaging(part.packages, part.repo, lock.source_date_epoch), folder)
+    return staged
+
+
+@dataclass(frozen=True)
 class CranLock:
     packages: tuple[LockedCran, ...]
     index_sha256: str
@@ -236,8 +373,8 @@ def tarball_urls(repo: str, name: str, version: str, path: str = "") -> tuple[st
 
 def read_index(recipe: Recipe) -> tuple[dict[str, IndexEntry], str]:
     """The repo's PACKAGES index (PACKAGES.gz first, as R does) and the sha256 of the bytes read."""
-    assert recipe.cran_repo
-    repo = recipe.cran_repo
+    repo = recipe.section(CranRecipe).repo
+    assert repo
     allow_local = local_reason(repo) is not None  # the recipe names a loopback/file repo on purpose
     failures = []
     for name in ("PACKAGES.gz", "PACKAGES"):
@@ -294,11 +431,11 @@ def resolve_closure(recipe: Recipe, index: Mapping[str, IndexEntry], installed: 
     ``above``: R packages the ancestors' locks pinned from CRAN (they are in the
     image too, but named here so a missing one says where it was expected).
     """
-    repo = recipe.cran_repo or ""
+    repo = recipe.section(CranRecipe).repo or ""
     have = dict(above or {})
     have.update({n: v for n, (v, _) in installed.packages.items()})
     chosen: dict[str, IndexEntry] = {}
-    todo: list[tuple[str, Dependency | None, str]] = [(p, None, "") for p in recipe.cran_packages]
+    todo: list[tuple[str, Dependency | None, str]] = [(p, None, "") for p in recipe.section(CranRecipe).packages]
     while todo:
         name, dep, parent = todo.pop()
         where = f"{parent} needs '{dep}'" if dep and parent else f"the recipe asks for '{name}'"
@@ -395,7 +532,7 @@ def inspect_image(engine: Engine, image: str) -> InstalledR | None:
 
 def check_repo(recipe: Recipe) -> tuple[dict[str, IndexEntry], str]:
     """Read the index before anything costly (the parent image is built after): an unreachable repo says so first."""
-    if not recipe.cran_repo:
+    if not recipe.section(CranRecipe).repo:
         raise LockError(f"{recipe.path}: [cran] needs repo = \"...\" (a dated CRAN snapshot)",
                         hint='add repo = "https://packagemanager.posit.co/cran/2025-06-02" (or your mirror)')
     return read_index(recipe)
@@ -405,7 +542,8 @@ def lock_cran(recipe: Recipe, store: Store, engine: Engine, image: str, above: M
               index: tuple[dict[str, IndexEntry], str],
               progress: Callable[[str], None] = lambda message: None) -> CranLock:
     """Resolve the recipe's [cran] packages for the R in ``image``; pin each tarball by its sha256."""
-    assert recipe.cran_repo
+    repo = recipe.section(CranRecipe).repo
+    assert repo
     installed = inspect_image(engine, image)
     if installed is None:
         raise LockError(f"{recipe.path}: [cran] packages need R in the image, and the parent chain has none",
@@ -413,10 +551,10 @@ def lock_cran(recipe: Recipe, store: Store, engine: Engine, image: str, above: M
     entries = resolve_closure(recipe, index[0], installed, above)
     progress(f"cran: {len(entries)} packages to pin (R {installed.version}): "
              + " ".join(f"{e.name}={e.version}" for e in entries))
-    allow_local = local_reason(recipe.cran_repo) is not None
+    allow_local = local_reason(repo) is not None
     locked = []
     for e in entries:
-        url = tarball_urls(recipe.cran_repo, e.name, e.version, e.path)[0]
+        url = tarball_urls(repo, e.name, e.version, e.path)[0]
         sha, size = _download(store, url, e, allow_local)
         locked.append(LockedCran(name=e.name, version=e.version, sha256=sha, size=size, url=url,
                                  depends=tuple(sorted({d.name for d in e.depends}))))
@@ -558,11 +696,11 @@ def cran_closure(store: Store, chain: Sequence[Lock], lock: Lock) -> list[str]:
     chain. On a registry image the image's own R packages are not in any lock, so there only
     the version of a pinned dependency is checked.
     """
-    pins = {c.name: c.version for lk in (*chain, lock) for c in lk.cran}
+    pins = {c.name: c.version for lk in (*chain, lock) for c in lk.section(CranSection).packages}
     debs = chain_debs([*chain, lock])
-    image_root = any(lk.image_base is not None for lk in chain)
+    image_root = any(lk.get(ImageBaseLock) is not None for lk in chain)
     problems: list[str] = []
-    for c in lock.cran:
+    for c in lock.section(CranSection).packages:
         path = store.vendor_path(c.sha256)
         if not path.is_file():
             continue  # the vendor check names a missing file
@@ -629,32 +767,36 @@ def tarball_artifact(c: LockedCran) -> Artifact:
 class Cran(Ecosystem):
     name = "cran"
     agree_as = "CRAN"
+    recipe_section = CranRecipe
+    lock_section = CranSection
 
     def prepare(self, ctx: LockContext) -> None:
         recipe = ctx.recipe
-        if not recipe.cran_packages:
+        wanted = recipe.section(CranRecipe)
+        if not wanted.packages:
             return
         if recipe.is_root:
             raise LockError(f"{recipe.path}: [cran] in a root recipe is not supported",
                             hint="put CRAN packages in a child recipe whose chain installs R (r-base-core)")
-        ctx.progress(f"cran: reading the index of {recipe.cran_repo}")
+        ctx.progress(f"cran: reading the index of {wanted.repo}")
         ctx.notes["cran-index"] = check_repo(recipe)
 
     def lock(self, ctx: LockContext, lock: Lock) -> Lock:
         recipe = ctx.recipe
-        if not recipe.cran_packages:
+        wanted = recipe.section(CranRecipe)
+        if not wanted.packages:
             return lock
         image = ctx.image(lock, "to resolve CRAN packages against its R")
-        above = {c.name: c.version for lk in ctx.ancestors for c in lk.cran}
+        above = {c.name: c.version for lk in ctx.ancestors for c in lk.section(CranSection).packages}
         cran = lock_cran(recipe, ctx.store, ctx.engine(), image, above, ctx.notes["cran-index"],
                          progress=ctx.progress)
-        return dataclasses.replace(lock, cran=cran.packages, cran_repo=recipe.cran_repo,
-                                   cran_index_sha256=cran.index_sha256, r_version=cran.r_version)
+        return lock.with_sections(CranSection(cran.packages, wanted.repo, cran.index_sha256, cran.r_version))
 
     def artifacts(self, lock: Lock) -> list[Artifact]:
-        return [tarball_artifact(c) for c in lock.cran]
+        return [tarball_artifact(c) for c in lock.section(CranSection).packages]
 
-    def stage(self, store: Store, recipe: Recipe, lock: Lock, folder: Path) -> list[str]:
+    @_staging
+    def stage(self, store: Store, recipe: Recipe, lock: CranStaging, folder: Path) -> list[str]:
         if not lock.cran:
             return []
         stage_tarballs(store, recipe.name, lock.cran, folder / "cran")
@@ -664,35 +806,38 @@ class Cran(Ecosystem):
         """Every [cran] package is pinned here or in the chain (Debian's r-cran-NAME counts), from the recipe's repo."""
         problems: list[str] = []
         debs = chain_debs([*above, lock])
-        pinned = {c.name for lk in (*above, lock) for c in lk.cran}
-        for name in recipe.cran_packages:
+        pinned = {c.name for lk in (*above, lock) for c in lk.section(CranSection).packages}
+        wanted = recipe.section(CranRecipe)
+        for name in wanted.packages:
             if name not in pinned and f"r-cran-{name.lower()}" not in debs:
                 problems.append(f"R package '{name}' is not locked")
-        if (lock.cran or recipe.cran_packages) and lock.cran_repo != recipe.cran_repo:
-            problems.append(f"[cran-repo] is {lock.cran_repo!r}, the recipe's cran.repo is {recipe.cran_repo!r}")
-        for c in lock.cran:
-            if why := repo_relative_problem(c.url, recipe.cran_repo or ""):
+        cran = lock.section(CranSection)
+        if (cran.packages or wanted.packages) and cran.repo != wanted.repo:
+            problems.append(f"[cran-repo] is {cran.repo!r}, the recipe's cran.repo is {wanted.repo!r}")
+        for c in cran.packages:
+            if why := repo_relative_problem(c.url, wanted.repo or ""):
                 problems.append(f"R package '{c.name}' comes from {c.url}, not the recipe's cran.repo ({why})")
         return problems
 
     def closure_problems(self, store: Store, chain: Sequence[Lock], lock: Lock) -> list[str]:
-        return cran_closure(store, chain, lock) if lock.cran else []
+        return cran_closure(store, chain, lock) if lock.section(CranSection).packages else []
 
     def components(self, lock: Lock) -> list[Component]:
         return [Component("cran", c.name, c.version, PackageURL("cran", None, c.name, c.version).to_string(),
-                          c.sha256, c.url) for c in sorted(lock.cran, key=lambda c: c.name)]
+                          c.sha256, c.url) for c in sorted(lock.section(CranSection).packages, key=lambda c: c.name)]
 
     def pins(self, lock: Lock) -> list[Pin]:
-        return [Pin("cran", c.name, c.version, "") for c in lock.cran]
+        return [Pin("cran", c.name, c.version, "") for c in lock.section(CranSection).packages]
 
     def checks(self, recipe: Recipe) -> list[tuple[str, str]]:
         """Every [cran] package loads with ``library()``."""
-        if not recipe.cran_packages:
+        packages = recipe.section(CranRecipe).packages
+        if not packages:
             return []
-        quoted = ", ".join(f'"{n}"' for n in recipe.cran_packages)
+        quoted = ", ".join(f'"{n}"' for n in packages)
         script = (f"for (p in c({quoted})) {{ suppressPackageStartupMessages(library(p, character.only = TRUE)); "
                   f"cat(p, as.character(packageVersion(p)), \"ok\\n\") }}")
-        return [(f"library({', '.join(recipe.cran_packages)})", shlex.join(["Rscript", "-e", script]))]
+        return [(f"library({', '.join(packages)})", shlex.join(["Rscript", "-e", script]))]
 
     def failure_hint(self, output: str) -> str | None:
         return failure_hint(output)

@@ -9,20 +9,138 @@ from __future__ import annotations
 import dataclasses
 import email.utils
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar, Self
 from urllib.parse import unquote, urlsplit
 
 from packageurl import PackageURL
 
-from buildsys.core import net
+from buildsys.core import names, net
 from buildsys.core.errors import FetchError, HashMismatch, NotVendored, RecipeError
 from buildsys.core.store import Artifact, Store
 from buildsys.core.urlpolicy import local_reason
 from buildsys.ecosystems.base import Component, Ecosystem, LockContext, Pin
-from buildsys.model.lockfile import Lock, LockedFile
-from buildsys.model.recipe import Recipe
+from buildsys.model.lockfile import Lock, LockSection
+from buildsys.model.lockschema import (
+    SHA256,
+    Check,
+    LockValidator,
+    Schema,
+    boolean,
+    filename_check,
+    label,
+    url_check,
+    whole_number,
+)
+from buildsys.model.recipe import Recipe, RecipeSection, RecipeValidator
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    url: str
+    name: str
+    sha256: str | None = None
+    local: bool = False  # may read from this machine (file:, loopback): an explicit opt-in, see urlpolicy
+
+
+@dataclass(frozen=True)
+class FilesRecipe(RecipeSection):
+    """``[[files]]``: files by URL, each under a distinct plain name, with an optional sha256 to hold them to."""
+
+    files: tuple[FileSpec, ...] = ()
+
+    KEY = "files"
+    SCHEMA = ("tables", {"url": "str", "name": "str", "sha256": "str", "local": "bool"})
+
+    @classmethod
+    def parse(cls, v: RecipeValidator, data: Mapping[str, Any]) -> Self:
+        """Each a URL and a distinct plain file name; one on this machine only with ``local = true``."""
+        files: list[FileSpec] = []
+        for i, f in enumerate(data.get("files", [])):
+            if "url" not in f:
+                raise v.fail(("files", i, "url"), "is required")
+            v.url(("files", i, "url"), f["url"])
+            fname = f.get("name") or urlsplit(f["url"]).path.rstrip("/").rsplit("/", 1)[-1]
+            if not fname or "/" in fname or fname in (".", ".."):
+                raise v.fail(("files", i, "name"), f"'{fname}' is not a usable file name",
+                             hint='set name = "tool.deb"')
+            sha = f.get("sha256")
+            if sha is not None and not names.HEX64.fullmatch(sha):
+                raise v.fail(("files", i, "sha256"), "must be 64 lowercase hex digits")
+            if fname in (seen.name for seen in files):
+                raise v.fail(("files", i, "name" if "name" in f else "url"), f"a second file named '{fname}'",
+                             hint='give each a distinct name = "..."')
+            local = f.get("local", False)
+            if not local and (why := local_reason(f["url"])):
+                raise v.fail(("files", i, "url"), f"'{f['url']}' reads from this machine: {why}",
+                             hint="a recipe may do that only on purpose: add local = true to this [[files]] entry")
+            files.append(FileSpec(url=f["url"], name=fname, sha256=sha, local=local))
+        return cls(tuple(files))
+
+    def count(self) -> int:
+        return len(self.files)
+
+
+LOCKED_FILE: Schema = {
+    "name": (filename_check, True),
+    "url": (url_check, True),
+    "sha256": (SHA256, True),
+    "size": (whole_number, True),
+    "local": (boolean, False),
+}
+
+
+@dataclass(frozen=True)
+class LockedFile:
+    url: str
+    name: str
+    sha256: str
+    size: int
+    local: bool = False  # the recipe allowed a URL on this machine (urlpolicy); recorded so it is seen
+
+    def artifact(self) -> Artifact:
+        return Artifact(kind="file", name=self.name, version="", filename=self.name, sha256=self.sha256,
+                        size=self.size, urls=(self.url,), local=self.local)
+
+    def to_toml(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name, "sha256": self.sha256, "size": self.size, "url": self.url}
+        if self.local:
+            d["local"] = True
+        return d
+
+    @classmethod
+    def from_toml(cls, d: Mapping[str, Any]) -> LockedFile:
+        return cls(url=d["url"], name=d["name"], sha256=d["sha256"], size=int(d["size"]),
+                   local=bool(d.get("local", False)))
+
+
+@dataclass(frozen=True)
+class FilesSection(LockSection):
+    """``[[files]]`` by name."""
+
+    files: tuple[LockedFile, ...] = ()
+
+    KEYS: ClassVar[Mapping[str, Check | None]] = {"files": None}
+
+    def write(self) -> dict[str, Any]:
+        return {"files": [f.to_toml() for f in sorted(self.files, key=lambda f: f.name)]} if self.files else {}
+
+    @classmethod
+    def validate(cls, v: LockValidator, d: Mapping[str, Any]) -> None:
+        """``[[files]]``: each name once, since they share one staging folder."""
+        file_names: set[str] = set()
+        for i, e in enumerate(v.entries(d.get("files", []), "[[files]]")):
+            at = label("[[files]]", i, e)
+            v.table(e, LOCKED_FILE, at)
+            if e["name"] in file_names:
+                raise v.fail(at, "name", f"a second file named {e['name']!r}")
+            file_names.add(e["name"])
+
+    @classmethod
+    def read(cls, d: Mapping[str, Any]) -> Self | None:
+        return cls(tuple(LockedFile.from_toml(f) for f in d["files"])) if "files" in d else None
 
 
 @dataclass(frozen=True)
@@ -35,7 +153,7 @@ def lock_files(recipe: Recipe, store: Store, warn: Callable[[str], None] = lambd
                ) -> FilesLock:
     """Download and pin each ``[[files]]`` entry; ``warn`` hears of every local source allowed."""
     locked, epochs = [], []
-    for i, spec in enumerate(recipe.files):
+    for i, spec in enumerate(recipe.section(FilesRecipe).files):
         what = f"{recipe.path}: files[{i}] ({spec.name})"
         reason = local_reason(spec.url, resolve=True)
         if reason and not spec.local:
@@ -90,22 +208,25 @@ class Files(Ecosystem):
     """``[[files]]``: downloads by URL, pinned by sha256, staged by name for the recipe's ``run`` steps."""
 
     name = "files"
+    recipe_section = FilesRecipe
+    lock_section = FilesSection
 
     def lock(self, ctx: LockContext, lock: Lock) -> Lock:
-        if not ctx.recipe.files:
+        if not ctx.recipe.section(FilesRecipe).files:
             return lock
         files = lock_files(ctx.recipe, ctx.store, warn=ctx.warn)
-        return dataclasses.replace(lock, files=files.locked,
+        return dataclasses.replace(lock.with_sections(FilesSection(files.locked)),
                                    source_date_epoch=max([lock.source_date_epoch, *files.epochs]))
 
     def artifacts(self, lock: Lock) -> list[Artifact]:
-        return [f.artifact() for f in lock.files]
+        return [f.artifact() for f in lock.section(FilesSection).files]
 
     def stage(self, store: Store, recipe: Recipe, lock: Lock, folder: Path) -> list[str]:
-        if not lock.files:
+        files = lock.section(FilesSection).files
+        if not files:
             return []
         (folder / "files").mkdir()
-        for f in lock.files:
+        for f in files:
             src = store.vendor_path(f.sha256)
             if not src.is_file():
                 raise NotVendored(recipe.name, f"file {f.name} ({f.url})")
@@ -114,8 +235,8 @@ class Files(Ecosystem):
 
     def covers(self, recipe: Recipe, lock: Lock, above: Sequence[Lock]) -> list[str]:
         problems: list[str] = []
-        locked = {f.name: f for f in lock.files}
-        for spec in recipe.files:
+        locked = {f.name: f for f in lock.section(FilesSection).files}
+        for spec in recipe.section(FilesRecipe).files:
             f = locked.pop(spec.name, None)
             if f is None:
                 problems.append(f"file '{spec.name}' ({spec.url}) is not locked")
@@ -133,10 +254,10 @@ class Files(Ecosystem):
         return [Component("file", f.name, "", PackageURL("generic", None, f.name, None,
                                                          {"checksum": f"sha256:{f.sha256}",
                                                           "download_url": f.url}).to_string(), f.sha256, f.url)
-                for f in sorted(lock.files, key=lambda f: f.name)]
+                for f in sorted(lock.section(FilesSection).files, key=lambda f: f.name)]
 
     def pins(self, lock: Lock) -> list[Pin]:
-        return [Pin("files", f.name, f.sha256[:12], f.url) for f in lock.files]
+        return [Pin("files", f.name, f.sha256[:12], f.url) for f in lock.section(FilesSection).files]
 
 
 FILES = Files()

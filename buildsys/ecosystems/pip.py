@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shlex
 import shutil
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from email.parser import HeaderParser
 from pathlib import Path
+from typing import Any, ClassVar, Self
 from urllib.parse import urlsplit
 
 from packageurl import PackageURL
@@ -27,13 +30,67 @@ from buildsys.core.store import Artifact, Store, atomic_write
 from buildsys.core.urlpolicy import local_reason
 from buildsys.ecosystems.apt_layer import chain_debs
 from buildsys.ecosystems.base import MOUNT, STEP_HEADER, STEP_MARKER, Component, Ecosystem, LockContext, Pin
-from buildsys.ecosystems.pip_resolve import lock_pip
+from buildsys.ecosystems.pip_resolve import LockedPip, LockedWheelFile, PipRecipe, check_pip, lock_pip
 from buildsys.ecosystems.pypi import DEFAULT_INDEX
-from buildsys.model.lockfile import Lock, LockedPip, LockedWheelFile
+from buildsys.model.lockfile import Lock, LockSection
+from buildsys.model.lockschema import Check, LockValidator, label, matching
 from buildsys.model.recipe import Recipe
 
 WHEELS_DIR = "/buildsys/wheels"
 REQUIREMENTS = "requirements.txt"  # written by stage_wheels beside the wheels
+
+
+# --- the lock's part -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PipSection(LockSection):
+    """``[[pip]]`` by name, the pip wheel that installs them (``[pip-installer]``) and the Python they are for."""
+
+    packages: tuple[LockedPip, ...] = ()
+    python: str | None = None  # the image's Python (e.g. "3.11.2") the pip set was resolved for
+    installer: LockedPip | None = None  # the pip wheel that installs [[pip]] at build time
+
+    KEYS: ClassVar[Mapping[str, Check | None]] = {
+        "python": matching(re.compile(r"[0-9]+(\.[0-9]+){1,2}"), "a Python version"),
+        "pip": None,
+        "pip-installer": None,
+    }
+
+    def write(self) -> dict[str, Any]:
+        d: dict[str, Any] = {}
+        if self.python:
+            d["python"] = self.python
+        if self.packages:
+            d["pip"] = [p.to_toml() for p in sorted(self.packages, key=lambda p: p.name)]
+        if self.installer:
+            d["pip-installer"] = self.installer.to_toml()
+        return d
+
+    @classmethod
+    def validate(cls, v: LockValidator, d: Mapping[str, Any]) -> None:
+        """``[[pip]]``: each distribution once, by its canonical name (``Foo_Bar`` is ``foo-bar``)."""
+        seen: set[str] = set()
+        for i, e in enumerate(v.entries(d.get("pip", []), "[[pip]]")):
+            at = label("[[pip]]", i, e)
+            check_pip(v, e, at)
+            key = canonicalize_name(e["name"])
+            if key in seen:
+                raise v.fail(at, "name", f"'{e['name']}' is locked twice")
+            seen.add(key)
+        if "pip-installer" in d:
+            check_pip(v, d["pip-installer"], "[pip-installer]")
+
+    @classmethod
+    def read(cls, d: Mapping[str, Any]) -> Self | None:
+        if not any(key in d for key in cls.KEYS):
+            return None
+        return cls(packages=tuple(LockedPip.from_toml(p) for p in d.get("pip", [])), python=d.get("python"),
+                   installer=LockedPip.from_toml(d["pip-installer"]) if "pip-installer" in d else None)
+
+    def with_installer(self) -> tuple[LockedPip, ...]:
+        """The locked distributions and the pip that installs them."""
+        return (*self.packages, *([self.installer] if self.installer else []))
 
 
 # --- build time -----------------------------------------------------------------------------------------------------
@@ -52,20 +109,22 @@ def _selected_file(recipe: str, pin: LockedPip) -> LockedWheelFile:
 
 
 def _installer(lock: Lock) -> LockedPip:
-    if lock.pip_installer is None:
+    installer = lock.section(PipSection).installer
+    if installer is None:
         raise LockError(f"{lock.recipe}: the lock pins [[pip]] packages but no pip to install them with",
                         f"relock: `buildsys lock {lock.recipe}`")
-    return lock.pip_installer
+    return installer
 
 
 def stage_wheels(store: Store, lock: Lock, dest: Path) -> None:
     """Link the selected wheels and the installer into ``dest`` under their own names, with
     ``requirements.txt`` pinning each to its sha256 (what ``install_script`` installs)."""
-    if not lock.pip:
+    pip = lock.section(PipSection)
+    if not pip.packages:
         return
     dest.mkdir(parents=True, exist_ok=True)
     lines = []
-    for pin in [*sorted(lock.pip, key=lambda p: p.name), _installer(lock)]:
+    for pin in [*sorted(pip.packages, key=lambda p: p.name), _installer(lock)]:
         f = _selected_file(lock.recipe, pin)
         src = store.vendor_path(f.sha256)
         if not src.is_file() or (f.size is not None and src.stat().st_size != f.size):
@@ -76,7 +135,7 @@ def stage_wheels(store: Store, lock: Lock, dest: Path) -> None:
             os.link(src, target)
         except OSError:  # another file system
             shutil.copyfile(src, target)
-        if pin is not lock.pip_installer:
+        if pin is not pip.installer:
             lines.append(f"{pin.name}=={pin.version} --hash=sha256:{f.sha256}\n")
     atomic_write(dest / REQUIREMENTS, "".join(lines).encode())
 
@@ -89,7 +148,7 @@ def install_script(lock: Lock, wheels_dir_in_container: str = WHEELS_DIR) -> str
     (never over) what dpkg owns. ``--isolated`` and ``PIP_CONFIG_FILE=/dev/null``:
     no PIP_* variable of the image and no pip.conf may change what is installed.
     """
-    if not lock.pip:
+    if not lock.section(PipSection).packages:
         return ""
     d = wheels_dir_in_container.rstrip("/")
     pip = f"{d}/{_selected_file(lock.recipe, _installer(lock)).name}/pip"
@@ -136,46 +195,49 @@ sys.exit(1 if failed else 0)
 
 def chain_pips(locks: Sequence[Lock]) -> dict[str, str]:
     """The pip pins of a chain of layers, name -> version."""
-    return {p.name: p.version for lk in locks for p in lk.pip}
+    return {p.name: p.version for lk in locks for p in lk.section(PipSection).packages}
 
 
 class Pip(Ecosystem):
     name = "pip"
     agree_as = "pip"
+    recipe_section = PipRecipe
+    lock_section = PipSection
 
     def prepare(self, ctx: LockContext) -> None:
-        if ctx.recipe.is_root and ctx.recipe.pip_packages:
+        if ctx.recipe.is_root and ctx.recipe.section(PipRecipe).packages:
             raise LockError(f"{ctx.recipe.path}: [pip] in a root recipe is not supported",
                             hint="put pip packages in a child recipe whose chain installs python3")
 
     def lock(self, ctx: LockContext, lock: Lock) -> Lock:
         recipe = ctx.recipe
-        if not recipe.pip_packages:
+        wanted = recipe.section(PipRecipe).packages
+        if not wanted:
             return lock
         image = ctx.image(lock, "to resolve pip in it")
-        ctx.progress(f"pip: resolving {len(recipe.pip_packages)} requirements inside the image")
-        previous = ctx.previous
+        ctx.progress(f"pip: resolving {len(wanted)} requirements inside the image")
+        previous = ctx.previous.section(PipSection) if ctx.previous else PipSection()
         pip = lock_pip(ctx.engine(), image, recipe, ctx.store, constraints=chain_pips(ctx.ancestors),
-                       previous=previous.pip if previous else (), upgrade=ctx.upgrade,
-                       upgrade_packages=ctx.upgrade_packages,
-                       previous_installer=previous.pip_installer if previous else None)
-        return dataclasses.replace(lock, pip=pip.packages, python=pip.python, pip_installer=pip.installer,
+                       previous=previous.packages, upgrade=ctx.upgrade, upgrade_packages=ctx.upgrade_packages,
+                       previous_installer=previous.installer)
+        return dataclasses.replace(lock.with_sections(PipSection(pip.packages, pip.python, pip.installer)),
                                    source_date_epoch=max(lock.source_date_epoch, pip.epoch))
 
     def artifacts(self, lock: Lock) -> list[Artifact]:
-        return [a for p in (*lock.pip, *([lock.pip_installer] if lock.pip_installer else [])) for a in p.artifacts()]
+        return [a for p in lock.section(PipSection).with_installer() for a in p.artifacts()]
 
     def stage(self, store: Store, recipe: Recipe, lock: Lock, folder: Path) -> list[str]:
-        if not lock.pip:
+        packages = lock.section(PipSection).packages
+        if not packages:
             return []
         stage_wheels(store, lock, folder / "wheels")
-        return [f"{STEP_HEADER}echo '{STEP_MARKER}pip: install {len(lock.pip)} packages'\n"
+        return [f"{STEP_HEADER}echo '{STEP_MARKER}pip: install {len(packages)} packages'\n"
                 f"{install_script(lock, f'{MOUNT}/wheels')}\n"]
 
     def covers(self, recipe: Recipe, lock: Lock, above: Sequence[Lock]) -> list[str]:
         problems: list[str] = []
-        pins = {canonicalize_name(p.name): p.version for lk in (*above, lock) for p in lk.pip}
-        for spec in recipe.pip_packages:
+        pins = {canonicalize_name(p.name): p.version for lk in (*above, lock) for p in lk.section(PipSection).packages}
+        for spec in recipe.section(PipRecipe).packages:
             try:
                 req = Requirement(spec)
             except InvalidRequirement:  # the recipe validator reports it; nothing to compare here
@@ -185,10 +247,11 @@ class Pip(Ecosystem):
                 problems.append(f"pip package '{req.name}' is not locked")
             elif req.specifier and not req.specifier.contains(Version(pins[name]), prereleases=True):
                 problems.append(f"pip package '{req.name}' is locked at {pins[name]}, which is not {req.specifier}")
-        if lock.pip and lock.pip_installer is None:
+        pip = lock.section(PipSection)
+        if pip.packages and pip.installer is None:
             problems.append("[pip-installer] (the pinned pip that installs [[pip]]) is missing")
-        index = urlsplit(recipe.pip_index_url or DEFAULT_INDEX)
-        for p in (*lock.pip, *([lock.pip_installer] if lock.pip_installer else [])):
+        index = urlsplit(recipe.section(PipRecipe).index_url or DEFAULT_INDEX)
+        for p in pip.with_installer():
             for f in p.files:
                 if (why := local_reason(f.url)) and urlsplit(f.url)[:2] != index[:2]:
                     problems.append(f"pip file {f.name} is to be read from this machine ({why}), "
@@ -196,23 +259,23 @@ class Pip(Ecosystem):
         return problems
 
     def closure_problems(self, store: Store, chain: Sequence[Lock], lock: Lock) -> list[str]:
-        return pip_closure(store, chain, lock) if lock.pip else []
+        return pip_closure(store, chain, lock) if lock.section(PipSection).packages else []
 
     def components(self, lock: Lock) -> list[Component]:
         out = []
-        for p in sorted(lock.pip, key=lambda p: p.name):
+        for p in sorted(lock.section(PipSection).packages, key=lambda p: p.name):
             f = ([f for f in p.files if f.name == p.selected] or list(p.files)[:1])[0]
             purl = PackageURL("pypi", None, p.name.lower().replace("_", "-"), p.version)
             out.append(Component("wheel", p.name, p.version, purl.to_string(), f.sha256, f.url))
         return out
 
     def pins(self, lock: Lock) -> list[Pin]:
-        return [Pin("pip", p.name, p.version, "") for p in lock.pip]
+        return [Pin("pip", p.name, p.version, "") for p in lock.section(PipSection).packages]
 
     def checks(self, recipe: Recipe) -> list[tuple[str, str]]:
         """Every [pip] package imports (the module its distribution installs, as the image itself says)."""
         names = []
-        for spec in recipe.pip_packages:
+        for spec in recipe.section(PipRecipe).packages:
             try:
                 names.append(Requirement(spec).name)
             except InvalidRequirement:  # refused at recipe load already; never here
@@ -228,19 +291,21 @@ def pip_closure(store: Store, chain_locks: Sequence[Lock], lock: Lock) -> list[s
     The wheels' METADATA is covered by the locked sha256, unlike anything written
     in the lock; pip installs with ``--no-deps``, so without this an image would
     quietly lack a dependency. Markers are evaluated for the image's Python
-    (``lock.python``) on Linux x86_64; a dependency met by a Debian package of
+    (``PipSection.python``) on Linux x86_64; a dependency met by a Debian package of
     the chain (``python3-NAME``) counts as met, since pip-compile inside the
     image saw it installed.
     """
-    pins = {canonicalize_name(p.name): Version(p.version) for lk in chain_locks for p in lk.pip}
+    pins = {canonicalize_name(p.name): Version(p.version) for lk in chain_locks
+            for p in lk.section(PipSection).packages}
     debs = set(chain_debs(chain_locks))
     env: dict[str, str] = {k: str(v) for k, v in default_environment().items()}
-    if lock.python:
-        env.update(python_version=".".join(lock.python.split(".")[:2]), python_full_version=lock.python)
+    pip = lock.section(PipSection)
+    if pip.python:
+        env.update(python_version=".".join(pip.python.split(".")[:2]), python_full_version=pip.python)
     env.update(sys_platform="linux", platform_system="Linux", os_name="posix", platform_machine="x86_64",
                implementation_name="cpython", platform_python_implementation="CPython")
     missing: list[str] = []
-    for p in lock.pip:
+    for p in pip.packages:
         for art in p.artifacts():
             path = store.vendor_path(art.sha256)
             if not path.is_file() or not art.filename.endswith(".whl"):

@@ -22,6 +22,7 @@ import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Self
 from urllib.parse import unquote, urlsplit
 
 from packaging.requirements import InvalidRequirement, Requirement
@@ -29,8 +30,9 @@ from packaging.tags import Tag, parse_tag
 from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
+from buildsys.core import names
 from buildsys.core.errors import LockError, RecipeError
-from buildsys.core.store import Store
+from buildsys.core.store import Artifact, Store
 from buildsys.ecosystems.pip_errors import (
     ConflictingPins,
     ConstraintConflict,
@@ -50,8 +52,8 @@ from buildsys.ecosystems.pypi import (
     release_files,
 )
 from buildsys.engine import Engine
-from buildsys.model.lockfile import LockedPip, LockedWheelFile
-from buildsys.model.recipe import Recipe
+from buildsys.model.lockschema import SHA256, LockValidator, Schema, filename_check, matching, url_check, whole_number
+from buildsys.model.recipe import Recipe, RecipeSection, RecipeValidator
 
 TOOLS_MOUNT = "/buildsys-tools"
 WORK_MOUNT = "/work"
@@ -61,6 +63,107 @@ _PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_pro
 
 # Exit statuses of the lock script, one per stage.
 _NO_PYTHON, _PROBE, _COMPILE, _SELECT, _INSTALLER = 80, 81, 82, 83, 84
+
+
+@dataclass(frozen=True)
+class PipRecipe(RecipeSection):
+    """``[pip]``: PEP 508 requirements, and the index they are resolved from (PyPI unless ``index-url``)."""
+
+    packages: tuple[str, ...] = ()
+    index_url: str | None = None
+
+    KEY = "pip"
+    SCHEMA = {"packages": "str-list", "index-url": "str"}
+
+    @classmethod
+    def parse(cls, v: RecipeValidator, data: Mapping[str, Any]) -> Self:
+        pip = data.get("pip", {})
+        if "index-url" in pip:
+            v.url(("pip", "index-url"), pip["index-url"])
+        return cls(tuple(pip.get("packages", [])), pip.get("index-url"))
+
+    def count(self) -> int:
+        return len(self.packages)
+
+
+@dataclass(frozen=True)
+class LockedWheelFile:
+    name: str  # the file name, e.g. six-1.17.0-py2.py3-none-any.whl
+    sha256: str
+    url: str
+    size: int | None = None
+
+    def to_toml(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name, "sha256": self.sha256, "url": self.url}
+        if self.size is not None:
+            d["size"] = self.size
+        return d
+
+
+@dataclass(frozen=True)
+class LockedPip:
+    """One locked distribution: ``[[pip]]`` (or ``[pip-installer]``) of a lock."""
+
+    name: str
+    version: str
+    files: tuple[LockedWheelFile, ...]  # every acceptable file (pip-compile --generate-hashes)
+    # The file the image's interpreter installs (chosen at lock time for its tags).
+    selected: str | None = None
+
+    def artifacts(self) -> list[Artifact]:
+        chosen = [f for f in self.files if f.name == self.selected] if self.selected else list(self.files)
+        # local=True: wheel URLs on this machine pass the freshness check only under a local index-url.
+        return [Artifact(kind="wheel", name=self.name, version=self.version, filename=f.name, sha256=f.sha256,
+                         size=f.size, urls=(f.url,), local=True) for f in chosen]
+
+    def to_toml(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name, "version": self.version,
+                             "files": [f.to_toml() for f in sorted(self.files, key=lambda f: f.name)]}
+        if self.selected:
+            d["selected"] = self.selected
+        return d
+
+    @classmethod
+    def from_toml(cls, d: Mapping[str, Any]) -> LockedPip:
+        files = tuple(LockedWheelFile(name=f["name"], sha256=f["sha256"], url=f["url"], size=f.get("size"))
+                      for f in d.get("files", []))
+        return cls(name=d["name"], version=d["version"], files=files, selected=d.get("selected"))
+
+
+def _pip_version(v: Any) -> str | None:
+    if not isinstance(v, str):
+        return f"must be a string, not {type(v).__name__}"
+    try:
+        Version(v)
+    except InvalidVersion:
+        return f"{v!r} is not a PEP 440 version"
+    return None
+
+
+WHEEL_FILE: Schema = {
+    "name": (filename_check, True),
+    "sha256": (SHA256, True),
+    "url": (url_check, True),
+    "size": (whole_number, False),
+}
+PIP: Schema = {
+    "name": (matching(names.PIP_NAME, "a Python package name"), True),
+    "version": (_pip_version, True),
+    "selected": (filename_check, False),
+    "files": (None, False),  # checked entry by entry below
+}
+
+
+def check_pip(v: LockValidator, e: Any, where: str) -> None:
+    """One ``LockedPip`` in a lock: its files each of their shape, at least one, the selected one among them."""
+    v.table(e, PIP, where)
+    files = v.entries(e.get("files", []), f"{where}.files")
+    for j, f in enumerate(files):
+        v.table(f, WHEEL_FILE, f"{where}.files[{j}]")
+    if "selected" in e and e["selected"] not in [f["name"] for f in files]:
+        raise v.fail(where, "selected", f"{e['selected']!r} is none of the entry's files")
+    if not files:
+        raise v.fail(where, "files", "no file is locked for it")
 
 
 @dataclass(frozen=True)
@@ -90,7 +193,7 @@ class _Resolved:
 def lock_pip(engine: Engine, image: str, recipe: Recipe, store: Store, *, constraints: Mapping[str, str],
              previous: Sequence[LockedPip], upgrade: bool, upgrade_packages: Sequence[str],
              previous_installer: LockedPip | None = None) -> PipLock:
-    """Resolve ``recipe.pip_packages`` for the Python of ``image`` (which must have python3).
+    """Resolve the recipe's ``[pip]`` packages for the Python of ``image`` (which must have python3).
 
     ``constraints`` are the ancestors' pins (name -> version): they bound the
     resolution and are left out of the result. ``previous`` pins are kept
@@ -99,7 +202,7 @@ def lock_pip(engine: Engine, image: str, recipe: Recipe, store: Store, *, constr
     the newest pip that supports the image's Python is taken.
     """
     _check_requirements(recipe)
-    index = (recipe.pip_index_url or DEFAULT_INDEX).rstrip("/")
+    index = (recipe.section(PipRecipe).index_url or DEFAULT_INDEX).rstrip("/")
     ancestors = {canonical_name(n): v for n, v in constraints.items()}
     moving = sorted({canonical_name(n) for n in upgrade_packages})
     kept = [p for p in previous if canonical_name(p.name) not in ancestors] if not upgrade else []
@@ -128,7 +231,7 @@ def lock_pip(engine: Engine, image: str, recipe: Recipe, store: Store, *, constr
 
 def _check_requirements(recipe: Recipe) -> None:
     """Each entry is one PEP 508 requirement on a project of the index: no pip options, no URLs."""
-    for i, text in enumerate(recipe.pip_packages):
+    for i, text in enumerate(recipe.section(PipRecipe).packages):
         try:
             req = Requirement(text)
         except InvalidRequirement as e:
@@ -147,7 +250,7 @@ def _resolve_in_image(engine: Engine, image: str, recipe: Recipe, store: Store, 
     tools = tools_dir(store)
     with store.scratch("pip-lock") as scratch:
         work = Path(scratch)
-        (work / "in.txt").write_text("".join(f"{r}\n" for r in recipe.pip_packages))
+        (work / "in.txt").write_text("".join(f"{r}\n" for r in recipe.section(PipRecipe).packages))
         (work / "constraints.txt").write_text("".join(f"{n}=={v}\n" for n, v in sorted(ancestors.items())))
         (work / "out.txt").write_text(_existing_output(previous))
         (work / "probe.py").write_text(_PROBE_PY)
@@ -326,7 +429,8 @@ def _compile_error(recipe: Recipe, index: str, python: str, log: str, ancestors:
 
 
 def _recipe_req(recipe: Recipe, line: int) -> str:
-    return recipe.pip_packages[line - 1] if 0 < line <= len(recipe.pip_packages) else f"[pip] packages[{line - 1}]"
+    packages = recipe.section(PipRecipe).packages
+    return packages[line - 1] if 0 < line <= len(packages) else f"[pip] packages[{line - 1}]"
 
 
 def _dist_of(url: str) -> str:

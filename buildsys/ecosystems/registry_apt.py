@@ -26,8 +26,11 @@ from pathlib import Path
 from buildsys.core import dpkg
 from buildsys.core.errors import LockError
 from buildsys.ecosystems.apt import AptResolver, archive_moved
-from buildsys.model.lockfile import ImageBaseLock, Lock, LockedArchive, LockedDeb
-from buildsys.model.recipe import DEFAULT_MIRROR, DEFAULT_SECURITY_MIRROR, Recipe
+from buildsys.ecosystems.apt_sections import AptRecipe, AptSection, LockedArchive, LockedDeb
+from buildsys.ecosystems.debian_root import DEFAULT_MIRROR, DEFAULT_SECURITY_MIRROR
+from buildsys.ecosystems.registry_image import ImageBaseLock
+from buildsys.model.lockfile import Lock
+from buildsys.model.recipe import Recipe
 from buildsys.oci.layer.tree import ParentTree
 
 # Codenames of Debian releases; a derivative whose ID_LIKE is debian counts only with one of these.
@@ -99,9 +102,9 @@ def image_release(recipe: Recipe, reference: str, tree: ParentTree) -> ImageRele
 
 def chain_state(recipe: Recipe, ancestors: Sequence[Lock]) -> tuple[LockedArchive, ...]:
     """The archive state an earlier apt layer of the chain resolved against; () when none did."""
-    states = {lk.apt_archives for lk in ancestors if lk.apt_archives}
+    states = {lk.section(AptSection).archives for lk in ancestors if lk.section(AptSection).archives}
     if len(states) > 1:
-        names = sorted(lk.recipe for lk in ancestors if lk.apt_archives)
+        names = sorted(lk.recipe for lk in ancestors if lk.section(AptSection).archives)
         raise LockError(f"{recipe.path}: the parent chain's apt layers ({', '.join(names)}) were resolved against "
                         "different states of Debian's archive; a chain must not mix two",
                         f"relock them together: `buildsys lock --upgrade {' '.join(names)} {recipe.name}`")
@@ -119,6 +122,7 @@ def lock_apt_on_image(recipe: Recipe, root: ImageBaseLock, release: ImageRelease
     extra = [(DEFAULT_MIRROR, f"{suite}-updates"), (DEFAULT_SECURITY_MIRROR, f"{suite}-security")]
     resolver = AptResolver(cache, DEFAULT_MIRROR, suite, ("main",), arch, extra=extra)
     pinned = chain_state(recipe, ancestors)
+    wanted = recipe.section(AptRecipe).packages
     where = f"{recipe.path}: [apt] on {root.reference} ({release.pretty})"
     try:
         if pinned:
@@ -131,7 +135,8 @@ def lock_apt_on_image(recipe: Recipe, root: ImageBaseLock, release: ImageRelease
                 resolver.update(refresh=True)
             if moved := archive_moved(resolver, pinned):
                 locked, now = moved
-                names = " ".join([*sorted(lk.recipe for lk in ancestors if lk.apt_archives), recipe.name])
+                names = " ".join([*sorted(lk.recipe for lk in ancestors if lk.section(AptSection).archives),
+                                   recipe.name])
                 raise LockError(f"{where}: Debian's archive {locked.mirror} {locked.suite} changed since the "
                                 f"chain's earlier apt layer was locked (its Release: {locked.release_date}; now: "
                                 f"{now}); a chain must not mix two archive states",
@@ -142,7 +147,7 @@ def lock_apt_on_image(recipe: Recipe, root: ImageBaseLock, release: ImageRelease
         with tempfile.TemporaryDirectory() as tmp:
             status = Path(tmp) / "status"
             status.write_bytes(release.status)
-            packages = resolver.resolve(recipe.apt_packages, status=status)
+            packages = resolver.resolve(wanted, status=status)
     except LockError as e:
         if e.message.startswith(where):
             raise
@@ -153,6 +158,6 @@ def lock_apt_on_image(recipe: Recipe, root: ImageBaseLock, release: ImageRelease
                                    inrelease_sha256=r.inrelease_sha256) for r in releases)
     have = dpkg.installed(release.status)
     resolved = {d.name for d in debs}
-    in_image = tuple(sorted({n for n in (p.split(":", 1)[0].split("=", 1)[0].split("/", 1)[0]
-                                         for p in recipe.apt_packages) if n in have and n not in resolved}))
+    in_image = tuple(sorted({n for n in (p.split(":", 1)[0].split("=", 1)[0].split("/", 1)[0] for p in wanted)
+                             if n in have and n not in resolved}))
     return debs, archives, in_image, max(r.epoch for r in releases)

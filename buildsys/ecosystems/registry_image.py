@@ -17,18 +17,33 @@ import calendar
 import dataclasses
 import json
 import os
+import re
+import threading
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Self
 
 from packageurl import PackageURL
 
+from buildsys.core import names
 from buildsys.core.errors import LockError, UsageError
 from buildsys.core.store import Artifact
 from buildsys.ecosystems.base import Component, Ecosystem, LockContext, Pin
-from buildsys.model.lockfile import ImageBaseLock, Lock, LockedLayer
-from buildsys.model.lockschema import IMAGE_MANIFEST_TYPES, LAYER_MEDIA_TYPES
-from buildsys.model.recipe import ImageBase, Recipe
+from buildsys.model.lockfile import Lock, LockSection
+from buildsys.model.lockschema import (
+    DIGEST,
+    IMAGE_LAYER,
+    IMAGE_MANIFEST_TYPES,
+    LAYER_MEDIA_TYPES,
+    Check,
+    LockValidator,
+    Schema,
+    matching,
+    one_of,
+    whole_number,
+)
+from buildsys.model.recipe import Recipe, RecipeSection, RecipeValidator
 from buildsys.oci.registry import (
     NotInRegistry,
     Reference,
@@ -42,8 +57,127 @@ from buildsys.oci.registry import (
 
 INDEX_TYPES = ("application/vnd.oci.image.index.v1+json",
                "application/vnd.docker.distribution.manifest.list.v2+json")
-# The scheme of the vendor store's URLs for registry blobs: ``vendor`` hands them to ``download``.
+# The scheme of the vendor store's URLs for registry blobs: ``fetch`` hands them to ``BlobDownloads``.
 SCHEME = "oci-registry"
+
+
+# HOST[:PORT]/REPO[:TAG][@sha256:HEX], with the repository and tag rules registry.Reference checks.
+IMAGE_REF = re.compile(rf"[A-Za-z0-9.-]+(:[0-9]+)?/{names.IMAGE_REPOSITORY.pattern}"
+                       rf"(:{names.IMAGE_TAG.pattern})?(@{names.DIGEST.pattern})?")
+_IMAGE_REF = matching(IMAGE_REF, "an image reference HOST/REPO[:TAG][@sha256:DIGEST]")
+
+
+def _ref(v: Any) -> str | None:
+    err = _IMAGE_REF(v)
+    if err is None and ("." not in v.split("/", 1)[0] and ":" not in v.split("/", 1)[0]
+                        and v.split("/", 1)[0] != "localhost"):
+        return f"{v!r} does not name a registry host"
+    return err
+
+
+IMAGE: Schema = {
+    "reference": (_ref, True),
+    "platform": (matching(names.PLATFORM, "OS/ARCH[/VARIANT]"), True),
+    "manifest-digest": (DIGEST, True),
+    "manifest-media-type": (one_of(IMAGE_MANIFEST_TYPES, "an image manifest media type"), True),
+    "manifest-size": (whole_number, True),
+    "config-digest": (DIGEST, True),
+    "config-size": (whole_number, True),
+    "layers": (None, True),
+}
+
+
+@dataclass(frozen=True)
+class ImageBase(RecipeSection):
+    """``[base] image = "HOST/REPO[:TAG][@sha256:...]"``: a root from a registry image, pinned by ``lock``."""
+
+    image: str
+    platform: str = "linux/amd64"  # the entry taken from a multi-platform index
+
+    KEY = "image"
+    ROOT = True
+    SCHEMA = "str"
+    EXTRA = {"platform": "str"}
+    EXAMPLE = 'image = "docker.io/library/debian:bookworm"'
+
+    @classmethod
+    def parse(cls, v: RecipeValidator, data: Mapping[str, Any]) -> Self:
+        b = data["base"]
+        ref = b["image"]
+        if not ref or any(c.isspace() for c in ref):
+            raise v.fail(("base", "image"), f"'{ref}' is not an image reference", hint=f"e.g. {cls.EXAMPLE}")
+        platform = b.get("platform", "linux/amd64")
+        if not names.PLATFORM.fullmatch(platform):
+            raise v.fail(("base", "platform"), f"'{platform}' is not OS/ARCH[/VARIANT]",
+                         hint='e.g. platform = "linux/arm64"')
+        return cls(ref, platform)
+
+
+@dataclass(frozen=True)
+class LockedLayer:
+    """One layer blob of a registry base, as the registry stores it (compressed)."""
+
+    digest: str  # sha256:... of the blob's bytes
+    size: int
+    media_type: str
+
+    def to_toml(self) -> dict[str, Any]:
+        return {"digest": self.digest, "media-type": self.media_type, "size": self.size}
+
+    @classmethod
+    def from_toml(cls, d: Mapping[str, Any]) -> LockedLayer:
+        return cls(digest=d["digest"], size=int(d["size"]), media_type=d["media-type"])
+
+
+@dataclass(frozen=True)
+class ImageBaseLock(LockSection):
+    """``[base.image]``: a registry image pinned to its manifest, config and every layer blob.
+
+    Everything ``build`` needs is in the vendor store after ``fetch`` (the manifest
+    and config bytes too), so the registry may forget the tag, or be gone.
+    """
+
+    reference: str  # as the recipe wrote it
+    platform: str
+    manifest_digest: str
+    manifest_media_type: str
+    manifest_size: int
+    config_digest: str
+    config_size: int
+    layers: tuple[LockedLayer, ...]
+
+    KEYS: ClassVar[Mapping[str, Check | None]] = {"base": None}  # shared with a Debian root's [base]
+
+    def write(self) -> dict[str, Any]:
+        return {"base": {"image": {
+            "config-digest": self.config_digest, "config-size": self.config_size,
+            "layers": [la.to_toml() for la in self.layers],  # bottom first: their order is the image
+            "manifest-digest": self.manifest_digest, "manifest-media-type": self.manifest_media_type,
+            "manifest-size": self.manifest_size, "platform": self.platform, "reference": self.reference}}}
+
+    @classmethod
+    def validate(cls, v: LockValidator, d: Mapping[str, Any]) -> None:
+        """``[base.image]`` of a registry root: the manifest and config pinned, and at least one layer."""
+        base = d.get("base")
+        if not (isinstance(base, dict) and "image" in base):
+            return
+        v.table(base, {"image": (None, True)}, "[base]")
+        v.table(base["image"], IMAGE, "[base.image]")
+        layers = v.entries(base["image"]["layers"], "[[base.image.layers]]")
+        if not layers:
+            raise v.fail("[base.image]", "layers", "no layer is locked")
+        for i, la in enumerate(layers):
+            v.table(la, IMAGE_LAYER, f"[[base.image.layers]] #{i + 1}")
+
+    @classmethod
+    def read(cls, d: Mapping[str, Any]) -> Self | None:
+        if "image" not in d.get("base", {}):
+            return None
+        b = d["base"]["image"]
+        return cls(reference=b["reference"], platform=b["platform"], manifest_digest=b["manifest-digest"],
+                   manifest_media_type=b["manifest-media-type"], manifest_size=int(b["manifest-size"]),
+                   config_digest=b["config-digest"], config_size=int(b["config-size"]),
+                   layers=tuple(LockedLayer.from_toml(la) for la in b.get("layers", [])))
 
 
 def blob_url(reference: str, kind: str, digest: str) -> str:
@@ -160,25 +294,51 @@ def _manifest(manifest: dict[str, Any], media: str, where: str) -> dict[str, Any
     return manifest
 
 
-def download(url: str, fd: int, have: int, size: int | None = None) -> int:
-    """Append the blob at ``url`` (``blob_url``) to ``fd`` from byte ``have`` on; return bytes written.
+class BlobDownloads:
+    """``fetch``'s registry clients of one run, one per registry and repository, shared by its threads.
 
-    Through ``registry.Registry``, so docker's credentials and a Bearer realm
-    work as they do for ``publish``. Reading stops one byte past the locked
-    ``size`` (``net.TooLarge``); the caller hashes the finished file.
+    One client per repository, not per blob: its token (scoped to the repository, as a Bearer
+    realm grants it) and its connections serve every blob of an image, where a client per blob
+    asked the token service once per blob. The credential and origin rules are the client's own
+    (``oci/registry.py``), so docker's credentials and a Bearer realm work as they do for
+    ``publish``; the clients are closed when the run ends.
     """
-    host, path = parse_blob_url(url)
-    reg = Registry(host)
-    headers = {"Accept": ", ".join(IMAGE_MANIFEST_TYPES)} if "/manifests/" in path else {}
-    if have:
-        headers["Range"] = f"bytes={have}-"
-    with reg.client, reg.request("GET", path, headers=headers, ok=(200, 206), what=path.rsplit("/", 1)[-1]) as resp:
-        if resp.status_code == 200 and have:  # the registry ignored Range: from the start
-            os.ftruncate(fd, 0)
-            have = 0
-        os.lseek(fd, have, os.SEEK_SET)
-        return resp.stream(lambda chunk: os.write(fd, chunk), None if size is None else size - have,
-                           f"blob {path.rsplit('/', 1)[-1]}")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._clients: dict[tuple[str, str], Registry] = {}
+
+    def _client(self, host: str, repository: str) -> Registry:
+        with self._lock:
+            reg = self._clients.get((host, repository))
+            if reg is None:
+                reg = self._clients[(host, repository)] = Registry(host)
+            return reg
+
+    def download(self, url: str, fd: int, have: int, size: int | None) -> int:
+        """Append the blob at ``url`` (``blob_url``) to ``fd`` from byte ``have`` on (by Range); its bytes.
+
+        Reading stops one byte past the locked ``size`` (``net.TooLarge``); the caller hashes the file.
+        """
+        host, path = parse_blob_url(url)
+        repository, kind, digest = path.removeprefix("/v2/").rsplit("/", 2)
+        reg = self._client(host, repository)
+        headers = {"Accept": ", ".join(IMAGE_MANIFEST_TYPES)} if kind == "manifests" else {}
+        if have:
+            headers["Range"] = f"bytes={have}-"
+        with reg.request("GET", path, headers=headers, ok=(200, 206), what=digest) as resp:
+            if resp.status_code == 200 and have:  # the registry ignored Range: from the start
+                os.ftruncate(fd, 0)
+                have = 0
+            os.lseek(fd, have, os.SEEK_SET)
+            return resp.stream(lambda chunk: os.write(fd, chunk), None if size is None else size - have,
+                               f"blob {digest}")
+
+    def close(self) -> None:
+        with self._lock:
+            for reg in self._clients.values():
+                reg.client.close()
+            self._clients.clear()
 
 
 def blob_artifacts(pinned: ImageBaseLock) -> list[Artifact]:
@@ -203,13 +363,19 @@ class RegistryImage(Ecosystem):
     """A root taken as it is from a registry: ``[base] image = "HOST/REPO:TAG"``, pinned to its blobs."""
 
     name = "image"
+    recipe_section = ImageBase
+    lock_section = ImageBaseLock
+    url_scheme = SCHEME  # the blobs, through the registry client (docker's credentials, Bearer auth)
+
+    def downloads(self) -> BlobDownloads:
+        return BlobDownloads()
 
     def prepare(self, ctx: LockContext) -> None:
         recipe = ctx.recipe
         if not (recipe.is_root and isinstance(recipe.base, ImageBase)):
             return
-        steps = [k for k, v in (("apt", recipe.apt_packages), ("pip", recipe.pip_packages),
-                                ("cran", recipe.cran_packages), ("files", recipe.files), ("run", recipe.run)) if v]
+        # What the recipe installs (each ecosystem's part that asks for something) and its run steps.
+        steps = [*(part.KEY for part in recipe.sections if part.count()), *(["run"] if recipe.run else [])]
         if steps:
             raise LockError(f"{recipe.path}: a root on a registry image takes the image as it is; "
                             f"it cannot have {', '.join(steps)}",
@@ -221,13 +387,14 @@ class RegistryImage(Ecosystem):
             return lock
         ctx.progress(f"base: resolving {recipe.base.image} ({recipe.base.platform})")
         pinned, epoch = lock_image_root(recipe)
-        return dataclasses.replace(lock, image_base=pinned, source_date_epoch=max(lock.source_date_epoch, epoch))
+        return dataclasses.replace(lock.with_sections(pinned), source_date_epoch=max(lock.source_date_epoch, epoch))
 
     def artifacts(self, lock: Lock) -> list[Artifact]:
-        return blob_artifacts(lock.image_base) if lock.image_base else []
+        pinned = lock.get(ImageBaseLock)
+        return blob_artifacts(pinned) if pinned else []
 
     def covers(self, recipe: Recipe, lock: Lock, above: Sequence[Lock]) -> list[str]:
-        pinned = lock.image_base
+        pinned = lock.get(ImageBaseLock)
         if isinstance(recipe.base, ImageBase):
             if pinned is None:
                 return [f"[base] is not the registry image {recipe.base.image}"]
@@ -240,7 +407,7 @@ class RegistryImage(Ecosystem):
 
     def components(self, lock: Lock) -> list[Component]:
         """The image itself, pinned by its manifest digest (what it installed itself is not listed)."""
-        b = lock.image_base
+        b = lock.get(ImageBaseLock)
         if b is None:
             return []
         ref = Reference.parse(b.reference)
@@ -252,7 +419,7 @@ class RegistryImage(Ecosystem):
                           b.manifest_digest.split(":", 1)[1], "")]
 
     def pins(self, lock: Lock) -> list[Pin]:
-        b = lock.image_base  # a tag that moved upstream: the manifest it now names
+        b = lock.get(ImageBaseLock)  # a tag that moved upstream: the manifest it now names
         return [Pin("image", b.reference, b.manifest_digest[:19], b.platform)] if b else []
 
 

@@ -31,9 +31,9 @@ from buildsys.core import net
 from buildsys.core.errors import FetchError, HashMismatch
 from buildsys.core.store import Artifact, Store, sha256_file
 from buildsys.core.urlpolicy import local_reason
-from buildsys.ecosystems import registry_image as image
-from buildsys.model.lockschema import IMAGE_MANIFEST_TYPES
-from buildsys.oci.registry import Registry, RegistryError
+from buildsys.ecosystems import downloader
+from buildsys.ecosystems.base import Downloads, Ecosystem
+from buildsys.oci.registry import RegistryError
 
 CHUNK = 1 << 16
 # Backoff before retry n (1-based): BACKOFF * 2**(n-1) seconds, capped.
@@ -177,10 +177,10 @@ def fetch(
     errors: list[FetchError] = []
     done_bytes = 0
     downloaded = 0
-    registries = _Registries()
-    with display, registries, ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="fetch") as pool:
+    downloads = _Downloads()
+    with display, downloads, ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="fetch") as pool:
         futures: dict[Future[tuple[bool, int]], Artifact] = {
-            pool.submit(_fetch_one, store, art, retries, timeout, display, stop, purge, registries): art
+            pool.submit(_fetch_one, store, art, retries, timeout, display, stop, purge, downloads): art
             for art in todo
         }
         try:
@@ -244,52 +244,47 @@ def verify_store(store: Store, artifacts: Sequence[Artifact], *, remove: bool = 
 # -- one artifact ---------------------------------------------------------------
 
 
-class _Registries:
-    """The registry clients of one fetch run, one per registry and repository, shared by its threads.
-
-    One client per repository, not per blob: its token (scoped to the repository, as a Bearer
-    realm grants it) and its connections serve every blob of an image, where a client per blob
-    asked the token service once per blob. The credential and origin rules are the client's own
-    (``oci/registry.py``); the clients are closed when the run ends.
-    """
+class _Downloads:
+    """The ecosystems' downloads of one fetch run (``Ecosystem.downloads``: a registry's clients, one per
+    repository), each made at its first URL, shared by the run's threads and closed when the run ends."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._clients: dict[tuple[str, str], Registry] = {}
+        self._open: dict[str, Downloads] = {}
 
-    def get(self, host: str, repository: str) -> Registry:
+    def get(self, eco: Ecosystem) -> Downloads:
         with self._lock:
-            reg = self._clients.get((host, repository))
-            if reg is None:
-                reg = self._clients[(host, repository)] = Registry(host)
-            return reg
+            d = self._open.get(eco.name)
+            if d is None:
+                d = self._open[eco.name] = eco.downloads()
+            return d
 
-    def __enter__(self) -> _Registries:
+    def __enter__(self) -> _Downloads:
         return self
 
     def __exit__(self, *exc: object) -> None:
         with self._lock:
-            for reg in self._clients.values():
-                reg.client.close()
-            self._clients.clear()
+            for d in self._open.values():
+                d.close()
+            self._open.clear()
 
 
 @dataclass(frozen=True)
 class _Links:
-    """What one download reaches the network through: its own HTTP client, the run's registry clients."""
+    """What one download reaches the network through: its own HTTP client, the run's ecosystems' downloads."""
 
     http: net.Client
-    registries: _Registries
+    downloads: _Downloads
 
 
 def _fetch_one(
     store: Store, art: Artifact, retries: int, timeout: float, display: _Display, stop: threading.Event,
-    purge: threading.Event, registries: _Registries,
+    purge: threading.Event, downloads: _Downloads,
 ) -> tuple[bool, int]:
     """Download, verify and place one artifact; return (placed by us, bytes transferred)."""
     policy = net.Policy(local_ok=art.local)
     with contextlib.closing(net.Client(policy, attempts=1, read_timeout=timeout)) as client:
-        return _fetch_with(_Links(client, registries), store, art, retries, display, stop, purge)
+        return _fetch_with(_Links(client, downloads), store, art, retries, display, stop, purge)
 
 
 def _fetch_with(
@@ -438,8 +433,8 @@ def _download(
         raise _Permanent(f"refused: {reason}; only a [[files]] entry with local = true may read from this machine")
     if scheme == "file":
         return _copy_file(url, fd, advance)
-    if scheme == "oci-registry":
-        return _registry_blob(url, fd, art, links.registries, advance)
+    if (eco := downloader(url)) is not None:  # a registry base's blobs
+        return _ecosystem_download(links.downloads.get(eco), url, fd, art, advance)
     if scheme not in ("http", "https"):
         raise _Permanent(f"unsupported URL scheme '{scheme}'")
     return _http_get(url, fd, art, links.http, advance, stop)
@@ -518,14 +513,14 @@ def _stream(resp: net.Response, fd: int, have: int, art: Artifact, advance: Call
     return resp.stream(write, None if art.size is None else art.size - have, art.filename)
 
 
-def _registry_blob(url: str, fd: int, art: Artifact, registries: _Registries,
-                   advance: Callable[[int], None]) -> int:
-    """A registry base's blob, through the run's client of its repository (auth, its own retries)."""
+def _ecosystem_download(downloads: Downloads, url: str, fd: int, art: Artifact, advance: Callable[[int], None]) -> int:
+    """A file an ecosystem downloads itself (a registry base's blob, through the run's client of its repository:
+    auth, its own retries); resumed by Range."""
     have = _resume_from(fd, art)
     if have is None:
         return 0
     try:
-        written = _registry_get(registries, url, fd, have, art.size)
+        written = downloads.download(url, fd, have, art.size)
     except net.TooLarge as e:
         raise _TooLong(f"the registry sends more than the {art.size} bytes the lock pins (stopped reading at "
                        f"{(art.size or 0) + 1})") from e
@@ -537,25 +532,6 @@ def _registry_blob(url: str, fd: int, art: Artifact, registries: _Registries,
         raise _LocalWriteError(str(e)) from e
     advance(written)
     return written
-
-
-def _registry_get(registries: _Registries, url: str, fd: int, have: int, size: int | None) -> int:
-    """Append the blob at ``url`` (``image.blob_url``) to ``fd`` from byte ``have`` on (by Range); its bytes.
-
-    Reading stops one byte past the locked ``size`` (``net.TooLarge``); the caller hashes the file.
-    """
-    host, path = image.parse_blob_url(url)
-    repository, kind, digest = path.removeprefix("/v2/").rsplit("/", 2)
-    reg = registries.get(host, repository)
-    headers = {"Accept": ", ".join(IMAGE_MANIFEST_TYPES)} if kind == "manifests" else {}
-    if have:
-        headers["Range"] = f"bytes={have}-"
-    with reg.request("GET", path, headers=headers, ok=(200, 206), what=digest) as resp:
-        if resp.status_code == 200 and have:  # the registry ignored Range: from the start
-            have = _restart(fd)
-        os.lseek(fd, have, os.SEEK_SET)
-        return resp.stream(lambda chunk: os.write(fd, chunk), None if size is None else size - have,
-                           f"blob {digest}")
 
 
 def _copy_file(url: str, fd: int, advance: Callable[[int], None]) -> int:

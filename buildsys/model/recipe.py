@@ -3,6 +3,13 @@
 Validation is driven by one schema table so that every key of the contract
 (docs/recipes.md) is checked the same way: unknown keys are rejected with a close
 name suggested, wrong types name the key path and the line.
+
+This module knows the keys every recipe has (``description``, ``parents``,
+``run``, ``[image]``, ``[test]``) and nothing of any ecosystem: what a recipe
+installs (``[apt]``, ``[pip]``, ``[cran]``, ``[[files]]``) and a root's kind
+(``[base] debian = ...``, ``[base] image = ...``) are ``RecipeSection`` parts that
+each ecosystem's module defines (their schema, their checks, their parsed form)
+and ``ecosystems/`` registers (``register_recipe_sections``).
 """
 
 from __future__ import annotations
@@ -15,61 +22,33 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, ClassVar, Self, TypeVar, cast
 from urllib.parse import urlsplit
 
 import tomlkit
 import tomlkit.exceptions
 
 from buildsys.core import names
-from buildsys.core.errors import RecipeError, did_you_mean
-from buildsys.core.urlpolicy import local_reason
+from buildsys.core.errors import RecipeError
 
-DEBIAN_VARIANTS = ("extract", "custom", "essential", "apt", "required", "minbase", "buildd", "important", "standard")
-DEFAULT_MIRROR = "http://deb.debian.org/debian"
-DEFAULT_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
-# Suites with no -updates or -security archive of their own (testing's security support is
-# best effort and not in mmdebstrap's default either).
-ROLLING_SUITES = ("sid", "unstable", "testing", "experimental")
 _URL_SCHEMES = ("http", "https", "file")
 _APT_UPDATE = re.compile(r"\bapt(-get)?\s+(-\S+\s+)*update\b")
 # Labels buildsys puts on images and containers to find its own (see buildsys.engine): recipes may not set them.
 RESERVED_LABELS = "io.buildsys."
 
 # Schema: a key maps to a type tag or a nested schema (a dict).
-# Type tags: "str", "str-list", "int-list", "str-map", "tables:<name>" (array of tables).
-_DEBIAN: dict[str, Any] = {
-    "suite": "str",
-    "variant": "str",
-    "mirror": "str",
-    "architecture": "str",
-    "components": "str-list",
-    "updates": "bool",
-    "security": "bool",
-    "security-mirror": "str",
+# Type tags: "str", "str-list", "int-list", "str-map", "bool"; ("tables", schema): an array of tables.
+IMAGE_SCHEMA: dict[str, Any] = {
+    "env": "str-map",
+    "user": "str",
+    "workdir": "str",
+    "expose": "int-list",
+    "cmd": "str-list",
+    "entrypoint": "str-list",
+    "labels": "str-map",
 }
-_FILE: dict[str, Any] = {"url": "str", "name": "str", "sha256": "str", "local": "bool"}
-SCHEMA: dict[str, Any] = {
-    "description": "str",
-    "parents": "str-list",
-    "base": {"debian": _DEBIAN, "image": "str", "platform": "str"},
-    "apt": {"packages": "str-list"},
-    "pip": {"packages": "str-list", "index-url": "str"},
-    "cran": {"packages": "str-list", "repo": "str"},
-    "files": ("tables", _FILE),
-    "run": "str-list",
-    "image": {
-        "env": "str-map",
-        "user": "str",
-        "workdir": "str",
-        "expose": "int-list",
-        "cmd": "str-list",
-        "entrypoint": "str-list",
-        "labels": "str-map",
-    },
-    # gpu: commands that need a GPU; `buildsys test` reports them skipped unless --gpus is given.
-    "test": {"commands": "str-list", "gpu": "str-list"},
-}
+# gpu: commands that need a GPU; `buildsys test` reports them skipped unless --gpus is given.
+TEST_SCHEMA: dict[str, Any] = {"commands": "str-list", "gpu": "str-list"}
 _TYPE_WORDS = {
     "str": "a string",
     "str-list": "an array of strings",
@@ -82,49 +61,79 @@ _TAG_TYPES: dict[str, type] = {"str": str, "bool": bool, "str-list": list, "int-
 _ELEMENT_TYPES: dict[str, type] = {"str-list": str, "int-list": int, "str-map": str}
 
 
-@dataclass(frozen=True)
-class DebianBase:
-    suite: str
-    variant: str = "minbase"
-    mirror: str = DEFAULT_MIRROR
-    architecture: str = "amd64"
-    components: tuple[str, ...] = ("main",)
-    # An ordinary installation of a release gets its point-release updates and its
-    # security fixes; a root does too unless the recipe opts out (updates/security = false).
-    updates: bool = True
-    security: bool = True
-    security_mirror: str = DEFAULT_SECURITY_MIRROR
-
-    @property
-    def archives(self) -> tuple[tuple[str, str], ...]:
-        """(mirror, suite) of every archive the root is resolved from, the suite itself first.
-
-        As Debian's own sources (and mmdebstrap's default): SUITE-updates on the
-        mirror, SUITE-security on the security mirror; rolling suites have neither.
-        """
-        out = [(self.mirror, self.suite)]
-        if self.suite not in ROLLING_SUITES:
-            if self.updates:
-                out.append((self.mirror, f"{self.suite}-updates"))
-            if self.security:
-                out.append((self.security_mirror, f"{self.suite}-security"))
-        return tuple(out)
+S = TypeVar("S", bound="RecipeSection")
 
 
-@dataclass(frozen=True)
-class ImageBase:
-    """A root from a registry image, pinned to a manifest digest by ``buildsys lock`` (``lock.image``)."""
+class RecipeSection:
+    """One ecosystem's part of a recipe: the value of its key, checked and parsed by its module.
 
-    image: str
-    platform: str = "linux/amd64"  # the entry taken from a multi-platform index
+    A subclass is a frozen dataclass in its ecosystem's module. ``KEY`` is its top-level
+    key (``apt``), ``SCHEMA`` the shape of its value (a table, ``("tables", {...})`` for an
+    array of tables, or a type tag); ``parse`` checks what the shape does not say
+    (``v.fail`` names the key and its line) and makes the part. Its fields all have
+    defaults: a recipe without the key has the empty part.
+
+    A root's kind (``ROOT = True``) is the key ``KEY`` of ``[base]`` instead (``debian``,
+    ``image``), with ``EXTRA`` keys of ``[base]`` allowed beside it only; a root has
+    exactly one kind, the recipe's ``base``.
+    """
+
+    KEY: ClassVar[str] = ""
+    SCHEMA: ClassVar[Any] = {}
+    ROOT: ClassVar[bool] = False
+    EXTRA: ClassVar[Mapping[str, Any]] = {}  # a root's kind: [base] keys allowed only with it
+    EXAMPLE: ClassVar[str] = ""  # a root's kind: how to write it, for a hint
+
+    @classmethod
+    def parse(cls, v: RecipeValidator, data: Mapping[str, Any]) -> Self:
+        """The part, from the recipe's whole document (its shape already checked against the schema)."""
+        return cls()
+
+    def count(self) -> int:
+        """How many things this part installs (0 for none), for a layer's summary."""
+        return 0
 
 
-@dataclass(frozen=True)
-class FileSpec:
-    url: str
-    name: str
-    sha256: str | None = None
-    local: bool = False  # may read from this machine (file:, loopback): an explicit opt-in, see urlpolicy
+_SECTIONS: list[type[RecipeSection]] = []
+_SCHEMA: list[dict[str, Any]] = []  # the whole schema, made once from the sections (``schema``)
+
+
+def register_recipe_sections(*kinds: type[RecipeSection]) -> None:
+    """Make the recipe parser know these parts; ``ecosystems/`` registers each ecosystem's, in its order.
+
+    The order is the order of their checks (which of several mistakes is reported first)
+    and of the tables a "did you mean ... in [apt], [pip] or [cran]" names.
+    """
+    for kind in kinds:
+        if kind not in _SECTIONS:
+            _SECTIONS.append(kind)
+    _SCHEMA.clear()
+
+
+def registered_recipe_sections() -> tuple[type[RecipeSection], ...]:
+    if not _SECTIONS:  # a recipe parsed before any ecosystem said what its part is would refuse every [apt]
+        raise RuntimeError("no recipe section is registered: import buildsys.ecosystems before parsing a recipe")
+    return tuple(_SECTIONS)
+
+
+def schema() -> dict[str, Any]:
+    """Every key a recipe may have: its own and each registered part's, in the order of the recipe contract."""
+    if not _SCHEMA:
+        kinds = registered_recipe_sections()
+        base: dict[str, Any] = {}
+        for kind in kinds:
+            if kind.ROOT:
+                base |= {kind.KEY: kind.SCHEMA, **kind.EXTRA}
+        _SCHEMA.append({
+            "description": "str",
+            "parents": "str-list",
+            "base": base,
+            **{kind.KEY: kind.SCHEMA for kind in kinds if not kind.ROOT},
+            "run": "str-list",
+            "image": IMAGE_SCHEMA,
+            "test": TEST_SCHEMA,
+        })
+    return _SCHEMA[0]
 
 
 @dataclass(frozen=True)
@@ -144,13 +153,9 @@ class Recipe:
     path: Path
     description: str = ""
     parents: tuple[str, ...] = ()
-    base: DebianBase | ImageBase | None = None
-    apt_packages: tuple[str, ...] = ()
-    pip_packages: tuple[str, ...] = ()
-    pip_index_url: str | None = None
-    cran_packages: tuple[str, ...] = ()
-    cran_repo: str | None = None
-    files: tuple[FileSpec, ...] = ()
+    base: RecipeSection | None = None  # a root's kind: [base] debian = {...} or image = "..."
+    # Each ecosystem's part ([apt], [pip], ...), in registration order (``get``, ``section``).
+    sections: tuple[RecipeSection, ...] = ()
     run: tuple[str, ...] = ()
     image: ImageConfig = field(default_factory=ImageConfig)
     tests: tuple[str, ...] = ()
@@ -161,6 +166,13 @@ class Recipe:
     @property
     def is_root(self) -> bool:
         return not self.parents
+
+    def get(self, kind: type[S]) -> S | None:
+        return next((part for part in self.sections if isinstance(part, kind)), None)
+
+    def section(self, kind: type[S]) -> S:
+        """The recipe's part of type ``kind``; the empty one when it has none."""
+        return self.get(kind) or kind()
 
     @property
     def recipe_hash(self) -> str:
@@ -381,10 +393,11 @@ _ALIASES = {
 }
 
 
-def _tables(schema: Mapping[str, Any] = SCHEMA, header: str = "") -> list[tuple[str, Any]]:
+def _tables(table: Mapping[str, Any] | None = None, header: str = "") -> list[tuple[str, Any]]:
     """Every table of the schema with its header as written in TOML ("" for the top level)."""
-    out = [(header, schema)]
-    for key, spec in schema.items():
+    table = schema() if table is None else table
+    out = [(header, table)]
+    for key, spec in table.items():
         name = f"{header[1:-1]}.{key}" if header else key
         if isinstance(spec, dict):
             out += _tables(spec, f"[{name}]")
@@ -393,24 +406,26 @@ def _tables(schema: Mapping[str, Any] = SCHEMA, header: str = "") -> list[tuple[
     return out
 
 
-def _suggest(key: str, schema: Mapping[str, Any]) -> str:
+def _suggest(key: str, table: Mapping[str, Any]) -> str:
     """A "did you mean" for an unknown key: a close name here, or the table where it belongs."""
     wanted = _ALIASES.get(key.lower(), key.lower())
-    if wanted in schema:
+    if wanted in table:
         return f" (did you mean '{wanted}'?)"
-    elsewhere = [h for h, s in _tables() if wanted in s and s is not schema]
+    elsewhere = [h for h, s in _tables() if wanted in s and s is not table]
     if elsewhere == [""]:
         return f" (did you mean the top-level '{wanted}'? top-level keys go above the first [table] header)"
     if elsewhere:
         tables = [h for h in elsewhere if h]
         where = tables[0] if len(tables) == 1 else ", ".join(tables[:-1]) + " or " + tables[-1]
         return f" (did you mean '{wanted}' in {where}?)" if wanted != key else f" (it belongs in {where})"
-    names = {**{a: t for a, t in _ALIASES.items() if t in schema}, **{k: k for k in schema}}
+    names = {**{a: t for a, t in _ALIASES.items() if t in table}, **{k: k for k in table}}
     close = difflib.get_close_matches(key, sorted(names), n=1, cutoff=0.6)
     return f" (did you mean '{names[close[0]]}'?)" if close else ""
 
 
-class _Validator:
+class RecipeValidator:
+    """Checks one recipe's document; every failure names the file, the key path and its line."""
+
     def __init__(self, path: Path, text: str) -> None:
         self.path = path
         self.text = text
@@ -418,16 +433,16 @@ class _Validator:
     def fail(self, key: KeyPath, problem: str, hint: str | None = None) -> RecipeError:
         return RecipeError(self.path, problem, key=render_key(key), line=_line_of(self.text, key), hint=hint)
 
-    def check(self, data: Mapping[str, Any], schema: Mapping[str, Any], prefix: KeyPath = ()) -> None:
+    def check(self, data: Mapping[str, Any], table: Mapping[str, Any], prefix: KeyPath = ()) -> None:
         for key, value in data.items():
             keypath = (*prefix, key)
-            if key not in schema:
+            if key not in table:
                 raise self.fail(
                     keypath,
-                    f"unknown key{_suggest(key, schema)}",
-                    hint=f"allowed here: {', '.join(sorted(schema))}",
+                    f"unknown key{_suggest(key, table)}",
+                    hint=f"allowed here: {', '.join(sorted(table))}",
                 )
-            self.check_value(keypath, value, schema[key])
+            self.check_value(keypath, value, table[key])
 
     def check_value(self, keypath: KeyPath, value: Any, spec: Any) -> None:
         if isinstance(spec, dict):
@@ -507,27 +522,22 @@ def parse_recipe(path: Path) -> Recipe:
     text, data = _read_toml(path)
     if not names.RECIPE_NAME.fullmatch(name):
         raise RecipeError(path, f"recipe name '{name}' must match {names.RECIPE_NAME.pattern}", hint="rename the file")
-    v = _Validator(path, text)
-    v.check(data, SCHEMA)
-    # The checks run in this order, so a recipe with several mistakes is told about the same one first.
+    v = RecipeValidator(path, text)
+    v.check(data, schema())
+    # The checks run in this order, so a recipe with several mistakes is told about the same one first:
+    # its own keys, then each ecosystem's part in registration order.
     parents = _parents(v, data.get("parents", []))
     base = _base(v, data["base"]) if "base" in data else None
-    files = _files(v, data.get("files", []))
     image = _image(v, data.get("image", {}))
     _check_run(v, data.get("run", []))
-    _check_packages(v, data)
+    sections = tuple(kind.parse(v, data) for kind in registered_recipe_sections() if not kind.ROOT)
     return Recipe(
         name=name,
         path=path,
         description=data.get("description", ""),
         parents=parents,
         base=base,
-        apt_packages=tuple(data.get("apt", {}).get("packages", [])),
-        pip_packages=tuple(data.get("pip", {}).get("packages", [])),
-        pip_index_url=data.get("pip", {}).get("index-url"),
-        cran_packages=tuple(data.get("cran", {}).get("packages", [])),
-        cran_repo=data.get("cran", {}).get("repo"),
-        files=files,
+        sections=sections,
         run=tuple(data.get("run", [])),
         image=image,
         tests=tuple(data.get("test", {}).get("commands", [])),
@@ -551,7 +561,7 @@ def _read_toml(path: Path) -> tuple[str, dict[str, Any]]:
     return text, data
 
 
-def _parents(v: _Validator, parents: list[str]) -> tuple[str, ...]:
+def _parents(v: RecipeValidator, parents: list[str]) -> tuple[str, ...]:
     """``parents``: recipe names, each once (the graph checks that they exist)."""
     for i, p in enumerate(parents):
         if not names.RECIPE_NAME.fullmatch(p):
@@ -561,75 +571,19 @@ def _parents(v: _Validator, parents: list[str]) -> tuple[str, ...]:
     return tuple(parents)
 
 
-def _base(v: _Validator, b: dict[str, Any]) -> DebianBase | ImageBase:
-    """``[base]`` of a root: exactly one of a Debian suite or a registry image."""
-    if len(set(b) - {"platform"}) != 1 or ("platform" in b and "image" not in b):
-        raise v.fail(("base",), "must hold exactly one of 'debian' or 'image' (and 'platform' only "
-                                "with 'image')",
-                     hint='e.g. debian = { suite = "bookworm", variant = "minbase" }')
-    if "debian" in b:
-        return _debian_base(v, b["debian"])
-    ref = b["image"]
-    if not ref or any(c.isspace() for c in ref):
-        raise v.fail(("base", "image"), f"'{ref}' is not an image reference",
-                     hint='e.g. image = "docker.io/library/debian:bookworm"')
-    platform = b.get("platform", "linux/amd64")
-    if not names.PLATFORM.fullmatch(platform):
-        raise v.fail(("base", "platform"), f"'{platform}' is not OS/ARCH[/VARIANT]",
-                     hint='e.g. platform = "linux/arm64"')
-    return ImageBase(ref, platform)
+def _base(v: RecipeValidator, b: dict[str, Any]) -> RecipeSection:
+    """``[base]`` of a root: exactly one of its kinds (a Debian suite, a registry image), and what goes with it."""
+    kinds = sorted((k for k in registered_recipe_sections() if k.ROOT), key=lambda k: k.KEY)
+    present = [k for k in kinds if k.KEY in b]
+    if len(present) != 1 or any(key in b and key not in present[0].EXTRA for k in kinds for key in k.EXTRA):
+        extras = [f"'{key}' only with '{k.KEY}'" for k in kinds for key in k.EXTRA]
+        raise v.fail(("base",), f"must hold exactly one of {' or '.join(repr(k.KEY) for k in kinds)}"
+                                + (f" (and {', '.join(extras)})" if extras else ""),
+                     hint=next((f"e.g. {k.EXAMPLE}" for k in kinds if k.EXAMPLE), None))
+    return present[0].parse(v, {"base": b})
 
 
-def _debian_base(v: _Validator, d: dict[str, Any]) -> DebianBase:
-    """``[base.debian]``: a suite, a known mmdebstrap variant and http(s) or file mirrors; the rest defaults."""
-    if not d.get("suite"):
-        raise v.fail(("base", "debian", "suite"), "is required",
-                     hint='e.g. debian = { suite = "bookworm", variant = "minbase" }')
-    variant = d.get("variant", "minbase")
-    if variant not in DEBIAN_VARIANTS:
-        raise v.fail(("base", "debian", "variant"),
-                     f"unknown variant '{variant}'{did_you_mean(variant, DEBIAN_VARIANTS)}",
-                     hint=f"one of: {', '.join(DEBIAN_VARIANTS)}")
-    for key in ("mirror", "security-mirror"):
-        if key in d:
-            v.url(("base", "debian", key), d[key])
-    return DebianBase(
-        suite=d["suite"],
-        variant=variant,
-        mirror=d.get("mirror", DEFAULT_MIRROR).rstrip("/"),
-        architecture=d.get("architecture", "amd64"),
-        components=tuple(d.get("components", ["main"])),
-        updates=d.get("updates", True),
-        security=d.get("security", True),
-        security_mirror=d.get("security-mirror", DEFAULT_SECURITY_MIRROR).rstrip("/"),
-    )
-
-
-def _files(v: _Validator, entries: list[dict[str, Any]]) -> tuple[FileSpec, ...]:
-    """``[[files]]``: each a URL and a distinct plain file name; one on this machine only with ``local = true``."""
-    files: list[FileSpec] = []
-    for i, f in enumerate(entries):
-        if "url" not in f:
-            raise v.fail(("files", i, "url"), "is required")
-        v.url(("files", i, "url"), f["url"])
-        fname = f.get("name") or urlsplit(f["url"]).path.rstrip("/").rsplit("/", 1)[-1]
-        if not fname or "/" in fname or fname in (".", ".."):
-            raise v.fail(("files", i, "name"), f"'{fname}' is not a usable file name", hint='set name = "tool.deb"')
-        sha = f.get("sha256")
-        if sha is not None and not names.HEX64.fullmatch(sha):
-            raise v.fail(("files", i, "sha256"), "must be 64 lowercase hex digits")
-        if fname in (seen.name for seen in files):
-            raise v.fail(("files", i, "name" if "name" in f else "url"), f"a second file named '{fname}'",
-                         hint='give each a distinct name = "..."')
-        local = f.get("local", False)
-        if not local and (why := local_reason(f["url"])):
-            raise v.fail(("files", i, "url"), f"'{f['url']}' reads from this machine: {why}",
-                         hint="a recipe may do that only on purpose: add local = true to this [[files]] entry")
-        files.append(FileSpec(url=f["url"], name=fname, sha256=sha, local=local))
-    return tuple(files)
-
-
-def _image(v: _Validator, img: dict[str, Any]) -> ImageConfig:
+def _image(v: RecipeValidator, img: dict[str, Any]) -> ImageConfig:
     """``[image]``: ports, variable names, labels outside buildsys's namespace, an absolute working directory."""
     for i, port in enumerate(img.get("expose", [])):
         if not 0 < port < 65536:
@@ -657,28 +611,12 @@ def _image(v: _Validator, img: dict[str, Any]) -> ImageConfig:
     )
 
 
-def _check_run(v: _Validator, steps: list[str]) -> None:
+def _check_run(v: RecipeValidator, steps: list[str]) -> None:
     """``run``: no step may update apt's lists, since builds have no network."""
     for i, step in enumerate(steps):
         if _APT_UPDATE.search(step):
             raise v.fail(("run", i), "runs `apt-get update`, which cannot reach anything: builds have no network",
                          hint='put the packages in [apt] packages = [...]; they are locked and installed offline')
-
-
-def _check_packages(v: _Validator, data: Mapping[str, Any]) -> None:
-    """``[apt]``, ``[cran]`` and ``[pip]``: package names without versions (the lock pins them), URL repositories."""
-    for i, pkg in enumerate(data.get("apt", {}).get("packages", [])):
-        if not names.DEB_NAME_ARCH.fullmatch(pkg):
-            raise v.fail(("apt", "packages", i), f"'{pkg}' is not a Debian package name",
-                         hint="versions are pinned by the lock, not in the recipe")
-    for i, pkg in enumerate(data.get("cran", {}).get("packages", [])):
-        if not names.R_NAME.fullmatch(pkg):
-            raise v.fail(("cran", "packages", i), f"'{pkg}' is not an R package name",
-                         hint="versions come from the dated snapshot in cran.repo and the lock, not the recipe")
-    if "repo" in data.get("cran", {}):
-        v.url(("cran", "repo"), data["cran"]["repo"])
-    if "index-url" in data.get("pip", {}):
-        v.url(("pip", "index-url"), data["pip"]["index-url"])
 
 
 def key_line(path: Path, key: KeyPath | str) -> int | None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from buildsys.core.errors import BuildsysError, EngineUnavailable
+from buildsys.ecosystems import pins
 from buildsys.engine import Engine, EngineInfo, GpuRequest
 from buildsys.model.lockfile import Lock
 
@@ -143,7 +144,8 @@ def driver_cuda(driver: str) -> str | None:
 def image_cuda(locks: Mapping[str, Lock], chain: Sequence[str]) -> tuple[str, str] | None:
     """(CUDA major.minor, the pin it comes from) of the CUDA runtime wheel in the chain's locks."""
     for name in reversed(chain):
-        for p in locks[name].pip if name in locks else ():
+        wheels = [p for _, p in pins(locks[name]) if p.kind == "pip"] if name in locks else []
+        for p in wheels:
             if _CUDA_RUNTIME.fullmatch(p.name):
                 major_minor = ".".join(p.version.split(".")[:2])
                 return major_minor, f"{p.name} {p.version} in locks/{name}.lock"

@@ -1,0 +1,220 @@
+"""The apt family's parts of a recipe and of a lock: ``[apt]``, locked .debs and the archive states they came from.
+
+``AptRecipe`` is a recipe's ``[apt]`` (a Debian root's bootstrap ``include``,
+or a layer's packages). A Debian root's ``[base]`` (``debian_root``) and a
+layer's ``[[apt]]`` (``apt_layer``, ``registry_apt``) are made of the same lock
+entries: ``LockedDeb`` and ``LockedArchive``, each with its TOML out and in and
+its shape on read. ``AptSection`` is a layer's part of a lock: ``[[apt]]``,
+and on a registry image ``[[apt-archives]]`` and ``apt-in-image``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Self
+
+from packageurl import PackageURL
+
+from buildsys.core import names
+from buildsys.core.store import Artifact
+from buildsys.ecosystems.base import Component, Pin
+from buildsys.model.lockfile import LockSection
+from buildsys.model.lockschema import (
+    SHA256,
+    Check,
+    LockValidator,
+    Schema,
+    label,
+    matching,
+    str_list,
+    url_check,
+    whole_number,
+)
+from buildsys.model.recipe import RecipeSection, RecipeValidator
+
+# An archive path (pool/main/a/apt/apt_2.6.1_amd64.deb): relative, no "..", no odd characters.
+ARCHIVE_PATH = re.compile(r"[A-Za-z0-9+._~-]+(/[A-Za-z0-9+._~%-]+)*")
+_ARCHIVE_PATH = matching(ARCHIVE_PATH, "a relative archive path")
+
+
+def _archive_path(v: Any) -> str | None:
+    err = _ARCHIVE_PATH(v)
+    if err is None and ".." in v.split("/"):
+        return f"{v!r} climbs out of the archive ('..')"
+    return err
+
+
+def release_date(v: Any) -> str | None:
+    return None if isinstance(v, str) and v.isprintable() and len(v) < 64 else f"{v!r} is not a Release date"
+
+
+DEB_NAMES = str_list(matching(names.DEB_NAME, "a Debian package name"))
+DEB: Schema = {
+    "name": (matching(names.DEB_NAME, "a Debian package name"), True),
+    "version": (matching(names.DEB_VERSION, "a Debian version"), True),
+    "architecture": (matching(names.DEB_ARCH, "a Debian architecture"), True),
+    "sha256": (SHA256, True),
+    "size": (whole_number, True),
+    "path": (_archive_path, True),
+    "mirror": (url_check, True),
+}
+ARCHIVE: Schema = {
+    "mirror": (url_check, True),
+    "suite": (matching(names.SUITE, "a Debian suite"), True),
+    "codename": (matching(names.SUITE, "a Debian codename"), False),
+    "release-date": (release_date, True),
+    "inrelease-sha256": (SHA256, True),
+}
+
+
+@dataclass(frozen=True)
+class AptRecipe(RecipeSection):
+    """``[apt]``: Debian package names, each with an optional ``:arch``; the lock pins their versions."""
+
+    packages: tuple[str, ...] = ()
+
+    KEY = "apt"
+    SCHEMA = {"packages": "str-list"}
+
+    @classmethod
+    def parse(cls, v: RecipeValidator, data: Mapping[str, Any]) -> Self:
+        packages = data.get("apt", {}).get("packages", [])
+        for i, pkg in enumerate(packages):
+            if not names.DEB_NAME_ARCH.fullmatch(pkg):
+                raise v.fail(("apt", "packages", i), f"'{pkg}' is not a Debian package name",
+                             hint="versions are pinned by the lock, not in the recipe")
+        return cls(tuple(packages))
+
+    def count(self) -> int:
+        return len(self.packages)
+
+
+@dataclass(frozen=True)
+class LockedDeb:
+    name: str
+    version: str
+    architecture: str
+    sha256: str
+    size: int
+    path: str  # archive path, e.g. pool/main/a/apt/apt_2.6.1_amd64.deb
+    mirror: str
+
+    @property
+    def filename(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+    def artifact(self) -> Artifact:
+        # local=True: the mirror is the one the recipe names (the freshness check holds the lock to it),
+        # so a file: or loopback mirror is the recipe's own choice.
+        return Artifact(kind="deb", name=self.name, version=self.version, filename=self.filename,
+                        sha256=self.sha256, size=self.size, urls=(f"{self.mirror}/{self.path}",), local=True)
+
+    def to_toml(self) -> dict[str, Any]:
+        return {"architecture": self.architecture, "mirror": self.mirror, "name": self.name, "path": self.path,
+                "sha256": self.sha256, "size": self.size, "version": self.version}
+
+    @classmethod
+    def from_toml(cls, d: Mapping[str, Any]) -> LockedDeb:
+        return cls(name=d["name"], version=d["version"], architecture=d["architecture"], sha256=d["sha256"],
+                   size=int(d["size"]), path=d["path"], mirror=d["mirror"])
+
+
+@dataclass(frozen=True)
+class LockedArchive:
+    """One archive a root was resolved from (the suite, its -updates, its -security), as signed then."""
+
+    mirror: str
+    suite: str
+    codename: str
+    release_date: str  # the signed Release's Date, verbatim
+    inrelease_sha256: str
+
+    def to_toml(self) -> dict[str, Any]:
+        return {"codename": self.codename, "inrelease-sha256": self.inrelease_sha256, "mirror": self.mirror,
+                "release-date": self.release_date, "suite": self.suite}
+
+    @classmethod
+    def from_toml(cls, d: Mapping[str, Any]) -> LockedArchive:
+        return cls(mirror=d["mirror"], suite=d["suite"], codename=d.get("codename", d["suite"]),
+                   release_date=d["release-date"], inrelease_sha256=d["inrelease-sha256"])
+
+
+def debs_toml(debs: tuple[LockedDeb, ...]) -> list[dict[str, Any]]:
+    return [p.to_toml() for p in sorted(debs, key=lambda p: (p.name, p.architecture))]
+
+
+def check_debs(v: LockValidator, value: Any, where: str) -> None:
+    """An array of .debs: each of its shape, an archive path to a .deb, each (name, architecture) once."""
+    seen: set[tuple[str, str]] = set()
+    for i, e in enumerate(v.entries(value, where)):
+        at = label(where, i, e)
+        v.table(e, DEB, at)
+        if not e["path"].endswith(".deb"):
+            raise v.fail(at, "path", f"{e['path']!r} is not a .deb")
+        if (e["name"], e["architecture"]) in seen:
+            raise v.fail(at, "name", f"'{e['name']}' is locked twice")
+        seen.add((e["name"], e["architecture"]))
+
+
+def check_archives(v: LockValidator, value: Any, where: str) -> None:
+    for i, a in enumerate(v.entries(value, where)):
+        v.table(a, ARCHIVE, label(where, i, a))
+
+
+def dpkg_mismatch(installed: Mapping[str, str], expected: Mapping[str, str]) -> str | None:
+    """How dpkg's packages (name -> version) differ from the locked ones; None when they are the same."""
+    if installed == expected:
+        return None
+    extra = sorted(set(installed) - set(expected))
+    missing = sorted(set(expected) - set(installed))
+    changed = sorted(n for n in set(installed) & set(expected) if installed[n] != expected[n])
+    return (f"installed but not locked: {extra or '-'}; locked but not installed: {missing or '-'}; "
+            f"other version: {changed or '-'}")
+
+
+def deb_component(d: LockedDeb) -> Component:
+    purl = PackageURL("deb", "debian", d.name, d.version, {"arch": d.architecture})
+    return Component("deb", d.name, d.version, purl.to_string(), d.sha256, f"{d.mirror}/{d.path}")
+
+
+def deb_pin(d: LockedDeb) -> Pin:
+    return Pin("apt", d.name, d.version, d.mirror)
+
+
+@dataclass(frozen=True)
+class AptSection(LockSection):
+    """A layer's ``[[apt]]``; on a registry image also the archives it was resolved from and what the image had."""
+
+    debs: tuple[LockedDeb, ...] = ()
+    # A layer on a registry image: the Debian archives its [[apt]] was resolved from (the
+    # suite first), and the requested packages that the image itself already has.
+    archives: tuple[LockedArchive, ...] = ()
+    in_image: tuple[str, ...] = ()
+
+    KEYS: ClassVar[Mapping[str, Check | None]] = {"apt": None, "apt-archives": None, "apt-in-image": DEB_NAMES}
+
+    def write(self) -> dict[str, Any]:
+        d: dict[str, Any] = {}
+        if self.debs:
+            d["apt"] = debs_toml(self.debs)
+        if self.archives:
+            d["apt-archives"] = [a.to_toml() for a in self.archives]  # in resolution order, not sorted
+        if self.in_image:
+            d["apt-in-image"] = sorted(self.in_image)
+        return d
+
+    @classmethod
+    def validate(cls, v: LockValidator, d: Mapping[str, Any]) -> None:
+        if "apt" in d:
+            check_debs(v, d["apt"], "[[apt]]")
+        check_archives(v, d.get("apt-archives", []), "[[apt-archives]]")
+
+    @classmethod
+    def read(cls, d: Mapping[str, Any]) -> Self | None:
+        if not any(key in d for key in cls.KEYS):
+            return None
+        return cls(debs=tuple(LockedDeb.from_toml(p) for p in d.get("apt", [])),
+                   archives=tuple(LockedArchive.from_toml(a) for a in d.get("apt-archives", [])),
+                   in_image=tuple(d.get("apt-in-image", [])))
