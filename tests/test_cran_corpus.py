@@ -33,6 +33,8 @@ import pytest
 from cranrepo import DownloadFailed, build, serve, write_repo
 from helpers import bs, copy_project, ok
 
+from buildsys.ecosystems.apt_sections import AptSection
+from buildsys.ecosystems.cran import CranSection
 from buildsys.model.lockfile import lock_path, read_lock
 
 SUITE = "trixie"
@@ -100,14 +102,14 @@ def test_the_tarballs_are_the_corpus(corpus: dict) -> None:
 
 def test_every_package_of_the_closure_is_locked_from_the_loopback_repo(locked: tuple[Path, Path, str]) -> None:
     proj, _, url = locked
-    lock = read_lock(lock_path(proj, "corpus"))
-    assert sorted(c.name for c in lock.cran) == sorted(CLOSURE)
-    assert all(c.url.startswith(f"{url}/src/contrib/") for c in lock.cran), [c.url for c in lock.cran]
-    assert lock.cran_repo == url and lock.r_version and lock.r_version.startswith("4.")
+    cran = read_lock(lock_path(proj, "corpus")).section(CranSection)
+    assert sorted(c.name for c in cran.packages) == sorted(CLOSURE)
+    assert all(c.url.startswith(f"{url}/src/contrib/") for c in cran.packages), [c.url for c in cran.packages]
+    assert cran.repo == url and cran.r_version and cran.r_version.startswith("4.")
     # The parent brings R and the compilers only: no r-cran-* package from Debian.
-    parent = read_lock(lock_path(proj, "r"))
-    assert {"r-base-core", "r-base-dev"} <= {d.name for d in parent.apt}
-    assert not [d.name for d in parent.apt if d.name.startswith("r-cran-")]
+    debs = read_lock(lock_path(proj, "r")).section(AptSection).debs
+    assert {"r-base-core", "r-base-dev"} <= {d.name for d in debs}
+    assert not [d.name for d in debs if d.name.startswith("r-cran-")]
 
 
 def test_build_verify_and_test(locked: tuple[Path, Path, str]) -> None:

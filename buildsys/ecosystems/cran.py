@@ -8,367 +8,103 @@ Depends, Imports and LinkingTo (what ``install.packages`` follows by default),
 less base and recommended packages and whatever the parent image already has
 installed (Debian's ``r-cran-*`` included), read from the image itself.
 
-The build side (``install_steps``) lives here too, as pip's does in ``pip``.
+The data (index, recipe and lock parts) is in ``cran_index``, the build side in ``cran_build``.
 """
 
 from __future__ import annotations
 
-import datetime
 import hashlib
-import heapq
-import re
 import shlex
-import tarfile
-import zlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
+from typing import TYPE_CHECKING
 
 from packageurl import PackageURL
 
-from buildsys.core import names, net
-from buildsys.core.dcf import parse_dcf
-from buildsys.core.errors import FetchError, HashMismatch, LockError, NotVendored, did_you_mean
+from buildsys.core import net
+from buildsys.core.errors import FetchError, HashMismatch, LockError
 from buildsys.core.store import Artifact, Store
 from buildsys.core.urlpolicy import local_reason
 from buildsys.ecosystems.apt_layer import chain_debs
-from buildsys.ecosystems.base import MOUNT, STEP_HEADER, STEP_MARKER, Component, Ecosystem, LockContext, Pin
-from buildsys.ecosystems.registry_image import ImageBaseLock
-from buildsys.model.lockfile import Lock, LockSection
-from buildsys.model.lockschema import (
-    SHA256,
-    Check,
-    LockValidator,
-    Schema,
-    label,
-    matching,
-    str_list,
-    url_check,
-    whole_number,
+from buildsys.ecosystems.base import MOUNT, Component, Ecosystem, LockContext, Pin
+from buildsys.ecosystems.cran_build import (
+    DESCRIPTION_CAP,
+    HEADER_PACKAGES,
+    MAKEVARS,
+    R_BASE_PACKAGES,
+    cran_closure,
+    failure_hint,
+    install_steps,
+    stage_tarballs,
+    tarball_needs,
 )
-from buildsys.model.recipe import Recipe, RecipeSection, RecipeValidator
+from buildsys.ecosystems.cran_index import (
+    BUILD_DIR,
+    DEP_FIELDS,
+    INDEX_CAP,
+    SITE_LIBRARY,
+    CranConstraintUnmet,
+    CranIndexError,
+    CranLock,
+    CranPackageMissing,
+    CranRecipe,
+    CranRepoUnreachable,
+    CranSection,
+    Dependency,
+    IndexEntry,
+    InstalledR,
+    LockedCran,
+    compare_versions,
+    contrib,
+    gunzip_index,
+    install_order,
+    parse_deps,
+    parse_index,
+    repo_relative_problem,
+    tarball_urls,
+)
+from buildsys.model.lockfile import Lock
+from buildsys.model.recipe import Recipe
 
 if TYPE_CHECKING:  # docker's client is imported only where an engine is used
     from buildsys.engine import Engine
 
-# Where R packages of a layer go: Debian's R puts /usr/local/lib/R/site-library first in .libPaths().
-# One fixed path, because lazy-load databases and Meta/*.rds record where a package was installed.
-SITE_LIBRARY = "/usr/local/lib/R/site-library"
-# Sources are unpacked and compiled here, always the same path, mapped away by -ffile-prefix-map.
-BUILD_DIR = "/tmp/buildsys-cran"
-DEP_FIELDS = ("Depends", "Imports", "LinkingTo")
-# A repository index is read whole (and then parsed): CRAN's own PACKAGES, about 21 000 stanzas of
-# ~500 bytes, is ~10 MB; 64 MiB leaves six times that and keeps a gzip bomb (a 400 KB PACKAGES.gz that
-# inflated to 400 MB took 1.7 GB RSS, issue 25) to one bounded buffer. Compressed or not, the same cap.
-INDEX_CAP = 64 << 20
-# A Path: field names a folder under src/contrib (CRAN's "Archive/NAME", "4.4.0/Recommended"): plain
-# segments only, so a tarball URL can never leave the repository (no "..", no "%2e", no space).
-_PATH_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
-_DEP = re.compile(r"^\s*([A-Za-z][A-Za-z0-9.]*)\s*(?:\(\s*([<>=!]+)\s*([^)\s]+)\s*\))?\s*$")
-
-# Headers a failed compile may name, and the Debian package that provides them.
-HEADER_PACKAGES = {
-    "sodium.h": "libsodium-dev", "curl/curl.h": "libcurl4-openssl-dev", "openssl/ssl.h": "libssl-dev",
-    "libxml/parser.h": "libxml2-dev", "libxml/tree.h": "libxml2-dev", "zmq.h": "libzmq3-dev",
-    "png.h": "libpng-dev", "jpeglib.h": "libjpeg-dev", "zlib.h": "zlib1g-dev", "gmp.h": "libgmp-dev",
-    "gsl/gsl_math.h": "libgsl-dev", "fftw3.h": "libfftw3-dev", "sqlite3.h": "libsqlite3-dev",
-    "git2.h": "libgit2-dev", "ft2build.h": "libfreetype-dev", "fontconfig/fontconfig.h": "libfontconfig-dev",
-    "cairo.h": "libcairo2-dev", "uv.h": "libuv1-dev", "hdf5.h": "libhdf5-dev", "netcdf.h": "libnetcdf-dev",
-    "proj.h": "libproj-dev", "gdal.h": "libgdal-dev", "geos_c.h": "libgeos-dev", "udunits2.h": "libudunits2-dev",
-    "magick/api.h": "libmagick++-dev", "Magick++.h": "libmagick++-dev", "tiff.h": "libtiff-dev",
-    "harfbuzz/hb.h": "libharfbuzz-dev", "fribidi/fribidi.h": "libfribidi-dev", "mysql.h": "libmariadb-dev",
-    "libpq-fe.h": "libpq-dev", "unicode/utypes.h": "libicu-dev", "lzma.h": "liblzma-dev", "bzlib.h": "libbz2-dev",
-}
-
-
-class CranRepoUnreachable(LockError):
-    def __init__(self, recipe: Path, repo: str, why: str) -> None:
-        self.repo, self.why = repo, why
-        super().__init__(f"{recipe}: cran.repo: cannot read the CRAN repository {repo}: {why}",
-                         hint="check the network and the URL (it must hold src/contrib/PACKAGES); behind a "
-                              "firewall, set cran.repo to your organisation's CRAN mirror, then run `buildsys "
-                              "lock` again")
-
-
-class CranIndexError(LockError):
-    def __init__(self, index_url: str, problem: str) -> None:
-        self.index_url, self.problem = index_url, problem
-        super().__init__(f"the CRAN index {index_url} does not parse: {problem}",
-                         hint="check that cran.repo is a CRAN-like repository (src/contrib/PACKAGES in DCF), "
-                              "then run `buildsys lock` again")
-
-
-class CranPackageMissing(LockError):
-    def __init__(self, recipe: Path, package: str, needed_by: str, repo: str, known: Iterable[str]) -> None:
-        self.package, self.needed_by, self.repo = package, needed_by, repo
-        why = f" (needed by {needed_by})" if needed_by else ""
-        super().__init__(f"{recipe}: cran.packages: R package '{package}'{why} is not in {repo}"
-                         f"{did_you_mean(package, known)}",
-                         hint="check the name (R package names are case-sensitive), or use a repository or "
-                              "snapshot date that has it, then run `buildsys lock` again")
-
-
-class CranConstraintUnmet(LockError):
-    """A dependency's version constraint that the image or the repository cannot meet."""
-
-
-@dataclass(frozen=True)
-class Dependency:
-    name: str
-    op: str = ""
-    version: str = ""
-
-    def __str__(self) -> str:
-        return f"{self.name} ({self.op} {self.version})" if self.op else self.name
-
-    def met_by(self, version: str) -> bool:
-        if not self.op:
-            return True
-        c = compare_versions(version, self.version)
-        return {">=": c >= 0, ">": c > 0, "<=": c <= 0, "<": c < 0, "==": c == 0, "=": c == 0,
-                "!=": c != 0}.get(self.op, False)
-
-
-@dataclass(frozen=True)
-class IndexEntry:
-    name: str
-    version: str
-    depends: tuple[Dependency, ...]  # Depends + Imports + LinkingTo, R itself left out
-    r_needed: tuple[Dependency, ...]  # constraints on R itself
-    md5: str = ""
-    path: str = ""  # relative to src/contrib, when the index says (Path: field)
-
-
-@dataclass(frozen=True)
-class InstalledR:
-    """What an image's R has: its version and every installed package (name -> (version, priority))."""
-
-    version: str
-    packages: Mapping[str, tuple[str, str]]
-
-    def is_shipped(self, name: str) -> bool:
-        return self.packages.get(name, ("", ""))[1] in ("base", "recommended")
-
-
-@dataclass(frozen=True)
-class CranRecipe(RecipeSection):
-    """``[cran]``: R package names, from the CRAN-like repository ``repo`` (a dated snapshot)."""
-
-    packages: tuple[str, ...] = ()
-    repo: str | None = None
-
-    KEY = "cran"
-    SCHEMA = {"packages": "str-list", "repo": "str"}
-
-    @classmethod
-    def parse(cls, v: RecipeValidator, data: Mapping[str, Any]) -> Self:
-        cran = data.get("cran", {})
-        for i, pkg in enumerate(cran.get("packages", [])):
-            if not names.R_NAME.fullmatch(pkg):
-                raise v.fail(("cran", "packages", i), f"'{pkg}' is not an R package name",
-                             hint="versions come from the dated snapshot in cran.repo and the lock, not the recipe")
-        if "repo" in cran:
-            v.url(("cran", "repo"), cran["repo"])
-        return cls(tuple(cran.get("packages", [])), cran.get("repo"))
-
-    def count(self) -> int:
-        return len(self.packages)
-
-
-@dataclass(frozen=True)
-class LockedCran:
-    """One R source package from the recipe's CRAN-like repository."""
-
-    name: str
-    version: str
-    sha256: str
-    size: int
-    url: str  # where it was at lock time; fetch also tries src/contrib/Archive/NAME/
-    depends: tuple[str, ...] = ()  # its Depends/Imports/LinkingTo that this lock installs or the chain has
-
-    def to_toml(self) -> dict[str, Any]:
-        return {"depends": list(self.depends), "name": self.name, "sha256": self.sha256, "size": self.size,
-                "url": self.url, "version": self.version}
-
-    @classmethod
-    def from_toml(cls, d: Mapping[str, Any]) -> LockedCran:
-        return cls(name=d["name"], version=d["version"], sha256=d["sha256"], size=int(d["size"]), url=d["url"],
-                   depends=tuple(d.get("depends", ())))
-
-
-LOCKED_CRAN: Schema = {
-    "name": (matching(names.R_NAME, "an R package name"), True),
-    "version": (matching(names.R_VERSION, "an R package version"), True),
-    "sha256": (SHA256, True),
-    "size": (whole_number, True),
-    "url": (url_check, True),
-    "depends": (str_list(matching(names.R_NAME, "an R package name")), False),
-}
-CRAN_REPO: Schema = {
-    "url": (url_check, True),
-    "index-sha256": (SHA256, True),
-}
-
-
-@dataclass(frozen=True)
-class CranSection(LockSection):
-    """The R version, the repository with the sha256 of the index read, and ``[[cran]]`` by name."""
-
-    packages: tuple[LockedCran, ...] = ()
-    repo: str | None = None  # the recipe's repository, and the sha256 of the PACKAGES index read
-    index_sha256: str | None = None
-    r_version: str | None = None  # the image's R the [[cran]] set was resolved for
-
-    KEYS: ClassVar[Mapping[str, Check | None]] = {
-        "r": matching(names.R_VERSION, "an R version"), "cran-repo": None, "cran": None}
-
-    def write(self) -> dict[str, Any]:
-        d: dict[str, Any] = {}
-        if self.r_version:
-            d["r"] = self.r_version
-        if self.repo:
-            d["cran-repo"] = {"url": self.repo, "index-sha256": self.index_sha256 or ""}
-        if self.packages:
-            d["cran"] = [c.to_toml() for c in sorted(self.packages, key=lambda c: c.name)]
-        return d
-
-    @classmethod
-    def validate(cls, v: LockValidator, d: Mapping[str, Any]) -> None:
-        """``[cran-repo]``, and ``[[cran]]``: each package once, its URL the tarball of that name and version."""
-        if "cran-repo" in d:
-            v.table(d["cran-repo"], CRAN_REPO, "[cran-repo]")
-        r_names: set[str] = set()
-        for i, e in enumerate(v.entries(d.get("cran", []), "[[cran]]")):
-            at = label("[[cran]]", i, e)
-            v.table(e, LOCKED_CRAN, at)
-            if not e["url"].endswith(f"/{e['name']}_{e['version']}.tar.gz"):
-                raise v.fail(at, "url", f"{e['url']!r} is not {e['name']}_{e['version']}.tar.gz")
-            if e["name"] in r_names:
-                raise v.fail(at, "name", f"'{e['name']}' is locked twice")
-            r_names.add(e["name"])
-
-    @classmethod
-    def read(cls, d: Mapping[str, Any]) -> Self | None:
-        if not any(key in d for key in cls.KEYS):
-            return None
-        return cls(packages=tuple(LockedCran.from_toml(c) for c in d.get("cran", [])),
-                   repo=d.get("cran-repo", {}).get("url"), index_sha256=d.get("cran-repo", {}).get("index-sha256"),
-                   r_version=d.get("r"))
-
-
-@dataclass(frozen=True)
-class CranStaging:
-    """What ``Cran.stage`` reads of a lock, under the names it had when [[cran]] was a field of ``Lock``.
-
-    (``Cran.stage``'s body is being reworked on another branch; ``_staging`` hands it this until that is merged.)
-    """
-
-    cran: tuple[LockedCran, ...]
-    cran_repo: str | None
-    source_date_epoch: int
-
-
-def _staging(stage: Callable[[Cran, Store, Recipe, CranStaging, Path], list[str]],
-             ) -> Callable[[Cran, Store, Recipe, Lock, Path], list[str]]:
-    def staged(self: Cran, store: Store, recipe: Recipe, lock: Lock, folder: Path) -> list[str]:
-        part = lock.section(CranSection)
-        return stage(self, store, recipe, CranStaging(part.packages, part.repo, lock.source_date_epoch), folder)
-    return staged
-
-
-@dataclass(frozen=True)
-class CranLock:
-    packages: tuple[LockedCran, ...]
-    index_sha256: str
-    r_version: str
-
-
-Entry = TypeVar("Entry", IndexEntry, LockedCran)
-
-
-def compare_versions(a: str, b: str) -> int:
-    """R's package_version order: numbers split on '.' and '-'."""
-    def key(v: str) -> list[int]:
-        return [int(x) for x in re.split(r"[.-]", v.strip()) if x.isdigit()]
-    ka, kb = key(a), key(b)
-    return (ka > kb) - (ka < kb)
-
-
-def parse_deps(value: str) -> list[Dependency]:
-    out = []
-    for part in value.split(","):
-        if not part.strip():
-            continue
-        m = _DEP.match(part)
-        if not m:
-            raise ValueError(f"{part.strip()!r} is not 'name' or 'name (op version)'")
-        out.append(Dependency(m.group(1), m.group(2) or "", m.group(3) or ""))
-    return out
-
-
-def parse_index(text: str, index_url: str) -> dict[str, IndexEntry]:
-    try:
-        stanzas = parse_dcf(text)
-        entries: dict[str, IndexEntry] = {}
-        for st in stanzas:
-            if "Package" not in st or "Version" not in st:
-                raise ValueError(f"a stanza without Package or Version: {sorted(st)[:5]}")
-            name, version = st["Package"], st["Version"]
-            if not names.R_NAME.fullmatch(name) or not names.R_VERSION.fullmatch(version):
-                raise ValueError(f"'{name}' '{version}' is not an R package name and version")
-            deps = [d for f in DEP_FIELDS for d in parse_deps(st.get(f, ""))]
-            path = st.get("Path", "").strip("/")
-            if path and (why := _path_problem(path)):
-                raise ValueError(f"{name} {version}: Path: {path!r} {why}")
-            entry = IndexEntry(name=name, version=version, depends=tuple(d for d in deps if d.name != "R"),
-                               r_needed=tuple(d for d in deps if d.name == "R"), md5=st.get("MD5sum", ""),
-                               path=path)
-            old = entries.get(name)
-            if old is None or compare_versions(version, old.version) > 0:
-                entries[name] = entry
-    except ValueError as e:
-        raise CranIndexError(index_url, str(e)) from e
-    if not entries:
-        raise CranIndexError(index_url, "it lists no package")
-    return entries
-
-
-def contrib(repo: str) -> str:
-    return repo.rstrip("/") + "/src/contrib"
-
-
-def _path_problem(path: str) -> str:
-    """Why a relative path under src/contrib may not be used ("" when it may)."""
-    parts = path.split("/")
-    if any(p in (".", "..") for p in parts):
-        return "leaves the repository (a '..' or '.' segment)"
-    if not all(_PATH_PART.fullmatch(p) for p in parts):
-        return "is not plain folder names (letters, digits, '.', '_', '+', '-'; no spaces, no '%')"
-    return ""
-
-
-def repo_relative_problem(url: str, repo: str) -> str:
-    """Why a locked tarball URL is not a file of the repository's src/contrib ("" when it is).
-
-    The lock check calls it: a lock whose URL leaves the repository (``Path: ../../elsewhere``
-    pinned by an older buildsys, or an edited lock) is stale, not fetched.
-    """
-    base = contrib(repo) + "/"
-    if not url.startswith(base):
-        return f"it is not under {base}"
-    rest = url[len(base):]
-    folder, _, name = rest.rpartition("/")
-    why = _path_problem(folder) if folder else ""
-    if why or not name.endswith(".tar.gz") or not _PATH_PART.fullmatch(name):
-        return f"{rest!r} {why or 'is not a tarball name'}"
-    return ""
-
-
-def tarball_urls(repo: str, name: str, version: str, path: str = "") -> tuple[str, ...]:
-    """Where a pinned version is: the top level while current, ``Archive/NAME/`` once the repo moved on."""
-    base = contrib(repo) + (f"/{path}" if path else "")
-    return (f"{base}/{name}_{version}.tar.gz", f"{contrib(repo)}/Archive/{name}/{name}_{version}.tar.gz")
+# Names that moved to cran_index and cran_build with the split, still importable from here.
+__all__ = [
+    "BUILD_DIR",
+    "compare_versions",
+    "contrib",
+    "cran_closure",
+    "CranConstraintUnmet",
+    "CranIndexError",
+    "CranLock",
+    "CranPackageMissing",
+    "CranRecipe",
+    "CranRepoUnreachable",
+    "CranSection",
+    "DEP_FIELDS",
+    "Dependency",
+    "DESCRIPTION_CAP",
+    "failure_hint",
+    "HEADER_PACKAGES",
+    "INDEX_CAP",
+    "IndexEntry",
+    "install_order",
+    "install_steps",
+    "InstalledR",
+    "LockedCran",
+    "MAKEVARS",
+    "parse_deps",
+    "parse_index",
+    "R_BASE_PACKAGES",
+    "repo_relative_problem",
+    "SITE_LIBRARY",
+    "stage_tarballs",
+    "tarball_needs",
+    "tarball_urls",
+    "CRAN",
+    "Cran",
+]
 
 
 def read_index(recipe: Recipe) -> tuple[dict[str, IndexEntry], str]:
@@ -391,37 +127,11 @@ def read_index(recipe: Recipe) -> tuple[dict[str, IndexEntry], str]:
         except net.NetError as e:
             raise CranRepoUnreachable(recipe.path, repo, e.message) from e
         try:
-            text = (_gunzip(raw, url) if name.endswith(".gz") else raw).decode("utf-8")
+            text = (gunzip_index(raw, url) if name.endswith(".gz") else raw).decode("utf-8")
         except UnicodeDecodeError as e:
             raise CranIndexError(url, f"not UTF-8 text ({e})") from e
         return parse_index(text, url), hashlib.sha256(raw).hexdigest()
     raise CranRepoUnreachable(recipe.path, repo, "; ".join(failures))
-
-
-def _gunzip(raw: bytes, url: str) -> bytes:
-    """gzip members inflated into at most ``INDEX_CAP`` bytes; a bomb is refused at the cap, not after."""
-    out: list[bytes] = []
-    size = 0
-    data = raw
-    while data:
-        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        try:
-            while True:
-                chunk = d.decompress(data, INDEX_CAP + 1 - size)
-                size += len(chunk)
-                out.append(chunk)
-                if size > INDEX_CAP:
-                    raise CranIndexError(url, f"it inflates past {INDEX_CAP >> 20} MiB, the cap for an index "
-                                              f"({len(raw)} bytes compressed): refused as a gzip bomb")
-                if not d.unconsumed_tail:
-                    break
-                data = d.unconsumed_tail
-        except zlib.error as e:
-            raise CranIndexError(url, f"not gzip'd text ({e})") from e
-        if not d.eof:
-            raise CranIndexError(url, "the gzip stream stops before its end: truncated")
-        data = d.unused_data.lstrip(b"\0")  # padding after the last member, as gzip allows
-    return b"".join(out)
 
 
 def resolve_closure(recipe: Recipe, index: Mapping[str, IndexEntry], installed: InstalledR,
@@ -466,32 +176,6 @@ def resolve_closure(recipe: Recipe, index: Mapping[str, IndexEntry], installed: 
         chosen[name] = entry
         todo += [(d.name, d, name) for d in reversed(entry.depends)]
     return install_order(chosen.values())
-
-
-def install_order(entries: Iterable[Entry]) -> list[Entry]:
-    """Dependencies first, ties broken by name: the same order for the same set, always."""
-    by_name = {e.name: e for e in entries}
-    deps = {n: {d if isinstance(d, str) else d.name for d in e.depends} & set(by_name) for n, e in by_name.items()}
-    waiting = {n: len(d) for n, d in deps.items()}
-    users: dict[str, list[str]] = {n: [] for n in by_name}
-    for n, ds in deps.items():
-        for d in ds:
-            users[d].append(n)
-    ready = [n for n, k in waiting.items() if k == 0]
-    heapq.heapify(ready)
-    out = []
-    while ready:
-        n = heapq.heappop(ready)
-        out.append(by_name[n])
-        for u in users[n]:
-            waiting[u] -= 1
-            if waiting[u] == 0:
-                heapq.heappush(ready, u)
-    if len(out) != len(by_name):
-        cycle = sorted(set(by_name) - {e.name for e in out})
-        raise LockError(f"R packages depend on each other in a cycle: {', '.join(cycle)}",
-                        hint="report it to the packages' maintainers; pin other versions meanwhile")
-    return out
 
 
 # The image's R: its version, then every package folder of every library with Version and Priority.
@@ -583,178 +267,6 @@ def _download(store: Store, url: str, entry: IndexEntry, allow_local: bool) -> t
                          hint="check the network and cran.repo, then `buildsys lock` again") from e
 
 
-_NOT_PINNED = "not what the lock pins"
-
-
-def install_steps(packages: Sequence[LockedCran], repo: str, mount: str, epoch: int) -> list[str]:
-    """The build steps that install the vendored tarballs in dependency order, reproducibly: one per package.
-
-    Each source and its fix is in docs/reproducibility.md ("R packages"). Each package is its own
-    step, so R CMD INSTALL of each runs in a fresh PID namespace and sees the same process IDs on
-    every build (cli records the PID of the R that installed it). A tarball whose DESCRIPTION is
-    another package or version than the lock pins (its sha256 vouches for the bytes, not for what
-    they claim) is refused before R installs it, and what R installed is read back.
-    """
-    built = shlex.quote(_utc(epoch))
-    env = "\n".join([
-        f"mkdir -p {SITE_LIBRARY} {BUILD_DIR}",
-        # Compiler flags: Debian's R Makeconf already maps its own build path; map ours, and
-        # keep -g (debug info is then path-free and the same every time).
-        f"export R_MAKEVARS_USER={mount}/cran/Makevars",
-        "export R_LIBS_USER=/nonexistent R_LIBS=",
-        "export R_INSTALL_STAGED=false",
-        # NAME VERSION FILE WHAT: FILE's Package and Version are exactly the pinned ones, or the build stops.
-        "buildsys_cran_is() { "
-        "p=$(sed -n 's/^Package:[[:space:]]*//p' \"$3\" 2>/dev/null | head -n1 | tr -d '[:space:]'); "
-        "v=$(sed -n 's/^Version:[[:space:]]*//p' \"$3\" 2>/dev/null | head -n1 | tr -d '[:space:]'); "
-        "[ \"$p\" = \"$1\" ] && [ \"$v\" = \"$2\" ] || { echo \"R package $1 $2: $4 is ${p:-?} ${v:-?}, "
-        f"{_NOT_PINNED}\"; exit 1; }}; }}",
-    ])
-    steps = []
-    for p in install_order(packages):
-        tar = f"{mount}/cran/{p.name}_{p.version}.tar.gz"
-        steps.append(STEP_HEADER + "\n".join([
-            f"echo '{STEP_MARKER}cran: install {p.name} {p.version}'",
-            env,
-            f"rm -rf {BUILD_DIR}/{p.name} && tar -xzf {tar} -C {BUILD_DIR} --no-same-owner",
-            f"test -d {BUILD_DIR}/{p.name} || {{ echo 'R package {p.name}: its tarball has no folder "
-            f"{p.name}/'; exit 1; }}",
-            f"buildsys_cran_is {p.name} {p.version} {BUILD_DIR}/{p.name}/DESCRIPTION 'its tarball'",
-            f"R CMD INSTALL --no-multiarch --built-timestamp={built} --library={SITE_LIBRARY} "
-            f"{BUILD_DIR}/{p.name}",
-            f"buildsys_cran_is {p.name} {p.version} {SITE_LIBRARY}/{p.name}/DESCRIPTION 'what R installed'",
-            f"rm -rf {BUILD_DIR}/{p.name}",
-        ]) + "\n")
-    rprofile = f'options(repos = c(CRAN = "{_r_string(repo)}"))'
-    steps.append(STEP_HEADER + "\n".join([
-        f"rm -rf {BUILD_DIR}",
-        "mkdir -p /etc/R",
-        # Debian's Rprofile.site is a conffile; only our line is appended, once.
-        f"grep -qxF {shlex.quote(rprofile)} /etc/R/Rprofile.site 2>/dev/null || "
-        f"echo {shlex.quote(rprofile)} >> /etc/R/Rprofile.site",
-    ]) + "\n")
-    return steps
-
-
-MAKEVARS = f"""\
-# buildsys: build paths out of debug info and macros (docs/reproducibility.md)
-PREFIX_MAP = -ffile-prefix-map={BUILD_DIR}=. -fdebug-prefix-map={BUILD_DIR}=. -Wdate-time
-CFLAGS += $(PREFIX_MAP)
-CXXFLAGS += $(PREFIX_MAP)
-CXX11FLAGS += $(PREFIX_MAP)
-CXX14FLAGS += $(PREFIX_MAP)
-CXX17FLAGS += $(PREFIX_MAP)
-FFLAGS += -ffile-prefix-map={BUILD_DIR}=.
-FCFLAGS += -ffile-prefix-map={BUILD_DIR}=.
-"""
-
-
-def stage_tarballs(store: Store, recipe: str, packages: Sequence[LockedCran], folder: Path) -> None:
-    folder.mkdir(parents=True)
-    for p in packages:
-        src = store.vendor_path(p.sha256)
-        if not src.is_file():
-            raise NotVendored(recipe, f"R package {p.name} {p.version} ({p.url})")
-        (folder / f"{p.name}_{p.version}.tar.gz").hardlink_to(src)
-    (folder / "Makevars").write_text(MAKEVARS)
-
-
-# R's own packages: in every R, never on CRAN, never an r-cran-* package.
-R_BASE_PACKAGES = frozenset({"base", "compiler", "datasets", "graphics", "grDevices", "grid", "methods", "parallel",
-                             "splines", "stats", "stats4", "tcltk", "tools", "utils"})
-DESCRIPTION_CAP = 1 << 20  # a DESCRIPTION is a few KiB; CRAN's largest is far below this
-
-
-def tarball_needs(tarball: Path, name: str) -> list[Dependency] | None:
-    """Depends, Imports and LinkingTo (R itself left out) of ``NAME/DESCRIPTION`` in a vendored source tarball.
-
-    None when the tarball has no readable DESCRIPTION for ``name`` (the build refuses such a
-    tarball too, naming it). The tarball is read as a stream, up to its DESCRIPTION.
-    """
-    try:
-        with tarfile.open(tarball, "r|gz") as tf:
-            for m in tf:
-                if m.name.removeprefix("./") != f"{name}/DESCRIPTION":
-                    continue
-                f = tf.extractfile(m) if m.isfile() and m.size <= DESCRIPTION_CAP else None
-                if f is None:
-                    return None
-                fields = parse_dcf(f.read().decode("utf-8", errors="replace"))
-                return [d for fld in DEP_FIELDS for d in parse_deps(fields[0].get(fld, "")) if d.name != "R"]
-    except (tarfile.TarError, OSError, EOFError, zlib.error, ValueError, IndexError):
-        return None
-    return None
-
-
-def cran_closure(store: Store, chain: Sequence[Lock], lock: Lock) -> list[str]:
-    """What the vendored tarballs of ``lock`` need that the chain does not have ("pkg needs dep").
-
-    Read from each tarball's own DESCRIPTION (its sha256 vouches for it, unlike anything
-    written in the lock), as the pip closure is read from the wheels: so a hand-deleted
-    ``[[cran]]`` entry is found before any container starts. A dependency is met by a pin of
-    the chain (whose version must fit), by R's own packages, or by Debian's r-cran-NAME in the
-    chain. On a registry image the image's own R packages are not in any lock, so there only
-    the version of a pinned dependency is checked.
-    """
-    pins = {c.name: c.version for lk in (*chain, lock) for c in lk.section(CranSection).packages}
-    debs = chain_debs([*chain, lock])
-    image_root = any(lk.get(ImageBaseLock) is not None for lk in chain)
-    problems: list[str] = []
-    for c in lock.section(CranSection).packages:
-        path = store.vendor_path(c.sha256)
-        if not path.is_file():
-            continue  # the vendor check names a missing file
-        needs = tarball_needs(path, c.name)
-        if needs is None:
-            problems.append(f"R package {c.name} {c.version}: its tarball has no readable {c.name}/DESCRIPTION")
-            continue
-        for dep in needs:
-            if dep.name in pins:
-                if not dep.met_by(pins[dep.name]):
-                    problems.append(f"R package {c.name} {c.version} needs '{dep}', the chain pins "
-                                    f"{pins[dep.name]}")
-            elif not (dep.name in R_BASE_PACKAGES or f"r-cran-{dep.name.lower()}" in debs or image_root):
-                problems.append(f"R package {c.name} {c.version} needs '{dep}', which no lock of the chain pins")
-    return sorted(set(problems))
-
-
-def failure_hint(output: str) -> str | None:
-    """For a failed R package compile: which [apt] package provides the missing header, when known."""
-    if _NOT_PINNED in output:
-        return ("the repository served a tarball (the one whose sha256 the lock pins) that is another package "
-                "or version than its index said: use a repository you trust, then `buildsys lock` again")
-    last = [ln for ln in output.splitlines() if ln.startswith(STEP_MARKER)]
-    if not last or not last[-1].startswith(f"{STEP_MARKER}cran: install "):
-        return None
-    pkg = last[-1].split()[2]
-    header = re.findall(r"fatal error: ([^:\s]+): No such file or directory", output)
-    if header:
-        h: str = header[-1]
-        deb = HEADER_PACKAGES.get(h) or HEADER_PACKAGES.get(h.rsplit("/", 1)[-1])
-        if deb:
-            return (f"R package {pkg} needs the header {h}, which Debian's {deb} provides: add \"{deb}\" to "
-                    "[apt] packages of this recipe (or a parent), `buildsys lock`, then build again")
-        return (f"R package {pkg} needs the header {h}: add the Debian -dev package that provides it to [apt] "
-                "packages (`apt-file search " + h + "` names it), `buildsys lock`, then build again")
-    # Packages that test for a library in ``configure`` (the "anticonf" script many CRAN packages share)
-    # hide the compiler's message and name the Debian package themselves: "* deb: libxml2-dev (Debian, ...)".
-    named = re.findall(r"^\s*\*?\s*deb: ([a-z0-9][a-z0-9+.-]+)", output, re.M)
-    if named:
-        return (f"R package {pkg}'s configure did not find a system library, which Debian's {named[-1]} provides: "
-                f"add \"{named[-1]}\" to [apt] packages (here or in a parent), `buildsys lock`, then build again")
-    return (f"R package {pkg} failed to install (see its output above); if a system library is missing, add its "
-            "Debian -dev package to [apt] packages, `buildsys lock`, then build again")
-
-
-def _utc(epoch: int) -> str:
-    return datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def _r_string(s: str) -> str:
-    return s.replace("\\", "\\\\").replace('"', '\\"')
-
-
-
 def tarball_artifact(c: LockedCran) -> Artifact:
     """A locked tarball, where it was at lock time first, then where the repository keeps older versions."""
     repo = c.url.rsplit("/src/contrib/", 1)[0]
@@ -795,12 +307,12 @@ class Cran(Ecosystem):
     def artifacts(self, lock: Lock) -> list[Artifact]:
         return [tarball_artifact(c) for c in lock.section(CranSection).packages]
 
-    @_staging
-    def stage(self, store: Store, recipe: Recipe, lock: CranStaging, folder: Path) -> list[str]:
-        if not lock.cran:
+    def stage(self, store: Store, recipe: Recipe, lock: Lock, folder: Path) -> list[str]:
+        part = lock.section(CranSection)
+        if not part.packages:
             return []
-        stage_tarballs(store, recipe.name, lock.cran, folder / "cran")
-        return install_steps(lock.cran, lock.cran_repo or "", MOUNT, lock.source_date_epoch)
+        stage_tarballs(store, recipe.name, part.packages, folder / "cran")
+        return install_steps(part.packages, part.repo or "", MOUNT, lock.source_date_epoch)
 
     def covers(self, recipe: Recipe, lock: Lock, above: Sequence[Lock]) -> list[str]:
         """Every [cran] package is pinned here or in the chain (Debian's r-cran-NAME counts), from the recipe's repo."""
