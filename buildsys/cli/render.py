@@ -117,9 +117,8 @@ class LiveProgress:
     def __call__(self, recipe: str, stage: str, detail: str) -> None:
         now = time.monotonic()
         if self.live is None or stage == "warning":  # a warning stays on screen, above the live table
-            style = "bold yellow" if stage == "warning" else ""
-            self.console.print(f"[dim]{now - self.started:6.1f}s[/] [bold]{recipe}[/] [{style}]{stage}[/]: {detail}"
-                               if style else f"[dim]{now - self.started:6.1f}s[/] [bold]{recipe}[/] {stage}: {detail}")
+            shown = f"[bold yellow]{stage}[/]" if stage == "warning" else stage
+            self.console.print(f"[dim]{now - self.started:6.1f}s[/] [bold]{recipe}[/] {shown}: {detail}")
             if self.live is None:
                 return
         self.rows[recipe] = (stage, detail, now)
