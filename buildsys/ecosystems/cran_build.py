@@ -174,7 +174,8 @@ def cran_closure(store: Store, chain: Sequence[Lock], lock: Lock) -> list[str]:
             continue  # the vendor check names a missing file
         needs = tarball_needs(path, c.name)
         if needs is None:
-            problems.append(f"R package {c.name} {c.version}: its tarball has no readable {c.name}/DESCRIPTION")
+            problems.append(f"R package {c.name} {c.version}: its tarball has no readable {c.name}/DESCRIPTION, "
+                            "so it is not that package's source")
             continue
         for dep in needs:
             if dep.name in pins:
