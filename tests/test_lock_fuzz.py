@@ -21,7 +21,7 @@ import tomlkit
 from buildsys.core.errors import BuildsysError
 from buildsys.core.store import Store
 from buildsys.ecosystems import artifacts
-from buildsys.ecosystems.apt_layer import debs_of
+from buildsys.ecosystems.debian_root import locked_debs
 from buildsys.ecosystems.files import FilesSection
 from buildsys.model.lockfile import Lock, read_lock
 from buildsys.model.lockschema import is_safe_filename
@@ -74,7 +74,7 @@ def assert_contained(lock: Lock, store: Store) -> None:
             assert urlsplit(url).scheme in ("http", "https", "file"), url
     for f in lock.section(FilesSection).files:
         assert is_safe_filename(f.name)
-    for deb in debs_of(lock):
+    for deb in locked_debs(lock):
         assert ".." not in deb.path.split("/") and not deb.path.startswith("/")
 
 

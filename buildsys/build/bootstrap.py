@@ -26,7 +26,7 @@ from buildsys.build.checks import not_as_locked
 from buildsys.core import dpkg
 from buildsys.core.errors import BuildError, ToolMissing
 from buildsys.core.store import Store
-from buildsys.ecosystems.debian_root import DebianBaseLock, bootstrap_debs, bootstrap_repository, check_bootstrap
+from buildsys.ecosystems.debian_root import DebianBaseLock, bootstrap_repository, check_bootstrap, locked_debs
 from buildsys.model.lockfile import Lock
 
 # The fixed build environment of docs/design.md (SOURCE_DATE_EPOCH is added per layer).
@@ -95,7 +95,7 @@ def bootstrap_debian(store: Store, lock: Lock, run_steps: Sequence[str], out_dir
         # .deb's own control Priority, not the archive's override (apt's says
         # "important" there, "required" in the archive), so mmdebstrap's own
         # selection from it would miss some. The lock is the bill of materials.
-        names = sorted({p.name for p in bootstrap_debs(lock)})
+        names = sorted({p.name for p in locked_debs(lock)})
         cmd.append("--include=" + ",".join(names))
         # A fixed hostname, as on every layer (docs/design.md).
         cmd.append(f'--customize-hook=echo {BUILD_HOSTNAME} > "$1/etc/hostname"')

@@ -11,7 +11,6 @@ for both.
 
 from __future__ import annotations
 
-import dataclasses
 import shlex
 import tempfile
 from collections.abc import Sequence
@@ -23,7 +22,7 @@ from buildsys.core.store import Artifact, Store
 from buildsys.ecosystems.apt import AptPackage, AptResolver, archive_moved, link_debs, make_local_repo
 from buildsys.ecosystems.apt_sections import AptRecipe, AptSection, LockedDeb, deb_component, deb_pin, dpkg_mismatch
 from buildsys.ecosystems.base import MOUNT, STEP_HEADER, STEP_MARKER, Component, Ecosystem, LockContext, Pin
-from buildsys.ecosystems.debian_root import DebianBaseLock, root_debs
+from buildsys.ecosystems.debian_root import DebianBaseLock, locked_debs
 from buildsys.ecosystems.registry_apt import image_release, lock_apt_on_image
 from buildsys.ecosystems.registry_image import ImageBaseLock
 from buildsys.model.lockfile import Lock
@@ -34,14 +33,9 @@ from buildsys.oci.layer.tree import ParentTree
 INSTALLED_MARKER = "::buildsys-installed::"
 
 
-def debs_of(lock: Lock) -> tuple[LockedDeb, ...]:
-    """Every .deb a lock installs: a Debian root's bootstrap set, a layer's [apt]."""
-    return (*root_debs(lock), *lock.section(AptSection).debs)
-
-
 def chain_debs(locks: Sequence[Lock]) -> dict[str, LockedDeb]:
     """What a chain of layers has installed from Debian, by package name."""
-    return {d.name: d for lk in locks for d in debs_of(lk)}
+    return {d.name: d for lk in locks for d in locked_debs(lk)}
 
 
 def lock_apt(recipe: Recipe, root: Lock, ancestors: Sequence[Lock], cache: Path) -> list[LockedDeb]:
@@ -99,8 +93,7 @@ class Apt(Ecosystem):
                          f"status and Debian's {release.suite} ({release.pretty})")
             debs, archives, in_image, epoch = lock_apt_on_image(recipe, image, release, ctx.ancestors,
                                                                 ctx.store.cache / "apt")
-            return dataclasses.replace(lock.with_sections(AptSection(tuple(debs), archives, in_image)),
-                                       source_date_epoch=max(lock.source_date_epoch, epoch))
+            return lock.with_sections(AptSection(tuple(debs), archives, in_image), epoch=epoch)
         ctx.progress(f"apt: {len(wanted)} packages against the parent chain")
         debs = lock_apt(recipe, root, ctx.ancestors, ctx.store.cache / "apt")
         return lock.with_sections(AptSection(tuple(debs)))
@@ -139,7 +132,7 @@ class Apt(Ecosystem):
 
     def covers(self, recipe: Recipe, lock: Lock, above: Sequence[Lock]) -> list[str]:
         problems: list[str] = []
-        debs = {d.name for lk in (lock, *above) for d in debs_of(lk)}
+        debs = {d.name for lk in (lock, *above) for d in locked_debs(lk)}
         debs_or_image = debs | set(lock.section(AptSection).in_image)  # on a registry image: requested ones it has
         for pkg in recipe.section(AptRecipe).packages:
             if pkg.split(":", 1)[0] not in debs_or_image:
@@ -147,7 +140,7 @@ class Apt(Ecosystem):
         root = next((base for lk in (lock, *above) if (base := lk.get(DebianBaseLock))), None)
         if root is not None:
             mirrors = sorted({a.mirror for a in root.all_archives})
-            for d in debs_of(lock):
+            for d in locked_debs(lock):
                 if d.mirror not in mirrors:
                     problems.append(f"apt package '{d.name}' comes from {d.mirror}, not the root's mirror "
                                     f"{' or '.join(mirrors)}")
@@ -163,7 +156,7 @@ class Apt(Ecosystem):
         if chain[0].get(ImageBaseLock) is not None and below is not None:  # the image's own are in no lock
             expected.update(dpkg.installed(below.read("var/lib/dpkg/status") or b""))
         for lk in chain:
-            expected.update({d.name: d.version for d in debs_of(lk)})
+            expected.update({d.name: d.version for d in locked_debs(lk)})
         return dpkg_mismatch(installed, expected)
 
     def components(self, lock: Lock) -> list[Component]:

@@ -12,7 +12,7 @@ import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
+from typing import Any, ClassVar, Self, TypeVar
 
 from buildsys.core import names
 from buildsys.core.dcf import parse_dcf
@@ -30,10 +30,6 @@ from buildsys.model.lockschema import (
     whole_number,
 )
 from buildsys.model.recipe import RecipeSection, RecipeValidator
-
-if TYPE_CHECKING:  # docker's client is imported only where an engine is used
-    pass
-
 
 # Where R packages of a layer go: Debian's R puts /usr/local/lib/R/site-library first in .libPaths().
 # One fixed path, because lazy-load databases and Meta/*.rds record where a package was installed.

@@ -10,7 +10,6 @@ holds the result to them (``check_bootstrap``).
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -258,7 +257,7 @@ class DebianRoot(Ecosystem):
         if not (recipe.is_root and isinstance(recipe.base, DebianBase)):
             return lock
         base, epoch = lock_debian_root(recipe, ctx.store.cache / "apt")
-        return dataclasses.replace(lock.with_sections(base), source_date_epoch=max(lock.source_date_epoch, epoch))
+        return lock.with_sections(base, epoch=epoch)
 
     recipe_section = DebianBase
     lock_section = DebianBaseLock
@@ -299,8 +298,8 @@ def root_debs(lock: Lock) -> tuple[LockedDeb, ...]:
     return base.packages if base else ()
 
 
-def bootstrap_debs(lock: Lock) -> tuple[LockedDeb, ...]:
-    """Every .deb the bootstrap of a Debian root's lock installs."""
+def locked_debs(lock: Lock) -> tuple[LockedDeb, ...]:
+    """Every .deb a lock installs: a Debian root's bootstrap set, a layer's [apt]."""
     return (*root_debs(lock), *lock.section(AptSection).debs)
 
 
@@ -308,13 +307,13 @@ def bootstrap_repository(store: Store, lock: Lock, folder: Path) -> None:
     """The root's vendored .debs in ``folder`` as a flat apt repository of its suite, for mmdebstrap."""
     base = lock.get(DebianBaseLock)
     assert base is not None
-    link_debs(store, lock.recipe, bootstrap_debs(lock), folder)
+    link_debs(store, lock.recipe, locked_debs(lock), folder)
     make_local_repo(folder, base.suite, base.codename)
 
 
 def check_bootstrap(lock: Lock, installed: dict[str, str]) -> str | None:
     """How the bootstrapped root's dpkg packages differ from the lock's; None when they are the same."""
-    return dpkg_mismatch(installed, {d.name: d.version for d in bootstrap_debs(lock)})
+    return dpkg_mismatch(installed, {d.name: d.version for d in locked_debs(lock)})
 
 
 def _archives(archives: Iterable[tuple[str, str]]) -> str:

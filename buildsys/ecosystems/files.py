@@ -6,7 +6,6 @@ addressed, so a later ``fetch`` has nothing to do for it).
 
 from __future__ import annotations
 
-import dataclasses
 import email.utils
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -215,8 +214,7 @@ class Files(Ecosystem):
         if not ctx.recipe.section(FilesRecipe).files:
             return lock
         files = lock_files(ctx.recipe, ctx.store, warn=ctx.warn)
-        return dataclasses.replace(lock.with_sections(FilesSection(files.locked)),
-                                   source_date_epoch=max([lock.source_date_epoch, *files.epochs]))
+        return lock.with_sections(FilesSection(files.locked), epoch=max(files.epochs, default=0))
 
     def artifacts(self, lock: Lock) -> list[Artifact]:
         return [f.artifact() for f in lock.section(FilesSection).files]

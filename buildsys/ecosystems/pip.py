@@ -6,7 +6,6 @@ from its wheel file (``python3 pip-X.whl/pip install --no-index ...``).
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import shlex
@@ -220,8 +219,7 @@ class Pip(Ecosystem):
         pip = lock_pip(ctx.engine(), image, recipe, ctx.store, constraints=chain_pips(ctx.ancestors),
                        previous=previous.packages, upgrade=ctx.upgrade, upgrade_packages=ctx.upgrade_packages,
                        previous_installer=previous.installer)
-        return dataclasses.replace(lock.with_sections(PipSection(pip.packages, pip.python, pip.installer)),
-                                   source_date_epoch=max(lock.source_date_epoch, pip.epoch))
+        return lock.with_sections(PipSection(pip.packages, pip.python, pip.installer), epoch=pip.epoch)
 
     def artifacts(self, lock: Lock) -> list[Artifact]:
         return [a for p in lock.section(PipSection).with_installer() for a in p.artifacts()]

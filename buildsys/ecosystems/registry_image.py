@@ -14,7 +14,6 @@ changes nothing for a lock.
 from __future__ import annotations
 
 import calendar
-import dataclasses
 import json
 import os
 import re
@@ -387,7 +386,7 @@ class RegistryImage(Ecosystem):
             return lock
         ctx.progress(f"base: resolving {recipe.base.image} ({recipe.base.platform})")
         pinned, epoch = lock_image_root(recipe)
-        return dataclasses.replace(lock.with_sections(pinned), source_date_epoch=max(lock.source_date_epoch, epoch))
+        return lock.with_sections(pinned, epoch=epoch)
 
     def artifacts(self, lock: Lock) -> list[Artifact]:
         pinned = lock.get(ImageBaseLock)

@@ -100,15 +100,18 @@ class Lock:
         """The lock's part of type ``kind``, or the empty one (for parts whose fields all have defaults)."""
         return self.get(kind) or kind()
 
-    def with_sections(self, *parts: LockSection) -> Lock:
-        """This lock with ``parts`` in place of its parts of their types (an empty part removes its type's)."""
+    def with_sections(self, *parts: LockSection, epoch: int = 0) -> Lock:
+        """This lock with ``parts`` in place of its parts of their types (an empty part removes its type's).
+
+        ``epoch``: the newest time of what ``parts`` pin; the lock's SOURCE_DATE_EPOCH is the newest of all.
+        """
         sections = dict(self.sections)
         for part in parts:
             if part.write():
                 sections[type(part)] = part
             else:
                 sections.pop(type(part), None)
-        return dataclasses.replace(self, sections=sections)
+        return dataclasses.replace(self, sections=sections, source_date_epoch=max(self.source_date_epoch, epoch))
 
     def to_toml(self) -> dict[str, Any]:
         d: dict[str, Any] = {
