@@ -254,6 +254,7 @@ def test_a_package_without_a_wheel_is_refused_with_the_python_and_tags(engine: E
     assert "docopt==0.6.2: published files: docopt-0.6.2.tar.gz" in msg
     assert "Python 3.11." in msg and "cp311-cp311-" in msg
     assert "pin a version that publishes a wheel" in msg
+    assert '[pip] from-source = ["docopt"]' in msg
     assert [m[0] for m in e.value.missing] == ["docopt"]
 
 
@@ -387,3 +388,41 @@ def test_pypi_simple_json_gives_sizes_and_upload_times() -> None:
     assert f.name == "six-1.17.0-py2.py3-none-any.whl"
     assert f.size == 11050
     assert f.uploaded == 1733333726  # 2024-12-04T17:35:26Z
+
+
+# --- from-source: what needs no container (tests/test_pip_source.py builds it) -------------------------------------
+
+
+def test_from_source_must_name_distributions(tmp_path: Path) -> None:
+    from buildsys.model.recipe import load_recipes
+
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "root.toml").write_text('[base]\ndebian = { suite = "bookworm" }\n')
+    (tmp_path / "recipes" / "py.toml").write_text(
+        'parents = ["root"]\n[pip]\npackages = ["docopt"]\nfrom-source = ["docopt", "docopt==0.6.2"]\n')
+    with pytest.raises(RecipeError) as e:
+        load_recipes(tmp_path)
+    msg = str(e.value)
+    assert "py.toml" in msg and "pip.from-source[1]" in msg and "'docopt==0.6.2' is not a Python distribution name" \
+        in msg
+
+
+@pytest.mark.parametrize(("output", "says"), [
+    ("::buildsys-step::pip: build foo 1.0 from source\nsrc/foo.c:1:10: fatal error: zlib.h: No such file or "
+     "directory\nerror: command '/usr/bin/x86_64-linux-gnu-gcc' failed with exit code 1\n",
+     "pip package foo 1.0 needs the header zlib.h"),
+    ("::buildsys-step::pip: build foo 1.0 from source\nerror: command 'x86_64-linux-gnu-gcc' failed: No such file "
+     "or directory\n", "pip package foo 1.0 needs a compiler to build from source"),
+    ("::buildsys-step::pip: build foo 1.0 from source\nTraceback ...\n",
+     "pip package foo 1.0 failed to build from its source distribution"),
+])
+def test_a_failed_source_build_gets_a_hint(output: str, says: str) -> None:
+    from buildsys.ecosystems.pip import PIP
+
+    assert says in (PIP.failure_hint(output) or "")
+
+
+def test_no_hint_for_a_step_that_is_not_a_source_build() -> None:
+    from buildsys.ecosystems.pip import PIP
+
+    assert PIP.failure_hint("::buildsys-step::pip: install 3 packages\nerror\n") is None

@@ -1,7 +1,9 @@
 """The ``[pip]`` ecosystem: lock (``pip_resolve``), stage the vendored wheels, install them at build time.
 
 Builds install offline from the vendored wheels with the locked pip, run straight
-from its wheel file (``python3 pip-X.whl/pip install --no-index ...``).
+from its wheel file (``python3 pip-X.whl/pip install --no-index ...``). Packages
+of ``[pip] from-source`` are built from their vendored sdist first, one step
+each (``pip_source``).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import os
 import re
 import shlex
 import shutil
+import tarfile
 import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,7 +25,7 @@ from packageurl import PackageURL
 from packaging.markers import default_environment
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
-from packaging.version import Version
+from packaging.version import InvalidVersion, Version
 
 from buildsys.core.errors import LockError, NotVendored
 from buildsys.core.store import Artifact, Store, atomic_write
@@ -30,6 +33,7 @@ from buildsys.core.urlpolicy import local_reason
 from buildsys.ecosystems.apt_layer import chain_debs
 from buildsys.ecosystems.base import MOUNT, STEP_HEADER, STEP_MARKER, Component, Ecosystem, LockContext, Pin
 from buildsys.ecosystems.pip_resolve import LockedPip, LockedWheelFile, PipRecipe, check_pip, lock_pip
+from buildsys.ecosystems.pip_source import BUILD_DIR, build_step, is_sdist, split_pin
 from buildsys.ecosystems.pypi import DEFAULT_INDEX
 from buildsys.model.lockfile import Lock, LockSection
 from buildsys.model.lockschema import Check, LockValidator, label, matching
@@ -44,16 +48,19 @@ REQUIREMENTS = "requirements.txt"  # written by stage_wheels beside the wheels
 
 @dataclass(frozen=True)
 class PipSection(LockSection):
-    """``[[pip]]`` by name, the pip wheel that installs them (``[pip-installer]``) and the Python they are for."""
+    """``[[pip]]`` by name, the pip wheel that installs them (``[pip-installer]``), the Python they are for,
+    and the build requirements of those built from source (``[[pip-build]]``, by name and version)."""
 
     packages: tuple[LockedPip, ...] = ()
     python: str | None = None  # the image's Python (e.g. "3.11.2") the pip set was resolved for
     installer: LockedPip | None = None  # the pip wheel that installs [[pip]] at build time
+    build: tuple[LockedPip, ...] = ()  # wheels installed only to build the sdists of [[pip]], never into the image
 
     KEYS: ClassVar[Mapping[str, Check | None]] = {
         "python": matching(re.compile(r"[0-9]+(\.[0-9]+){1,2}"), "a Python version"),
         "pip": None,
         "pip-installer": None,
+        "pip-build": None,
     }
 
     def write(self) -> dict[str, Any]:
@@ -64,11 +71,25 @@ class PipSection(LockSection):
             d["pip"] = [p.to_toml() for p in sorted(self.packages, key=lambda p: p.name)]
         if self.installer:
             d["pip-installer"] = self.installer.to_toml()
+        if self.build:
+            d["pip-build"] = [p.to_toml() for p in sorted(self.build, key=lambda p: (p.name, Version(p.version)))]
         return d
 
     @classmethod
     def validate(cls, v: LockValidator, d: Mapping[str, Any]) -> None:
-        """``[[pip]]``: each distribution once, by its canonical name (``Foo_Bar`` is ``foo-bar``)."""
+        """``[[pip]]``: each distribution once, by its canonical name (``Foo_Bar`` is ``foo-bar``);
+        ``[[pip-build]]``: each name and version once, each a wheel, each one some ``build-requires`` names."""
+        builds: dict[tuple[str, str], str] = {}
+        for i, e in enumerate(v.entries(d.get("pip-build", []), "[[pip-build]]")):
+            at = label("[[pip-build]]", i, e)
+            check_pip(v, e, at)
+            if "build-requires" in e:
+                raise v.fail(at, "build-requires", "a build requirement is installed from a wheel, never built")
+            bkey = (str(canonicalize_name(e["name"])), str(Version(e["version"])))
+            if bkey in builds:
+                raise v.fail(at, "name", f"'{e['name']}' {e['version']} is locked twice")
+            builds[bkey] = at
+        used: set[tuple[str, str]] = set()
         seen: set[str] = set()
         for i, e in enumerate(v.entries(d.get("pip", []), "[[pip]]")):
             at = label("[[pip]]", i, e)
@@ -77,6 +98,15 @@ class PipSection(LockSection):
             if key in seen:
                 raise v.fail(at, "name", f"'{e['name']}' is locked twice")
             seen.add(key)
+            for req in e.get("build-requires") or ():
+                name, version = split_pin(req) or ("", "")
+                wanted = (str(canonicalize_name(name)), str(Version(version)))
+                if wanted not in builds:
+                    raise v.fail(at, "build-requires", f"'{req}' is no [[pip-build]] entry of this lock")
+                used.add(wanted)
+        for bkey, at in builds.items():
+            if bkey not in used:
+                raise v.fail(at, "name", "no [[pip]] entry's build-requires names it")
         if "pip-installer" in d:
             check_pip(v, d["pip-installer"], "[pip-installer]")
 
@@ -85,11 +115,18 @@ class PipSection(LockSection):
         if not any(key in d for key in cls.KEYS):
             return None
         return cls(packages=tuple(LockedPip.from_toml(p) for p in d.get("pip", [])), python=d.get("python"),
-                   installer=LockedPip.from_toml(d["pip-installer"]) if "pip-installer" in d else None)
+                   installer=LockedPip.from_toml(d["pip-installer"]) if "pip-installer" in d else None,
+                   build=tuple(LockedPip.from_toml(p) for p in d.get("pip-build", [])))
 
     def with_installer(self) -> tuple[LockedPip, ...]:
-        """The locked distributions and the pip that installs them."""
-        return (*self.packages, *([self.installer] if self.installer else []))
+        """The locked distributions, the pip that installs them and the build requirements of the sdists."""
+        return (*self.packages, *([self.installer] if self.installer else []), *self.build)
+
+    def build_pin(self, req: str) -> LockedPip:
+        """The ``[[pip-build]]`` entry a ``build-requires`` item names (the lock check made sure there is one)."""
+        name, version = split_pin(req) or ("", "")
+        return next(b for b in self.build
+                    if canonicalize_name(b.name) == canonicalize_name(name) and Version(b.version) == Version(version))
 
 
 # --- build time -----------------------------------------------------------------------------------------------------
@@ -101,9 +138,26 @@ def _selected_file(recipe: str, pin: LockedPip) -> LockedWheelFile:
         raise LockError(f"{recipe}: the lock names no single file to install for {pin.name}=={pin.version}",
                         f"relock: `buildsys lock {recipe}`")
     f = chosen[0]
-    if "/" in f.name or f.name in (".", "..", REQUIREMENTS) or not f.name.endswith(".whl"):
-        raise LockError(f"{recipe}: the lock's file name for {pin.name} is not a wheel's: {f.name!r}",
+    shape = is_sdist(f.name) if pin.build_requires is not None else f.name.endswith(".whl")
+    if "/" in f.name or f.name in (".", "..", REQUIREMENTS) or not shape:
+        what = "a source distribution's" if pin.build_requires is not None else "a wheel's"
+        raise LockError(f"{recipe}: the lock's file name for {pin.name} is not {what}: {f.name!r}",
                         f"relock: `buildsys lock {recipe}`")
+    return f
+
+
+def _link(store: Store, recipe: str, pin: LockedPip, dest: Path) -> LockedWheelFile:
+    """Link the selected file of ``pin`` from the vendor store into ``dest`` under its own name."""
+    f = _selected_file(recipe, pin)
+    src = store.vendor_path(f.sha256)
+    if not src.is_file() or (f.size is not None and src.stat().st_size != f.size):
+        raise NotVendored(recipe, f"pip file {f.name} ({pin.name} {pin.version})")
+    target = dest / f.name
+    target.unlink(missing_ok=True)
+    try:
+        os.link(src, target)
+    except OSError:  # another file system
+        shutil.copyfile(src, target)
     return f
 
 
@@ -116,27 +170,34 @@ def _installer(lock: Lock) -> LockedPip:
 
 
 def stage_wheels(store: Store, lock: Lock, dest: Path) -> None:
-    """Link the selected wheels and the installer into ``dest`` under their own names, with
-    ``requirements.txt`` pinning each to its sha256 (what ``install_script`` installs)."""
+    """Link the selected files (wheels and sdists) and the installer into ``dest`` under their own names, with
+    ``requirements.txt`` pinning each wheel to its sha256 (what ``install_script`` installs); and the build
+    requirements of the sdists into ``dest/../pip-build``, with one ``NAME-VERSION.txt`` of hashes per sdist."""
     pip = lock.section(PipSection)
     if not pip.packages:
         return
     dest.mkdir(parents=True, exist_ok=True)
     lines = []
     for pin in [*sorted(pip.packages, key=lambda p: p.name), _installer(lock)]:
-        f = _selected_file(lock.recipe, pin)
-        src = store.vendor_path(f.sha256)
-        if not src.is_file() or (f.size is not None and src.stat().st_size != f.size):
-            raise NotVendored(lock.recipe, f"pip wheel {f.name} ({pin.name} {pin.version})")
-        target = dest / f.name
-        target.unlink(missing_ok=True)
-        try:
-            os.link(src, target)
-        except OSError:  # another file system
-            shutil.copyfile(src, target)
-        if pin is not pip.installer:
+        f = _link(store, lock.recipe, pin, dest)
+        if pin is not pip.installer and pin.build_requires is None:
             lines.append(f"{pin.name}=={pin.version} --hash=sha256:{f.sha256}\n")
     atomic_write(dest / REQUIREMENTS, "".join(lines).encode())
+    sources = [p for p in pip.packages if p.build_requires]
+    if sources:
+        build = dest.parent / BUILD_DIR
+        build.mkdir(parents=True, exist_ok=True)
+        for pin in sources:
+            reqs = []
+            for req in pin.build_requires or ():
+                b = pip.build_pin(req)
+                f = _link(store, lock.recipe, b, build)
+                reqs.append(f"{b.name}=={b.version} --hash=sha256:{f.sha256}\n")
+            atomic_write(build / _build_requirements(pin), "".join(reqs).encode())
+
+
+def _build_requirements(pin: LockedPip) -> str:
+    return f"{canonicalize_name(pin.name)}-{pin.version}.txt"
 
 
 def install_script(lock: Lock, wheels_dir_in_container: str = WHEELS_DIR) -> str:
@@ -147,7 +208,7 @@ def install_script(lock: Lock, wheels_dir_in_container: str = WHEELS_DIR) -> str
     (never over) what dpkg owns. ``--isolated`` and ``PIP_CONFIG_FILE=/dev/null``:
     no PIP_* variable of the image and no pip.conf may change what is installed.
     """
-    if not lock.section(PipSection).packages:
+    if not any(p.build_requires is None for p in lock.section(PipSection).packages):
         return ""
     d = wheels_dir_in_container.rstrip("/")
     pip = f"{d}/{_selected_file(lock.recipe, _installer(lock)).name}/pip"
@@ -218,8 +279,8 @@ class Pip(Ecosystem):
         previous = ctx.previous.section(PipSection) if ctx.previous else PipSection()
         pip = lock_pip(ctx.engine(), image, recipe, ctx.store, constraints=chain_pips(ctx.ancestors),
                        previous=previous.packages, upgrade=ctx.upgrade, upgrade_packages=ctx.upgrade_packages,
-                       previous_installer=previous.installer)
-        return lock.with_sections(PipSection(pip.packages, pip.python, pip.installer), epoch=pip.epoch)
+                       previous_installer=previous.installer, previous_build=previous.build)
+        return lock.with_sections(PipSection(pip.packages, pip.python, pip.installer, pip.build), epoch=pip.epoch)
 
     def artifacts(self, lock: Lock) -> list[Artifact]:
         return [a for p in lock.section(PipSection).with_installer() for a in p.artifacts()]
@@ -229,8 +290,17 @@ class Pip(Ecosystem):
         if not packages:
             return []
         stage_wheels(store, lock, folder / "wheels")
-        return [f"{STEP_HEADER}echo '{STEP_MARKER}pip: install {len(packages)} packages'\n"
-                f"{install_script(lock, f'{MOUNT}/wheels')}\n"]
+        wheels = [p for p in packages if p.build_requires is None]
+        steps = [f"{STEP_HEADER}echo '{STEP_MARKER}pip: install {len(wheels)} packages'\n"
+                 f"{install_script(lock, f'{MOUNT}/wheels')}\n"] if wheels else []
+        pip = f"{MOUNT}/wheels/{_selected_file(lock.recipe, _installer(lock)).name}/pip"
+        for p in sorted(packages, key=lambda p: canonicalize_name(p.name)):
+            if p.build_requires is not None:
+                steps.append(f"{STEP_HEADER}echo '{STEP_MARKER}pip: build {p.name} {p.version} from source'\n"
+                             + build_step(canonicalize_name(p.name), p.version, _selected_file(lock.recipe, p).name,
+                                          pip, f"{MOUNT}/wheels", f"{MOUNT}/{BUILD_DIR}",
+                                          _build_requirements(p) if p.build_requires else None))
+        return steps
 
     def covers(self, recipe: Recipe, lock: Lock, above: Sequence[Lock]) -> list[str]:
         problems: list[str] = []
@@ -256,6 +326,25 @@ class Pip(Ecosystem):
                                     f"which the recipe's index does not allow")
         return problems
 
+    def failure_hint(self, output: str) -> str | None:
+        """For a package built from source that failed: what its build most often lacks."""
+        last = [ln for ln in output.splitlines() if ln.startswith(STEP_MARKER)]
+        if not last or not last[-1].startswith(f"{STEP_MARKER}pip: build "):
+            return None
+        what = last[-1][len(f"{STEP_MARKER}pip: build "):].removesuffix(" from source")
+        header = re.findall(r"fatal error: ([^:\s]+): No such file or directory", output)
+        missing = (f"the header {header[-1]}, which a Debian -dev package provides" if header else
+                   "a compiler" if re.search(r"command '[^']*(gcc|cc|g\+\+|c\+\+)' failed|"
+                                             r"(gcc|cc|x86_64-linux-gnu-gcc): (not found|No such file)", output)
+                   else None)
+        if missing:
+            return (f"pip package {what} needs {missing} to build from source: add it to [apt] packages of this "
+                    "recipe or a parent (C extensions need build-essential and python3-dev), `buildsys lock`, "
+                    "then build again")
+        return (f"pip package {what} failed to build from its source distribution (see its output above); if a "
+                "system library or compiler is missing, add its Debian package to [apt] packages, `buildsys lock`, "
+                "then build again; or take it from a wheel (remove it from [pip] from-source)")
+
     def closure_problems(self, store: Store, chain: Sequence[Lock], lock: Lock) -> list[str]:
         return pip_closure(store, chain, lock) if lock.section(PipSection).packages else []
 
@@ -264,7 +353,8 @@ class Pip(Ecosystem):
         for p in sorted(lock.section(PipSection).packages, key=lambda p: p.name):
             f = ([f for f in p.files if f.name == p.selected] or list(p.files)[:1])[0]
             purl = PackageURL("pypi", None, p.name.lower().replace("_", "-"), p.version)
-            out.append(Component("wheel", p.name, p.version, purl.to_string(), f.sha256, f.url))
+            kind = "wheel" if p.build_requires is None else "sdist"
+            out.append(Component(kind, p.name, p.version, purl.to_string(), f.sha256, f.url))
         return out
 
     def pins(self, lock: Lock) -> list[Pin]:
@@ -306,9 +396,9 @@ def pip_closure(store: Store, chain_locks: Sequence[Lock], lock: Lock) -> list[s
     for p in pip.packages:
         for art in p.artifacts():
             path = store.vendor_path(art.sha256)
-            if not path.is_file() or not art.filename.endswith(".whl"):
+            if not path.is_file():
                 continue
-            for req in _requires(path):
+            for req in _requires(path) if art.filename.endswith(".whl") else _sdist_requires(path):
                 if req.marker is not None and not req.marker.evaluate({**env, "extra": ""}):
                     continue
                 name = canonicalize_name(req.name)
@@ -321,6 +411,42 @@ def pip_closure(store: Store, chain_locks: Sequence[Lock], lock: Lock) -> list[s
     return sorted(set(missing))
 
 
+def _sdist_requires(sdist: Path) -> Iterable[Requirement]:
+    """An sdist's ``Requires-Dist`` from its PKG-INFO when that metadata is binding (Metadata-Version 2.2 or
+    later, the field not ``Dynamic``); otherwise none: the lock's resolution built its metadata instead."""
+    try:
+        if sdist.name.endswith(".zip") or zipfile.is_zipfile(sdist):
+            with zipfile.ZipFile(sdist) as z:
+                name = next((n for n in z.namelist() if n.count("/") == 1 and n.endswith("/PKG-INFO")), None)
+                text = z.read(name).decode("utf-8", errors="replace") if name else ""
+        else:
+            with tarfile.open(sdist) as t:
+                member = next((m for m in t if m.isfile() and m.name.count("/") == 1
+                               and m.name.endswith("/PKG-INFO")), None)
+                fileobj = t.extractfile(member) if member else None
+                text = fileobj.read().decode("utf-8", errors="replace") if fileobj else ""
+    except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError):
+        return []  # the hash check of the vendored file reports a damaged sdist
+    headers = HeaderParser().parsestr(text)
+    try:
+        binding = Version(headers.get("Metadata-Version", "1.0")) >= Version("2.2")
+    except InvalidVersion:
+        binding = False
+    if not binding or "requires-dist" in {d.strip().lower() for d in headers.get_all("Dynamic") or []}:
+        return []
+    return _parsed(headers.get_all("Requires-Dist") or [])
+
+
+def _parsed(lines: Iterable[str]) -> list[Requirement]:
+    reqs = []
+    for line in lines:
+        try:
+            reqs.append(Requirement(line))
+        except InvalidRequirement:
+            continue
+    return reqs
+
+
 def _requires(wheel: Path) -> Iterable[Requirement]:
     try:
         with zipfile.ZipFile(wheel) as z:
@@ -330,13 +456,7 @@ def _requires(wheel: Path) -> Iterable[Requirement]:
             headers = HeaderParser().parsestr(z.read(meta).decode("utf-8", errors="replace"))
     except (zipfile.BadZipFile, OSError):
         return []  # the hash check of the vendored file reports a damaged wheel
-    reqs = []
-    for line in headers.get_all("Requires-Dist") or []:
-        try:
-            reqs.append(Requirement(line))
-        except InvalidRequirement:
-            continue
-    return reqs
+    return _parsed(headers.get_all("Requires-Dist") or [])
 
 
 PIP = Pip()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 
@@ -71,7 +72,7 @@ class ConstraintConflict(LockError):
 
 
 class NoWheel(LockError):
-    """A pin has no wheel that the image's interpreter accepts; building sdists is not supported."""
+    """A pin has no wheel that the image's interpreter accepts, and the recipe does not build it from source."""
 
     def __init__(self, recipe: str, missing: Sequence[tuple[str, str, Sequence[str]]], python: str,
                  tags: Sequence[str]) -> None:
@@ -84,8 +85,9 @@ class NoWheel(LockError):
         super().__init__(
             f"{recipe}: pip: no wheel for the image's Python {python} (accepted tags: {accepted}):" + "".join(lines),
             "pin a version that publishes a wheel for this Python and platform (e.g. 'name<X' in [pip] packages), "
-            "or install it from Debian ([apt] python3-<name>) in this recipe or an ancestor; "
-            "building source distributions is not supported in this version",
+            "install it from Debian ([apt] python3-<name>) in this recipe or an ancestor, or build it from its "
+            f"source distribution in the layer: [pip] from-source = {json.dumps([m[0] for m in missing])} "
+            "(a C extension also needs [apt] build-essential and python3-dev)",
         )
 
 

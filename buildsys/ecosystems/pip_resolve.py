@@ -15,6 +15,7 @@ the same for the pip wheel that installs the layer at build time. On the host,
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -42,6 +43,7 @@ from buildsys.ecosystems.pip_errors import (
     PythonTooOld,
     requirement_name,
 )
+from buildsys.ecosystems.pip_source import SOURCES_PY, is_sdist, split_pin
 from buildsys.ecosystems.pip_tools import MIN_PYTHON, PipToolFailed, host_ca_bundle, tools_dir
 from buildsys.ecosystems.pypi import (
     DEFAULT_INDEX,
@@ -62,25 +64,31 @@ CA_MOUNT = "/buildsys-ca.pem"
 _PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
 
 # Exit statuses of the lock script, one per stage.
-_NO_PYTHON, _PROBE, _COMPILE, _SELECT, _INSTALLER = 80, 81, 82, 83, 84
+_NO_PYTHON, _PROBE, _COMPILE, _SELECT, _INSTALLER, _SOURCES = 80, 81, 82, 83, 84, 85
 
 
 @dataclass(frozen=True)
 class PipRecipe(RecipeSection):
-    """``[pip]``: PEP 508 requirements, and the index they are resolved from (PyPI unless ``index-url``)."""
+    """``[pip]``: PEP 508 requirements, the index they are resolved from (PyPI unless ``index-url``), and
+    the distributions built from their source distribution in the layer (``from-source``)."""
 
     packages: tuple[str, ...] = ()
     index_url: str | None = None
+    from_source: tuple[str, ...] = ()
 
     KEY = "pip"
-    SCHEMA = {"packages": "str-list", "index-url": "str"}
+    SCHEMA = {"packages": "str-list", "index-url": "str", "from-source": "str-list"}
 
     @classmethod
     def parse(cls, v: RecipeValidator, data: Mapping[str, Any]) -> Self:
         pip = data.get("pip", {})
         if "index-url" in pip:
             v.url(("pip", "index-url"), pip["index-url"])
-        return cls(tuple(pip.get("packages", [])), pip.get("index-url"))
+        for i, name in enumerate(pip.get("from-source", [])):
+            if not names.PIP_NAME.fullmatch(name):
+                raise RecipeError(v.path, f"{name!r} is not a Python distribution name", key=f"pip.from-source[{i}]",
+                                  hint='name distributions as [pip] packages does, without a version: "markupsafe"')
+        return cls(tuple(pip.get("packages", [])), pip.get("index-url"), tuple(pip.get("from-source", [])))
 
     def count(self) -> int:
         return len(self.packages)
@@ -109,6 +117,9 @@ class LockedPip:
     files: tuple[LockedWheelFile, ...]  # every acceptable file (pip-compile --generate-hashes)
     # The file the image's interpreter installs (chosen at lock time for its tags).
     selected: str | None = None
+    # Built from its sdist (the selected file): its build requirements, "name==version" each, every one
+    # a [[pip-build]] entry of the same lock. None for a wheel.
+    build_requires: tuple[str, ...] | None = None
 
     def artifacts(self) -> list[Artifact]:
         chosen = [f for f in self.files if f.name == self.selected] if self.selected else list(self.files)
@@ -121,13 +132,17 @@ class LockedPip:
                              "files": [f.to_toml() for f in sorted(self.files, key=lambda f: f.name)]}
         if self.selected:
             d["selected"] = self.selected
+        if self.build_requires is not None:
+            d["build-requires"] = list(self.build_requires)
         return d
 
     @classmethod
     def from_toml(cls, d: Mapping[str, Any]) -> LockedPip:
         files = tuple(LockedWheelFile(name=f["name"], sha256=f["sha256"], url=f["url"], size=f.get("size"))
                       for f in d.get("files", []))
-        return cls(name=d["name"], version=d["version"], files=files, selected=d.get("selected"))
+        build = tuple(d["build-requires"]) if "build-requires" in d else None
+        return cls(name=d["name"], version=d["version"], files=files, selected=d.get("selected"),
+                   build_requires=build)
 
 
 def _pip_version(v: Any) -> str | None:
@@ -151,7 +166,13 @@ PIP: Schema = {
     "version": (_pip_version, True),
     "selected": (filename_check, False),
     "files": (None, False),  # checked entry by entry below
+    "build-requires": (None, False),  # checked below
 }
+
+
+def _is_pin(text: Any) -> bool:
+    pin = split_pin(text) if isinstance(text, str) else None
+    return pin is not None and _pip_version(pin[1]) is None
 
 
 def check_pip(v: LockValidator, e: Any, where: str) -> None:
@@ -164,6 +185,15 @@ def check_pip(v: LockValidator, e: Any, where: str) -> None:
         raise v.fail(where, "selected", f"{e['selected']!r} is none of the entry's files")
     if not files:
         raise v.fail(where, "files", "no file is locked for it")
+    build = e.get("build-requires")
+    if build is not None and (not isinstance(build, list) or not all(_is_pin(b) for b in build)):
+        raise v.fail(where, "build-requires", 'must be a list of "name==version" strings')
+    chosen = e.get("selected") or (files[0]["name"] if len(files) == 1 else "")
+    if is_sdist(chosen) and build is None:
+        raise v.fail(where, "build-requires", f"{chosen} is a source distribution: its build requirements must be "
+                                              "locked with it")
+    if build is not None and not is_sdist(chosen):
+        raise v.fail(where, "build-requires", f"only a source distribution is built, and {chosen!r} is none")
 
 
 @dataclass(frozen=True)
@@ -171,7 +201,8 @@ class PipLock:
     python: str  # the image's Python, "X.Y.Z"
     packages: tuple[LockedPip, ...]  # this layer's pins, without those its ancestors already install
     installer: LockedPip  # the pip wheel that installs them at build time
-    epoch: int  # newest upload time among the selected files (installer included)
+    epoch: int  # newest upload time among the selected files (installer and build requirements included)
+    build: tuple[LockedPip, ...] = ()  # the build requirements of the packages built from source
 
 
 @dataclass(frozen=True)
@@ -188,18 +219,22 @@ class _Resolved:
     pins: list[_Pin]  # pip-compile's output, ancestors' pins included
     selected: dict[str, tuple[str, str]]  # name -> (url, sha256) of the file pip installs
     installer: tuple[str, str]  # (url, sha256) of the pip wheel
+    # sdist name -> its build requirements' (name, version, url, sha256), as pip chose them
+    sources: dict[str, list[tuple[str, str, str, str]]]
 
 
 def lock_pip(engine: Engine, image: str, recipe: Recipe, store: Store, *, constraints: Mapping[str, str],
              previous: Sequence[LockedPip], upgrade: bool, upgrade_packages: Sequence[str],
-             previous_installer: LockedPip | None = None) -> PipLock:
+             previous_installer: LockedPip | None = None, previous_build: Sequence[LockedPip] = ()) -> PipLock:
     """Resolve the recipe's ``[pip]`` packages for the Python of ``image`` (which must have python3).
 
     ``constraints`` are the ancestors' pins (name -> version): they bound the
     resolution and are left out of the result. ``previous`` pins are kept
     unless ``upgrade`` or named in ``upgrade_packages``; so is
     ``previous_installer`` (the pip that installs at build time), otherwise
-    the newest pip that supports the image's Python is taken.
+    the newest pip that supports the image's Python is taken. The build
+    requirements of ``from-source`` packages are kept as they were
+    (``previous_build``) while they still satisfy them.
     """
     _check_requirements(recipe)
     index = (recipe.section(PipRecipe).index_url or DEFAULT_INDEX).rstrip("/")
@@ -207,26 +242,55 @@ def lock_pip(engine: Engine, image: str, recipe: Recipe, store: Store, *, constr
     moving = sorted({canonical_name(n) for n in upgrade_packages})
     kept = [p for p in previous if canonical_name(p.name) not in ancestors] if not upgrade else []
     keep_installer = previous_installer if not upgrade and "pip" not in moving else None
-    found = _resolve_in_image(engine, image, recipe, store, index, ancestors, kept, upgrade, moving, keep_installer)
+    build_before = {canonical_name(p.name): list(p.build_requires) for p in kept if p.build_requires}
+    found = _resolve_in_image(engine, image, recipe, store, index, ancestors, kept, upgrade, moving, keep_installer,
+                              build_before)
 
     for pin in found.pins:
         if pin.name in ancestors and not _same_version(pin.version, ancestors[pin.name]):
             raise ConstraintConflict(recipe.name, pin.name, ancestors[pin.name], pin.version)
     own = [p for p in found.pins if p.name not in ancestors]
-    files = index_files_many(index, sorted({p.name for p in own} | {"pip"}))
+    _check_from_source(recipe, own, ancestors)
+    build_names = {b[0] for reqs in found.sources.values() for b in reqs}
+    files = index_files_many(index, sorted({p.name for p in own} | {"pip"} | build_names))
     before = {canonical_name(p.name): p for p in kept}
     packages, epochs = [], []
+    build: dict[tuple[str, str], LockedPip] = {}
+    earlier_build = {(canonical_name(b.name), b.version): b for b in previous_build}
     for pin in own:
         url, sha = found.selected[pin.name]
         locked, uploaded = _locked(pin.name, pin.version, url, sha, files[pin.name], before.get(pin.name))
-        packages.append(locked)
         epochs.append(uploaded)
+        if pin.name in found.sources:
+            needs = []
+            for name, version, burl, bsha in found.sources[pin.name]:
+                if (name, version) not in build:
+                    build[name, version], buploaded = _locked(name, version, burl, bsha, files.get(name, {}),
+                                                              earlier_build.get((name, version)))
+                    epochs.append(buploaded)
+                needs.append(f"{name}=={version}")
+            locked = dataclasses.replace(locked, build_requires=tuple(sorted(needs)))
+        packages.append(locked)
     # The installer is one wheel: no other file of its release can run as pip at build time.
     url, sha = found.installer
     installer, uploaded = _locked("pip", _version_from_wheel(url), url, sha, files["pip"], None, only_selected=True)
     epochs.append(uploaded)
     return PipLock(python=found.python, packages=tuple(sorted(packages, key=lambda p: p.name)), installer=installer,
-                   epoch=max((e for e in epochs if e is not None), default=0))
+                   epoch=max((e for e in epochs if e is not None), default=0),
+                   build=tuple(sorted(build.values(), key=lambda p: (p.name, Version(p.version)))))
+
+
+def _check_from_source(recipe: Recipe, own: Sequence[_Pin], ancestors: Mapping[str, str]) -> None:
+    """Each ``from-source`` name is a distribution this layer installs (not one of an ancestor, not a typo)."""
+    mine = {p.name for p in own}
+    for i, name in enumerate(recipe.section(PipRecipe).from_source):
+        key = canonical_name(name)
+        if key in mine:
+            continue
+        where = "a parent installs it" if key in ancestors else "[pip] packages do not need it"
+        raise RecipeError(recipe.path, f"from-source names {name!r}, which this layer does not install ({where})",
+                          key=f"pip.from-source[{i}]",
+                          hint="name distributions that [pip] packages of this recipe install, or remove the entry")
 
 
 def _check_requirements(recipe: Recipe) -> None:
@@ -245,7 +309,8 @@ def _check_requirements(recipe: Recipe) -> None:
 
 def _resolve_in_image(engine: Engine, image: str, recipe: Recipe, store: Store, index: str,
                       ancestors: Mapping[str, str], previous: Sequence[LockedPip], upgrade: bool,
-                      upgrade_packages: Sequence[str], installer: LockedPip | None) -> _Resolved:
+                      upgrade_packages: Sequence[str], installer: LockedPip | None,
+                      build_before: Mapping[str, Sequence[str]]) -> _Resolved:
     """One container of ``image``: probe, pip-compile, then pip's choice of files; failures explained."""
     tools = tools_dir(store)
     with store.scratch("pip-lock") as scratch:
@@ -254,8 +319,11 @@ def _resolve_in_image(engine: Engine, image: str, recipe: Recipe, store: Store, 
         (work / "constraints.txt").write_text("".join(f"{n}=={v}\n" for n, v in sorted(ancestors.items())))
         (work / "out.txt").write_text(_existing_output(previous))
         (work / "probe.py").write_text(_PROBE_PY)
+        (work / "sources.py").write_text(SOURCES_PY)
+        (work / "build-previous.json").write_text(json.dumps(dict(build_before)))
+        from_source = sorted({canonical_name(n) for n in recipe.section(PipRecipe).from_source})
         (work / "lock.sh").write_text(_script(index, upgrade, upgrade_packages,
-                                              installer.version if installer else None))
+                                              installer.version if installer else None, from_source))
         mounts = [(str(tools), TOOLS_MOUNT, True), (str(work), WORK_MOUNT, False)]
         env = {"PYTHONPATH": TOOLS_MOUNT, "PYTHONNOUSERSITE": "1", "PYTHONDONTWRITEBYTECODE": "1",
                "HOME": "/tmp", **{k: v for k in _PROXY_VARS if (v := os.environ.get(k))}}
@@ -265,7 +333,7 @@ def _resolve_in_image(engine: Engine, image: str, recipe: Recipe, store: Store, 
             env.update(PIP_CERT=CA_MOUNT, SSL_CERT_FILE=CA_MOUNT)
         result = engine.run(image, [f"{WORK_MOUNT}/lock.sh"], entrypoint=["/bin/sh"], network="host", user="0:0",
                             env=env, mounts=mounts, workdir=WORK_MOUNT)
-        logs = {n: _read(work / f"{n}.log") for n in ("probe", "compile", "select", "installer")}
+        logs = {n: _read(work / f"{n}.log") for n in ("probe", "compile", "select", "installer", "sources")}
         probe = json.loads(_read(work / "probe.json") or "{}")
         python = str(probe.get("version", "?"))
         code = result.exit_code
@@ -281,17 +349,36 @@ def _resolve_in_image(engine: Engine, image: str, recipe: Recipe, store: Store, 
         if code == _INSTALLER:
             raise PipToolFailed(recipe.name, f"choosing the pip that installs [pip] packages on Python {python}",
                                 logs["installer"])
+        if code == _SOURCES:
+            said = [ln[len("buildsys: "):] for ln in logs["sources"].splitlines() if ln.startswith("buildsys: ")]
+            raise PipToolFailed(recipe.name, "locking the build requirements of [pip] from-source packages"
+                                + (f" ({said[-1]})" if said else ""), logs["sources"],
+                                hint="check the package's [build-system] and that its build requirements "
+                                     "publish wheels for this Python")
         if code != 0:
             raise PipToolFailed(recipe.name, f"locking [pip] in {image} (exit status {code})",
                                 result.output + "\n" + logs["probe"])
         selected = _read_report(recipe, work / "report.json")
         pip = _read_report(recipe, work / "installer.json")
+        sources = _read_sources(recipe, work / "sources.json") if from_source else {}
     missing = [p for p in pins if p.name not in selected]
     if missing or set(pip) != {"pip"}:
         what = (f"finding the file pip installs for {missing[0].name}=={missing[0].version}" if missing
                 else "choosing the pip that installs [pip] packages")
         raise PipToolFailed(recipe.name, what, logs["select"] if missing else logs["installer"])
-    return _Resolved(python=python, pins=pins, selected=selected, installer=pip["pip"])
+    return _Resolved(python=python, pins=pins, selected=selected, installer=pip["pip"], sources=sources)
+
+
+def _read_sources(recipe: Recipe, path: Path) -> dict[str, list[tuple[str, str, str, str]]]:
+    """``sources.py``'s answer: sdist name -> its build requirements' (name, version, url, sha256)."""
+    try:
+        data = json.loads(path.read_text())
+        return {canonical_name(name): [(canonical_name(b["name"]), str(b["version"]), str(b["url"]),
+                                        str(b["sha256"]).lower()) for b in entry["pins"]]
+                for name, entry in data.items()}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise LockError(f"{recipe.name}: the build requirements of [pip] from-source packages were not "
+                        f"written readably ({path.name}): {e}") from e
 
 
 def _existing_output(previous: Sequence[LockedPip]) -> str:
@@ -313,7 +400,8 @@ sys.exit(0 if out["supported"] else 3)
 """.replace("MIN_PYTHON", repr(MIN_PYTHON))
 
 
-def _script(index: str, upgrade: bool, upgrade_packages: Sequence[str], installer_version: str | None) -> str:
+def _script(index: str, upgrade: bool, upgrade_packages: Sequence[str], installer_version: str | None,
+            from_source: Sequence[str] = ()) -> str:
     q = shlex.quote
     compile_args = ["--allow-unsafe", "--no-header", "--no-annotate", "--strip-extras",
                     "--no-config", "--no-emit-index-url", "--index-url", index, "-c", f"{WORK_MOUNT}/constraints.txt"]
@@ -324,6 +412,8 @@ def _script(index: str, upgrade: bool, upgrade_packages: Sequence[str], installe
     compile_args += ["-o", f"{WORK_MOUNT}/out.txt", f"{WORK_MOUNT}/in.txt"]
     dry = ("python3 -m pip install --dry-run --ignore-installed --no-deps --only-binary=:all: "
            f"--index-url {q(index)}")
+    # from-source packages: their sdist (pip's --no-binary NAME wins over --only-binary=:all: for that name).
+    select = dry + "".join(f" --no-binary {q(n)}" for n in from_source)
     pip_pin = q(f"pip=={installer_version}") if installer_version else "pip"
     return "\n".join([
         "#!/bin/sh",
@@ -339,12 +429,14 @@ def _script(index: str, upgrade: bool, upgrade_packages: Sequence[str], installe
         f"python3 -m piptools compile {shlex.join(compile_args)} >{WORK_MOUNT}/compile.log 2>&1 || exit {_COMPILE}",
         # (an empty [pip] list compiles to nothing, and then there is nothing to choose)
         f"if grep -q '==' {WORK_MOUNT}/out.txt; then",
-        f"  {dry} --report {WORK_MOUNT}/report.json -r {WORK_MOUNT}/out.txt >{WORK_MOUNT}/select.log 2>&1 "
+        f"  {select} --report {WORK_MOUNT}/report.json -r {WORK_MOUNT}/out.txt >{WORK_MOUNT}/select.log 2>&1 "
         f"|| exit {_SELECT}",
         f"else echo '{{\"install\": []}}' >{WORK_MOUNT}/report.json; fi",
         # The kept installer, or (when it no longer supports this Python) the newest one.
         f"{dry} --report {WORK_MOUNT}/installer.json {pip_pin} >{WORK_MOUNT}/installer.log 2>&1 "
         f"|| {dry} --report {WORK_MOUNT}/installer.json pip >>{WORK_MOUNT}/installer.log 2>&1 || exit {_INSTALLER}",
+        *([f"python3 {WORK_MOUNT}/sources.py {q(index)} >{WORK_MOUNT}/sources.log 2>&1 || exit {_SOURCES}"]
+          if from_source else []),
         "",
     ])
 
