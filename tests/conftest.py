@@ -12,6 +12,16 @@ import buildsys.ecosystems  # noqa: F401  (each ecosystem registers its part of 
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
+@pytest.fixture(autouse=True)
+def no_mirrors_after() -> Iterator[None]:
+    """Mirrors are process-wide (the CLI sets them per command from the environment and files): a test
+    that configures some, directly or through a CLI run, leaves none behind."""
+    yield
+    from buildsys.core import mirrors
+
+    mirrors.configure(mirrors.Mirrors())
+
+
 @pytest.fixture
 def fixture_project() -> Callable[[str], Path]:
     """``fixture_project("valid-stack")`` -> the project folder tests/fixtures/valid-stack."""

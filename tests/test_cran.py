@@ -20,6 +20,7 @@ import pytest
 from cranrepo import DownloadFailed, build, serve, write_repo
 from helpers import bs, copy_project, ok
 
+from buildsys.core import mirrors
 from buildsys.core.errors import BuildsysError
 from buildsys.core.store import Store
 from buildsys.ecosystems.cran import CranSection, compare_versions, install_order, parse_index, tarball_artifact
@@ -197,6 +198,30 @@ def test_archived_version_is_fetched(locked: Path, repo: tuple[str, Path], cran_
         assert not (root / f"src/contrib/digest_{digest.version}.tar.gz").exists()
     finally:
         write_repo(root, cran_packages)  # back to the state the lock was made from
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_a_repository_read_through_its_mirror_is_locked_as_upstream(locked: Path, store: Path,
+                                                                     repo: tuple[str, Path], tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """cran.example.com does not exist: the index and the tarballs come from its mirror (the loopback
+    repository, by configuration), and the lock names only cran.example.com."""
+    url, _ = repo
+    upstream = "https://cran.example.com"
+    proj = copy_project(locked, tmp_path / "p")
+    recipe = proj / "recipes" / "rpkgs.toml"
+    recipe.write_text(recipe.read_text().replace(url, upstream))
+    monkeypatch.setenv("BUILDSYS_MIRRORS", f"{upstream}={url}")
+    ok(bs(proj, store, "lock", "rpkgs"))
+    text = lock_path(proj, "rpkgs").read_text()
+    assert "127.0.0.1" not in text
+    cran = read_lock(lock_path(proj, "rpkgs")).section(CranSection)
+    assert cran.repo == upstream and all(c.url.startswith(f"{upstream}/src/contrib/") for c in cran.packages)
+    fresh = Store(tmp_path / "fresh")
+    mirrors.configure(mirrors.load(None))  # the lock's CLI run set them from BUILDSYS_MIRRORS; here again
+    fetch(fresh, [tarball_artifact(c) for c in cran.packages], progress=False)
+    assert all(fresh.vendor_path(c.sha256).is_file() for c in cran.packages)
 
 
 @pytest.mark.docker

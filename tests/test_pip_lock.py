@@ -426,3 +426,25 @@ def test_no_hint_for_a_step_that_is_not_a_source_build() -> None:
     from buildsys.ecosystems.pip import PIP
 
     assert PIP.failure_hint("::buildsys-step::pip: install 3 packages\nerror\n") is None
+
+
+@integration
+def test_a_lock_made_through_a_mirror_names_only_pypi(engine: Engine, python_image: str, store: Store) -> None:
+    """pip-compile in the container and the index reads on the host go to the mirror (core/mirrors); the
+    file links it answers with are its own, and the lock gets PyPI's back."""
+    from mirrorproxy import proxy
+
+    from buildsys.core import mirrors
+    from buildsys.core.mirrors import Mirror, Mirrors
+
+    with proxy({"/simple": "https://pypi.org/simple", "/files": "https://files.pythonhosted.org"},
+               rewrite={"https://files.pythonhosted.org": "@SELF@/files"}) as relay:
+        mirrors.configure(Mirrors([Mirror("https://pypi.org/simple", f"{relay.url}/simple", "test"),
+                                   Mirror("https://files.pythonhosted.org", f"{relay.url}/files", "test")]))
+        try:
+            pl = lock(engine, python_image, store, "six==1.17.0")
+        finally:
+            mirrors.configure(Mirrors())
+    assert relay.saw("/simple/six/") and relay.saw("/simple/pip/") and relay.saw("/files/packages/")
+    urls = [f.url for p in (*pl.packages, pl.installer) for f in p.files]
+    assert urls and all(u.startswith("https://files.pythonhosted.org/packages/") for u in urls), urls

@@ -113,6 +113,27 @@ def test_lock_fetch_then_build_verify_and_test_with_the_registry_stopped(tmp_pat
     print("registry base seconds:", {k: round(v, 2) for k, v in seconds.items()})
 
 
+@pytest.mark.docker
+def test_a_registry_mirror_serves_lock_and_fetch_and_the_lock_names_upstream(
+        tiny: tuple[RegistryService, TinyImage], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """registry.example.com does not exist: every request goes to its mirror (a pull-through cache on
+    loopback, by the user's configuration), and the lock records only the upstream reference."""
+    reg, image = tiny
+    upstream = "registry.example.com"
+    proj = project(tmp_path / "proj", image.ref().replace(image.host, upstream), child=None)
+    monkeypatch.setenv("BUILDSYS_MIRRORS", f"https://{upstream}=http://{reg.host}")
+    store = tmp_path / "store"
+    ok(bs(proj, store, "lock"))
+    text = (proj / "locks" / "root.lock").read_text()
+    assert reg.host not in text and "127.0.0.1" not in text
+    pinned = tomllib.loads(text)["base"]["image"]
+    assert pinned["reference"] == f"{upstream}/test/tiny:1.0" and pinned["manifest-digest"] == image.amd64_manifest
+    ok(bs(proj, store, "fetch"))
+    monkeypatch.delenv("BUILDSYS_MIRRORS")
+    r = bs(proj, tmp_path / "other-store", "fetch")  # without the mirror: the upstream, which is not there
+    assert r.exit_code != 0 and upstream in r.output, r.output
+
+
 @pytest.mark.parametrize("tag, words", [
     ("nope", ["manifest nope in test/tiny is not there", "tag deleted upstream"]),
     ("arm-only", ["has no linux/amd64 entry", "linux/arm64"]),

@@ -89,3 +89,6 @@ def cli(ctx: click.Context, project: Path, store: Path | None, verbose: bool) ->
     """Reproducible, layered container images from locked recipes."""
     project = project.resolve()
     ctx.obj = Context(project=project, store=(store or project / ".buildsys").resolve(), verbose=verbose)
+    from buildsys.core import mirrors
+
+    mirrors.configure(mirrors.load(project))  # a bad setting fails here, before any command runs

@@ -42,6 +42,7 @@ from typing import IO, TYPE_CHECKING, Any, cast
 from urllib.parse import urljoin, urlsplit
 
 from buildsys import __version__
+from buildsys.core import mirrors
 from buildsys.core.errors import BuildsysError
 from buildsys.core.urlpolicy import LOCAL_NAMES, local_reason
 
@@ -189,18 +190,20 @@ class Policy:
     insecure: frozenset[str] = frozenset()
     loopback: Callable[[str], bool] = field(default=is_loopback)
 
-    def check(self, url: str) -> None:
+    def check(self, url: str, *, mirror: bool = False) -> None:
+        """Refuse a hop the policy forbids; ``mirror``: a configured mirror's URL, which may be on this
+        machine or the local network by the user's own configuration."""
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
         if scheme not in ("http", "https"):
             raise URLRefused(url, f"a {scheme or 'scheme-less'} URL (only http and https are followed)")
         if not parts.hostname:
             raise URLRefused(url, "a URL without a host")
-        if not self.local_ok and (reason := local_reason(url, resolve=True)):
+        if not self.local_ok and not mirror and (reason := local_reason(url, resolve=True)):
             raise URLRefused(url, reason, "only a source on this machine by intent (a loopback registry, "
                              "a [[files]] entry with local = true) may lead here")
         if self.https_only and scheme == "http" and not self.loopback(parts.netloc) \
-                and parts.netloc.lower() not in self.insecure:
+                and parts.netloc.lower() not in self.insecure and not mirror:
             raise URLRefused(url, f"plain http to {parts.netloc}, which is not this machine",
                              "registries are spoken to over HTTPS, except on loopback or with --insecure "
                              "for that registry (docs/shipping.md)")
@@ -222,7 +225,8 @@ class Response:
         self.status_code = resp.status_code
         self.reason = resp.reason or ""
         self.headers: Mapping[str, str] = resp.headers
-        self.url = resp.url
+        # As upstream's when a mirror answered (core/mirrors): what callers record or resolve links against.
+        self.url = mirrors.active().to_upstream(resp.url)
         self._started, self._deadline, self._min_rate = started, deadline, min_rate
         self.received = 0
 
@@ -341,8 +345,12 @@ class Client:
         self.close()
 
     def send(self, method: str, url: str, *, headers: Mapping[str, str] | None = None, body: Body = None,
-             credential: Credential | None = None, retry: bool = True) -> Response:
+             credential: Credential | None = None, retry: bool = True, mirror: bool = True) -> Response:
         """One request, redirects followed by hand, transient failures retried.
+
+        A URL that a configured mirror covers (``core/mirrors``) is read from
+        the mirror, unless ``mirror`` is false (fetch tries mirror and upstream
+        itself); the answer's ``url`` is upstream's.
 
         Returns the final answer whatever its status (below 500) for the caller
         to judge; raises ``URLRefused`` for a hop the policy forbids and
@@ -352,6 +360,8 @@ class Client:
         """
         last = ""
         attempts = self.attempts if retry else 1
+        if mirror:
+            url = mirrors.active().mirrored(url)
         for attempt in range(1, attempts + 1):
             if attempt > 1:
                 self._sleep(self.backoff * 2 ** (attempt - 2))
@@ -375,7 +385,7 @@ class Client:
                 credential: Credential | None) -> Response:
         started = time.monotonic()
         for _ in range(MAX_REDIRECTS + 1):
-            self.policy.check(url)
+            self.policy.check(url, mirror=mirrors.active().is_mirror(url))
             hdrs = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity", **headers}
             hdrs.pop("Authorization", None)  # only the credential rule below puts one in
             if credential is not None and origin(url) == credential.origin and \

@@ -40,7 +40,7 @@ from urllib.parse import quote, unquote
 
 from debian import deb822
 
-from buildsys.core import names
+from buildsys.core import mirrors, names
 from buildsys.core.errors import BuildError, LockError, NotVendored, ToolMissing, did_you_mean
 from buildsys.core.store import Artifact, Store
 from buildsys.ecosystems.apt_sections import LockedArchive, LockedDeb
@@ -193,8 +193,9 @@ class AptResolver:
         self.architecture = architecture
         self.keyring = keyring
         self.sources = ((self.mirror, suite), *((m.rstrip("/"), x) for m, x in extra))
-        key = "\n".join([*(f"{m} {x}" for m, x in self.sources), " ".join(self.components), architecture,
-                         str(keyring)])
+        # Keyed by where apt reads from: a configured mirror (core/mirrors) has lists of its own.
+        key = "\n".join([*(f"{mirrors.active().mirrored(m)} {x}" for m, x in self.sources),
+                         " ".join(self.components), architecture, str(keyring)])
         self.root = Path(cache_dir) / hashlib.sha256(key.encode()).hexdigest()[:16]
         self._stanzas: dict[tuple[str, str, str], deb822.Deb822] = {}
         # (name, version, arch) or a .deb's file name -> (mirror, path, size, sha256) apt downloads it from
@@ -330,7 +331,8 @@ class AptResolver:
         (root / "var/lib/dpkg/arch").write_text(f"{self.architecture}\n")
         _write_if_changed(
             root / "etc/apt/sources.list",
-            "".join(f"deb [signed-by={self.keyring}] {m} {x} {' '.join(self.components)}\n" for m, x in self.sources),
+            "".join(f"deb [signed-by={self.keyring}] {mirrors.active().mirrored(m)} {x} {' '.join(self.components)}\n"
+                    for m, x in self.sources),
         )
         lines = [
             f'Dir "{root}/";',
@@ -580,7 +582,8 @@ class AptResolver:
                 if not m:
                     continue
                 # The second field is apt's local name (an epoch in it, quoted); the URL's own is the pool's.
-                url, size, sha = unquote(m.group(1)), int(m.group(3)), m.group(4).lower()
+                # (as upstream's: a mirror apt read from is never recorded)
+                url, size, sha = mirrors.active().to_upstream(unquote(m.group(1))), int(m.group(3)), m.group(4).lower()
                 deb = url.rsplit("/", 1)[-1]
                 mirror = max((src for src, _ in self.sources if url.startswith(src + "/")), key=len, default="")
                 if mirror:

@@ -20,7 +20,15 @@ from buildsys.core import dpkg
 from buildsys.core.errors import LockError
 from buildsys.core.store import Artifact, Store
 from buildsys.ecosystems.apt import AptPackage, AptResolver, archive_moved, link_debs, make_local_repo
-from buildsys.ecosystems.apt_sections import AptRecipe, AptSection, LockedDeb, deb_component, deb_pin, dpkg_mismatch
+from buildsys.ecosystems.apt_sections import (
+    AptRecipe,
+    AptSection,
+    LockedDeb,
+    deb_artifacts,
+    deb_component,
+    deb_pin,
+    dpkg_mismatch,
+)
 from buildsys.ecosystems.base import MOUNT, STEP_HEADER, STEP_MARKER, Component, Ecosystem, LockContext, Pin
 from buildsys.ecosystems.debian_root import DebianBaseLock, locked_debs
 from buildsys.ecosystems.registry_apt import image_release, lock_apt_on_image
@@ -99,7 +107,8 @@ class Apt(Ecosystem):
         return lock.with_sections(AptSection(tuple(debs)))
 
     def artifacts(self, lock: Lock) -> list[Artifact]:
-        return [p.artifact() for p in lock.section(AptSection).debs]
+        apt = lock.section(AptSection)
+        return deb_artifacts(apt.debs, apt.archives, lock.source_date_epoch)
 
     def stage(self, store: Store, recipe: Recipe, lock: Lock, folder: Path) -> list[str]:
         debs = lock.section(AptSection).debs

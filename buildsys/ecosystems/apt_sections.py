@@ -10,10 +10,13 @@ and on a registry image ``[[apt-archives]]`` and ``apt-in-image``.
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
+from urllib.parse import urlsplit
 
 from packageurl import PackageURL
 
@@ -34,6 +37,7 @@ from buildsys.model.lockschema import (
 )
 from buildsys.model.recipe import RecipeSection, RecipeValidator
 
+SNAPSHOT_STAMP_RE = re.compile(r"[0-9]{8}T[0-9]{6}Z")
 # An archive path (pool/main/a/apt/apt_2.6.1_amd64.deb): relative, no "..", no odd characters.
 ARCHIVE_PATH = re.compile(r"[A-Za-z0-9+._~-]+(/[A-Za-z0-9+._~%-]+)*")
 _ARCHIVE_PATH = matching(ARCHIVE_PATH, "a relative archive path")
@@ -66,6 +70,7 @@ ARCHIVE: Schema = {
     "codename": (matching(names.SUITE, "a Debian codename"), False),
     "release-date": (release_date, True),
     "inrelease-sha256": (SHA256, True),
+    "snapshot": (matching(SNAPSHOT_STAMP_RE, "a snapshot timestamp (YYYYMMDDTHHMMSSZ)"), False),
 }
 
 
@@ -105,11 +110,16 @@ class LockedDeb:
     def filename(self) -> str:
         return self.path.rsplit("/", 1)[-1]
 
-    def artifact(self) -> Artifact:
+    def artifact(self, snapshot: str | None = None) -> Artifact:
+        """The .deb to fetch: from its mirror, then (given the archive state's snapshot timestamp) from the
+        snapshot service that keeps that state, when the mirror has one (``snapshot_base``)."""
+        urls = [f"{self.mirror}/{self.path}"]
+        if snapshot and (base := snapshot_base(self.mirror, snapshot)):
+            urls.append(f"{base}/{self.path}")
         # local=True: the mirror is the one the recipe names (the freshness check holds the lock to it),
         # so a file: or loopback mirror is the recipe's own choice.
         return Artifact(kind="deb", name=self.name, version=self.version, filename=self.filename,
-                        sha256=self.sha256, size=self.size, urls=(f"{self.mirror}/{self.path}",), local=True)
+                        sha256=self.sha256, size=self.size, urls=tuple(urls), local=True)
 
     def to_toml(self) -> dict[str, Any]:
         return {"architecture": self.architecture, "mirror": self.mirror, "name": self.name, "path": self.path,
@@ -130,15 +140,82 @@ class LockedArchive:
     codename: str
     release_date: str  # the signed Release's Date, verbatim
     inrelease_sha256: str
+    # The snapshot timestamp that keeps this state (snapshot.debian.org, snapshot.ubuntu.com), by the rule
+    # of ``snapshot_timestamp``; None in locks written before it was recorded (fetch derives it then).
+    snapshot: str | None = None
 
     def to_toml(self) -> dict[str, Any]:
-        return {"codename": self.codename, "inrelease-sha256": self.inrelease_sha256, "mirror": self.mirror,
-                "release-date": self.release_date, "suite": self.suite}
+        d = {"codename": self.codename, "inrelease-sha256": self.inrelease_sha256, "mirror": self.mirror,
+             "release-date": self.release_date, "suite": self.suite}
+        if self.snapshot:
+            d["snapshot"] = self.snapshot
+        return d
 
     @classmethod
     def from_toml(cls, d: Mapping[str, Any]) -> LockedArchive:
         return cls(mirror=d["mirror"], suite=d["suite"], codename=d.get("codename", d["suite"]),
-                   release_date=d["release-date"], inrelease_sha256=d["inrelease-sha256"])
+                   release_date=d["release-date"], inrelease_sha256=d["inrelease-sha256"],
+                   snapshot=d.get("snapshot"))
+
+    def snapshot_timestamp(self) -> str | None:
+        """The recorded timestamp, or the one the rule gives for its Release date."""
+        if self.snapshot:
+            return self.snapshot
+        try:
+            return snapshot_timestamp(int(email.utils.parsedate_to_datetime(self.release_date).timestamp()))
+        except (TypeError, ValueError):
+            return None
+
+
+# --- snapshots: where an archive state stays available -----------------------------------------------------------
+
+# snapshot.debian.org imports the archive four times a day (snapshot.ubuntu.com likewise several times), and
+# /archive/NAME/TIMESTAMP/ serves the newest import at or before TIMESTAMP. Six hours after a Release was
+# signed, an import holds it (or a later Release of the same day, whose pool still holds every file the
+# lock names: a file leaves the pool only once no current Release refers to it). docs/locks.md, "Snapshots".
+SNAPSHOT_DELAY = 6 * 3600
+_DEBIAN_HOSTS = re.compile(r"(deb|ftp|http|cdn-fastly\.deb|ftp\.[a-z]{2})\.debian\.(org|net)")
+_UBUNTU_HOSTS = re.compile(r"([a-z]{2}\.)?(archive|security|ports)\.ubuntu\.com")
+
+
+def archive_snapshot(mirror: str, epoch: int) -> str | None:
+    """What a new lock records as an archive's ``snapshot``: the rule's timestamp, where a snapshot
+    service keeps that archive."""
+    stamp = snapshot_timestamp(epoch)
+    return stamp if snapshot_base(mirror, stamp) else None
+
+
+def deb_artifacts(debs: tuple[LockedDeb, ...], archives: tuple[LockedArchive, ...], epoch: int) -> list[Artifact]:
+    """The .debs to fetch, each with the snapshot of its archive state as a second place: of the lock's
+    archives on the deb's mirror the newest state (every one of them was current when the lock was made),
+    or where the lock has no archives (a layer on a Debian root) the one of the lock's epoch, which is at
+    least the newest Release date of the chain's archives."""
+    stamps: dict[str, str] = {}
+    for a in archives:
+        stamp = a.snapshot_timestamp()
+        if stamp and stamp > stamps.get(a.mirror.rstrip("/"), ""):
+            stamps[a.mirror.rstrip("/")] = stamp
+    fallback = snapshot_timestamp(epoch) if epoch else None
+    return [d.artifact(stamps.get(d.mirror.rstrip("/"), fallback)) for d in debs]
+
+
+def snapshot_timestamp(epoch: int) -> str:
+    """The snapshot timestamp for an archive state whose newest Release was signed at ``epoch``."""
+    return datetime.datetime.fromtimestamp(epoch + SNAPSHOT_DELAY, datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+def snapshot_base(mirror: str, timestamp: str) -> str | None:
+    """The snapshot URL that mirrors ``mirror`` (Debian's or Ubuntu's official archive) at ``timestamp``;
+    None for any other archive (a third-party repository, a company mirror: nobody keeps their past)."""
+    parts = urlsplit(mirror)
+    host, path = (parts.hostname or "").lower(), parts.path.strip("/")
+    if _DEBIAN_HOSTS.fullmatch(host) and path in ("debian", "debian-security", "debian-ports"):
+        return f"https://snapshot.debian.org/archive/{path}/{timestamp}"
+    if host == "security.debian.org" and path in ("", "debian-security"):
+        return f"https://snapshot.debian.org/archive/debian-security/{timestamp}"
+    if _UBUNTU_HOSTS.fullmatch(host) and path in ("ubuntu", "ubuntu-ports"):
+        return f"https://snapshot.ubuntu.com/{path}/{timestamp}"
+    return None
 
 
 def debs_toml(debs: tuple[LockedDeb, ...]) -> list[dict[str, Any]]:

@@ -26,8 +26,10 @@ from buildsys.ecosystems.apt_sections import (
     AptSection,
     LockedArchive,
     LockedDeb,
+    archive_snapshot,
     check_archives,
     check_debs,
+    deb_artifacts,
     deb_component,
     deb_pin,
     debs_toml,
@@ -230,7 +232,8 @@ def lock_debian_root(recipe: Recipe, cache_dir: Path) -> tuple[DebianBaseLock, i
         for p in packages
     )
     archives = tuple(LockedArchive(mirror=r.mirror, suite=r.suite, codename=r.codename, release_date=r.date,
-                                   inrelease_sha256=r.inrelease_sha256) for r in releases)
+                                   inrelease_sha256=r.inrelease_sha256, snapshot=archive_snapshot(r.mirror, r.epoch))
+                     for r in releases)
     table = DebianBaseLock(
         suite=base.suite,
         codename=release.codename,
@@ -263,7 +266,8 @@ class DebianRoot(Ecosystem):
     lock_section = DebianBaseLock
 
     def artifacts(self, lock: Lock) -> list[Artifact]:
-        return [p.artifact() for p in root_debs(lock)]
+        base = lock.get(DebianBaseLock)
+        return deb_artifacts(base.packages, base.all_archives, lock.source_date_epoch) if base else []
 
     def covers(self, recipe: Recipe, lock: Lock, above: Sequence[Lock]) -> list[str]:
         b = lock.get(DebianBaseLock)

@@ -31,7 +31,7 @@ from packaging.tags import Tag, parse_tag
 from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
-from buildsys.core import names
+from buildsys.core import mirrors, names
 from buildsys.core.errors import LockError, RecipeError
 from buildsys.core.store import Artifact, Store
 from buildsys.ecosystems.pip_errors import (
@@ -322,7 +322,9 @@ def _resolve_in_image(engine: Engine, image: str, recipe: Recipe, store: Store, 
         (work / "sources.py").write_text(SOURCES_PY)
         (work / "build-previous.json").write_text(json.dumps(dict(build_before)))
         from_source = sorted({canonical_name(n) for n in recipe.section(PipRecipe).from_source})
-        (work / "lock.sh").write_text(_script(index, upgrade, upgrade_packages,
+        # pip in the container reads the index from its mirror where one is configured (core/mirrors);
+        # the URLs it reports are mapped back to upstream's below.
+        (work / "lock.sh").write_text(_script(mirrors.active().mirrored(index), upgrade, upgrade_packages,
                                               installer.version if installer else None, from_source))
         mounts = [(str(tools), TOOLS_MOUNT, True), (str(work), WORK_MOUNT, False)]
         env = {"PYTHONPATH": TOOLS_MOUNT, "PYTHONNOUSERSITE": "1", "PYTHONDONTWRITEBYTECODE": "1",
@@ -373,7 +375,8 @@ def _read_sources(recipe: Recipe, path: Path) -> dict[str, list[tuple[str, str, 
     """``sources.py``'s answer: sdist name -> its build requirements' (name, version, url, sha256)."""
     try:
         data = json.loads(path.read_text())
-        return {canonical_name(name): [(canonical_name(b["name"]), str(b["version"]), str(b["url"]),
+        return {canonical_name(name): [(canonical_name(b["name"]), str(b["version"]),
+                                        mirrors.active().to_upstream(str(b["url"])),
                                         str(b["sha256"]).lower()) for b in entry["pins"]]
                 for name, entry in data.items()}
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -479,7 +482,8 @@ def _read_report(recipe: Recipe, path: Path) -> dict[str, tuple[str, str]]:
         if not sha:  # older pips only have "hash": "sha256=..."
             h = info.get("archive_info", {}).get("hash", "")
             sha = h.split("=", 1)[1] if h.startswith("sha256=") else ""
-        out[canonical_name(item["metadata"]["name"])] = (info.get("url", ""), sha.lower())
+        out[canonical_name(item["metadata"]["name"])] = (mirrors.active().to_upstream(info.get("url", "")),
+                                                         sha.lower())
     return out
 
 

@@ -34,7 +34,7 @@ from packaging.utils import (
 )
 from packaging.version import InvalidVersion, Version
 
-from buildsys.core import net
+from buildsys.core import mirrors, net
 from buildsys.core.errors import LockError
 from buildsys.core.urlpolicy import local_reason
 
@@ -85,6 +85,11 @@ def index_files_many(index: str, projects: Sequence[str]) -> dict[str, dict[str,
         return dict(zip(projects, pool.map(lambda p: index_files(index, p), projects), strict=True))
 
 
+def upstream(url: str) -> str:
+    """A file link as upstream's: an index read through a mirror links to the mirror's files."""
+    return mirrors.active().to_upstream(url)
+
+
 def index_files(index: str, project: str) -> dict[str, IndexFile]:
     """Every file of a project on a simple index, by sha256: the JSON API (PEP 691, sizes and
     upload times of PEP 700) where the index speaks it, else the HTML page (PEP 503)."""
@@ -97,7 +102,7 @@ def index_files(index: str, project: str) -> dict[str, IndexFile]:
             if not sha:
                 continue
             size = f.get("size")
-            out[sha.lower()] = IndexFile(f["filename"], urljoin(final, f["url"]), sha.lower(),
+            out[sha.lower()] = IndexFile(f["filename"], upstream(urljoin(final, f["url"])), sha.lower(),
                                           int(size) if isinstance(size, int) else None, _iso_time(f.get("upload-time")))
         return out
     parser = _Anchors()
@@ -105,6 +110,7 @@ def index_files(index: str, project: str) -> dict[str, IndexFile]:
     for href, text in parser.links:
         link = urljoin(final, href)
         base, _, frag = link.partition("#")
+        base = upstream(base)
         if frag.startswith("sha256="):
             sha = frag.removeprefix("sha256=").lower()
             name = text.strip() or unquote(urlsplit(base).path.rsplit("/", 1)[-1])

@@ -26,7 +26,7 @@ from pathlib import Path
 from buildsys.core import dpkg
 from buildsys.core.errors import LockError
 from buildsys.ecosystems.apt import AptResolver, archive_moved
-from buildsys.ecosystems.apt_sections import AptRecipe, AptSection, LockedArchive, LockedDeb
+from buildsys.ecosystems.apt_sections import AptRecipe, AptSection, LockedArchive, LockedDeb, archive_snapshot
 from buildsys.ecosystems.debian_root import DEFAULT_MIRROR, DEFAULT_SECURITY_MIRROR
 from buildsys.ecosystems.registry_image import ImageBaseLock
 from buildsys.model.lockfile import Lock
@@ -155,7 +155,8 @@ def lock_apt_on_image(recipe: Recipe, root: ImageBaseLock, release: ImageRelease
     debs = [LockedDeb(name=p.name, version=p.version, architecture=p.architecture, sha256=p.sha256, size=p.size,
                       path=p.filename, mirror=p.mirror or DEFAULT_MIRROR) for p in packages]
     archives = tuple(LockedArchive(mirror=r.mirror, suite=r.suite, codename=r.codename, release_date=r.date,
-                                   inrelease_sha256=r.inrelease_sha256) for r in releases)
+                                   inrelease_sha256=r.inrelease_sha256, snapshot=archive_snapshot(r.mirror, r.epoch))
+                     for r in releases)
     have = dpkg.installed(release.status)
     resolved = {d.name for d in debs}
     in_image = tuple(sorted({n for n in (p.split(":", 1)[0].split("=", 1)[0].split("/", 1)[0] for p in wanted)

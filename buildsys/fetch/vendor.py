@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from buildsys.core import net
+from buildsys.core import mirrors, net
 from buildsys.core.errors import FetchError, HashMismatch
 from buildsys.core.store import Artifact, Store, sha256_file
 from buildsys.core.urlpolicy import local_reason
@@ -304,7 +304,7 @@ def _fetch_with(
         task = display.start(art)
         placed = False
         try:
-            for url in art.urls:
+            for url in candidates(art):
                 verified, nbytes = _try_url(url, fd, partial, art, links, retries,
                                             lambda n: display.advance(task, n), stop, attempts)
                 transferred += nbytes
@@ -320,6 +320,13 @@ def _fetch_with(
             # empty file, and nothing once a disk was full: that space is what the user needs back.
             if not placed and partial.exists() and (purge.is_set() or os.fstat(fd).st_size == 0):
                 partial.unlink(missing_ok=True)
+
+
+def candidates(art: Artifact) -> list[str]:
+    """Where ``art`` is read from, in order: for each of its URLs (the recorded one, then an archive
+    snapshot's), the configured mirror of it first, then the URL itself (docs/locks.md, "Mirrors")."""
+    active = mirrors.active()
+    return list(dict.fromkeys(u for url in art.urls for u in active.candidates(url)))
 
 
 def _try_url(
@@ -429,7 +436,7 @@ def _download(
     the file, never the disk.
     """
     scheme = urlsplit(url).scheme
-    if not art.local and (reason := local_reason(url, resolve=True)):
+    if not art.local and not mirrors.active().is_mirror(url) and (reason := local_reason(url, resolve=True)):
         raise _Permanent(f"refused: {reason}; only a [[files]] entry with local = true may read from this machine")
     if scheme == "file":
         return _copy_file(url, fd, advance)
@@ -449,7 +456,7 @@ def _http_get(
         return 0  # complete already (interrupted before the rename); hashed by _check
     headers = {"Range": f"bytes={have}-"} if have else {}
     try:
-        with client.send("GET", url, headers=headers, retry=False) as resp:
+        with client.send("GET", url, headers=headers, retry=False, mirror=False) as resp:
             have = _accept(resp, fd, have, advance)
             os.lseek(fd, have, os.SEEK_SET)
             written = _stream(resp, fd, have, art, advance, stop)
