@@ -88,7 +88,8 @@ def test_ubuntu_24_04_deb822_skips_sources_and_disabled_stanzas() -> None:
     sources = read_sources(read, children)
     assert [(s.uri, s.suite) for s in sources] == [
         ("http://archive.ubuntu.com/ubuntu", "noble"), ("http://archive.ubuntu.com/ubuntu", "noble-updates"),
-        ("http://archive.ubuntu.com/ubuntu", "noble-backports"), ("http://security.ubuntu.com/ubuntu", "noble-security")]
+        ("http://archive.ubuntu.com/ubuntu", "noble-backports"),
+        ("http://security.ubuntu.com/ubuntu", "noble-security")]
     assert all(s.keys == (b"UBUNTU KEY",) and len(s.components) == 4 for s in sources)
 
 
