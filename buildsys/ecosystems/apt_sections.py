@@ -147,15 +147,13 @@ def debs_toml(debs: tuple[LockedDeb, ...]) -> list[dict[str, Any]]:
 
 def check_debs(v: LockValidator, value: Any, where: str) -> None:
     """An array of .debs: each of its shape, an archive path to a .deb, each (name, architecture) once."""
-    seen: set[tuple[str, str]] = set()
-    for i, e in enumerate(v.entries(value, where)):
-        at = label(where, i, e)
+    def check(e: Any, at: str) -> None:
         v.table(e, DEB, at)
         if not e["path"].endswith(".deb"):
             raise v.fail(at, "path", f"{e['path']!r} is not a .deb")
-        if (e["name"], e["architecture"]) in seen:
-            raise v.fail(at, "name", f"'{e['name']}' is locked twice")
-        seen.add((e["name"], e["architecture"]))
+
+    for _ in v.each(value, where, check, key=lambda e: (e["name"], e["architecture"])):
+        pass
 
 
 def check_archives(v: LockValidator, value: Any, where: str) -> None:

@@ -23,7 +23,6 @@ from buildsys.model.lockschema import (
     Check,
     LockValidator,
     Schema,
-    label,
     matching,
     str_list,
     url_check,
@@ -212,15 +211,13 @@ class CranSection(LockSection):
         """``[cran-repo]``, and ``[[cran]]``: each package once, its URL the tarball of that name and version."""
         if "cran-repo" in d:
             v.table(d["cran-repo"], CRAN_REPO, "[cran-repo]")
-        r_names: set[str] = set()
-        for i, e in enumerate(v.entries(d.get("cran", []), "[[cran]]")):
-            at = label("[[cran]]", i, e)
+        def check(e: Any, at: str) -> None:
             v.table(e, LOCKED_CRAN, at)
             if not e["url"].endswith(f"/{e['name']}_{e['version']}.tar.gz"):
                 raise v.fail(at, "url", f"{e['url']!r} is not {e['name']}_{e['version']}.tar.gz")
-            if e["name"] in r_names:
-                raise v.fail(at, "name", f"'{e['name']}' is locked twice")
-            r_names.add(e["name"])
+
+        for _ in v.each(d.get("cran", []), "[[cran]]", check):
+            pass
 
     @classmethod
     def read(cls, d: Mapping[str, Any]) -> Self | None:

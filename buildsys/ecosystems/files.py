@@ -29,7 +29,6 @@ from buildsys.model.lockschema import (
     Schema,
     boolean,
     filename_check,
-    label,
     url_check,
     whole_number,
 )
@@ -129,13 +128,9 @@ class FilesSection(LockSection):
     @classmethod
     def validate(cls, v: LockValidator, d: Mapping[str, Any]) -> None:
         """``[[files]]``: each name once, since they share one staging folder."""
-        file_names: set[str] = set()
-        for i, e in enumerate(v.entries(d.get("files", []), "[[files]]")):
-            at = label("[[files]]", i, e)
-            v.table(e, LOCKED_FILE, at)
-            if e["name"] in file_names:
-                raise v.fail(at, "name", f"a second file named {e['name']!r}")
-            file_names.add(e["name"])
+        for _ in v.each(d.get("files", []), "[[files]]", LOCKED_FILE,
+                        twice=lambda e: f"a second file named {e['name']!r}"):
+            pass
 
     @classmethod
     def read(cls, d: Mapping[str, Any]) -> Self | None:
