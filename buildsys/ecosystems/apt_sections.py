@@ -210,9 +210,7 @@ class AptSection(LockSection):
         check_archives(v, d.get("apt-archives", []), "[[apt-archives]]")
 
     @classmethod
-    def read(cls, d: Mapping[str, Any]) -> Self | None:
-        if not any(key in d for key in cls.KEYS):
-            return None
+    def read(cls, d: Mapping[str, Any]) -> Self:
         return cls(debs=tuple(LockedDeb.from_toml(p) for p in d.get("apt", [])),
                    archives=tuple(LockedArchive.from_toml(a) for a in d.get("apt-archives", [])),
                    in_image=tuple(d.get("apt-in-image", [])))

@@ -220,9 +220,7 @@ class CranSection(LockSection):
             pass
 
     @classmethod
-    def read(cls, d: Mapping[str, Any]) -> Self | None:
-        if not any(key in d for key in cls.KEYS):
-            return None
+    def read(cls, d: Mapping[str, Any]) -> Self:
         return cls(packages=tuple(LockedCran.from_toml(c) for c in d.get("cran", [])),
                    repo=d.get("cran-repo", {}).get("url"), index_sha256=d.get("cran-repo", {}).get("index-sha256"),
                    r_version=d.get("r"))

@@ -176,24 +176,21 @@ class DebianBaseLock(LockSection):
             d["archives"] = [a.to_toml() for a in self.archives]  # in resolution order, not sorted
         return {"base": d}
 
-    @staticmethod
-    def _mine(d: Mapping[str, Any]) -> bool:
+    @classmethod
+    def present(cls, d: Mapping[str, Any]) -> bool:
+        """A ``[base]`` that is not a registry root's ``[base.image]`` (one that is no table is checked here)."""
         return "base" in d and not (isinstance(d["base"], dict) and "image" in d["base"])
 
     @classmethod
     def validate(cls, v: LockValidator, d: Mapping[str, Any]) -> None:
         """``[base]`` of a Debian root, with its packages and the archives they came from."""
-        if not cls._mine(d):
-            return
         base = d["base"]
         v.table(base, BASE, "[base]")
         check_debs(v, base.get("packages", []), "[[base.packages]]")
         check_archives(v, base.get("archives", []), "[[base.archives]]")
 
     @classmethod
-    def read(cls, d: Mapping[str, Any]) -> Self | None:
-        if not cls._mine(d):
-            return None
+    def read(cls, d: Mapping[str, Any]) -> Self:
         b = d["base"]
         return cls(suite=b["suite"], codename=b.get("codename", b["suite"]), variant=b["variant"],
                    architecture=b["architecture"], components=tuple(b["components"]), mirror=b["mirror"],

@@ -133,8 +133,8 @@ class FilesSection(LockSection):
             pass
 
     @classmethod
-    def read(cls, d: Mapping[str, Any]) -> Self | None:
-        return cls(tuple(LockedFile.from_toml(f) for f in d["files"])) if "files" in d else None
+    def read(cls, d: Mapping[str, Any]) -> Self:
+        return cls(tuple(LockedFile.from_toml(f) for f in d["files"]))
 
 
 @dataclass(frozen=True)

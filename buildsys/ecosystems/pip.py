@@ -105,9 +105,7 @@ class PipSection(LockSection):
             check_pip(v, d["pip-installer"], "[pip-installer]")
 
     @classmethod
-    def read(cls, d: Mapping[str, Any]) -> Self | None:
-        if not any(key in d for key in cls.KEYS):
-            return None
+    def read(cls, d: Mapping[str, Any]) -> Self:
         return cls(packages=tuple(LockedPip.from_toml(p) for p in d.get("pip", [])), python=d.get("python"),
                    installer=LockedPip.from_toml(d["pip-installer"]) if "pip-installer" in d else None,
                    build=tuple(LockedPip.from_toml(p) for p in d.get("pip-build", [])))

@@ -155,11 +155,14 @@ class ImageBaseLock(LockSection):
             "manifest-size": self.manifest_size, "platform": self.platform, "reference": self.reference}}}
 
     @classmethod
+    def present(cls, d: Mapping[str, Any]) -> bool:
+        """A ``[base]`` with ``image`` in it (a Debian root's ``[base]`` has none)."""
+        return isinstance(d.get("base"), dict) and "image" in d["base"]
+
+    @classmethod
     def validate(cls, v: LockValidator, d: Mapping[str, Any]) -> None:
         """``[base.image]`` of a registry root: the manifest and config pinned, and at least one layer."""
-        base = d.get("base")
-        if not (isinstance(base, dict) and "image" in base):
-            return
+        base = d["base"]
         v.table(base, {"image": (None, True)}, "[base]")
         v.table(base["image"], IMAGE, "[base.image]")
         layers = v.entries(base["image"]["layers"], "[[base.image.layers]]")
@@ -169,9 +172,7 @@ class ImageBaseLock(LockSection):
             v.table(la, IMAGE_LAYER, f"[[base.image.layers]] #{i + 1}")
 
     @classmethod
-    def read(cls, d: Mapping[str, Any]) -> Self | None:
-        if "image" not in d.get("base", {}):
-            return None
+    def read(cls, d: Mapping[str, Any]) -> Self:
         b = d["base"]["image"]
         return cls(reference=b["reference"], platform=b["platform"], manifest_digest=b["manifest-digest"],
                    manifest_media_type=b["manifest-media-type"], manifest_size=int(b["manifest-size"]),

@@ -38,9 +38,10 @@ class LockSection:
     """One ecosystem's part of a lock: the top-level keys it owns, written, checked and read by its module.
 
     A subclass is a frozen dataclass in its ecosystem's module. ``write`` gives its
-    keys (nothing when it holds nothing), ``validate`` checks them in a lock just
-    read (``v.fail`` names the lock, the entry and the key), ``read`` makes the part
-    from a checked lock. ``read_lock`` knows the parts ``register_sections`` was given.
+    keys (nothing when it holds nothing); ``present`` says whether a lock just read
+    holds the part, and only then does ``validate`` check its keys (``v.fail`` names
+    the lock, the entry and the key) and ``read`` make the part from the checked
+    lock. ``read_lock`` knows the parts ``register_sections`` was given.
     """
 
     # Its top-level keys, each with the check of its value, or None where ``validate`` checks it.
@@ -51,13 +52,18 @@ class LockSection:
         return {}
 
     @classmethod
+    def present(cls, d: Mapping[str, Any]) -> bool:
+        """Whether the lock ``d`` (not checked yet) holds this part: any of its keys."""
+        return any(key in d for key in cls.KEYS)
+
+    @classmethod
     def validate(cls, v: LockValidator, d: Mapping[str, Any]) -> None:
         """Raise ``v.fail(...)`` for the first value of its keys in the lock ``d`` that is not of its shape."""
 
     @classmethod
-    def read(cls, d: Mapping[str, Any]) -> Self | None:
-        """Its part of the checked lock ``d``; None when ``d`` holds none of it."""
-        return None
+    def read(cls, d: Mapping[str, Any]) -> Self:
+        """Its part of the checked lock ``d``, which holds it (``present``)."""
+        return cls()
 
 
 _SECTIONS: list[type[LockSection]] = []
@@ -200,7 +206,7 @@ def read_lock(path: Path) -> Lock:
             recipe_hash=d["recipe-hash"],
             source_date_epoch=int(d["source-date-epoch"]),
             parents=dict(d.get("parents", {})),
-            sections={kind: part for kind in registered_sections() if (part := kind.read(d)) is not None},
+            sections={kind: kind.read(d) for kind in registered_sections() if kind.present(d)},
             lock_hash=hash_bytes(raw),
         )
     except KeyError as e:
@@ -216,7 +222,8 @@ def validate_lock(path: Path, data: Mapping[str, Any]) -> None:
     v.table(data, top, "top level")
     v.parents(data.get("parents", {}))
     for kind in kinds:
-        kind.validate(v, data)
+        if kind.present(data):
+            kind.validate(v, data)
 
 
 def hash_bytes(data: bytes) -> str:
