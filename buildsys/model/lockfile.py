@@ -51,6 +51,10 @@ class LockSection:
         """Its keys of the lock's TOML, as plain data (``dumps`` orders them)."""
         return {}
 
+    def __bool__(self) -> bool:
+        """False when it holds nothing (every field empty or None): a lock has no such part."""
+        return dataclasses.is_dataclass(self) and any(getattr(self, f.name) for f in dataclasses.fields(self))
+
     @classmethod
     def present(cls, d: Mapping[str, Any]) -> bool:
         """Whether the lock ``d`` (not checked yet) holds this part: any of its keys."""
@@ -113,7 +117,7 @@ class Lock:
         """
         sections = dict(self.sections)
         for part in parts:
-            if part.write():
+            if part:
                 sections[type(part)] = part
             else:
                 sections.pop(type(part), None)
@@ -206,7 +210,7 @@ def read_lock(path: Path) -> Lock:
             recipe_hash=d["recipe-hash"],
             source_date_epoch=int(d["source-date-epoch"]),
             parents=dict(d.get("parents", {})),
-            sections={kind: kind.read(d) for kind in registered_sections() if kind.present(d)},
+            sections={kind: part for kind in registered_sections() if kind.present(d) and (part := kind.read(d))},
             lock_hash=hash_bytes(raw),
         )
     except KeyError as e:
