@@ -28,6 +28,7 @@ import tomlkit.items
 from buildsys.core.errors import FormatVersionError, MissingLock, RecipeError
 from buildsys.core.store import atomic_write
 from buildsys.model.lockschema import TOP, Check, LockValidator, Schema, lock_validator
+from buildsys.model.sections import Sections
 
 LOCK_VERSION = 1
 
@@ -70,7 +71,12 @@ class LockSection:
         return cls()
 
 
-_SECTIONS: list[type[LockSection]] = []
+def _top(kinds: tuple[type[LockSection], ...]) -> Schema:
+    return {**TOP, **{key: (check, False) for kind in kinds for key, check in kind.KEYS.items()}}
+
+
+# The parts a lock may have, and its top level's schema made from them (what ``validate_lock`` checks first).
+_SECTIONS: Sections[type[LockSection], Schema] = Sections("lock section", "reading a lock", _top)
 
 
 def register_sections(*kinds: type[LockSection]) -> None:
@@ -79,15 +85,11 @@ def register_sections(*kinds: type[LockSection]) -> None:
     The order is the order in which a lock's parts are checked on read (which of several
     bad values is reported), after the top level and ``[parents]``.
     """
-    for kind in kinds:
-        if kind not in _SECTIONS:
-            _SECTIONS.append(kind)
+    _SECTIONS.register(*kinds)
 
 
 def registered_sections() -> tuple[type[LockSection], ...]:
-    if not _SECTIONS:  # a lock read before any ecosystem said what its part is would lose every part
-        raise RuntimeError("no lock section is registered: import buildsys.ecosystems before reading a lock")
-    return tuple(_SECTIONS)
+    return _SECTIONS.kinds()
 
 
 @dataclass(frozen=True)
@@ -222,8 +224,7 @@ def validate_lock(path: Path, data: Mapping[str, Any]) -> None:
     kinds = registered_sections()
     v = lock_validator(path, data)
     # The order of these checks decides which of several bad values is reported: keep it.
-    top: Schema = {**TOP, **{key: (check, False) for kind in kinds for key, check in kind.KEYS.items()}}
-    v.table(data, top, "top level")
+    v.table(data, _SECTIONS.derived(), "top level")
     v.parents(data.get("parents", {}))
     for kind in kinds:
         if kind.present(data):

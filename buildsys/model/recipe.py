@@ -30,6 +30,7 @@ import tomlkit.exceptions
 
 from buildsys.core import names
 from buildsys.core.errors import RecipeError
+from buildsys.model.sections import Sections
 
 _URL_SCHEMES = ("http", "https", "file")
 _APT_UPDATE = re.compile(r"\bapt(-get)?\s+(-\S+\s+)*update\b")
@@ -94,8 +95,24 @@ class RecipeSection:
         return 0
 
 
-_SECTIONS: list[type[RecipeSection]] = []
-_SCHEMA: list[dict[str, Any]] = []  # the whole schema, made once from the sections (``schema``)
+def _schema(kinds: tuple[type[RecipeSection], ...]) -> dict[str, Any]:
+    base: dict[str, Any] = {}
+    for kind in kinds:
+        if kind.ROOT:
+            base |= {kind.KEY: kind.SCHEMA, **kind.EXTRA}
+    return {
+        "description": "str",
+        "parents": "str-list",
+        "base": base,
+        **{kind.KEY: kind.SCHEMA for kind in kinds if not kind.ROOT},
+        "run": "str-list",
+        "image": IMAGE_SCHEMA,
+        "test": TEST_SCHEMA,
+    }
+
+
+# The parts a recipe may have, and the whole schema made from them (``schema``).
+_SECTIONS: Sections[type[RecipeSection], dict[str, Any]] = Sections("recipe section", "parsing a recipe", _schema)
 
 
 def register_recipe_sections(*kinds: type[RecipeSection]) -> None:
@@ -104,36 +121,16 @@ def register_recipe_sections(*kinds: type[RecipeSection]) -> None:
     The order is the order of their checks (which of several mistakes is reported first)
     and of the tables a "did you mean ... in [apt], [pip] or [cran]" names.
     """
-    for kind in kinds:
-        if kind not in _SECTIONS:
-            _SECTIONS.append(kind)
-    _SCHEMA.clear()
+    _SECTIONS.register(*kinds)
 
 
 def registered_recipe_sections() -> tuple[type[RecipeSection], ...]:
-    if not _SECTIONS:  # a recipe parsed before any ecosystem said what its part is would refuse every [apt]
-        raise RuntimeError("no recipe section is registered: import buildsys.ecosystems before parsing a recipe")
-    return tuple(_SECTIONS)
+    return _SECTIONS.kinds()
 
 
 def schema() -> dict[str, Any]:
     """Every key a recipe may have: its own and each registered part's, in the order of the recipe contract."""
-    if not _SCHEMA:
-        kinds = registered_recipe_sections()
-        base: dict[str, Any] = {}
-        for kind in kinds:
-            if kind.ROOT:
-                base |= {kind.KEY: kind.SCHEMA, **kind.EXTRA}
-        _SCHEMA.append({
-            "description": "str",
-            "parents": "str-list",
-            "base": base,
-            **{kind.KEY: kind.SCHEMA for kind in kinds if not kind.ROOT},
-            "run": "str-list",
-            "image": IMAGE_SCHEMA,
-            "test": TEST_SCHEMA,
-        })
-    return _SCHEMA[0]
+    return _SECTIONS.derived()
 
 
 @dataclass(frozen=True)
