@@ -32,7 +32,7 @@ from buildsys.model.lockschema import (
     url_check,
     whole_number,
 )
-from buildsys.model.recipe import RecipeSection, RecipeValidator
+from buildsys.model.recipe import KeyPath, RecipeSection, RecipeValidator
 
 # An archive path (pool/main/a/apt/apt_2.6.1_amd64.deb): relative, no "..", no odd characters.
 ARCHIVE_PATH = re.compile(r"[A-Za-z0-9+._~-]+(/[A-Za-z0-9+._~%-]+)*")
@@ -79,11 +79,11 @@ class AptRecipe(RecipeSection):
     SCHEMA = {"packages": "str-list"}
 
     @classmethod
-    def parse(cls, v: RecipeValidator, data: Mapping[str, Any]) -> Self:
-        packages = data.get("apt", {}).get("packages", [])
+    def parse(cls, v: RecipeValidator, value: Any, key: KeyPath) -> Self:
+        packages = value.get("packages", [])
         for i, pkg in enumerate(packages):
             if not names.DEB_NAME_ARCH.fullmatch(pkg):
-                raise v.fail(("apt", "packages", i), f"'{pkg}' is not a Debian package name",
+                raise v.fail((*key, "packages", i), f"'{pkg}' is not a Debian package name",
                              hint="versions are pinned by the lock, not in the recipe")
         return cls(tuple(packages))
 

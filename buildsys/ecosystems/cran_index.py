@@ -28,7 +28,7 @@ from buildsys.model.lockschema import (
     url_check,
     whole_number,
 )
-from buildsys.model.recipe import RecipeSection, RecipeValidator
+from buildsys.model.recipe import KeyPath, RecipeSection, RecipeValidator
 
 # Where R packages of a layer go: Debian's R puts /usr/local/lib/R/site-library first in .libPaths().
 # One fixed path, because lazy-load databases and Meta/*.rds record where a package was installed.
@@ -149,15 +149,14 @@ class CranRecipe(RecipeSection):
     SCHEMA = {"packages": "str-list", "repo": "str"}
 
     @classmethod
-    def parse(cls, v: RecipeValidator, data: Mapping[str, Any]) -> Self:
-        cran = data.get("cran", {})
-        for i, pkg in enumerate(cran.get("packages", [])):
+    def parse(cls, v: RecipeValidator, value: Any, key: KeyPath) -> Self:
+        for i, pkg in enumerate(value.get("packages", [])):
             if not names.R_NAME.fullmatch(pkg):
-                raise v.fail(("cran", "packages", i), f"'{pkg}' is not an R package name",
+                raise v.fail((*key, "packages", i), f"'{pkg}' is not an R package name",
                              hint="versions come from the dated snapshot in cran.repo and the lock, not the recipe")
-        if "repo" in cran:
-            v.url(("cran", "repo"), cran["repo"])
-        return cls(tuple(cran.get("packages", [])), cran.get("repo"))
+        if "repo" in value:
+            v.url((*key, "repo"), value["repo"])
+        return cls(tuple(value.get("packages", [])), value.get("repo"))
 
     def count(self) -> int:
         return len(self.packages)

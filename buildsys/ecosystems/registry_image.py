@@ -42,7 +42,7 @@ from buildsys.model.lockschema import (
     one_of,
     whole_number,
 )
-from buildsys.model.recipe import Recipe, RecipeSection, RecipeValidator
+from buildsys.model.recipe import KeyPath, Recipe, RecipeSection, RecipeValidator
 from buildsys.oci.registry import (
     NotInRegistry,
     Reference,
@@ -100,14 +100,13 @@ class ImageBase(RecipeSection):
     EXAMPLE = 'image = "docker.io/library/debian:bookworm"'
 
     @classmethod
-    def parse(cls, v: RecipeValidator, data: Mapping[str, Any]) -> Self:
-        b = data["base"]
-        ref = b["image"]
+    def parse(cls, v: RecipeValidator, value: Any, key: KeyPath) -> Self:
+        ref = value[cls.KEY]
         if not ref or any(c.isspace() for c in ref):
-            raise v.fail(("base", "image"), f"'{ref}' is not an image reference", hint=f"e.g. {cls.EXAMPLE}")
-        platform = b.get("platform", "linux/amd64")
+            raise v.fail((*key, cls.KEY), f"'{ref}' is not an image reference", hint=f"e.g. {cls.EXAMPLE}")
+        platform = value.get("platform", "linux/amd64")
         if not names.PLATFORM.fullmatch(platform):
-            raise v.fail(("base", "platform"), f"'{platform}' is not OS/ARCH[/VARIANT]",
+            raise v.fail((*key, "platform"), f"'{platform}' is not OS/ARCH[/VARIANT]",
                          hint='e.g. platform = "linux/arm64"')
         return cls(ref, platform)
 

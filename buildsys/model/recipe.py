@@ -70,13 +70,15 @@ class RecipeSection:
 
     A subclass is a frozen dataclass in its ecosystem's module. ``KEY`` is its top-level
     key (``apt``), ``SCHEMA`` the shape of its value (a table, ``("tables", {...})`` for an
-    array of tables, or a type tag); ``parse`` checks what the shape does not say
+    array of tables, or a type tag); ``parse`` is given that value (empty when the
+    recipe lacks the key) and its key path, checks what the shape does not say
     (``v.fail`` names the key and its line) and makes the part. Its fields all have
     defaults: a recipe without the key has the empty part.
 
     A root's kind (``ROOT = True``) is the key ``KEY`` of ``[base]`` instead (``debian``,
     ``image``), with ``EXTRA`` keys of ``[base]`` allowed beside it only; a root has
-    exactly one kind, the recipe's ``base``.
+    exactly one kind, the recipe's ``base``, and its ``parse`` is given ``[base]`` (its key
+    and the ``EXTRA`` keys beside it) at ``("base",)``.
     """
 
     KEY: ClassVar[str] = ""
@@ -86,8 +88,8 @@ class RecipeSection:
     EXAMPLE: ClassVar[str] = ""  # a root's kind: how to write it, for a hint
 
     @classmethod
-    def parse(cls, v: RecipeValidator, data: Mapping[str, Any]) -> Self:
-        """The part, from the recipe's whole document (its shape already checked against the schema)."""
+    def parse(cls, v: RecipeValidator, value: Any, key: KeyPath) -> Self:
+        """The part, from its value at ``key`` in the recipe (its shape already checked against the schema)."""
         return cls()
 
     def count(self) -> int:
@@ -527,7 +529,9 @@ def parse_recipe(path: Path) -> Recipe:
     base = _base(v, data["base"]) if "base" in data else None
     image = _image(v, data.get("image", {}))
     _check_run(v, data.get("run", []))
-    sections = tuple(kind.parse(v, data) for kind in registered_recipe_sections() if not kind.ROOT)
+    # Each part is given its own value: an empty table (or array of tables) when the recipe lacks its key.
+    sections = tuple(kind.parse(v, data.get(kind.KEY, [] if isinstance(kind.SCHEMA, tuple) else {}), (kind.KEY,))
+                     for kind in registered_recipe_sections() if not kind.ROOT)
     return Recipe(
         name=name,
         path=path,
@@ -577,7 +581,7 @@ def _base(v: RecipeValidator, b: dict[str, Any]) -> RecipeSection:
         raise v.fail(("base",), f"must hold exactly one of {' or '.join(repr(k.KEY) for k in kinds)}"
                                 + (f" (and {', '.join(extras)})" if extras else ""),
                      hint=next((f"e.g. {k.EXAMPLE}" for k in kinds if k.EXAMPLE), None))
-    return present[0].parse(v, {"base": b})
+    return present[0].parse(v, b, ("base",))
 
 
 def _image(v: RecipeValidator, img: dict[str, Any]) -> ImageConfig:
