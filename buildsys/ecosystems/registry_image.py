@@ -25,7 +25,7 @@ from typing import Any, ClassVar, Self
 
 from packageurl import PackageURL
 
-from buildsys.core import names
+from buildsys.core import names, net
 from buildsys.core.errors import LockError, UsageError
 from buildsys.core.store import Artifact
 from buildsys.ecosystems.base import Component, Ecosystem, LockContext, Pin
@@ -317,21 +317,26 @@ class BlobDownloads:
     def download(self, url: str, fd: int, have: int, size: int | None) -> int:
         """Append the blob at ``url`` (``blob_url``) to ``fd`` from byte ``have`` on (by Range); its bytes.
 
-        Reading stops one byte past the locked ``size`` (``net.TooLarge``); the caller hashes the file.
+        Reading stops one byte past the locked ``size`` (``net.TooLarge``); the caller hashes the file. What
+        the registry refused or failed, its client's retries spent, is a ``net.NetError`` that is not transient
+        and says what the registry said (``fetch`` tries the artifact's next URL).
         """
         host, path = parse_blob_url(url)
         repository, kind, digest = path.removeprefix("/v2/").rsplit("/", 2)
-        reg = self._client(host, repository)
         headers = {"Accept": ", ".join(IMAGE_MANIFEST_TYPES)} if kind == "manifests" else {}
         if have:
             headers["Range"] = f"bytes={have}-"
-        with reg.request("GET", path, headers=headers, ok=(200, 206), what=digest) as resp:
-            if resp.status_code == 200 and have:  # the registry ignored Range: from the start
-                os.ftruncate(fd, 0)
-                have = 0
-            os.lseek(fd, have, os.SEEK_SET)
-            return resp.stream(lambda chunk: os.write(fd, chunk), None if size is None else size - have,
-                               f"blob {digest}")
+        try:
+            with self._client(host, repository).request("GET", path, headers=headers, ok=(200, 206),
+                                                        what=digest) as resp:
+                if resp.status_code == 200 and have:  # the registry ignored Range: from the start
+                    os.ftruncate(fd, 0)
+                    have = 0
+                os.lseek(fd, have, os.SEEK_SET)
+                return resp.stream(lambda chunk: os.write(fd, chunk), None if size is None else size - have,
+                                   f"blob {digest}")
+        except RegistryError as e:
+            raise net.NetError(url, e.message, e.hint) from e
 
     def close(self) -> None:
         with self._lock:
