@@ -367,7 +367,7 @@ def test_a_hand_deleted_cran_entry_is_refused_before_any_container_starts(locked
     r = bs(proj, store, "build", "rpkgs")
     assert r.exit_code == 3, r.output + r.stderr
     said = " ".join(r.stderr.split())
-    assert "rpkgs.lock" in said and "its package set is not closed" in said
+    assert "rpkgs.lock" in said and "its CRAN package set is not closed" in said
     unmet = r"R package processx \S+ needs 'ps( \(>= [0-9.]+\))?', which no lock of the chain pins"
     assert re.search(unmet, said), said
     assert "container on" not in r.stderr  # refused before the build container was made

@@ -37,9 +37,10 @@ class Conda(Ecosystem):
     name = "conda"
     agree_as = "conda"
 
-    def __init__(self, versions: dict[str, str], problem: str = "") -> None:
+    def __init__(self, versions: dict[str, str], problem: str = "", unmet: Sequence[str] = ()) -> None:
         self.versions = versions  # recipe -> the numpy version it "locked"
         self.problem = problem
+        self.unmet = list(unmet)  # what its vendored files "need" that the chain does not pin
         self.calls: list[str] = []
 
     def prepare(self, ctx: LockContext) -> None:
@@ -76,6 +77,9 @@ class Conda(Ecosystem):
 
     def checks(self, recipe: Recipe) -> list[tuple[str, str]]:
         return [("conda list numpy", "conda list numpy")] if recipe.name in self.versions else []
+
+    def closure_problems(self, store: Store, chain: Sequence[Lock], lock: Lock) -> list[str]:
+        return self.unmet
 
 
 @pytest.fixture
@@ -141,3 +145,22 @@ def test_resolve_is_each_ecosystem_in_turn_prepared_first(tmp_path: Path, monkey
     lock = resolve(graph.recipes["base"], Store(tmp_path / "store"), graph, {})
     assert conda.calls == ["prepare base", "prepare base", "lock base", "lock base"]
     assert (lock.recipe, lock.source_date_epoch, lock.parents) == ("base", 1234, {})
+
+
+def test_a_package_set_that_is_not_closed_names_its_ecosystem(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from buildsys.build.checks import check_vendored
+
+    graph = build_graph(load_recipes(DIAMOND))
+    locks = {n: Lock(recipe=n, recipe_hash="sha256:x", source_date_epoch=1) for n in ("base", "left")}
+    store = Store(tmp_path / "store")
+    conda = Conda({}, unmet=["numpy 2.0.1 needs 'blas'"])
+    monkeypatch.setattr(ecosystems, "ECOSYSTEMS", (conda,))
+    with pytest.raises(StaleLock, match="left.lock: lock is stale: its conda package set is not closed: "
+                                        "numpy 2.0.1 needs 'blas'\n"):
+        check_vendored(store, locks, graph.recipes["left"], ["base", "left"])
+    mamba = Conda({}, unmet=["scipy 1.0 needs 'numpy'", "scipy 1.0 needs 'blas'", "pandas 2.0 needs 'numpy'"])
+    mamba.agree_as = "mamba"
+    monkeypatch.setattr(ecosystems, "ECOSYSTEMS", (conda, mamba))
+    with pytest.raises(StaleLock, match="its conda and mamba package sets are not closed: numpy 2.0.1 needs 'blas'; "
+                                        r"scipy 1.0 needs 'numpy'; scipy 1.0 needs 'blas' \(and 1 more\)\n"):
+        check_vendored(store, locks, graph.recipes["left"], ["base", "left"])

@@ -35,7 +35,7 @@ from lyingregistry import (
 
 from buildsys.core import net
 from buildsys.core.store import Artifact, Store
-from buildsys.fetch.vendor import SizeMismatch, StoreWriteFailed, fetch
+from buildsys.fetch.vendor import DownloadFailed, SizeMismatch, StoreWriteFailed, fetch
 from buildsys.oci.registry import BlobSizeMismatch, Registry, RegistryAuthError, RegistryError
 
 LAYER = b"a layer, as tar bytes would be\n" * 40
@@ -137,6 +137,16 @@ def test_fetch_of_an_endless_registry_blob_writes_at_most_one_byte_more(tmp_path
             fetch(store, [art], progress=False)
         assert reg.sent_bytes < 64 << 20  # what the server got out before the hang-up (socket buffers)
     assert list(store.vendor.glob("*")) == [] if store.vendor.exists() else True
+
+
+def test_fetch_of_a_blob_the_registry_lacks_says_what_the_registry_said(tmp_path: Path) -> None:
+    """A registry's refusal reaches ``fetch`` as the registry said it, tried once (no transient retries)."""
+    with lying_registry() as reg:
+        art = Artifact("image-layer", "layer", "1", "layer.tar", digest(LAYER)[7:], len(LAYER),
+                       (f"oci-registry://{reg.host}/x/blobs/{digest(LAYER)}",), local=True)
+        with pytest.raises(DownloadFailed) as exc:
+            fetch(Store(tmp_path / "store"), [art], progress=False)
+    assert f"registry {reg.host}: " in exc.value.message and "attempt" not in exc.value.message, exc.value.message
 
 
 def test_fetch_of_an_image_asks_the_token_service_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

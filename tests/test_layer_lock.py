@@ -73,3 +73,18 @@ def test_chain_helpers_merge_layers_in_order() -> None:
     b = layer("b", "h", AptSection((deb("y", "2"),)), PipSection((LockedPip("q", "3", ()),)))
     assert {n: d.version for n, d in chain_debs([a, b]).items()} == {"x": "1", "y": "2"}
     assert chain_pips([a, b]) == {"p": "1", "q": "3"}
+
+
+def test_a_part_that_holds_nothing_is_no_part_of_the_lock(tmp_path: Path) -> None:
+    """Empty parts are falsy; ``with_sections`` and ``read_lock`` keep none, so both give the same lock."""
+    from buildsys.ecosystems.files import FilesSection
+    from buildsys.model.lockfile import dumps, read_lock
+
+    assert not AptSection() and not PipSection() and not CranSection() and not FilesSection()
+    assert AptSection(in_image=("jq",)) and PipSection(python="3.11.2") and CranSection(r_version="4.2.2")
+    full = layer("x", "sha256:" + "b" * 64, AptSection((deb("jq", "1.6"),)), PipSection(python="3.11.2"))
+    emptied = full.with_sections(AptSection(), PipSection())
+    assert emptied.sections == {} and dumps(emptied) == dumps(layer("x", "sha256:" + "b" * 64))
+    path = tmp_path / "x.lock"
+    path.write_bytes(dumps(emptied) + b"apt-in-image = []\n")
+    assert read_lock(path).sections == {}

@@ -127,3 +127,42 @@ def test_byte_level_damage_never_tracebacks(tmp_path: Path) -> None:
             assert e.exit_code in (2, 3) and str(path) in str(e), (seed, str(e))
         except Exception as e:  # noqa: BLE001
             pytest.fail(f"seed {seed}: {type(e).__name__}: {e}")
+
+
+def _twice(data: dict, *where: str | int) -> dict:
+    """``data`` with the first entry of the array at ``where`` locked a second time, at its end."""
+    entries: Any = data
+    for k in where:
+        entries = entries[k]
+    entries.append(copy.deepcopy(entries[0]))
+    return data
+
+
+def _pip_build(data: dict) -> dict:
+    """python.lock's [[pip]] entry built from source, with one build requirement, locked twice."""
+    build = copy.deepcopy(data["pip"][0])
+    data["pip"][0]["build-requires"] = [f"{build['name']}=={build['version']}"]
+    data["pip-build"] = [build, copy.deepcopy(build)]
+    return data
+
+
+R_ENTRY = {"name": "xy", "version": "1.0", "sha256": "a" * 64, "size": 1, "url": "http://h/src/contrib/xy_1.0.tar.gz"}
+FILE_ENTRY = {"name": "tool.deb", "sha256": "a" * 64, "size": 1, "url": "https://example.org/tool.deb"}
+
+
+@pytest.mark.parametrize(("name", "edit", "says"), [
+    ("base", lambda d: _twice(d, "base", "packages"), r"\[\[base.packages\]\] #101 \('[^']+'\): name: '[^']+' is "
+                                                        r"locked twice"),
+    ("python", lambda d: _twice(d, "apt"), r"\[\[apt\]\] #32 \('[^']+'\): name: '[^']+' is locked twice"),
+    ("python", lambda d: _twice(d, "pip"), r"\[\[pip\]\] #2 \('[^']+'\): name: '[^']+' is locked twice"),
+    ("python", _pip_build, r"\[\[pip-build\]\] #2 \('[^']+'\): name: '[^']+' [0-9.]+ is locked twice"),
+    ("python", lambda d: d | {"cran": [R_ENTRY, R_ENTRY]}, r"\[\[cran\]\] #2 \('xy'\): name: 'xy' is locked twice"),
+    ("python", lambda d: d | {"files": [FILE_ENTRY, FILE_ENTRY]},
+     r"\[\[files\]\] #2 \('tool.deb'\): name: a second file named 'tool.deb'"),
+])
+def test_each_entry_is_locked_once(name: str, edit: Any, says: str, tmp_path: Path) -> None:
+    data = tomlkit.parse((REPO / "locks" / f"{name}.lock").read_text()).unwrap()
+    path = tmp_path / f"{name}.lock"
+    path.write_text(tomlkit.dumps(edit(data)))
+    with pytest.raises(BuildsysError, match=says):
+        read_lock(path)

@@ -420,3 +420,21 @@ def test_the_buildsys_label_namespace_is_reserved(tmp_path):
     assert str(path) in str(info.value) and 'image.labels."io.buildsys.owner"' in str(info.value)
     ok = parse_recipe(write_recipe(tmp_path, DEBIAN + '[image]\nlabels = { "io.buildsys-fan.x" = "1" }\n'))
     assert ok.image.labels == (("io.buildsys-fan.x", "1"),)
+
+
+def test_the_registry_of_parts_makes_its_schema_once_until_another_registers() -> None:
+    from buildsys.model.sections import Sections
+
+    made: list[tuple[type, ...]] = []
+
+    def derive(kinds: tuple[type, ...]) -> int:
+        made.append(kinds)
+        return len(kinds)
+
+    sections: Sections[type, int] = Sections("test part", "testing", derive)
+    with pytest.raises(RuntimeError, match="no test part is registered: import buildsys.ecosystems before testing"):
+        sections.derived()
+    sections.register(int, str)
+    assert sections.derived() == sections.derived() == 2 and made == [(int, str)]
+    sections.register(str, bytes)
+    assert sections.kinds() == (int, str, bytes) and sections.derived() == 3 and len(made) == 2

@@ -52,6 +52,9 @@ def check_vendored(store: Store, locks: Mapping[str, Lock], recipe: Recipe, pref
                           f"{len(corrupt)} damaged file(s) were removed")
     lock = locks[recipe.name]
     if unmet := ecosystems.closure_problems(store, [locks[n] for n in prefix], lock):
+        # Named by the word for each one's packages ("pip", "CRAN"), as when parents disagree on one.
+        kinds = list(dict.fromkeys(eco.agree_as or eco.name for eco, _ in unmet))
+        sets = f"{kinds[0]} package set is" if len(kinds) == 1 else f"{' and '.join(kinds)} package sets are"
         more = f" (and {len(unmet) - 3} more)" if len(unmet) > 3 else ""
         raise StaleLock(recipe.name, lock_path(recipe.path.parent.parent, recipe.name),
-                        "its package set is not closed: " + "; ".join(unmet[:3]) + more)
+                        f"its {sets} not closed: " + "; ".join(problem for _, problem in unmet[:3]) + more)

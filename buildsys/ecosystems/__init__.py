@@ -43,9 +43,10 @@ def covers(recipe: Recipe, lock: Lock, above: Sequence[Lock]) -> list[str]:
     return [problem for eco in ECOSYSTEMS for problem in eco.covers(recipe, lock, above)]
 
 
-def closure_problems(store: Store, chain: Sequence[Lock], lock: Lock) -> list[str]:
-    """What ``lock``'s vendored files need that no lock of ``chain`` pins (``build`` refuses such a layer)."""
-    return [problem for eco in ECOSYSTEMS for problem in eco.closure_problems(store, chain, lock)]
+def closure_problems(store: Store, chain: Sequence[Lock], lock: Lock) -> list[tuple[Ecosystem, str]]:
+    """(ecosystem, what is unmet) for what ``lock``'s vendored files need that no lock of ``chain`` pins (``build``
+    refuses such a layer)."""
+    return [(eco, problem) for eco in ECOSYSTEMS for problem in eco.closure_problems(store, chain, lock)]
 
 
 def components(lock: Lock) -> list[Component]:

@@ -35,7 +35,7 @@ from buildsys.model.lockschema import (
     url_check,
     whole_number,
 )
-from buildsys.model.recipe import RecipeSection, RecipeValidator
+from buildsys.model.recipe import KeyPath, RecipeSection, RecipeValidator
 
 SNAPSHOT_STAMP_RE = re.compile(r"[0-9]{8}T[0-9]{6}Z")
 # An archive path (pool/main/a/apt/apt_2.6.1_amd64.deb): relative, no "..", no odd characters.
@@ -84,11 +84,11 @@ class AptRecipe(RecipeSection):
     SCHEMA = {"packages": "str-list"}
 
     @classmethod
-    def parse(cls, v: RecipeValidator, data: Mapping[str, Any]) -> Self:
-        packages = data.get("apt", {}).get("packages", [])
+    def parse(cls, v: RecipeValidator, value: Any, key: KeyPath) -> Self:
+        packages = value.get("packages", [])
         for i, pkg in enumerate(packages):
             if not names.DEB_NAME_ARCH.fullmatch(pkg):
-                raise v.fail(("apt", "packages", i), f"'{pkg}' is not a Debian package name",
+                raise v.fail((*key, "packages", i), f"'{pkg}' is not a Debian package name",
                              hint="versions are pinned by the lock, not in the recipe")
         return cls(tuple(packages))
 
@@ -224,15 +224,13 @@ def debs_toml(debs: tuple[LockedDeb, ...]) -> list[dict[str, Any]]:
 
 def check_debs(v: LockValidator, value: Any, where: str) -> None:
     """An array of .debs: each of its shape, an archive path to a .deb, each (name, architecture) once."""
-    seen: set[tuple[str, str]] = set()
-    for i, e in enumerate(v.entries(value, where)):
-        at = label(where, i, e)
+    def check(e: Any, at: str) -> None:
         v.table(e, DEB, at)
         if not e["path"].endswith(".deb"):
             raise v.fail(at, "path", f"{e['path']!r} is not a .deb")
-        if (e["name"], e["architecture"]) in seen:
-            raise v.fail(at, "name", f"'{e['name']}' is locked twice")
-        seen.add((e["name"], e["architecture"]))
+
+    for _ in v.each(value, where, check, key=lambda e: (e["name"], e["architecture"])):
+        pass
 
 
 def check_archives(v: LockValidator, value: Any, where: str) -> None:
@@ -289,9 +287,7 @@ class AptSection(LockSection):
         check_archives(v, d.get("apt-archives", []), "[[apt-archives]]")
 
     @classmethod
-    def read(cls, d: Mapping[str, Any]) -> Self | None:
-        if not any(key in d for key in cls.KEYS):
-            return None
+    def read(cls, d: Mapping[str, Any]) -> Self:
         return cls(debs=tuple(LockedDeb.from_toml(p) for p in d.get("apt", [])),
                    archives=tuple(LockedArchive.from_toml(a) for a in d.get("apt-archives", [])),
                    in_image=tuple(d.get("apt-in-image", [])))

@@ -70,7 +70,9 @@ class Downloads(Protocol):
     def download(self, url: str, fd: int, have: int, size: int | None) -> int:
         """Append the file at ``url`` to ``fd`` from byte ``have`` on (from the start, the file emptied, when the
         server does not resume); return the bytes written. Reading stops one byte past ``size``
-        (``net.TooLarge``); ``fetch`` hashes the finished file."""
+        (``net.TooLarge``); ``fetch`` hashes the finished file. A failure is a ``net.NetError``
+        (``transient`` when another try may help) and one writing ``fd`` an ``OSError``: an
+        ecosystem translates its own errors, ``fetch`` knows no other."""
         ...
 
     def close(self) -> None: ...

@@ -23,13 +23,12 @@ from buildsys.model.lockschema import (
     Check,
     LockValidator,
     Schema,
-    label,
     matching,
     str_list,
     url_check,
     whole_number,
 )
-from buildsys.model.recipe import RecipeSection, RecipeValidator
+from buildsys.model.recipe import KeyPath, RecipeSection, RecipeValidator
 
 # Where R packages of a layer go: Debian's R puts /usr/local/lib/R/site-library first in .libPaths().
 # One fixed path, because lazy-load databases and Meta/*.rds record where a package was installed.
@@ -150,15 +149,14 @@ class CranRecipe(RecipeSection):
     SCHEMA = {"packages": "str-list", "repo": "str"}
 
     @classmethod
-    def parse(cls, v: RecipeValidator, data: Mapping[str, Any]) -> Self:
-        cran = data.get("cran", {})
-        for i, pkg in enumerate(cran.get("packages", [])):
+    def parse(cls, v: RecipeValidator, value: Any, key: KeyPath) -> Self:
+        for i, pkg in enumerate(value.get("packages", [])):
             if not names.R_NAME.fullmatch(pkg):
-                raise v.fail(("cran", "packages", i), f"'{pkg}' is not an R package name",
+                raise v.fail((*key, "packages", i), f"'{pkg}' is not an R package name",
                              hint="versions come from the dated snapshot in cran.repo and the lock, not the recipe")
-        if "repo" in cran:
-            v.url(("cran", "repo"), cran["repo"])
-        return cls(tuple(cran.get("packages", [])), cran.get("repo"))
+        if "repo" in value:
+            v.url((*key, "repo"), value["repo"])
+        return cls(tuple(value.get("packages", [])), value.get("repo"))
 
     def count(self) -> int:
         return len(self.packages)
@@ -212,20 +210,16 @@ class CranSection(LockSection):
         """``[cran-repo]``, and ``[[cran]]``: each package once, its URL the tarball of that name and version."""
         if "cran-repo" in d:
             v.table(d["cran-repo"], CRAN_REPO, "[cran-repo]")
-        r_names: set[str] = set()
-        for i, e in enumerate(v.entries(d.get("cran", []), "[[cran]]")):
-            at = label("[[cran]]", i, e)
+        def check(e: Any, at: str) -> None:
             v.table(e, LOCKED_CRAN, at)
             if not e["url"].endswith(f"/{e['name']}_{e['version']}.tar.gz"):
                 raise v.fail(at, "url", f"{e['url']!r} is not {e['name']}_{e['version']}.tar.gz")
-            if e["name"] in r_names:
-                raise v.fail(at, "name", f"'{e['name']}' is locked twice")
-            r_names.add(e["name"])
+
+        for _ in v.each(d.get("cran", []), "[[cran]]", check):
+            pass
 
     @classmethod
-    def read(cls, d: Mapping[str, Any]) -> Self | None:
-        if not any(key in d for key in cls.KEYS):
-            return None
+    def read(cls, d: Mapping[str, Any]) -> Self:
         return cls(packages=tuple(LockedCran.from_toml(c) for c in d.get("cran", [])),
                    repo=d.get("cran-repo", {}).get("url"), index_sha256=d.get("cran-repo", {}).get("index-sha256"),
                    r_version=d.get("r"))

@@ -39,7 +39,7 @@ from buildsys.ecosystems.apt_sections import (
 from buildsys.ecosystems.base import Component, Ecosystem, LockContext, Pin
 from buildsys.model.lockfile import Lock, LockSection
 from buildsys.model.lockschema import SHA256, Check, LockValidator, Schema, matching, str_list, url_check
-from buildsys.model.recipe import Recipe, RecipeSection, RecipeValidator
+from buildsys.model.recipe import KeyPath, Recipe, RecipeSection, RecipeValidator
 
 VARIANTS = ("extract", "custom", "essential", "apt", "required", "minbase", "buildd", "important", "standard")
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
@@ -95,19 +95,19 @@ class DebianBase(RecipeSection):
         return tuple(out)
 
     @classmethod
-    def parse(cls, v: RecipeValidator, data: Mapping[str, Any]) -> Self:
+    def parse(cls, v: RecipeValidator, value: Any, key: KeyPath) -> Self:
         """``[base.debian]``: a suite, a known mmdebstrap variant and http(s) or file mirrors; the rest defaults."""
-        d = data["base"]["debian"]
+        d, at = value[cls.KEY], (*key, cls.KEY)
         if not d.get("suite"):
-            raise v.fail(("base", "debian", "suite"), "is required", hint=f"e.g. {_EXAMPLE}")
+            raise v.fail((*at, "suite"), "is required", hint=f"e.g. {_EXAMPLE}")
         variant = d.get("variant", "minbase")
         if variant not in VARIANTS:
-            raise v.fail(("base", "debian", "variant"),
+            raise v.fail((*at, "variant"),
                          f"unknown variant '{variant}'{did_you_mean(variant, VARIANTS)}",
                          hint=f"one of: {', '.join(VARIANTS)}")
-        for key in ("mirror", "security-mirror"):
-            if key in d:
-                v.url(("base", "debian", key), d[key])
+        for mirror in ("mirror", "security-mirror"):
+            if mirror in d:
+                v.url((*at, mirror), d[mirror])
         return cls(
             suite=d["suite"],
             variant=variant,
@@ -178,24 +178,21 @@ class DebianBaseLock(LockSection):
             d["archives"] = [a.to_toml() for a in self.archives]  # in resolution order, not sorted
         return {"base": d}
 
-    @staticmethod
-    def _mine(d: Mapping[str, Any]) -> bool:
+    @classmethod
+    def present(cls, d: Mapping[str, Any]) -> bool:
+        """A ``[base]`` that is not a registry root's ``[base.image]`` (one that is no table is checked here)."""
         return "base" in d and not (isinstance(d["base"], dict) and "image" in d["base"])
 
     @classmethod
     def validate(cls, v: LockValidator, d: Mapping[str, Any]) -> None:
         """``[base]`` of a Debian root, with its packages and the archives they came from."""
-        if not cls._mine(d):
-            return
         base = d["base"]
         v.table(base, BASE, "[base]")
         check_debs(v, base.get("packages", []), "[[base.packages]]")
         check_archives(v, base.get("archives", []), "[[base.archives]]")
 
     @classmethod
-    def read(cls, d: Mapping[str, Any]) -> Self | None:
-        if not cls._mine(d):
-            return None
+    def read(cls, d: Mapping[str, Any]) -> Self:
         b = d["base"]
         return cls(suite=b["suite"], codename=b.get("codename", b["suite"]), variant=b["variant"],
                    architecture=b["architecture"], components=tuple(b["components"]), mirror=b["mirror"],

@@ -29,11 +29,10 @@ from buildsys.model.lockschema import (
     Schema,
     boolean,
     filename_check,
-    label,
     url_check,
     whole_number,
 )
-from buildsys.model.recipe import Recipe, RecipeSection, RecipeValidator
+from buildsys.model.recipe import KeyPath, Recipe, RecipeSection, RecipeValidator
 
 
 @dataclass(frozen=True)
@@ -54,26 +53,26 @@ class FilesRecipe(RecipeSection):
     SCHEMA = ("tables", {"url": "str", "name": "str", "sha256": "str", "local": "bool"})
 
     @classmethod
-    def parse(cls, v: RecipeValidator, data: Mapping[str, Any]) -> Self:
+    def parse(cls, v: RecipeValidator, value: Any, key: KeyPath) -> Self:
         """Each a URL and a distinct plain file name; one on this machine only with ``local = true``."""
         files: list[FileSpec] = []
-        for i, f in enumerate(data.get("files", [])):
+        for i, f in enumerate(value):
             if "url" not in f:
-                raise v.fail(("files", i, "url"), "is required")
-            v.url(("files", i, "url"), f["url"])
+                raise v.fail((*key, i, "url"), "is required")
+            v.url((*key, i, "url"), f["url"])
             fname = f.get("name") or urlsplit(f["url"]).path.rstrip("/").rsplit("/", 1)[-1]
             if not fname or "/" in fname or fname in (".", ".."):
-                raise v.fail(("files", i, "name"), f"'{fname}' is not a usable file name",
+                raise v.fail((*key, i, "name"), f"'{fname}' is not a usable file name",
                              hint='set name = "tool.deb"')
             sha = f.get("sha256")
             if sha is not None and not names.HEX64.fullmatch(sha):
-                raise v.fail(("files", i, "sha256"), "must be 64 lowercase hex digits")
+                raise v.fail((*key, i, "sha256"), "must be 64 lowercase hex digits")
             if fname in (seen.name for seen in files):
-                raise v.fail(("files", i, "name" if "name" in f else "url"), f"a second file named '{fname}'",
+                raise v.fail((*key, i, "name" if "name" in f else "url"), f"a second file named '{fname}'",
                              hint='give each a distinct name = "..."')
             local = f.get("local", False)
             if not local and (why := local_reason(f["url"])):
-                raise v.fail(("files", i, "url"), f"'{f['url']}' reads from this machine: {why}",
+                raise v.fail((*key, i, "url"), f"'{f['url']}' reads from this machine: {why}",
                              hint="a recipe may do that only on purpose: add local = true to this [[files]] entry")
             files.append(FileSpec(url=f["url"], name=fname, sha256=sha, local=local))
         return cls(tuple(files))
@@ -129,17 +128,13 @@ class FilesSection(LockSection):
     @classmethod
     def validate(cls, v: LockValidator, d: Mapping[str, Any]) -> None:
         """``[[files]]``: each name once, since they share one staging folder."""
-        file_names: set[str] = set()
-        for i, e in enumerate(v.entries(d.get("files", []), "[[files]]")):
-            at = label("[[files]]", i, e)
-            v.table(e, LOCKED_FILE, at)
-            if e["name"] in file_names:
-                raise v.fail(at, "name", f"a second file named {e['name']!r}")
-            file_names.add(e["name"])
+        for _ in v.each(d.get("files", []), "[[files]]", LOCKED_FILE,
+                        twice=lambda e: f"a second file named {e['name']!r}"):
+            pass
 
     @classmethod
-    def read(cls, d: Mapping[str, Any]) -> Self | None:
-        return cls(tuple(LockedFile.from_toml(f) for f in d["files"])) if "files" in d else None
+    def read(cls, d: Mapping[str, Any]) -> Self:
+        return cls(tuple(LockedFile.from_toml(f) for f in d["files"]))
 
 
 @dataclass(frozen=True)

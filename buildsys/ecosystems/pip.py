@@ -36,7 +36,7 @@ from buildsys.ecosystems.pip_resolve import LockedPip, LockedWheelFile, PipRecip
 from buildsys.ecosystems.pip_source import BUILD_DIR, build_step, is_sdist, split_pin
 from buildsys.ecosystems.pypi import DEFAULT_INDEX
 from buildsys.model.lockfile import Lock, LockSection
-from buildsys.model.lockschema import Check, LockValidator, label, matching
+from buildsys.model.lockschema import Check, LockValidator, matching
 from buildsys.model.recipe import Recipe
 
 WHEELS_DIR = "/buildsys/wheels"
@@ -79,25 +79,19 @@ class PipSection(LockSection):
     def validate(cls, v: LockValidator, d: Mapping[str, Any]) -> None:
         """``[[pip]]``: each distribution once, by its canonical name (``Foo_Bar`` is ``foo-bar``);
         ``[[pip-build]]``: each name and version once, each a wheel, each one some ``build-requires`` names."""
-        builds: dict[tuple[str, str], str] = {}
-        for i, e in enumerate(v.entries(d.get("pip-build", []), "[[pip-build]]")):
-            at = label("[[pip-build]]", i, e)
+        def check_build(e: Any, at: str) -> None:
             check_pip(v, e, at)
             if "build-requires" in e:
                 raise v.fail(at, "build-requires", "a build requirement is installed from a wheel, never built")
-            bkey = (str(canonicalize_name(e["name"])), str(Version(e["version"])))
-            if bkey in builds:
-                raise v.fail(at, "name", f"'{e['name']}' {e['version']} is locked twice")
-            builds[bkey] = at
+
+        def pinned(e: Any) -> tuple[str, str]:
+            return str(canonicalize_name(e["name"])), str(Version(e["version"]))
+
+        builds = {pinned(e): at for at, e in v.each(d.get("pip-build", []), "[[pip-build]]", check_build, key=pinned,
+                                                      twice=lambda e: f"'{e['name']}' {e['version']} is locked twice")}
         used: set[tuple[str, str]] = set()
-        seen: set[str] = set()
-        for i, e in enumerate(v.entries(d.get("pip", []), "[[pip]]")):
-            at = label("[[pip]]", i, e)
-            check_pip(v, e, at)
-            key = canonicalize_name(e["name"])
-            if key in seen:
-                raise v.fail(at, "name", f"'{e['name']}' is locked twice")
-            seen.add(key)
+        for at, e in v.each(d.get("pip", []), "[[pip]]", lambda e, at: check_pip(v, e, at),
+                            key=lambda e: canonicalize_name(e["name"])):
             for req in e.get("build-requires") or ():
                 name, version = split_pin(req) or ("", "")
                 wanted = (str(canonicalize_name(name)), str(Version(version)))
@@ -111,9 +105,7 @@ class PipSection(LockSection):
             check_pip(v, d["pip-installer"], "[pip-installer]")
 
     @classmethod
-    def read(cls, d: Mapping[str, Any]) -> Self | None:
-        if not any(key in d for key in cls.KEYS):
-            return None
+    def read(cls, d: Mapping[str, Any]) -> Self:
         return cls(packages=tuple(LockedPip.from_toml(p) for p in d.get("pip", [])), python=d.get("python"),
                    installer=LockedPip.from_toml(d["pip-installer"]) if "pip-installer" in d else None,
                    build=tuple(LockedPip.from_toml(p) for p in d.get("pip-build", [])))

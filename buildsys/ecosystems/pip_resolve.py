@@ -55,7 +55,7 @@ from buildsys.ecosystems.pypi import (
 )
 from buildsys.engine import Engine
 from buildsys.model.lockschema import SHA256, LockValidator, Schema, filename_check, matching, url_check, whole_number
-from buildsys.model.recipe import Recipe, RecipeSection, RecipeValidator
+from buildsys.model.recipe import KeyPath, Recipe, RecipeSection, RecipeValidator, render_key
 
 TOOLS_MOUNT = "/buildsys-tools"
 WORK_MOUNT = "/work"
@@ -80,15 +80,15 @@ class PipRecipe(RecipeSection):
     SCHEMA = {"packages": "str-list", "index-url": "str", "from-source": "str-list"}
 
     @classmethod
-    def parse(cls, v: RecipeValidator, data: Mapping[str, Any]) -> Self:
-        pip = data.get("pip", {})
-        if "index-url" in pip:
-            v.url(("pip", "index-url"), pip["index-url"])
-        for i, name in enumerate(pip.get("from-source", [])):
+    def parse(cls, v: RecipeValidator, value: Any, key: KeyPath) -> Self:
+        if "index-url" in value:
+            v.url((*key, "index-url"), value["index-url"])
+        for i, name in enumerate(value.get("from-source", [])):
             if not names.PIP_NAME.fullmatch(name):
-                raise RecipeError(v.path, f"{name!r} is not a Python distribution name", key=f"pip.from-source[{i}]",
+                raise RecipeError(v.path, f"{name!r} is not a Python distribution name",
+                                  key=render_key((*key, "from-source", i)),
                                   hint='name distributions as [pip] packages does, without a version: "markupsafe"')
-        return cls(tuple(pip.get("packages", [])), pip.get("index-url"), tuple(pip.get("from-source", [])))
+        return cls(tuple(value.get("packages", [])), value.get("index-url"), tuple(value.get("from-source", [])))
 
     def count(self) -> int:
         return len(self.packages)

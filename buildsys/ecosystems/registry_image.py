@@ -25,7 +25,7 @@ from typing import Any, ClassVar, Self
 
 from packageurl import PackageURL
 
-from buildsys.core import names
+from buildsys.core import names, net
 from buildsys.core.errors import LockError, UsageError
 from buildsys.core.store import Artifact
 from buildsys.ecosystems.base import Component, Ecosystem, LockContext, Pin
@@ -42,7 +42,7 @@ from buildsys.model.lockschema import (
     one_of,
     whole_number,
 )
-from buildsys.model.recipe import Recipe, RecipeSection, RecipeValidator
+from buildsys.model.recipe import KeyPath, Recipe, RecipeSection, RecipeValidator
 from buildsys.oci.registry import (
     NotInRegistry,
     Reference,
@@ -100,14 +100,13 @@ class ImageBase(RecipeSection):
     EXAMPLE = 'image = "docker.io/library/debian:bookworm"'
 
     @classmethod
-    def parse(cls, v: RecipeValidator, data: Mapping[str, Any]) -> Self:
-        b = data["base"]
-        ref = b["image"]
+    def parse(cls, v: RecipeValidator, value: Any, key: KeyPath) -> Self:
+        ref = value[cls.KEY]
         if not ref or any(c.isspace() for c in ref):
-            raise v.fail(("base", "image"), f"'{ref}' is not an image reference", hint=f"e.g. {cls.EXAMPLE}")
-        platform = b.get("platform", "linux/amd64")
+            raise v.fail((*key, cls.KEY), f"'{ref}' is not an image reference", hint=f"e.g. {cls.EXAMPLE}")
+        platform = value.get("platform", "linux/amd64")
         if not names.PLATFORM.fullmatch(platform):
-            raise v.fail(("base", "platform"), f"'{platform}' is not OS/ARCH[/VARIANT]",
+            raise v.fail((*key, "platform"), f"'{platform}' is not OS/ARCH[/VARIANT]",
                          hint='e.g. platform = "linux/arm64"')
         return cls(ref, platform)
 
@@ -155,11 +154,14 @@ class ImageBaseLock(LockSection):
             "manifest-size": self.manifest_size, "platform": self.platform, "reference": self.reference}}}
 
     @classmethod
+    def present(cls, d: Mapping[str, Any]) -> bool:
+        """A ``[base]`` with ``image`` in it (a Debian root's ``[base]`` has none)."""
+        return isinstance(d.get("base"), dict) and "image" in d["base"]
+
+    @classmethod
     def validate(cls, v: LockValidator, d: Mapping[str, Any]) -> None:
         """``[base.image]`` of a registry root: the manifest and config pinned, and at least one layer."""
-        base = d.get("base")
-        if not (isinstance(base, dict) and "image" in base):
-            return
+        base = d["base"]
         v.table(base, {"image": (None, True)}, "[base]")
         v.table(base["image"], IMAGE, "[base.image]")
         layers = v.entries(base["image"]["layers"], "[[base.image.layers]]")
@@ -169,9 +171,7 @@ class ImageBaseLock(LockSection):
             v.table(la, IMAGE_LAYER, f"[[base.image.layers]] #{i + 1}")
 
     @classmethod
-    def read(cls, d: Mapping[str, Any]) -> Self | None:
-        if "image" not in d.get("base", {}):
-            return None
+    def read(cls, d: Mapping[str, Any]) -> Self:
         b = d["base"]["image"]
         return cls(reference=b["reference"], platform=b["platform"], manifest_digest=b["manifest-digest"],
                    manifest_media_type=b["manifest-media-type"], manifest_size=int(b["manifest-size"]),
@@ -317,21 +317,26 @@ class BlobDownloads:
     def download(self, url: str, fd: int, have: int, size: int | None) -> int:
         """Append the blob at ``url`` (``blob_url``) to ``fd`` from byte ``have`` on (by Range); its bytes.
 
-        Reading stops one byte past the locked ``size`` (``net.TooLarge``); the caller hashes the file.
+        Reading stops one byte past the locked ``size`` (``net.TooLarge``); the caller hashes the file. What
+        the registry refused or failed, its client's retries spent, is a ``net.NetError`` that is not transient
+        and says what the registry said (``fetch`` tries the artifact's next URL).
         """
         host, path = parse_blob_url(url)
         repository, kind, digest = path.removeprefix("/v2/").rsplit("/", 2)
-        reg = self._client(host, repository)
         headers = {"Accept": ", ".join(IMAGE_MANIFEST_TYPES)} if kind == "manifests" else {}
         if have:
             headers["Range"] = f"bytes={have}-"
-        with reg.request("GET", path, headers=headers, ok=(200, 206), what=digest) as resp:
-            if resp.status_code == 200 and have:  # the registry ignored Range: from the start
-                os.ftruncate(fd, 0)
-                have = 0
-            os.lseek(fd, have, os.SEEK_SET)
-            return resp.stream(lambda chunk: os.write(fd, chunk), None if size is None else size - have,
-                               f"blob {digest}")
+        try:
+            with self._client(host, repository).request("GET", path, headers=headers, ok=(200, 206),
+                                                        what=digest) as resp:
+                if resp.status_code == 200 and have:  # the registry ignored Range: from the start
+                    os.ftruncate(fd, 0)
+                    have = 0
+                os.lseek(fd, have, os.SEEK_SET)
+                return resp.stream(lambda chunk: os.write(fd, chunk), None if size is None else size - have,
+                                   f"blob {digest}")
+        except RegistryError as e:
+            raise net.NetError(url, e.message, e.hint) from e
 
     def close(self) -> None:
         with self._lock:

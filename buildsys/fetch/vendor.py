@@ -33,7 +33,6 @@ from buildsys.core.store import Artifact, Store, sha256_file
 from buildsys.core.urlpolicy import local_reason
 from buildsys.ecosystems import downloader
 from buildsys.ecosystems.base import Downloads, Ecosystem
-from buildsys.oci.registry import RegistryError
 
 CHUNK = 1 << 16
 # Backoff before retry n (1-based): BACKOFF * 2**(n-1) seconds, capped.
@@ -269,14 +268,6 @@ class _Downloads:
             self._open.clear()
 
 
-@dataclass(frozen=True)
-class _Links:
-    """What one download reaches the network through: its own HTTP client, the run's ecosystems' downloads."""
-
-    http: net.Client
-    downloads: _Downloads
-
-
 def _fetch_one(
     store: Store, art: Artifact, retries: int, timeout: float, display: _Display, stop: threading.Event,
     purge: threading.Event, downloads: _Downloads,
@@ -284,12 +275,12 @@ def _fetch_one(
     """Download, verify and place one artifact; return (placed by us, bytes transferred)."""
     policy = net.Policy(local_ok=art.local)
     with contextlib.closing(net.Client(policy, attempts=1, read_timeout=timeout)) as client:
-        return _fetch_with(_Links(client, downloads), store, art, retries, display, stop, purge)
+        return _fetch_with(client, downloads, store, art, retries, display, stop, purge)
 
 
 def _fetch_with(
-    links: _Links, store: Store, art: Artifact, retries: int, display: _Display, stop: threading.Event,
-    purge: threading.Event,
+    http: net.Client, downloads: _Downloads, store: Store, art: Artifact, retries: int, display: _Display,
+    stop: threading.Event, purge: threading.Event,
 ) -> tuple[bool, int]:
     """Try each URL of ``art`` in turn under the lock of its partial file; place the first verified download."""
     hexdigest = art.sha256.lower()
@@ -305,7 +296,7 @@ def _fetch_with(
         placed = False
         try:
             for url in candidates(art):
-                verified, nbytes = _try_url(url, fd, partial, art, links, retries,
+                verified, nbytes = _try_url(url, fd, partial, art, http, downloads, retries,
                                             lambda n: display.advance(task, n), stop, attempts)
                 transferred += nbytes
                 if verified:
@@ -330,7 +321,7 @@ def candidates(art: Artifact) -> list[str]:
 
 
 def _try_url(
-    url: str, fd: int, partial: Path, art: Artifact, links: _Links, retries: int,
+    url: str, fd: int, partial: Path, art: Artifact, http: net.Client, downloads: _Downloads, retries: int,
     advance: Callable[[int], None], stop: threading.Event, attempts: list[tuple[str, str]],
 ) -> tuple[bool, int]:
     """Download ``art`` from one URL, retrying transient failures; return (verified, bytes transferred).
@@ -345,7 +336,7 @@ def _try_url(
             raise _Stopped()
         resumed = os.fstat(fd).st_size > 0
         try:
-            transferred += _download(url, fd, art, links, advance, stop)
+            transferred += _download(url, fd, art, http, downloads, advance, stop)
         except _Transient as e:
             attempt += 1
             attempts.append((url, f"{e} (attempt {attempt} of {retries + 1})"))
@@ -427,7 +418,8 @@ def _hash_fd(fd: int) -> str:
 
 
 def _download(
-    url: str, fd: int, art: Artifact, links: _Links, advance: Callable[[int], None], stop: threading.Event
+    url: str, fd: int, art: Artifact, http: net.Client, downloads: _Downloads, advance: Callable[[int], None],
+    stop: threading.Event,
 ) -> int:
     """Complete the partial file at ``fd`` from ``url``; return the bytes transferred.
 
@@ -441,10 +433,10 @@ def _download(
     if scheme == "file":
         return _copy_file(url, fd, advance)
     if (eco := downloader(url)) is not None:  # a registry base's blobs
-        return _ecosystem_download(links.downloads.get(eco), url, fd, art, advance)
+        return _ecosystem_download(downloads.get(eco), url, fd, art, advance)
     if scheme not in ("http", "https"):
         raise _Permanent(f"unsupported URL scheme '{scheme}'")
-    return _http_get(url, fd, art, links.http, advance, stop)
+    return _http_get(url, fd, art, http, advance, stop)
 
 
 def _http_get(
@@ -533,8 +525,6 @@ def _ecosystem_download(downloads: Downloads, url: str, fd: int, art: Artifact, 
                        f"{(art.size or 0) + 1})") from e
     except net.NetError as e:
         raise (_Transient if e.transient else _Permanent)(e.problem) from e
-    except RegistryError as e:  # retried by the client already: say what the registry said
-        raise _Permanent(e.message) from e
     except OSError as e:  # writing the partial file
         raise _LocalWriteError(str(e)) from e
     advance(written)

@@ -28,6 +28,7 @@ import tomlkit.items
 from buildsys.core.errors import FormatVersionError, MissingLock, RecipeError
 from buildsys.core.store import atomic_write
 from buildsys.model.lockschema import TOP, Check, LockValidator, Schema, lock_validator
+from buildsys.model.sections import Sections
 
 LOCK_VERSION = 1
 
@@ -38,9 +39,10 @@ class LockSection:
     """One ecosystem's part of a lock: the top-level keys it owns, written, checked and read by its module.
 
     A subclass is a frozen dataclass in its ecosystem's module. ``write`` gives its
-    keys (nothing when it holds nothing), ``validate`` checks them in a lock just
-    read (``v.fail`` names the lock, the entry and the key), ``read`` makes the part
-    from a checked lock. ``read_lock`` knows the parts ``register_sections`` was given.
+    keys (nothing when it holds nothing); ``present`` says whether a lock just read
+    holds the part, and only then does ``validate`` check its keys (``v.fail`` names
+    the lock, the entry and the key) and ``read`` make the part from the checked
+    lock. ``read_lock`` knows the parts ``register_sections`` was given.
     """
 
     # Its top-level keys, each with the check of its value, or None where ``validate`` checks it.
@@ -50,17 +52,31 @@ class LockSection:
         """Its keys of the lock's TOML, as plain data (``dumps`` orders them)."""
         return {}
 
+    def __bool__(self) -> bool:
+        """False when it holds nothing (every field empty or None): a lock has no such part."""
+        return dataclasses.is_dataclass(self) and any(getattr(self, f.name) for f in dataclasses.fields(self))
+
+    @classmethod
+    def present(cls, d: Mapping[str, Any]) -> bool:
+        """Whether the lock ``d`` (not checked yet) holds this part: any of its keys."""
+        return any(key in d for key in cls.KEYS)
+
     @classmethod
     def validate(cls, v: LockValidator, d: Mapping[str, Any]) -> None:
         """Raise ``v.fail(...)`` for the first value of its keys in the lock ``d`` that is not of its shape."""
 
     @classmethod
-    def read(cls, d: Mapping[str, Any]) -> Self | None:
-        """Its part of the checked lock ``d``; None when ``d`` holds none of it."""
-        return None
+    def read(cls, d: Mapping[str, Any]) -> Self:
+        """Its part of the checked lock ``d``, which holds it (``present``)."""
+        return cls()
 
 
-_SECTIONS: list[type[LockSection]] = []
+def _top(kinds: tuple[type[LockSection], ...]) -> Schema:
+    return {**TOP, **{key: (check, False) for kind in kinds for key, check in kind.KEYS.items()}}
+
+
+# The parts a lock may have, and its top level's schema made from them (what ``validate_lock`` checks first).
+_SECTIONS: Sections[type[LockSection], Schema] = Sections("lock section", "reading a lock", _top)
 
 
 def register_sections(*kinds: type[LockSection]) -> None:
@@ -69,15 +85,11 @@ def register_sections(*kinds: type[LockSection]) -> None:
     The order is the order in which a lock's parts are checked on read (which of several
     bad values is reported), after the top level and ``[parents]``.
     """
-    for kind in kinds:
-        if kind not in _SECTIONS:
-            _SECTIONS.append(kind)
+    _SECTIONS.register(*kinds)
 
 
 def registered_sections() -> tuple[type[LockSection], ...]:
-    if not _SECTIONS:  # a lock read before any ecosystem said what its part is would lose every part
-        raise RuntimeError("no lock section is registered: import buildsys.ecosystems before reading a lock")
-    return tuple(_SECTIONS)
+    return _SECTIONS.kinds()
 
 
 @dataclass(frozen=True)
@@ -107,7 +119,7 @@ class Lock:
         """
         sections = dict(self.sections)
         for part in parts:
-            if part.write():
+            if part:
                 sections[type(part)] = part
             else:
                 sections.pop(type(part), None)
@@ -200,7 +212,7 @@ def read_lock(path: Path) -> Lock:
             recipe_hash=d["recipe-hash"],
             source_date_epoch=int(d["source-date-epoch"]),
             parents=dict(d.get("parents", {})),
-            sections={kind: part for kind in registered_sections() if (part := kind.read(d)) is not None},
+            sections={kind: part for kind in registered_sections() if kind.present(d) and (part := kind.read(d))},
             lock_hash=hash_bytes(raw),
         )
     except KeyError as e:
@@ -212,11 +224,11 @@ def validate_lock(path: Path, data: Mapping[str, Any]) -> None:
     kinds = registered_sections()
     v = lock_validator(path, data)
     # The order of these checks decides which of several bad values is reported: keep it.
-    top: Schema = {**TOP, **{key: (check, False) for kind in kinds for key, check in kind.KEYS.items()}}
-    v.table(data, top, "top level")
+    v.table(data, _SECTIONS.derived(), "top level")
     v.parents(data.get("parents", {}))
     for kind in kinds:
-        kind.validate(v, data)
+        if kind.present(data):
+            kind.validate(v, data)
 
 
 def hash_bytes(data: bytes) -> str:

@@ -19,7 +19,7 @@ of its own part (``model.lockfile.LockSection.validate``); ``validate_lock`` in
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -43,6 +43,7 @@ _HINT = "the lock was damaged or edited by hand: review where it came from, then
 
 Check = Callable[[Any], str | None]  # None when the value is fine, else what is wrong with it
 Schema = Mapping[str, tuple[Check | None, bool]]  # key -> (check, or None when checked apart; required)
+EntryCheck = Callable[[Any, str], None]  # raises LockValidator.fail for an entry (given its label) not of its shape
 
 
 def is_safe_filename(name: str) -> bool:
@@ -152,6 +153,29 @@ class LockValidator:
         if not isinstance(v, list):
             raise self.fail(where, "", f"must be an array of tables, not {type(v).__name__}")
         return v
+
+    def each(self, v: Any, where: str, check: Schema | EntryCheck,
+             key: Callable[[Any], Hashable] = lambda e: e["name"],
+             twice: Callable[[Any], str] = lambda e: f"'{e['name']}' is locked twice",
+             ) -> Iterator[tuple[str, Any]]:
+        """Each entry of the array of tables ``v`` with how errors name it (``label``), once it is checked.
+
+        ``check``: the entry's schema, or a function that raises ``self.fail`` for what is wrong with the
+        entry (given its label). Then each ``key`` of an entry may be locked once: a second is refused with
+        ``twice``, at its ``name``. What the caller checks in its loop comes after both, entry by entry.
+        """
+        seen: set[Hashable] = set()
+        for i, e in enumerate(self.entries(v, where)):
+            at = label(where, i, e)
+            if callable(check):
+                check(e, at)
+            else:
+                self.table(e, check, at)
+            k = key(e)
+            if k in seen:
+                raise self.fail(at, "name", twice(e))
+            seen.add(k)
+            yield at, e
 
     def parents(self, parents: Any) -> None:
         """``[parents]``: recipe name -> the lock hash of that parent."""

@@ -30,6 +30,7 @@ import tomlkit.exceptions
 
 from buildsys.core import names
 from buildsys.core.errors import RecipeError
+from buildsys.model.sections import Sections
 
 _URL_SCHEMES = ("http", "https", "file")
 _APT_UPDATE = re.compile(r"\bapt(-get)?\s+(-\S+\s+)*update\b")
@@ -69,13 +70,15 @@ class RecipeSection:
 
     A subclass is a frozen dataclass in its ecosystem's module. ``KEY`` is its top-level
     key (``apt``), ``SCHEMA`` the shape of its value (a table, ``("tables", {...})`` for an
-    array of tables, or a type tag); ``parse`` checks what the shape does not say
+    array of tables, or a type tag); ``parse`` is given that value (empty when the
+    recipe lacks the key) and its key path, checks what the shape does not say
     (``v.fail`` names the key and its line) and makes the part. Its fields all have
     defaults: a recipe without the key has the empty part.
 
     A root's kind (``ROOT = True``) is the key ``KEY`` of ``[base]`` instead (``debian``,
     ``image``), with ``EXTRA`` keys of ``[base]`` allowed beside it only; a root has
-    exactly one kind, the recipe's ``base``.
+    exactly one kind, the recipe's ``base``, and its ``parse`` is given ``[base]`` (its key
+    and the ``EXTRA`` keys beside it) at ``("base",)``.
     """
 
     KEY: ClassVar[str] = ""
@@ -85,8 +88,8 @@ class RecipeSection:
     EXAMPLE: ClassVar[str] = ""  # a root's kind: how to write it, for a hint
 
     @classmethod
-    def parse(cls, v: RecipeValidator, data: Mapping[str, Any]) -> Self:
-        """The part, from the recipe's whole document (its shape already checked against the schema)."""
+    def parse(cls, v: RecipeValidator, value: Any, key: KeyPath) -> Self:
+        """The part, from its value at ``key`` in the recipe (its shape already checked against the schema)."""
         return cls()
 
     def count(self) -> int:
@@ -94,8 +97,24 @@ class RecipeSection:
         return 0
 
 
-_SECTIONS: list[type[RecipeSection]] = []
-_SCHEMA: list[dict[str, Any]] = []  # the whole schema, made once from the sections (``schema``)
+def _schema(kinds: tuple[type[RecipeSection], ...]) -> dict[str, Any]:
+    base: dict[str, Any] = {}
+    for kind in kinds:
+        if kind.ROOT:
+            base |= {kind.KEY: kind.SCHEMA, **kind.EXTRA}
+    return {
+        "description": "str",
+        "parents": "str-list",
+        "base": base,
+        **{kind.KEY: kind.SCHEMA for kind in kinds if not kind.ROOT},
+        "run": "str-list",
+        "image": IMAGE_SCHEMA,
+        "test": TEST_SCHEMA,
+    }
+
+
+# The parts a recipe may have, and the whole schema made from them (``schema``).
+_SECTIONS: Sections[type[RecipeSection], dict[str, Any]] = Sections("recipe section", "parsing a recipe", _schema)
 
 
 def register_recipe_sections(*kinds: type[RecipeSection]) -> None:
@@ -104,36 +123,16 @@ def register_recipe_sections(*kinds: type[RecipeSection]) -> None:
     The order is the order of their checks (which of several mistakes is reported first)
     and of the tables a "did you mean ... in [apt], [pip] or [cran]" names.
     """
-    for kind in kinds:
-        if kind not in _SECTIONS:
-            _SECTIONS.append(kind)
-    _SCHEMA.clear()
+    _SECTIONS.register(*kinds)
 
 
 def registered_recipe_sections() -> tuple[type[RecipeSection], ...]:
-    if not _SECTIONS:  # a recipe parsed before any ecosystem said what its part is would refuse every [apt]
-        raise RuntimeError("no recipe section is registered: import buildsys.ecosystems before parsing a recipe")
-    return tuple(_SECTIONS)
+    return _SECTIONS.kinds()
 
 
 def schema() -> dict[str, Any]:
     """Every key a recipe may have: its own and each registered part's, in the order of the recipe contract."""
-    if not _SCHEMA:
-        kinds = registered_recipe_sections()
-        base: dict[str, Any] = {}
-        for kind in kinds:
-            if kind.ROOT:
-                base |= {kind.KEY: kind.SCHEMA, **kind.EXTRA}
-        _SCHEMA.append({
-            "description": "str",
-            "parents": "str-list",
-            "base": base,
-            **{kind.KEY: kind.SCHEMA for kind in kinds if not kind.ROOT},
-            "run": "str-list",
-            "image": IMAGE_SCHEMA,
-            "test": TEST_SCHEMA,
-        })
-    return _SCHEMA[0]
+    return _SECTIONS.derived()
 
 
 @dataclass(frozen=True)
@@ -530,7 +529,9 @@ def parse_recipe(path: Path) -> Recipe:
     base = _base(v, data["base"]) if "base" in data else None
     image = _image(v, data.get("image", {}))
     _check_run(v, data.get("run", []))
-    sections = tuple(kind.parse(v, data) for kind in registered_recipe_sections() if not kind.ROOT)
+    # Each part is given its own value: an empty table (or array of tables) when the recipe lacks its key.
+    sections = tuple(kind.parse(v, data.get(kind.KEY, [] if isinstance(kind.SCHEMA, tuple) else {}), (kind.KEY,))
+                     for kind in registered_recipe_sections() if not kind.ROOT)
     return Recipe(
         name=name,
         path=path,
@@ -580,7 +581,7 @@ def _base(v: RecipeValidator, b: dict[str, Any]) -> RecipeSection:
         raise v.fail(("base",), f"must hold exactly one of {' or '.join(repr(k.KEY) for k in kinds)}"
                                 + (f" (and {', '.join(extras)})" if extras else ""),
                      hint=next((f"e.g. {k.EXAMPLE}" for k in kinds if k.EXAMPLE), None))
-    return present[0].parse(v, {"base": b})
+    return present[0].parse(v, b, ("base",))
 
 
 def _image(v: RecipeValidator, img: dict[str, Any]) -> ImageConfig:
