@@ -245,6 +245,18 @@ def test_bundled_gpu_stack_declares_gpu_tests_and_cuda() -> None:
     assert any(p.name.startswith("nvidia-") for p in locks["pytorch"].section(PipSection).packages)
 
 
+def test_the_cuda_of_nvidia_s_apt_packages_is_read_from_their_names() -> None:
+    from buildsys.ecosystems.apt_sections import AptSection, LockedDeb
+    from buildsys.model.lockfile import Lock
+
+    deb = LockedDeb(name="cuda-cudart-12-4", version="12.4.127-1", architecture="amd64", sha256="0" * 64, size=1,
+                    path="cuda-cudart-12-4_12.4.127-1_amd64.deb",
+                    mirror="https://developer.download.nvidia.com/compute/cuda/repos/debian12/x86_64")
+    lock = Lock(recipe="cuda", recipe_hash="sha256:" + "0" * 64, source_date_epoch=0).with_sections(
+        AptSection((deb,)))
+    assert image_cuda({"cuda": lock}, ["cuda"]) == ("12.4", "cuda-cudart-12-4 12.4.127-1 in locks/cuda.lock")
+
+
 def test_usage_errors_come_before_anything(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No engine, lock or image is looked at: these are the command line's own mistakes (exit 2)."""
     monkeypatch.chdir(tmp_path)

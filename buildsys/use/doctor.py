@@ -45,6 +45,8 @@ MAJOR_MIN_DRIVER: dict[int, str] = {11: "450.80.02", 12: "525.60.13", 13: "580.6
 
 # pip packages whose version is the CUDA runtime an image carries.
 _CUDA_RUNTIME = re.compile(r"nvidia-cuda-runtime(-cu\d+)?")
+# NVIDIA's apt packages of the CUDA runtime name its version: cuda-cudart-12-4 is CUDA 12.4.
+_CUDA_DEB = re.compile(r"cuda-cudart-(\d+)-(\d+)")
 _CDI_DIRS = ("/etc/cdi", "/var/run/cdi")
 
 
@@ -142,13 +144,15 @@ def driver_cuda(driver: str) -> str | None:
 
 
 def image_cuda(locks: Mapping[str, Lock], chain: Sequence[str]) -> tuple[str, str] | None:
-    """(CUDA major.minor, the pin it comes from) of the CUDA runtime wheel in the chain's locks."""
+    """(CUDA major.minor, the pin it comes from) of the CUDA runtime in the chain's locks: a runtime wheel
+    (PyPI's nvidia-cuda-runtime-cu12) or NVIDIA's apt package (cuda-cudart-12-4, from its CUDA repository)."""
     for name in reversed(chain):
-        wheels = [p for _, p in pins(locks[name]) if p.kind == "pip"] if name in locks else []
-        for p in wheels:
-            if _CUDA_RUNTIME.fullmatch(p.name):
+        for _, p in pins(locks[name]) if name in locks else []:
+            if p.kind == "pip" and _CUDA_RUNTIME.fullmatch(p.name):
                 major_minor = ".".join(p.version.split(".")[:2])
                 return major_minor, f"{p.name} {p.version} in locks/{name}.lock"
+            if p.kind == "apt" and (m := _CUDA_DEB.fullmatch(p.name)):
+                return f"{m[1]}.{m[2]}", f"{p.name} {p.version} in locks/{name}.lock"
     return None
 
 
