@@ -69,10 +69,13 @@ _PRIORITY_PATTERNS = {
 _PKG_RE = re.compile(rf"{names.DEB_NAME_ARCH.pattern}(=[A-Za-z0-9.+~:-]+|/[A-Za-z0-9.+~-]+)?")
 _SUITE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9._-]+)*$")
 _WORD_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# A flat repository's directory as a sources.list names it: "./", or a path ending in "/" (CRAN's "bookworm-cran40/").
+_FLAT_DIR_RE = re.compile(r"^(\./|[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9._-]+)*/)$")
 # "Inst libc6 [2.36-9] (2.36-9+deb12u14 Debian:12.15/oldstable, Debian-Security:12/oldstable-security [amd64]) []"
 _INST_RE = re.compile(r"^Inst (\S+) (?:\[(\S+)\] )?\((\S+) (.*)\[([^\]]+)\]\)")
 # "'http://deb.debian.org/debian-security/pool/updates/…/tzdata_2026f-0%2bdeb12u1_all.deb' tzdata_… 307832 SHA256:…"
-_URI_RE = re.compile(r"^'([^']+)' (\S+) (\d+) SHA256:([0-9a-fA-F]{64})$")
+# apt names the strongest hash the index has: SHA512 where a repository lists it (apt-ftparchive's do).
+_URI_RE = re.compile(r"^'([^']+)' (\S+) (\d+) (SHA256|SHA512|SHA1|MD5Sum):([0-9a-fA-F]+)$")
 _REMV_RE = re.compile(r"^Remv (\S+)")
 _SIGNATURE_RE = re.compile(r"NO_PUBKEY|BADSIG|EXPKEYSIG|GPG error|is not signed|signatures (were invalid|couldn't be)")
 
@@ -107,6 +110,39 @@ class AptFailed(LockError):
         self.output = output
         tail = "\n".join(f"  | {ln}" for ln in output.strip().splitlines()[-20:])
         super().__init__(f"{what} failed:\n{tail}" if tail else f"{what} failed", hint)
+
+
+class SourceFailed(LockError):
+    """``apt-get update`` failed for a third-party source: its signature, an index, the repository itself."""
+
+    def __init__(self, source: ThirdPartySource, what: str, output: str) -> None:
+        self.source, self.what, self.output = source, what, output
+        lines = [ln for ln in output.splitlines() if source.url in ln] or output.strip().splitlines()[-5:]
+        self.detail = "\n".join(f"  | {ln.strip()}" for ln in lines[:6])
+        super().__init__(f"{source.url} {source.suite}: {what}:\n{self.detail}")
+
+
+@dataclass(frozen=True)
+class ThirdPartySource:
+    """A repository beside Debian's archives (NVIDIA's, CRAN's, Posit's), with its own ``signed-by`` key.
+
+    ``suite`` is a suite of a ``dists/`` archive (then ``components`` are listed), or a flat
+    repository's directory ending in ``/`` (``./``; no components), as a sources.list line has them.
+    """
+
+    url: str
+    suite: str
+    components: tuple[str, ...]
+    keyring: Path  # an OpenPGP key file: .asc (armored) or .gpg (binary); apt reads both by extension
+
+    @property
+    def flat(self) -> bool:
+        return self.suite.endswith("/")
+
+    def line(self, url: str | None = None) -> str:
+        """Its sources.list line; ``url``: where apt reads it from instead (a configured mirror)."""
+        return (f"deb [signed-by={self.keyring}] {url or self.url} {self.suite} {' '.join(self.components)}".rstrip()
+                + "\n")
 
 
 @dataclass(frozen=True)
@@ -178,6 +214,7 @@ class AptResolver:
         *,
         keyring: Path = DEBIAN_KEYRING,
         extra: Sequence[tuple[str, str]] = (),
+        third_party: Sequence[ThirdPartySource] = (),
     ) -> None:
         for _, s in ((mirror, suite), *extra):
             if not _SUITE_RE.match(s):
@@ -187,15 +224,22 @@ class AptResolver:
                 raise LockError(f"invalid Debian component or architecture name {word!r}")
         if not components:
             raise LockError("no Debian components given", 'use components = ["main"]')
+        for src in third_party:
+            if not (_FLAT_DIR_RE.match(src.suite) if src.flat else _SUITE_RE.match(src.suite)):
+                raise LockError(f"invalid suite or flat directory {src.suite!r} of {src.url}")
+            if src.flat == bool(src.components) or not all(_WORD_RE.match(c) for c in src.components):
+                raise LockError(f"invalid components {list(src.components)} of {src.url} {src.suite}")
         self.mirror = mirror.rstrip("/")
         self.suite = suite
         self.components = tuple(components)
         self.architecture = architecture
         self.keyring = keyring
         self.sources = ((self.mirror, suite), *((m.rstrip("/"), x) for m, x in extra))
+        self.third_party = tuple(dataclasses.replace(s, url=s.url.rstrip("/")) for s in third_party)
         # Keyed by where apt reads from: a configured mirror (core/mirrors) has lists of its own.
         key = "\n".join([*(f"{mirrors.active().mirrored(m)} {x}" for m, x in self.sources),
-                         " ".join(self.components), architecture, str(keyring)])
+                         " ".join(self.components), architecture, str(keyring),
+                         *(s.line(mirrors.active().mirrored(s.url)) for s in self.third_party)])
         self.root = Path(cache_dir) / hashlib.sha256(key.encode()).hexdigest()[:16]
         self._stanzas: dict[tuple[str, str, str], deb822.Deb822] = {}
         # (name, version, arch) or a .deb's file name -> (mirror, path, size, sha256) apt downloads it from
@@ -332,7 +376,8 @@ class AptResolver:
         _write_if_changed(
             root / "etc/apt/sources.list",
             "".join(f"deb [signed-by={self.keyring}] {mirrors.active().mirrored(m)} {x} {' '.join(self.components)}\n"
-                    for m, x in self.sources),
+                    for m, x in self.sources)
+            + "".join(s.line(mirrors.active().mirrored(s.url)) for s in self.third_party),
         )
         lines = [
             f'Dir "{root}/";',
@@ -391,7 +436,10 @@ class AptResolver:
         """Each source's suite -> its (In)Release file in the lists, matched by its own Codename/Suite."""
         lists = self._lists_dir()
         by_name: dict[str, Path] = {}
+        theirs = set(self._source_release_files().values()) if self.third_party else set()
         for path in sorted(lists.glob("*_Release")) + sorted(lists.glob("*_InRelease")):  # InRelease wins
+            if path in theirs:  # a third-party Release may call itself "bookworm" too
+                continue
             rel = _read_release(path)
             for name in (rel.get("Codename"), rel.get("Suite")):
                 if name:
@@ -407,9 +455,56 @@ class AptResolver:
             found[suite] = hit
         return found
 
+    def _source_release_files(self) -> dict[ThirdPartySource, Path]:
+        """Each third-party source -> its (In)Release file in the lists, found through apt's own index targets.
+
+        Their Codename and Suite fields are the vendor's (a flat repository often has none), so the
+        file is the one beside the source's Packages: its list file name less the target's MetaKey.
+        """
+        proc = self._run(["apt-get", "indextargets", "--format", "$(SOURCESENTRY)\t$(FILENAME)\t$(METAKEY)"])
+        if proc.returncode != 0:
+            raise AptFailed("apt-get indextargets", proc.stdout + proc.stderr)
+        offset = len(self.sources)  # sources.list: Debian's archives first, one line each, then these
+        found: dict[ThirdPartySource, Path] = {}
+        for line in proc.stdout.splitlines():
+            entry, filename, metakey = (line.split("\t") + ["", ""])[:3]
+            number = entry.rsplit(":", 1)[-1]
+            if not number.isdigit() or not (offset < int(number) <= offset + len(self.third_party)):
+                continue
+            src = self.third_party[int(number) - offset - 1]
+            prefix = filename[: len(filename) - len(metakey.replace("/", "_"))]
+            for name in ("InRelease", "Release"):
+                if Path(prefix + name).is_file():
+                    found.setdefault(src, Path(prefix + name))
+                    break
+        return found
+
+    def source_releases(self) -> list[ReleaseInfo]:
+        """The ReleaseInfo of every third-party source, in the order given, from the lists on disk."""
+        found = self._source_release_files()
+        out = []
+        for src in self.third_party:
+            if src not in found:
+                raise LockError(f"no package lists for {src.url} {src.suite} in {self.root}",
+                                "run the lock again with network access (it runs `apt-get update`)")
+            data = found[src].read_bytes()
+            rel = _read_release(found[src])
+            date = rel.get("Date", "")
+            if not date:
+                raise LockError(f"{src.url} {src.suite}: the Release file has no Date field")
+            out.append(ReleaseInfo(
+                mirror=src.url, suite=src.suite, codename=rel.get("Codename", ""), date=date,
+                epoch=int(email.utils.parsedate_to_datetime(date).timestamp()),
+                inrelease_sha256=hashlib.sha256(data).hexdigest(), components=src.components,
+                architecture=self.architecture, version=rel.get("Version", ""), archive=rel.get("Suite", ""),
+            ))
+        return out
+
     def _have_lists(self) -> bool:
         try:
             self._release_files()
+            if self.third_party and len(self._source_release_files()) < len(self.third_party):
+                return False
         except LockError:
             return False
         return bool(list(self._lists_dir().glob("*_Packages")))
@@ -425,6 +520,7 @@ class AptResolver:
         self._uris.clear()
         proc = self._run(["apt-get", "update", "-q"])
         out = proc.stdout + proc.stderr
+        self._check_sources(out)
         if "does not have a Release file" in out or re.search(r"Release\s+404\s", out):
             mirror, suite = self.mirror, self.suite
             if m := re.search(r"repository '(\S+) (\S+) Release' does not have a Release file", out):
@@ -452,6 +548,32 @@ class AptResolver:
         # A misspelt component is only a warning to apt; it is an error in a lock.
         for (mirror, suite), path in zip(self.sources, self._release_files().values(), strict=True):
             self._check_release(_read_release(path), mirror, suite)
+
+    def _check_sources(self, out: str) -> None:
+        """apt's complaints about a third-party source, as a ``SourceFailed`` naming it."""
+        if not self.third_party:
+            return
+        for src in self.third_party:
+            # apt names a source "URL SUITE" in some messages and by its index URLs in others.
+            mine = [ln for ln in out.splitlines() if re.match(r"^(E:|W:|Err:)", ln.strip()) and src.url in ln
+                    or (src.url in ln and _SIGNATURE_RE.search(ln))]
+            text = "\n".join(mine)
+            if not mine:
+                continue
+            if _SIGNATURE_RE.search(text):
+                raise SourceFailed(src, f"its InRelease is not signed by the key {src.keyring.name}", out)
+            if "Hash Sum mismatch" in text or "File has unexpected size" in text:
+                raise SourceFailed(src, "an index does not match the hashes its signed Release lists", out)
+            if "does not have a Release file" in text or re.search(r"\b404\b", text):
+                raise SourceFailed(src, "the repository has no Release file there (404)", out)
+            raise SourceFailed(src, "`apt-get update` failed", out)
+        for src, path in self._source_release_files().items():
+            rel = _read_release(path)
+            have = rel.get("Components", "").split()
+            for comp in src.components:
+                if have and comp not in have:
+                    raise LockError(f"component '{comp}' is not in {src.url} {src.suite}{did_you_mean(comp, have)}",
+                                    f"components there: {', '.join(have)}")
 
     def _check_release(self, rel: deb822.Release, mirror: str, suite: str) -> None:
         have = rel.get("Components", "").split()
@@ -560,7 +682,7 @@ class AptResolver:
                     mirror=self.mirror,
                 )
             )
-        if len(self.sources) > 1:
+        if len(self.sources) > 1 or self.third_party:
             out = self._locate(out)
         return out
 
@@ -583,11 +705,15 @@ class AptResolver:
                     continue
                 # The second field is apt's local name (an epoch in it, quoted); the URL's own is the pool's.
                 # (as upstream's: a mirror apt read from is never recorded)
-                url, size, sha = mirrors.active().to_upstream(unquote(m.group(1))), int(m.group(3)), m.group(4).lower()
+                url, size = mirrors.active().to_upstream(unquote(m.group(1))), int(m.group(3))
+                sha = m.group(5).lower() if m.group(4) == "SHA256" else ""  # else: the stanza's, kept below
                 deb = url.rsplit("/", 1)[-1]
-                mirror = max((src for src, _ in self.sources if url.startswith(src + "/")), key=len, default="")
+                bases = [*(src for src, _ in self.sources), *(s.url for s in self.third_party)]
+                mirror = max((src for src in bases if url.startswith(src + "/")), key=len, default="")
                 if mirror:
-                    self._uris[deb] = (mirror, url[len(mirror) + 1:], size, sha)
+                    # A flat repository's Filename is "./x.deb": the path is the file's, without "." steps.
+                    path = "/".join(part for part in url[len(mirror) + 1:].split("/") if part not in ("", "."))
+                    self._uris[deb] = (mirror, path, size, sha)
             for p in todo:
                 hit = self._uris.get(p.deb_name)
                 if hit is not None:
@@ -596,10 +722,11 @@ class AptResolver:
         for p in packages:
             hit = self._uris.get((p.name, p.version, p.architecture))
             if hit is None:
+                where = [*(f"{m} {x}" for m, x in self.sources), *(f"{s.url} {s.suite}" for s in self.third_party)]
                 raise LockError(f"apt planned {p.name} {p.version} ({p.architecture}) but names no URI for it in "
-                                f"{', '.join(f'{m} {x}' for m, x in self.sources)}")
+                                f"{', '.join(where)}")
             mirror, path, size, sha = hit
-            out.append(dataclasses.replace(p, mirror=mirror, filename=path, size=size, sha256=sha))
+            out.append(dataclasses.replace(p, mirror=mirror, filename=path, size=size, sha256=sha or p.sha256))
         return out
 
 

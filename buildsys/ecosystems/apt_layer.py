@@ -19,15 +19,33 @@ from pathlib import Path
 from buildsys.core import dpkg
 from buildsys.core.errors import LockError
 from buildsys.core.store import Artifact, Store
-from buildsys.ecosystems.apt import AptPackage, AptResolver, archive_moved, link_debs, make_local_repo
+from buildsys.ecosystems.apt import (
+    AptPackage,
+    AptResolver,
+    ReleaseInfo,
+    SourceFailed,
+    archive_moved,
+    link_debs,
+    make_local_repo,
+)
 from buildsys.ecosystems.apt_sections import (
     AptRecipe,
     AptSection,
     LockedDeb,
+    LockedSource,
     deb_artifacts,
     deb_component,
     deb_pin,
     dpkg_mismatch,
+)
+from buildsys.ecosystems.apt_sources import (
+    ChainSource,
+    chain_sources,
+    inherited_moved,
+    own_locked,
+    source_urls,
+    sources_cover,
+    unusable,
 )
 from buildsys.ecosystems.base import MOUNT, STEP_HEADER, STEP_MARKER, Component, Ecosystem, LockContext, Pin
 from buildsys.ecosystems.debian_root import DebianBaseLock, locked_debs
@@ -46,17 +64,40 @@ def chain_debs(locks: Sequence[Lock]) -> dict[str, LockedDeb]:
     return {d.name: d for lk in locks for d in locked_debs(lk)}
 
 
-def lock_apt(recipe: Recipe, root: Lock, ancestors: Sequence[Lock], cache: Path) -> list[LockedDeb]:
-    """The closure of the recipe's apt packages minus what the ancestors installed."""
-    if not recipe.section(AptRecipe).packages:
-        return []
+def lock_apt(recipe: Recipe, root: Lock, ancestors: Sequence[Lock], store: Store,
+             ) -> tuple[list[LockedDeb], tuple[LockedSource, ...], int]:
+    """The closure of the recipe's apt packages minus what the ancestors installed, the recipe's own
+    third-party sources as locked, and their newest Release date.
+
+    The resolver sees the root's Debian archives and every third-party source of the chain.
+    """
+    apt = recipe.section(AptRecipe)
+    if not apt.packages and not apt.sources:
+        return [], (), 0
+    cache = store.cache / "apt"
     base = root.get(DebianBaseLock)
     assert base is not None
     archives = base.all_archives
+    chain = chain_sources(recipe, ancestors, store, cache)
     resolver = AptResolver(cache, base.mirror, base.suite, base.components, base.architecture,
-                           extra=[(a.mirror, a.suite) for a in archives[1:]])
-    resolver.update(refresh=False)
-    if archive_moved(resolver, archives):
+                           extra=[(a.mirror, a.suite) for a in archives[1:]], third_party=[c.source for c in chain])
+    try:
+        debs, releases = _resolve(recipe, root, ancestors, resolver, chain, refresh=bool(apt.sources))
+    except SourceFailed as e:
+        raise unusable(recipe, chain, e) from e
+    own = own_locked(chain, releases)
+    return debs, own, max((r.epoch for c, r in zip(chain, releases, strict=True) if c.spec), default=0)
+
+
+def _resolve(recipe: Recipe, root: Lock, ancestors: Sequence[Lock], resolver: AptResolver,
+             sources: Sequence[ChainSource], refresh: bool) -> tuple[list[LockedDeb], list[ReleaseInfo]]:
+    """Update the lists (fresh when the recipe brings its own sources), hold the chain to one state, resolve."""
+    base = root.get(DebianBaseLock)
+    assert base is not None
+    archives = base.all_archives
+    resolver.update(refresh=refresh)
+    if not refresh and (archive_moved(resolver, archives)
+                        or inherited_moved(recipe, sources, resolver.source_releases())):
         resolver.update(refresh=True)
     if moved := archive_moved(resolver, archives):
         locked, now = moved
@@ -66,6 +107,13 @@ def lock_apt(recipe: Recipe, root: Lock, ancestors: Sequence[Lock], cache: Path)
             "mix two archive states",
             f"relock from the root: `buildsys lock --upgrade {root.recipe} {recipe.name}`",
         )
+    releases = resolver.source_releases()
+    if why := inherited_moved(recipe, sources, releases):
+        names = " ".join([*(lk.recipe for lk in ancestors if lk.section(AptSection).sources), recipe.name])
+        raise LockError(f"{recipe.path}: {why}; a chain must not mix two states of a source",
+                        f"relock the chain's apt layers together: `buildsys lock --upgrade {names}`")
+    if not recipe.section(AptRecipe).packages:
+        return [], releases
     installed = chain_debs(ancestors)
     with tempfile.TemporaryDirectory() as tmp:
         status = Path(tmp) / "status"
@@ -77,7 +125,7 @@ def lock_apt(recipe: Recipe, root: Lock, ancestors: Sequence[Lock], cache: Path)
         except LockError as e:
             raise LockError(f"{recipe.path}: apt.packages: {e.message}", e.hint) from e
     return [LockedDeb(name=p.name, version=p.version, architecture=p.architecture, sha256=p.sha256, size=p.size,
-                      path=p.filename, mirror=p.mirror or base.mirror) for p in packages]
+                      path=p.filename, mirror=p.mirror or base.mirror) for p in packages], releases
 
 
 class Apt(Ecosystem):
@@ -85,6 +133,17 @@ class Apt(Ecosystem):
     agree_as = "apt"
     recipe_section = AptRecipe
     lock_section = AptSection
+
+    def prepare(self, ctx: LockContext) -> None:
+        recipe = ctx.recipe
+        if not recipe.section(AptRecipe).sources:
+            return
+        if recipe.is_root:
+            raise LockError(f"{recipe.path}: apt.sources: a root is bootstrapped from Debian's archive alone",
+                            "move [[apt.sources]] and the packages from them to a child recipe")
+        if ctx.ancestors and ctx.ancestors[0].get(ImageBaseLock) is not None:
+            raise LockError(f"{recipe.path}: apt.sources: third-party sources on a registry image's chain are not "
+                            "supported yet", "base the chain on [base] debian = { suite = \"...\" }")
 
     def lock(self, ctx: LockContext, lock: Lock) -> Lock:
         recipe = ctx.recipe
@@ -102,13 +161,16 @@ class Apt(Ecosystem):
             debs, archives, in_image, epoch = lock_apt_on_image(recipe, image, release, ctx.ancestors,
                                                                 ctx.store.cache / "apt")
             return lock.with_sections(AptSection(tuple(debs), archives, in_image), epoch=epoch)
-        ctx.progress(f"apt: {len(wanted)} packages against the parent chain")
-        debs = lock_apt(recipe, root, ctx.ancestors, ctx.store.cache / "apt")
-        return lock.with_sections(AptSection(tuple(debs)))
+        sources = recipe.section(AptRecipe).sources
+        ctx.progress(f"apt: {len(wanted)} packages against the parent chain"
+                     + (f" and {len(sources)} third-party sources" if sources else ""))
+        debs, locked, epoch = lock_apt(recipe, root, ctx.ancestors, ctx.store)
+        return lock.with_sections(AptSection(tuple(debs), sources=locked), epoch=epoch)
 
     def artifacts(self, lock: Lock) -> list[Artifact]:
         apt = lock.section(AptSection)
-        return deb_artifacts(apt.debs, apt.archives, lock.source_date_epoch)
+        keys = [a for s in apt.sources if (a := s.key_artifact()) is not None]
+        return deb_artifacts(apt.debs, apt.archives, lock.source_date_epoch) + keys
 
     def stage(self, store: Store, recipe: Recipe, lock: Lock, folder: Path) -> list[str]:
         debs = lock.section(AptSection).debs
@@ -149,10 +211,12 @@ class Apt(Ecosystem):
         root = next((base for lk in (lock, *above) if (base := lk.get(DebianBaseLock))), None)
         if root is not None:
             mirrors = sorted({a.mirror for a in root.all_archives})
+            theirs = source_urls([lock, *above])  # a .deb of a third-party source names it as its mirror
             for d in locked_debs(lock):
-                if d.mirror not in mirrors:
+                if d.mirror not in mirrors and d.mirror not in theirs:
                     problems.append(f"apt package '{d.name}' comes from {d.mirror}, not the root's mirror "
-                                    f"{' or '.join(mirrors)}")
+                                    f"{' or '.join(mirrors)}" + (" nor a source of the chain" if theirs else ""))
+        problems += sources_cover(recipe, lock)
         return problems + _apt_archives_cover(lock, above, root is not None,
                                               any(lk.get(ImageBaseLock) is not None for lk in (lock, *above)))
 

@@ -15,6 +15,7 @@ import email.utils
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Any, ClassVar, Self
 from urllib.parse import urlsplit
 
@@ -22,6 +23,7 @@ from packageurl import PackageURL
 
 from buildsys.core import names
 from buildsys.core.store import Artifact
+from buildsys.core.urlpolicy import local_reason
 from buildsys.ecosystems.base import Component, Pin
 from buildsys.model.lockfile import LockSection
 from buildsys.model.lockschema import (
@@ -29,6 +31,7 @@ from buildsys.model.lockschema import (
     Check,
     LockValidator,
     Schema,
+    boolean,
     label,
     matching,
     str_list,
@@ -79,9 +82,13 @@ class AptRecipe(RecipeSection):
     """``[apt]``: Debian package names, each with an optional ``:arch``; the lock pins their versions."""
 
     packages: tuple[str, ...] = ()
+    sources: tuple[AptSourceSpec, ...] = ()  # [[apt.sources]]: third-party repositories beside Debian's
 
     KEY = "apt"
-    SCHEMA = {"packages": "str-list"}
+    SCHEMA = {"packages": "str-list", "sources": ("tables", {
+        "url": "str", "suite": "str", "components": "str-list", "flat": "bool",
+        "key": {"url": "str", "path": "str", "sha256": "str", "local": "bool"},
+    })}
 
     @classmethod
     def parse(cls, v: RecipeValidator, value: Any, key: KeyPath) -> Self:
@@ -90,10 +97,194 @@ class AptRecipe(RecipeSection):
             if not names.DEB_NAME_ARCH.fullmatch(pkg):
                 raise v.fail((*key, "packages", i), f"'{pkg}' is not a Debian package name",
                              hint="versions are pinned by the lock, not in the recipe")
-        return cls(tuple(packages))
+        return cls(tuple(packages), parse_sources(v, value.get("sources", [])))
 
     def count(self) -> int:
         return len(self.packages)
+
+
+# A suite of a dists/ archive ("bookworm-cran40", "noble"); a flat repository's directory ends in "/" ("./").
+SOURCE_SUITE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9._-]+)*")
+FLAT_DIR = re.compile(r"\./|[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9._-]+)*/")
+COMPONENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_KEY_HINT = ('key = { url = "https://…/vendor.pub", sha256 = "…" } (sha256sum of the key file), '
+             'or key = { path = "keys/vendor.asc" }')
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    """The OpenPGP key a source is signed with: a download pinned by sha256, or a file of the project."""
+
+    url: str | None = None
+    path: str | None = None  # relative to the project folder
+    sha256: str | None = None  # required with url
+    local: bool = False  # the url may be on this machine (as [[files]]' local)
+
+    def describe(self) -> str:
+        return self.url or f"{self.path} (in the project)"
+
+
+@dataclass(frozen=True)
+class AptSourceSpec:
+    """``[[apt.sources]]``: a third-party apt repository and the key its InRelease must be signed with."""
+
+    url: str
+    suite: str  # "./" (or another directory ending in "/") for a flat repository
+    components: tuple[str, ...]
+    key: KeySpec
+
+    @property
+    def flat(self) -> bool:
+        return self.suite.endswith("/")
+
+
+def _parse_key(v: RecipeValidator, at: tuple[str | int, ...], k: Mapping[str, Any]) -> KeySpec:
+    if ("url" in k) == ("path" in k):
+        raise v.fail(at, "needs exactly one of url or path", hint=_KEY_HINT)
+    sha = k.get("sha256")
+    if sha is not None and not names.HEX64.fullmatch(sha):
+        raise v.fail((*at, "sha256"), "must be 64 lowercase hex digits (sha256sum of the key file)")
+    if "url" in k:
+        v.url((*at, "url"), k["url"])
+        if sha is None:
+            raise v.fail((*at, "sha256"), "is required with a key url: the key is what every package of the "
+                         "source is trusted by, so it is pinned in the recipe", hint=_KEY_HINT)
+        if not k.get("local", False) and (why := local_reason(k["url"])):
+            raise v.fail((*at, "url"), f"'{k['url']}' reads from this machine: {why}",
+                         hint="a recipe may do that only on purpose: add local = true to this key")
+        return KeySpec(url=k["url"], sha256=sha, local=k.get("local", False))
+    path = PurePosixPath(k["path"])
+    if not k["path"] or path.is_absolute() or ".." in path.parts:
+        raise v.fail((*at, "path"), f"'{k['path']}' is not a path inside the project",
+                     hint='a path relative to the project folder, e.g. "keys/vendor.asc"')
+    if "local" in k:
+        raise v.fail((*at, "local"), "goes with a key url only (a path is always read from this machine)")
+    if not (v.path.parent.parent / path).is_file():
+        raise v.fail((*at, "path"), f"no such file: {v.path.parent.parent / path}",
+                     hint="commit the vendor's key to the project, or name its url and sha256")
+    return KeySpec(path=str(path), sha256=sha)
+
+
+def _suite(v: RecipeValidator, at: tuple[str | int, ...], src: Mapping[str, Any]) -> tuple[str, tuple[str, ...]]:
+    """A flat repository's directory and no components, or a suite and its components."""
+    components = tuple(src.get("components", []))
+    if src.get("flat", False):
+        suite = src.get("suite", "./")
+        if components:
+            raise v.fail((*at, "components"), "a flat repository has no components",
+                         hint="drop components, or drop flat = true and name the suite")
+        if not FLAT_DIR.fullmatch(suite):
+            raise v.fail((*at, "suite"), f"'{suite}' is not a flat repository's directory",
+                         hint='a flat repository is "./" (the default) or a folder ending in "/"')
+        return suite, components
+    if "suite" not in src:
+        raise v.fail((*at, "suite"), "is required (or flat = true for a flat repository such as NVIDIA's)",
+                     hint='e.g. suite = "noble", components = ["main"]')
+    suite = src["suite"]
+    if suite.endswith("/"):
+        raise v.fail((*at, "suite"), f"'{suite}' ends in '/': that is a flat repository's directory",
+                     hint="add flat = true (a flat repository has no components)")
+    if not SOURCE_SUITE.fullmatch(suite):
+        raise v.fail((*at, "suite"), f"'{suite}' is not a suite name")
+    if not components:
+        raise v.fail((*at, "components"), "are required for a suite", hint='e.g. components = ["main"]')
+    return suite, components
+
+
+def parse_sources(v: RecipeValidator, sources: list[Mapping[str, Any]]) -> tuple[AptSourceSpec, ...]:
+    """``[[apt.sources]]``: each a URL, a suite and components or ``flat = true``, and a pinned key."""
+    out: list[AptSourceSpec] = []
+    for i, src in enumerate(sources):
+        at: tuple[str | int, ...] = ("apt", "sources", i)
+        if "url" not in src:
+            raise v.fail((*at, "url"), "is required")
+        v.url((*at, "url"), src["url"])
+        suite, components = _suite(v, at, src)
+        for j, comp in enumerate(components):
+            if not COMPONENT.fullmatch(comp):
+                raise v.fail((*at, "components", j), f"'{comp}' is not a component name")
+        if "key" not in src:
+            raise v.fail((*at, "key"), "is required: apt checks the source's InRelease against it", hint=_KEY_HINT)
+        spec = AptSourceSpec(url=src["url"].rstrip("/"), suite=suite, components=components,
+                             key=_parse_key(v, (*at, "key"), src["key"]))
+        if any((o.url, o.suite) == (spec.url, spec.suite) for o in out):
+            raise v.fail((*at, "url"), f"{spec.url} {spec.suite} is listed twice")
+        out.append(spec)
+    return tuple(out)
+
+
+LOCKED_SOURCE: Schema = {
+    "url": (url_check, True),
+    "suite": (lambda v: None if isinstance(v, str) and (SOURCE_SUITE.fullmatch(v) or FLAT_DIR.fullmatch(v))
+              else f"{v!r} is not a suite or a flat repository's directory", True),
+    "components": (str_list(matching(COMPONENT, "a component name")), False),
+    "key-sha256": (SHA256, True),
+    "key-size": (whole_number, True),
+    "key-url": (url_check, False),
+    "key-path": (_archive_path, False),
+    "key-local": (boolean, False),
+    "release-date": (release_date, True),
+    "inrelease-sha256": (SHA256, True),
+}
+
+
+@dataclass(frozen=True)
+class LockedSource:
+    """A third-party repository a layer's [[apt]] was resolved from: its key and its signed state then."""
+
+    url: str
+    suite: str
+    components: tuple[str, ...]
+    key_sha256: str
+    key_size: int
+    key_url: str | None
+    key_path: str | None
+    release_date: str
+    inrelease_sha256: str
+    key_local: bool = False
+
+    @property
+    def key_filename(self) -> str:
+        return (self.key_url or self.key_path or "key").rstrip("/").rsplit("/", 1)[-1] or "key"
+
+    def key_artifact(self) -> Artifact | None:
+        """The key as fetch vendors it; None for a key of the project (``key-path``), read from there."""
+        if self.key_url is None:
+            return None
+        return Artifact(kind="file", name=f"apt key of {self.url}", version="", filename=self.key_filename,
+                        sha256=self.key_sha256, size=self.key_size, urls=(self.key_url,), local=self.key_local)
+
+    def to_toml(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"inrelease-sha256": self.inrelease_sha256, "key-sha256": self.key_sha256,
+                             "key-size": self.key_size, "release-date": self.release_date, "suite": self.suite,
+                             "url": self.url}
+        if self.components:
+            d["components"] = list(self.components)
+        if self.key_url is not None:
+            d["key-url"] = self.key_url
+        if self.key_path is not None:
+            d["key-path"] = self.key_path
+        if self.key_local:
+            d["key-local"] = True
+        return d
+
+    @classmethod
+    def from_toml(cls, d: Mapping[str, Any]) -> LockedSource:
+        return cls(url=d["url"], suite=d["suite"], components=tuple(d.get("components", [])),
+                   key_sha256=d["key-sha256"], key_size=int(d["key-size"]), key_url=d.get("key-url"),
+                   key_path=d.get("key-path"), release_date=d["release-date"],
+                   inrelease_sha256=d["inrelease-sha256"], key_local=bool(d.get("key-local", False)))
+
+
+def check_sources(v: LockValidator, value: Any, where: str) -> None:
+    """``[[apt-sources]]``: each of its shape, with exactly one of key-url and key-path."""
+    for i, e in enumerate(v.entries(value, where)):
+        at = label(where, i, e)
+        v.table(e, LOCKED_SOURCE, at)
+        if ("key-url" in e) == ("key-path" in e):
+            raise v.fail(at, "key-url", "needs exactly one of key-url and key-path")
+        if e["suite"].endswith("/") == bool(e.get("components")):
+            raise v.fail(at, "components", "a suite has components, a flat repository ('./') none")
 
 
 @dataclass(frozen=True)
@@ -267,8 +458,11 @@ class AptSection(LockSection):
     # suite first), and the requested packages that the image itself already has.
     archives: tuple[LockedArchive, ...] = ()
     in_image: tuple[str, ...] = ()
+    # The recipe's [[apt.sources]] as resolved: their keys and signed states (the chain's others are in its locks).
+    sources: tuple[LockedSource, ...] = ()
 
-    KEYS: ClassVar[Mapping[str, Check | None]] = {"apt": None, "apt-archives": None, "apt-in-image": DEB_NAMES}
+    KEYS: ClassVar[Mapping[str, Check | None]] = {"apt": None, "apt-archives": None, "apt-in-image": DEB_NAMES,
+                                                  "apt-sources": None}
 
     def write(self) -> dict[str, Any]:
         d: dict[str, Any] = {}
@@ -278,6 +472,8 @@ class AptSection(LockSection):
             d["apt-archives"] = [a.to_toml() for a in self.archives]  # in resolution order, not sorted
         if self.in_image:
             d["apt-in-image"] = sorted(self.in_image)
+        if self.sources:
+            d["apt-sources"] = [s.to_toml() for s in self.sources]  # in the recipe's order
         return d
 
     @classmethod
@@ -285,9 +481,11 @@ class AptSection(LockSection):
         if "apt" in d:
             check_debs(v, d["apt"], "[[apt]]")
         check_archives(v, d.get("apt-archives", []), "[[apt-archives]]")
+        check_sources(v, d.get("apt-sources", []), "[[apt-sources]]")
 
     @classmethod
     def read(cls, d: Mapping[str, Any]) -> Self:
         return cls(debs=tuple(LockedDeb.from_toml(p) for p in d.get("apt", [])),
                    archives=tuple(LockedArchive.from_toml(a) for a in d.get("apt-archives", [])),
-                   in_image=tuple(d.get("apt-in-image", [])))
+                   in_image=tuple(d.get("apt-in-image", [])),
+                   sources=tuple(LockedSource.from_toml(s) for s in d.get("apt-sources", [])))

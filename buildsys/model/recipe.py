@@ -397,7 +397,7 @@ def _tables(table: Mapping[str, Any] | None = None, header: str = "") -> list[tu
     table = schema() if table is None else table
     out = [(header, table)]
     for key, spec in table.items():
-        name = f"{header[1:-1]}.{key}" if header else key
+        name = f"{header.strip('[]')}.{key}" if header else key
         if isinstance(spec, dict):
             out += _tables(spec, f"[{name}]")
         elif isinstance(spec, tuple):
