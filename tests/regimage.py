@@ -96,7 +96,7 @@ def config(diff_ids: list[str], arch: str = "amd64") -> bytes:
     }, indent=2).encode()
 
 
-def push_tiny_image(host: str) -> TinyImage:
+def push_tiny_image(host: str, repo: str = REPO) -> TinyImage:
     reg = Registry(host)
     first, second, third = layers()
     first_gz = gzip.compress(first, mtime=0)
@@ -107,15 +107,15 @@ def push_tiny_image(host: str) -> TinyImage:
     descs = [{"mediaType": f"application/vnd.oci.image.layer.v1.{t}", "digest": _digest(b), "size": len(b)}
              for t, b in zip(types, blobs, strict=True)]
     for blob in blobs:
-        reg.push_blob(REPO, _digest(blob), len(blob), blob)
+        reg.push_blob(repo, _digest(blob), len(blob), blob)
 
     def image(cfg: bytes, media: str = OCI_MANIFEST) -> tuple[str, int]:
-        reg.push_blob(REPO, _digest(cfg), len(cfg), cfg)
+        reg.push_blob(repo, _digest(cfg), len(cfg), cfg)
         manifest = json.dumps({"schemaVersion": 2, "mediaType": media,
                                "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
                                           "digest": _digest(cfg), "size": len(cfg)},
                                "layers": descs}, indent=3).encode()
-        return reg.put_manifest(REPO, _digest(manifest), manifest, media), len(manifest)
+        return reg.put_manifest(repo, _digest(manifest), manifest, media), len(manifest)
 
     amd64_cfg = config(diff_ids)
     amd64, amd64_size = image(amd64_cfg)
@@ -125,14 +125,14 @@ def push_tiny_image(host: str) -> TinyImage:
         data = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
             {"mediaType": OCI_MANIFEST, "digest": d, "size": s, "platform": {"os": "linux", "architecture": a}}
             for d, s, a in entries]}).encode()
-        return reg.put_manifest(REPO, tag, data, OCI_INDEX)
+        return reg.put_manifest(repo, tag, data, OCI_INDEX)
 
     index_digest = index([(arm64, arm64_size, "arm64"), (amd64, amd64_size, "amd64")], "1.0")
     index([(arm64, arm64_size, "arm64")], "arm-only")
     # An image whose config names a diff_id that its second layer does not have.
     bad, _ = image(config([diff_ids[0], _digest(b"not the second layer"), diff_ids[2]]))
-    manifest, media, _ = reg.get_manifest(REPO, bad)
-    reg.put_manifest(REPO, "bad-diffid", manifest, media)
+    manifest, media, _ = reg.get_manifest(repo, bad)
+    reg.put_manifest(repo, "bad-diffid", manifest, media)
     return TinyImage(host, index_digest, amd64, arm64, _digest(amd64_cfg), [_digest(b) for b in blobs],
                      [len(b) for b in blobs], diff_ids)
 

@@ -155,7 +155,7 @@ APT_CHILD = 'parents = ["{parent}"]\n[apt]\npackages = ["jq"]\n'
     (None, ["has no dpkg database", "Debian GNU/Linux 12 (bookworm)"]),
     ('run = ["rm /etc/os-release"]', ["has no /etc/os-release"]),
     ("""run = ['printf "ID=alpine\\nPRETTY_NAME=\\"Alpine Linux v3.19\\"\\n" > /etc/os-release']""",
-     ["Alpine Linux v3.19 (ID=alpine)", "not a Debian release"]),
+     ["Alpine Linux v3.19 (ID=alpine)", "not a release of the Debian family"]),
 ])
 def test_apt_on_an_image_that_is_not_debian_is_a_named_error_and_writes_no_lock(
         tmp_path: Path, between: str | None, words: list[str]) -> None:
@@ -170,7 +170,7 @@ def test_apt_on_an_image_that_is_not_debian_is_a_named_error_and_writes_no_lock(
         proj = _write(tmp_path / "proj", recipes)
         result = bs(proj, tmp_path / "store", "lock")
     assert result.exit_code == 1, result.output
-    for w in [*words, "tools.toml", image.ref(), "Debian-based registry images"]:
+    for w in [*words, "tools.toml", image.ref(), "registry images of the Debian family"]:
         assert w in result.output, (w, result.output)
     assert not (proj / "locks" / "regjq.lock").exists()
 
@@ -228,9 +228,103 @@ def test_the_image_release_is_read_through_the_os_release_symlink(tmp_path: Path
     ubuntu = (b'PRETTY_NAME="Ubuntu 22.04.4 LTS"\nID=ubuntu\nID_LIKE=debian\nVERSION_ID="22.04"\n'
               b"VERSION_CODENAME=jammy\n")
     sid = b'PRETTY_NAME="Debian GNU/Linux trixie/sid"\nID=debian\nVERSION_CODENAME=trixie\n'
-    for text, words in [(ubuntu, "Ubuntu 22.04.4 LTS (ID=ubuntu, VERSION_CODENAME=jammy), not a Debian release"),
-                        (sid, "names no Debian release")]:
+    alpine = b'PRETTY_NAME="Alpine Linux v3.19"\nID=alpine\nVERSION_ID=3.19.1\n'
+    for text, words in [(alpine, "Alpine Linux v3.19 (ID=alpine), not a release of the Debian family"),
+                        (sid, "names no release"),
+                        (ubuntu, "Ubuntu 22.04.4 LTS, whose apt has no sources")]:
         with pytest.raises(NotDebianImage) as e:
             image_release(recipe, "r.example/x:1", _tree({"etc/os-release": text, "var/lib/dpkg/status": STATUS}))
         assert words in e.value.message and "r.example/x:1" in e.value.message and "tools.toml" in e.value.message
+    # Ubuntu with its sources and keys: what its own apt reads, each source with the keys it trusts
+    jammy = _tree({"etc/os-release": ubuntu, "var/lib/dpkg/status": STATUS,
+                   "etc/apt/sources.list": b"deb http://archive.ubuntu.com/ubuntu/ jammy main universe\n"
+                                           b"deb http://security.ubuntu.com/ubuntu/ jammy-security main\n",
+                   "etc/apt/trusted.gpg.d/ubuntu-keyring-2018-archive.gpg": b"KEY"})
+    release = image_release(recipe, "r.example/x:1", jammy)
+    assert release.suite == "jammy" and [(s.uri, s.suite, s.keys) for s in release.sources] == [
+        ("http://archive.ubuntu.com/ubuntu", "jammy", (b"KEY",)),
+        ("http://security.ubuntu.com/ubuntu", "jammy-security", (b"KEY",))]
     assert parse_os_release(b"# c\nID='debian'\nX=\"a b\"\n") == {"ID": "debian", "X": "a b"}
+
+
+# ---- an image whose apt reads other archives than Debian's: its own sources and keys -----------------------------
+
+VENDOR = """description = "the Debian root made to look like an Ubuntu image with NVIDIA's repository in it"
+parents = ["debroot"]
+run = [
+  "cp /buildsys/files/os-release /usr/lib/os-release",
+  "cp /buildsys/files/suite.asc /usr/share/keyrings/vendor-archive-keyring.asc",
+  "cp /buildsys/files/flat.gpg /usr/share/keyrings/cuda-archive-keyring.gpg",
+  "cp /buildsys/files/vendor.list /buildsys/files/cuda.sources /etc/apt/sources.list.d/",
+]
+""" + "".join(f'[[files]]\nurl = "{{url}}/image/{name}"\nlocal = true\n'
+              for name in ("os-release", "suite.asc", "flat.gpg", "vendor.list", "cuda.sources"))
+IMAGE_FILES = {
+    "os-release": 'PRETTY_NAME="Ubuntu-like test image"\nID=ubuntu\nID_LIKE=debian\nVERSION_ID="24.04"\n'
+                  "VERSION_CODENAME=noble\n",
+    # one-line, with an armored key; deb822, with a binary keyring, for a flat repository
+    "vendor.list": "deb [signed-by=/usr/share/keyrings/vendor-archive-keyring.asc] {url}/suite noble main\n",
+    "cuda.sources": "Types: deb\nURIs: {url}/flat/\nSuites: /\n"
+                    "Signed-By: /usr/share/keyrings/cuda-archive-keyring.gpg\n",
+}
+ON_VENDOR = """description = "jdupes from the image's vendor archive, hprof-conv from its flat repository"
+parents = ["regvendor"]
+[apt]
+packages = ["jdupes", "hprof-conv"]
+[test]
+commands = ["jdupes -v | grep -q 'linked to libjodycode'",
+            "/usr/lib/android-sdk/platform-tools/hprof-conv 2>&1 | grep -q 'Usage: hprof-conf'"]
+"""
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+@pytest.mark.network
+def test_apt_on_an_image_reads_the_image_s_own_sources_with_its_own_keys(
+        tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    import aptrepo
+
+    seconds: dict[str, float] = {}
+    debs = aptrepo.debs(Path(request.config.cache.mkdir("aptrepo-debs")), ["jdupes", "libjodycode3", "hprof-conv"])
+    suite_key = aptrepo.make_key(tmp_path / "gnupg-suite", "buildsys test vendor")
+    flat_key = aptrepo.make_key(tmp_path / "gnupg-flat", "buildsys test cuda")
+    www = tmp_path / "www"
+    aptrepo.suite_repo(www / "suite", suite_key, {"main": [debs["jdupes"], debs["libjodycode3"]]})
+    aptrepo.flat_repo(www / "flat", flat_key, [debs["hprof-conv"]])
+    (www / "image").mkdir()
+    suite_key.export(www / "image" / "suite.asc")
+    flat_key.export(www / "image" / "flat.gpg", armor=False)
+    store = tmp_path / "store"
+    with aptrepo.serve(www) as url, docker_registry(tmp_path / "registry") as reg:
+        for name, text in IMAGE_FILES.items():
+            (www / "image" / name).write_text(text.format(url=url))
+        src = _write(tmp_path / "src", {"debroot": DEBROOT, "vendor": VENDOR.format(url=url)})
+        for command in (("lock",), ("fetch",), ("build", "vendor")):
+            ok(bs(src, tmp_path / "src-store", *command))
+        ref = f"{reg.host}/vendor:1"
+        ok(bs(src, tmp_path / "src-store", "publish", "vendor", "--to", ref, "--force"))
+        proj = _write(tmp_path / "proj", {"regvendor": ROOT.format(ref=ref), "onvendor": ON_VENDOR})
+        t = time.monotonic()
+        ok(bs(proj, store, "lock"))
+        seconds["lock"] = time.monotonic() - t
+        lock = tomllib.loads((proj / "locks" / "onvendor.lock").read_text())
+        archives = [(a["mirror"], a["suite"]) for a in lock["apt-archives"]]
+        # What the image's apt reads, in its order: sources.list (Debian's three), then sources.list.d by name.
+        assert archives == [("http://deb.debian.org/debian", "bookworm"),
+                            ("http://deb.debian.org/debian", "bookworm-updates"),
+                            ("http://deb.debian.org/debian-security", "bookworm-security"),
+                            (f"{url}/flat", "./"), (f"{url}/suite", "noble")], archives
+        mirrors = {d["name"]: d["mirror"] for d in lock["apt"]}
+        assert mirrors == {"jdupes": f"{url}/suite", "libjodycode3": f"{url}/suite", "hprof-conv": f"{url}/flat"}
+        t = time.monotonic()
+        ok(bs(proj, store, "fetch"))
+        seconds["fetch"] = time.monotonic() - t
+    # The vendor's archives and the registry are gone.
+    t = time.monotonic()
+    ok(bs(proj, store, "build", "onvendor"))
+    seconds["build"] = time.monotonic() - t
+    t = time.monotonic()
+    assert "reproducible" in ok(bs(proj, store, "build", "--verify", "onvendor")).output
+    seconds["verify"] = time.monotonic() - t
+    ok(bs(proj, store, "test", "onvendor"))
+    print("apt on the image's own sources, seconds:", {k: round(v, 2) for k, v in seconds.items()})

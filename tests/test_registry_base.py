@@ -134,6 +134,21 @@ def test_a_registry_mirror_serves_lock_and_fetch_and_the_lock_names_upstream(
     assert r.exit_code != 0 and upstream in r.output, r.output
 
 
+@pytest.mark.docker
+def test_docker_hub_references_use_its_api_host_and_library_repositories(
+        tiny: tuple[RegistryService, TinyImage], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docker.io/tiny:1.0 is Docker Hub's library/tiny, read from registry-1.docker.io (here: its mirror on
+    loopback, the only way to reach it from these machines); the lock keeps the reference as written."""
+    reg, _ = tiny
+    hub = push_tiny_image(reg.host, "library/tiny")
+    proj = project(tmp_path / "proj", "docker.io/tiny:1.0", child=None)
+    monkeypatch.setenv("BUILDSYS_MIRRORS", f"https://registry-1.docker.io=http://{reg.host}")
+    ok(bs(proj, tmp_path / "store", "lock"))
+    pinned = tomllib.loads((proj / "locks" / "root.lock").read_text())["base"]["image"]
+    assert pinned["reference"] == "docker.io/tiny:1.0" and pinned["manifest-digest"] == hub.amd64_manifest
+    ok(bs(proj, tmp_path / "store", "fetch"))
+
+
 @pytest.mark.parametrize("tag, words", [
     ("nope", ["manifest nope in test/tiny is not there", "tag deleted upstream"]),
     ("arm-only", ["has no linux/amd64 entry", "linux/arm64"]),

@@ -255,6 +255,13 @@ def test_the_cuda_of_nvidia_s_apt_packages_is_read_from_their_names() -> None:
     lock = Lock(recipe="cuda", recipe_hash="sha256:" + "0" * 64, source_date_epoch=0).with_sections(
         AptSection((deb,)))
     assert image_cuda({"cuda": lock}, ["cuda"]) == ("12.4", "cuda-cudart-12-4 12.4.127-1 in locks/cuda.lock")
+    blas = dataclasses.replace(deb, name="libcublas-12-4", version="12.4.5.8-1")
+    lock = Lock(recipe="cuda-libs", recipe_hash="sha256:" + "0" * 64, source_date_epoch=0).with_sections(
+        AptSection((blas,)))
+    assert image_cuda({"cuda-libs": lock}, ["cuda", "cuda-libs"])[0] == "12.4"  # type: ignore[index]
+    # the bundled CUDA chain (a registry root, not lockable on machines without registry access)
+    graph = build_graph(load_recipes(ROOT))
+    assert graph.chain("cuda-libs") == ["cuda", "cuda-libs"] and graph.recipes["cuda"].gpu_tests
 
 
 def test_usage_errors_come_before_anything(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

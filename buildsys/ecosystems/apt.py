@@ -571,7 +571,8 @@ class AptResolver:
             rel = _read_release(path)
             have = rel.get("Components", "").split()
             for comp in src.components:
-                if have and comp not in have:
+                # Release names a security archive's components as "updates/main" (as for Debian's own).
+                if have and comp not in have and f"updates/{comp}" not in have:
                     raise LockError(f"component '{comp}' is not in {src.url} {src.suite}{did_you_mean(comp, have)}",
                                     f"components there: {', '.join(have)}")
 

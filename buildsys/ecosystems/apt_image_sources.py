@@ -47,6 +47,11 @@ class ImageSource:
         return self.suite.endswith("/") and not self.components
 
 
+def _base(name: str) -> str:
+    """An entry of a folder listing by its own name (a tree lists full paths)."""
+    return name.rstrip("/").rsplit("/", 1)[-1]
+
+
 # A function reading one file of the image (None when absent) and one listing a folder's entries.
 _Reader = Callable[[str], bytes | None]
 _Children = Callable[[str], Iterable[str]]
@@ -60,14 +65,14 @@ def read_sources(read: _Reader, children: _Children) -> list[ImageSource]:
     """Every ``deb`` archive of the image, in apt's order (sources.list, then sources.list.d by name)."""
     found: list[ImageSource] = []
     files = [SOURCES] if read(SOURCES) is not None else []
-    files += sorted(f"{SOURCES_D}/{n}" for n in children(SOURCES_D) if n.endswith((".list", ".sources")))
+    files += sorted(f"{SOURCES_D}/{n}" for n in map(_base, children(SOURCES_D)) if n.endswith((".list", ".sources")))
     default: tuple[tuple[bytes, ...], tuple[str, ...]] | None = None
 
     def default_keys() -> tuple[tuple[bytes, ...], tuple[str, ...]]:
         nonlocal default
         if default is None:
             names = ([TRUSTED] if read(TRUSTED) is not None else []) + sorted(
-                f"{TRUSTED_D}/{n}" for n in children(TRUSTED_D) if n.endswith((".gpg", ".asc")))
+                f"{TRUSTED_D}/{n}" for n in map(_base, children(TRUSTED_D)) if n.endswith((".gpg", ".asc")))
             default = (tuple(read(n) or b"" for n in names), tuple(names))
         return default
 

@@ -154,10 +154,11 @@ class Apt(Ecosystem):
         wanted = recipe.section(AptRecipe).packages
         if wanted and image is not None:
             # The image's own packages are in no lock: read its dpkg status and release from the built parent.
-            tree = ctx.parent_tree("to read its Debian release")
+            tree = ctx.parent_tree("to read its release and apt sources")
             release = image_release(recipe, image.reference, tree)
-            ctx.progress(f"apt: {len(wanted)} packages against the image's dpkg "
-                         f"status and Debian's {release.suite} ({release.pretty})")
+            ctx.progress(f"apt: {len(wanted)} packages against the image's dpkg status and "
+                         + (f"its {len(release.sources)} apt sources" if release.sources
+                            else f"Debian's {release.suite}") + f" ({release.pretty})")
             debs, archives, in_image, epoch = lock_apt_on_image(recipe, image, release, ctx.ancestors,
                                                                 ctx.store.cache / "apt")
             return lock.with_sections(AptSection(tuple(debs), archives, in_image), epoch=epoch)

@@ -67,10 +67,17 @@ DEB: Schema = {
     "path": (_archive_path, True),
     "mirror": (url_check, True),
 }
+# A suite of a dists/ archive ("bookworm-cran40", "noble"); a flat repository's directory ends in "/" ("./").
+SOURCE_SUITE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9._-]+)*")
+FLAT_DIR = re.compile(r"\./|[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9._-]+)*/")
+COMPONENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 ARCHIVE: Schema = {
     "mirror": (url_check, True),
-    "suite": (matching(names.SUITE, "a Debian suite"), True),
-    "codename": (matching(names.SUITE, "a Debian codename"), False),
+    # Debian's ("bookworm-updates"); an image's own sources add Ubuntu's, vendors' ("noble", "bookworm-cran40/")
+    # and flat repositories' directories ("./").
+    "suite": (lambda v: None if isinstance(v, str) and (SOURCE_SUITE.fullmatch(v) or FLAT_DIR.fullmatch(v))
+              else f"{v!r} is not a suite or a flat repository's directory", True),
+    "codename": (matching(SOURCE_SUITE, "a codename"), False),
     "release-date": (release_date, True),
     "inrelease-sha256": (SHA256, True),
     "snapshot": (matching(SNAPSHOT_STAMP_RE, "a snapshot timestamp (YYYYMMDDTHHMMSSZ)"), False),
@@ -103,10 +110,6 @@ class AptRecipe(RecipeSection):
         return len(self.packages)
 
 
-# A suite of a dists/ archive ("bookworm-cran40", "noble"); a flat repository's directory ends in "/" ("./").
-SOURCE_SUITE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9._-]+)*")
-FLAT_DIR = re.compile(r"\./|[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9._-]+)*/")
-COMPONENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _KEY_HINT = ('key = { url = "https://…/vendor.pub", sha256 = "…" } (sha256sum of the key file), '
              'or key = { path = "keys/vendor.asc" }')
 
@@ -336,8 +339,10 @@ class LockedArchive:
     snapshot: str | None = None
 
     def to_toml(self) -> dict[str, Any]:
-        d = {"codename": self.codename, "inrelease-sha256": self.inrelease_sha256, "mirror": self.mirror,
+        d = {"inrelease-sha256": self.inrelease_sha256, "mirror": self.mirror,
              "release-date": self.release_date, "suite": self.suite}
+        if self.codename:  # a flat repository's Release often names none
+            d["codename"] = self.codename
         if self.snapshot:
             d["snapshot"] = self.snapshot
         return d

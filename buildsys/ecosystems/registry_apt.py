@@ -1,22 +1,30 @@
-"""apt on a chain rooted on a registry image: Debian's archive of the image's own release.
+"""apt on a chain rooted on a registry image: the archives the image's own apt reads, with its own keys.
 
 A registry image comes with its own installed packages, which no lock of
 ours lists. So the image is asked what it is, from the parent chain's
 canonical layers as built (the same bytes every later build starts from):
-``/etc/os-release`` says which Debian release it is (``ID=debian``, or an
-``ID_LIKE`` of debian with a Debian ``VERSION_CODENAME``), and
-``/var/lib/dpkg/status`` what is installed. The layer is then resolved as on a
-Debian root: against the release, its ``-updates`` and its ``-security``
-archive on deb.debian.org, each InRelease checked against Debian's keyring,
-with the image's dpkg status as what is installed. The archive states are
-recorded in the layer's ``[[apt-archives]]``; a later apt layer of the same
-chain is resolved against the same states (one archive state per chain, as
-for Debian roots). Anything else (Ubuntu, Alpine, an image without
-os-release or without dpkg) is refused with a ``LockError`` naming it.
+``/etc/os-release`` says which release of the Debian family it is (Debian,
+Ubuntu, or an ``ID_LIKE`` of either), ``/var/lib/dpkg/status`` what is
+installed, and its apt sources (``apt_image_sources``: sources.list, .list
+and deb822 .sources files, ``signed-by`` keyrings or trusted.gpg.d) which
+archives it installs from: Ubuntu's main/universe with -updates and
+-security, Debian's, NVIDIA's flat CUDA repository in an nvidia/cuda image.
+The layer is resolved against exactly those archives, each InRelease checked
+against the keys the image itself trusts for it, with the image's dpkg status
+as what is installed. A Debian image with no sources at all is resolved
+against its release, -updates and -security on deb.debian.org with Debian's
+keyring. The archive states are recorded in the layer's ``[[apt-archives]]``;
+a later apt layer of the same chain is resolved against the same states (one
+archive state per chain, as for Debian roots). Anything else (Alpine, an
+image without os-release or without dpkg, sources buildsys cannot check) is
+refused with a ``LockError`` naming it.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import re
 import shlex
 import tempfile
 from collections.abc import Sequence
@@ -25,7 +33,8 @@ from pathlib import Path
 
 from buildsys.core import dpkg
 from buildsys.core.errors import LockError
-from buildsys.ecosystems.apt import AptResolver, archive_moved
+from buildsys.ecosystems.apt import AptResolver, ReleaseInfo, ThirdPartySource
+from buildsys.ecosystems.apt_image_sources import ImageSource, ImageSourcesError, describe, read_sources
 from buildsys.ecosystems.apt_sections import AptRecipe, AptSection, LockedArchive, LockedDeb, archive_snapshot
 from buildsys.ecosystems.debian_root import DEFAULT_MIRROR, DEFAULT_SECURITY_MIRROR
 from buildsys.ecosystems.registry_image import ImageBaseLock
@@ -35,15 +44,18 @@ from buildsys.oci.layer.tree import ParentTree
 
 # Codenames of Debian releases; a derivative whose ID_LIKE is debian counts only with one of these.
 DEBIAN_CODENAMES = ("buster", "bullseye", "bookworm", "trixie", "forky", "duke")
+# os-release IDs of the Debian family: apt and dpkg, the same resolution.
+_FAMILY = ("debian", "ubuntu")
 # Docker's platform architecture -> Debian's.
 _DEBIAN_ARCH = {"amd64": "amd64", "arm64": "arm64", "386": "i386", "ppc64le": "ppc64el", "s390x": "s390x",
                 "riscv64": "riscv64", "arm/v7": "armhf", "arm/v5": "armel"}
-_HINT = ("apt works only on Debian-based registry images for now: install what you need with pip or [[files]], "
-         'or base the chain on [base] debian = { suite = "..." } and put the packages in [apt]')
+_HINT = ("apt works on registry images of the Debian family (Debian, Ubuntu and images like them, with dpkg and "
+         "signed apt sources): install what you need with pip or [[files]], or base the chain on "
+         '[base] debian = { suite = "..." } and put the packages in [apt]')
 
 
 class NotDebianImage(LockError):
-    """An ``[apt]`` request on a registry image that is not a Debian release buildsys can resolve against."""
+    """An ``[apt]`` request on a registry image that is not a Debian-family release buildsys can resolve against."""
 
     def __init__(self, recipe: Recipe, reference: str, what: str) -> None:
         self.recipe, self.reference, self.what = recipe.name, reference, what
@@ -54,9 +66,10 @@ class NotDebianImage(LockError):
 class ImageRelease:
     """What the parent image says it is."""
 
-    suite: str  # the Debian codename, e.g. "bookworm"
+    suite: str  # the release's codename, e.g. "bookworm", "jammy"
     pretty: str  # PRETTY_NAME, for messages
     status: bytes  # /var/lib/dpkg/status
+    sources: tuple[ImageSource, ...] = ()  # what the image's apt reads; () for a Debian image with none
 
 
 def parse_os_release(data: bytes) -> dict[str, str]:
@@ -75,7 +88,8 @@ def parse_os_release(data: bytes) -> dict[str, str]:
 
 
 def image_release(recipe: Recipe, reference: str, tree: ParentTree) -> ImageRelease:
-    """The Debian release of the image ``tree`` holds, or a ``NotDebianImage`` saying what it is instead."""
+    """The Debian-family release of the image ``tree`` holds and its apt sources, or a ``NotDebianImage``
+    saying what it is instead."""
     raw = tree.read("etc/os-release")
     if raw is None:
         raw = tree.read("usr/lib/os-release")
@@ -83,21 +97,30 @@ def image_release(recipe: Recipe, reference: str, tree: ParentTree) -> ImageRele
         raise NotDebianImage(recipe, reference, "the image has no /etc/os-release, so buildsys cannot tell which "
                                                 "Debian release (if any) it is")
     osr = parse_os_release(raw)
-    ident, like, codename = osr.get("ID", ""), osr.get("ID_LIKE", "").split(), osr.get("VERSION_CODENAME", "")
+    ident, like = osr.get("ID", ""), osr.get("ID_LIKE", "").split()
+    codename = osr.get("VERSION_CODENAME") or osr.get("UBUNTU_CODENAME", "")
     pretty = osr.get("PRETTY_NAME") or osr.get("NAME") or ident or "an unnamed system"
-    if not (ident == "debian" or ("debian" in like and codename in DEBIAN_CODENAMES)):
+    if not (ident in _FAMILY or set(like) & set(_FAMILY)):
         raise NotDebianImage(recipe, reference, f"the image is {pretty} (ID={ident or '?'}"
                                                 + (f", VERSION_CODENAME={codename}" if codename else "")
-                                                + "), not a Debian release")
+                                                + "), not a release of the Debian family (Debian, Ubuntu)")
     if not codename or not osr.get("VERSION_ID"):
-        raise NotDebianImage(recipe, reference, f"the image is {pretty}, which names no Debian release "
+        raise NotDebianImage(recipe, reference, f"the image is {pretty}, which names no release "
                                                 "(VERSION_CODENAME and VERSION_ID; testing and sid images move "
                                                 "daily and cannot be locked this way)")
     status = tree.read("var/lib/dpkg/status")
     if status is None:
         raise NotDebianImage(recipe, reference, f"the image says it is {pretty} but has no dpkg database "
                                                 "(/var/lib/dpkg/status), so apt cannot install into it")
-    return ImageRelease(suite=codename, pretty=pretty, status=status)
+    try:
+        sources = tuple(read_sources(tree.read, tree.children))
+    except ImageSourcesError as e:
+        raise LockError(f"{recipe.path}: [apt] on the registry image {reference} ({pretty}): {e.message}",
+                        e.hint) from e
+    if not sources and not (ident == "debian" or codename in DEBIAN_CODENAMES):
+        raise NotDebianImage(recipe, reference, f"the image is {pretty}, whose apt has no sources "
+                                                "(/etc/apt/sources.list and sources.list.d are empty)")
+    return ImageRelease(suite=codename, pretty=pretty, status=status, sources=sources)
 
 
 def chain_state(recipe: Recipe, ancestors: Sequence[Lock]) -> tuple[LockedArchive, ...]:
@@ -119,31 +142,35 @@ def lock_apt_on_image(recipe: Recipe, root: ImageBaseLock, release: ImageRelease
         raise NotDebianImage(recipe, root.reference, f"its platform {root.platform} has no Debian architecture "
                                                      "buildsys knows")
     suite = release.suite
-    extra = [(DEFAULT_MIRROR, f"{suite}-updates"), (DEFAULT_SECURITY_MIRROR, f"{suite}-security")]
-    resolver = AptResolver(cache, DEFAULT_MIRROR, suite, ("main",), arch, extra=extra)
+    if release.sources:
+        resolver = image_resolver(cache, arch, release.sources)
+    else:
+        extra = [(DEFAULT_MIRROR, f"{suite}-updates"), (DEFAULT_SECURITY_MIRROR, f"{suite}-security")]
+        resolver = AptResolver(cache, DEFAULT_MIRROR, suite, ("main",), arch, extra=extra)
     pinned = chain_state(recipe, ancestors)
     wanted = recipe.section(AptRecipe).packages
     where = f"{recipe.path}: [apt] on {root.reference} ({release.pretty})"
     try:
         if pinned:
-            if [(a.mirror, a.suite) for a in pinned] != list(resolver.sources):
+            if [(a.mirror, a.suite) for a in pinned] != archives_of(resolver):
                 raise LockError(f"{where}: the chain's earlier apt layer was resolved from "
-                                f"{', '.join(a.mirror + ' ' + a.suite for a in pinned)}, this image is {suite}",
+                                f"{', '.join(a.mirror + ' ' + a.suite for a in pinned)}, this image reads "
+                                f"{', '.join(m + ' ' + x for m, x in archives_of(resolver))}",
                                 f"relock the chain: `buildsys lock --upgrade {recipe.name}` and its ancestors")
             resolver.update(refresh=False)
-            if archive_moved(resolver, pinned):
+            if moved_archive(resolver, pinned):
                 resolver.update(refresh=True)
-            if moved := archive_moved(resolver, pinned):
+            if moved := moved_archive(resolver, pinned):
                 locked, now = moved
                 names = " ".join([*sorted(lk.recipe for lk in ancestors if lk.section(AptSection).archives),
                                    recipe.name])
-                raise LockError(f"{where}: Debian's archive {locked.mirror} {locked.suite} changed since the "
+                raise LockError(f"{where}: the archive {locked.mirror} {locked.suite} changed since the "
                                 f"chain's earlier apt layer was locked (its Release: {locked.release_date}; now: "
                                 f"{now}); a chain must not mix two archive states",
                                 f"relock the chain's apt layers together: `buildsys lock --upgrade {names}`")
         else:
             resolver.update(refresh=True)  # the first apt layer of the chain takes the archive as it is now
-        releases = resolver.releases()
+        releases = all_releases(resolver)
         with tempfile.TemporaryDirectory() as tmp:
             status = Path(tmp) / "status"
             status.write_bytes(release.status)
@@ -162,3 +189,64 @@ def lock_apt_on_image(recipe: Recipe, root: ImageBaseLock, release: ImageRelease
     in_image = tuple(sorted({n for n in (p.split(":", 1)[0].split("=", 1)[0].split("/", 1)[0] for p in wanted)
                              if n in have and n not in resolved}))
     return debs, archives, in_image, max(r.epoch for r in releases)
+
+
+def image_resolver(cache: Path, arch: str, sources: Sequence[ImageSource]) -> AptResolver:
+    """apt over exactly the image's sources: the first suite-style one as the release, every other one beside
+    it with its own keys (a flat repository's ``/`` as apt also reads it, ``./``)."""
+    primary = next((s for s in sources if not s.flat), None)
+    if primary is None:
+        raise LockError(f"the image's apt reads only flat repositories ({describe(sources)})",
+                        "a release archive (a suite with components) is needed beside them")
+    others = [ThirdPartySource(s.uri.rstrip("/") if s.flat else s.uri, "./" if s.suite == "/" else s.suite,
+                               s.components, _keyring(cache, s.keys))
+              for s in sources if s is not primary and (s.architectures == () or arch in s.architectures)]
+    return AptResolver(cache, primary.uri, primary.suite, primary.components, arch,
+                       keyring=_keyring(cache, primary.keys), third_party=others)
+
+
+def archives_of(resolver: AptResolver) -> list[tuple[str, str]]:
+    """(url, suite) of every archive the resolver reads, in the order their states are recorded."""
+    return [*resolver.sources, *((s.url, s.suite) for s in resolver.third_party)]
+
+
+def all_releases(resolver: AptResolver) -> list[ReleaseInfo]:
+    return [*resolver.releases(), *(resolver.source_releases() if resolver.third_party else [])]
+
+
+def moved_archive(resolver: AptResolver, archives: Sequence[LockedArchive]) -> tuple[LockedArchive, str] | None:
+    """The first archive whose signed Release is not the one a chain was locked against, and its date now."""
+    for locked, now in zip(archives, all_releases(resolver), strict=True):
+        if now.inrelease_sha256 != locked.inrelease_sha256:
+            return locked, now.date
+    return None
+
+
+_ARMORED = re.compile(rb"-----BEGIN PGP PUBLIC KEY BLOCK-----\r?\n(.*?)-----END PGP PUBLIC KEY BLOCK-----", re.S)
+
+
+def dearmor(data: bytes) -> bytes:
+    """An OpenPGP key file as binary packets (what ``gpg --dearmor`` writes); binary input as it is."""
+    blocks = _ARMORED.findall(data)
+    if not blocks:
+        return data
+    out = b""
+    for block in blocks:
+        lines = block.decode("ascii", "replace").splitlines()
+        if "" in lines and any(":" in ln for ln in lines[:lines.index("")]):  # armor headers (Version: ...)
+            lines = lines[lines.index("") + 1:]
+        body = "".join(ln.strip() for ln in lines if ln.strip() and not ln.startswith("="))
+        out += base64.b64decode(body)
+    return out
+
+
+def _keyring(cache: Path, keys: Sequence[bytes]) -> Path:
+    """The image's keys for one source as one binary keyring under the cache, named by its content."""
+    data = b"".join(dearmor(k) for k in keys)
+    path = cache / "image-keys" / f"{hashlib.sha256(data).hexdigest()}.gpg"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    return path

@@ -127,6 +127,11 @@ class Reference:
         return f"{self.host}/{self.repository}@{digest}"
 
 
+DOCKER_HUB = ("docker.io", "index.docker.io", "registry-1.docker.io")
+DOCKER_HUB_API = "registry-1.docker.io"
+_ONE_SEGMENT = re.compile(r"^/v2/([^/]+)/((?:blobs|manifests|tags)/.*)$")
+
+
 def docker_credentials(host: str, config_dir: Path | None = None) -> tuple[str, str] | None:
     """(user, password) for ``host`` from docker's config.json, as ``docker login`` writes it."""
     folder = config_dir or Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker")
@@ -139,6 +144,8 @@ def docker_credentials(host: str, config_dir: Path | None = None) -> tuple[str, 
                             "fix or remove it, or log in again with `docker login`") from e
     auths = config.get("auths") or {}
     entry = auths.get(host) or auths.get(f"https://{host}") or auths.get(f"http://{host}")
+    if entry is None and host.lower() in DOCKER_HUB:  # `docker login` writes Docker Hub's under its v1 URL
+        entry = auths.get("https://index.docker.io/v1/")
     if not isinstance(entry, dict):
         return None
     if entry.get("auth"):
@@ -177,6 +184,8 @@ class Registry:
                  attempts: int = 4, backoff: float = 0.5, timeout: float = net.READ_TIMEOUT,
                  deadline: float = net.DEADLINE, loopback: Callable[[str], bool] = net.is_loopback) -> None:
         self.host = host
+        # Docker Hub is named docker.io in references and answers the API at registry-1.docker.io.
+        self.api_host = DOCKER_HUB_API if host.lower() in DOCKER_HUB else host
         local = loopback(host)
         self.scheme = "http" if insecure or local else "https"
         self.credentials = credentials if credentials is not None else docker_credentials(host)
@@ -192,7 +201,14 @@ class Registry:
 
     @property
     def base(self) -> str:
-        return f"{self.scheme}://{self.host}"
+        return f"{self.scheme}://{self.api_host}"
+
+    def _hub_path(self, path: str) -> str:
+        """On Docker Hub an official image's repository is library/NAME (``docker.io/debian`` is
+        ``library/debian``), as docker itself expands it."""
+        if self.api_host == DOCKER_HUB_API and (m := _ONE_SEGMENT.match(path)):
+            return f"/v2/library/{m[1]}/{m[2]}"
+        return path
 
     # ------------------------------------------------------------ transport
 
@@ -204,7 +220,7 @@ class Registry:
         The caller reads the answer's body through its bounded reads and closes it.
         """
         if url.startswith("/"):
-            url = self.base + url
+            url = self.base + self._hub_path(url)
         try:
             resp = self._send(method, url, body, headers)
         except net.Unreachable as e:

@@ -45,8 +45,9 @@ MAJOR_MIN_DRIVER: dict[int, str] = {11: "450.80.02", 12: "525.60.13", 13: "580.6
 
 # pip packages whose version is the CUDA runtime an image carries.
 _CUDA_RUNTIME = re.compile(r"nvidia-cuda-runtime(-cu\d+)?")
-# NVIDIA's apt packages of the CUDA runtime name its version: cuda-cudart-12-4 is CUDA 12.4.
-_CUDA_DEB = re.compile(r"cuda-cudart-(\d+)-(\d+)")
+# NVIDIA's apt packages of the CUDA runtime name its version: cuda-cudart-12-4, libcublas-12-4 are CUDA 12.4.
+_CUDA_DEB = re.compile(r"(?:cuda-(?:cudart|nvrtc|libraries|runtime)|lib(?:cublas|cufft|curand|cusolver|cusparse|npp))"
+                       r"-(\d+)-(\d+)")
 _CDI_DIRS = ("/etc/cdi", "/var/run/cdi")
 
 
