@@ -136,7 +136,9 @@ def test_noop_rebuild_is_all_cache_hits(chain: Path, store: Path, built: dict) -
     (image,) = b.build(["app"])
     elapsed = time.monotonic() - started
     assert image.cached and image.record.config_digest == built["image_id"]
-    assert [e[:2] for e in events] == [("root", "cached"), ("tools", "cached"), ("app", "cached")]
+    # (a tag that another project's "root" moved in this engine meanwhile is said, and is no rebuild)
+    moved = [e for e in events if e[1] == "warning" and "which this store did not build" in e[2]]
+    assert [e[:2] for e in events if e not in moved] == [("root", "cached"), ("tools", "cached"), ("app", "cached")]
     assert elapsed < 5  # the figure is in bench/bench_chain.py; this only catches a rebuild
 
 
