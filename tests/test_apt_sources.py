@@ -117,6 +117,50 @@ def test_third_party_debs_are_locked_with_their_source_as_mirror(locked: Locked)
 @pytest.mark.docker
 @pytest.mark.network
 @pytest.mark.slow
+def test_a_relock_is_byte_identical_and_fetch_vendors_the_key(locked: Locked, store: Path) -> None:
+    before = {n: lock_path(locked.project, n).read_bytes() for n in ("tools", "app")}
+    for n in before:
+        lock_path(locked.project, n).unlink()
+    ok(bs(locked.project, store, "lock", "app"))
+    assert {n: lock_path(locked.project, n).read_bytes() for n in before} == before
+    suite, _ = read_lock(lock_path(locked.project, "tools")).section(AptSection).sources
+    key = store / "vendor" / "sha256" / suite.key_sha256
+    key.unlink()
+    ok(bs(locked.project, store, "fetch", "app"))
+    assert hashlib.sha256(key.read_bytes()).hexdigest() == suite.key_sha256
+
+
+@pytest.mark.docker
+@pytest.mark.network
+@pytest.mark.slow
+def test_a_hand_edited_lock_that_drops_a_source_is_stale(locked: Locked, tmp_path: Path) -> None:
+    proj = shutil.copytree(locked.project, tmp_path / "p")
+    tools = lock_path(proj, "tools")
+    text = tools.read_text()
+    start = text.index("[[apt-sources]]", text.index("[[apt-sources]]") + 1)  # the flat one
+    end = text.find("\n[", start + 1)
+    tools.write_text(text[:start] + (text[end + 1:] if end != -1 else ""))
+    result = bs(proj, tmp_path / "store", "lock", "--check", "tools")
+    assert result.exit_code == 3, result.output
+    assert f"apt.sources[1] ({locked.url}/flat ./) is not locked" in result.output, result.output
+
+
+def test_sources_on_a_root_are_refused_before_anything_is_downloaded(tmp_path: Path) -> None:
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "k.asc").write_text("-----BEGIN PGP PUBLIC KEY BLOCK-----\n")
+    (tmp_path / "recipes" / "root.toml").write_text(
+        '[base]\ndebian = { suite = "bookworm" }\n\n[[apt.sources]]\nurl = "https://example.org/r"\nflat = true\n'
+        'key = { path = "keys/k.asc" }\n')
+    result = bs(tmp_path, tmp_path / "store", "lock", "root")
+    assert result.exit_code == 1, result.output
+    assert "root.toml: apt.sources: a root is bootstrapped from Debian's archive alone" in result.output
+    assert not (tmp_path / "locks" / "root.lock").exists()
+
+
+@pytest.mark.docker
+@pytest.mark.network
+@pytest.mark.slow
 def test_the_chain_builds_verifies_and_tests_with_the_repositories_gone(locked: Locked, store: Path) -> None:
     locked.server.close()  # from here on, nothing of the repositories is reachable
     ok(bs(locked.project, store, "lock", "--check", "app"))
