@@ -21,6 +21,7 @@ import aptrepo
 import pytest
 from helpers import FIXTURES, bs, ok
 
+from buildsys.ecosystems.apt import AptResolver, ThirdPartySource
 from buildsys.ecosystems.apt_sections import AptSection
 from buildsys.model.lockfile import lock_path, read_lock
 
@@ -47,6 +48,9 @@ def repos(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     aptrepo.flat_repo(www / "flat", flat_key, [debs[n] for n in FLAT_DEBS])
     shutil.copytree(www / "flat", www / "tampered")
     aptrepo.tamper_packages(www / "tampered")
+    # CRAN's layout: "deb URL bookworm-cran40/", its Packages naming files from URL
+    aptrepo.flat_repo(www / "cranlike", flat_key, [debs[n] for n in FLAT_DEBS], origin="CRAN",
+                      directory="bookworm-cran40/")
     (www / "keys").mkdir()
     suite_key.export(www / "keys" / "suite.asc")
     flat_key.export(www / "keys" / "flat.asc")
@@ -64,6 +68,23 @@ def project(dest: Path, repos: Repos, url: str, *, suite_key: str = "suite.asc",
     tools.write_text(tools.read_text().replace("@FLAT@", f"{url}/{flat}").replace("@REPO@", url)
                      .replace("@SUITE_KEY_SHA256@", sha).replace("keys/suite.asc", f"keys/{suite_key}"))
     return dest
+
+
+@pytest.mark.network
+@pytest.mark.slow
+def test_a_flat_repository_in_a_folder_like_crans(repos: Repos, store: Path) -> None:
+    """apt itself, as the resolver runs it: Debian's bookworm and "deb [signed-by=KEY] URL bookworm-cran40/"."""
+    keyring = store / "flat.gpg"
+    keyring.write_bytes(repos.flat_key)
+    source = ThirdPartySource(f"{repos.url}/cranlike", "bookworm-cran40/", (), keyring)
+    resolver = AptResolver(store / "cache" / "apt", "http://deb.debian.org/debian", "bookworm", third_party=[source])
+    resolver.update()
+    (release,) = resolver.source_releases()
+    assert release.mirror == f"{repos.url}/cranlike" and release.suite == "bookworm-cran40/"
+    assert release.inrelease_sha256 == hashlib.sha256(
+        (repos.www / "cranlike" / "bookworm-cran40" / "InRelease").read_bytes()).hexdigest()
+    (hprof,) = [p for p in resolver.resolve(["hprof-conv"]) if p.name == "hprof-conv"]
+    assert hprof.mirror == f"{repos.url}/cranlike" and hprof.filename.startswith("bookworm-cran40/hprof-conv_")
 
 
 @pytest.fixture(scope="module")
@@ -202,6 +223,18 @@ def test_a_key_that_is_not_the_pinned_one_is_refused_before_apt_runs(faulty, rep
     assert result.exit_code == 1, result.output
     assert "tools.toml: apt.sources[0].key: the key read from" in result.output
     assert "the recipe pins " + "0" * 64 in result.output
+    assert not lock_path(proj, "tools").exists()
+
+
+@pytest.mark.network
+@pytest.mark.slow
+def test_a_key_file_that_is_no_key_is_refused_before_apt_runs(faulty, store: Path) -> None:
+    proj = faulty()
+    (proj / "keys" / "flat.gpg").write_text("<html>the vendor's page about its key</html>\n")
+    result = bs(proj, store, "lock", "tools")
+    assert result.exit_code == 1, result.output
+    assert "tools.toml: apt.sources[1].key: keys/flat.gpg (in the project) is not an OpenPGP public key" \
+        in result.output, result.output
     assert not lock_path(proj, "tools").exists()
 
 
