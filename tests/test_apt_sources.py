@@ -154,6 +154,35 @@ def test_a_relock_is_byte_identical_and_fetch_vendors_the_key(locked: Locked, st
 @pytest.mark.docker
 @pytest.mark.network
 @pytest.mark.slow
+def test_a_source_on_a_debian_registry_image(locked: Locked, repos: Repos, store: Path, registry,
+                                             tmp_path: Path) -> None:
+    """The chain's root, published to a loopback registry and taken as [base] image; jdupes from the suite on it."""
+    ok(bs(locked.project, store, "build", "root"))
+    ref = f"{registry.host}/aptsrc-root:1"
+    ok(bs(locked.project, store, "publish", "root", "--to", ref, "--force"))
+    sha = hashlib.sha256((repos.www / "keys" / "suite.asc").read_bytes()).hexdigest()
+    proj = tmp_path / "reg"
+    (proj / "recipes").mkdir(parents=True)
+    (proj / "recipes" / "regroot.toml").write_text(f'[base]\nimage = "{ref}"\n')
+    (proj / "recipes" / "regtools.toml").write_text(
+        'parents = ["regroot"]\n\n[apt]\npackages = ["jdupes"]\n\n[[apt.sources]]\n'
+        f'url = "{repos.url}/suite"\nsuite = "noble"\ncomponents = ["main"]\n'
+        f'key = {{ url = "{repos.url}/keys/suite.asc", sha256 = "{sha}", local = true }}\n\n'
+        '[test]\ncommands = ["jdupes -v | grep -q \'linked to libjodycode\'"]\n')
+    ok(bs(proj, store, "lock", "regtools"))
+    apt = read_lock(lock_path(proj, "regtools")).section(AptSection)
+    suite = f"{repos.url}/suite"
+    assert {d.name: d.mirror for d in apt.debs} == {"jdupes": suite, "libjodycode3": suite}
+    assert [a.suite for a in apt.archives] == ["bookworm", "bookworm-updates", "bookworm-security"]
+    assert [(s.url, s.suite) for s in apt.sources] == [(f"{repos.url}/suite", "noble")]
+    ok(bs(proj, store, "fetch", "regtools"))
+    ok(bs(proj, store, "build", "regtools"))
+    assert "jdupes" in ok(bs(proj, store, "test", "regtools")).stdout
+
+
+@pytest.mark.docker
+@pytest.mark.network
+@pytest.mark.slow
 def test_a_hand_edited_lock_that_drops_a_source_is_stale(locked: Locked, tmp_path: Path) -> None:
     proj = shutil.copytree(locked.project, tmp_path / "p")
     tools = lock_path(proj, "tools")
@@ -175,7 +204,7 @@ def test_sources_on_a_root_are_refused_before_anything_is_downloaded(tmp_path: P
         'key = { path = "keys/k.asc" }\n')
     result = bs(tmp_path, tmp_path / "store", "lock", "root")
     assert result.exit_code == 1, result.output
-    assert "root.toml: apt.sources: a root is bootstrapped from Debian's archive alone" in result.output
+    assert "root.toml: apt.sources: a root takes no third-party sources" in result.output
     assert not (tmp_path / "locks" / "root.lock").exists()
 
 

@@ -25,8 +25,10 @@ from pathlib import Path
 
 from buildsys.core import dpkg
 from buildsys.core.errors import LockError
-from buildsys.ecosystems.apt import AptResolver, archive_moved
-from buildsys.ecosystems.apt_sections import AptRecipe, AptSection, LockedArchive, LockedDeb
+from buildsys.core.store import Store
+from buildsys.ecosystems.apt import AptResolver, SourceFailed, archive_moved
+from buildsys.ecosystems.apt_sections import AptRecipe, AptSection, LockedArchive, LockedDeb, LockedSource
+from buildsys.ecosystems.apt_sources import chain_sources, inherited_moved, own_locked, unusable
 from buildsys.ecosystems.debian_root import DEFAULT_MIRROR, DEFAULT_SECURITY_MIRROR
 from buildsys.ecosystems.registry_image import ImageBaseLock
 from buildsys.model.lockfile import Lock
@@ -111,16 +113,32 @@ def chain_state(recipe: Recipe, ancestors: Sequence[Lock]) -> tuple[LockedArchiv
     return states.pop() if states else ()
 
 
+@dataclass(frozen=True)
+class ImageApt:
+    """A layer's apt part on a registry image, as resolved."""
+
+    debs: list[LockedDeb]
+    archives: tuple[LockedArchive, ...]
+    in_image: tuple[str, ...]  # requested packages the image already has
+    epoch: int
+    sources: tuple[LockedSource, ...] = ()  # the recipe's own [[apt.sources]], as locked
+
+
 def lock_apt_on_image(recipe: Recipe, root: ImageBaseLock, release: ImageRelease, ancestors: Sequence[Lock],
-                      cache: Path) -> tuple[list[LockedDeb], tuple[LockedArchive, ...], tuple[str, ...], int]:
-    """Resolve the recipe's apt packages on the image; return (debs, archives, requested ones the image has, epoch)."""
+                      store: Store) -> ImageApt:
+    """Resolve the recipe's apt packages on the image, against Debian's archives of its release and the
+    chain's third-party sources."""
     arch = _DEBIAN_ARCH.get(root.platform.split("/", 1)[1], "") if "/" in root.platform else ""
     if not arch:
         raise NotDebianImage(recipe, root.reference, f"its platform {root.platform} has no Debian architecture "
                                                      "buildsys knows")
     suite = release.suite
     extra = [(DEFAULT_MIRROR, f"{suite}-updates"), (DEFAULT_SECURITY_MIRROR, f"{suite}-security")]
-    resolver = AptResolver(cache, DEFAULT_MIRROR, suite, ("main",), arch, extra=extra)
+    cache = store.cache / "apt"
+    chain = chain_sources(recipe, ancestors, store, cache)
+    own = bool(recipe.section(AptRecipe).sources)
+    resolver = AptResolver(cache, DEFAULT_MIRROR, suite, ("main",), arch, extra=extra,
+                           third_party=[c.source for c in chain])
     pinned = chain_state(recipe, ancestors)
     wanted = recipe.section(AptRecipe).packages
     where = f"{recipe.path}: [apt] on {root.reference} ({release.pretty})"
@@ -130,8 +148,9 @@ def lock_apt_on_image(recipe: Recipe, root: ImageBaseLock, release: ImageRelease
                 raise LockError(f"{where}: the chain's earlier apt layer was resolved from "
                                 f"{', '.join(a.mirror + ' ' + a.suite for a in pinned)}, this image is {suite}",
                                 f"relock the chain: `buildsys lock --upgrade {recipe.name}` and its ancestors")
-            resolver.update(refresh=False)
-            if archive_moved(resolver, pinned):
+            resolver.update(refresh=own)  # a source of the recipe's own is read as it is now
+            if not own and (archive_moved(resolver, pinned)
+                            or inherited_moved(recipe, chain, resolver.source_releases())):
                 resolver.update(refresh=True)
             if moved := archive_moved(resolver, pinned):
                 locked, now = moved
@@ -144,10 +163,17 @@ def lock_apt_on_image(recipe: Recipe, root: ImageBaseLock, release: ImageRelease
         else:
             resolver.update(refresh=True)  # the first apt layer of the chain takes the archive as it is now
         releases = resolver.releases()
+        source_releases = resolver.source_releases()
+        if why := inherited_moved(recipe, chain, source_releases):
+            raise LockError(f"{where}: {why}; a chain must not mix two states of a source",
+                            f"relock the chain's apt layers together: `buildsys lock --upgrade {recipe.name}` and "
+                            "its ancestors")
         with tempfile.TemporaryDirectory() as tmp:
             status = Path(tmp) / "status"
             status.write_bytes(release.status)
             packages = resolver.resolve(wanted, status=status)
+    except SourceFailed as e:
+        raise unusable(recipe, chain, e) from e
     except LockError as e:
         if e.message.startswith(where):
             raise
@@ -160,4 +186,6 @@ def lock_apt_on_image(recipe: Recipe, root: ImageBaseLock, release: ImageRelease
     resolved = {d.name for d in debs}
     in_image = tuple(sorted({n for n in (p.split(":", 1)[0].split("=", 1)[0].split("/", 1)[0] for p in wanted)
                              if n in have and n not in resolved}))
-    return debs, archives, in_image, max(r.epoch for r in releases)
+    sources = own_locked(chain, source_releases)
+    epochs = [r.epoch for r in releases] + [r.epoch for c, r in zip(chain, source_releases, strict=True) if c.spec]
+    return ImageApt(debs, archives, in_image, max(epochs), sources)
