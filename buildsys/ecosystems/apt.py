@@ -456,6 +456,8 @@ class AptResolver:
         Their Codename and Suite fields are the vendor's (a flat repository often has none), so the
         file is the one beside the source's Packages: its list file name less the target's MetaKey.
         """
+        if not self.third_party:
+            return {}
         proc = self._run(["apt-get", "indextargets", "--format", "$(SOURCESENTRY)\t$(FILENAME)\t$(METAKEY)"])
         if proc.returncode != 0:
             raise AptFailed("apt-get indextargets", proc.stdout + proc.stderr)
