@@ -198,13 +198,16 @@ def suite_repo(root: Path, key: Key, packages: Mapping[str, Iterable[Deb]], suit
     return root
 
 
-def flat_repo(root: Path, key: Key, packages: Iterable[Deb], origin: str = "NVIDIA") -> Path:
-    """A flat repository in ``root`` (``./InRelease``, ``./Packages``, the .debs beside them), signed by ``key``."""
-    root.mkdir(parents=True, exist_ok=True)
+def flat_repo(root: Path, key: Key, packages: Iterable[Deb], origin: str = "NVIDIA", directory: str = "./") -> Path:
+    """A flat repository (``deb URL DIRECTORY``) under ``root``: ``DIRECTORY/InRelease``, ``DIRECTORY/Packages``
+    and the .debs beside them, signed by ``key``. ``./`` is NVIDIA's layout; CRAN's is ``bookworm-cran40/``,
+    whose Packages name each file from ``root`` (``Filename: bookworm-cran40/r-base-core_….deb``)."""
+    folder = root / directory
+    folder.mkdir(parents=True, exist_ok=True)
     for deb in packages:
-        shutil.copyfile(deb.path, root / deb.basename)
-    _packages(_ftparchive(["packages", "."], root), root)
-    release = _release(root, {"Origin": origin, "Label": origin, "Architectures": ARCH})
+        shutil.copyfile(deb.path, folder / deb.basename)
+    _packages(_ftparchive(["packages", directory.rstrip("/") or "."], root), folder)
+    release = _release(folder, {"Origin": origin, "Label": origin, "Architectures": ARCH})
     key.sign(release)
     return root
 

@@ -21,6 +21,7 @@ import aptrepo
 import pytest
 from helpers import FIXTURES, bs, ok
 
+from buildsys.ecosystems.apt import AptResolver, ThirdPartySource
 from buildsys.ecosystems.apt_sections import AptSection
 from buildsys.model.lockfile import lock_path, read_lock
 
@@ -47,6 +48,9 @@ def repos(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     aptrepo.flat_repo(www / "flat", flat_key, [debs[n] for n in FLAT_DEBS])
     shutil.copytree(www / "flat", www / "tampered")
     aptrepo.tamper_packages(www / "tampered")
+    # CRAN's layout: "deb URL bookworm-cran40/", its Packages naming files from URL
+    aptrepo.flat_repo(www / "cranlike", flat_key, [debs[n] for n in FLAT_DEBS], origin="CRAN",
+                      directory="bookworm-cran40/")
     (www / "keys").mkdir()
     suite_key.export(www / "keys" / "suite.asc")
     flat_key.export(www / "keys" / "flat.asc")
@@ -64,6 +68,23 @@ def project(dest: Path, repos: Repos, url: str, *, suite_key: str = "suite.asc",
     tools.write_text(tools.read_text().replace("@FLAT@", f"{url}/{flat}").replace("@REPO@", url)
                      .replace("@SUITE_KEY_SHA256@", sha).replace("keys/suite.asc", f"keys/{suite_key}"))
     return dest
+
+
+@pytest.mark.network
+@pytest.mark.slow
+def test_a_flat_repository_in_a_folder_like_crans(repos: Repos, store: Path) -> None:
+    """apt itself, as the resolver runs it: Debian's bookworm and "deb [signed-by=KEY] URL bookworm-cran40/"."""
+    keyring = store / "flat.gpg"
+    keyring.write_bytes(repos.flat_key)
+    source = ThirdPartySource(f"{repos.url}/cranlike", "bookworm-cran40/", (), keyring)
+    resolver = AptResolver(store / "cache" / "apt", "http://deb.debian.org/debian", "bookworm", third_party=[source])
+    resolver.update()
+    (release,) = resolver.source_releases()
+    assert release.mirror == f"{repos.url}/cranlike" and release.suite == "bookworm-cran40/"
+    assert release.inrelease_sha256 == hashlib.sha256(
+        (repos.www / "cranlike" / "bookworm-cran40" / "InRelease").read_bytes()).hexdigest()
+    (hprof,) = [p for p in resolver.resolve(["hprof-conv"]) if p.name == "hprof-conv"]
+    assert hprof.mirror == f"{repos.url}/cranlike" and hprof.filename.startswith("bookworm-cran40/hprof-conv_")
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +138,79 @@ def test_third_party_debs_are_locked_with_their_source_as_mirror(locked: Locked)
 @pytest.mark.docker
 @pytest.mark.network
 @pytest.mark.slow
+def test_a_relock_is_byte_identical_and_fetch_vendors_the_key(locked: Locked, store: Path) -> None:
+    before = {n: lock_path(locked.project, n).read_bytes() for n in ("tools", "app")}
+    for n in before:
+        lock_path(locked.project, n).unlink()
+    ok(bs(locked.project, store, "lock", "app"))
+    assert {n: lock_path(locked.project, n).read_bytes() for n in before} == before
+    suite, _ = read_lock(lock_path(locked.project, "tools")).section(AptSection).sources
+    key = store / "vendor" / "sha256" / suite.key_sha256
+    key.unlink()
+    ok(bs(locked.project, store, "fetch", "app"))
+    assert hashlib.sha256(key.read_bytes()).hexdigest() == suite.key_sha256
+
+
+@pytest.mark.docker
+@pytest.mark.network
+@pytest.mark.slow
+def test_a_source_on_a_debian_registry_image(locked: Locked, repos: Repos, store: Path, registry,
+                                             tmp_path: Path) -> None:
+    """The chain's root, published to a loopback registry and taken as [base] image; jdupes from the suite on it."""
+    ok(bs(locked.project, store, "build", "root"))
+    ref = f"{registry.host}/aptsrc-root:1"
+    ok(bs(locked.project, store, "publish", "root", "--to", ref, "--force"))
+    sha = hashlib.sha256((repos.www / "keys" / "suite.asc").read_bytes()).hexdigest()
+    proj = tmp_path / "reg"
+    (proj / "recipes").mkdir(parents=True)
+    (proj / "recipes" / "regroot.toml").write_text(f'[base]\nimage = "{ref}"\n')
+    (proj / "recipes" / "regtools.toml").write_text(
+        'parents = ["regroot"]\n\n[apt]\npackages = ["jdupes"]\n\n[[apt.sources]]\n'
+        f'url = "{repos.url}/suite"\nsuite = "noble"\ncomponents = ["main"]\n'
+        f'key = {{ url = "{repos.url}/keys/suite.asc", sha256 = "{sha}", local = true }}\n\n'
+        '[test]\ncommands = ["jdupes -v | grep -q \'linked to libjodycode\'"]\n')
+    ok(bs(proj, store, "lock", "regtools"))
+    apt = read_lock(lock_path(proj, "regtools")).section(AptSection)
+    suite = f"{repos.url}/suite"
+    assert {d.name: d.mirror for d in apt.debs} == {"jdupes": suite, "libjodycode3": suite}
+    assert [a.suite for a in apt.archives] == ["bookworm", "bookworm-updates", "bookworm-security"]
+    assert [(s.url, s.suite) for s in apt.sources] == [(f"{repos.url}/suite", "noble")]
+    ok(bs(proj, store, "fetch", "regtools"))
+    ok(bs(proj, store, "build", "regtools"))
+    assert "jdupes" in ok(bs(proj, store, "test", "regtools")).stdout
+
+
+@pytest.mark.docker
+@pytest.mark.network
+@pytest.mark.slow
+def test_a_hand_edited_lock_that_drops_a_source_is_stale(locked: Locked, tmp_path: Path) -> None:
+    proj = shutil.copytree(locked.project, tmp_path / "p")
+    tools = lock_path(proj, "tools")
+    text = tools.read_text()
+    start = text.index("[[apt-sources]]", text.index("[[apt-sources]]") + 1)  # the flat one
+    end = text.find("\n[", start + 1)
+    tools.write_text(text[:start] + (text[end + 1:] if end != -1 else ""))
+    result = bs(proj, tmp_path / "store", "lock", "--check", "tools")
+    assert result.exit_code == 3, result.output
+    assert f"apt.sources[1] ({locked.url}/flat ./) is not locked" in result.output, result.output
+
+
+def test_sources_on_a_root_are_refused_before_anything_is_downloaded(tmp_path: Path) -> None:
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "k.asc").write_text("-----BEGIN PGP PUBLIC KEY BLOCK-----\n")
+    (tmp_path / "recipes" / "root.toml").write_text(
+        '[base]\ndebian = { suite = "bookworm" }\n\n[[apt.sources]]\nurl = "https://example.org/r"\nflat = true\n'
+        'key = { path = "keys/k.asc" }\n')
+    result = bs(tmp_path, tmp_path / "store", "lock", "root")
+    assert result.exit_code == 1, result.output
+    assert "root.toml: apt.sources: a root takes no third-party sources" in result.output
+    assert not (tmp_path / "locks" / "root.lock").exists()
+
+
+@pytest.mark.docker
+@pytest.mark.network
+@pytest.mark.slow
 def test_the_chain_builds_verifies_and_tests_with_the_repositories_gone(locked: Locked, store: Path) -> None:
     locked.server.close()  # from here on, nothing of the repositories is reachable
     ok(bs(locked.project, store, "lock", "--check", "app"))
@@ -158,6 +252,18 @@ def test_a_key_that_is_not_the_pinned_one_is_refused_before_apt_runs(faulty, rep
     assert result.exit_code == 1, result.output
     assert "tools.toml: apt.sources[0].key: the key read from" in result.output
     assert "the recipe pins " + "0" * 64 in result.output
+    assert not lock_path(proj, "tools").exists()
+
+
+@pytest.mark.network
+@pytest.mark.slow
+def test_a_key_file_that_is_no_key_is_refused_before_apt_runs(faulty, store: Path) -> None:
+    proj = faulty()
+    (proj / "keys" / "flat.gpg").write_text("<html>the vendor's page about its key</html>\n")
+    result = bs(proj, store, "lock", "tools")
+    assert result.exit_code == 1, result.output
+    assert "tools.toml: apt.sources[1].key: keys/flat.gpg (in the project) is not an OpenPGP public key" \
+        in result.output, result.output
     assert not lock_path(proj, "tools").exists()
 
 

@@ -461,6 +461,8 @@ class AptResolver:
         Their Codename and Suite fields are the vendor's (a flat repository often has none), so the
         file is the one beside the source's Packages: its list file name less the target's MetaKey.
         """
+        if not self.third_party:
+            return {}
         proc = self._run(["apt-get", "indextargets", "--format", "$(SOURCESENTRY)\t$(FILENAME)\t$(METAKEY)"])
         if proc.returncode != 0:
             raise AptFailed("apt-get indextargets", proc.stdout + proc.stderr)
@@ -554,9 +556,10 @@ class AptResolver:
         if not self.third_party:
             return
         for src in self.third_party:
-            # apt names a source "URL SUITE" in some messages and by its index URLs in others.
-            mine = [ln for ln in out.splitlines() if re.match(r"^(E:|W:|Err:)", ln.strip()) and src.url in ln
-                    or (src.url in ln and _SIGNATURE_RE.search(ln))]
+            # apt names a source "URL SUITE" in some messages and by its index URLs in others. Its other
+            # warnings (a Release whose Suite is not the one asked for, say) do not stop a lock.
+            mine = [ln for ln in out.splitlines() if src.url in ln and (
+                re.match(r"^(E:|Err:|W: Failed to fetch)", ln.strip()) or _SIGNATURE_RE.search(ln))]
             text = "\n".join(mine)
             if not mine:
                 continue

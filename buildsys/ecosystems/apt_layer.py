@@ -139,11 +139,9 @@ class Apt(Ecosystem):
         if not recipe.section(AptRecipe).sources:
             return
         if recipe.is_root:
-            raise LockError(f"{recipe.path}: apt.sources: a root is bootstrapped from Debian's archive alone",
+            raise LockError(f"{recipe.path}: apt.sources: a root takes no third-party sources (a Debian root is "
+                            "bootstrapped from Debian's archive alone, a registry root is the image as it is)",
                             "move [[apt.sources]] and the packages from them to a child recipe")
-        if ctx.ancestors and ctx.ancestors[0].get(ImageBaseLock) is not None:
-            raise LockError(f"{recipe.path}: apt.sources: third-party sources on a registry image's chain are not "
-                            "supported yet", "base the chain on [base] debian = { suite = \"...\" }")
 
     def lock(self, ctx: LockContext, lock: Lock) -> Lock:
         recipe = ctx.recipe
@@ -152,17 +150,17 @@ class Apt(Ecosystem):
         root = ctx.ancestors[0]
         image = root.get(ImageBaseLock)
         wanted = recipe.section(AptRecipe).packages
-        if wanted and image is not None:
+        sources = recipe.section(AptRecipe).sources
+        if (wanted or sources) and image is not None:
             # The image's own packages are in no lock: read its dpkg status and release from the built parent.
             tree = ctx.parent_tree("to read its release and apt sources")
             release = image_release(recipe, image.reference, tree)
             ctx.progress(f"apt: {len(wanted)} packages against the image's dpkg status and "
                          + (f"its {len(release.sources)} apt sources" if release.sources
                             else f"Debian's {release.suite}") + f" ({release.pretty})")
-            debs, archives, in_image, epoch = lock_apt_on_image(recipe, image, release, ctx.ancestors,
-                                                                ctx.store.cache / "apt")
-            return lock.with_sections(AptSection(tuple(debs), archives, in_image), epoch=epoch)
-        sources = recipe.section(AptRecipe).sources
+            got = lock_apt_on_image(recipe, image, release, ctx.ancestors, ctx.store)
+            return lock.with_sections(AptSection(tuple(got.debs), got.archives, got.in_image, got.sources),
+                                      epoch=got.epoch)
         ctx.progress(f"apt: {len(wanted)} packages against the parent chain"
                      + (f" and {len(sources)} third-party sources" if sources else ""))
         debs, locked, epoch = lock_apt(recipe, root, ctx.ancestors, ctx.store)
@@ -253,8 +251,10 @@ def _apt_archives_cover(lock: Lock, above: Sequence[Lock], debian_root: bool, im
     if not apt.archives and not states:
         return ["[[apt]] is locked without [[apt-archives]] (the Debian archives it was resolved from)"]
     mirrors = sorted({a.mirror for state in states for a in state})
+    theirs = source_urls([lock, *above])  # a .deb of a third-party source names it as its mirror
     return [f"apt package '{d.name}' comes from {d.mirror}, not from the chain's archives {' or '.join(mirrors)}"
-            for d in apt.debs if d.mirror not in mirrors]
+            + (" nor a source of the chain" if theirs else "") for d in apt.debs
+            if d.mirror not in mirrors and d.mirror not in theirs]
 
 
 def installed_packages(output: str) -> dict[str, str] | None:

@@ -33,9 +33,18 @@ from pathlib import Path
 
 from buildsys.core import dpkg
 from buildsys.core.errors import LockError
-from buildsys.ecosystems.apt import AptResolver, ReleaseInfo, ThirdPartySource
+from buildsys.core.store import Store
+from buildsys.ecosystems.apt import AptResolver, ReleaseInfo, SourceFailed, ThirdPartySource
 from buildsys.ecosystems.apt_image_sources import ImageSource, ImageSourcesError, describe, read_sources
-from buildsys.ecosystems.apt_sections import AptRecipe, AptSection, LockedArchive, LockedDeb, archive_snapshot
+from buildsys.ecosystems.apt_sections import (
+    AptRecipe,
+    AptSection,
+    LockedArchive,
+    LockedDeb,
+    LockedSource,
+    archive_snapshot,
+)
+from buildsys.ecosystems.apt_sources import chain_sources, inherited_moved, own_locked, unusable
 from buildsys.ecosystems.debian_root import DEFAULT_MIRROR, DEFAULT_SECURITY_MIRROR
 from buildsys.ecosystems.registry_image import ImageBaseLock
 from buildsys.model.lockfile import Lock
@@ -134,33 +143,44 @@ def chain_state(recipe: Recipe, ancestors: Sequence[Lock]) -> tuple[LockedArchiv
     return states.pop() if states else ()
 
 
+@dataclass(frozen=True)
+class ImageApt:
+    """A layer's apt part on a registry image, as resolved."""
+
+    debs: list[LockedDeb]
+    archives: tuple[LockedArchive, ...]
+    in_image: tuple[str, ...]  # requested packages the image already has
+    epoch: int
+    sources: tuple[LockedSource, ...] = ()  # the recipe's own [[apt.sources]], as locked
+
+
 def lock_apt_on_image(recipe: Recipe, root: ImageBaseLock, release: ImageRelease, ancestors: Sequence[Lock],
-                      cache: Path) -> tuple[list[LockedDeb], tuple[LockedArchive, ...], tuple[str, ...], int]:
-    """Resolve the recipe's apt packages on the image; return (debs, archives, requested ones the image has, epoch)."""
+                      store: Store) -> ImageApt:
+    """Resolve the recipe's apt packages on the image, against the archives its own apt reads (or Debian's
+    of its release) and the chain's third-party sources (``[[apt.sources]]``)."""
     arch = _DEBIAN_ARCH.get(root.platform.split("/", 1)[1], "") if "/" in root.platform else ""
     if not arch:
         raise NotDebianImage(recipe, root.reference, f"its platform {root.platform} has no Debian architecture "
                                                      "buildsys knows")
-    suite = release.suite
-    if release.sources:
-        resolver = image_resolver(cache, arch, release.sources)
-    else:
-        extra = [(DEFAULT_MIRROR, f"{suite}-updates"), (DEFAULT_SECURITY_MIRROR, f"{suite}-security")]
-        resolver = AptResolver(cache, DEFAULT_MIRROR, suite, ("main",), arch, extra=extra)
+    cache = store.cache / "apt"
+    chain = chain_sources(recipe, ancestors, store, cache)
+    own = bool(recipe.section(AptRecipe).sources)
+    resolver, n = image_resolver(cache, arch, release, [c.source for c in chain])
     pinned = chain_state(recipe, ancestors)
     wanted = recipe.section(AptRecipe).packages
     where = f"{recipe.path}: [apt] on {root.reference} ({release.pretty})"
     try:
         if pinned:
-            if [(a.mirror, a.suite) for a in pinned] != archives_of(resolver):
+            if [(a.mirror, a.suite) for a in pinned] != archives_of(resolver, n):
                 raise LockError(f"{where}: the chain's earlier apt layer was resolved from "
                                 f"{', '.join(a.mirror + ' ' + a.suite for a in pinned)}, this image reads "
-                                f"{', '.join(m + ' ' + x for m, x in archives_of(resolver))}",
+                                f"{', '.join(m + ' ' + x for m, x in archives_of(resolver, n))}",
                                 f"relock the chain: `buildsys lock --upgrade {recipe.name}` and its ancestors")
-            resolver.update(refresh=False)
-            if moved_archive(resolver, pinned):
+            resolver.update(refresh=own)  # a source of the recipe's own is read as it is now
+            if not own and (moved_archive(resolver, pinned, n)
+                            or inherited_moved(recipe, chain, source_releases(resolver, n))):
                 resolver.update(refresh=True)
-            if moved := moved_archive(resolver, pinned):
+            if moved := moved_archive(resolver, pinned, n):
                 locked, now = moved
                 names = " ".join([*sorted(lk.recipe for lk in ancestors if lk.section(AptSection).archives),
                                    recipe.name])
@@ -170,11 +190,22 @@ def lock_apt_on_image(recipe: Recipe, root: ImageBaseLock, release: ImageRelease
                                 f"relock the chain's apt layers together: `buildsys lock --upgrade {names}`")
         else:
             resolver.update(refresh=True)  # the first apt layer of the chain takes the archive as it is now
-        releases = all_releases(resolver)
+        releases = image_releases(resolver, n)
+        theirs = source_releases(resolver, n)
+        if why := inherited_moved(recipe, chain, theirs):
+            raise LockError(f"{where}: {why}; a chain must not mix two states of a source",
+                            f"relock the chain's apt layers together: `buildsys lock --upgrade {recipe.name}` and "
+                            "its ancestors")
         with tempfile.TemporaryDirectory() as tmp:
             status = Path(tmp) / "status"
             status.write_bytes(release.status)
-            packages = resolver.resolve(wanted, status=status)
+            packages = resolver.resolve(wanted, status=status) if wanted else []
+    except SourceFailed as e:
+        err = unusable(recipe, chain, e)
+        if err is e:  # one of the image's own sources: its keys are the image's
+            raise LockError(f"{where}: {e.message}", "the image's apt would refuse this source too: check its "
+                                                     "signed-by keyring, or base the chain on a newer image") from e
+        raise err from e
     except LockError as e:
         if e.message.startswith(where):
             raise
@@ -188,12 +219,25 @@ def lock_apt_on_image(recipe: Recipe, root: ImageBaseLock, release: ImageRelease
     resolved = {d.name for d in debs}
     in_image = tuple(sorted({n for n in (p.split(":", 1)[0].split("=", 1)[0].split("/", 1)[0] for p in wanted)
                              if n in have and n not in resolved}))
-    return debs, archives, in_image, max(r.epoch for r in releases)
+    sources = own_locked(chain, theirs)
+    epochs = [r.epoch for r in releases] + [r.epoch for c, r in zip(chain, theirs, strict=True) if c.spec]
+    return ImageApt(debs, archives, in_image, max(epochs), sources)
 
 
-def image_resolver(cache: Path, arch: str, sources: Sequence[ImageSource]) -> AptResolver:
-    """apt over exactly the image's sources: the first suite-style one as the release, every other one beside
-    it with its own keys (a flat repository's ``/`` as apt also reads it, ``./``)."""
+def image_resolver(cache: Path, arch: str, release: ImageRelease,
+                   chain: Sequence[ThirdPartySource]) -> tuple[AptResolver, int]:
+    """apt over exactly the image's sources, then the chain's own third-party sources; and how many of the
+    resolver's third-party sources are the image's (recorded as its archives, not as ``[[apt-sources]]``).
+
+    The image's first suite-style source is the release, every other one beside it with its own keys (a
+    flat repository's ``/`` as apt also reads it, ``./``). A Debian image without sources: its release,
+    -updates and -security on deb.debian.org, with Debian's keyring.
+    """
+    if not release.sources:
+        suite = release.suite
+        extra = [(DEFAULT_MIRROR, f"{suite}-updates"), (DEFAULT_SECURITY_MIRROR, f"{suite}-security")]
+        return AptResolver(cache, DEFAULT_MIRROR, suite, ("main",), arch, extra=extra, third_party=chain), 0
+    sources = release.sources
     primary = next((s for s in sources if not s.flat), None)
     if primary is None:
         raise LockError(f"the image's apt reads only flat repositories ({describe(sources)})",
@@ -201,22 +245,29 @@ def image_resolver(cache: Path, arch: str, sources: Sequence[ImageSource]) -> Ap
     others = [ThirdPartySource(s.uri.rstrip("/") if s.flat else s.uri, "./" if s.suite == "/" else s.suite,
                                s.components, _keyring(cache, s.keys))
               for s in sources if s is not primary and (s.architectures == () or arch in s.architectures)]
-    return AptResolver(cache, primary.uri, primary.suite, primary.components, arch,
-                       keyring=_keyring(cache, primary.keys), third_party=others)
+    resolver = AptResolver(cache, primary.uri, primary.suite, primary.components, arch,
+                           keyring=_keyring(cache, primary.keys), third_party=[*others, *chain])
+    return resolver, len(others)
 
 
-def archives_of(resolver: AptResolver) -> list[tuple[str, str]]:
-    """(url, suite) of every archive the resolver reads, in the order their states are recorded."""
-    return [*resolver.sources, *((s.url, s.suite) for s in resolver.third_party)]
+def archives_of(resolver: AptResolver, n: int) -> list[tuple[str, str]]:
+    """(url, suite) of the image's archives the resolver reads, in the order their states are recorded."""
+    return [*resolver.sources, *((s.url, s.suite) for s in resolver.third_party[:n])]
 
 
-def all_releases(resolver: AptResolver) -> list[ReleaseInfo]:
-    return [*resolver.releases(), *(resolver.source_releases() if resolver.third_party else [])]
+def image_releases(resolver: AptResolver, n: int) -> list[ReleaseInfo]:
+    return [*resolver.releases(), *(resolver.source_releases()[:n] if n else [])]
 
 
-def moved_archive(resolver: AptResolver, archives: Sequence[LockedArchive]) -> tuple[LockedArchive, str] | None:
+def source_releases(resolver: AptResolver, n: int) -> list[ReleaseInfo]:
+    """The Release states of the chain's ``[[apt.sources]]`` (after the image's own)."""
+    return resolver.source_releases()[n:] if len(resolver.third_party) > n else []
+
+
+def moved_archive(resolver: AptResolver, archives: Sequence[LockedArchive],
+                  n: int) -> tuple[LockedArchive, str] | None:
     """The first archive whose signed Release is not the one a chain was locked against, and its date now."""
-    for locked, now in zip(archives, all_releases(resolver), strict=True):
+    for locked, now in zip(archives, image_releases(resolver, n), strict=True):
         if now.inrelease_sha256 != locked.inrelease_sha256:
             return locked, now.date
     return None
