@@ -71,12 +71,17 @@ DEB: Schema = {
 SOURCE_SUITE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9._-]+)*")
 FLAT_DIR = re.compile(r"\./|[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9._-]+)*/")
 COMPONENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+def _suite_or_flat(v: Any) -> str | None:
+    if isinstance(v, str) and (SOURCE_SUITE.fullmatch(v) or FLAT_DIR.fullmatch(v)):
+        return None
+    return f"{v!r} is not a suite or a flat repository's directory"
+
+
 ARCHIVE: Schema = {
     "mirror": (url_check, True),
     # Debian's ("bookworm-updates"); an image's own sources add Ubuntu's, vendors' ("noble", "bookworm-cran40/")
     # and flat repositories' directories ("./").
-    "suite": (lambda v: None if isinstance(v, str) and (SOURCE_SUITE.fullmatch(v) or FLAT_DIR.fullmatch(v))
-              else f"{v!r} is not a suite or a flat repository's directory", True),
+    "suite": (_suite_or_flat, True),
     "codename": (matching(SOURCE_SUITE, "a codename"), False),
     "release-date": (release_date, True),
     "inrelease-sha256": (SHA256, True),
@@ -218,8 +223,7 @@ def parse_sources(v: RecipeValidator, sources: list[Mapping[str, Any]]) -> tuple
 
 LOCKED_SOURCE: Schema = {
     "url": (url_check, True),
-    "suite": (lambda v: None if isinstance(v, str) and (SOURCE_SUITE.fullmatch(v) or FLAT_DIR.fullmatch(v))
-              else f"{v!r} is not a suite or a flat repository's directory", True),
+    "suite": (_suite_or_flat, True),
     "components": (str_list(matching(COMPONENT, "a component name")), False),
     "key-sha256": (SHA256, True),
     "key-size": (whole_number, True),

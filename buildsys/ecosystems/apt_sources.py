@@ -113,7 +113,7 @@ def _vendored(store: Store, sha: str | None) -> bytes | None:
     return data if hashlib.sha256(data).hexdigest() == sha else None
 
 
-def _keyring(cache: Path, sha: str, data: bytes) -> Path:
+def keyring_file(cache: Path, sha: str, data: bytes) -> Path:
     """The key where the resolver's sources.list names it; the extension tells apt how to read it."""
     path = cache / "keys" / f"{sha}{'.asc' if data.lstrip().startswith(_ARMOR) else '.gpg'}"
     if not path.is_file():
@@ -140,7 +140,7 @@ def _own(recipe: Recipe, i: int, spec: AptSourceSpec, store: Store, cache: Path)
                 raise KeyProblem(recipe, key, f"cannot read {path}: {e.strerror}", "check the path") from e
     sha = _check_key(recipe, key, data, spec.key.sha256, origin)
     store.vendor_stream(io.BytesIO(data), "key-")
-    src = ThirdPartySource(spec.url, spec.suite, spec.components, _keyring(cache, sha, data))
+    src = ThirdPartySource(spec.url, spec.suite, spec.components, keyring_file(cache, sha, data))
     return ChainSource(src, f"apt.sources[{i}]", f"{key} ({origin}, sha256 {sha[:12]}…)", sha, len(data), spec=spec)
 
 
@@ -158,7 +158,7 @@ def _inherited(recipe: Recipe, parent: Lock, i: int, locked: LockedSource, store
         raise KeyProblem(recipe, key, f"the key of {locked.url} is neither in the vendor store nor readable",
                          f"run `buildsys fetch {parent.recipe}`, or relock `{parent.recipe}`")
     sha = _check_key(recipe, key, data, locked.key_sha256, locked.key_url or locked.key_path or "the store")
-    src = ThirdPartySource(locked.url, locked.suite, locked.components, _keyring(cache, sha, data))
+    src = ThirdPartySource(locked.url, locked.suite, locked.components, keyring_file(cache, sha, data))
     return ChainSource(src, where, f"{key} (sha256 {sha[:12]}…)", sha, len(data), locked=locked)
 
 

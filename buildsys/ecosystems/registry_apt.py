@@ -44,7 +44,7 @@ from buildsys.ecosystems.apt_sections import (
     LockedSource,
     archive_snapshot,
 )
-from buildsys.ecosystems.apt_sources import chain_sources, inherited_moved, own_locked, unusable
+from buildsys.ecosystems.apt_sources import chain_sources, inherited_moved, keyring_file, own_locked, unusable
 from buildsys.ecosystems.debian_root import DEFAULT_MIRROR, DEFAULT_SECURITY_MIRROR
 from buildsys.ecosystems.registry_image import ImageBaseLock
 from buildsys.model.lockfile import Lock
@@ -294,10 +294,4 @@ def dearmor(data: bytes) -> bytes:
 def _keyring(cache: Path, keys: Sequence[bytes]) -> Path:
     """The image's keys for one source as one binary keyring under the cache, named by its content."""
     data = b"".join(dearmor(k) for k in keys)
-    path = cache / "image-keys" / f"{hashlib.sha256(data).hexdigest()}.gpg"
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(data)
-        tmp.replace(path)
-    return path
+    return keyring_file(cache, hashlib.sha256(data).hexdigest(), data)
