@@ -164,3 +164,26 @@ def test_a_package_set_that_is_not_closed_names_its_ecosystem(tmp_path: Path, mo
     with pytest.raises(StaleLock, match="its conda and mamba package sets are not closed: numpy 2.0.1 needs 'blas'; "
                                         r"scipy 1.0 needs 'numpy'; scipy 1.0 needs 'blas' \(and 1 more\)\n"):
         check_vendored(store, locks, graph.recipes["left"], ["base", "left"])
+
+
+def test_a_relock_says_which_signed_archive_states_moved() -> None:
+    """``lock --upgrade --check`` names an archive or third-party source whose Release moved, even when no
+    package version did (a new InRelease with the same packages is still a new state)."""
+    from buildsys.ecosystems.apt_sections import AptSection, LockedArchive, LockedSource
+    from buildsys.model.lockfile import Lock
+
+    def lock(date: str) -> Lock:
+        archive = LockedArchive("http://archive.ubuntu.com/ubuntu", "jammy-security", "jammy", date, "1" * 64)
+        source = LockedSource(url="https://repo.example/apt", suite="./", components=(), key_sha256="2" * 64,
+                              key_size=1, key_url="https://repo.example/key.asc", key_path=None,
+                              release_date=date, inrelease_sha256="3" * 64)
+        return Lock(recipe="tools", recipe_hash="sha256:" + "0" * 64, source_date_epoch=0).with_sections(
+            AptSection(archives=(archive,), sources=(source,)))
+
+    old, new = lock("Mon, 01 Jun 2026 00:00:00 UTC"), lock("Tue, 02 Jun 2026 00:00:00 UTC")
+    assert {(c.kind, c.name, c.old, c.new) for c in diff_locks(old, new)} == {
+        ("apt-archive", "http://archive.ubuntu.com/ubuntu jammy-security", "Mon, 01 Jun 2026 00:00:00 UTC",
+         "Tue, 02 Jun 2026 00:00:00 UTC"),
+        ("apt-source", "https://repo.example/apt ./", "Mon, 01 Jun 2026 00:00:00 UTC",
+         "Tue, 02 Jun 2026 00:00:00 UTC")}
+    assert diff_locks(old, old) == []

@@ -64,7 +64,7 @@ def _upgrade_check(obj: Context, g: Graph, recipes: tuple[str, ...], upgrade: bo
     if not changes and not any(o.status == "would change" for o in outcomes):
         click.echo("every lock is up to date with upstream; nothing would change")
         return
-    print_table("a relock would change", ("recipe", "kind", "package", "locked", "upstream now", "from"),
+    print_table("a relock would change", ("recipe", "kind", "package or archive", "locked", "upstream now", "from"),
                 ((c.recipe, c.kind, c.name, c.old or "-", c.new or "(removed)", c.source) for c in changes))
     names = sorted({o.recipe for o in outcomes if o.status == "would change"})
     raise LocksOutOfDate(names, len(outcomes), verb="would change",

@@ -57,6 +57,11 @@ def pins(lock: Lock) -> list[tuple[Ecosystem, Pin]]:
     return [(eco, p) for eco in ECOSYSTEMS for p in eco.pins(lock)]
 
 
+def states(lock: Lock) -> list[Pin]:
+    """The signed archive states ``lock`` was resolved against (``Ecosystem.states``)."""
+    return [p for eco in ECOSYSTEMS for p in eco.states(lock)]
+
+
 def checks(recipe: Recipe) -> list[tuple[str, str]]:
     """(label, shell command) of the checks ``buildsys test`` runs before a recipe's own [test] commands."""
     return [c for eco in ECOSYSTEMS for c in eco.checks(recipe)]

@@ -238,6 +238,11 @@ class Apt(Ecosystem):
     def pins(self, lock: Lock) -> list[Pin]:
         return [deb_pin(d) for d in lock.section(AptSection).debs]
 
+    def states(self, lock: Lock) -> list[Pin]:
+        apt = lock.section(AptSection)
+        return ([Pin("apt-archive", f"{a.mirror} {a.suite}", a.release_date, a.mirror) for a in apt.archives]
+                + [Pin("apt-source", f"{s.url} {s.suite}", s.release_date, s.url) for s in apt.sources])
+
 
 def _apt_archives_cover(lock: Lock, above: Sequence[Lock], debian_root: bool, image_root: bool) -> list[str]:
     """On a registry image, every .deb comes from the archives the chain's apt layers recorded."""

@@ -178,6 +178,11 @@ class Ecosystem:
     def pins(self, lock: Lock) -> list[Pin]:
         return []
 
+    def states(self, lock: Lock) -> list[Pin]:
+        """The signed upstream states ``lock`` was resolved against (an apt archive's Release, by its date),
+        for ``lock --upgrade --check`` to say which moved; never packages."""
+        return []
+
     def checks(self, recipe: Recipe) -> list[tuple[str, str]]:
         """(label, shell command) of the checks ``buildsys test`` runs for this part of ``recipe``."""
         return []

@@ -292,6 +292,11 @@ class DebianRoot(Ecosystem):
     def pins(self, lock: Lock) -> list[Pin]:
         return [deb_pin(d) for d in root_debs(lock)]
 
+    def states(self, lock: Lock) -> list[Pin]:
+        base = lock.get(DebianBaseLock)
+        return [Pin("apt-archive", f"{a.mirror} {a.suite}", a.release_date, a.mirror)
+                for a in (base.all_archives if base else ())]
+
 
 def root_debs(lock: Lock) -> tuple[LockedDeb, ...]:
     """A Debian root's bootstrap set; () for any other lock."""

@@ -38,7 +38,8 @@ def diff_locks(old: Lock | None, new: Lock) -> list[Change]:
     def pins(lock: Lock | None) -> dict[tuple[str, str], tuple[str, str]]:
         if lock is None:
             return {}
-        return {(p.kind, p.name): (p.version, p.source) for _, p in ecosystems.pins(lock)}
+        every = [p for _, p in ecosystems.pins(lock)] + ecosystems.states(lock)  # packages, and archive states
+        return {(p.kind, p.name): (p.version, p.source) for p in every}
 
     before, after = pins(old), pins(new)
     changes = []

@@ -26,7 +26,7 @@ class Change:
     """One pin that a relock moves: what ``lock --upgrade --check`` reports."""
 
     recipe: str
-    kind: str  # "apt" | "pip" | "cran" | "files" | "image"
+    kind: str  # "apt" | "pip" | "cran" | "files" | "image"; "apt-archive" | "apt-source": a signed Release state
     name: str
     old: str  # "" when added
     new: str  # "" when removed
