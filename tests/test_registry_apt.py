@@ -328,3 +328,51 @@ def test_apt_on_an_image_reads_the_image_s_own_sources_with_its_own_keys(
     seconds["verify"] = time.monotonic() - t
     ok(bs(proj, store, "test", "onvendor"))
     print("apt on the image's own sources, seconds:", {k: round(v, 2) for k, v in seconds.items()})
+
+
+@pytest.mark.network
+@pytest.mark.parametrize("wrong", ["suite", "flat"])
+def test_an_image_source_that_its_own_keys_do_not_sign_is_a_named_error(
+        tmp_path: Path, request: pytest.FixtureRequest, wrong: str) -> None:
+    """The keys are the image's: a source signed by another key than the one its signed-by names is refused
+    by apt at lock time, naming the source (the release archive's, or a vendor's beside it)."""
+    import aptrepo
+
+    from buildsys.core.errors import LockError
+    from buildsys.core.store import Store
+    from buildsys.ecosystems.apt_image_sources import ImageSource
+    from buildsys.ecosystems.registry_apt import ImageRelease, image_resolver, lock_apt_on_image
+    from buildsys.ecosystems.registry_image import ImageBaseLock
+    from buildsys.oci.image import MANIFEST_MEDIA_TYPE
+
+    debs = aptrepo.debs(Path(request.config.cache.mkdir("aptrepo-debs")), ["jdupes", "libjodycode3", "hprof-conv"])
+    signer = aptrepo.make_key(tmp_path / "gnupg-signer", "buildsys test signer")
+    stranger = aptrepo.make_key(tmp_path / "gnupg-stranger", "buildsys test stranger")
+    www = tmp_path / "www"
+    aptrepo.suite_repo(www / "suite", signer, {"main": [debs["jdupes"], debs["libjodycode3"]]})
+    aptrepo.flat_repo(www / "flat", signer, [debs["hprof-conv"]])
+    good = signer.export(tmp_path / "signer.gpg", armor=False).read_bytes()
+    bad = stranger.export(tmp_path / "stranger.asc").read_bytes()
+    with aptrepo.serve(www) as url:
+        sources = (
+            ImageSource(f"{url}/suite", "noble", ("main",), (bad if wrong == "suite" else good,),
+                        ("/usr/share/keyrings/vendor.gpg",), (), "etc/apt/sources.list:1"),
+            ImageSource(f"{url}/flat/", "/", (), (bad if wrong == "flat" else good,),
+                        ("/usr/share/keyrings/cuda.gpg",), (), "etc/apt/sources.list.d/cuda.sources (stanza 1)"),
+        )
+        release = ImageRelease(suite="noble", pretty="Ubuntu-like test image", status=STATUS, sources=sources)
+        resolver, n = image_resolver(tmp_path / "apt", "amd64", release, [])
+        assert n == 1 and resolver.mirror == f"{url}/suite" and resolver.third_party[0].suite == "./"
+        recipe_file = tmp_path / "recipes" / "tools.toml"
+        recipe_file.parent.mkdir()
+        recipe_file.write_text(APT_CHILD.format(parent="root"))
+        root = ImageBaseLock(reference="r.example/ubuntu-like:1", platform="linux/amd64",
+                             manifest_digest="sha256:" + "0" * 64, manifest_media_type=MANIFEST_MEDIA_TYPE,
+                             manifest_size=1, config_digest="sha256:" + "1" * 64, config_size=1, layers=())
+        with pytest.raises(LockError) as e:
+            lock_apt_on_image(parse_recipe(recipe_file), root, release, [], Store(tmp_path / "store"))
+    msg = str(e.value)
+    assert "tools.toml" in msg and "r.example/ubuntu-like:1 (Ubuntu-like test image)" in msg, msg
+    assert f"{url}/{wrong}" in msg and ("signature" in msg or "not signed" in msg), msg
+    if wrong == "suite":  # the release archive: the hint names the image's own keyrings, not Debian's
+        assert "/usr/share/keyrings/vendor.gpg" in msg and "debian-archive-keyring" not in msg, msg

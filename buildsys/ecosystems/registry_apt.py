@@ -209,7 +209,11 @@ def lock_apt_on_image(recipe: Recipe, root: ImageBaseLock, release: ImageRelease
     except LockError as e:
         if e.message.startswith(where):
             raise
-        raise LockError(f"{where}: {e.message}", e.hint) from e
+        hint = e.hint
+        if release.sources and e.message.startswith("signature check of "):
+            hint = (f"the keys the image trusts for it ({_key_names(release.sources)}) do not sign it: the image's "
+                    "own apt would refuse it too; base the chain on an image with a current keyring")
+        raise LockError(f"{where}: {e.message}", hint) from e
     debs = [LockedDeb(name=p.name, version=p.version, architecture=p.architecture, sha256=p.sha256, size=p.size,
                       path=p.filename, mirror=p.mirror or DEFAULT_MIRROR) for p in packages]
     archives = tuple(LockedArchive(mirror=r.mirror, suite=r.suite, codename=r.codename, release_date=r.date,
@@ -248,6 +252,11 @@ def image_resolver(cache: Path, arch: str, release: ImageRelease,
     resolver = AptResolver(cache, primary.uri, primary.suite, primary.components, arch,
                            keyring=_keyring(cache, primary.keys), third_party=[*others, *chain])
     return resolver, len(others)
+
+
+def _key_names(sources: Sequence[ImageSource]) -> str:
+    names = dict.fromkeys(n for s in sources for n in s.key_names)
+    return ", ".join(list(names)[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 def archives_of(resolver: AptResolver, n: int) -> list[tuple[str, str]]:
