@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 import pytest
 
-from buildsys.ecosystems.apt_image_sources import ImageSourcesError, quote_line, read_sources
+from buildsys.ecosystems.apt_image_sources import ImageSourcesError, read_sources
+from buildsys.ecosystems.registry_apt import ImageRelease, image_resolver
 
 UBUNTU_2204 = b"""\
 # See http://help.ubuntu.com/community/UpgradeNotes for how to upgrade to
@@ -55,7 +57,7 @@ def image(files: dict[str, bytes]):
     return read, children
 
 
-def test_ubuntu_22_04_with_nvidia_s_flat_repository() -> None:
+def test_ubuntu_22_04_with_nvidia_s_flat_repository(tmp_path: Path) -> None:
     read, children = image({
         "etc/apt/sources.list": UBUNTU_2204,
         "etc/apt/sources.list.d/cuda-ubuntu2204-x86_64.list": CUDA_LIST,
@@ -76,8 +78,12 @@ def test_ubuntu_22_04_with_nvidia_s_flat_repository() -> None:
                                 "etc/apt/trusted.gpg.d/ubuntu-keyring-2018-archive.gpg")
     assert ubuntu.origin == "etc/apt/sources.list:2" and not ubuntu.flat
     assert cuda.flat and cuda.keys == (b"NVIDIA KEY",) and cuda.origin.endswith("cuda-ubuntu2204-x86_64.list:1")
-    assert quote_line(cuda, ["/k/0.gpg"]) == \
-        "deb [signed-by=/k/0.gpg] https://developer.download.nvidia.com/compute/cuda/repos/ubuntu2204/x86_64/ /"
+    # the line apt is given for it: its own keyring, the flat "/" as apt also reads it
+    resolver, n = image_resolver(tmp_path, "amd64", ImageRelease("jammy", "Ubuntu 22.04", b"", tuple(sources)), [])
+    nvidia = resolver.third_party[-1]
+    assert n == 3 and nvidia.line() == (f"deb [signed-by={nvidia.keyring}] "
+                                        "https://developer.download.nvidia.com/compute/cuda/repos/ubuntu2204/x86_64 ./\n")
+    assert nvidia.keyring.read_bytes() == b"NVIDIA KEY"
 
 
 def test_ubuntu_24_04_deb822_skips_sources_and_disabled_stanzas() -> None:

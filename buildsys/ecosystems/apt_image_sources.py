@@ -15,7 +15,6 @@ since nothing would then tie a lock to what the archive signed.
 from __future__ import annotations
 
 import re
-import shlex
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -173,9 +172,3 @@ def _keys(signed_by: str, origin: str, read: _Reader) -> tuple[tuple[bytes, ...]
 
 def describe(sources: Iterable[ImageSource]) -> str:
     return "; ".join(f"{s.uri} {s.suite}" + (f" {' '.join(s.components)}" if s.components else "") for s in sources)
-
-
-def quote_line(s: ImageSource, keyrings: Iterable[str]) -> str:
-    """The source as a one-line ``deb`` for a private sources.list, its keys at ``keyrings``."""
-    opts = f"signed-by={','.join(keyrings)}" + (f" arch={','.join(s.architectures)}" if s.architectures else "")
-    return " ".join(["deb", f"[{opts}]", shlex.quote(s.uri), s.suite, *s.components])

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from buildsys.core import net
 from buildsys.core.errors import LockError
-from buildsys.core.store import Store
+from buildsys.core.store import Store, atomic_write
 from buildsys.ecosystems.apt import ReleaseInfo, SourceFailed, ThirdPartySource
 from buildsys.ecosystems.apt_sections import AptRecipe, AptSection, AptSourceSpec, LockedSource
 from buildsys.model.lockfile import Lock
@@ -118,9 +118,7 @@ def keyring_file(cache: Path, sha: str, data: bytes) -> Path:
     path = cache / "keys" / f"{sha}{'.asc' if data.lstrip().startswith(_ARMOR) else '.gpg'}"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(data)
-        tmp.replace(path)
+        atomic_write(path, data)
     return path
 
 

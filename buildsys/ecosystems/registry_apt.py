@@ -165,11 +165,11 @@ def lock_apt_on_image(recipe: Recipe, root: ImageBaseLock, release: ImageRelease
     cache = store.cache / "apt"
     chain = chain_sources(recipe, ancestors, store, cache)
     own = bool(recipe.section(AptRecipe).sources)
-    resolver, n = image_resolver(cache, arch, release, [c.source for c in chain])
     pinned = chain_state(recipe, ancestors)
     wanted = recipe.section(AptRecipe).packages
     where = f"{recipe.path}: [apt] on {root.reference} ({release.pretty})"
     try:
+        resolver, n = image_resolver(cache, arch, release, [c.source for c in chain])
         if pinned:
             if [(a.mirror, a.suite) for a in pinned] != archives_of(resolver, n):
                 raise LockError(f"{where}: the chain's earlier apt layer was resolved from "
