@@ -81,8 +81,8 @@ def test_ubuntu_22_04_with_nvidia_s_flat_repository(tmp_path: Path) -> None:
     # the line apt is given for it: its own keyring, the flat "/" as apt also reads it
     resolver, n = image_resolver(tmp_path, "amd64", ImageRelease("jammy", "Ubuntu 22.04", b"", tuple(sources)), [])
     nvidia = resolver.third_party[-1]
-    assert n == 3 and nvidia.line() == (f"deb [signed-by={nvidia.keyring}] "
-                                        "https://developer.download.nvidia.com/compute/cuda/repos/ubuntu2204/x86_64 ./\n")
+    url = "https://developer.download.nvidia.com/compute/cuda/repos/ubuntu2204/x86_64"
+    assert n == 3 and nvidia.line() == f"deb [signed-by={nvidia.keyring}] {url} ./\n"
     assert nvidia.keyring.read_bytes() == b"NVIDIA KEY"
 
 
