@@ -18,6 +18,7 @@ import tarfile
 import time
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import bs, ok
@@ -277,6 +278,18 @@ commands = ["jdupes -v | grep -q 'linked to libjodycode'",
 """
 
 
+def _vendor_repos(tmp_path: Path, request: pytest.FixtureRequest, suite_key: Any, flat_key: Any) -> Path:
+    """www/suite (jdupes with its library, Ubuntu-like ``noble``) and www/flat (hprof-conv, NVIDIA-like) of
+    real .debs (tests/aptrepo.py), each signed with the key given."""
+    import aptrepo
+
+    debs = aptrepo.debs(Path(request.config.cache.mkdir("aptrepo-debs")), ["jdupes", "libjodycode3", "hprof-conv"])
+    www = tmp_path / "www"
+    aptrepo.suite_repo(www / "suite", suite_key, {"main": [debs["jdupes"], debs["libjodycode3"]]})
+    aptrepo.flat_repo(www / "flat", flat_key, [debs["hprof-conv"]])
+    return www
+
+
 @pytest.mark.docker
 @pytest.mark.slow
 @pytest.mark.network
@@ -285,12 +298,9 @@ def test_apt_on_an_image_reads_the_image_s_own_sources_with_its_own_keys(
     import aptrepo
 
     seconds: dict[str, float] = {}
-    debs = aptrepo.debs(Path(request.config.cache.mkdir("aptrepo-debs")), ["jdupes", "libjodycode3", "hprof-conv"])
     suite_key = aptrepo.make_key(tmp_path / "gnupg-suite", "buildsys test vendor")
     flat_key = aptrepo.make_key(tmp_path / "gnupg-flat", "buildsys test cuda")
-    www = tmp_path / "www"
-    aptrepo.suite_repo(www / "suite", suite_key, {"main": [debs["jdupes"], debs["libjodycode3"]]})
-    aptrepo.flat_repo(www / "flat", flat_key, [debs["hprof-conv"]])
+    www = _vendor_repos(tmp_path, request, suite_key, flat_key)
     (www / "image").mkdir()
     suite_key.export(www / "image" / "suite.asc")
     flat_key.export(www / "image" / "flat.gpg", armor=False)
@@ -345,12 +355,9 @@ def test_an_image_source_that_its_own_keys_do_not_sign_is_a_named_error(
     from buildsys.ecosystems.registry_image import ImageBaseLock
     from buildsys.oci.image import MANIFEST_MEDIA_TYPE
 
-    debs = aptrepo.debs(Path(request.config.cache.mkdir("aptrepo-debs")), ["jdupes", "libjodycode3", "hprof-conv"])
     signer = aptrepo.make_key(tmp_path / "gnupg-signer", "buildsys test signer")
     stranger = aptrepo.make_key(tmp_path / "gnupg-stranger", "buildsys test stranger")
-    www = tmp_path / "www"
-    aptrepo.suite_repo(www / "suite", signer, {"main": [debs["jdupes"], debs["libjodycode3"]]})
-    aptrepo.flat_repo(www / "flat", signer, [debs["hprof-conv"]])
+    www = _vendor_repos(tmp_path, request, signer, signer)
     good = signer.export(tmp_path / "signer.gpg", armor=False).read_bytes()
     bad = stranger.export(tmp_path / "stranger.asc").read_bytes()
     with aptrepo.serve(www) as url:

@@ -72,6 +72,8 @@ class Mirrors:
 
     def __init__(self, rules: Iterable[Mirror] = ()) -> None:
         self.rules = tuple(sorted(rules, key=lambda m: len(m.upstream), reverse=True))
+        # (the mirror's normalized prefix, its upstream), longest first: asked for every URL a client reads
+        self._back = tuple(sorted(((_normal(m.url), m.upstream) for m in self.rules), key=lambda b: -len(b[0])))
 
     def __bool__(self) -> bool:
         return bool(self.rules)
@@ -89,15 +91,15 @@ class Mirrors:
 
     def to_upstream(self, url: str) -> str:
         """A URL a mirror answered with, as upstream's (the URL itself when no mirror has it)."""
-        for m in sorted(self.rules, key=lambda m: len(m.url), reverse=True):
-            rest = _under(url, _normal(m.url))
+        for prefix, upstream in self._back:
+            rest = _under(url, prefix)
             if rest is not None:
-                return m.upstream + rest
+                return upstream + rest
         return url
 
     def is_mirror(self, url: str) -> bool:
         """Is ``url`` one a configured mirror serves (trusted by configuration, loopback or not)?"""
-        return any(_under(url, _normal(m.url)) is not None for m in self.rules)
+        return any(_under(url, prefix) is not None for prefix, _ in self._back)
 
     def candidates(self, url: str) -> list[str]:
         """Where fetch reads ``url`` from, in order: its mirror, then itself."""

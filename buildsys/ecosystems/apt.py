@@ -244,6 +244,7 @@ class AptResolver:
         self._stanzas: dict[tuple[str, str, str], deb822.Deb822] = {}
         # (name, version, arch) or a .deb's file name -> (mirror, path, size, sha256) apt downloads it from
         self._uris: dict[object, tuple[str, str, int, str]] = {}
+        self._source_files: dict[ThirdPartySource, Path] | None = None  # _source_release_files, until an update
 
     # -- public API -----------------------------------------------------------
 
@@ -463,6 +464,8 @@ class AptResolver:
         """
         if not self.third_party:
             return {}
+        if self._source_files is not None:  # asked several times a lock; the lists change only in _update
+            return self._source_files
         proc = self._run(["apt-get", "indextargets", "--format", "$(SOURCESENTRY)\t$(FILENAME)\t$(METAKEY)"])
         if proc.returncode != 0:
             raise AptFailed("apt-get indextargets", proc.stdout + proc.stderr)
@@ -479,6 +482,8 @@ class AptResolver:
                 if Path(prefix + name).is_file():
                     found.setdefault(src, Path(prefix + name))
                     break
+        if len(found) == len(self.third_party):  # complete: kept until the next `apt-get update`
+            self._source_files = found
         return found
 
     def source_releases(self) -> list[ReleaseInfo]:
@@ -520,6 +525,7 @@ class AptResolver:
 
     def _update(self) -> None:
         self._uris.clear()
+        self._source_files = None
         proc = self._run(["apt-get", "update", "-q"])
         out = proc.stdout + proc.stderr
         self._check_sources(out)

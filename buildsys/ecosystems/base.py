@@ -20,6 +20,7 @@ through its types (apt on a root's lock part).
 
 from __future__ import annotations
 
+import re
 from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,30 @@ STEP_MARKER = "::buildsys-step::"
 # What a step script starts with: build steps stop at the first error and at an unset variable,
 # and never inherit a umask or a folder (each step is its own process tree, build/steps.py).
 STEP_HEADER = "set -eu\numask 022\ncd /\n"
+
+# Headers a failed compile may name, and the Debian package that provides them.
+HEADER_PACKAGES = {
+    "sodium.h": "libsodium-dev", "curl/curl.h": "libcurl4-openssl-dev", "openssl/ssl.h": "libssl-dev",
+    "libxml/parser.h": "libxml2-dev", "libxml/tree.h": "libxml2-dev", "zmq.h": "libzmq3-dev",
+    "png.h": "libpng-dev", "jpeglib.h": "libjpeg-dev", "zlib.h": "zlib1g-dev", "gmp.h": "libgmp-dev",
+    "gsl/gsl_math.h": "libgsl-dev", "fftw3.h": "libfftw3-dev", "sqlite3.h": "libsqlite3-dev",
+    "git2.h": "libgit2-dev", "ft2build.h": "libfreetype-dev", "fontconfig/fontconfig.h": "libfontconfig-dev",
+    "cairo.h": "libcairo2-dev", "uv.h": "libuv1-dev", "hdf5.h": "libhdf5-dev", "netcdf.h": "libnetcdf-dev",
+    "proj.h": "libproj-dev", "gdal.h": "libgdal-dev", "geos_c.h": "libgeos-dev", "udunits2.h": "libudunits2-dev",
+    "magick/api.h": "libmagick++-dev", "Magick++.h": "libmagick++-dev", "tiff.h": "libtiff-dev",
+    "harfbuzz/hb.h": "libharfbuzz-dev", "fribidi/fribidi.h": "libfribidi-dev", "mysql.h": "libmariadb-dev",
+    "libpq-fe.h": "libpq-dev", "unicode/utypes.h": "libicu-dev", "lzma.h": "liblzma-dev", "bzlib.h": "libbz2-dev",
+}
+
+
+def missing_header(output: str) -> tuple[str, str | None] | None:
+    """The header a failed compile could not find (the last one it names), and the Debian package that
+    provides it when known: for the hints of every ecosystem that compiles (R packages, pip sdists)."""
+    found = re.findall(r"fatal error: ([^:\s]+): No such file or directory", output)
+    if not found:
+        return None
+    h: str = found[-1]
+    return h, HEADER_PACKAGES.get(h) or HEADER_PACKAGES.get(h.rsplit("/", 1)[-1])
 
 
 @dataclass(frozen=True)

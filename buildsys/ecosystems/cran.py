@@ -26,10 +26,9 @@ from buildsys.core.errors import FetchError, HashMismatch, LockError
 from buildsys.core.store import Artifact, Store
 from buildsys.core.urlpolicy import local_reason
 from buildsys.ecosystems.apt_layer import chain_debs
-from buildsys.ecosystems.base import MOUNT, Component, Ecosystem, LockContext, Pin
+from buildsys.ecosystems.base import HEADER_PACKAGES, MOUNT, Component, Ecosystem, LockContext, Pin
 from buildsys.ecosystems.cran_build import (
     DESCRIPTION_CAP,
-    HEADER_PACKAGES,
     MAKEVARS,
     R_BASE_PACKAGES,
     cran_closure,

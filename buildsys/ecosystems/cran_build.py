@@ -17,7 +17,7 @@ from buildsys.core.dcf import parse_dcf
 from buildsys.core.errors import NotVendored
 from buildsys.core.store import Store
 from buildsys.ecosystems.apt_layer import chain_debs
-from buildsys.ecosystems.base import STEP_HEADER, STEP_MARKER
+from buildsys.ecosystems.base import STEP_HEADER, STEP_MARKER, missing_header
 from buildsys.ecosystems.registry_image import ImageBaseLock
 from buildsys.model.lockfile import Lock
 
@@ -33,21 +33,6 @@ from buildsys.ecosystems.cran_index import (
     install_order,
     parse_deps,
 )
-
-# Headers a failed compile may name, and the Debian package that provides them.
-HEADER_PACKAGES = {
-    "sodium.h": "libsodium-dev", "curl/curl.h": "libcurl4-openssl-dev", "openssl/ssl.h": "libssl-dev",
-    "libxml/parser.h": "libxml2-dev", "libxml/tree.h": "libxml2-dev", "zmq.h": "libzmq3-dev",
-    "png.h": "libpng-dev", "jpeglib.h": "libjpeg-dev", "zlib.h": "zlib1g-dev", "gmp.h": "libgmp-dev",
-    "gsl/gsl_math.h": "libgsl-dev", "fftw3.h": "libfftw3-dev", "sqlite3.h": "libsqlite3-dev",
-    "git2.h": "libgit2-dev", "ft2build.h": "libfreetype-dev", "fontconfig/fontconfig.h": "libfontconfig-dev",
-    "cairo.h": "libcairo2-dev", "uv.h": "libuv1-dev", "hdf5.h": "libhdf5-dev", "netcdf.h": "libnetcdf-dev",
-    "proj.h": "libproj-dev", "gdal.h": "libgdal-dev", "geos_c.h": "libgeos-dev", "udunits2.h": "libudunits2-dev",
-    "magick/api.h": "libmagick++-dev", "Magick++.h": "libmagick++-dev", "tiff.h": "libtiff-dev",
-    "harfbuzz/hb.h": "libharfbuzz-dev", "fribidi/fribidi.h": "libfribidi-dev", "mysql.h": "libmariadb-dev",
-    "libpq-fe.h": "libpq-dev", "unicode/utypes.h": "libicu-dev", "lzma.h": "liblzma-dev", "bzlib.h": "libbz2-dev",
-}
-
 
 _NOT_PINNED = "not what the lock pins"
 
@@ -196,10 +181,8 @@ def failure_hint(output: str) -> str | None:
     if not last or not last[-1].startswith(f"{STEP_MARKER}cran: install "):
         return None
     pkg = last[-1].split()[2]
-    header = re.findall(r"fatal error: ([^:\s]+): No such file or directory", output)
-    if header:
-        h: str = header[-1]
-        deb = HEADER_PACKAGES.get(h) or HEADER_PACKAGES.get(h.rsplit("/", 1)[-1])
+    if missing := missing_header(output):
+        h, deb = missing
         if deb:
             return (f"R package {pkg} needs the header {h}, which Debian's {deb} provides: add \"{deb}\" to "
                     "[apt] packages of this recipe (or a parent), `buildsys lock`, then build again")

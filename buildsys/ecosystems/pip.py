@@ -31,7 +31,16 @@ from buildsys.core.errors import LockError, NotVendored
 from buildsys.core.store import Artifact, Store, atomic_write
 from buildsys.core.urlpolicy import local_reason
 from buildsys.ecosystems.apt_layer import chain_debs
-from buildsys.ecosystems.base import MOUNT, STEP_HEADER, STEP_MARKER, Component, Ecosystem, LockContext, Pin
+from buildsys.ecosystems.base import (
+    MOUNT,
+    STEP_HEADER,
+    STEP_MARKER,
+    Component,
+    Ecosystem,
+    LockContext,
+    Pin,
+    missing_header,
+)
 from buildsys.ecosystems.pip_resolve import LockedPip, LockedWheelFile, PipRecipe, check_pip, lock_pip
 from buildsys.ecosystems.pip_source import BUILD_DIR, build_step, is_sdist, split_pin
 from buildsys.ecosystems.pypi import DEFAULT_INDEX
@@ -324,8 +333,9 @@ class Pip(Ecosystem):
         if not last or not last[-1].startswith(f"{STEP_MARKER}pip: build "):
             return None
         what = last[-1][len(f"{STEP_MARKER}pip: build "):].removesuffix(" from source")
-        header = re.findall(r"fatal error: ([^:\s]+): No such file or directory", output)
-        missing = (f"the header {header[-1]}, which a Debian -dev package provides" if header else
+        header = missing_header(output)
+        missing = (f"the header {header[0]}, which Debian's {header[1]} provides" if header and header[1] else
+                   f"the header {header[0]}, which a Debian -dev package provides" if header else
                    "a compiler" if re.search(r"command '[^']*(gcc|cc|g\+\+|c\+\+)' failed|"
                                              r"(gcc|cc|x86_64-linux-gnu-gcc): (not found|No such file)", output)
                    else None)
