@@ -381,7 +381,9 @@ def _read_sources(recipe: Recipe, path: Path) -> dict[str, list[tuple[str, str, 
                 for name, entry in data.items()}
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise LockError(f"{recipe.name}: the build requirements of [pip] from-source packages were not "
-                        f"written readably ({path.name}): {e}") from e
+                        f"written readably ({path.name}): {e}",
+                        f"lock again (`buildsys lock {recipe.name}`); if it repeats, `buildsys -v lock "
+                        f"{recipe.name}` shows what the lock container said") from e
 
 
 def _existing_output(previous: Sequence[LockedPip]) -> str:
