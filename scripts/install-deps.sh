@@ -3,8 +3,9 @@
 set -eu
 # docker-registry and apache2-utils (htpasswd): the loopback registry the publish/cache tests start;
 # zstd: registry base images whose layers are zstd-compressed; gnupg: the signing keys of the test apt repositories (tests/aptrepo.py);
+# skopeo: a client no one here wrote, which pulls published images and checks their signatures in the tests;
 # docker-compose: Compose v1 (1.29, Debian 12 has no `docker compose` plugin), which `buildsys compose` files are tested with.
-PKGS="docker.io mmdebstrap apt-utils gnupg debian-archive-keyring util-linux python3-venv ca-certificates docker-registry apache2-utils zstd docker-compose"
+PKGS="docker.io mmdebstrap apt-utils gnupg debian-archive-keyring util-linux python3-venv ca-certificates docker-registry apache2-utils zstd skopeo docker-compose"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
