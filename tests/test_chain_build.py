@@ -37,7 +37,7 @@ from buildsys.lock import fresh_locks
 from buildsys.model.graph import build_graph
 from buildsys.model.lockfile import lock_path, read_lock
 from buildsys.model.recipe import load_recipes
-from buildsys.oci.image import OciLayout
+from buildsys.oci.image import OciLayout, rfc3339
 from buildsys.oci.layer.diff import read_entries
 
 pytestmark = [pytest.mark.docker, pytest.mark.network, pytest.mark.slow]
@@ -52,7 +52,20 @@ def chain(tmp_path_factory: pytest.TempPathFactory, store: Path) -> Path:
     proj = copy_project("chain", tmp_path_factory.mktemp("chain"))
     ok(bs(proj, store, "lock", "app"))
     ok(bs(proj, store, "fetch", "app"))
+    # A git checkout, as projects are: the images' labels name the commit of their inputs (core/vcs.py).
+    # Copies of it (copy_project) keep .git, so their unchanged recipes stay cache hits.
+    git(proj, "init", "-q", "-b", "main")
+    git(proj, "remote", "add", "origin", "https://ci:token@git.example.com/team/chain.git")
+    git(proj, "add", "-A")
+    git(proj, "commit", "-qm", "the chain, locked")
     return proj
+
+
+def git(repo: Path, *args: str) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@example.com"}
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True,
+                          env=env).stdout.strip()
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +140,54 @@ def test_buildsys_test_runs_every_inherited_test(chain: Path, store: Path, built
 def test_verify_rebuilds_the_whole_chain_and_finds_it_equal(chain: Path, store: Path, built: dict) -> None:
     result = ok(bs(chain, store, "build", "--verify", "app"))
     assert f"app: reproducible (3 layers, image {built['image_id']}" in result.output
+
+
+def test_images_say_what_they_are_in_labels_annotations_and_history(chain: Path, store: Path, built: dict) -> None:
+    """What registries, scanners and bots read (docs/shipping.md), the same in every rebuild (the verify test
+    compares the image IDs, which cover the config and so the labels)."""
+    manifest, config = OciLayout(store / "oci").read_image(built["manifest_digest"])
+    labels = config["config"]["Labels"]
+    app, root = read_lock(lock_path(chain, "app")), read_lock(lock_path(chain, "root"))
+    oci = {k.removeprefix("org.opencontainers.image."): v for k, v in labels.items()
+           if k.startswith("org.opencontainers.image.")}
+    assert oci == {"title": "app", "description": read_recipe_description(chain, "app"),
+                   "created": rfc3339(app.source_date_epoch), "revision": git(chain, "rev-parse", "HEAD"),
+                   "source": "https://git.example.com/team/chain.git"}  # the token stays out; no base: from nothing
+    assert labels["io.buildsys.lock-hash"] == app.lock_hash
+    assert manifest["annotations"] == {f"org.opencontainers.image.{k}": v for k, v in oci.items()}
+    assert docker.from_env().images.get(built["image_id"]).labels == labels  # by ID: other runs tag app:latest too
+    history = [h["created_by"] for h in config["history"]]
+    base = root.get(DebianBaseLock)
+    assert base is not None
+    assert history[0] == (f"buildsys: root (mmdebstrap {base.suite}/{base.variant}, {len(base.packages)} packages; "
+                          f"lock {root.lock_hash.removeprefix('sha256:')[:12]})")
+    assert history[-1].startswith("buildsys: app (") and history[-1].endswith(
+        f"; lock {app.lock_hash.removeprefix('sha256:')[:12]})")
+
+
+def test_a_new_revision_relabels_the_image_without_building_it(chain: Path, store: Path, built: dict,
+                                                                tmp_path: Path) -> None:
+    """A comment in a recipe leaves its hash, and so its layer, as they were; the labels follow the checkout
+    (modified: no revision; committed: the new commit), and the image gets a new config, not a new build."""
+    proj = copy_project(chain, tmp_path / "p")
+    recipe = proj / "recipes" / "app.toml"
+    recipe.write_text(recipe.read_text() + "\n# reviewed\n")
+    seen = {}
+    for state in ("modified", "committed"):
+        if state == "committed":
+            git(proj, "commit", "-qam", "a comment")
+        events: list[tuple[str, str, str]] = []
+        (image,) = builder(proj, store, events).build(["app"])
+        assert image.record.diff_ids == tuple(built["diff_ids"])
+        assert {(r, kind) for r, kind, _ in events if kind in ("built", "relabeled")} == {("app", "relabeled")}
+        labels = OciLayout(store / "oci").read_config(image.record.config_digest)["config"]["Labels"]
+        seen[state] = (image.record.config_digest, labels.get("org.opencontainers.image.revision"))
+    assert seen["modified"][1] is None and seen["committed"][1] == git(proj, "rev-parse", "HEAD")
+    assert len({built["image_id"], seen["modified"][0], seen["committed"][0]}) == 3
+
+
+def read_recipe_description(project: Path, name: str) -> str:
+    return load_recipes(project)[name].description
 
 
 def test_noop_rebuild_is_all_cache_hits(chain: Path, store: Path, built: dict) -> None:

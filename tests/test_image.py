@@ -17,10 +17,12 @@ from buildsys.oci.image import (
     LAYER_MEDIA_TYPE,
     MANIFEST_MEDIA_TYPE,
     ImageError,
+    ImageMeta,
     OciLayout,
     canonical_bytes,
     digest_bytes,
     make_config,
+    manifest_annotations,
     oci_labels,
     write_docker_archive,
 )
@@ -37,7 +39,7 @@ def base_config(diff_id: str = "sha256:" + "a" * 64) -> dict[str, Any]:
         epoch=EPOCH,
         image=ImageConfig(env=(("LANG", "C.UTF-8"),), user="1000:1000", workdir="/home/user", expose=(8888,),
                           cmd=("jupyter", "lab")),
-        labels=oci_labels("base", HASH_B, HASH_C, "Débian base"),
+        labels=oci_labels("base", HASH_B, HASH_C, "Débian base", epoch=EPOCH),
         created_by="buildsys base",
     )
 
@@ -46,7 +48,7 @@ def test_known_digest_freezes_the_config_format() -> None:
     data = canonical_bytes(base_config())
     assert data.startswith(b'{"architecture":"amd64","config":{"Cmd":["jupyter","lab"],"Env":["PATH=')
     assert "Débian".encode() in data  # UTF-8, not \u escapes
-    assert digest_bytes(data) == "sha256:99fbd77c3b4ae645544070e7b55fe4806f33e4e9975ab1b4888c97a8f5961392"
+    assert digest_bytes(data) == "sha256:17f5c4d43997789715611a0944a06780760277ee3f2c2343ece1926867aed5c7"
 
 
 def test_fresh_config_has_no_build_machine_or_clock_facts() -> None:
@@ -71,7 +73,7 @@ def test_child_config_inherits_like_a_dockerfile() -> None:
         epoch=EPOCH + 86400,
         image=ImageConfig(env=(("A", "new"), ("B", "2")), expose=(6006,), entrypoint=("tini", "--"),
                           labels=(("team", "ds"), ("io.buildsys.recipe-hash", "forged"))),
-        labels=oci_labels("child", "sha256:" + "e" * 64, HASH_C, ""),
+        labels=oci_labels("child", "sha256:" + "e" * 64, HASH_C, "", epoch=EPOCH + 86400),
         created_by="buildsys child",
     )
     inner = child["config"]
@@ -82,16 +84,49 @@ def test_child_config_inherits_like_a_dockerfile() -> None:
     assert inner["Labels"]["team"] == "ds"
     assert inner["Labels"]["io.buildsys.recipe-hash"] == "sha256:" + "e" * 64  # a recipe cannot forge it
     assert inner["Labels"]["org.opencontainers.image.title"] == "child"
-    assert inner["Labels"]["org.opencontainers.image.description"] == ""
+    assert "org.opencontainers.image.description" not in inner["Labels"]  # not the parent's
+    assert inner["Labels"]["org.opencontainers.image.created"] == "2023-11-15T22:13:20Z"
     assert "Hostname" not in inner and "container" not in child and "docker_version" not in child
     assert child["rootfs"]["diff_ids"] == ["sha256:" + "a" * 64, "sha256:" + "d" * 64]
     assert [h["created_by"] for h in child["history"]] == ["buildsys base", "buildsys child"]
     assert child["created"] == "2023-11-15T22:13:20Z"
     assert parent["config"]["Cmd"] == ["jupyter", "lab"]  # the parent is not modified
 
-    both = make_config(parent=parent, diff_id="sha256:" + "d" * 64, epoch=EPOCH, labels={}, created_by="x",
+    both = make_config(parent=parent, diff_id="sha256:" + "d" * 64, epoch=EPOCH, labels=({}, {}), created_by="x",
                        image=ImageConfig(entrypoint=("tini", "--"), cmd=("bash",)))
     assert both["config"]["Entrypoint"] == ["tini", "--"] and both["config"]["Cmd"] == ["bash"]
+
+
+def test_oci_labels_are_this_image_s_own_and_derived_ones_cannot_be_set() -> None:
+    """What registries, scanners and bots read (docs/shipping.md): the parent's org.opencontainers.image.*
+    labels describe the parent (a base image's version or vendor) and are not inherited; other labels are,
+    as in a Dockerfile; a recipe sets the free-text ones over buildsys's defaults, never the derived ones."""
+    parent = base_config()
+    parent["config"]["Labels"].update({"org.opencontainers.image.version": "22.04", "maintainer": "NVIDIA",
+                                       "org.opencontainers.image.vendor": "Canonical"})
+    meta = ImageMeta(revision="c" * 40, source="https://git.example.com/team/stack.git",
+                     base_name="docker.io/nvidia/cuda:12.4.1-base-ubuntu22.04", base_digest="sha256:" + "f" * 64)
+    child = make_config(
+        parent=parent, diff_id="sha256:" + "d" * 64, epoch=EPOCH, created_by="x",
+        image=ImageConfig(labels=(("org.opencontainers.image.version", "2026.12"),
+                                  ("org.opencontainers.image.title", "Team JupyterLab"),
+                                  ("org.opencontainers.image.created", "forged"))),
+        labels=oci_labels("child", HASH_B, HASH_C, "Lab", epoch=EPOCH, meta=meta))
+    labels = child["config"]["Labels"]
+    assert labels == {
+        "maintainer": "NVIDIA",  # not an OCI annotation key: inherited as docker would
+        "org.opencontainers.image.title": "Team JupyterLab",  # the recipe's, over the recipe name
+        "org.opencontainers.image.description": "Lab",
+        "org.opencontainers.image.version": "2026.12",  # the recipe's, not the base's 22.04
+        "org.opencontainers.image.created": "2023-11-14T22:13:20Z",  # the lock's epoch, whatever a recipe says
+        "org.opencontainers.image.revision": "c" * 40,
+        "org.opencontainers.image.source": "https://git.example.com/team/stack.git",
+        "org.opencontainers.image.base.name": "docker.io/nvidia/cuda:12.4.1-base-ubuntu22.04",
+        "org.opencontainers.image.base.digest": "sha256:" + "f" * 64,
+        "io.buildsys.recipe-hash": HASH_B, "io.buildsys.lock-hash": HASH_C,
+    }
+    assert "Canonical" not in json.dumps(child)
+    assert manifest_annotations(child) == {k: v for k, v in labels.items() if k.startswith("org.opencontainers.")}
 
 
 def add_layer(layout: OciLayout, tmp_path: Path, name: str, data: bytes) -> LayerInfo:
@@ -122,6 +157,10 @@ def test_oci_layout_round_trip(tmp_path: Path) -> None:
         "config": {"mediaType": CONFIG_MEDIA_TYPE, "digest": rec.config_digest,
                    "size": len(canonical_bytes(config))},
         "layers": [{"mediaType": LAYER_MEDIA_TYPE, "digest": layer.digest, "size": layer.size}],
+        # The config's OCI labels, for registries and tools that read only the manifest.
+        "annotations": {"org.opencontainers.image.created": "2023-11-14T22:13:20Z",
+                        "org.opencontainers.image.description": "Débian base",
+                        "org.opencontainers.image.title": "base"},
     }
     assert rec.config_digest == digest_bytes(canonical_bytes(config))
     assert rec.diff_ids == (layer.digest,)

@@ -304,6 +304,11 @@ FIELD_ERRORS = [
      'image.labels."io.buildsys.owner"', 5, ["'io.buildsys.' is reserved for buildsys", "your own namespace"]),
     (DEBIAN + '[image]\nlabels = { "IO.Buildsys.up" = "jupyter" }\n', 'image.labels."IO.Buildsys.up"', 4,
      ["reserved"]),
+    (DEBIAN + '[image.labels]\n"org.opencontainers.image.version" = "1"\n'
+              '"org.opencontainers.image.revision" = "abc"\n',
+     'image.labels."org.opencontainers.image.revision"', 5, ["set by buildsys from the git commit", "remove it"]),
+    (DEBIAN + '[image.labels]\n"org.opencontainers.image.created" = "2020-01-01T00:00:00Z"\n',
+     'image.labels."org.opencontainers.image.created"', 4, ["the lock's source-date-epoch"]),
 ]
 
 

@@ -17,18 +17,20 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from buildsys.build.cache import Cache, LayerCache, cache_key
+from buildsys.build.cache import Cache, LayerCache, cache_key, layer_key
 from buildsys.build.checks import check_vendored
 from buildsys.build.layers import LayerMaker
 from buildsys.build.load import Loader
 from buildsys.build.records import BuiltImage, LayerRecord
+from buildsys.core import vcs
 from buildsys.core.errors import EngineUnavailable
 from buildsys.core.progress import NO_PROGRESS, Progress
 from buildsys.core.store import Store
+from buildsys.ecosystems.registry_image import ImageBaseLock
 from buildsys.model.graph import Graph
-from buildsys.model.lockfile import Lock
+from buildsys.model.lockfile import Lock, lock_path
 from buildsys.model.recipe import Recipe
-from buildsys.oci.image import DamagedBlob, OciLayout
+from buildsys.oci.image import DamagedBlob, ImageMeta, OciLayout
 
 if TYPE_CHECKING:  # docker's client is imported only when an engine is used (a no-op build needs none)
     from buildsys.engine import Container, Engine, RunResult
@@ -62,7 +64,8 @@ class Builder:
         self._memo: dict[tuple[str, ...], tuple[LayerRecord, bool]] = {}
         self.loader = Loader(store, progress, engine, connect, trust_loaded,
                              known=lambda: (r for r, _ in self._memo.values()))
-        self.maker = LayerMaker(store, locks, self.loader, progress)
+        self.maker = LayerMaker(store, locks, self.loader, progress, self.meta)
+        self._meta: dict[str, ImageMeta] = {}
         # Seconds spent per built layer (by chain prefix): install, normalize, load.
         self.timings: dict[tuple[str, ...], dict[str, float]] = {}
 
@@ -115,7 +118,20 @@ class Builder:
         return records
 
     def cache_key(self, recipe: Recipe, parent: LayerRecord | None) -> str:
-        return cache_key(recipe, self.locks[recipe.name], parent)
+        return cache_key(recipe, self.locks[recipe.name], parent, self.meta(recipe.name))
+
+    def meta(self, name: str) -> ImageMeta:
+        """What ``name``'s labels say beyond its recipe and lock: the commit that last changed the chain's
+        recipes and locks with the repository's URL (``core/vcs.py``), and the registry image it starts from."""
+        if name not in self._meta:
+            chain = [self.graph.recipes[n] for n in self.graph.chain(name)]
+            paths = [p for r in chain for p in (r.path, lock_path(r.path.parent.parent, r.name))]
+            rev = vcs.revision(paths)
+            base = self.locks[chain[0].name].get(ImageBaseLock)
+            self._meta[name] = ImageMeta(revision=rev.commit if rev else None, source=rev.source if rev else None,
+                                         base_name=base.reference.partition("@")[0] if base else None,
+                                         base_digest=base.manifest_digest if base else None)
+        return self._meta[name]
 
     def forget_blob(self, digest: str) -> int:
         """Remove the cache entries whose image uses ``digest``; return how many."""
@@ -231,6 +247,16 @@ class Builder:
                 self.remote.offer(key, hit, self.layout)
             self.progress(recipe.name, "cached", hit.config_digest[:19])
             return hit, True
+        files_key = layer_key(recipe, self.locks[recipe.name], parent)
+        same_files = self.cache.get(files_key)
+        if same_files is not None:
+            record = self.maker.relabel(recipe, same_files, parent)
+            self.cache.put(key, record)
+            if self.remote is not None:
+                self.remote.offer(key, record, self.layout)
+            self.progress(recipe.name, "relabeled", f"{record.config_digest[:19]}: the layer made before, under "
+                                                    "today's labels (revision, source)")
+            return record, True
         started = time.monotonic()
         check_vendored(self.store, self.locks, recipe, prefix)
         timings = self.timings[tuple(prefix)] = {"install": 0.0, "normalize": 0.0, "load": 0.0}
@@ -240,6 +266,7 @@ class Builder:
             assert parent is not None
             record = self.maker.child(recipe, parent, prefix, timings)
         self.cache.put(key, record)
+        self.cache.put(files_key, record)
         if self.remote is not None:
             self.remote.offer(key, record, self.layout)
         self.progress(recipe.name, "built", f"{record.config_digest[:19]} in {time.monotonic() - started:.1f}s")

@@ -1,6 +1,7 @@
 """The layer cache: a chain prefix's image found by a key of everything that makes it.
 
-Key: parent manifest digest, recipe hash, lock hash, normalizer and builder
+Key: parent manifest digest, recipe hash, lock hash, the git revision and
+source the image's labels name (``core/vcs.py``), normalizer and builder
 versions. An entry is a ``LayerRecord`` in the store's ``cache/layers``; a
 registry can be a second, shared cache behind it (``LayerCache``).
 """
@@ -17,12 +18,12 @@ from buildsys.build.records import LayerRecord
 from buildsys.core.store import Store, atomic_write
 from buildsys.model.lockfile import Lock
 from buildsys.model.recipe import Recipe, canonical_json
-from buildsys.oci.image import DamagedBlob, OciLayout
+from buildsys.oci.image import NO_META, DamagedBlob, ImageMeta, OciLayout
 from buildsys.oci.layer.normalize import NORMALIZER_VERSION
 
 # Bump when the way a layer is made changes (build steps, environment), so
 # old cache entries stop matching. The normalizer has its own version.
-BUILDER_VERSION = "3"
+BUILDER_VERSION = "4"  # 4: OCI labels and annotations, history with the lock (issue 26)
 
 
 class LayerCache(Protocol):
@@ -35,8 +36,10 @@ class LayerCache(Protocol):
         """Share ``record`` under ``key`` (a no-op for a read-only cache)."""
 
 
-def cache_key(recipe: Recipe, lock: Lock, parent: LayerRecord | None) -> str:
+def cache_key(recipe: Recipe, lock: Lock, parent: LayerRecord | None, meta: ImageMeta = NO_META) -> str:
     key = {
+        # The labels that come from neither the recipe nor the lock (the base's come from the lock).
+        "vcs": [meta.revision, meta.source] if meta.revision else None,
         "parent": parent.manifest_digest if parent else None,
         "recipe": recipe.recipe_hash,
         "lock": lock.lock_hash,
@@ -44,6 +47,22 @@ def cache_key(recipe: Recipe, lock: Lock, parent: LayerRecord | None) -> str:
         "builder": BUILDER_VERSION,
     }
     return hashlib.sha256(canonical_json(key)).hexdigest()
+
+
+def layer_key(recipe: Recipe, lock: Lock, parent: LayerRecord | None) -> str:
+    """The key of a layer's files alone: its parent chain's files (diff_ids), not what its parent's labels say.
+
+    A miss of ``cache_key`` that hits this one is a relabel (``LayerMaker.relabel``): the
+    layers are reused under a new config, nothing is built.
+    """
+    key = {
+        "parent-files": list(parent.diff_ids) if parent else None,
+        "recipe": recipe.recipe_hash,
+        "lock": lock.lock_hash,
+        "normalizer": NORMALIZER_VERSION,
+        "builder": BUILDER_VERSION,
+    }
+    return "files-" + hashlib.sha256(canonical_json(key)).hexdigest()
 
 
 @dataclass

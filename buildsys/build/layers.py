@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +30,15 @@ from buildsys.ecosystems.registry_image import ImageBaseLock
 from buildsys.engine import EngineError
 from buildsys.model.lockfile import Lock
 from buildsys.model.recipe import Recipe
-from buildsys.oci.image import OciLayout, canonical_bytes, make_config, oci_labels, write_streamed_archive
+from buildsys.oci.image import (
+    NO_META,
+    ImageMeta,
+    OciLayout,
+    canonical_bytes,
+    make_config,
+    oci_labels,
+    write_streamed_archive,
+)
 from buildsys.oci.layer.inputs import read_filesystem, read_upper_dir
 from buildsys.oci.layer.normalize import LayerPlan, normalize_tar, plan_layer
 from buildsys.oci.layer.tree import ParentTree
@@ -50,6 +58,7 @@ class LayerMaker:
     locks: Mapping[str, Lock]
     loader: Loader
     progress: Progress
+    meta: Callable[[str], ImageMeta] = lambda recipe: NO_META  # Builder.meta: revision, source, base
 
     @property
     def layout(self) -> OciLayout:
@@ -73,7 +82,8 @@ class LayerMaker:
                 info = normalize_tar(src, dst, lock.source_date_epoch)
             result.tarball.unlink()
             record = self._write_image(recipe, lock, None, layer_tmp, info.digest, info.size,
-                                       created_by=f"buildsys: debootstrap {base.suite} ({base.variant})")
+                                       created_by=_history(recipe, lock, f"mmdebstrap {base.suite}/{base.variant}, "
+                                                                         f"{len(base.packages)} packages"))
             t2 = time.monotonic()
             # Every root is needed by docker next (its child's build, or its own run): load it now.
             self.loader.load(record)
@@ -91,13 +101,7 @@ class LayerMaker:
         upstream = baseimage.read_config(self.store, recipe.name, base)
         layers = baseimage.unpack_layers(self.store, self.layout, recipe.name, base, upstream)
         t1 = time.monotonic()
-        os_name, _, arch = base.platform.partition("/")
-        labels = oci_labels(recipe.name, recipe.recipe_hash, lock.lock_hash, recipe.description)
-        config = make_config(parent=baseimage.canonical_base_config(upstream, lock.source_date_epoch), diff_id=None,
-                             epoch=lock.source_date_epoch, image=recipe.image, labels=labels,
-                             created_by=f"buildsys: {recipe.name} (on {base.reference})",
-                             architecture=arch.split("/")[0], os=os_name)
-        img = self.layout.write_image(config, layers)
+        img = self.layout.write_image(self._image_root_config(recipe, lock, base, upstream), layers)
         record = LayerRecord(recipe=recipe.name, config_digest=img.config_digest,
                              manifest_digest=img.manifest_digest, diff_ids=tuple(img.diff_ids),
                              layers=tuple(layers))
@@ -112,6 +116,31 @@ class LayerMaker:
         timings.update(install=t1 - t0, normalize=t2 - t1, load=time.monotonic() - t2)
         return record
 
+    def _image_root_config(self, recipe: Recipe, lock: Lock, base: ImageBaseLock,
+                           upstream: dict[str, Any]) -> dict[str, Any]:
+        os_name, _, arch = base.platform.partition("/")
+        labels = oci_labels(recipe.name, recipe.recipe_hash, lock.lock_hash, recipe.description,
+                            epoch=lock.source_date_epoch, meta=self.meta(recipe.name))
+        return make_config(parent=baseimage.canonical_base_config(upstream, lock.source_date_epoch), diff_id=None,
+                           epoch=lock.source_date_epoch, image=recipe.image, labels=labels,
+                           created_by=_history(recipe, lock, f"on {base.reference}"),
+                           architecture=arch.split("/")[0], os=os_name)
+
+    def relabel(self, recipe: Recipe, same_files: LayerRecord, parent: LayerRecord | None) -> LayerRecord:
+        """``same_files``'s layers under a config with today's labels: a layer whose files and parent's files are
+        the ones made before, where only what the labels say moved (a commit, a clean or modified checkout:
+        ``core/vcs.py``). Rewrites a config and a manifest; builds, normalizes and loads nothing."""
+        lock = self.locks[recipe.name]
+        base = lock.get(ImageBaseLock)
+        if base is not None:
+            config = self._image_root_config(recipe, lock, base, baseimage.read_config(self.store, recipe.name, base))
+        else:
+            made = self.layout.read_config(same_files.config_digest)
+            config = self._config(recipe, lock, parent, same_files.diff_ids[-1], made["history"][-1]["created_by"])
+        img = self.layout.write_image(config, same_files.layers)
+        return LayerRecord(recipe=recipe.name, config_digest=img.config_digest, manifest_digest=img.manifest_digest,
+                           diff_ids=tuple(img.diff_ids), layers=tuple(same_files.layers))
+
     def child(self, recipe: Recipe, parent: LayerRecord, prefix: Sequence[str],
                      timings: dict[str, float]) -> LayerRecord:
         """Run the layer's steps in a container of the parent image, network none; take its diff.
@@ -121,7 +150,7 @@ class LayerMaker:
         files (``layer.ParentTree``), so the engine's storage does not show.
         """
         lock = self.locks[recipe.name]
-        created_by = f"buildsys: {recipe.name} ({_summary(recipe)})"
+        created_by = _history(recipe, lock, _summary(recipe))
         t0 = time.monotonic()
         with self.run_steps(recipe, lock, parent) as (container, result, scratch):
             t1 = time.monotonic()
@@ -239,7 +268,8 @@ class LayerMaker:
     def _config(self, recipe: Recipe, lock: Lock, parent: LayerRecord | None, diff_id: str,
                 created_by: str) -> dict[str, Any]:
         parent_config = self.layout.read_config(parent.config_digest) if parent else None
-        labels = oci_labels(recipe.name, recipe.recipe_hash, lock.lock_hash, recipe.description)
+        labels = oci_labels(recipe.name, recipe.recipe_hash, lock.lock_hash, recipe.description,
+                            epoch=lock.source_date_epoch, meta=self.meta(recipe.name))
         return make_config(parent=parent_config, diff_id=diff_id, epoch=lock.source_date_epoch,
                            image=recipe.image, labels=labels, created_by=created_by)
 
@@ -254,6 +284,11 @@ class LayerMaker:
         return LayerRecord(recipe=recipe.name, config_digest=img.config_digest,
                            manifest_digest=img.manifest_digest, diff_ids=tuple(img.diff_ids),
                            layers=tuple((d, s) for d, s in layers))
+
+
+def _history(recipe: Recipe, lock: Lock, what: str) -> str:
+    """The layer's one line of history: its recipe, what it installed, the lock it was made from."""
+    return f"buildsys: {recipe.name} ({what}; lock {lock.lock_hash.removeprefix('sha256:')[:12]})"
 
 
 def _summary(recipe: Recipe) -> str:

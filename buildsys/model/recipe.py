@@ -36,6 +36,12 @@ _URL_SCHEMES = ("http", "https", "file")
 _APT_UPDATE = re.compile(r"\bapt(-get)?\s+(-\S+\s+)*update\b")
 # Labels buildsys puts on images and containers to find its own (see buildsys.engine): recipes may not set them.
 RESERVED_LABELS = "io.buildsys."
+OCI_PREFIX = "org.opencontainers.image."
+# Set by buildsys from the lock, the chain and the git checkout (oci/image.py oci_labels); never by a recipe.
+DERIVED_LABELS = {OCI_PREFIX + "created": "the lock's source-date-epoch",
+                  OCI_PREFIX + "revision": "the git commit that last changed the chain's recipes and locks",
+                  OCI_PREFIX + "base.name": "the registry image the chain starts from",
+                  OCI_PREFIX + "base.digest": "the registry image the chain starts from"}
 
 # Schema: a key maps to a type tag or a nested schema (a dict).
 # Type tags: "str", "str-list", "int-list", "str-map", "bool"; ("tables", schema): an array of tables.
@@ -598,6 +604,11 @@ def _image(v: RecipeValidator, img: dict[str, Any]) -> ImageConfig:
             # so a recipe setting them would make anyone's container of the image look like buildsys's.
             raise v.fail(("image", "labels", key), f"the label namespace '{RESERVED_LABELS}' is reserved for "
                          "buildsys itself", hint='use your own namespace, e.g. "org.example.team"')
+        if key.lower() in DERIVED_LABELS:
+            # Written by hand it would say what the image is not, the first time the inputs move.
+            raise v.fail(("image", "labels", key), f"is set by buildsys from {DERIVED_LABELS[key.lower()]}",
+                         hint="remove it; the free-text ones (version, vendor, licenses, url, documentation, "
+                              "authors, source, title) are yours to set")
     if "workdir" in img and not img["workdir"].startswith("/"):
         raise v.fail(("image", "workdir"), f"'{img['workdir']}' must be an absolute path",
                      hint="docker refuses a relative working directory")

@@ -25,7 +25,7 @@ from typing import IO, Any, Protocol
 from buildsys.core import names
 from buildsys.core.errors import BuildsysError
 from buildsys.core.store import atomic_open, atomic_write
-from buildsys.model.recipe import ImageConfig, canonical_json
+from buildsys.model.recipe import OCI_PREFIX, ImageConfig, canonical_json
 from buildsys.oci.layer.normalize import TarWriter
 
 MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
@@ -125,17 +125,43 @@ def rfc3339(epoch: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
-def oci_labels(recipe_name: str, recipe_hash: str, lock_hash: str, description: str) -> dict[str, str]:
-    """Standard labels from the recipe and lock only: never the clock or the git checkout.
+@dataclass(frozen=True)
+class ImageMeta:
+    """What an image's labels say beyond its recipe and lock (docs/shipping.md, "Labels and annotations")."""
 
-    The description is set even when empty so that a child does not show its parent's.
+    revision: str | None = None  # the commit that last changed the chain's recipes and locks (core/vcs.py)
+    source: str | None = None  # the repository's URL
+    base_name: str | None = None  # the registry image the chain starts from, as locked (no digest)
+    base_digest: str | None = None  # its manifest digest
+
+
+NO_META = ImageMeta()
+
+
+def oci_labels(recipe_name: str, recipe_hash: str, lock_hash: str, description: str, *, epoch: int,
+               meta: ImageMeta = NO_META) -> tuple[dict[str, str], dict[str, str]]:
+    """The labels buildsys sets: (defaults a recipe's ``[image] labels`` may override, fixed ones).
+
+    From the recipe, the lock and ``meta`` only: never the clock. ``created`` is the
+    lock's source-date-epoch, so it stays the same in every rebuild.
     """
-    return {
-        "org.opencontainers.image.title": recipe_name,
-        "org.opencontainers.image.description": description,
-        "io.buildsys.recipe-hash": recipe_hash,
-        "io.buildsys.lock-hash": lock_hash,
-    }
+    defaults = {OCI_PREFIX + "title": recipe_name,
+                **({OCI_PREFIX + "description": description} if description else {}),
+                **({OCI_PREFIX + "source": meta.source} if meta.source else {})}
+    fixed = {OCI_PREFIX + "created": rfc3339(epoch),
+             **({OCI_PREFIX + "revision": meta.revision} if meta.revision else {}),
+             **({OCI_PREFIX + "base.name": meta.base_name} if meta.base_name else {}),
+             **({OCI_PREFIX + "base.digest": meta.base_digest} if meta.base_digest else {}),
+             "io.buildsys.recipe-hash": recipe_hash,
+             "io.buildsys.lock-hash": lock_hash}
+    return defaults, fixed
+
+
+def manifest_annotations(config: dict[str, Any]) -> dict[str, str]:
+    """The manifest's annotations: the config's ``org.opencontainers.image.*`` labels, for registries that
+    read only the manifest."""
+    labels = (config.get("config") or {}).get("Labels") or {}
+    return {k: v for k, v in sorted(labels.items()) if k.startswith(OCI_PREFIX)}
 
 
 def make_config(
@@ -144,15 +170,18 @@ def make_config(
     diff_id: str | None,
     epoch: int,
     image: ImageConfig,
-    labels: dict[str, str],
+    labels: tuple[dict[str, str], dict[str, str]],
     created_by: str,
     architecture: str = "amd64",
     os: str = "linux",
 ) -> dict[str, Any]:
     """The config of an image made of ``parent`` plus one layer (none: ``diff_id`` None), Dockerfile-like.
 
-    Labels are applied as inherited < recipe ``[image] labels`` < ``labels`` so
-    that the buildsys labels (hashes) cannot be overridden by a recipe.
+    Labels are applied as inherited < buildsys's defaults < recipe ``[image] labels``
+    < buildsys's fixed ones (``oci_labels``), so that the derived labels (hashes, created,
+    revision, base) cannot be overridden. The parent's ``org.opencontainers.image.*``
+    labels are not inherited: they describe the parent (a base image's version or
+    vendor is not its child's).
     """
     when = rfc3339(epoch)
     if parent is None:
@@ -190,9 +219,12 @@ def make_config(
             inner.pop("Cmd", None)  # as in a Dockerfile: a new ENTRYPOINT resets the inherited CMD
     if image.cmd is not None:
         inner["Cmd"] = list(image.cmd)
-    merged = {**(inner.get("Labels") or {}), **dict(image.labels), **labels}
+    inherited = {k: v for k, v in (inner.get("Labels") or {}).items() if not k.startswith(OCI_PREFIX)}
+    defaults, fixed = labels
+    merged = {**inherited, **defaults, **dict(image.labels), **fixed}
+    inner.pop("Labels", None)
     if merged:
-        inner["Labels"] = merged
+        inner["Labels"] = dict(sorted(merged.items()))
     cfg["config"] = inner
 
     rootfs = cfg.setdefault("rootfs", {"type": "layers", "diff_ids": []})
@@ -310,6 +342,7 @@ class OciLayout:
             "mediaType": MANIFEST_MEDIA_TYPE,
             "config": {"mediaType": CONFIG_MEDIA_TYPE, "digest": config_digest, "size": len(config_bytes)},
             "layers": [d.to_json() for d in descs],
+            **({"annotations": notes} if (notes := manifest_annotations(config)) else {}),
         }
         manifest_bytes = canonical_bytes(manifest)
         manifest_digest = self.add_blob_bytes(manifest_bytes)
