@@ -108,6 +108,10 @@ def test_keygen_writes_keys_openssl_and_cosign_read(keys, tmp_path: Path) -> Non
     assert plain.returncode == 0 and plain.stdout.startswith("-----BEGIN PRIVATE KEY-----"), plain.stderr
     wrong = subprocess.run(["openssl", "pkcs8", "-in", str(key), "-passin", "pass:nope"], capture_output=True)
     assert wrong.returncode != 0
+    # PBES2 with PBKDF2-HMAC-SHA256 at 600,000 rounds (0x0927C0) and AES-256-CBC, not OpenSSL's default 2048
+    asn1 = subprocess.run(["openssl", "asn1parse", "-in", str(key)], capture_output=True, text=True, check=True).stdout
+    for field in (":PBES2", ":PBKDF2", "INTEGER           :0927C0", ":hmacWithSHA256", ":aes-256-cbc"):
+        assert field in asn1, asn1
     text = subprocess.run(["openssl", "ec", "-pubin", "-in", str(pub), "-text", "-noout"],
                           capture_output=True, text=True, check=True).stdout
     assert "prime256v1" in text

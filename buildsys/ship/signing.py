@@ -21,7 +21,7 @@ accept it without knowing buildsys:
   signature. A new signature is appended to the layers already there.
 
 Keys: the private key is PEM PKCS#8 (encrypted with a passphrase: PBES2,
-AES-256-CBC), the public key PEM SubjectPublicKeyInfo (what ``cosign verify
+PBKDF2-HMAC-SHA256 with 600,000 rounds, AES-256-CBC), the public key PEM SubjectPublicKeyInfo (what ``cosign verify
 --key`` and containers/image's ``keyPath`` read).
 
 Keyless signing (a Fulcio certificate for an OIDC identity, the signature
@@ -47,8 +47,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes, padding, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 
 from buildsys.core.errors import EXIT_UNTRUSTED, EXIT_USAGE, BuildsysError
 from buildsys.oci.image import canonical_bytes, digest_bytes
@@ -182,14 +184,71 @@ def generate_keypair(prefix: Path, passphrase: bytes, *, force: bool = False) ->
             if path.exists() or path.is_symlink():
                 raise KeyExists(path)
     key = ec.generate_private_key(ec.SECP256R1())
-    encryption: serialization.KeySerializationEncryption = (
-        serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption())
-    private_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+    private_pem = encrypted_pkcs8(key, passphrase) if passphrase else key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     public_pem = key.public_key().public_bytes(serialization.Encoding.PEM,
                                                serialization.PublicFormat.SubjectPublicKeyInfo)
     _write_key(private_path, private_pem, 0o600, force)
-    _write_key(public_path, public_pem, 0o644, force)
+    try:
+        _write_key(public_path, public_pem, 0o644, force)
+    except BaseException:
+        private_path.unlink()  # no private key without its public half
+        raise
     return KeyPair(private_path, public_path, key_fingerprint(key.public_key()), bool(passphrase))
+
+
+# PBKDF2-HMAC-SHA256 rounds for an encrypted key: OWASP's 2023 figure. cryptography's own PKCS#8
+# encryption (BestAvailableEncryption) uses OpenSSL's default of 2048 rounds and cannot be given more,
+# which makes a stolen key file cheap to brute-force; so the PBES2 structure is written here.
+PBKDF2_ROUNDS = 600_000
+_OID_PBES2 = "1.2.840.113549.1.5.13"
+_OID_PBKDF2 = "1.2.840.113549.1.5.12"
+_OID_HMAC_SHA256 = "1.2.840.113549.2.9"
+_OID_AES256_CBC = "2.16.840.1.101.3.4.1.42"
+
+
+def encrypted_pkcs8(key: ec.EllipticCurvePrivateKey, passphrase: bytes, rounds: int = PBKDF2_ROUNDS) -> bytes:
+    """PEM ``ENCRYPTED PRIVATE KEY`` (RFC 5958 EncryptedPrivateKeyInfo): PBES2, PBKDF2-HMAC-SHA256
+    with ``rounds``, AES-256-CBC; what OpenSSL, cryptography and Go's pkcs8 readers decrypt."""
+    salt, iv = os.urandom(16), os.urandom(16)
+    plain = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                              serialization.NoEncryption())
+    secret = PBKDF2HMAC(hashes.SHA256(), 32, salt, rounds).derive(passphrase)
+    padder = padding.PKCS7(128).padder()
+    encryptor = Cipher(algorithms.AES(secret), modes.CBC(iv)).encryptor()
+    sealed = encryptor.update(padder.update(plain) + padder.finalize()) + encryptor.finalize()
+    kdf = _seq(_oid(_OID_PBKDF2), _seq(_der(0x04, salt), _int(rounds), _seq(_oid(_OID_HMAC_SHA256), b"\x05\x00")))
+    scheme = _seq(_oid(_OID_AES256_CBC), _der(0x04, iv))
+    der = _seq(_seq(_oid(_OID_PBES2), _seq(kdf, scheme)), _der(0x04, sealed))
+    text = base64.b64encode(der).decode()
+    lines = "".join(text[i:i + 64] + "\n" for i in range(0, len(text), 64))
+    return f"-----BEGIN ENCRYPTED PRIVATE KEY-----\n{lines}-----END ENCRYPTED PRIVATE KEY-----\n".encode()
+
+
+def _der(tag: int, content: bytes) -> bytes:
+    n = len(content)
+    length = bytes([n]) if n < 0x80 else bytes([0x80 | ((n.bit_length() + 7) // 8)]) + n.to_bytes(
+        (n.bit_length() + 7) // 8, "big")
+    return bytes([tag]) + length + content
+
+
+def _seq(*parts: bytes) -> bytes:
+    return _der(0x30, b"".join(parts))
+
+
+def _int(value: int) -> bytes:
+    return _der(0x02, value.to_bytes(value.bit_length() // 8 + 1, "big"))  # one more byte: stays positive
+
+
+def _oid(dotted: str) -> bytes:
+    first, second, *rest = (int(x) for x in dotted.split("."))
+    body = bytearray([40 * first + second])
+    for arc in rest:
+        chunk = [arc & 0x7F]
+        while arc := arc >> 7:
+            chunk.append(0x80 | (arc & 0x7F))
+        body += bytes(reversed(chunk))
+    return _der(0x06, bytes(body))
 
 
 def _write_key(path: Path, data: bytes, mode: int, force: bool) -> None:
@@ -404,7 +463,10 @@ def _existing(reg: Registry, repo: str, tag: str) -> tuple[dict[str, Any], dict[
                                 "cosign writes (nothing was changed)")
     manifest = parse_manifest(reg.host, document, data)
     config_desc = manifest["config"]
-    config_doc = json.loads(reg.get_blob_bytes(repo, config_desc["digest"], int(config_desc["size"])))
+    try:
+        config_doc = json.loads(reg.get_blob_bytes(repo, config_desc["digest"], int(config_desc["size"])))
+    except (ValueError, RecursionError) as e:
+        raise RegistryDataError(reg.host, f"config of {document}", "(the whole document)", "not JSON") from e
     if not isinstance(config_doc, dict):
         raise RegistryDataError(reg.host, f"config of {document}", "(the whole document)", "not a JSON object")
     return manifest, config_doc
