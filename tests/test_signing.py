@@ -18,6 +18,7 @@ and the mark must then go).
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import os
@@ -306,3 +307,56 @@ def test_skopeo_policy_accepts_only_the_signed_image(registry, keys, tmp_path: P
     assert skopeo_copy(registry.host, repo, signed, keys["other.pub"], tmp_path / "wrong-key").returncode != 0
     copy_signed(Registry(registry.host), repo, "skopeo/elsewhere", signed, tmp_path)
     assert skopeo_copy(registry.host, "skopeo/elsewhere", signed, keys["pub"], tmp_path / "moved").returncode != 0
+
+
+def put_sig(reg: Registry, repo: str, digest: str, layers: list[tuple[bytes, str]], media: str | None = None) -> None:
+    """A hand-made .sig manifest for ``digest``: one layer per (payload, signature annotation)."""
+    descs = []
+    for body, sig in layers:
+        blob = "sha256:" + hashlib.sha256(body).hexdigest()
+        reg.push_blob(repo, blob, len(body), body)
+        descs.append({"mediaType": signing.SIGNATURE_MEDIA_TYPE, "digest": blob, "size": len(body),
+                      "annotations": {signing.SIGNATURE_ANNOTATION: sig}})
+    config = json.dumps({"architecture": "", "os": "", "config": {},
+                         "rootfs": {"type": "layers", "diff_ids": [d["digest"] for d in descs]}}).encode()
+    config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
+    reg.push_blob(repo, config_digest, len(config), config)
+    manifest = {"schemaVersion": 2, "mediaType": media or "application/vnd.oci.image.manifest.v1+json",
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest,
+                           "size": len(config)}, "layers": descs}
+    reg.put_manifest(repo, signing.signature_tag(digest), json.dumps(manifest).encode(),
+                     media or "application/vnd.oci.image.manifest.v1+json")
+
+
+def test_verify_lists_why_each_stored_signature_failed(registry, keys, tmp_path: Path) -> None:
+    host, reg, repo = registry.host, Registry(registry.host), "verify/handmade"
+    digest = pushed(registry, tmp_path, repo, b"hand-made signatures\n")
+    signer = signing.KeySigner(signing.load_private_key(keys["key"], PASS.encode()))
+    right = signing.payload(host, repo, digest)
+    not_cosign = json.dumps({"critical": {"type": "something else"}, "optional": None}).encode()
+    put_sig(reg, repo, digest, [(right, signer.sign(right + b" ").value),  # signs other bytes
+                                (right, "not base64!"),
+                                (not_cosign, signer.sign(not_cosign).value)])
+    result = run(tmp_path, "verify-signature", f"{host}/{repo}@{digest}", "--key", str(keys["pub"]))
+    assert result.exit_code == 5, result.output
+    assert "none of its 3 signature(s) was made with the key" in result.output
+    assert "layers[0]: signature does not verify with this key" in result.output
+    assert "layers[1]: signature does not verify with this key" in result.output
+    assert "layers[2]: signed, but its payload is not cosign's simple signing" in result.output
+
+    # the good one appended by `sign` makes it verify, the three bad ones notwithstanding
+    ok(run(tmp_path, "sign", f"{host}/{repo}@{digest}", "--key", str(keys["key"]), env={"BUILDSYS_KEY_PASSWORD": PASS}))
+    out = ok(run(tmp_path, "verify-signature", f"{host}/{repo}@{digest}", "--key", str(keys["pub"]))).output
+    assert "verified, 1 of 4 signature(s)" in out
+
+
+def test_a_sig_manifest_of_another_kind_is_left_alone(registry, keys, tmp_path: Path) -> None:
+    host, reg, repo = registry.host, Registry(registry.host), "verify/dockertype"
+    digest = pushed(registry, tmp_path, repo, b"docker media type\n")
+    put_sig(reg, repo, digest, [], media="application/vnd.docker.distribution.manifest.v2+json")
+    before = reg.get_manifest(repo, signing.signature_tag(digest))
+    signed = run(tmp_path, "sign", f"{host}/{repo}@{digest}", "--key", str(keys["other.key"]))
+    assert signed.exit_code == 1 and "not an OCI image manifest as cosign writes" in signed.output
+    assert reg.get_manifest(repo, signing.signature_tag(digest)) == before
+    verified = run(tmp_path, "verify-signature", f"{host}/{repo}@{digest}", "--key", str(keys["other.pub"]))
+    assert verified.exit_code == 1 and "not an OCI image manifest" in verified.output
