@@ -204,6 +204,8 @@ def test_passphrases(registry, keys, tmp_path: Path) -> None:
     assert not Registry(registry.host).has_manifest(repo, signing.signature_tag(digest))
     pub_as_key = run(tmp_path, "sign", ref, "--key", str(keys["pub"]))
     assert pub_as_key.exit_code == 2 and "not a PEM private key" in pub_as_key.output
+    key_as_pub = run(tmp_path, "verify-signature", ref, "--key", str(keys["other.key"]))
+    assert key_as_pub.exit_code == 2 and "give the .pub file, not the private key" in key_as_pub.output
     ok(run(tmp_path, "sign", ref, "--key", str(keys["key"]), env={"BUILDSYS_KEY_PASSWORD": PASS}))
 
 
@@ -360,3 +362,11 @@ def test_a_sig_manifest_of_another_kind_is_left_alone(registry, keys, tmp_path: 
     assert reg.get_manifest(repo, signing.signature_tag(digest)) == before
     verified = run(tmp_path, "verify-signature", f"{host}/{repo}@{digest}", "--key", str(keys["other.pub"]))
     assert verified.exit_code == 1 and "not an OCI image manifest" in verified.output
+
+
+def test_verify_reads_a_bounded_number_of_signatures(registry, keys, tmp_path: Path) -> None:
+    host, reg, repo = registry.host, Registry(registry.host), "verify/many"
+    digest = pushed(registry, tmp_path, repo, b"many signatures\n")
+    put_sig(reg, repo, digest, [(b"{}", "AAAA")] * (signing.MAX_SIGNATURES + 1))
+    result = run(tmp_path, "verify-signature", f"{host}/{repo}@{digest}", "--key", str(keys["pub"]))
+    assert result.exit_code == 1 and f"{signing.MAX_SIGNATURES + 1} signatures, more than the" in result.output

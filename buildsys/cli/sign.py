@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from buildsys.core.errors import UsageError
+
+if TYPE_CHECKING:
+    from buildsys.ship.signing import KeySigner
 
 
 def _passphrase(what: str, confirm: bool) -> bytes | None:
@@ -19,6 +23,15 @@ def _passphrase(what: str, confirm: bool) -> bytes | None:
     if given is not None or not sys.stdin.isatty():
         return given
     return str(click.prompt(what, hide_input=True, confirmation_prompt=confirm, err=True)).encode()
+
+
+def load_signer(key: Path) -> KeySigner:
+    """The signer of a private key file, its passphrase from the environment or a prompt (only when it is
+    encrypted); what `sign` and `publish --sign` share."""
+    from buildsys.ship.signing import KeySigner, key_is_encrypted, load_private_key
+
+    passphrase = _passphrase(f"Passphrase for {key}", confirm=False) if key_is_encrypted(key) else None
+    return KeySigner(load_private_key(key, passphrase))
 
 
 @click.command("keygen")
@@ -60,10 +73,9 @@ def keygen_cmd(prefix: Path, no_passphrase: bool, force: bool) -> None:
 def sign_cmd(reference: str, key: Path, insecure: bool, as_json: bool) -> None:
     """Sign a pushed image's digest and store the signature beside it, as `cosign sign --key` does."""
     from buildsys.oci.registry import Reference, Registry
-    from buildsys.ship.signing import KeySigner, key_is_encrypted, load_private_key, sign_image
+    from buildsys.ship.signing import sign_image
 
-    passphrase = _passphrase(f"Passphrase for {key}", confirm=False) if key_is_encrypted(key) else None
-    signer = KeySigner(load_private_key(key, passphrase))
+    signer = load_signer(key)
     result = sign_image(Registry(Reference.parse(reference).host, insecure=insecure), reference, signer)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))

@@ -71,6 +71,8 @@ PAYLOAD_TYPE = "cosign container image signature"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 PASSPHRASE_VARIABLES = ("BUILDSYS_KEY_PASSWORD", "COSIGN_PASSWORD")
+# The most signature layers verify reads (each a blob fetch): a .sig manifest may hold ~15,000 in its 4 MiB.
+MAX_SIGNATURES = 256
 
 
 # ---------------------------------------------------------------- errors
@@ -553,6 +555,9 @@ def verify_manifest(reg: Registry, repo: str, manifest_digest: str, verifier: Ve
               if layer.get("mediaType") == SIGNATURE_MEDIA_TYPE]
     if not layers:
         raise NoSignature(ref, tag)
+    if len(layers) > MAX_SIGNATURES:
+        raise RegistryDataError(reg.host, document, "layers", f"{len(layers)} signatures, more than the "
+                                f"{MAX_SIGNATURES} buildsys reads (nothing was trusted)")
     found = _Findings()
     expected = docker_reference(reg.host, repo)
     for i, layer in enumerate(layers):
