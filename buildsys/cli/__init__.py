@@ -14,13 +14,15 @@ from buildsys.cli.fetch import fetch_cmd
 from buildsys.cli.graph import graph_cmd
 from buildsys.cli.lock import lock_cmd
 from buildsys.cli.ship import export_cmd, import_cmd, publish_cmd, sbom_cmd
+from buildsys.cli.sign import keygen_cmd, sign_cmd, verify_signature_cmd
 from buildsys.cli.use import compose_cmd, doctor_cmd, down_cmd, engine_cmd, run_cmd, up_cmd
 
 # tests/test_hostile_inputs.py reads the OSError messages through this package.
 __all__ = ["Context", "_os_error_message", "cli", "main"]
 
 for _command in (graph_cmd, lock_cmd, fetch_cmd, build_cmd, test_cmd, diff_cmd, publish_cmd, export_cmd,
-                 import_cmd, sbom_cmd, run_cmd, doctor_cmd, up_cmd, down_cmd, compose_cmd, engine_cmd):
+                 import_cmd, sbom_cmd, run_cmd, doctor_cmd, up_cmd, down_cmd, compose_cmd, engine_cmd,
+                 keygen_cmd, sign_cmd, verify_signature_cmd):
     cli.add_command(_command)
 
 

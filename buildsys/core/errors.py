@@ -15,6 +15,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_NOT_REPRODUCIBLE = 3
 EXIT_ENGINE = 4
+EXIT_UNTRUSTED = 5  # verify-signature found no signature the key accepts for the image
 
 
 def did_you_mean(word: str, candidates: Iterable[str]) -> str:

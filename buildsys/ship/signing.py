@@ -1,0 +1,634 @@
+"""Signing published images with a key the user holds, offline, as cosign does.
+
+What goes into the registry is what ``cosign sign --key`` writes, so that
+``cosign verify --key``, and skopeo/podman with a ``sigstoreSigned`` policy,
+accept it without knowing buildsys:
+
+- the payload is cosign's "simple signing" JSON, the same bytes cosign and
+  containers/image write (keys sorted, no spaces, ``"optional":null``)::
+
+    {"critical":{"identity":{"docker-reference":"HOST/REPO"},
+     "image":{"docker-manifest-digest":"sha256:..."},
+     "type":"cosign container image signature"},"optional":null}
+
+- it is signed with ECDSA P-256 over SHA-256 (an ASN.1 DER signature, in
+  base64); the nonce is RFC 6979's, so one key signing one payload always gives
+  the same signature, and a second ``sign`` adds nothing;
+- it is stored as an OCI image manifest tagged ``sha256-<hex>.sig`` in the
+  image's own repository: one layer per signature, of media type
+  ``application/vnd.dev.cosign.simplesigning.v1+json``, whose blob is the
+  payload and whose annotation ``dev.cosignproject.cosign/signature`` is the
+  signature. A new signature is appended to the layers already there.
+
+Keys: the private key is PEM PKCS#8 (encrypted with a passphrase: PBES2,
+PBKDF2-HMAC-SHA256 with 600,000 rounds, AES-256-CBC), the public key PEM SubjectPublicKeyInfo (what ``cosign verify
+--key`` and containers/image's ``keyPath`` read).
+
+Keyless signing (a Fulcio certificate for an OIDC identity, the signature
+logged in Rekor) needs sigstore's services; it plugs in behind ``Signer`` and
+``Verifier``: a keyless signer returns, with the signature, the annotations
+``dev.sigstore.cosign/certificate``, ``dev.sigstore.cosign/chain`` and
+``dev.sigstore.cosign/bundle``; a keyless verifier checks the certificate
+against Fulcio's roots and the bundle against Rekor's key instead of a public
+key. Everything else here (payload, storage, the digest and repository checks)
+stays as it is.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, padding, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
+
+from buildsys.core.errors import EXIT_UNTRUSTED, EXIT_USAGE, BuildsysError
+from buildsys.oci.image import canonical_bytes, digest_bytes
+from buildsys.oci.registry import (
+    DOCKER_HUB,
+    BlobMismatch,
+    BlobSizeMismatch,
+    NotInRegistry,
+    Reference,
+    Registry,
+    RegistryDataError,
+    parse_manifest,
+)
+
+SIGNATURE_MEDIA_TYPE = "application/vnd.dev.cosign.simplesigning.v1+json"
+SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
+PAYLOAD_TYPE = "cosign container image signature"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+PASSPHRASE_VARIABLES = ("BUILDSYS_KEY_PASSWORD", "COSIGN_PASSWORD")
+# The most signature layers verify reads (each a blob fetch): a .sig manifest may hold ~15,000 in its 4 MiB.
+MAX_SIGNATURES = 256
+
+
+# ---------------------------------------------------------------- errors
+
+
+class SigningKeyError(BuildsysError):
+    """A key file that cannot be used: missing, not a P-256 key, the wrong passphrase (exit 2)."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, path: Path | str, problem: str, hint: str | None = None) -> None:
+        self.path = Path(path)
+        super().__init__(f"{path}: {problem}", hint)
+
+
+class WrongPassphrase(SigningKeyError):
+    def __init__(self, path: Path | str) -> None:
+        super().__init__(path, "the passphrase does not decrypt this private key",
+                         f"give the passphrase it was written with ({' or '.join(PASSPHRASE_VARIABLES)}, or "
+                         "at the prompt)")
+
+
+class KeyExists(SigningKeyError):
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, "exists already; a key is never overwritten",
+                         "choose another --output, or pass --force to replace it (signatures made with the "
+                         "old key then verify only with the old public key)")
+
+
+class NotPushed(BuildsysError):
+    """``sign`` of an image the registry does not hold."""
+
+    def __init__(self, reference: str, signing: bool = True) -> None:
+        self.reference = reference
+        why = "; no signature for a digest that was not pushed" if signing else "; nothing to verify"
+        super().__init__(f"{reference}: not in the registry{why}",
+                         "publish the image first (`buildsys publish RECIPE --to ...`), then use the "
+                         "HOST/REPO@DIGEST it printed")
+
+
+class SignatureError(BuildsysError):
+    """The image has no signature this key accepts for it (exit 5); names the image and the key."""
+
+    exit_code = EXIT_UNTRUSTED
+
+
+class NoSignature(SignatureError):
+    def __init__(self, reference: str, tag: str) -> None:
+        super().__init__(f"{reference}: not signed (the registry has no {tag} for it)",
+                         "sign it with `buildsys sign REF --key KEY` (or `publish --sign`), or do not trust it")
+
+
+class WrongKey(SignatureError):
+    def __init__(self, reference: str, key: str, count: int, details: list[str]) -> None:
+        more = "".join(f"\n  - {d}" for d in details)
+        super().__init__(f"{reference}: none of its {count} signature(s) was made with the key {key}{more}",
+                         "verify with the public key of whoever signed it; an image signed by someone else "
+                         "is not trusted")
+
+
+class SignatureForOtherDigest(SignatureError):
+    def __init__(self, reference: str, signed: str) -> None:
+        self.signed = signed
+        super().__init__(f"{reference}: the signature stored for it signs another image, {signed}",
+                         "someone copied a signature onto this image; do not trust it")
+
+
+class SignatureForOtherRepository(SignatureError):
+    def __init__(self, reference: str, signed: str, expected: str) -> None:
+        self.signed, self.expected = signed, expected
+        super().__init__(f"{reference}: signed for the repository {signed}, not {expected}",
+                         "the image was copied from where it was signed; verify it there, or sign it here")
+
+
+# ---------------------------------------------------------------- keys
+
+
+def passphrase_from_env() -> bytes | None:
+    """``BUILDSYS_KEY_PASSWORD``, else ``COSIGN_PASSWORD`` (cosign's variable), else None (ask)."""
+    for name in PASSPHRASE_VARIABLES:
+        value = os.environ.get(name)
+        if value is not None:
+            return value.encode()
+    return None
+
+
+def key_fingerprint(key: ec.EllipticCurvePublicKey) -> str:
+    """``sha256:`` and the first 16 hex digits of the SubjectPublicKeyInfo: names a key in messages."""
+    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return "sha256:" + hashlib.sha256(der).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    private: Path
+    public: Path
+    fingerprint: str
+    encrypted: bool
+
+
+def generate_keypair(prefix: Path, passphrase: bytes, *, force: bool = False) -> KeyPair:
+    """``PREFIX.key`` (PKCS#8 PEM, mode 0600, encrypted unless ``passphrase`` is empty) and ``PREFIX.pub``.
+
+    Neither file is written when either exists (unless ``force``); each is
+    written under a temporary name and linked into place, so a crash leaves no
+    half key and a racing writer cannot be overwritten.
+    """
+    private_path, public_path = Path(f"{prefix}.key"), Path(f"{prefix}.pub")
+    if not force:
+        for path in (private_path, public_path):
+            if path.exists() or path.is_symlink():
+                raise KeyExists(path)
+    key = ec.generate_private_key(ec.SECP256R1())
+    private_pem = encrypted_pkcs8(key, passphrase) if passphrase else key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    public_pem = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                               serialization.PublicFormat.SubjectPublicKeyInfo)
+    _write_key(private_path, private_pem, 0o600, force)
+    try:
+        _write_key(public_path, public_pem, 0o644, force)
+    except BaseException:
+        private_path.unlink()  # no private key without its public half
+        raise
+    return KeyPair(private_path, public_path, key_fingerprint(key.public_key()), bool(passphrase))
+
+
+# PBKDF2-HMAC-SHA256 rounds for an encrypted key: OWASP's 2023 figure. cryptography's own PKCS#8
+# encryption (BestAvailableEncryption) uses OpenSSL's default of 2048 rounds and cannot be given more,
+# which makes a stolen key file cheap to brute-force; so the PBES2 structure is written here.
+PBKDF2_ROUNDS = 600_000
+_OID_PBES2 = "1.2.840.113549.1.5.13"
+_OID_PBKDF2 = "1.2.840.113549.1.5.12"
+_OID_HMAC_SHA256 = "1.2.840.113549.2.9"
+_OID_AES256_CBC = "2.16.840.1.101.3.4.1.42"
+
+
+def encrypted_pkcs8(key: ec.EllipticCurvePrivateKey, passphrase: bytes, rounds: int = PBKDF2_ROUNDS) -> bytes:
+    """PEM ``ENCRYPTED PRIVATE KEY`` (RFC 5958 EncryptedPrivateKeyInfo): PBES2, PBKDF2-HMAC-SHA256
+    with ``rounds``, AES-256-CBC; what OpenSSL, cryptography and Go's pkcs8 readers decrypt."""
+    salt, iv = os.urandom(16), os.urandom(16)
+    plain = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                              serialization.NoEncryption())
+    secret = PBKDF2HMAC(hashes.SHA256(), 32, salt, rounds).derive(passphrase)
+    padder = padding.PKCS7(128).padder()
+    encryptor = Cipher(algorithms.AES(secret), modes.CBC(iv)).encryptor()
+    sealed = encryptor.update(padder.update(plain) + padder.finalize()) + encryptor.finalize()
+    kdf = _seq(_oid(_OID_PBKDF2), _seq(_der(0x04, salt), _int(rounds), _seq(_oid(_OID_HMAC_SHA256), b"\x05\x00")))
+    scheme = _seq(_oid(_OID_AES256_CBC), _der(0x04, iv))
+    der = _seq(_seq(_oid(_OID_PBES2), _seq(kdf, scheme)), _der(0x04, sealed))
+    text = base64.b64encode(der).decode()
+    lines = "".join(text[i:i + 64] + "\n" for i in range(0, len(text), 64))
+    return f"-----BEGIN ENCRYPTED PRIVATE KEY-----\n{lines}-----END ENCRYPTED PRIVATE KEY-----\n".encode()
+
+
+def _der(tag: int, content: bytes) -> bytes:
+    n = len(content)
+    length = bytes([n]) if n < 0x80 else bytes([0x80 | ((n.bit_length() + 7) // 8)]) + n.to_bytes(
+        (n.bit_length() + 7) // 8, "big")
+    return bytes([tag]) + length + content
+
+
+def _seq(*parts: bytes) -> bytes:
+    return _der(0x30, b"".join(parts))
+
+
+def _int(value: int) -> bytes:
+    return _der(0x02, value.to_bytes(value.bit_length() // 8 + 1, "big"))  # one more byte: stays positive
+
+
+def _oid(dotted: str) -> bytes:
+    first, second, *rest = (int(x) for x in dotted.split("."))
+    body = bytearray([40 * first + second])
+    for arc in rest:
+        chunk = [arc & 0x7F]
+        while arc := arc >> 7:
+            chunk.append(0x80 | (arc & 0x7F))
+        body += bytes(reversed(chunk))
+    return _der(0x06, bytes(body))
+
+
+def _write_key(path: Path, data: bytes, mode: int, force: bool) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # 0600 from the start
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if force:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)  # fails when the name exists: nothing is overwritten, even in a race
+            except FileExistsError as e:
+                raise KeyExists(path) from e
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def _read_pem(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError as e:
+        raise SigningKeyError(path, f"no such {what} file",
+                              "make a key pair with `buildsys keygen --output PREFIX`") from e
+    except IsADirectoryError as e:
+        raise SigningKeyError(path, f"is a folder, not a {what} file") from e
+
+
+def key_is_encrypted(path: Path) -> bool:
+    """Whether the private key needs a passphrase (so the CLI asks only then)."""
+    return b"-----BEGIN ENCRYPTED PRIVATE KEY-----" in _read_pem(path, "private key")
+
+
+def load_private_key(path: Path, passphrase: bytes | None) -> ec.EllipticCurvePrivateKey:
+    data = _read_pem(path, "private key")
+    encrypted = b"-----BEGIN ENCRYPTED PRIVATE KEY-----" in data
+    if encrypted and not passphrase:
+        raise SigningKeyError(path, "is encrypted and no passphrase was given",
+                              f"set {PASSPHRASE_VARIABLES[0]} (or {PASSPHRASE_VARIABLES[1]}), or run on a terminal "
+                              "to be asked")
+    try:
+        key = serialization.load_pem_private_key(data, passphrase if encrypted else None)
+    except ValueError as e:
+        if encrypted and ("password" in str(e).lower() or "decrypt" in str(e).lower()):
+            raise WrongPassphrase(path) from e
+        raise SigningKeyError(path, f"not a PEM private key ({_first_line(e)})",
+                              "give the PREFIX.key that `buildsys keygen` wrote (PKCS#8 PEM)") from e
+    except (TypeError, UnsupportedAlgorithm) as e:
+        raise SigningKeyError(path, f"cannot be read ({_first_line(e)})") from e
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise SigningKeyError(path, f"is a {_kind(key)} key; signatures here are ECDSA P-256 (as cosign's)",
+                              "make one with `buildsys keygen --output PREFIX`")
+    return key
+
+
+def load_public_key(path: Path) -> ec.EllipticCurvePublicKey:
+    data = _read_pem(path, "public key")
+    try:
+        key = serialization.load_pem_public_key(data)
+    except (ValueError, UnsupportedAlgorithm) as e:
+        hint = "give the .pub file, not the private key" if b"PRIVATE KEY" in data else \
+            "give the PREFIX.pub that `buildsys keygen` wrote (PEM SubjectPublicKeyInfo)"
+        raise SigningKeyError(path, f"not a PEM public key ({_first_line(e)})", hint) from e
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise SigningKeyError(path, f"is a {_kind(key)} key; signatures here are ECDSA P-256 (as cosign's)")
+    return key
+
+
+def _kind(key: object) -> str:
+    curve = getattr(key, "curve", None)
+    return f"{type(key).__name__.lstrip('_')}" + (f" ({curve.name})" if curve is not None else "")
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+
+# ---------------------------------------------------------------- signers and verifiers
+
+
+@dataclass(frozen=True)
+class Signature:
+    """One signature as stored: base64 of the DER signature, and what else goes on its layer."""
+
+    value: str
+    annotations: dict[str, str] = field(default_factory=dict)  # a keyless signer's certificate, chain, bundle
+
+
+class Signer(Protocol):
+    """Signs a payload. ``KeySigner`` holds a private key; a keyless one would ask Fulcio and Rekor."""
+
+    @property
+    def identity(self) -> str: ...  # what messages name: a key's fingerprint, a certificate's subject
+
+    def sign(self, payload: bytes) -> Signature: ...
+
+
+class Verifier(Protocol):
+    """Says whether one stored signature of a payload is acceptable (raises ``InvalidSignature`` if not)."""
+
+    @property
+    def identity(self) -> str: ...
+
+    def verify(self, payload: bytes, signature: str, annotations: dict[str, str]) -> None: ...
+
+
+class KeySigner:
+    def __init__(self, key: ec.EllipticCurvePrivateKey) -> None:
+        self.key = key
+        self.identity = key_fingerprint(key.public_key())
+
+    def sign(self, payload: bytes) -> Signature:
+        # RFC 6979: the same key and payload give the same signature, so signing twice adds no layer.
+        der = self.key.sign(payload, ec.ECDSA(hashes.SHA256(), deterministic_signing=True))
+        return Signature(base64.b64encode(der).decode())
+
+
+class KeyVerifier:
+    def __init__(self, key: ec.EllipticCurvePublicKey) -> None:
+        self.key = key
+        self.identity = key_fingerprint(key)
+
+    def verify(self, payload: bytes, signature: str, annotations: dict[str, str]) -> None:
+        try:
+            der = base64.b64decode(signature, validate=True)
+        except ValueError as e:
+            raise InvalidSignature("the signature annotation is not base64") from e
+        self.key.verify(der, payload, ec.ECDSA(hashes.SHA256()))
+
+
+# ---------------------------------------------------------------- what is signed, and where it is kept
+
+
+def docker_reference(host: str, repository: str) -> str:
+    """The repository as cosign names it in the payload (Docker Hub: ``index.docker.io/library/NAME``)."""
+    if host.lower() in DOCKER_HUB:
+        return "index.docker.io/" + (repository if "/" in repository else f"library/{repository}")
+    return f"{host}/{repository}"
+
+
+def payload(host: str, repository: str, manifest_digest: str) -> bytes:
+    """cosign's simple-signing payload, byte for byte as cosign writes it (Go's encoding: sorted, compact)."""
+    doc = {"critical": {"identity": {"docker-reference": docker_reference(host, repository)},
+                        "image": {"docker-manifest-digest": manifest_digest},
+                        "type": PAYLOAD_TYPE},
+           "optional": None}
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+def signature_tag(manifest_digest: str) -> str:
+    """``sha256-<hex>.sig``: where cosign (and containers/image's sigstore attachments) look."""
+    algorithm, _, hexdigest = manifest_digest.partition(":")
+    return f"{algorithm}-{hexdigest}.sig"
+
+
+@dataclass(frozen=True)
+class Signed:
+    reference: str  # HOST/REPO@DIGEST
+    manifest_digest: str
+    signature_tag: str  # HOST/REPO:sha256-<hex>.sig
+    signature_manifest: str  # its digest
+    signer: str
+    added: bool  # False: this very signature was there already
+    signatures: int  # how many the .sig manifest holds now
+
+    def to_json(self) -> dict[str, Any]:
+        return {"reference": self.reference, "manifest_digest": self.manifest_digest,
+                "signature_tag": self.signature_tag, "signature_manifest": self.signature_manifest,
+                "signer": self.signer, "added": self.added, "signatures": self.signatures}
+
+
+@dataclass(frozen=True)
+class Verified:
+    reference: str
+    manifest_digest: str
+    key: str
+    signatures: int  # how many of the stored signatures this key accepts for this image
+    stored: int  # how many there are
+
+    def to_json(self) -> dict[str, Any]:
+        return {"reference": self.reference, "manifest_digest": self.manifest_digest, "key": self.key,
+                "signatures": self.signatures, "stored": self.stored}
+
+
+def resolve(reg: Registry, ref: Reference, signing: bool = True) -> str:
+    """The manifest digest ``ref`` names in the registry; ``NotPushed`` when it is not there."""
+    try:
+        if ref.digest:
+            if not reg.has_manifest(ref.repository, ref.digest):
+                raise NotPushed(str(ref), signing)
+            return ref.digest
+        _, _, digest = reg.get_manifest(ref.repository, ref.tag or "latest")
+        return digest
+    except NotInRegistry as e:
+        raise NotPushed(str(ref) if ref.tag else f"{ref}:latest", signing) from e
+
+
+def _existing(reg: Registry, repo: str, tag: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """(manifest, config) of the signatures stored for a digest, or None."""
+    try:
+        data, media, _ = reg.get_manifest(repo, tag)
+    except NotInRegistry:
+        return None
+    document = f"signature manifest {repo}:{tag}"
+    if media != OCI_MANIFEST:
+        raise RegistryDataError(reg.host, document, "mediaType", f"{media!r}, not an OCI image manifest as "
+                                "cosign writes (nothing was changed)")
+    manifest = parse_manifest(reg.host, document, data)
+    config_desc = manifest["config"]
+    try:
+        config_doc = json.loads(reg.get_blob_bytes(repo, config_desc["digest"], int(config_desc["size"])))
+    except (ValueError, RecursionError) as e:
+        raise RegistryDataError(reg.host, f"config of {document}", "(the whole document)", "not JSON") from e
+    if not isinstance(config_doc, dict):
+        raise RegistryDataError(reg.host, f"config of {document}", "(the whole document)", "not a JSON object")
+    return manifest, config_doc
+
+
+def sign_manifest(reg: Registry, repo: str, manifest_digest: str, signer: Signer) -> Signed:
+    """Sign the image ``repo@manifest_digest`` the registry holds, and store the signature beside it.
+
+    What ``publish --sign`` calls once the image is up. Order as for images:
+    the payload blob, the config blob, then the ``.sig`` manifest under its
+    tag; the same signature twice is stored once.
+    """
+    ref = f"{reg.host}/{repo}@{manifest_digest}"
+    if not reg.has_manifest(repo, manifest_digest):
+        raise NotPushed(ref)
+    body = payload(reg.host, repo, manifest_digest)
+    signature = signer.sign(body)
+    annotations = {SIGNATURE_ANNOTATION: signature.value, **signature.annotations}
+    layer: dict[str, Any] = {"mediaType": SIGNATURE_MEDIA_TYPE, "digest": digest_bytes(body), "size": len(body),
+             "annotations": annotations}
+    tag = signature_tag(manifest_digest)
+    existing = _existing(reg, repo, tag)
+    if existing is None:
+        manifest: dict[str, Any] = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": []}
+        config: dict[str, Any] = {"architecture": "", "config": {}, "os": "",
+                                  "rootfs": {"diff_ids": [], "type": "layers"}}
+    else:
+        manifest, config = existing
+    layers = list(manifest["layers"])
+    if any(_same(old, layer) for old in layers):
+        _, _, digest = reg.get_manifest(repo, tag)
+        return Signed(ref, manifest_digest, f"{reg.host}/{repo}:{tag}", digest, signer.identity, False, len(layers))
+    reg.push_blob(repo, layer["digest"], len(body), body)
+    layers.append(layer)
+    rootfs = config.get("rootfs") if isinstance(config.get("rootfs"), dict) else None
+    diff_ids = list(rootfs.get("diff_ids") or []) if rootfs else []
+    config["rootfs"] = {**(rootfs or {"type": "layers"}), "diff_ids": [*diff_ids, layer["digest"]]}
+    config_bytes = canonical_bytes(config)
+    config_digest = digest_bytes(config_bytes)
+    reg.push_blob(repo, config_digest, len(config_bytes), config_bytes)
+    manifest = {**manifest, "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": len(config_bytes)},
+                "layers": layers}
+    digest = reg.put_manifest(repo, tag, canonical_bytes(manifest), OCI_MANIFEST)
+    return Signed(ref, manifest_digest, f"{reg.host}/{repo}:{tag}", digest, signer.identity, True, len(layers))
+
+
+def _same(old: Any, new: dict[str, Any]) -> bool:
+    return isinstance(old, dict) and all(old.get(k) == new[k] for k in ("mediaType", "digest", "size",
+                                                                        "annotations"))
+
+
+def sign_image(reg: Registry, reference: str, signer: Signer) -> Signed:
+    """``buildsys sign REF``: resolve the tag (or check the digest) in the registry, then ``sign_manifest``."""
+    ref = Reference.parse(reference)
+    return sign_manifest(reg, ref.repository, resolve(reg, ref), signer)
+
+
+# ---------------------------------------------------------------- verifying
+
+
+@dataclass
+class _Findings:
+    """What the layers of a .sig manifest said, kept to name the most telling refusal."""
+
+    accepted: int = 0
+    other_digest: str | None = None
+    other_repository: str | None = None
+    rejected: list[str] = field(default_factory=list)
+
+
+def verify_manifest(reg: Registry, repo: str, manifest_digest: str, verifier: Verifier) -> Verified:
+    """At least one stored signature of ``repo@manifest_digest`` that ``verifier`` accepts, for this
+    digest and this repository; else the ``SignatureError`` that says why not."""
+    ref = f"{reg.host}/{repo}@{manifest_digest}"
+    tag = signature_tag(manifest_digest)
+    try:
+        data, media, _ = reg.get_manifest(repo, tag)
+    except NotInRegistry as e:
+        raise NoSignature(ref, tag) from e
+    document = f"signature manifest {repo}:{tag}"
+    if media != OCI_MANIFEST:
+        raise RegistryDataError(reg.host, document, "mediaType", f"{media!r}, not an OCI image manifest")
+    layers = [layer for layer in parse_manifest(reg.host, document, data)["layers"]
+              if layer.get("mediaType") == SIGNATURE_MEDIA_TYPE]
+    if not layers:
+        raise NoSignature(ref, tag)
+    if len(layers) > MAX_SIGNATURES:
+        raise RegistryDataError(reg.host, document, "layers", f"{len(layers)} signatures, more than the "
+                                f"{MAX_SIGNATURES} buildsys reads (nothing was trusted)")
+    found = _Findings()
+    expected = docker_reference(reg.host, repo)
+    for i, layer in enumerate(layers):
+        _check_layer(reg, repo, manifest_digest, expected, verifier, layer, f"layers[{i}]", found)
+    if found.accepted:
+        return Verified(ref, manifest_digest, verifier.identity, found.accepted, len(layers))
+    if found.other_digest:
+        raise SignatureForOtherDigest(ref, found.other_digest)
+    if found.other_repository:
+        raise SignatureForOtherRepository(ref, found.other_repository, expected)
+    raise WrongKey(ref, verifier.identity, len(layers), found.rejected)
+
+
+def _check_layer(reg: Registry, repo: str, manifest_digest: str, expected: str, verifier: Verifier,
+                 layer: dict[str, Any], where: str, found: _Findings) -> None:
+    annotations = layer.get("annotations") or {}
+    signature = annotations.get(SIGNATURE_ANNOTATION) if isinstance(annotations, dict) else None
+    if not isinstance(signature, str):
+        found.rejected.append(f"{where}: no {SIGNATURE_ANNOTATION} annotation")
+        return
+    try:
+        body = reg.get_blob_bytes(repo, layer["digest"], int(layer["size"]))
+    except (BlobMismatch, BlobSizeMismatch) as e:
+        found.rejected.append(f"{where}: its payload blob is damaged ({e.problem})")
+        return
+    try:
+        verifier.verify(body, signature, {str(k): str(v) for k, v in annotations.items()})
+    except InvalidSignature:
+        found.rejected.append(f"{where}: signature does not verify with this key")
+        return
+    signed_digest, signed_reference = _parse_payload(body)
+    if signed_digest is None or signed_reference is None:
+        found.rejected.append(f"{where}: signed, but its payload is not cosign's simple signing")
+    elif signed_digest != manifest_digest:
+        found.other_digest = signed_digest
+    elif _repository(signed_reference) != _repository(expected):
+        found.other_repository = signed_reference
+    else:
+        found.accepted += 1
+
+
+def _parse_payload(body: bytes) -> tuple[str | None, str | None]:
+    """(docker-manifest-digest, docker-reference) of a payload of cosign's type, exact fields as
+    containers/image requires; (None, None) otherwise."""
+    try:
+        doc = json.loads(body)
+        critical = doc["critical"]
+        if set(doc) != {"critical", "optional"} or set(critical) != {"identity", "image", "type"} \
+                or critical["type"] != PAYLOAD_TYPE:
+            return None, None
+        digest, reference = critical["image"]["docker-manifest-digest"], critical["identity"]["docker-reference"]
+    except (ValueError, KeyError, TypeError):
+        return None, None
+    if not isinstance(digest, str) or not isinstance(reference, str):
+        return None, None
+    return digest, reference
+
+
+def _repository(reference: str) -> str:
+    """The repository of a reference, without tag or digest, Docker Hub's names normalized."""
+    name = reference.split("@", 1)[0]
+    last = name.rsplit("/", 1)
+    if len(last) == 2 and ":" in last[1]:
+        name = last[0] + "/" + last[1].split(":", 1)[0]
+    host, _, path = name.partition("/")
+    if host.lower() in (*DOCKER_HUB, "index.docker.io"):
+        return "docker.io/" + (path if "/" in path else f"library/{path}")
+    return f"{host.lower()}/{path}"
+
+
+def verify_image(reg: Registry, reference: str, verifier: Verifier) -> Verified:
+    """``buildsys verify-signature REF``: the digest ``REF`` names in the registry, then ``verify_manifest``."""
+    ref = Reference.parse(reference)
+    return verify_manifest(reg, ref.repository, resolve(reg, ref, signing=False), verifier)
