@@ -3,7 +3,8 @@
 set -eu
 # docker-registry and apache2-utils (htpasswd): the loopback registry the publish/cache tests start;
 # zstd: registry base images whose layers are zstd-compressed; gnupg: the signing keys of the test apt repositories (tests/aptrepo.py);
-# skopeo: a client no one here wrote, which pulls published images and checks their signatures in the tests;
+# skopeo: a client no one here wrote, which pulls published images in the tests (Debian 12 builds it with sigstore
+# verification patched out, so it finds buildsys's cosign signatures but cannot check them: docs/shipping.md);
 # docker-compose: Compose v1 (1.29, Debian 12 has no `docker compose` plugin), which `buildsys compose` files are tested with.
 PKGS="docker.io mmdebstrap apt-utils gnupg debian-archive-keyring util-linux python3-venv ca-certificates docker-registry apache2-utils zstd skopeo docker-compose"
 missing=""
