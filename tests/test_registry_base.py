@@ -96,6 +96,11 @@ def test_lock_fetch_then_build_verify_and_test_with_the_registry_stopped(tmp_pat
     assert "FROM_BASE=yes" in inner["Env"] and "ROOT_SET=1" in inner["Env"]
     assert inner["Cmd"] == ["/bin/sh"] and inner["WorkingDir"] == "/tmp"
     assert inner["Labels"]["org.example.base"] == "tiny" and inner["Labels"]["org.opencontainers.image.title"] == "root"
+    # Every image of the chain names the registry image it starts from, for bots that watch bases move.
+    child_config = layout.read_config(built["image_id"])
+    for labels in (inner["Labels"], child_config["config"]["Labels"]):
+        assert labels["org.opencontainers.image.base.name"] == image.ref()
+        assert labels["org.opencontainers.image.base.digest"] == image.amd64_manifest
     assert "Hostname" not in inner and "container_config" not in config and "docker_version" not in config
     assert {h["created"] for h in config["history"]} == {rfc3339(CREATED_EPOCH)}
     assert config["history"][-1]["empty_layer"] is True  # the root adds config, no layer
