@@ -238,8 +238,8 @@ def test_the_mount_record_keeps_the_most_recent_and_survives_damage(tmp_path) ->
 class _Proxy(http.server.ThreadingHTTPServer):
     daemon_threads = True
     upstream: str
-    cut: set[int]  # PATCH numbers (1-based) cut half-way to the registry, with no answer to the client
-    patches: int
+    cut: set[tuple[str, int]]  # (method, its n-th request from 1, or -1: every one) cut half-way, unanswered
+    counts: dict[str, int]
     log: list[str]
 
 
@@ -257,10 +257,8 @@ class _Forward(http.server.BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         srv.log.append(f"{self.command} {self.path.split('?')[0]}")
-        cut = False
-        if self.command == "PATCH":
-            srv.patches += 1
-            cut = srv.patches in srv.cut or -1 in srv.cut
+        srv.counts[self.command] = n = srv.counts.get(self.command, 0) + 1
+        cut = (self.command, n) in srv.cut or (self.command, -1) in srv.cut
         host, port = srv.upstream.split(":")
         conn = http.client.HTTPConnection(host, int(port), timeout=30)
         conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
@@ -292,9 +290,9 @@ class _Forward(http.server.BaseHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def cutting_proxy(upstream: str, cut: set[int]) -> Iterator[_Proxy]:
+def cutting_proxy(upstream: str, cut: set[tuple[str, int]]) -> Iterator[_Proxy]:
     server = _Proxy(("127.0.0.1", 0), _Forward)
-    server.upstream, server.cut, server.patches, server.log = upstream, cut, 0, []
+    server.upstream, server.cut, server.counts, server.log = upstream, cut, {}, []
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -329,7 +327,7 @@ def test_a_cut_against_docker_registry_starts_a_new_upload_and_publishes_the_rig
     data = os.urandom(4 * CHUNK + 99)
     path = tmp_path / "layer"
     path.write_bytes(data)
-    with cutting_proxy(anon.host, {2}) as proxy:
+    with cutting_proxy(anon.host, {("PATCH", 2)}) as proxy:
         client = Registry(f"127.0.0.1:{proxy.server_address[1]}", backoff=0.01,
                           chunk_size=CHUNK)
         assert client.push_blob("cut/layer", sha(data), len(data), path)
@@ -344,7 +342,7 @@ def test_an_upload_cut_every_time_is_a_named_error_and_leaves_nothing(anon, tmp_
     data = os.urandom(3 * CHUNK)
     path = tmp_path / "layer"
     path.write_bytes(data)
-    with cutting_proxy(anon.host, {-1}) as proxy:
+    with cutting_proxy(anon.host, {("PATCH", -1)}) as proxy:
         client = Registry(f"127.0.0.1:{proxy.server_address[1]}", backoff=0.01, chunk_size=CHUNK, resumes=2)
         with pytest.raises(UploadInterrupted) as exc:
             client.push_blob("cut/never", sha(data), len(data), path)
@@ -358,6 +356,21 @@ def test_an_upload_cut_every_time_is_a_named_error_and_leaves_nothing(anon, tmp_
     # longer matches its Location's state with 404, and keeps the partial data until its upload purge;
     # no client can remove it. It is no blob: nothing refers to it, nothing can pull it.)
     assert [entry.split()[1] for entry in log if entry.startswith("DELETE")] == patches
+
+
+def test_a_whole_blob_cut_half_way_goes_again_in_a_new_upload(anon) -> None:
+    data = os.urandom(CHUNK)
+    with cutting_proxy(anon.host, {("PUT", 1)}) as proxy:
+        assert Registry(f"127.0.0.1:{proxy.server_address[1]}", backoff=0.01).push_blob("cut/whole", sha(data),
+                                                                                          len(data), data)
+        assert [e.split()[0] for e in proxy.log] == ["HEAD", "POST", "PUT", "HEAD", "DELETE", "POST", "PUT"]
+    assert Registry(anon.host).get_blob_bytes("cut/whole", sha(data)) == data
+    with cutting_proxy(anon.host, {("PUT", -1)}) as proxy:
+        client = Registry(f"127.0.0.1:{proxy.server_address[1]}", backoff=0.01, resumes=1)
+        with pytest.raises(UploadInterrupted, match=r"broke off at byte 0 of \d+, 2 time\(s\)"):
+            client.push_blob("cut/whole-never", sha(data), len(data), data)
+        assert proxy.counts["PUT"] == 2 and proxy.counts["DELETE"] == 2
+    assert not Registry(anon.host).has_blob("cut/whole-never", sha(data))
 
 
 def test_a_source_shorter_than_its_size_is_a_named_error(tmp_path) -> None:

@@ -67,6 +67,8 @@ def _no_blob_progress(digest: str, sent: int, size: int) -> None:
 class RegistryError(BuildsysError):
     """A registry refused, failed or could not be reached (exit 1); names the registry."""
 
+    status: int | None = None  # the HTTP status the registry answered, when it answered one
+
     def __init__(self, registry: str, problem: str, hint: str | None = None) -> None:
         self.registry, self.problem = registry, problem
         super().__init__(f"registry {registry}: {problem}", hint)
@@ -365,7 +367,9 @@ class Registry:
             raise RegistryAuthError(self.host, f"HTTP 403, not allowed to {what or method} {_path(url)}")
         if resp.status_code == 404:
             raise NotInRegistry(self.host, what or _path(url))
-        raise RegistryError(self.host, f"{what or method + ' ' + _path(url)}: HTTP {resp.status_code}" + detail)
+        error = RegistryError(self.host, f"{what or method + ' ' + _path(url)}: HTTP {resp.status_code}" + detail)
+        error.status = resp.status_code
+        raise error
 
     def _credential(self, auth: str | None) -> net.Credential | None:
         return net.Credential.for_url(self.base + "/", auth) if auth else None
@@ -471,20 +475,45 @@ class Registry:
         chunk = self.chunk_size if chunk_size is None else chunk_size
         location = self._start_upload(repo)
         report(digest, 0, size)
-        body: bytes | Path = source
-        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
         if chunk and size > chunk:
             location = self._patch_chunks(repo, digest, size, location, source, chunk, report)
-            body, headers = b"", {"Content-Length": "0"}
+            self._put(repo, digest, location, b"", {"Content-Length": "0"})
+        else:
+            self._put_whole(repo, digest, size, source, location)
+        report(digest, size, size)
+        return True
+
+    def _put(self, repo: str, digest: str, location: str, body: bytes | Path, headers: dict[str, str]) -> None:
+        """The ``PUT ?digest=`` that makes the upload a blob; one whose answer was lost but that took is fine."""
         sep = "&" if "?" in location else "?"
         try:
             self.request("PUT", f"{location}{sep}digest={digest}", body=body, ok=(201,), headers=headers,
-                         what=f"uploading blob {digest}").close()
-        except RegistryError:
+                         what=f"uploading blob {digest}", retry=False).close()
+        except RegistryAuthError:
             self._cancel(location)
             raise
-        report(digest, size, size)
-        return True
+        except RegistryError:
+            with contextlib.suppress(RegistryError):
+                if self.has_blob(repo, digest):
+                    return
+            self._cancel(location)
+            raise
+
+    def _put_whole(self, repo: str, digest: str, size: int, source: bytes | Path, location: str) -> None:
+        """One ``PUT`` with the whole blob; cut or failing (5xx, upload gone), again in a new upload, bounded."""
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
+        for attempt in range(1, self.resumes + 2):
+            try:
+                return self._put(repo, digest, location, source, headers)
+            except RegistryError as e:
+                transient = isinstance(e, RegistryUnavailable | NotInRegistry) or (e.status or 0) >= 500
+                if not transient:
+                    raise
+                if attempt > self.resumes:
+                    raise UploadInterrupted(self.host, digest, 0, size, attempt, e.problem) from e
+            time.sleep(self.backoff * 2 ** (attempt - 1))
+            location = self._start_upload(repo)
+        return None
 
     def mount_blob(self, repo: str, digest: str, from_repo: str) -> bool:
         """Ask the registry to link ``digest`` from ``from_repo`` into ``repo``: no byte is sent.
