@@ -43,6 +43,7 @@ from buildsys.ship.publish import push_image
 pytestmark = [pytest.mark.network]
 
 USER, PASSWORD = "builder", "s3cret"
+NO_KEYS = "no-keys"  # a GNUPGHOME without the key pass encrypted with
 
 
 def sha(data: bytes) -> str:
@@ -92,8 +93,11 @@ def pass_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
     subprocess.run(["pass", "init", fingerprint], check=True, capture_output=True)
     try:
         yield tmp_path / "pass"
-    finally:
-        subprocess.run(["gpgconf", "--kill", "gpg-agent"], check=False, capture_output=True)
+    finally:  # the agents gpg started: for this home, and for the empty one a test points it at
+        for gnupghome in (home, tmp_path / NO_KEYS):
+            if gnupghome.is_dir():
+                subprocess.run(["gpgconf", "--kill", "gpg-agent"], check=False, capture_output=True,
+                               env={**os.environ, "GNUPGHOME": str(gnupghome)})
 
 
 def docker_login(server: str, user: str, secret: str) -> None:
@@ -144,7 +148,7 @@ def test_a_helper_that_is_missing_or_failing_is_named(pass_store, locked, anon, 
     # The real pass helper, with a keychain whose gpg key is gone: it fails, and its words are shown.
     docker_login(locked.host, USER, PASSWORD)
     write_config(tmp_path / "pass", {"credHelpers": {locked.host: "pass"}}, monkeypatch)
-    empty = tmp_path / "no-keys"
+    empty = tmp_path / NO_KEYS
     empty.mkdir(mode=0o700)
     monkeypatch.setenv("GNUPGHOME", str(empty))
     with pytest.raises(CredentialHelperError, match=r"credHelpers\.127\.0\.0\.1:\d+\) failed \(exit \d+\)"):

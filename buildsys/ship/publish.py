@@ -124,9 +124,12 @@ def push_image(reg: Registry, repo: str, layout: OciLayout, manifest_digest: str
 
 
 def _bytes(progress: Callable[[str, str], None], what: str) -> BlobProgress:
-    """A blob's bytes as they land, as an ``upload`` event of the blob (a live row on a terminal)."""
-    return lambda digest, sent, size: progress("upload", f"{what} {digest[:19]}: {sent / 1e6:.1f} of "
-                                                         f"{size / 1e6:.1f} MB")
+    """A blob's bytes as they land, as an ``upload`` event of the blob (a live row on a terminal); its start
+    is the event ``push_image`` sent already."""
+    def report(digest: str, sent: int, size: int) -> None:
+        if sent:
+            progress("upload", f"{what} {digest[:19]}: {sent / 1e6:.1f} of {size / 1e6:.1f} MB")
+    return report
 
 
 def _check_local(layout: OciLayout, digest: str) -> None:
