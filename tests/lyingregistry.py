@@ -54,6 +54,7 @@ class Lies:
     status: int | None = None  # answer every request with this status (e.g. 503)
     sessions: bool = False  # keep real upload sessions (PATCH appends, GET says Range: 0-N, PUT checks the digest)
     cut_patches: dict[int, int] = field(default_factory=dict)  # PATCH number -> bytes kept before hanging up
+    short_patches: dict[int, int] = field(default_factory=dict)  # PATCH number -> bytes kept, then a 202 (Range)
 
 
 @dataclass
@@ -255,7 +256,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self.close_connection = True
                 self.connection.shutdown(2)  # the connection is cut mid-chunk, with no answer
                 return None
-            held += self.rfile.read(length)
+            body = self.rfile.read(length)
+            held += body[:state.lies.short_patches.get(state.patches, length)]  # a proxy that dropped the rest
             return self._send(202, b"", {**where, "Range": f"0-{len(held) - 1}"})
         if self.command == "PUT":
             held += self.rfile.read(length)

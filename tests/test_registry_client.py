@@ -327,6 +327,15 @@ def test_a_chunk_cut_half_way_resumes_from_the_offset_the_registry_reports(tmp_p
     assert seen[0] == 0 and resumed_at in seen and seen[-1] == len(data)
 
 
+def test_a_chunk_the_registry_holds_only_part_of_is_resumed_not_trusted(tmp_path) -> None:
+    data = os.urandom(3 * CHUNK + 5)
+    with lying_registry(Lies(sessions=True, short_patches={2: 1000})) as reg:
+        assert Registry(reg.host, backoff=0.01, chunk_size=CHUNK).push_blob("big/short", sha(data), len(data), data)
+        assert reg.blobs[sha(data)] == data
+        ranges = [r.headers.get("Content-Range") for r in reg.received if r.method == "PATCH"]
+    assert ranges[:3] == [f"0-{CHUNK - 1}", f"{CHUNK}-{2 * CHUNK - 1}", f"{CHUNK + 1000}-{2 * CHUNK + 999}"]
+
+
 def test_a_cut_against_docker_registry_starts_a_new_upload_and_publishes_the_right_bytes(anon, tmp_path) -> None:
     data = os.urandom(4 * CHUNK + 99)
     path = tmp_path / "layer"

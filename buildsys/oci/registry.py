@@ -570,13 +570,8 @@ class Registry:
                 if not chunk:
                     self._cancel(location)
                     raise SourceTruncated(self.host, digest, size, offset, source)
-                end = offset + len(chunk) - 1
                 try:
-                    resp = self.request("PATCH", location, body=chunk, ok=(202,), retry=False,
-                                        headers={"Content-Type": "application/octet-stream",
-                                                 "Content-Length": str(len(chunk)),
-                                                 "Content-Range": f"{offset}-{end}"},
-                                        what=f"uploading bytes {offset}-{end} of blob {digest}")
+                    location = self._patch(repo, digest, location, offset, chunk)
                 except RegistryAuthError:
                     self._cancel(location)
                     raise
@@ -587,13 +582,26 @@ class Registry:
                         raise UploadInterrupted(self.host, digest, offset, size, failures, e.problem) from e
                     time.sleep(self.backoff * 2 ** (failures - 1))
                     location, offset = self._resume(repo, digest, size, location)
-                    report(digest, offset, size)
-                    continue
-                resp.close()
-                location = self._location(resp, repo)
-                offset = end + 1
+                else:
+                    offset += len(chunk)
                 report(digest, offset, size)
         return location
+
+    def _patch(self, repo: str, digest: str, location: str, offset: int, chunk: bytes) -> str:
+        """One chunk, sent once; the next Location. An answer whose ``Range`` says the registry holds other
+        than every byte sent so far is a failure (a proxy that dropped part of the body), resumed like one."""
+        end = offset + len(chunk) - 1
+        what = f"uploading bytes {offset}-{end} of blob {digest}"
+        with self.request("PATCH", location, body=chunk, ok=(202,), retry=False, what=what,
+                          headers={"Content-Type": "application/octet-stream", "Content-Length": str(len(chunk)),
+                                   "Content-Range": f"{offset}-{end}"}) as resp:
+            said = resp.headers.get("Range")
+            next_location = self._location(resp, repo)
+        m = re.fullmatch(r"\s*(?:bytes=)?0-(\d+)\s*", said or "")
+        if said is not None and (m is None or int(m[1]) != end):
+            raise RegistryError(self.host, f"{what}: the registry says it holds bytes {said.strip()[:40]}, "
+                                           f"not 0-{end}")
+        return next_location
 
     def _resume(self, repo: str, digest: str, size: int, location: str) -> tuple[str, int]:
         """(Location, offset) to go on from: what the registry says it holds of the upload, else a new one."""
