@@ -40,8 +40,6 @@ from buildsys.oci.registry import (
 from buildsys.ship.mount_sources import TRIED, mount_sources, record_published
 from buildsys.ship.publish import push_image
 
-pytestmark = [pytest.mark.network]
-
 USER, PASSWORD = "builder", "s3cret"
 NO_KEYS = "no-keys"  # a GNUPGHOME without the key pass encrypted with
 
