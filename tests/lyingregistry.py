@@ -52,6 +52,9 @@ class Lies:
     endless: bool = False  # GET bodies go on forever (blobs and manifests)
     short_length: bool = False  # Content-Length says 10 bytes less than the body
     status: int | None = None  # answer every request with this status (e.g. 503)
+    sessions: bool = False  # keep real upload sessions (PATCH appends, GET says Range: 0-N, PUT checks the digest)
+    cut_patches: dict[int, int] = field(default_factory=dict)  # PATCH number -> bytes kept before hanging up
+    short_patches: dict[int, int] = field(default_factory=dict)  # PATCH number -> bytes kept, then a 202 (Range)
 
 
 @dataclass
@@ -70,6 +73,8 @@ class LyingRegistry:
     blobs: dict[str, bytes] = field(default_factory=dict)
     received: list[Received] = field(default_factory=list)
     sent_bytes: int = 0  # body bytes written before the client hung up (all requests)
+    uploads: dict[str, bytearray] = field(default_factory=dict)  # upload id -> bytes held (with Lies.sessions)
+    patches: int = 0  # PATCHes received (with Lies.sessions)
 
     @property
     def url(self) -> str:
@@ -200,6 +205,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return self._send(200, b"{}")
         repo_kind, _, ref = path[4:].rpartition("/")
         if repo_kind.endswith("/blobs/uploads"):
+            if self.server.state.lies.sessions:
+                ident = str(len(self.server.state.uploads) + 1)
+                self.server.state.uploads[ident] = bytearray()
+                return self._send(202, b"", {"Location": f"/upload/{ident}", "Range": "0-0"})
             location = self.server.state.lies.location or f"{self.server.state.url}/upload/1"
             return self._send(202, b"", {"Location": location})
         if repo_kind.endswith("/manifests"):
@@ -227,7 +236,51 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return self._send(404, b'{"errors":[{"code":"BLOB_UNKNOWN"}]}')
         return self._send(200, state.blobs[ref], {"Content-Type": "application/octet-stream"})
 
-    do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = _route
+    def _session(self, rest: str) -> None:
+        """An upload session as the spec has it; a PATCH in ``cut_patches`` keeps its first bytes and hangs up."""
+        state = self.server.state
+        ident, _, query = rest.partition("?")
+        held = state.uploads.get(ident)
+        if held is None:
+            return self._send(404, b'{"errors":[{"code":"BLOB_UPLOAD_UNKNOWN"}]}')
+        where = {"Location": f"/upload/{ident}", "Range": f"0-{max(len(held) - 1, 0)}"}
+        length = int(self.headers.get("Content-Length") or 0)
+        if self.command == "PATCH":
+            state.patches += 1
+            start = int((self.headers.get("Content-Range") or "0-").split("-")[0])
+            if start != len(held):
+                self.rfile.read(length)
+                return self._send(416, b'{"errors":[{"code":"BLOB_UPLOAD_INVALID"}]}', where)
+            if state.patches in state.lies.cut_patches:
+                held += self.rfile.read(state.lies.cut_patches[state.patches])
+                self.close_connection = True
+                self.connection.shutdown(2)  # the connection is cut mid-chunk, with no answer
+                return None
+            body = self.rfile.read(length)
+            held += body[:state.lies.short_patches.get(state.patches, length)]  # a proxy that dropped the rest
+            return self._send(202, b"", {**where, "Range": f"0-{len(held) - 1}"})
+        if self.command == "PUT":
+            held += self.rfile.read(length)
+            want = query.partition("digest=")[2]
+            if digest(bytes(held)) != want:
+                return self._send(400, b'{"errors":[{"code":"DIGEST_INVALID"}]}')
+            state.blobs[want] = bytes(held)
+            del state.uploads[ident]
+            return self._send(201, b"", {"Docker-Content-Digest": want})
+        if self.command == "DELETE":
+            del state.uploads[ident]
+            return self._send(204)
+        return self._send(204, b"", where)  # GET: the upload's state
+
+    def _route_session(self) -> None:
+        """With sessions, an upload's body is the session's to read: record the request without it."""
+        path = self.path.split("?", 1)[0]
+        if self.server.state.lies.sessions and path.startswith("/upload/"):
+            self.server.state.received.append(Received(self.command, self.path, dict(self.headers.items())))
+            return self._session(self.path.removeprefix("/upload/"))
+        return self._route()
+
+    do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _route_session
 
 
 class _Server(http.server.ThreadingHTTPServer):

@@ -105,6 +105,17 @@ def test_a_blob_missing_in_the_registry_is_uploaded_again(shipped, registry) -> 
     assert Registry(registry.host).has_blob("repair/app", "sha256:" + top)
 
 
+def test_a_publish_to_another_repository_mounts_the_blobs_the_store_published_there(shipped, registry) -> None:
+    proj, store = shipped
+    ok(bs(proj, store, "publish", "app", "--to", f"{registry.host}/mount-a/app:v1"))
+    result = ok(bs(proj, store, "publish", "app", "--to", f"{registry.host}/mount-b/app:v1", "--json"))
+    out = json.loads(result.stdout)
+    assert (out["blobs_sent"], out["blobs_present"], out["bytes_sent"]) == (0, 4, 0)  # mounted, not sent
+    record = json.loads((store / "published" / f"{registry.host.replace(':', '_')}.json").read_text())
+    assert record["repositories"][:2] == ["mount-b/app", "mount-a/app"]
+    assert Registry(registry.host).get_manifest("mount-b/app", "v1")[2] == built_app(store)[0]
+
+
 def test_an_unverified_chain_is_refused_unless_forced(shipped, registry) -> None:
     proj, store = shipped
     verified = store / "verified"

@@ -11,23 +11,33 @@ manifest by its digest, the tag last. A registry never holds a tag that points
 at an incomplete image, and a retried push uploads only what is missing.
 
 Auth follows docker: credentials from ``$DOCKER_CONFIG/config.json`` (or
-``~/.docker/config.json``), ``auths.HOST.auth`` (base64 ``user:password``) or
-``username``/``password``; a 401 answered with ``WWW-Authenticate: Basic``
-retries with them, one with ``Bearer realm=...,service=...,scope=...`` fetches
-a token from the realm (with the credentials, when there are any) and retries
-with it. Credential helpers (``credsStore``/``credHelpers``) are not run.
+``~/.docker/config.json``): the helper of ``credHelpers[SERVER]``, else of
+``credsStore`` (``docker-credential-NAME get``), else ``auths.HOST.auth``
+(base64 ``user:password``) or ``username``/``password``; a 401 answered with
+``WWW-Authenticate: Basic`` retries with them, one with
+``Bearer realm=...,service=...,scope=...`` fetches a token from the realm (with
+the credentials, when there are any) and retries with it.
+
+Large blobs go up in chunks (``Registry.chunk_size``), and a chunk that fails
+resumes from the offset the registry reports (``GET`` of the upload: ``Range:
+0-N``), or from a new upload when the registry has dropped the old one; a blob
+another repository of the registry holds is mounted (``mount_blob``), not sent.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 import json
 import os
 import re
+import shutil
+import subprocess
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -45,10 +55,19 @@ MANIFEST_TYPES = (
     "application/vnd.docker.distribution.manifest.list.v2+json",
 )
 _CHUNK = 1 << 20
+CHUNK_SIZE = 64 << 20  # blobs above this go up in resumable chunks; below, one request is cheaper
+RESUMES = 4  # failed chunks of one blob, each resumed, before the upload is given up
+BlobProgress = Callable[[str, int, int], None]  # (digest, bytes the registry holds, size)
+
+
+def _no_blob_progress(digest: str, sent: int, size: int) -> None:
+    """Report nowhere: the default of ``push_blob``."""
 
 
 class RegistryError(BuildsysError):
     """A registry refused, failed or could not be reached (exit 1); names the registry."""
+
+    status: int | None = None  # the HTTP status the registry answered, when it answered one
 
     def __init__(self, registry: str, problem: str, hint: str | None = None) -> None:
         self.registry, self.problem = registry, problem
@@ -82,6 +101,24 @@ class BlobSizeMismatch(RegistryError):
                          "manifest declares; it was not kept",
                          "the registry (or something between) serves damaged or hostile data; do not trust "
                          "that repository")
+
+
+class UploadInterrupted(RegistryError):
+    def __init__(self, registry: str, digest: str, offset: int, size: int, attempts: int, detail: str) -> None:
+        self.digest, self.offset, self.size = digest, offset, size
+        super().__init__(registry, f"the upload of blob {digest} broke off at byte {offset} of {size}, "
+                                   f"{attempts} time(s) ({detail}); it was cancelled, nothing was published",
+                         "check the network to the registry (a proxy that cuts long requests or limits their "
+                         "size?), then publish again: blobs already there are not sent twice")
+
+
+class SourceTruncated(RegistryError):
+    def __init__(self, registry: str, digest: str, size: int, got: int, source: bytes | Path) -> None:
+        self.digest = digest
+        where = str(source) if isinstance(source, Path) else "the bytes given"
+        super().__init__(registry, f"blob {digest}: {where} ends at byte {got}, not at its declared size {size}; "
+                                   "the upload was cancelled, nothing was published",
+                         "the local copy is damaged or was cut short: rebuild it, then publish again")
 
 
 class NotInRegistry(RegistryError):
@@ -132,27 +169,108 @@ DOCKER_HUB_API = "registry-1.docker.io"
 _ONE_SEGMENT = re.compile(r"^/v2/([^/]+)/((?:blobs|manifests|tags)/.*)$")
 
 
+DOCKER_HUB_SERVER = "https://index.docker.io/v1/"  # the key docker uses for Docker Hub, in auths and for helpers
+NOT_FOUND = "credentials not found in native keychain"  # docker-credential-helpers' own message
+HELPER_TIMEOUT = 60.0  # a helper that waits longer is waiting for a person (a pinentry, a keychain dialog)
+
+
+class CredentialHelperError(RegistryError):
+    """A docker credential helper named in config.json is missing, failed or answered nonsense (exit 1)."""
+
+    def __init__(self, registry: str, helper: str, key: str, config: Path, problem: str) -> None:
+        self.helper, self.key = helper, key
+        super().__init__(registry, f"the credential helper docker-credential-{helper} ({config}: {key}) {problem}",
+                         f"check it by hand: `echo {server_key(registry)} | docker-credential-{helper} get`; "
+                         f"install it or log in again (`docker login {registry}`), or remove {key} from {config}")
+
+
+def server_key(host: str) -> str:
+    """The server URL docker stores a registry's credentials under: the host, or Docker Hub's v1 URL."""
+    return DOCKER_HUB_SERVER if host.lower() in DOCKER_HUB else host
+
+
 def docker_credentials(host: str, config_dir: Path | None = None) -> tuple[str, str] | None:
-    """(user, password) for ``host`` from docker's config.json, as ``docker login`` writes it."""
+    """(user, password) for ``host`` as docker finds them: ``credHelpers[server]``, else ``credsStore``, else
+    ``auths`` (what ``docker login`` writes without a helper).
+
+    A helper is run as docker runs it (``docker-credential-NAME get``, the server URL on stdin, JSON
+    ``{"Username", "Secret"}`` on stdout). Its "credentials not found in native keychain", or an empty
+    answer, means no login: anonymous, as docker goes on. A helper that is missing, fails or times out is
+    ``CredentialHelperError`` (docker would go on anonymously and fail later on a 401 that says nothing of
+    the helper).
+    """
     folder = config_dir or Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker")
+    path = folder / "config.json"
     try:
-        config = json.loads((folder / "config.json").read_text())
+        config = json.loads(path.read_text())
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as e:
-        raise RegistryError(host, f"{folder / 'config.json'} is unreadable ({e})",
+        raise RegistryError(host, f"{path} is unreadable ({e})",
                             "fix or remove it, or log in again with `docker login`") from e
-    auths = config.get("auths") or {}
+    if not isinstance(config, dict):
+        raise RegistryError(host, f"{path} is not a JSON object", "fix or remove it, or log in again")
+    server = server_key(host)
+    helpers = config.get("credHelpers") or {}
+    if isinstance(helpers, dict) and isinstance(helpers.get(server), str) and helpers[server]:
+        return _helper_get(host, helpers[server], f"credHelpers.{server}", path)
+    store = config.get("credsStore")
+    if isinstance(store, str) and store:
+        return _helper_get(host, store, "credsStore", path)
+    return _auths_entry(host, config.get("auths") or {}, path)
+
+
+def _helper_get(host: str, helper: str, key: str, config: Path) -> tuple[str, str] | None:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", helper):
+        raise CredentialHelperError(host, helper, key, config, "is not a program name")
+    program = shutil.which(f"docker-credential-{helper}")
+    if program is None:
+        raise CredentialHelperError(host, helper, key, config, "is not on PATH")
+    try:
+        done = subprocess.run([program, "get"], input=server_key(host).encode(), capture_output=True,
+                              timeout=HELPER_TIMEOUT, check=False)
+    except subprocess.TimeoutExpired as e:
+        raise CredentialHelperError(host, helper, key, config,
+                                    f"gave no answer in {HELPER_TIMEOUT:.0f} s (is it waiting for a passphrase "
+                                    "or a keychain dialog?)") from e
+    except OSError as e:
+        raise CredentialHelperError(host, helper, key, config, f"could not be started ({e})") from e
+    out = done.stdout.decode(errors="replace").strip()
+    if done.returncode != 0:
+        if NOT_FOUND in out:
+            return None
+        said = (out or done.stderr.decode(errors="replace").strip())[:300]
+        raise CredentialHelperError(host, helper, key, config, f"failed (exit {done.returncode}): {said}")
+    try:
+        answer = json.loads(out)
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict) or not isinstance(answer.get("Username", ""), str) \
+            or not isinstance(answer.get("Secret", ""), str):
+        raise CredentialHelperError(host, helper, key, config,
+                                    "answered something other than JSON {\"Username\", \"Secret\"}")
+    user, secret = answer.get("Username", ""), answer.get("Secret", "")
+    if not user and not secret:  # docker-credential-pass 0.6 answers an unknown server so, with exit 0
+        return None
+    if user == "<token>":  # docker's marker of an identity (OAuth refresh) token
+        raise CredentialHelperError(host, helper, key, config,
+                                    "holds an identity token (`<token>`), which buildsys does not use")
+    return user, secret
+
+
+def _auths_entry(host: str, auths: Any, path: Path) -> tuple[str, str] | None:
+    if not isinstance(auths, dict):
+        return None
     entry = auths.get(host) or auths.get(f"https://{host}") or auths.get(f"http://{host}")
     if entry is None and host.lower() in DOCKER_HUB:  # `docker login` writes Docker Hub's under its v1 URL
-        entry = auths.get("https://index.docker.io/v1/")
+        entry = auths.get(DOCKER_HUB_SERVER)
     if not isinstance(entry, dict):
         return None
     if entry.get("auth"):
         try:
             user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
         except ValueError as e:
-            raise RegistryError(host, f"{folder / 'config.json'}: auths.{host}.auth is not base64 user:password",
+            raise RegistryError(host, f"{path}: auths.{host}.auth is not base64 user:password",
                                 f"log in again with `docker login {host}`") from e
         return user, password
     if entry.get("username"):
@@ -182,13 +300,16 @@ class Registry:
 
     def __init__(self, host: str, *, insecure: bool = False, credentials: tuple[str, str] | None = None,
                  attempts: int = 4, backoff: float = 0.5, timeout: float = net.READ_TIMEOUT,
-                 deadline: float = net.DEADLINE, loopback: Callable[[str], bool] = net.is_loopback) -> None:
+                 deadline: float = net.DEADLINE, loopback: Callable[[str], bool] = net.is_loopback,
+                 chunk_size: int = CHUNK_SIZE, resumes: int = RESUMES) -> None:
         self.host = host
+        self.chunk_size, self.resumes, self.backoff = chunk_size, resumes, backoff
         # Docker Hub is named docker.io in references and answers the API at registry-1.docker.io.
         self.api_host = DOCKER_HUB_API if host.lower() in DOCKER_HUB else host
         local = loopback(host)
         self.scheme = "http" if insecure or local else "https"
-        self.credentials = credentials if credentials is not None else docker_credentials(host)
+        self._credentials = credentials  # docker's are looked up on the first challenge (a helper may be slow)
+        self._looked_up = credentials is not None
         # A registry on this machine (by its name or address) may be read, and may lead here; a remote
         # one may not send the client to this machine (a redirect to loopback or a metadata address).
         here = local_reason(f"http://{host}/") is not None
@@ -198,6 +319,15 @@ class Registry:
                                  read_timeout=timeout)
         self._auth: str | None = None  # the Authorization header that worked last, for this origin only
         self._login_lock = threading.Lock()
+
+    @property
+    def credentials(self) -> tuple[str, str] | None:
+        """The login for this host: given, or docker's (``docker_credentials``), looked up once, when first
+        needed: a registry that never asks for one never runs a credential helper."""
+        if not self._looked_up:
+            self._credentials = docker_credentials(self.host)
+            self._looked_up = True
+        return self._credentials
 
     @property
     def base(self) -> str:
@@ -214,7 +344,7 @@ class Registry:
 
     def request(self, method: str, url: str, *, body: bytes | Path | None = None,
                 headers: dict[str, str] | None = None, ok: tuple[int, ...] = (200,), what: str = "",
-                ) -> net.Response:
+                retry: bool = True) -> net.Response:
         """One call, with auth and retries; a ``Path`` body is streamed from the file, opened afresh per attempt.
 
         The caller reads the answer's body through its bounded reads and closes it.
@@ -222,7 +352,7 @@ class Registry:
         if url.startswith("/"):
             url = self.base + self._hub_path(url)
         try:
-            resp = self._send(method, url, body, headers)
+            resp = self._send(method, url, body, headers, retry)
         except net.Unreachable as e:
             raise RegistryUnavailable(self.host, f"{e.detail} ({method} {_path(url)})", e.attempts) from e
         except net.NetError as e:
@@ -237,15 +367,18 @@ class Registry:
             raise RegistryAuthError(self.host, f"HTTP 403, not allowed to {what or method} {_path(url)}")
         if resp.status_code == 404:
             raise NotInRegistry(self.host, what or _path(url))
-        raise RegistryError(self.host, f"{what or method + ' ' + _path(url)}: HTTP {resp.status_code}" + detail)
+        error = RegistryError(self.host, f"{what or method + ' ' + _path(url)}: HTTP {resp.status_code}" + detail)
+        error.status = resp.status_code
+        raise error
 
     def _credential(self, auth: str | None) -> net.Credential | None:
         return net.Credential.for_url(self.base + "/", auth) if auth else None
 
     def _send(self, method: str, url: str, body: bytes | Path | None, headers: dict[str, str] | None,
-              ) -> net.Response:
+              retry: bool = True) -> net.Response:
         sent = self._auth
-        resp = self.client.send(method, url, headers=headers, body=body, credential=self._credential(sent))
+        resp = self.client.send(method, url, headers=headers, body=body, credential=self._credential(sent),
+                                retry=retry)
         if resp.status_code != 401 or "WWW-Authenticate" not in resp.headers:
             return resp
         scheme, params = _challenge(resp.headers["WWW-Authenticate"])
@@ -261,7 +394,8 @@ class Registry:
             if self._auth == sent:  # no other thread logged in since this request went out: log in
                 self._auth = self._login(scheme, params)
             auth = self._auth
-        return self.client.send(method, url, headers=headers, body=body, credential=self._credential(auth))
+        return self.client.send(method, url, headers=headers, body=body, credential=self._credential(auth),
+                                retry=retry)
 
     def _login(self, scheme: str, params: dict[str, str]) -> str:
         """The Authorization header that answers a challenge: Basic from the credentials, or a Bearer token."""
@@ -314,31 +448,101 @@ class Registry:
         return True
 
     def push_blob(self, repo: str, digest: str, size: int, source: bytes | Path, chunk_size: int | None = None,
-                  ) -> bool:
-        """Upload one blob unless the registry has it; return whether it was sent.
+                  *, mount_from: Sequence[str] = (), progress: BlobProgress | None = None) -> bool:
+        """Upload one blob unless the registry has it (or mounts it); return whether it was sent.
 
-        Monolithic by default: ``POST`` an upload session, then one ``PUT ?digest=``
-        with the whole body streamed from ``source`` (bytes, or a file). With
-        ``chunk_size`` and a larger blob: ``PATCH`` chunks with ``Content-Range``,
-        each to the ``Location`` the last answer gave, then ``PUT ?digest=`` with
-        no body. Either way the registry checks the digest and refuses a mismatch.
-        A ``Location`` on another origin gets the bytes but not the credentials.
+        A blob no larger than ``chunk_size`` (default ``self.chunk_size``; 0:
+        never chunked) goes up monolithic: ``POST`` an upload session, then one
+        ``PUT ?digest=`` with the whole body streamed from ``source`` (bytes, or
+        a file). A larger one goes in ``PATCH`` chunks with ``Content-Range``,
+        each to the ``Location`` the last answer gave, resumed when one fails
+        (``_patch_chunks``), then ``PUT ?digest=`` with no body. Either way the
+        registry checks the digest and refuses a mismatch, so a damaged or short
+        upload never becomes a blob; a failed one is cancelled. Before any of
+        it, each repository of ``mount_from`` is asked to lend the blob
+        (``mount_blob``). ``progress`` hears (digest, bytes the registry holds,
+        size) as chunks land. A ``Location`` on another origin gets the bytes
+        but not the credentials.
         """
         if self.has_blob(repo, digest):
             return False
+        for other in mount_from:
+            # A mount is a shortcut: one refused (no read access to ``other``, no mount support) is an upload.
+            with contextlib.suppress(RegistryError):
+                if other != repo and self.mount_blob(repo, digest, other):
+                    return False
+        report = progress or _no_blob_progress
+        chunk = self.chunk_size if chunk_size is None else chunk_size
+        location = self._start_upload(repo)
+        report(digest, 0, size)
+        if chunk and size > chunk:
+            location = self._patch_chunks(repo, digest, size, location, source, chunk, report)
+            self._put(repo, digest, location, b"", {"Content-Length": "0"})
+        else:
+            self._put_whole(repo, digest, size, source, location)
+        report(digest, size, size)
+        return True
+
+    def _put(self, repo: str, digest: str, location: str, body: bytes | Path, headers: dict[str, str]) -> None:
+        """The ``PUT ?digest=`` that makes the upload a blob; one whose answer was lost but that took is fine."""
+        sep = "&" if "?" in location else "?"
+        try:
+            self.request("PUT", f"{location}{sep}digest={digest}", body=body, ok=(201,), headers=headers,
+                         what=f"uploading blob {digest}", retry=False).close()
+        except RegistryAuthError:
+            self._cancel(location)
+            raise
+        except RegistryError:
+            with contextlib.suppress(RegistryError):
+                if self.has_blob(repo, digest):
+                    return
+            self._cancel(location)
+            raise
+
+    def _put_whole(self, repo: str, digest: str, size: int, source: bytes | Path, location: str) -> None:
+        """One ``PUT`` with the whole blob; cut or failing (5xx, upload gone), again in a new upload, bounded."""
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
+        for attempt in range(1, self.resumes + 2):
+            try:
+                return self._put(repo, digest, location, source, headers)
+            except RegistryError as e:
+                transient = isinstance(e, RegistryUnavailable | NotInRegistry) or (e.status or 0) >= 500
+                if not transient:
+                    raise
+                if attempt > self.resumes:
+                    raise UploadInterrupted(self.host, digest, 0, size, attempt, e.problem) from e
+            time.sleep(self.backoff * 2 ** (attempt - 1))
+            location = self._start_upload(repo)
+        return None
+
+    def mount_blob(self, repo: str, digest: str, from_repo: str) -> bool:
+        """Ask the registry to link ``digest`` from ``from_repo`` into ``repo``: no byte is sent.
+
+        ``201``: mounted. ``202``: not mounted (the registry lacks the blob
+        there, or this login may not read ``from_repo``), and an upload session
+        was opened instead; it is cancelled, and the caller uploads.
+        """
+        query = urlencode({"mount": digest, "from": from_repo})
+        resp = self.request("POST", f"/v2/{repo}/blobs/uploads/?{query}", ok=(201, 202),
+                            what=f"mounting blob {digest} from {from_repo} into {repo}")
+        resp.close()
+        if resp.status_code == 201:
+            return True
+        if resp.headers.get("Location"):
+            self._cancel(self._location(resp, repo))
+        return False
+
+    def _start_upload(self, repo: str) -> str:
         resp = self.request("POST", f"/v2/{repo}/blobs/uploads/", ok=(202,), what=f"starting an upload to {repo}")
         resp.close()
-        location = self._location(resp, repo)
-        if chunk_size and size > chunk_size:
-            location = self._patch_chunks(repo, digest, location, source, chunk_size)
-            source = b""
-            headers = {"Content-Length": "0"}
-        else:
-            headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
-        sep = "&" if "?" in location else "?"
-        self.request("PUT", f"{location}{sep}digest={digest}", body=source, ok=(201,), headers=headers,
-                     what=f"uploading blob {digest}").close()
-        return True
+        return self._location(resp, repo)
+
+    def _cancel(self, location: str) -> None:
+        """``DELETE`` an upload session, so that no half-sent blob lingers; a registry that refuses will
+        expire it (distribution purges abandoned uploads), so a failure here is not the caller's error."""
+        with contextlib.suppress(RegistryError):
+            self.request("DELETE", location, ok=(200, 202, 204, 404), what="cancelling an upload",
+                         retry=False).close()
 
     def _location(self, resp: net.Response, repo: str) -> str:
         location = resp.headers.get("Location")
@@ -346,20 +550,76 @@ class Registry:
             raise RegistryError(self.host, f"an upload to {repo} answered without a Location")
         return urljoin(resp.url, location)
 
-    def _patch_chunks(self, repo: str, digest: str, location: str, source: bytes | Path, chunk_size: int) -> str:
+    def _patch_chunks(self, repo: str, digest: str, size: int, location: str, source: bytes | Path,
+                      chunk_size: int, report: BlobProgress) -> str:
+        """PATCH ``source`` in chunks; the Location to ``PUT`` to.
+
+        A chunk is sent once (no blind retry: a registry may have kept part of
+        it). When it fails, the registry is asked how much it holds (``GET`` of
+        the upload: ``Range: 0-N``) and the upload goes on from byte N+1; a
+        registry that dropped the upload (docker's distribution drops one whose
+        size no longer matches the state in its Location) gets a new one, from
+        byte 0. After ``self.resumes`` failures the upload is cancelled and
+        ``UploadInterrupted`` names the blob and the offset.
+        """
+        failures, offset = 0, 0
         with (open(source, "rb") if isinstance(source, Path) else io.BytesIO(source)) as f:
-            offset = 0
-            while chunk := f.read(chunk_size):
-                end = offset + len(chunk) - 1
-                resp = self.request("PATCH", location, body=chunk, ok=(202,),
-                                    headers={"Content-Type": "application/octet-stream",
-                                             "Content-Length": str(len(chunk)),
-                                             "Content-Range": f"{offset}-{end}"},
-                                    what=f"uploading bytes {offset}-{end} of blob {digest}")
-                resp.close()
-                location = self._location(resp, repo)
-                offset = end + 1
+            while offset < size:
+                f.seek(offset)
+                chunk = f.read(min(chunk_size, size - offset))
+                if not chunk:
+                    self._cancel(location)
+                    raise SourceTruncated(self.host, digest, size, offset, source)
+                try:
+                    location = self._patch(repo, digest, location, offset, chunk)
+                except RegistryAuthError:
+                    self._cancel(location)
+                    raise
+                except RegistryError as e:
+                    failures += 1
+                    if failures > self.resumes:
+                        self._cancel(location)
+                        raise UploadInterrupted(self.host, digest, offset, size, failures, e.problem) from e
+                    time.sleep(self.backoff * 2 ** (failures - 1))
+                    location, offset = self._resume(repo, digest, size, location)
+                else:
+                    offset += len(chunk)
+                report(digest, offset, size)
         return location
+
+    def _patch(self, repo: str, digest: str, location: str, offset: int, chunk: bytes) -> str:
+        """One chunk, sent once; the next Location. An answer whose ``Range`` says the registry holds other
+        than every byte sent so far is a failure (a proxy that dropped part of the body), resumed like one."""
+        end = offset + len(chunk) - 1
+        what = f"uploading bytes {offset}-{end} of blob {digest}"
+        with self.request("PATCH", location, body=chunk, ok=(202,), retry=False, what=what,
+                          headers={"Content-Type": "application/octet-stream", "Content-Length": str(len(chunk)),
+                                   "Content-Range": f"{offset}-{end}"}) as resp:
+            said = resp.headers.get("Range")
+            next_location = self._location(resp, repo)
+        m = re.fullmatch(r"\s*(?:bytes=)?0-(\d+)\s*", said or "")
+        if said is not None and (m is None or int(m[1]) != end):
+            raise RegistryError(self.host, f"{what}: the registry says it holds bytes {said.strip()[:40]}, "
+                                           f"not 0-{end}")
+        return next_location
+
+    def _resume(self, repo: str, digest: str, size: int, location: str) -> tuple[str, int]:
+        """(Location, offset) to go on from: what the registry says it holds of the upload, else a new one."""
+        try:
+            resp = self.request("GET", location, ok=(200, 204), what=f"the state of the upload of blob {digest}")
+            resp.close()
+        except RegistryAuthError:
+            raise
+        except RegistryError:  # gone (404 BLOB_UPLOAD_UNKNOWN/INVALID), or the registry cannot say
+            self._cancel(location)
+            return self._start_upload(repo), 0
+        m = re.fullmatch(r"\s*(?:bytes=)?0-(\d+)\s*", resp.headers.get("Range") or "")
+        # distribution answers "0-0" for an empty upload as for one of 1 byte; 0 is the safe reading
+        held = int(m[1]) + 1 if m and int(m[1]) > 0 else 0
+        if m is None or held > size:
+            self._cancel(location)
+            return self._start_upload(repo), 0
+        return (self._location(resp, repo) if resp.headers.get("Location") else location), held
 
     def get_blob(self, repo: str, digest: str, dst: IO[bytes], size: int | None = None,
                  limit: int | None = None) -> int:

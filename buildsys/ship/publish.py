@@ -15,7 +15,7 @@ skips that check and the CLI says so).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +28,8 @@ from buildsys.core.store import Store, sha256_file
 from buildsys.model.graph import Graph
 from buildsys.model.lockfile import Lock
 from buildsys.oci.image import MANIFEST_MEDIA_TYPE, DamagedBlob, ImageError, OciLayout, digest_bytes
-from buildsys.oci.registry import Reference, Registry, RegistryError
+from buildsys.oci.registry import BlobProgress, Reference, Registry, RegistryError
+from buildsys.ship.mount_sources import mount_sources, record_published
 
 
 @dataclass(frozen=True)
@@ -72,11 +73,13 @@ def publish(store: Store, graph: Graph, locks: Mapping[str, Lock], recipe: str, 
     progress(recipe, "connect", f"{reg.base}/v2/")
     reg.ping()
     sent, present, nbytes = push_image(reg, ref.repository, OciLayout(store.oci), record.manifest_digest,
-                                       lambda stage, detail: progress(recipe, stage, detail))
+                                       lambda stage, detail: progress(recipe, stage, detail),
+                                       mount_from=mount_sources(store, ref.host, ref.repository))
     if ref.tag:
         progress(recipe, "tag", f"{ref.repository}:{ref.tag} -> {record.manifest_digest[:19]}")
         manifest = OciLayout(store.oci).read_blob(record.manifest_digest)
         reg.put_manifest(ref.repository, ref.tag, manifest, MANIFEST_MEDIA_TYPE)
+    record_published(store, ref.host, ref.repository)
     return Published(recipe=recipe, reference=ref.with_digest(record.manifest_digest), tag=ref.tag,
                      manifest_digest=record.manifest_digest, image_id=record.config_digest, blobs_sent=sent,
                      blobs_present=present, bytes_sent=nbytes, seconds=time.monotonic() - started,
@@ -84,8 +87,13 @@ def publish(store: Store, graph: Graph, locks: Mapping[str, Lock], recipe: str, 
 
 
 def push_image(reg: Registry, repo: str, layout: OciLayout, manifest_digest: str,
-               progress: Callable[[str, str], None] = lambda stage, detail: None) -> tuple[int, int, int]:
+               progress: Callable[[str, str], None] = lambda stage, detail: None,
+               mount_from: Sequence[str] = ()) -> tuple[int, int, int]:
     """Blobs (config, then layers bottom first), then the manifest by digest; no tag.
+
+    A blob the registry lacks is first asked of each ``mount_from`` repository of
+    the same registry (mounted, not sent: counted as there), then uploaded, with
+    the bytes the registry holds reported as they land.
 
     Returns (blobs sent, blobs the registry had, bytes sent). A blob the store
     has damaged is caught by the registry (it checks the digest) and named here.
@@ -100,7 +108,7 @@ def push_image(reg: Registry, repo: str, layout: OciLayout, manifest_digest: str
         what = "config" if i == 0 else f"layer {i}/{len(descs) - 1}"
         progress("upload", f"{what} {digest[:19]} ({size / 1e6:.1f} MB)")
         try:
-            if reg.push_blob(repo, digest, size, path):
+            if reg.push_blob(repo, digest, size, path, mount_from=mount_from, progress=_bytes(progress, what)):
                 sent, nbytes = sent + 1, nbytes + size
             else:
                 present += 1
@@ -113,6 +121,15 @@ def push_image(reg: Registry, repo: str, layout: OciLayout, manifest_digest: str
                             "it rewrote the manifest; publish to a registry that stores manifests as sent")
     progress("manifest", f"{repo}@{manifest_digest}")
     return sent, present, nbytes
+
+
+def _bytes(progress: Callable[[str, str], None], what: str) -> BlobProgress:
+    """A blob's bytes as they land, as an ``upload`` event of the blob (a live row on a terminal); its start
+    is the event ``push_image`` sent already."""
+    def report(digest: str, sent: int, size: int) -> None:
+        if sent:
+            progress("upload", f"{what} {digest[:19]}: {sent / 1e6:.1f} of {size / 1e6:.1f} MB")
+    return report
 
 
 def _check_local(layout: OciLayout, digest: str) -> None:
