@@ -5,8 +5,9 @@ set -eu
 # zstd: registry base images whose layers are zstd-compressed; gnupg: the signing keys of the test apt repositories (tests/aptrepo.py);
 # skopeo: a client no one here wrote, which pulls published images in the tests (Debian 12 builds it with sigstore
 # verification patched out, so it finds buildsys's cosign signatures but cannot check them: docs/shipping.md);
-# docker-compose: Compose v1 (1.29, Debian 12 has no `docker compose` plugin), which `buildsys compose` files are tested with.
-PKGS="docker.io mmdebstrap apt-utils gnupg debian-archive-keyring util-linux python3-venv ca-certificates docker-registry apache2-utils zstd skopeo docker-compose"
+# golang-docker-credential-helpers and pass: a real docker credential helper (docker-credential-pass) the registry
+# client is tested with; docker-compose: Compose v1 (1.29, Debian 12 has no `docker compose` plugin), which `buildsys compose` files are tested with.
+PKGS="docker.io mmdebstrap apt-utils gnupg debian-archive-keyring util-linux python3-venv ca-certificates docker-registry apache2-utils zstd skopeo golang-docker-credential-helpers pass docker-compose"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
