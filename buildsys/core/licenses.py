@@ -91,7 +91,16 @@ def _licensing() -> Licensing:
 
 
 def spdx(expression: str) -> str | None:
-    """``expression`` as a normalized SPDX license expression, or None if it is not one."""
+    """``expression`` as a normalized SPDX license expression, or None if it is not one.
+
+    Each license and exception must be an identifier of the SPDX list (any case; with ``+``): license-expression
+    alone would also take its aliases, and make "GPL" GPL-1.0-or-later, which no package said.
+    """
+    from cyclonedx.spdx import fixup_id
+
+    words = [w for w in re.split(r"[\s()]+", expression) if w and w.upper() not in ("AND", "OR", "WITH")]
+    if not words or any(fixup_id(w[:-1] if w.endswith("+") else w) is None for w in words):
+        return None
     try:
         info = _licensing().validate(expression)
     except Exception:  # license-expression raises on some odd keys ("MIT/X11") instead of reporting them
