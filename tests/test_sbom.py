@@ -53,6 +53,9 @@ def test_cyclonedx_lists_every_deb_wheel_and_file_with_purl_and_sha256(shipped) 
     assert subject["purl"] == PackageURL("oci", None, "app", image["manifest_digest"]).to_string()
     # deterministic: no clock, no random serial
     assert ok(bs(proj, store, "sbom", "app")).stdout == text
+    published = json.loads(ok(bs(proj, store, "sbom", "app", "--repository", "localhost:5000/team/app")).stdout)
+    assert published["metadata"]["component"]["purl"] == PackageURL(
+        "oci", None, "app", image["manifest_digest"], {"repository_url": "localhost:5000/team/app"}).to_string()
 
 
 @pytest.mark.docker
