@@ -343,3 +343,31 @@ def test_the_readers_map_only_what_is_exact() -> None:
     assert from_core_metadata("Metadata-Version: 2.1\nClassifier: License :: OSI Approved :: BSD License\n") is None
     assert from_cran("GPL-2 | GPL-3") == "GPL-2.0-only OR GPL-3.0-only"
     assert from_cran("MIT + file LICENSE") == "MIT" and from_cran("GPL-2 + file LICENSE") == "GPL-2 + file LICENSE"
+
+
+@pytest.mark.parametrize("compression", ["gzip", "xz", "zstd", "none"])
+def test_a_debs_copyright_is_read_whatever_dpkg_deb_compressed_its_data_with(tmp_path: Path,
+                                                                             compression: str) -> None:
+    """Ubuntu's .debs are zstd, Debian's xz; dpkg-deb itself builds each kind here."""
+    import dataclasses
+    import subprocess
+
+    from buildsys.ecosystems.base import Component
+    from buildsys.ecosystems.deb_origin import deb_license
+
+    root = tmp_path / "pkg"
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "DEBIAN" / "control").write_text("Package: demo\nVersion: 1.0\nArchitecture: all\n"
+                                             "Maintainer: x <x@example.org>\nDescription: demo\n")
+    (root / "usr/share/doc/demo").mkdir(parents=True)
+    (root / "usr/share/doc/demo/copyright").write_text(
+        "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n\n"
+        "Files: *\nCopyright: 2026 x\nLicense: BSD-3-clause\n")
+    deb = tmp_path / "demo.deb"
+    subprocess.run(["dpkg-deb", "--root-owner-group", f"-Z{compression}", "--build", str(root), str(deb)],
+                   check=True, capture_output=True)
+    component = Component("deb", "demo", "1.0", "pkg:deb/debian/demo@1.0", "00" * 32, "")
+    assert deb_license(component, deb) == "BSD-3-Clause"
+    assert deb_license(dataclasses.replace(component, name="other"), deb) is None  # no such doc folder
+    (tmp_path / "junk.deb").write_bytes(b"!<arch>\nnot a header at all" + b" " * 80)
+    assert deb_license(component, tmp_path / "junk.deb") is None

@@ -116,6 +116,6 @@ def deb_license(component: Component, path: Path) -> str | None:
         return None
     try:
         data = debfile.read_file(path, f"usr/share/doc/{component.name}/copyright")
-    except debfile.NotADeb:
+    except (ValueError, OSError):  # not a .deb this reader understands (NotADeb is a ValueError): none read
         return None
     return licenses.from_debian_copyright(data.decode("utf-8", "replace")) if data else None

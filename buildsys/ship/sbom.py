@@ -29,6 +29,7 @@ and namespace derived from the recipe and its lock hash.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
@@ -99,7 +100,8 @@ def declared_licenses(store: Store, found: Sequence[Item], progress: Progress = 
         if n == 1 or n % 25 == 0:  # a line per file would flood a log: the first .debs read take the time
             progress(it.layer, "sbom", f"reading declared licenses ({n}/{len(todo)}: {it.name})")
         license_ = ecosystems.declared_license(it, path)
-        atomic_write(entry, json.dumps({"reader": LICENSE_READER, "license": license_}).encode())
+        with contextlib.suppress(OSError):  # a store whose cache cannot be written: read again next time
+            atomic_write(entry, json.dumps({"reader": LICENSE_READER, "license": license_}).encode())
         if license_:
             out[it.sha256] = license_
     return out
