@@ -289,8 +289,9 @@ def test_licenses_come_from_each_packages_own_metadata(request: pytest.FixtureRe
         wheels.append(LockedPip(name, version, (LockedWheelFile(filename, sha, url),), selected=filename))
     pip = PipSection(packages=tuple(wheels))
     base = read_lock(REPO / "locks" / "base.lock").get(DebianBaseLock)
-    assert base is not None  # tini: machine-readable, Files: * Expat; sed: a copyright in free form
-    root = base.__class__(**{**base.__dict__, "packages": tuple(d for d in base.packages if d.name in ("tini", "sed"))})
+    assert base is not None  # tini: Files: * Expat; sed: Files: * doc/local.mk GPL-3+; base-files: free form
+    wanted = ("tini", "sed", "base-files")
+    root = base.__class__(**{**base.__dict__, "packages": tuple(d for d in base.packages if d.name in wanted)})
     try:
         tarballs = build(Path(request.config.cache.mkdir("cran-origs")), CRAN_SOURCES)
     except DownloadFailed as e:
@@ -300,7 +301,7 @@ def test_licenses_come_from_each_packages_own_metadata(request: pytest.FixtureRe
         for name, (version, data, _) in sorted(tarballs.items())))
     graph, locks = _chain((root,), (pip,), (cran,))
     report = fetch(store, [*DEBIAN_ROOT.artifacts(locks["root"]), *PIP.artifacts(locks["tools"])], progress=False)
-    assert report.downloaded == 5, report
+    assert report.downloaded == 6, report
     started = time.monotonic()
     bom, spdx = _both_valid(graph, locks, store=store)
     first = time.monotonic() - started
@@ -311,9 +312,10 @@ def test_licenses_come_from_each_packages_own_metadata(request: pytest.FixtureRe
     assert declared["digest"] == [{"acknowledgement": "declared", "expression": "GPL-2.0-or-later"}]
     assert tarballs["mime"][2]["License"] == "GPL"  # no version: the text, as a name
     assert declared["mime"] == [{"license": {"acknowledgement": "declared", "name": "GPL"}}]
-    assert declared["packaging"] is None and declared["sed"] is None
+    assert declared["sed"] == [{"acknowledgement": "declared", "expression": "GPL-3.0-or-later"}]
+    assert declared["packaging"] is None and declared["base-files"] is None
     by_name = {p["name"]: p for p in spdx["packages"]}
-    assert by_name["six"]["licenseDeclared"] == "MIT" and by_name["sed"]["licenseDeclared"] == "NOASSERTION"
+    assert by_name["six"]["licenseDeclared"] == "MIT" and by_name["base-files"]["licenseDeclared"] == "NOASSERTION"
     ref = by_name["mime"]["licenseDeclared"]
     assert ref.startswith("LicenseRef-GPL-") and {"licenseId": ref, "name": "GPL", "extractedText": "GPL"}.items() \
         <= next(e for e in spdx["hasExtractedLicensingInfos"] if e["licenseId"] == ref).items()
@@ -336,6 +338,8 @@ def test_the_readers_map_only_what_is_exact() -> None:
     assert from_debian_copyright(copyright_) == "GPL-2.0-or-later OR Artistic-2.0"
     assert from_debian_copyright(copyright_.replace("Artistic-2.0", "Artistic")) == "GPL-2+ or Artistic"
     assert from_debian_copyright(copyright_.replace("Files: *", "Files: src/*")) is None  # no whole-package one
+    assert from_debian_copyright(copyright_.replace("Files: *", "Files: * doc/local.mk")) == \
+        "GPL-2.0-or-later OR Artistic-2.0"  # sed's: '*' among the patterns
     assert from_debian_copyright("This package was debianized by someone.\nLicense: GPL\n") is None  # free form
     assert from_core_metadata("Metadata-Version: 2.4\nLicense-Expression: mit OR apache-2.0\n") == "MIT OR Apache-2.0"
     assert from_core_metadata("Metadata-Version: 2.4\nLicense-Expression: Proprietary\n") == "Proprietary"

@@ -159,12 +159,13 @@ def from_debian_license(short: str) -> str | None:
 
 
 def from_debian_copyright(text: str) -> str | None:
-    """The License of a machine-readable ``debian/copyright``'s ``Files: *`` paragraph; None for a copyright
-    file in free form (no ``Format:`` of copyright-format 1.0) or one without that paragraph."""
+    """The License of a machine-readable ``debian/copyright``'s ``Files: *`` paragraph (``*`` among its patterns:
+    ``Files: * doc/local.mk``); None for a copyright file in free form (no ``Format:`` of copyright-format 1.0)
+    or one without that paragraph (its paragraphs then each name some files, none the package as a whole)."""
     paragraphs = dpkg.paragraphs(text.encode())
     if not paragraphs or not COPYRIGHT_FORMAT.fullmatch(paragraphs[0].get("format", "").strip()):
         return None
     for p in paragraphs[1:]:
-        if p.get("files", "").split() == ["*"] and (license_ := p.get("license", "").split("\n", 1)[0].strip()):
+        if "*" in p.get("files", "").split() and (license_ := p.get("license", "").split("\n", 1)[0].strip()):
             return from_debian_license(license_)
     return None

@@ -74,7 +74,7 @@ def items(graph: Graph, locks: Mapping[str, Lock], recipe: str) -> Iterator[Item
 
 
 # Bumped whenever a reader of core.licenses changes what it returns: the cache then reads every file again.
-LICENSE_READER = "1"
+LICENSE_READER = "2"
 
 
 def declared_licenses(store: Store, found: Sequence[Item], progress: Progress = NO_PROGRESS) -> dict[str, str]:
