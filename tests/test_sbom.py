@@ -56,6 +56,8 @@ def test_cyclonedx_lists_every_deb_wheel_and_file_with_purl_and_sha256(shipped) 
     published = json.loads(ok(bs(proj, store, "sbom", "app", "--repository", "localhost:5000/team/app")).stdout)
     assert published["metadata"]["component"]["purl"] == PackageURL(
         "oci", None, "app", image["manifest_digest"], {"repository_url": "localhost:5000/team/app"}).to_string()
+    refused = bs(proj, store, "sbom", "app", "--repository", "localhost:5000/Team/app:v1")
+    assert refused.exit_code == 1 and "is not HOST[:PORT]/REPO" in refused.output + refused.stderr
 
 
 @pytest.mark.docker

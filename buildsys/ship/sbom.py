@@ -73,6 +73,8 @@ def items(graph: Graph, locks: Mapping[str, Lock], recipe: str) -> Iterator[Item
             yield Item(c.kind, c.name, c.version, c.purl, c.sha256, c.url, layer=layer)
 
 
+# Where an image is published, as its purl's repository_url: a registry host and a repository path (lowercase).
+REPOSITORY = re.compile(r"[A-Za-z0-9.-]+(:[0-9]+)?(/[a-z0-9]+([._-]+[a-z0-9]+)*)+")
 # Bumped whenever a reader of core.licenses changes what it returns: the cache then reads every file again.
 LICENSE_READER = "2"
 
@@ -283,6 +285,10 @@ def sbom(graph: Graph, locks: Mapping[str, Lock], recipe: str, fmt: str = "cyclo
          progress: Progress = NO_PROGRESS) -> bytes:
     """The SBOM of ``recipe`` in ``fmt``; ``store``: where the vendored files' licenses are read (none without
     it); ``repository``: ``HOST/REPO`` the image is published to, for its purl's ``repository_url``."""
+    if repository is not None and not REPOSITORY.fullmatch(repository):
+        raise BuildsysError(f"{recipe}: the repository {repository!r} is not HOST[:PORT]/REPO",
+                            "name where the image is published without tag or digest, e.g. "
+                            "registry.example.org:5000/team/app")
     if fmt == "spdx":
         return spdx_json(graph, locks, recipe, record, store, repository, progress)
     return cyclonedx_json(graph, locks, recipe, record, store, repository, progress)
