@@ -325,6 +325,11 @@ def test_licenses_come_from_each_packages_own_metadata(request: pytest.FixtureRe
         sorted(f"{c['hashes'][0]['content']}.json" for c in bom["components"])
     started = time.monotonic()
     assert _both_valid(graph, locks, store=store)[0] == bom  # from the cache, the same
+    said: list[tuple[str, str, str]] = []
+    bare = _both_valid(graph, locks, store=Store(tmp_path / "empty"), progress=lambda *e: said.append(e))[0]
+    assert not any(c.get("licenses") for c in bare["components"])  # nothing vendored: nothing declared
+    assert ("app", "warning", f"{len(bom['components'])} component(s) not in the vendor store: no license read "
+            "for them (`buildsys fetch` puts them there)") in said
     print(f"licenses: {first:.2f}s read, {time.monotonic() - started:.2f}s cached")
 
 

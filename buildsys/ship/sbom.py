@@ -86,6 +86,7 @@ def declared_licenses(store: Store, found: Sequence[Item], progress: Progress = 
     out: dict[str, str] = {}
     cache = store.cache / "licenses"
     todo = [it for it in found if it.kind != "image"]
+    missing = 0
     for n, it in enumerate(todo, 1):
         entry = cache / f"{it.sha256}.json"
         try:
@@ -98,6 +99,7 @@ def declared_licenses(store: Store, found: Sequence[Item], progress: Progress = 
             pass
         path = store.vendor_path(it.sha256)
         if not path.is_file():  # not fetched: nothing to read, and nothing to remember
+            missing += 1
             continue
         if n == 1 or n % 25 == 0:  # a line per file would flood a log: the first .debs read take the time
             progress(it.layer, "sbom", f"reading declared licenses ({n}/{len(todo)}: {it.name})")
@@ -106,6 +108,10 @@ def declared_licenses(store: Store, found: Sequence[Item], progress: Progress = 
             atomic_write(entry, json.dumps({"reader": LICENSE_READER, "license": license_}).encode())
         if license_:
             out[it.sha256] = license_
+    if missing:
+        progress(found[-1].layer if found else "sbom", "warning",
+                 f"{missing} component(s) not in the vendor store: no license read for them "
+                 "(`buildsys fetch` puts them there)")
     return out
 
 
