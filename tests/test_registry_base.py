@@ -115,6 +115,9 @@ def test_lock_fetch_then_build_verify_and_test_with_the_registry_stopped(tmp_pat
     for fmt in ("cyclonedx", "spdx"):
         sbom = ok(bs(proj, store, "sbom", "child", "--format", fmt)).stdout
         assert f"pkg:oci/tiny@{image.amd64_manifest}?arch=amd64&repository_url={image.host}/test/tiny" in sbom
+    facts = {p["name"]: p["value"] for p in json.loads(ok(bs(proj, store, "sbom", "child")).stdout)["metadata"]
+             ["properties"]}  # and its metadata names the image the chain stands on
+    assert facts["buildsys:base-image-digest"] == image.amd64_manifest and "test/tiny" in facts["buildsys:base-image"]
     print("registry base seconds:", {k: round(v, 2) for k, v in seconds.items()})
 
 

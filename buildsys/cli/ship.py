@@ -84,9 +84,11 @@ def import_cmd(obj: Context, archive: Path) -> None:
 @click.option("--format", "fmt", type=click.Choice(["cyclonedx", "spdx"]), default="cyclonedx", show_default=True)
 @click.option("-o", "--output", "output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write to this file (atomically) instead of stdout.")
+@click.option("--repository", metavar="HOST[:PORT]/REPO", default=None,
+              help="Where the image is published: the image's purl then has it as repository_url.")
 @click.pass_obj
-def sbom_cmd(obj: Context, recipe: str, fmt: str, output: Path | None) -> None:
-    """The chain's locked components (debs, wheels, files) with purls and SHA-256, schema-checked."""
+def sbom_cmd(obj: Context, recipe: str, fmt: str, output: Path | None, repository: str | None) -> None:
+    """The chain's locked components (debs, wheels, files) with purls, SHA-256 and declared licenses, schema-checked."""
     from buildsys.build.builder import Builder
     from buildsys.core.store import atomic_write
     from buildsys.lock import fresh_locks
@@ -95,8 +97,10 @@ def sbom_cmd(obj: Context, recipe: str, fmt: str, output: Path | None) -> None:
     g = obj.graph()
     g.select([recipe])
     locks = fresh_locks(obj.project, g, [recipe])
-    chain = Builder(obj.open_store(), g, locks).stored_chain(recipe)
-    data = sbom(g, locks, recipe, fmt, chain[-1] if chain else None)
+    store = obj.open_store()
+    chain = Builder(store, g, locks).stored_chain(recipe)
+    with LiveProgress() as progress:
+        data = sbom(g, locks, recipe, fmt, chain[-1] if chain else None, store, repository, progress)
     if output:
         atomic_write(output, data)
         click.echo(f"{output}: {fmt} SBOM of {recipe}", err=True)

@@ -12,6 +12,7 @@ fake one in).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from buildsys.core.store import Artifact, Store
@@ -51,6 +52,21 @@ def closure_problems(store: Store, chain: Sequence[Lock], lock: Lock) -> list[tu
 
 def components(lock: Lock) -> list[Component]:
     return [c for eco in ECOSYSTEMS for c in eco.components(lock)]
+
+
+def chain_components(chain: Sequence[Lock]) -> list[Component]:
+    """The SBOM's components of the chain's top lock (``chain``: root first), which the chain makes precise."""
+    return [c for eco in ECOSYSTEMS for c in eco.chain_components(chain)]
+
+
+def declared_license(component: Component, path: Path) -> str | None:
+    """The license ``component`` declares in its vendored file at ``path``, by its ecosystem; None if none."""
+    return next((found for eco in ECOSYSTEMS if (found := eco.declared_license(component, path)) is not None), None)
+
+
+def base_facts(chain: Sequence[Lock]) -> dict[str, str]:
+    """What the chain stands on, for the SBOM's metadata (``Ecosystem.base_facts``)."""
+    return {k: v for eco in ECOSYSTEMS for k, v in eco.base_facts(chain).items()}
 
 
 def pins(lock: Lock) -> list[tuple[Ecosystem, Pin]]:

@@ -48,6 +48,7 @@ from buildsys.ecosystems.apt_sources import (
     unusable,
 )
 from buildsys.ecosystems.base import MOUNT, STEP_HEADER, STEP_MARKER, Component, Ecosystem, LockContext, Pin
+from buildsys.ecosystems.deb_origin import DebOrigins, chain_archives, deb_license, distro
 from buildsys.ecosystems.debian_root import DebianBaseLock, locked_debs
 from buildsys.ecosystems.registry_apt import image_release, lock_apt_on_image
 from buildsys.ecosystems.registry_image import ImageBaseLock
@@ -126,6 +127,12 @@ def _resolve(recipe: Recipe, root: Lock, ancestors: Sequence[Lock], resolver: Ap
             raise LockError(f"{recipe.path}: apt.packages: {e.message}", e.hint) from e
     return [LockedDeb(name=p.name, version=p.version, architecture=p.architecture, sha256=p.sha256, size=p.size,
                       path=p.filename, mirror=p.mirror or base.mirror) for p in packages], releases
+
+
+def _origins(chain: Sequence[Lock]) -> DebOrigins:
+    """The chain's archive state: a Debian root's, or the one its apt layers on a registry image recorded."""
+    base = chain[0].get(DebianBaseLock)
+    return DebOrigins(base.all_archives, debian_root=True) if base else DebOrigins(chain_archives(chain), False)
 
 
 class Apt(Ecosystem):
@@ -234,6 +241,20 @@ class Apt(Ecosystem):
     def components(self, lock: Lock) -> list[Component]:
         debs = lock.section(AptSection).debs
         return [deb_component(d) for d in sorted(debs, key=lambda d: (d.name, d.architecture))]
+
+    def chain_components(self, chain: Sequence[Lock]) -> list[Component]:
+        return _origins(chain).components(chain[-1].section(AptSection).debs)
+
+    def declared_license(self, component: Component, path: Path) -> str | None:
+        return deb_license(component, path)
+
+    def base_facts(self, chain: Sequence[Lock]) -> dict[str, str]:
+        """On a registry image: the release its apt layers were resolved against (a Debian root says its own)."""
+        if chain[0].get(DebianBaseLock) is not None or not (archives := chain_archives(chain)):
+            return {}
+        release = distro(archives, debian_root=False)
+        return {"suite": archives[0].codename or archives[0].suite,
+                **({"distro": q} if release and (q := release.qualifier) else {})}
 
     def pins(self, lock: Lock) -> list[Pin]:
         return [deb_pin(d) for d in lock.section(AptSection).debs]

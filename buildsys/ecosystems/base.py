@@ -200,6 +200,21 @@ class Ecosystem:
         """This part of ``lock`` for the SBOM, sorted."""
         return []
 
+    def chain_components(self, chain: Sequence[Lock]) -> list[Component]:
+        """This part of the chain's top lock (``chain``: root first) for the SBOM, sorted: ``components``, or
+        where the chain tells more (a .deb's release, from the root's archives) with that."""
+        return self.components(chain[-1])
+
+    def declared_license(self, component: Component, path: Path) -> str | None:
+        """The license ``component`` (one of this ecosystem's) declares in its own vendored file at ``path``, as
+        ``core.licenses`` reads it; None when it declares none, or the component is another ecosystem's."""
+        return None
+
+    def base_facts(self, chain: Sequence[Lock]) -> dict[str, str]:
+        """What the chain stands on, for the SBOM's metadata (``base-image``, ``base-image-digest``,
+        ``suite``, ``distro``), as far as this ecosystem's part of the chain's locks says."""
+        return {}
+
     def pins(self, lock: Lock) -> list[Pin]:
         return []
 

@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import hashlib
 import shlex
+import tarfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from packageurl import PackageURL
 
-from buildsys.core import net
+from buildsys.core import licenses, net
+from buildsys.core.dcf import DcfError, parse_dcf
 from buildsys.core.errors import FetchError, HashMismatch, LockError
 from buildsys.core.store import Artifact, Store
 from buildsys.core.urlpolicy import local_reason
@@ -339,6 +341,20 @@ class Cran(Ecosystem):
 
     def pins(self, lock: Lock) -> list[Pin]:
         return [Pin("cran", c.name, c.version, "") for c in lock.section(CranSection).packages]
+
+    def declared_license(self, component: Component, path: Path) -> str | None:
+        """The ``License`` of the tarball's own DESCRIPTION (``NAME/DESCRIPTION``)."""
+        if component.kind != "cran":
+            return None
+        try:
+            with tarfile.open(path) as tf:
+                member = tf.getmember(f"{component.name}/DESCRIPTION")
+                f = tf.extractfile(member) if member.isfile() and member.size <= DESCRIPTION_CAP else None
+                text = f.read().decode("utf-8", "replace") if f else ""
+            fields = parse_dcf(text)
+        except (KeyError, tarfile.TarError, OSError, EOFError, DcfError):
+            return None  # no DESCRIPTION there: nothing declared (the hash check reports a damaged tarball)
+        return licenses.from_cran(fields[0].get("License", "")) if fields else None
 
     def checks(self, recipe: Recipe) -> list[tuple[str, str]]:
         """Every [cran] package loads with ``library()``."""

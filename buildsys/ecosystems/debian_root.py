@@ -37,6 +37,7 @@ from buildsys.ecosystems.apt_sections import (
     release_date,
 )
 from buildsys.ecosystems.base import Component, Ecosystem, LockContext, Pin
+from buildsys.ecosystems.deb_origin import DebOrigins, deb_license, distro
 from buildsys.model.lockfile import Lock, LockSection
 from buildsys.model.lockschema import SHA256, Check, LockValidator, Schema, matching, str_list, url_check
 from buildsys.model.recipe import KeyPath, Recipe, RecipeSection, RecipeValidator
@@ -288,6 +289,20 @@ class DebianRoot(Ecosystem):
 
     def components(self, lock: Lock) -> list[Component]:
         return [deb_component(d) for d in sorted(root_debs(lock), key=lambda d: (d.name, d.architecture))]
+
+    def chain_components(self, chain: Sequence[Lock]) -> list[Component]:
+        base = chain[-1].get(DebianBaseLock)
+        return DebOrigins(base.all_archives, debian_root=True).components(base.packages) if base else []
+
+    def declared_license(self, component: Component, path: Path) -> str | None:
+        return deb_license(component, path)
+
+    def base_facts(self, chain: Sequence[Lock]) -> dict[str, str]:
+        base = chain[0].get(DebianBaseLock)
+        if base is None:
+            return {}
+        release = distro(base.all_archives, debian_root=True)
+        return {"suite": base.suite, **({"distro": q} if release and (q := release.qualifier) else {})}
 
     def pins(self, lock: Lock) -> list[Pin]:
         return [deb_pin(d) for d in root_debs(lock)]

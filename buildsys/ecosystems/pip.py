@@ -27,6 +27,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
+from buildsys.core import licenses
 from buildsys.core.errors import LockError, NotVendored
 from buildsys.core.store import Artifact, Store, atomic_write
 from buildsys.core.urlpolicy import local_reason
@@ -362,6 +363,13 @@ class Pip(Ecosystem):
     def pins(self, lock: Lock) -> list[Pin]:
         return [Pin("pip", p.name, p.version, "") for p in lock.section(PipSection).packages]
 
+    def declared_license(self, component: Component, path: Path) -> str | None:
+        """A wheel's METADATA (an sdist's PKG-INFO): License-Expression, else its one exact classifier."""
+        if component.kind not in ("wheel", "sdist"):
+            return None
+        text = _core_metadata(path)
+        return licenses.from_core_metadata(text) if text else None
+
     def checks(self, recipe: Recipe) -> list[tuple[str, str]]:
         """Every [pip] package imports (the module its distribution installs, as the image itself says)."""
         names = []
@@ -447,6 +455,23 @@ def _parsed(lines: Iterable[str]) -> list[Requirement]:
         except InvalidRequirement:
             continue
     return reqs
+
+
+def _core_metadata(path: Path) -> str | None:
+    """The core metadata of a wheel (``NAME.dist-info/METADATA``) or an sdist (``NAME/PKG-INFO``); None if none."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                name = next((n for n in z.namelist() if n.count("/") == 1
+                             and (n.endswith(".dist-info/METADATA") or n.endswith("/PKG-INFO"))), None)
+                return z.read(name).decode("utf-8", errors="replace") if name else None
+        with tarfile.open(path) as t:
+            member = next((m for m in t if m.isfile() and m.name.count("/") == 1 and m.name.endswith("/PKG-INFO")),
+                          None)
+            fileobj = t.extractfile(member) if member else None
+            return fileobj.read().decode("utf-8", errors="replace") if fileobj else None
+    except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError):
+        return None
 
 
 def _requires(wheel: Path) -> Iterable[Requirement]:

@@ -422,6 +422,10 @@ class RegistryImage(Ecosystem):
         return [Component("image", b.reference, b.manifest_digest, purl.to_string(),
                           b.manifest_digest.split(":", 1)[1], "")]
 
+    def base_facts(self, chain: Sequence[Lock]) -> dict[str, str]:
+        b = chain[0].get(ImageBaseLock)
+        return {"base-image": b.reference, "base-image-digest": b.manifest_digest} if b else {}
+
     def pins(self, lock: Lock) -> list[Pin]:
         b = lock.get(ImageBaseLock)  # a tag that moved upstream: the manifest it now names
         return [Pin("image", b.reference, b.manifest_digest[:19], b.platform)] if b else []

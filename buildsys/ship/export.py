@@ -128,7 +128,7 @@ def export(store: Store, graph: Graph, locks: Mapping[str, Lock], recipes: Seque
     for name in sorted({n for r in recipes for n in graph.chain(r)}):
         extra[f"buildsys/locks/{name}.lock"] = dumps(locks[name])
     for name, rec in sorted(records.items()):
-        extra[f"buildsys/sbom/{name}.cdx.json"] = cyclonedx_json(graph, locks, name, rec)
+        extra[f"buildsys/sbom/{name}.cdx.json"] = cyclonedx_json(graph, locks, name, rec, store, progress=progress)
     images = tuple(ExportedImage(name, tuple(graph.chain(name)), rec.manifest_digest, rec.config_digest,
                                  rec.diff_ids) for name, rec in sorted(records.items()))
     meta = {"version": EXPORT_VERSION, "images": [i.to_json() for i in images],
