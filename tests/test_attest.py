@@ -123,7 +123,8 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("keys")
     signing.generate_keypair(folder / "signer", b"")
     signing.generate_keypair(folder / "other", b"")
-    return {"key": folder / "signer.key", "pub": folder / "signer.pub", "other.pub": folder / "other.pub"}
+    return {"key": folder / "signer.key", "pub": folder / "signer.pub", "other.key": folder / "other.key",
+            "other.pub": folder / "other.pub"}
 
 
 def signer(keys: dict[str, Path]) -> signing.KeySigner:
@@ -327,7 +328,15 @@ def test_wrong_key_is_refused(registry, stack: Stack, keys) -> None:
                 str(keys["other.pub"]))
     assert result.exit_code == 5, result.output
     other = signing.key_fingerprint(signing.load_public_key(keys["other.pub"]))
-    assert f"2 attestation(s) carry no signature by the key {other}" in result.output
+    assert f"none of its 2 attestation(s) is signed by the key {other}" in result.output
+    # a second party's attestation beside ours: each key verifies its own, the other is listed as not its
+    ok(bs(stack.store, "attest", "jupyter", "--to", f"{registry.host}/{repo}", "--key", str(keys["other.key"])))
+    ref = f"{registry.host}/{repo}@{stack.digest}"
+    for pub, mine in (("pub", 0), ("other.pub", 2)):
+        listed = json.loads(ok(bs(stack.store, "attestations", ref, "--key", str(keys[pub]), "--json")).stdout)
+        assert [a["verified"] for a in listed["attestations"]] == [i in (mine, mine + 1) for i in range(4)]
+    text = ok(bs(stack.store, "attestations", ref, "--key", str(keys["pub"]))).stdout
+    assert text.count("NOT signed by key") == 2 and text.count("verified (key") == 2
 
 
 def test_no_attestation_for_a_digest_that_was_not_pushed(registry, stack: Stack, keys) -> None:
@@ -337,6 +346,9 @@ def test_no_attestation_for_a_digest_that_was_not_pushed(registry, stack: Stack,
     assert f"{registry.host}/{repo}@{stack.digest}: not in the registry; no attestation" in result.output
     reg = Registry(registry.host)
     assert not reg.has_manifest(repo, attest.referrers_tag(stack.digest))  # nothing written
+    other = stack.records[0].manifest_digest
+    result = bs(stack.store, "attest", "jupyter", "--to", f"{registry.host}/{repo}@{other}", "--key", str(keys["key"]))
+    assert result.exit_code == 2 and f"names {other}, but the image of jupyter's current locks is" in result.output
     # and one with no attestations, listed with a key, proves nothing (exit 5); without one, says so
     stack.push(registry.host, repo)
     assert "no attestations" in ok(bs(stack.store, "attestations", f"{registry.host}/{repo}@{stack.digest}")).stdout
@@ -477,3 +489,30 @@ def test_timings_are_reported(registry, stack: Stack, keys) -> None:
     TIMINGS.update({"attest_records (first)": first, "attest_records (again)": second,
                     "list_attestations --key": listing, "of which the SBOM statement": sbom_only})
     print("\n" + "\n".join(f"{k}: {v * 1000:.0f} ms" for k, v in TIMINGS.items()))
+
+
+def test_provenance_of_a_registry_root_names_its_locked_reference_and_digest(registry, tmp_path: Path) -> None:
+    from regimage import push_tiny_image
+
+    from buildsys.model.lockfile import load_lock
+
+    image = push_tiny_image(registry.host, "attest/base-image")
+    ref = f"{registry.host}/attest/base-image:1.0"
+    proj = tmp_path / "proj"
+    (proj / "recipes").mkdir(parents=True)
+    (proj / "recipes" / "root.toml").write_text(f'description = "a registry root"\n[base]\nimage = "{ref}"\n')
+    store = tmp_path / "store"
+    result = CliRunner().invoke(cli, ["-C", str(proj), "--store", str(store), "lock", "root"])
+    assert result.exit_code == 0, result.output
+    graph = build_graph(load_recipes(proj))
+    locks = {"root": load_lock(proj, "root")}
+    record = LayerRecord("root", "sha256:" + "1" * 64, "sha256:" + "2" * 64, (), ())
+    doc = json.loads(provenance.provenance_statement("h/r", graph, locks, "root", [record]))
+    deps = doc["predicate"]["buildDefinition"]["resolvedDependencies"]
+    assert deps == [{"name": ref, "uri": f"oci://{ref}",
+                     "digest": {"sha256": image.amd64_manifest.split(":")[1]},
+                     "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                     "annotations": {"kind": "base-image", "platform": "linux/amd64"}}]
+    chain = doc["predicate"]["buildDefinition"]["externalParameters"]["chain"]
+    assert chain == [{"recipe": "root", "recipeHash": graph.recipes["root"].recipe_hash,
+                      "lockHash": "sha256:" + hashlib.sha256((proj / "locks" / "root.lock").read_bytes()).hexdigest()}]

@@ -54,11 +54,11 @@ def attest_cmd(obj: Context, recipe: str, to: str, key: Path, insecure: bool, as
 @click.command("attestations")
 @click.argument("reference", metavar="HOST[:PORT]/REPO[:TAG|@DIGEST]")
 @click.option("--key", "key", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="The attester's public key: every attestation must verify with it (exit 5 if not).")
+              help="The attester's public key: at least one attestation must verify with it (exit 5 if not).")
 @click.option("--insecure", is_flag=True, help="Plain HTTP to a registry that is not on loopback.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def attestations_cmd(reference: str, key: Path | None, insecure: bool, as_json: bool) -> None:
-    """List the image's in-toto attestations, each checked to be about this digest (and signed, with --key)."""
+    """List the image's in-toto attestations, each checked to be about this digest; with --key, which the key signed."""
     from buildsys.oci.registry import Reference, Registry
     from buildsys.ship.attest import list_attestations
     from buildsys.ship.signing import KeyVerifier, load_public_key
@@ -73,5 +73,6 @@ def attestations_cmd(reference: str, key: Path | None, insecure: bool, as_json: 
         return
     click.echo(f"{result.reference}: {len(result.attestations)} attestation(s), from the {result.source}")
     for a in result.attestations:
-        state = f"verified (key {result.key})" if a.verified else "unverified (no --key)"
+        state = "unverified (no --key)" if result.key is None else \
+            f"verified (key {result.key})" if a.verified else f"NOT signed by key {result.key}"
         click.echo(f"  {a.predicate_type}  {a.manifest_digest}  {state}")

@@ -38,7 +38,7 @@ from cryptography.exceptions import InvalidSignature
 from buildsys.build.builder import Builder
 from buildsys.build.records import LayerRecord
 from buildsys.core import net
-from buildsys.core.errors import EXIT_UNTRUSTED, BuildsysError, ImageNotBuilt
+from buildsys.core.errors import EXIT_UNTRUSTED, BuildsysError, ImageNotBuilt, UsageError
 from buildsys.core.progress import NO_PROGRESS, Progress
 from buildsys.core.store import Store
 from buildsys.model.graph import Graph
@@ -105,7 +105,7 @@ class AttestationWrongKey(AttestationError):
     def __init__(self, reference: str, key: str, refused: Sequence[str]) -> None:
         self.refused = list(refused)
         more = "".join(f"\n  - {r}" for r in refused)
-        super().__init__(f"{reference}: {len(refused)} attestation(s) carry no signature by the key {key}{more}",
+        super().__init__(f"{reference}: none of its {len(refused)} attestation(s) is signed by the key {key}{more}",
                          "verify with the public key of whoever attested it; an attestation by someone else "
                          "is not trusted")
 
@@ -338,11 +338,16 @@ def attest(store: Store, graph: Graph, locks: Mapping[str, Lock], recipe: str, t
            insecure: bool = False, registry: Registry | None = None, compression: str | None = None,
            progress: Progress = NO_PROGRESS) -> Attested:
     """``buildsys attest RECIPE --to REF``: the image of RECIPE's current locks, which must be in REF's
-    repository (a tag in ``to`` is ignored: the digest is the store's)."""
+    repository (a tag in ``to`` is ignored: the digest is the store's; a digest must be that one)."""
     ref = Reference.parse(to)
     chain = Builder(store, graph, locks).stored_chain(recipe)
     if chain is None:
         raise ImageNotBuilt(recipe)
+    if ref.digest and ref.digest != chain[-1].manifest_digest:
+        raise UsageError(f"{to}: names {ref.digest}, but the image of {recipe}'s current locks is "
+                         f"{chain[-1].manifest_digest}",
+                         f"give the repository alone (--to {ref.host}/{ref.repository}); `buildsys attest` "
+                         "attests the image the locks make, and `publish` pushed it by that digest")
     reg = registry or Registry(ref.host, insecure=insecure)
     size = len(OciLayout(store.oci).read_blob(chain[-1].manifest_digest))
     return attest_records(reg, ref.repository, graph, locks, recipe, chain, size, signer,
@@ -358,7 +363,7 @@ class Attestation:
     manifest_digest: str
     envelope_digest: str
     signatures: int
-    verified: bool  # True only when a verifier was given and accepted a signature
+    verified: bool  # True only when a verifier was given and accepted one of its signatures
     statement: dict[str, Any] = field(repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
@@ -394,8 +399,10 @@ def referrers(reg: Registry, repo: str, manifest_digest: str) -> tuple[str, list
 def list_attestations(reg: Registry, reference: str, verifier: Verifier | None = None) -> Listing:
     """The in-toto attestations of the image ``reference`` names, each checked to be about it.
 
-    With ``verifier``, every one must carry a signature it accepts (``AttestationWrongKey`` names
-    those that do not), and there must be at least one (``NoAttestations``).
+    With ``verifier``, at least one must carry a signature it accepts, as ``cosign verify-attestation``
+    asks (``AttestationWrongKey`` names each refusal; ``NoAttestations`` when there are none); the
+    others are listed with ``verified`` False: another party (a scanner) may attest the same image.
+    One about another image is refused whatever the key says.
     """
     ref = Reference.parse(reference)
     digest = resolve(reg, ref, signing=False)
@@ -413,7 +420,7 @@ def list_attestations(reg: Registry, reference: str, verifier: Verifier | None =
         if one is not None:
             found.append(one)
     if verifier is not None:
-        if refused:
+        if refused and not any(a.verified for a in found):
             raise AttestationWrongKey(shown, verifier.identity, refused)
         if not found:
             raise NoAttestations(shown)
