@@ -516,3 +516,27 @@ def test_provenance_of_a_registry_root_names_its_locked_reference_and_digest(reg
     chain = doc["predicate"]["buildDefinition"]["externalParameters"]["chain"]
     assert chain == [{"recipe": "root", "recipeHash": graph.recipes["root"].recipe_hash,
                       "lockHash": "sha256:" + hashlib.sha256((proj / "locks" / "root.lock").read_bytes()).hexdigest()}]
+
+
+def test_a_payload_changed_after_signing_is_refused(registry, stack: Stack, keys) -> None:
+    """The statement swapped for one about another image, the signature kept: no key accepts it."""
+    repo = "attest/tampered"
+    stack.push(registry.host, repo)
+    reg = Registry(registry.host)
+    other = stack.records[1]
+    subject = {"mediaType": OCI_MANIFEST, "digest": other.manifest_digest,
+               "size": len(stack.layout.read_blob(other.manifest_digest))}
+    name = f"{registry.host}/{repo}"
+    signed = json.loads(attest.envelope(
+        provenance.provenance_statement(name, stack.graph, stack.locks, "jupyter", stack.records), signer(keys)))
+    swapped = provenance.provenance_statement(name, stack.graph, stack.locks, "python", stack.records[:2])
+    forged = json.dumps({**signed, "payload": base64.b64encode(swapped).decode()}).encode()
+    attest.attach(reg, repo, subject, forged, provenance.SLSA_PROVENANCE)
+    ref = f"{name}@{other.manifest_digest}"
+    # about this image, so listed without a key (unverified) ...
+    listed = json.loads(ok(bs(stack.store, "attestations", ref, "--json")).stdout)
+    assert [a["verified"] for a in listed["attestations"]] == [False]
+    # ... and refused with the key that signed the original statement
+    result = bs(stack.store, "attestations", ref, "--key", str(keys["pub"]))
+    assert result.exit_code == 5, result.output
+    assert "verifies over its payload with this key" in result.output

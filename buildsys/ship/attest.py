@@ -55,7 +55,7 @@ from buildsys.oci.registry import (
     parse_manifest,
 )
 from buildsys.ship import provenance
-from buildsys.ship.signing import Signer, Verifier, resolve
+from buildsys.ship.signing import Signer, Verifier, docker_reference, resolve
 
 IN_TOTO_PAYLOAD = "application/vnd.in-toto+json"
 ARTIFACT_TYPE = IN_TOTO_PAYLOAD
@@ -316,7 +316,7 @@ def attest_records(reg: Registry, repo: str, graph: Graph, locks: Mapping[str, L
     reference = f"{reg.host}/{repo}@{digest}"
     if not reg.has_manifest(repo, digest):
         raise AttestationNotPushed(reference)
-    name = f"{reg.host}/{repo}"
+    name = docker_reference(reg.host, repo)  # as cosign names the image (Docker Hub's library/ expanded)
     subject = {"mediaType": MANIFEST_MEDIA_TYPE, "digest": digest, "size": manifest_size}
     statements = (
         (provenance.SLSA_PROVENANCE,
@@ -456,7 +456,8 @@ def _read_one(reg: Registry, ref: Reference, digest: str, desc: dict[str, Any], 
     if verifier is not None:
         verified = _accepted(verifier, env)
         if not verified:
-            refused.append(f"{where}: {len(env.signatures)} signature(s), none verifies with this key")
+            refused.append(f"{where}: none of its {len(env.signatures)} signature(s) verifies over its payload "
+                           "with this key (another signer's, or a payload changed after signing)")
     statement = _statement(shown, where, env.payload)
     _check_subject(shown, where, statement, digest)
     predicate_type = str(statement["predicateType"])
