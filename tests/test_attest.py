@@ -43,7 +43,7 @@ from buildsys.model.recipe import load_recipes
 from buildsys.oci.image import OciLayout
 from buildsys.oci.layer.normalize import NORMALIZER_VERSION, normalize_tar
 from buildsys.oci.registry import Registry, RegistryDataError
-from buildsys.ship import attest, provenance, signing
+from buildsys.ship import attest, dsse, provenance, referrers, signing
 from buildsys.ship.publish import push_image
 
 CHAIN = ("base", "python", "jupyter")
@@ -132,7 +132,7 @@ def signer(keys: dict[str, Path]) -> signing.KeySigner:
 
 
 def index_of(host: str, repo: str, digest: str) -> dict:
-    data, media, _ = Registry(host).get_manifest(repo, attest.referrers_tag(digest))
+    data, media, _ = Registry(host).get_manifest(repo, referrers.referrers_tag(digest))
     assert media == OCI_INDEX
     return dict(json.loads(data))
 
@@ -200,23 +200,23 @@ def host_of(server: _Proxy) -> str:
 
 def test_pae_is_the_dsse_spec_encoding() -> None:
     # The example of github.com/secure-systems-lab/dsse protocol.md
-    assert attest.pae("http://example.com/HelloWorld", b"hello world") == \
+    assert dsse.pae("http://example.com/HelloWorld", b"hello world") == \
         b"DSSEv1 29 http://example.com/HelloWorld 11 hello world"
-    assert attest.pae("t", b"") == b"DSSEv1 1 t 0 "
-    assert attest.pae("\u00e9", b"x") == b"DSSEv1 2 \xc3\xa9 1 x"  # lengths are of bytes
+    assert dsse.pae("t", b"") == b"DSSEv1 1 t 0 "
+    assert dsse.pae("\u00e9", b"x") == b"DSSEv1 2 \xc3\xa9 1 x"  # lengths are of bytes
 
 
 def test_envelope_signature_verifies_with_openssl_over_pae(keys, tmp_path: Path) -> None:
-    env = json.loads(attest.envelope(b'{"hello":"world"}', signer(keys)))
+    env = json.loads(dsse.envelope(b'{"hello":"world"}', signer(keys)))
     assert env["payloadType"] == "application/vnd.in-toto+json"
     assert base64.b64decode(env["payload"]) == b'{"hello":"world"}'
-    (tmp_path / "signed").write_bytes(attest.pae(env["payloadType"], b'{"hello":"world"}'))
+    (tmp_path / "signed").write_bytes(dsse.pae(env["payloadType"], b'{"hello":"world"}'))
     (tmp_path / "sig").write_bytes(base64.b64decode(env["signatures"][0]["sig"]))
     out = subprocess.run(["openssl", "dgst", "-sha256", "-verify", str(keys["pub"]), "-signature",
                           str(tmp_path / "sig"), str(tmp_path / "signed")], capture_output=True, text=True)
     assert out.returncode == 0 and "Verified OK" in out.stdout, out.stdout + out.stderr
     # the same key and payload give the same envelope (RFC 6979): attesting twice stores nothing new
-    assert attest.envelope(b'{"hello":"world"}', signer(keys)) == attest.envelope(b'{"hello":"world"}', signer(keys))
+    assert dsse.envelope(b'{"hello":"world"}', signer(keys)) == dsse.envelope(b'{"hello":"world"}', signer(keys))
 
 
 # ---------------------------------------------------------------- what the statements hold
@@ -274,7 +274,7 @@ def test_attest_list_and_verify(registry, stack: Stack, keys) -> None:
     assert all(a["added"] for a in out["attestations"])
 
     # the registry has no referrers API: a plain-text 404, the fallback's signal
-    assert attest.referrers_api(Registry(registry.host), repo, stack.digest) is None
+    assert referrers.referrers_api(Registry(registry.host), repo, stack.digest) is None
     index = index_of(registry.host, repo, stack.digest)
     assert [(d["digest"], d["artifactType"], d["annotations"]["in-toto.io/predicate-type"])
             for d in index["manifests"]] == [(a["manifest_digest"], "application/vnd.in-toto+json",
@@ -345,7 +345,7 @@ def test_no_attestation_for_a_digest_that_was_not_pushed(registry, stack: Stack,
     assert result.exit_code == 1, result.output
     assert f"{registry.host}/{repo}@{stack.digest}: not in the registry; no attestation" in result.output
     reg = Registry(registry.host)
-    assert not reg.has_manifest(repo, attest.referrers_tag(stack.digest))  # nothing written
+    assert not reg.has_manifest(repo, referrers.referrers_tag(stack.digest))  # nothing written
     other = stack.records[0].manifest_digest
     result = bs(stack.store, "attest", "jupyter", "--to", f"{registry.host}/{repo}@{other}", "--key", str(keys["key"]))
     assert result.exit_code == 2 and f"names {other}, but the image of jupyter's current locks is" in result.output
@@ -368,19 +368,19 @@ def test_fallback_index_is_created_then_updated_keeping_others(registry, stack: 
                         "layers": []}).encode()
     foreign = {"mediaType": OCI_MANIFEST, "digest": reg.put_manifest(repo, "thing", thing, OCI_MANIFEST),
                "size": len(thing), "artifactType": "application/vnd.example.thing"}
-    tag = attest.referrers_tag(stack.digest)
+    tag = referrers.referrers_tag(stack.digest)
     assert tag != signing.signature_tag(stack.digest)
     name = f"{registry.host}/{repo}"
     subject = {"mediaType": OCI_MANIFEST, "digest": stack.digest, "size": len(stack.layout.read_blob(stack.digest))}
     prov = provenance.provenance_statement(name, stack.graph, stack.locks, "jupyter", stack.records)
-    one, where = attest.attach(reg, repo, subject, attest.envelope(prov, signer(keys)), provenance.SLSA_PROVENANCE)
+    one, where = attest.attach(reg, repo, subject, dsse.envelope(prov, signer(keys)), provenance.SLSA_PROVENANCE)
     assert where == "fallback-tag" and one.added
     assert [d["digest"] for d in index_of(registry.host, repo, stack.digest)["manifests"]] == [one.manifest_digest]
     index = index_of(registry.host, repo, stack.digest)
     index["manifests"].append(foreign)
     reg.put_manifest(repo, tag, json.dumps(index).encode(), OCI_INDEX)
     bom = provenance.sbom_statement(name, stack.graph, stack.locks, "jupyter", stack.records)
-    two, _ = attest.attach(reg, repo, subject, attest.envelope(bom, signer(keys)), provenance.CYCLONEDX_BOM)
+    two, _ = attest.attach(reg, repo, subject, dsse.envelope(bom, signer(keys)), provenance.CYCLONEDX_BOM)
     assert [d["digest"] for d in index_of(registry.host, repo, stack.digest)["manifests"]] == \
         [one.manifest_digest, foreign["digest"], two.manifest_digest]
     listed = attest.list_attestations(reg, f"{name}@{stack.digest}")
@@ -390,7 +390,7 @@ def test_fallback_index_is_created_then_updated_keeping_others(registry, stack: 
     stack.push(registry.host, other_repo)
     reg.put_manifest(other_repo, tag, stack.layout.read_blob(stack.digest), OCI_MANIFEST)
     with pytest.raises(RegistryDataError, match="not an OCI index"):
-        attest.attach(reg, other_repo, subject, attest.envelope(prov, signer(keys)), provenance.SLSA_PROVENANCE)
+        attest.attach(reg, other_repo, subject, dsse.envelope(prov, signer(keys)), provenance.SLSA_PROVENANCE)
     assert reg.get_manifest(other_repo, tag)[2] == stack.digest
 
 
@@ -449,7 +449,7 @@ def test_an_attestation_about_another_image_is_refused(registry, stack: Stack, k
                  "size": len(stack.layout.read_blob(other.manifest_digest))}
     prov = provenance.provenance_statement(f"{registry.host}/{repo}", stack.graph, stack.locks, "jupyter",
                                            stack.records)  # about jupyter's image
-    attest.attach(reg, repo, b_subject, attest.envelope(prov, signer(keys)), provenance.SLSA_PROVENANCE)
+    attest.attach(reg, repo, b_subject, dsse.envelope(prov, signer(keys)), provenance.SLSA_PROVENANCE)
     result = bs(stack.store, "attestations", f"{registry.host}/{repo}@{other.manifest_digest}", "--key",
                 str(keys["pub"]))
     assert result.exit_code == 5, result.output
@@ -460,7 +460,7 @@ def test_an_attestation_about_another_image_is_refused(registry, stack: Stack, k
     ok(bs(stack.store, "attest", "jupyter", "--to", f"{registry.host}/{repo2}", "--key", str(keys["key"])))
     entries = index_of(registry.host, repo2, stack.digest)["manifests"]
     moved = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}
-    reg.put_manifest(repo2, attest.referrers_tag(other.manifest_digest), json.dumps(moved).encode(), OCI_INDEX)
+    reg.put_manifest(repo2, referrers.referrers_tag(other.manifest_digest), json.dumps(moved).encode(), OCI_INDEX)
     result = bs(stack.store, "attestations", f"{registry.host}/{repo2}@{other.manifest_digest}")
     assert result.exit_code == 5, result.output
     assert "is about another image" in result.output and stack.digest in result.output
@@ -527,7 +527,7 @@ def test_a_payload_changed_after_signing_is_refused(registry, stack: Stack, keys
     subject = {"mediaType": OCI_MANIFEST, "digest": other.manifest_digest,
                "size": len(stack.layout.read_blob(other.manifest_digest))}
     name = f"{registry.host}/{repo}"
-    signed = json.loads(attest.envelope(
+    signed = json.loads(dsse.envelope(
         provenance.provenance_statement(name, stack.graph, stack.locks, "jupyter", stack.records), signer(keys)))
     swapped = provenance.provenance_statement(name, stack.graph, stack.locks, "python", stack.records[:2])
     forged = json.dumps({**signed, "payload": base64.b64encode(swapped).decode()}).encode()
