@@ -518,8 +518,9 @@ def test_provenance_of_a_registry_root_names_its_locked_reference_and_digest(reg
                       "lockHash": "sha256:" + hashlib.sha256((proj / "locks" / "root.lock").read_bytes()).hexdigest()}]
 
 
-def test_a_payload_changed_after_signing_is_refused(registry, stack: Stack, keys) -> None:
-    """The statement swapped for one about another image, the signature kept: no key accepts it."""
+def test_a_changed_payload_a_mislabelled_or_a_broken_envelope_is_refused(registry, stack: Stack, keys) -> None:
+    """The statement swapped after signing (no key accepts it), an annotation that is not the signed
+    predicate, an envelope that is not JSON: each refused, named."""
     repo = "attest/tampered"
     stack.push(registry.host, repo)
     reg = Registry(registry.host)
@@ -540,3 +541,20 @@ def test_a_payload_changed_after_signing_is_refused(registry, stack: Stack, keys
     result = bs(stack.store, "attestations", ref, "--key", str(keys["pub"]))
     assert result.exit_code == 5, result.output
     assert "verifies over its payload with this key" in result.output
+    # an annotation that says another predicate than the signed statement, and an envelope that is not JSON
+    repo2 = "attest/mislabelled"
+    stack.push(registry.host, repo2)
+    ref2 = f"{registry.host}/{repo2}@{stack.digest}"
+    subject2 = {"mediaType": OCI_MANIFEST, "digest": stack.digest, "size": len(stack.layout.read_blob(stack.digest))}
+    prov = provenance.provenance_statement(f"{registry.host}/{repo2}", stack.graph, stack.locks, "jupyter",
+                                           stack.records)
+    attest.attach(reg, repo2, subject2, dsse.envelope(prov, signer(keys)), provenance.CYCLONEDX_BOM)
+    result = bs(stack.store, "attestations", ref2, "--key", str(keys["pub"]))
+    assert result.exit_code == 5, result.output
+    assert f"its manifest says '{provenance.CYCLONEDX_BOM}', its signed statement '{provenance.SLSA_PROVENANCE}'" \
+        in result.output
+    repo3 = "attest/garbage"
+    stack.push(registry.host, repo3)
+    attest.attach(reg, repo3, subject2, b"<html>not an envelope</html>", provenance.SLSA_PROVENANCE)
+    result = bs(stack.store, "attestations", f"{registry.host}/{repo3}@{stack.digest}")
+    assert result.exit_code == 5 and "the envelope is not JSON" in result.output, result.output

@@ -277,6 +277,9 @@ def _read_one(reg: Registry, ref: Reference, digest: str, desc: dict[str, Any], 
     statement = _statement(shown, where, env.payload)
     _check_subject(shown, where, statement, digest)
     predicate_type = str(statement["predicateType"])
+    said = (manifest.get("annotations") or {}).get(PREDICATE_ANNOTATION)
+    if said is not None and said != predicate_type:  # what oras and registry UIs show, unsigned
+        raise BadEnvelope(shown, where, f"its manifest says {said!r}, its signed statement {predicate_type!r}")
     return Attestation(predicate_type, where, str(layers[0]["digest"]), len(env.signatures), verified, statement)
 
 
