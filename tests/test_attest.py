@@ -144,6 +144,10 @@ class _Proxy(http.server.ThreadingHTTPServer):
     upstream = ""
     referrers_answer: tuple[int, str, bytes] | None = None  # (status, content type, body); None: forward
     referrers_asked = 0
+    # api=True: a registry with the referrers API (what distribution 3 does): a manifest PUT with a
+    # subject is answered with OCI-Subject and listed under /referrers/<subject digest>.
+    api = False
+    listed: dict[str, list[dict]]
 
 
 class _Forward(http.server.BaseHTTPRequestHandler):
@@ -158,12 +162,31 @@ class _Forward(http.server.BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(body)
             return
+        if "/referrers/" in self.path and self.server.api:
+            self.server.referrers_asked += 1
+            subject = self.path.rsplit("/", 1)[1]
+            index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": self.server.listed.get(subject, [])}
+            body = json.dumps(index).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", OCI_INDEX)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
         length = int(self.headers.get("Content-Length") or 0)
         sent = self.rfile.read(length) if length else None
         headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
         resp = requests.request(self.command, self.server.upstream + self.path, data=sent, headers=headers,
                                 allow_redirects=False, timeout=30)
         self.send_response(resp.status_code)
+        if self.server.api and self.command == "PUT" and "/manifests/" in self.path and resp.status_code == 201:
+            doc = json.loads(sent or b"{}")
+            if isinstance(doc.get("subject"), dict):
+                self.server.listed.setdefault(doc["subject"]["digest"], []).append(
+                    {"mediaType": doc["mediaType"], "digest": resp.headers["Docker-Content-Digest"],
+                     "size": len(sent or b""), "artifactType": doc.get("artifactType"),
+                     "annotations": doc.get("annotations", {})})
+                self.send_header("OCI-Subject", doc["subject"]["digest"])
         for k, v in resp.headers.items():
             if k.lower() not in ("content-length", "transfer-encoding", "connection"):
                 self.send_header(k, v)
@@ -179,9 +202,9 @@ class _Forward(http.server.BaseHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def proxy(upstream: str, answer: tuple[int, str, bytes] | None) -> Iterator[_Proxy]:
+def proxy(upstream: str, answer: tuple[int, str, bytes] | None, api: bool = False) -> Iterator[_Proxy]:
     server = _Proxy(("127.0.0.1", 0), _Forward)
-    server.upstream, server.referrers_answer = f"http://{upstream}", answer
+    server.upstream, server.referrers_answer, server.api, server.listed = f"http://{upstream}", answer, api, {}
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -558,3 +581,20 @@ def test_a_changed_payload_a_mislabelled_or_a_broken_envelope_is_refused(registr
     attest.attach(reg, repo3, subject2, b"<html>not an envelope</html>", provenance.SLSA_PROVENANCE)
     result = bs(stack.store, "attestations", f"{registry.host}/{repo3}@{stack.digest}")
     assert result.exit_code == 5 and "the envelope is not JSON" in result.output, result.output
+
+
+def test_a_registry_with_the_referrers_api_lists_them_and_no_tag_is_written(registry, stack: Stack, keys) -> None:
+    """OCI-Subject in the PUT's answer: the registry indexes them; the sha256-<hex> tag stays absent."""
+    repo = "attest/with-api"
+    stack.push(registry.host, repo)
+    with proxy(registry.host, None, api=True) as server:
+        host = host_of(server)
+        out = json.loads(ok(bs(stack.store, "attest", "jupyter", "--to", f"{host}/{repo}", "--key", str(keys["key"]),
+                               "--json")).stdout)
+        assert out["storage"] == "referrers-api" and out["index_tag"] is None
+        listed = json.loads(ok(bs(stack.store, "attestations", f"{host}/{repo}@{stack.digest}", "--key",
+                                  str(keys["pub"]), "--json")).stdout)
+    assert listed["source"] == "referrers-api"
+    assert [(a["predicate_type"], a["verified"]) for a in listed["attestations"]] == \
+        [(provenance.SLSA_PROVENANCE, True), (provenance.CYCLONEDX_BOM, True)]
+    assert not Registry(registry.host).has_manifest(repo, referrers.referrers_tag(stack.digest))
