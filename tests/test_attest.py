@@ -44,6 +44,7 @@ from buildsys.oci.image import OciLayout
 from buildsys.oci.layer.normalize import NORMALIZER_VERSION, normalize_tar
 from buildsys.oci.registry import Registry, RegistryDataError
 from buildsys.ship import attest, dsse, provenance, referrers, signing
+from buildsys.ship import keys as keyfiles
 from buildsys.ship.publish import push_image
 
 CHAIN = ("base", "python", "jupyter")
@@ -121,14 +122,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Stack:
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("keys")
-    signing.generate_keypair(folder / "signer", b"")
-    signing.generate_keypair(folder / "other", b"")
+    keyfiles.generate_keypair(folder / "signer", b"")
+    keyfiles.generate_keypair(folder / "other", b"")
     return {"key": folder / "signer.key", "pub": folder / "signer.pub", "other.key": folder / "other.key",
             "other.pub": folder / "other.pub"}
 
 
-def signer(keys: dict[str, Path]) -> signing.KeySigner:
-    return signing.KeySigner(signing.load_private_key(keys["key"], None))
+def signer(keys: dict[str, Path]) -> keyfiles.KeySigner:
+    return keyfiles.KeySigner(keyfiles.load_private_key(keys["key"], None))
 
 
 def index_of(host: str, repo: str, digest: str) -> dict:
@@ -327,7 +328,7 @@ def test_attest_list_and_verify(registry, stack: Stack, keys) -> None:
     # the statement the registry serves is the one made from the locks
     reg = Registry(registry.host)
     found = attest.list_attestations(reg, f"{registry.host}/{repo}@{stack.digest}",
-                                     signing.KeyVerifier(signing.load_public_key(keys["pub"])))
+                                     keyfiles.KeyVerifier(keyfiles.load_public_key(keys["pub"])))
     prov = next(a for a in found.attestations if a.predicate_type == provenance.SLSA_PROVENANCE)
     assert prov.statement == json.loads(provenance.provenance_statement(
         f"{registry.host}/{repo}", stack.graph, stack.locks, "jupyter", stack.records))
@@ -350,7 +351,7 @@ def test_wrong_key_is_refused(registry, stack: Stack, keys) -> None:
     result = bs(stack.store, "attestations", f"{registry.host}/{repo}@{stack.digest}", "--key",
                 str(keys["other.pub"]))
     assert result.exit_code == 5, result.output
-    other = signing.key_fingerprint(signing.load_public_key(keys["other.pub"]))
+    other = keyfiles.key_fingerprint(keyfiles.load_public_key(keys["other.pub"]))
     assert f"none of its 2 attestation(s) is signed by the key {other}" in result.output
     # a second party's attestation beside ours: each key verifies its own, the other is listed as not its
     ok(bs(stack.store, "attest", "jupyter", "--to", f"{registry.host}/{repo}", "--key", str(keys["other.key"])))
@@ -501,7 +502,7 @@ def test_timings_are_reported(registry, stack: Stack, keys) -> None:
     started = time.monotonic()
     attest.attest_records(reg, repo, stack.graph, stack.locks, "jupyter", stack.records, size, signer(keys))
     second = time.monotonic() - started
-    verifier = signing.KeyVerifier(signing.load_public_key(keys["pub"]))
+    verifier = keyfiles.KeyVerifier(keyfiles.load_public_key(keys["pub"]))
     started = time.monotonic()
     listed = attest.list_attestations(reg, f"{registry.host}/{repo}@{stack.digest}", verifier)
     listing = time.monotonic() - started

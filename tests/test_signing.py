@@ -34,6 +34,7 @@ from buildsys.cli import cli
 from buildsys.oci.image import OciLayout
 from buildsys.oci.layer.normalize import normalize_tar
 from buildsys.oci.registry import Registry
+from buildsys.ship import keys as keyfiles
 from buildsys.ship import signing
 from buildsys.ship.publish import push_image
 
@@ -223,7 +224,7 @@ def test_verify_names_each_refusal(registry, keys, tmp_path: Path) -> None:
     ok(run(tmp_path, "sign", f"{host}/verify/a@{a}", "--key", str(keys["key"]), env={"BUILDSYS_KEY_PASSWORD": PASS}))
     wrong = verify(f"{host}/verify/a@{a}", keys["other.pub"])
     assert wrong.exit_code == 5
-    other = signing.key_fingerprint(signing.load_public_key(keys["other.pub"]))
+    other = keyfiles.key_fingerprint(keyfiles.load_public_key(keys["other.pub"]))
     assert f"none of its 1 signature(s) was made with the key {other}" in wrong.output
 
     # a's signatures copied under b's tag: right key, other digest
@@ -333,7 +334,7 @@ def put_sig(reg: Registry, repo: str, digest: str, layers: list[tuple[bytes, str
 def test_verify_lists_why_each_stored_signature_failed(registry, keys, tmp_path: Path) -> None:
     host, reg, repo = registry.host, Registry(registry.host), "verify/handmade"
     digest = pushed(registry, tmp_path, repo, b"hand-made signatures\n")
-    signer = signing.KeySigner(signing.load_private_key(keys["key"], PASS.encode()))
+    signer = keyfiles.KeySigner(keyfiles.load_private_key(keys["key"], PASS.encode()))
     right = signing.payload(host, repo, digest)
     not_cosign = json.dumps({"critical": {"type": "something else"}, "optional": None}).encode()
     put_sig(reg, repo, digest, [(right, signer.sign(right + b" ").value),  # signs other bytes

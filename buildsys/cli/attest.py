@@ -61,7 +61,7 @@ def attestations_cmd(reference: str, key: Path | None, insecure: bool, as_json: 
     """List the image's in-toto attestations, each checked to be about this digest; with --key, which the key signed."""
     from buildsys.oci.registry import Reference, Registry
     from buildsys.ship.attest import list_attestations
-    from buildsys.ship.signing import KeyVerifier, load_public_key
+    from buildsys.ship.keys import KeyVerifier, load_public_key
 
     verifier = KeyVerifier(load_public_key(key)) if key else None
     result = list_attestations(Registry(Reference.parse(reference).host, insecure=insecure), reference, verifier)

@@ -12,12 +12,12 @@ import click
 from buildsys.core.errors import UsageError
 
 if TYPE_CHECKING:
-    from buildsys.ship.signing import KeySigner
+    from buildsys.ship.keys import KeySigner
 
 
 def _passphrase(what: str, confirm: bool) -> bytes | None:
     """The passphrase from the environment, else asked on a terminal; None when neither can give one."""
-    from buildsys.ship.signing import passphrase_from_env
+    from buildsys.ship.keys import passphrase_from_env
 
     given = passphrase_from_env()
     if given is not None or not sys.stdin.isatty():
@@ -28,7 +28,7 @@ def _passphrase(what: str, confirm: bool) -> bytes | None:
 def load_signer(key: Path) -> KeySigner:
     """The signer of a private key file, its passphrase from the environment or a prompt (only when it is
     encrypted); what `sign` and `publish --sign` share."""
-    from buildsys.ship.signing import KeySigner, key_is_encrypted, load_private_key
+    from buildsys.ship.keys import KeySigner, key_is_encrypted, load_private_key
 
     passphrase = _passphrase(f"Passphrase for {key}", confirm=False) if key_is_encrypted(key) else None
     return KeySigner(load_private_key(key, passphrase))
@@ -44,7 +44,7 @@ def keygen_cmd(prefix: Path, no_passphrase: bool, force: bool) -> None:
 
     The passphrase comes from BUILDSYS_KEY_PASSWORD (or COSIGN_PASSWORD), else it is asked.
     """
-    from buildsys.ship.signing import PASSPHRASE_VARIABLES, generate_keypair
+    from buildsys.ship.keys import PASSPHRASE_VARIABLES, generate_keypair
 
     if no_passphrase:
         passphrase = b""
@@ -94,7 +94,8 @@ def sign_cmd(reference: str, key: Path, insecure: bool, as_json: bool) -> None:
 def verify_signature_cmd(reference: str, key: Path, insecure: bool, as_json: bool) -> None:
     """Check that the image carries a signature by KEY for its digest and repository (exit 5 if not)."""
     from buildsys.oci.registry import Reference, Registry
-    from buildsys.ship.signing import KeyVerifier, load_public_key, verify_image
+    from buildsys.ship.keys import KeyVerifier, load_public_key
+    from buildsys.ship.signing import verify_image
 
     verifier = KeyVerifier(load_public_key(key))
     result = verify_image(Registry(Reference.parse(reference).host, insecure=insecure), reference, verifier)

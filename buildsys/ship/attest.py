@@ -33,8 +33,9 @@ from buildsys.oci.image import MANIFEST_MEDIA_TYPE, OciLayout, digest_bytes
 from buildsys.oci.registry import Reference, Registry, RegistryDataError, parse_descriptor, parse_manifest
 from buildsys.ship import dsse, provenance, referrers
 from buildsys.ship.dsse import IN_TOTO_PAYLOAD
+from buildsys.ship.keys import Signer, Verifier
 from buildsys.ship.referrers import push_referrer
-from buildsys.ship.signing import Signer, Verifier, docker_reference, resolve
+from buildsys.ship.signing import docker_reference, resolve
 
 ARTIFACT_TYPE = IN_TOTO_PAYLOAD
 DSSE_MEDIA_TYPE = "application/vnd.dsse.envelope.v1+json"

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidSignature
 
 from buildsys.oci.image import canonical_bytes
-from buildsys.ship.signing import Signer, Verifier
+from buildsys.ship.keys import Signer, Verifier
 
 IN_TOTO_PAYLOAD = "application/vnd.in-toto+json"
 
