@@ -17,17 +17,27 @@ from buildsys.cli.render import LiveProgress
               help="Where to push. The tag is optional: the digest printed is what to pin.")
 @click.option("--insecure", is_flag=True, help="Plain HTTP to a registry that is not on loopback.")
 @click.option("--force", is_flag=True, help="Publish an image whose chain no `build --verify` has proven.")
+@click.option("--compression", type=click.Choice(["gzip", "zstd", "none"]), default="gzip", show_default=True,
+              help="Layer compression, one pinned method each (the digest depends on the layers alone). "
+                   "zstd: smaller and faster, but docker before 23.0 cannot pull it. none: the built manifest "
+                   "byte for byte.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
-def publish_cmd(obj: Context, recipe: str, to: str, insecure: bool, force: bool, as_json: bool) -> None:
-    """Push RECIPE's canonical image by digest; the registry's digest is the one printed."""
+def publish_cmd(obj: Context, recipe: str, to: str, insecure: bool, force: bool, compression: str,
+                as_json: bool) -> None:
+    """Push RECIPE's canonical image by digest; the registry's digest is the one printed.
+
+    With compression the pushed manifest differs from the built one (its layers are the compressed
+    blobs) but the config, and so docker's image ID after a pull, is the built one.
+    """
     from buildsys.lock import fresh_locks
     from buildsys.ship.publish import publish
 
     g = obj.graph()
     locks = fresh_locks(obj.project, g, [recipe])
     with LiveProgress() as progress:
-        result = publish(obj.open_store(), g, locks, recipe, to, insecure=insecure, force=force, progress=progress)
+        result = publish(obj.open_store(), g, locks, recipe, to, insecure=insecure, force=force,
+                         compression=compression, progress=progress)
     if not result.verified:
         click.echo(f"warning: {recipe}: published with --force; its chain was never verified "
                    f"(`buildsys build --verify {recipe}` proves it)", err=True)
@@ -37,6 +47,8 @@ def publish_cmd(obj: Context, recipe: str, to: str, insecure: bool, force: bool,
     click.echo(f"{recipe}: published {result.reference}" + (f" (tag {result.tag})" if result.tag else ""))
     click.echo(f"  image id {result.image_id}; {result.blobs_sent} blob(s) sent ({result.bytes_sent / 1e6:.1f} MB), "
                f"{result.blobs_present} already there, {result.seconds:.1f}s")
+    click.echo(f"  layers {result.layer_bytes / 1e6:.1f} MB -> {result.shipped_layer_bytes / 1e6:.1f} MB "
+               f"({result.compression}; {result.layers_compressed} compressed now)")
     click.echo(result.manifest_digest)
 
 
