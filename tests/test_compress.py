@@ -188,6 +188,7 @@ def test_the_store_keeps_each_compressed_layer_once_and_checks_it_before_reuse(t
     blobs = CompressedBlobs(store)
     first = blobs.get(method("gzip"), diff_id)
     assert blobs.made == 1 and layout.blob_path(first.digest).read_bytes() == compress_bytes(method("gzip"), data)
+    assert layout.blob_path(first.digest).stat().st_mode & 0o777 == 0o644  # readable as the other blobs
     (entry,) = (store.root / "compressed").rglob("*.json")
     assert json.loads(entry.read_text())["method"] == method("gzip").describe()
     mtimes = (entry.stat().st_mtime_ns, layout.blob_path(first.digest).stat().st_mtime_ns)

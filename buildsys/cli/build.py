@@ -51,6 +51,7 @@ def build_cmd(obj: Context, recipes: tuple[str, ...], verify: bool, no_cache: bo
         from buildsys.build.verify import format_mismatch
         from buildsys.build.verify import verify as run_verify
         from buildsys.engine import Engine
+        from buildsys.oci.compress import DEFAULT
 
         engine = Engine.connect()
         with progress:
@@ -59,11 +60,12 @@ def build_cmd(obj: Context, recipes: tuple[str, ...], verify: bool, no_cache: bo
         for r in results:
             if r.equal:
                 click.echo(f"{r.recipe}: reproducible ({len(r.first.chain)} layers, "
-                           f"image {r.first.record.config_digest}, manifest {r.first.record.manifest_digest})",
+                           f"image {r.first.record.config_digest}, manifest {r.first.record.manifest_digest}"
+                           + (f", {DEFAULT} manifest {r.compressed[0]}" if r.compressed else "") + ")",
                            err=as_json)
         bad = [r for r in results if not r.equal]
         if bad:
-            raise NotReproducible("\n".join(format_mismatch(r) for r in bad if r.mismatch) or
+            raise NotReproducible("\n".join(format_mismatch(r) for r in bad if r.mismatch or r.compressed) or
                                   "the rebuilt manifest differs", "fix the step that writes the named files; "
                                   "`buildsys diff` compares two images file by file")
         return

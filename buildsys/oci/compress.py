@@ -349,6 +349,7 @@ class CompressedBlobs:
             return found
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.tmp_dir, prefix=f"compress-{os.getpid()}-", suffix=".tmp")
+        os.fchmod(fd, 0o644)  # as every other blob of the layout (mkstemp makes 0600)
         try:
             with os.fdopen(fd, "wb") as out:
                 got = compress_file(m, self.layout.blob_path(diff_id), out, diff_id, threads=threads,
