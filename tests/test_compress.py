@@ -314,3 +314,20 @@ def test_the_cli_names_the_choices() -> None:
     bad = CliRunner().invoke(cli, ["publish", "app", "--to", "127.0.0.1:1/x", "--compression", "brotli"])
     assert bad.exit_code == 2 and "'brotli' is not one of 'gzip', 'zstd', 'none'" in bad.output
     assert compress.DEFAULT == "gzip"
+
+
+@pytest.mark.docker
+@pytest.mark.network
+@pytest.mark.slow
+def test_verify_compresses_both_builds_and_names_the_manifest_publish_pushes(shipped, registry) -> None:
+    import re
+
+    proj, store = shipped
+    result = ok(bs(proj, store, "build", "--verify", "app"))
+    said = " ".join(result.stdout.split())
+    found = re.search(r"app: reproducible \(.*, gzip manifest (sha256:[0-9a-f]{64})\)", said)
+    assert found, said[-2000:]
+    out = json.loads(ok(bs(proj, store, "publish", "app", "--to", f"{registry.host}/verified/app:v1",
+                           "--json")).stdout)
+    assert out["manifest_digest"] == found.group(1)  # the one the rebuilt-from-nothing store gave too
+    assert out["layers_compressed"] == 0  # verify kept the first store's compressed layers
