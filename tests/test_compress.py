@@ -331,3 +331,50 @@ def test_verify_compresses_both_builds_and_names_the_manifest_publish_pushes(shi
                            "--json")).stdout)
     assert out["manifest_digest"] == found.group(1)  # the one the rebuilt-from-nothing store gave too
     assert out["layers_compressed"] == 0  # verify kept the first store's compressed layers
+
+
+@pytest.mark.docker
+@pytest.mark.network
+@pytest.mark.slow
+def test_export_writes_gzip_layers_import_stores_the_built_image_and_refuses_a_layer_of_another_diff_id(
+        shipped, tmp_path) -> None:
+    import tarfile
+
+    from buildsys.ship.export import import_archive
+
+    proj, store = shipped
+    built = OciLayout(store / "oci").resolve("app")
+    assert built is not None
+    diff_ids = [la["digest"] for la in _manifest_of(store, built)["layers"]]
+    out = tmp_path / "app.tar"
+    ok(bs(proj, store, "export", "app", "-o", str(out)))
+    with tarfile.open(out) as tf:
+        (img,) = json.load(tf.extractfile("buildsys/export.json"))["images"]  # type: ignore[arg-type]
+        shipped_manifest = json.load(tf.extractfile("blobs/sha256/" + img["manifest_digest"][7:]))  # type: ignore[arg-type]
+    assert img["built_manifest_digest"] == built and img["manifest_digest"] != built
+    assert [la["mediaType"] for la in shipped_manifest["layers"]] == [GZIP_MEDIA_TYPE] * 3
+    # Imported (the checks and the store; docker load is test_export's): the built manifest, layers uncompressed.
+    fresh = Store(tmp_path / "imported")
+    (got,) = import_archive(fresh, out, None).images
+    layout = OciLayout(fresh.oci)
+    assert got.built == built and layout.resolve("app") == built
+    assert all(layout.has_blob(d) for d in diff_ids)
+    assert not any(layout.has_blob(la["digest"]) for la in shipped_manifest["layers"])
+    # A store whose index names, for app's layer, a gzip blob of other bytes: the export is consistent
+    # (every digest matches), and import still refuses it, naming the layer, with nothing stored.
+    copy = tmp_path / "copy"
+    subprocess.run(["cp", "-al", str(store), str(copy)], check=True)
+    cstore = Store(copy)
+    (entry,) = (copy / "compressed").glob(f"{method('gzip').key()}/{diff_ids[-1][7:]}.json")
+    other = compress_bytes(method("gzip"), layer_bytes(50_000))
+    other_digest = OciLayout(cstore.oci).add_blob_bytes(other)
+    data = json.loads(entry.read_text())
+    entry.unlink()  # a hard link into the shipped store: replace it, never write through it
+    entry.write_text(json.dumps({**data, "digest": other_digest, "size": len(other)}))
+    bad = tmp_path / "bad.tar"
+    ok(bs(proj, copy, "export", "app", "-o", str(bad)))
+    result = bs(proj, tmp_path / "s2", "import", str(bad))
+    said = " ".join(result.stderr.split())
+    assert result.exit_code == 1 and f"layer {other_digest} decompresses to" in said, said
+    assert f"not its config's diff_id {diff_ids[-1]}" in said and "nothing was imported" in said
+    assert not (tmp_path / "s2" / "oci" / "blobs").exists() or not list((tmp_path / "s2" / "oci" / "blobs").rglob("*"))

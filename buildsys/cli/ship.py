@@ -56,8 +56,10 @@ def publish_cmd(obj: Context, recipe: str, to: str, insecure: bool, force: bool,
 @click.argument("recipes", nargs=-1, required=True)
 @click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="The archive to write (an OCI layout that `docker load` also reads).")
+@click.option("--compression", type=click.Choice(["gzip", "zstd", "none"]), default="gzip", show_default=True,
+              help="Layer compression, as publish's. zstd: docker before 23.0 cannot load it.")
 @click.pass_obj
-def export_cmd(obj: Context, recipes: tuple[str, ...], output: Path) -> None:
+def export_cmd(obj: Context, recipes: tuple[str, ...], output: Path, compression: str) -> None:
     """One archive of RECIPES' images, their locks, digests and SBOMs, for an air-gapped machine."""
     from buildsys.lock import fresh_locks
     from buildsys.ship.export import export
@@ -67,9 +69,10 @@ def export_cmd(obj: Context, recipes: tuple[str, ...], output: Path) -> None:
     locks = fresh_locks(obj.project, g, recipes)
     with LiveProgress() as progress:
         result = export(obj.open_store(), g, locks, list(dict.fromkeys(recipes)), output.resolve(),
-                        progress=progress)
+                        progress=progress, compression=compression)
     for img in result.images:
-        click.echo(f"{img.recipe}: image {img.image_id}, manifest {img.manifest_digest}")
+        click.echo(f"{img.recipe}: image {img.image_id}, manifest {img.manifest_digest}"
+                   + (f" (built {img.built_manifest_digest})" if img.built_manifest_digest else ""))
     click.echo(f"{output}: {result.size / 1e6:.1f} MB, sha256 {result.sha256}, {result.seconds:.1f}s; "
                f"on the other machine: `buildsys import {output.name}` (or `docker load -i {output.name}`)")
 
@@ -87,7 +90,7 @@ def import_cmd(obj: Context, archive: Path) -> None:
         result = import_archive(obj.open_store(), archive.resolve(), engine, progress=progress)
     for img in result.images:
         click.echo(f"{img.recipe}: imported as {img.recipe}:latest, image {img.image_id}, "
-                   f"manifest {img.manifest_digest}")
+                   f"manifest {img.built}")
     click.echo(f"{result.blobs} blobs checked ({result.bytes / 1e6:.1f} MB) in {result.seconds:.1f}s")
 
 

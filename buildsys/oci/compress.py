@@ -260,6 +260,12 @@ class _Counted:
 # ---------------------------------------------------------------- decompressing
 
 
+class _WriteFailed(Exception):
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 def decompress_stream(fmt: str, src: IO[bytes], dst: IO[bytes], limit: int | None = None) -> tuple[str, int]:
     """Decompress ``src`` (any gzip or zstd stream, not only ours) into ``dst``; (sha256 digest, size).
 
@@ -276,7 +282,10 @@ def decompress_stream(fmt: str, src: IO[bytes], dst: IO[bytes], limit: int | Non
             raise CompressionError(f"the {fmt} layer inflates to more than {limit} bytes",
                                    "it is not the layer its manifest names")
         h.update(chunk)
-        dst.write(chunk)
+        try:
+            dst.write(chunk)
+        except OSError as e:  # the writer's failure (a full disk), not the stream's: raised as it is, below
+            raise _WriteFailed(e) from e
 
     try:
         if fmt == "gzip":
@@ -290,6 +299,8 @@ def decompress_stream(fmt: str, src: IO[bytes], dst: IO[bytes], limit: int | Non
         else:
             while chunk := src.read(_READ):
                 write(chunk)
+    except _WriteFailed as e:
+        raise e.error from None
     except (OSError, EOFError, zstandard.ZstdError) as e:
         raise CompressionError(f"the {fmt} layer is not a valid {fmt} stream ({e})",
                                "it was damaged in transit or is no layer: fetch it again") from e
