@@ -16,6 +16,7 @@ import subprocess
 import sys
 import zlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import bs, ok
@@ -378,3 +379,16 @@ def test_export_writes_gzip_layers_import_stores_the_built_image_and_refuses_a_l
     assert result.exit_code == 1 and f"layer {other_digest} decompresses to" in said, said
     assert f"not its config's diff_id {diff_ids[-1]}" in said and "nothing was imported" in said
     assert not (tmp_path / "s2" / "oci" / "blobs").exists() or not list((tmp_path / "s2" / "oci" / "blobs").rglob("*"))
+
+
+def test_a_layer_descriptor_round_trips_with_its_other_keys_and_annotations() -> None:
+    from buildsys.oci.compress import Compressed, built_descriptor, compressed_descriptor
+
+    diff_id, blob = "sha256:" + "1" * 64, "sha256:" + "2" * 64
+    plain: dict[str, Any] = {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": diff_id, "size": 1000}
+    noted: dict[str, Any] = {**plain, "annotations": {"org.example.note": "kept"}}
+    for built in (plain, noted):
+        shipped = compressed_descriptor(built, method("gzip"), Compressed(blob, 300, diff_id, 1000))
+        assert shipped["mediaType"] == GZIP_MEDIA_TYPE and (shipped["digest"], shipped["size"]) == (blob, 300)
+        assert shipped["annotations"] == {**built.get("annotations", {}), ANNOTATION: method("gzip").describe()}
+        assert built_descriptor(shipped, diff_id, 1000) == built

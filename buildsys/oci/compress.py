@@ -376,6 +376,23 @@ class CompressedBlobs:
         return got
 
 
+def compressed_descriptor(built: dict[str, Any], m: Method, c: Compressed) -> dict[str, Any]:
+    """A built layer descriptor for its compressed blob: the method in the annotations, other keys kept."""
+    return {**built, "mediaType": m.media_type, "digest": c.digest, "size": c.size,
+            "annotations": {**built.get("annotations", {}), ANNOTATION: m.describe()}}
+
+
+def built_descriptor(shipped: dict[str, Any], diff_id: str, size: int) -> dict[str, Any]:
+    """The inverse of ``compressed_descriptor``: the descriptor the build wrote, from a shipped one."""
+    out = {**shipped, "mediaType": LAYER_MEDIA_TYPE, "digest": diff_id, "size": size}
+    annotations = {k: v for k, v in shipped.get("annotations", {}).items() if k != ANNOTATION}
+    if annotations:
+        out["annotations"] = annotations
+    else:
+        out.pop("annotations", None)
+    return out
+
+
 def _report(progress: Callable[[str, str], None], what: str) -> Callable[[int], None]:
     return lambda n: progress("compress", f"{what}: {n / 1e6:.0f} MB read")
 
@@ -423,8 +440,7 @@ def compressed_image(blobs: CompressedBlobs, manifest_digest: str, m: Method, *,
             progress("compress", what)
             found = blobs.get(m, diff_id, threads=threads, progress=_report(progress, what))
         out.append((found.digest, found.size, layout.blob_path(found.digest)))
-        descs.append({"mediaType": m.media_type, "digest": found.digest, "size": found.size,
-                      "annotations": {ANNOTATION: m.describe()}})
+        descs.append(compressed_descriptor(desc, m, found))
     if m.format == "none":
         data = stored_bytes
     else:

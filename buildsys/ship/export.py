@@ -75,6 +75,7 @@ from buildsys.oci.compress import (
     DEFAULT,
     CompressedBlobs,
     CompressionError,
+    built_descriptor,
     compressed_image,
     decompress_stream,
     media_format,
@@ -85,7 +86,6 @@ from buildsys.oci.image import (
     INDEX_MEDIA_TYPE,
     MANIFEST_MEDIA_TYPE,
     REF_ANNOTATION,
-    Descriptor,
     OciLayout,
     archive_member,
     canonical_bytes,
@@ -299,7 +299,7 @@ def _inflate(archive: Path, images: Sequence[ExportedImage], blobs: Mapping[str,
                 compressed.add(desc["digest"])
             if diff_id not in out:
                 out[diff_id] = _inflate_layer(archive, img, desc, fmt, diff_id, blobs[desc["digest"]], tmp, progress)
-            layers.append(Descriptor(diff_id, out[diff_id].stat().st_size).to_json())
+            layers.append(built_descriptor(desc, diff_id, out[diff_id].stat().st_size))
         built = canonical_bytes({**manifest, "layers": layers})
         if digest_bytes(built) != img.built_manifest_digest:
             raise ArchiveError(archive, f"{img.recipe}: its manifest with the layers uncompressed is "

@@ -36,12 +36,13 @@ from buildsys.oci.compress import (
     DEFAULT,
     CompressedBlobs,
     CompressionError,
+    built_descriptor,
     compressed_image,
     decompress_stream,
     media_format,
     method,
 )
-from buildsys.oci.image import MANIFEST_MEDIA_TYPE, Descriptor, OciLayout, canonical_bytes, digest_bytes
+from buildsys.oci.image import MANIFEST_MEDIA_TYPE, OciLayout, canonical_bytes, digest_bytes
 from buildsys.oci.registry import (
     NotInRegistry,
     Reference,
@@ -139,7 +140,8 @@ class RemoteCache:
         layout.add_blob_bytes(config_bytes)
         # The manifest a build here writes: the entry's, with the uncompressed layer descriptors.
         uncompressed = [*below, (diff_id, top_size)]
-        local = canonical_bytes({**manifest, "layers": [Descriptor(d, n).to_json() for d, n in uncompressed]})
+        local = canonical_bytes({**manifest, "layers": [built_descriptor(desc, d, n) for desc, (d, n)
+                                                        in zip(manifest["layers"], uncompressed, strict=True)]})
         manifest_digest = layout.add_blob_bytes(local)
         return LayerRecord(recipe=recipe.name, config_digest=config_digest, manifest_digest=manifest_digest,
                            diff_ids=diff_ids, layers=tuple(uncompressed))
