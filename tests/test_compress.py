@@ -392,3 +392,24 @@ def test_a_layer_descriptor_round_trips_with_its_other_keys_and_annotations() ->
         assert shipped["mediaType"] == GZIP_MEDIA_TYPE and (shipped["digest"], shipped["size"]) == (blob, 300)
         assert shipped["annotations"] == {**built.get("annotations", {}), ANNOTATION: method("gzip").describe()}
         assert built_descriptor(shipped, diff_id, 1000) == built
+
+
+@pytest.mark.docker
+@pytest.mark.network
+@pytest.mark.slow
+def test_a_zstd_cache_entry_is_decompressed_into_the_built_layers(shipped, registry, tmp_path) -> None:
+    from buildsys.oci.registry import Registry
+
+    proj, store = shipped
+    ref = f"{registry.host}/zcache/chain"
+    ok(bs(proj, store, "build", "--cache-to", ref, "--cache-compression", "zstd", "app"))
+    reg = Registry(registry.host)
+    tags = json.loads(reg.request("GET", "/v2/zcache/chain/tags/list").read(1 << 20, "tags"))["tags"]
+    layers = [la for t in tags for la in json.loads(reg.get_manifest("zcache/chain", t)[0])["layers"]]
+    assert len(tags) == 3 and {la["mediaType"] for la in layers} == {ZSTD_MEDIA_TYPE}
+    (built,) = json.loads(ok(bs(proj, store, "build", "--json", "app")).stdout)
+    result = ok(bs(proj, tmp_path / "fresh", "build", "--cache-from", ref, "--json", "app"))
+    (image,) = json.loads(result.stdout)
+    assert (image["image_id"], image["manifest_digest"], image["diff_ids"]) == \
+        (built["image_id"], built["manifest_digest"], built["diff_ids"])
+    assert result.stderr.count("remote cache") == 3
