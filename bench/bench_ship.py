@@ -1,10 +1,19 @@
-"""Time shipping: publish and export of a built image, import's checks, and a chain from a registry cache.
+"""Time shipping: layer compression, publish and export of a built image, import's checks, and a chain
+from a registry cache.
 
     .venv/bin/python bench/bench_ship.py --store DIR [--recipe jupyter] \\
         [--chain-project DIR --chain-store DIR]
+    .venv/bin/python bench/bench_ship.py --compression-only [--layer FILE | --store DIR]
+
+Compression: buildsys's gzip (libdeflate, 1 and 2 threads) and zstd against
+``gzip -6`` and ``zstd -3 -T1`` on the same layer bytes (``--layer``, else the
+largest layer blob of ``--store``, else the first 256 MB of a tar of /usr):
+MB/s of input and the ratio; then, with a store, publish with gzip and with
+none to a loopback registry (seconds, bytes sent).
 
 ``--store`` must hold the image of ``--recipe`` for the current locks (run
-``buildsys build jupyter`` first); nothing in it is changed. A docker-registry
+``buildsys build jupyter`` first); publish adds the compressed layers to it
+(``STORE/compressed``), nothing else in it is changed. A docker-registry
 is started on loopback for the run, with its own storage, and stopped after.
 For publish: seconds and MB sent to an empty registry, then a second publish
 (nothing to send). For export: seconds and archive size; then ``import`` into
@@ -19,8 +28,13 @@ store with ``--cache-from`` a registry that ``--cache-to`` filled.
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Mapping
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -32,8 +46,10 @@ from buildsys.build.builder import Builder  # noqa: E402
 from buildsys.core.store import Store  # noqa: E402
 from buildsys.engine import Engine  # noqa: E402
 from buildsys.lock import fresh_locks  # noqa: E402
-from buildsys.model.graph import build_graph  # noqa: E402
+from buildsys.model.graph import Graph, build_graph  # noqa: E402
+from buildsys.model.lockfile import Lock  # noqa: E402
 from buildsys.model.recipe import load_recipes  # noqa: E402
+from buildsys.oci.compress import compress_file, method  # noqa: E402
 from buildsys.ship.export import export, import_archive  # noqa: E402
 from buildsys.ship.publish import publish  # noqa: E402
 from buildsys.ship.remote_cache import RemoteCache  # noqa: E402
@@ -41,24 +57,32 @@ from buildsys.ship.remote_cache import RemoteCache  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--store", type=Path, required=True)
+    ap.add_argument("--store", type=Path)
     ap.add_argument("--project", type=Path, default=Path(__file__).resolve().parent.parent)
     ap.add_argument("--recipe", default="jupyter")
     ap.add_argument("--chain-project", type=Path)
     ap.add_argument("--chain-store", type=Path)
+    ap.add_argument("--layer", type=Path, help="the layer tar to compress (default: see above)")
+    ap.add_argument("--compression-only", action="store_true")
     args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-compress-") as tmp_s:
+        compression(args.layer or largest_layer(args.store) or usr_tar(Path(tmp_s) / "usr.tar"))
+    if args.store is None or args.compression_only:
+        return
     graph = build_graph(load_recipes(args.project))
     locks = fresh_locks(args.project, graph, [args.recipe])
     store = Store(args.store.resolve())
     with tempfile.TemporaryDirectory(prefix="bench-ship-") as tmp_s:
         tmp = Path(tmp_s)
         with docker_registry(tmp / "registry") as reg:
+            publish_compressed(store, graph, locks, args.recipe, reg.host)
             secs, pub = timed(lambda: publish(store, graph, locks, args.recipe, f"{reg.host}/bench/{args.recipe}:1",
-                                              force=True))
-            print(f"publish {args.recipe}: {secs:.1f}s, {pub.blobs_sent} blobs, {pub.bytes_sent / MB:.0f} MB sent "
+                                              force=True, compression="none"))
+            print(f"publish {args.recipe} uncompressed: {secs:.1f}s, {pub.blobs_sent} blobs, "
+                  f"{pub.bytes_sent / MB:.0f} MB sent "
                   f"({pub.bytes_sent / MB / secs:.0f} MB/s), digest {pub.manifest_digest}")
             secs, pub = timed(lambda: publish(store, graph, locks, args.recipe, f"{reg.host}/bench/{args.recipe}:1",
-                                              force=True))
+                                              force=True, compression="none"))
             print(f"publish again (all there): {secs:.2f}s")
             out = tmp / "export.tar"
             secs, exp = timed(lambda: export(store, graph, locks, [args.recipe], out))
@@ -70,6 +94,74 @@ def main() -> None:
             out.unlink()
             if args.chain_project and args.chain_store:
                 chain(args.chain_project.resolve(), Store(args.chain_store.resolve()), reg.host, tmp, engine)
+
+
+def largest_layer(store: Path | None) -> Path | None:
+    """The largest layer blob that a manifest of the store's layout names."""
+    if store is None:
+        return None
+    blobs = store / "oci" / "blobs" / "sha256"
+    layers: set[str] = set()
+    for path in blobs.iterdir():
+        if path.stat().st_size < 1 << 20:
+            try:
+                doc = json.loads(path.read_bytes())
+            except ValueError:
+                continue
+            if isinstance(doc, dict) and "layers" in doc:
+                layers |= {la["digest"][7:] for la in doc["layers"] if la.get("mediaType", "").endswith(".tar")}
+    found = sorted((blobs / h for h in layers if (blobs / h).is_file()), key=lambda p: p.stat().st_size)
+    return found[-1] if found else None
+
+
+def usr_tar(dest: Path, cap: int = 256 << 20) -> Path:
+    with open(dest, "wb") as out:
+        proc = subprocess.Popen(["tar", "-C", "/", "-cf", "-", "usr"], stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL)
+        assert proc.stdout is not None
+        n = 0
+        while n < cap and (chunk := proc.stdout.read(min(1 << 20, cap - n))):
+            out.write(chunk)
+            n += len(chunk)
+        proc.kill()
+        proc.wait()
+    return dest
+
+
+def compression(layer: Path) -> None:
+    size = layer.stat().st_size
+    print(f"compression of {layer} ({size / MB:.0f} MB), {os.cpu_count()} CPUs; MB/s of input")
+    rows: list[tuple[str, float, int]] = []
+    for fmt, threads in (("gzip", 1), ("gzip", 2), ("zstd", 1)):
+        with open(os.devnull, "wb") as null:
+            started = time.perf_counter()
+            got = compress_file(method(fmt), layer, null, threads=threads)
+            secs = time.perf_counter() - started
+        rows.append((f"buildsys {method(fmt).describe()}, {threads} thread(s)", secs, got.size))
+    for cmd in (["gzip", "-6", "-c"], ["zstd", "-3", "-T1", "-c", "-q"]):
+        with open(layer, "rb") as src:
+            n = 0
+            started = time.perf_counter()
+            proc = subprocess.Popen(cmd, stdin=src, stdout=subprocess.PIPE)
+            assert proc.stdout is not None
+            while chunk := proc.stdout.read(1 << 20):
+                n += len(chunk)
+            proc.wait()
+            rows.append((" ".join(cmd[:2]) + " (command line)", time.perf_counter() - started, n))
+    for what, secs, out in rows:
+        print(f"  {what}: {size / MB / secs:.0f} MB/s, {out / MB:.1f} MB, ratio {size / out:.2f}")
+
+
+def publish_compressed(store: Store, graph: Graph, locks: Mapping[str, Lock], recipe: str, host: str) -> None:
+    """Publish with gzip (compressing what the store has not compressed yet), then to another repository
+    (compressed already: push only)."""
+    for label, repo in (("first", "gz1"), ("to another repository", "gz2")):
+        started = time.perf_counter()
+        pub = publish(store, graph, locks, recipe, f"{host}/{repo}/{recipe}:1", force=True)
+        secs = time.perf_counter() - started
+        print(f"publish {recipe} gzip {label}: {secs:.1f}s, {pub.layers_compressed} layer(s) compressed, "
+              f"{pub.bytes_sent / MB:.0f} MB sent for {pub.layer_bytes / MB:.0f} MB of layers "
+              f"({pub.shipped_layer_bytes / pub.layer_bytes:.0%})")
 
 
 def chain(project: Path, store: Store, host: str, tmp: Path, engine: Engine) -> None:

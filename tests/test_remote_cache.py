@@ -35,6 +35,12 @@ def cache(shipped, registry) -> str:
 def test_cache_to_pushes_one_entry_per_layer_under_its_cache_key(cache: str, registry) -> None:
     tags = cache_tags(registry.host, "cache/chain")
     assert len(tags) == 3 and all(t.startswith(TAG_PREFIX) and len(t) == len(TAG_PREFIX) + 64 for t in tags)
+    # Entries go up gzip-compressed (the default), each layer with the method that made it.
+    reg = Registry(registry.host)
+    for t in tags:
+        layers = json.loads(reg.get_manifest("cache/chain", t)[0])["layers"]
+        assert {la["mediaType"] for la in layers} == {"application/vnd.oci.image.layer.v1.tar+gzip"}
+        assert all(la["annotations"]["io.buildsys.compression"].startswith("gzip libdeflate") for la in layers)
 
 
 def test_a_fresh_store_takes_the_whole_chain_from_the_cache_with_no_container(shipped, cache: str,

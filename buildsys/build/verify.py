@@ -4,7 +4,10 @@ Verify builds the chain once as usual (the cache may answer), then again from
 nothing into a throw-away store that shares only the vendored inputs, with no
 cache and fresh containers, and compares every layer's diff_id, the config
 digest and the manifest digest. On a mismatch the first differing layer is
-diffed file by file.
+diffed file by file. When they are equal, both images are compressed with the
+default method (``buildsys.oci.compress``) and the manifest digests a publish
+would push are compared too; the first store keeps its compressed layers, so
+the next ``publish`` does not compress them again.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from buildsys.engine import Engine
 from buildsys.model.graph import Graph
 from buildsys.model.lockfile import Lock
 from buildsys.model.recipe import canonical_json
+from buildsys.oci.compress import DEFAULT, CompressedBlobs, compressed_image, method
 from buildsys.oci.image import OciLayout
 from buildsys.oci.layer.diff import FileDifference, LayerEntry, diff_entries, diff_layers, read_entries
 
@@ -47,10 +51,13 @@ class VerifyResult:
     second: BuiltImage
     mismatch: LayerMismatch | None = None
     config_only: list[str] = field(default_factory=list)
+    # The manifest digests the default compression gives each build's image (what publish pushes).
+    compressed: tuple[str, str] | None = None
 
     @property
     def equal(self) -> bool:
-        return self.mismatch is None and self.first.record == self.second.record
+        return self.mismatch is None and self.first.record == self.second.record and \
+            (self.compressed is None or self.compressed[0] == self.compressed[1])
 
 
 def verify(store: Store, graph: Graph, locks: Mapping[str, Lock], names: Sequence[str],
@@ -64,6 +71,13 @@ def verify(store: Store, graph: Graph, locks: Mapping[str, Lock], names: Sequenc
                          progress=lambda r, s, d: progress(r, f"verify {s}", d)).build(names, jobs=jobs)
         for a, b in zip(first, second, strict=True):
             results.append(compare(a, b, OciLayout(store.oci), OciLayout(fresh.oci)))
+        m = method(DEFAULT)
+        kept, scratch = CompressedBlobs(store), CompressedBlobs(fresh)  # per store: a shared layer once
+        for r in results:
+            if r.equal:
+                progress(r.recipe, "verify", f"compressing both images ({DEFAULT}) to compare what publish pushes")
+                r.compressed = (compressed_image(kept, r.first.record.manifest_digest, m).manifest_digest,
+                                compressed_image(scratch, r.second.record.manifest_digest, m).manifest_digest)
     for r in results:
         if r.equal:
             mark_verified(store, r.first)
@@ -118,6 +132,10 @@ def config_differences(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str =
 
 def format_mismatch(result: VerifyResult, limit: int = 50) -> str:
     m = result.mismatch
+    if m is None and result.compressed is not None:
+        return (f"{result.recipe}: the layers are equal but their {DEFAULT} compression is not: manifest "
+                f"{result.compressed[0]}\n       vs {result.compressed[1]} (the compressor is not deterministic "
+                "here: report it, and publish with --compression none meanwhile)")
     assert m is not None
     lines = [f"{result.recipe}: NOT reproducible; first differing layer: '{m.recipe}' (layer {m.index + 1} of "
              f"{len(result.first.chain)})"]

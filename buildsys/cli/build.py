@@ -29,9 +29,13 @@ if TYPE_CHECKING:
 @click.option("--cache-to", "cache_to", metavar="HOST[:PORT]/REPO", default=None,
               help="Push each layer of the chains to this registry repository, keyed by its cache key.")
 @click.option("--insecure", is_flag=True, help="Plain HTTP to a cache registry that is not on loopback.")
+@click.option("--cache-compression", "cache_compression", type=click.Choice(["gzip", "zstd", "none"]),
+              default="gzip", show_default=True,
+              help="How --cache-to compresses layers (zstd: docker before 23 cannot pull them; docs/shipping.md).")
 @click.pass_obj
 def build_cmd(obj: Context, recipes: tuple[str, ...], verify: bool, no_cache: bool, as_json: bool,
-              jobs: int, cache_from: str | None, cache_to: str | None, insecure: bool) -> None:
+              jobs: int, cache_from: str | None, cache_to: str | None, insecure: bool,
+              cache_compression: str) -> None:
     """Build the chains of RECIPES (default: all) with the network off."""
     from buildsys.build.builder import Builder
     from buildsys.lock import fresh_locks
@@ -47,6 +51,7 @@ def build_cmd(obj: Context, recipes: tuple[str, ...], verify: bool, no_cache: bo
         from buildsys.build.verify import format_mismatch
         from buildsys.build.verify import verify as run_verify
         from buildsys.engine import Engine
+        from buildsys.oci.compress import DEFAULT
 
         engine = Engine.connect()
         with progress:
@@ -55,11 +60,12 @@ def build_cmd(obj: Context, recipes: tuple[str, ...], verify: bool, no_cache: bo
         for r in results:
             if r.equal:
                 click.echo(f"{r.recipe}: reproducible ({len(r.first.chain)} layers, "
-                           f"image {r.first.record.config_digest}, manifest {r.first.record.manifest_digest})",
+                           f"image {r.first.record.config_digest}, manifest {r.first.record.manifest_digest}"
+                           + (f", {DEFAULT} manifest {r.compressed[0]}" if r.compressed else "") + ")",
                            err=as_json)
         bad = [r for r in results if not r.equal]
         if bad:
-            raise NotReproducible("\n".join(format_mismatch(r) for r in bad if r.mismatch) or
+            raise NotReproducible("\n".join(format_mismatch(r) for r in bad if r.mismatch or r.compressed) or
                                   "the rebuilt manifest differs", "fix the step that writes the named files; "
                                   "`buildsys diff` compares two images file by file")
         return
@@ -67,7 +73,8 @@ def build_cmd(obj: Context, recipes: tuple[str, ...], verify: bool, no_cache: bo
     if cache_from or cache_to:
         from buildsys.ship.remote_cache import RemoteCache
 
-        remote = RemoteCache(cache_from, cache_to, insecure=insecure, progress=progress)
+        remote = RemoteCache(cache_from, cache_to, insecure=insecure, progress=progress,
+                             compression=cache_compression)
     with progress:
         # The engine is connected only when the store cannot answer alone (see Builder.connect).
         images = Builder(store, g, locks, connect=_connect, trust_loaded=True, no_cache=no_cache, remote=remote,

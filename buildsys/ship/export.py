@@ -10,6 +10,12 @@ The archive is one tar that is three things at once:
   image's recipe, chain, manifest and config digests, diff_ids, and the
   sha256 of every other file here), the chain's locks and an SBOM per image.
 
+Layers are compressed as ``publish`` compresses them (gzip by default, one
+pinned method, kept in the store; ``--compression none`` writes them as the
+store has them): the archive's manifests are the compressed ones, its configs
+the built ones, and ``export.json`` names each image's built (uncompressed)
+manifest as ``built_manifest_digest`` when it differs.
+
 It is written deterministically (sorted, mtime 0, no owner names) under a
 temporary name that names this host and process (``.NAME.partial.HOST-PID.*``,
 swept by the next export once that process is gone) and renamed, so the same
@@ -26,7 +32,11 @@ size), and only when every blob matches its digest and every config its
 layers, and every file ``export.json`` lists matches its sha256, does it move
 the blobs into the store and load the images into docker. ``index.json`` and
 ``manifest.json`` of the archive are not read: what is loaded is rebuilt from
-the checked blobs.
+the checked blobs. A compressed layer is decompressed into the scratch folder
+(at most 1100 times its size: deflate's ratio is at most 1032:1) and must
+hash to its config's diff_id; the store gets the uncompressed layers and the
+built manifest, rebuilt from the archive's and checked against
+``built_manifest_digest``, as a build would have left them.
 """
 
 from __future__ import annotations
@@ -37,7 +47,7 @@ import re
 import tarfile
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -61,6 +71,16 @@ from buildsys.core.store import Store
 from buildsys.engine import Engine
 from buildsys.model.graph import Graph
 from buildsys.model.lockfile import Lock, dumps
+from buildsys.oci.compress import (
+    DEFAULT,
+    CompressedBlobs,
+    CompressionError,
+    built_descriptor,
+    compressed_image,
+    decompress_stream,
+    media_format,
+    method,
+)
 from buildsys.oci.image import (
     CONTAINERD_NAME_ANNOTATION,
     INDEX_MEDIA_TYPE,
@@ -70,6 +90,7 @@ from buildsys.oci.image import (
     archive_member,
     canonical_bytes,
     checked_chunks,
+    digest_bytes,
     write_docker_archive,
 )
 from buildsys.oci.layer.normalize import TarWriter
@@ -79,6 +100,8 @@ from buildsys.ship.sbom import cyclonedx_json
 EXPORT_VERSION = 1
 META = "buildsys/export.json"
 _CHUNK = 1 << 20
+# Deflate's largest ratio is 1032:1; a layer inflating past this many times its size is refused.
+_MAX_RATIO = 1100
 
 
 
@@ -100,10 +123,17 @@ class ExportedImage:
     manifest_digest: str
     image_id: str
     diff_ids: tuple[str, ...]
+    built_manifest_digest: str | None = None  # the store's (uncompressed) manifest, when the archive's differs
 
     def to_json(self) -> dict[str, Any]:
         return {"recipe": self.recipe, "chain": list(self.chain), "manifest_digest": self.manifest_digest,
-                "image_id": self.image_id, "diff_ids": list(self.diff_ids)}
+                "image_id": self.image_id, "diff_ids": list(self.diff_ids),
+                **({"built_manifest_digest": self.built_manifest_digest} if self.built_manifest_digest else {})}
+
+    @property
+    def built(self) -> str:
+        """The manifest digest a build gives: what the store holds and docker loads."""
+        return self.built_manifest_digest or self.manifest_digest
 
 
 @dataclass(frozen=True)
@@ -116,28 +146,34 @@ class ExportResult:
 
 
 def export(store: Store, graph: Graph, locks: Mapping[str, Lock], recipes: Sequence[str], out: Path,
-           progress: Progress = NO_PROGRESS) -> ExportResult:
+           progress: Progress = NO_PROGRESS, compression: str = DEFAULT) -> ExportResult:
     started = time.monotonic()
+    m = method(compression)
     layout = OciLayout(store.oci)
     records: dict[str, LayerRecord] = {name: stored_image(store, graph, locks, name) for name in recipes}
     blobs: set[str] = set()
-    for rec in records.values():
+    cblobs = CompressedBlobs(store)
+    shipped = {}
+    for name, rec in sorted(records.items()):
         layout.read_image(rec.manifest_digest)  # config and manifest present and intact
-        blobs |= {rec.manifest_digest, rec.config_digest, *(d for d, _ in rec.layers)}
+        shipped[name] = compressed_image(cblobs, rec.manifest_digest, m, progress=_for(progress, name))
+        blobs |= {shipped[name].manifest_digest, *(d for d, _, _ in shipped[name].blobs)}
     extra: dict[str, bytes] = {}
     for name in sorted({n for r in recipes for n in graph.chain(r)}):
         extra[f"buildsys/locks/{name}.lock"] = dumps(locks[name])
     for name, rec in sorted(records.items()):
         extra[f"buildsys/sbom/{name}.cdx.json"] = cyclonedx_json(graph, locks, name, rec, store, progress=progress)
-    images = tuple(ExportedImage(name, tuple(graph.chain(name)), rec.manifest_digest, rec.config_digest,
-                                 rec.diff_ids) for name, rec in sorted(records.items()))
+    images = tuple(ExportedImage(name, tuple(graph.chain(name)), shipped[name].manifest_digest, rec.config_digest,
+                                 rec.diff_ids, None if m.format == "none" else rec.manifest_digest)
+                   for name, rec in sorted(records.items()))
     meta = {"version": EXPORT_VERSION, "images": [i.to_json() for i in images],
             "files": {k: hashlib.sha256(v).hexdigest() for k, v in sorted(extra.items())}}
     docker_manifest = [{"Config": _blob_name(r.config_digest), "RepoTags": [f"{n}:latest"],
-                        "Layers": [_blob_name(d) for d, _ in r.layers]} for n, r in sorted(records.items())]
+                        "Layers": [_blob_name(d) for d, _, _ in shipped[n].blobs[1:]]}
+                       for n, r in sorted(records.items())]
     index = {"schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE, "manifests": [
-        {"mediaType": MANIFEST_MEDIA_TYPE, "digest": r.manifest_digest,
-         "size": layout.blob_path(r.manifest_digest).stat().st_size,
+        {"mediaType": MANIFEST_MEDIA_TYPE, "digest": shipped[n].manifest_digest,
+         "size": len(shipped[n].manifest_bytes),
          "annotations": {REF_ANNOTATION: n, CONTAINERD_NAME_ANNOTATION: f"{n}:latest"}}
         for n, r in sorted(records.items())]}
     small = {**extra, META: canonical_bytes(meta), "index.json": canonical_bytes(index),
@@ -166,6 +202,10 @@ def export(store: Store, graph: Graph, locks: Mapping[str, Lock], recipes: Seque
         writer.close()
         size = dst.size
     return ExportResult(out, images, size, h.hexdigest(), time.monotonic() - started)
+
+
+def _for(progress: Progress, recipe: str) -> Callable[[str, str], None]:
+    return lambda stage, detail: progress(recipe, stage, detail)
 
 
 class _Hashing:
@@ -207,18 +247,19 @@ def import_archive(store: Store, archive: Path, engine: Engine | None,
         progress("import", "cleanup", f"removed {n} scratch folder(s) left by an interrupted run")
     with store.scratch("import") as tmp:
         images, blobs, nbytes = _read_checked(archive, Path(tmp), progress)
+        blobs = _inflate(archive, images, blobs, Path(tmp), progress)
         # Everything is checked: only now does the store (and then docker) see any of it.
         for digest, path in sorted(blobs.items()):
             layout.add_blob_file(path, digest=digest)
     for img in images:
-        layout.set_ref(img.recipe, img.manifest_digest)
+        layout.set_ref(img.recipe, img.built)
     for img in images:
         if engine is None:
             break
         progress(img.recipe, "load", f"docker load {img.image_id[:19]}")
         if not engine.has_image(img.image_id):
             with tempfile.TemporaryFile(dir=store.tmp) as f:
-                write_docker_archive(layout, img.manifest_digest, [], f)
+                write_docker_archive(layout, img.built, [], f)
                 f.seek(0)
                 engine.load(f)
         previous = engine.tag(img.image_id, img.recipe, "latest")
@@ -235,6 +276,56 @@ def import_archive(store: Store, archive: Path, engine: Engine | None,
 FILE_CAP = 64 << 20
 # Members that docker load and OCI tools read; import neither reads nor keeps them.
 _FOR_OTHER_TOOLS = ("index.json", "manifest.json", "oci-layout")
+
+
+def _inflate(archive: Path, images: Sequence[ExportedImage], blobs: Mapping[str, Path], tmp: Path,
+             progress: Progress) -> dict[str, Path]:
+    """The blobs to keep: each compressed layer decompressed (bounded) and checked against its config's
+    diff_id, and each image's built manifest, rebuilt and checked against ``built_manifest_digest``;
+    the compressed layers themselves are dropped (the store keeps layers uncompressed)."""
+    out = dict(blobs)
+    compressed: set[str] = set()
+    for img in images:
+        if img.built_manifest_digest is None:
+            continue
+        manifest = json.loads(blobs[img.manifest_digest].read_bytes())
+        layers = []
+        for desc, diff_id in zip(manifest["layers"], img.diff_ids, strict=True):  # lengths: _check_config
+            fmt = media_format(str(desc.get("mediaType")))
+            if fmt is None:
+                raise ArchiveError(archive, f"{img.recipe}: layer {desc['digest']} has the media type "
+                                            f"{desc.get('mediaType')!r}, which buildsys cannot read")
+            if fmt != "none":
+                compressed.add(desc["digest"])
+            if diff_id not in out:
+                out[diff_id] = _inflate_layer(archive, img, desc, fmt, diff_id, blobs[desc["digest"]], tmp, progress)
+            layers.append(built_descriptor(desc, diff_id, out[diff_id].stat().st_size))
+        built = canonical_bytes({**manifest, "layers": layers})
+        if digest_bytes(built) != img.built_manifest_digest:
+            raise ArchiveError(archive, f"{img.recipe}: its manifest with the layers uncompressed is "
+                                        f"{digest_bytes(built)}, {META} says {img.built_manifest_digest}")
+        path = tmp / (img.built_manifest_digest.split(":", 1)[1] + ".built")
+        path.write_bytes(built)
+        out[img.built_manifest_digest] = path
+    for digest in compressed - {d for img in images for d in img.diff_ids}:
+        out.pop(digest, None)
+    return out
+
+
+def _inflate_layer(archive: Path, img: ExportedImage, desc: Mapping[str, Any], fmt: str, diff_id: str, src: Path,
+                   tmp: Path, progress: Progress) -> Path:
+    path = tmp / (diff_id.split(":", 1)[1] + ".inflated")
+    progress("import", "decompress", f"{desc['digest'][:19]} ({int(desc['size']) / 1e6:.1f} MB, {fmt})")
+    with open(src, "rb") as f, open(path, "wb") as dst:
+        try:
+            got, _ = decompress_stream(fmt, f, dst, int(desc["size"]) * _MAX_RATIO + (1 << 20))
+        except CompressionError as e:
+            raise ArchiveError(archive, f"{img.recipe}: layer {desc['digest']}: {e.message}",
+                               _blob_name(desc["digest"])) from e
+    if got != diff_id:
+        raise ArchiveError(archive, f"{img.recipe}: layer {desc['digest']} decompresses to {got}, not its "
+                                    f"config's diff_id {diff_id}: tampered or damaged", _blob_name(desc["digest"]))
+    return path
 
 
 def _read_checked(archive: Path, tmp: Path, progress: Progress) -> tuple[list[ExportedImage], dict[str, Path], int]:
@@ -383,10 +474,15 @@ def _listed_files(archive: Path, listed: Any) -> dict[str, str]:
 def _image_entry(archive: Path, entry: Any) -> ExportedImage:
     """One of export.json's 'images', with a recipe name and a manifest digest of the right shape."""
     try:
+        built = entry.get("built_manifest_digest")
         img = ExportedImage(str(entry["recipe"]), tuple(entry["chain"]), str(entry["manifest_digest"]),
-                            str(entry["image_id"]), tuple(entry["diff_ids"]))
-    except (KeyError, TypeError) as e:
+                            str(entry["image_id"]), tuple(str(d) for d in entry["diff_ids"]),
+                            None if built is None else str(built))
+    except (KeyError, TypeError, AttributeError) as e:
         raise ArchiveError(archive, f"{META}: an image entry lacks {e}", META) from e
+    if not all(names.DIGEST.fullmatch(d) for d in (*img.diff_ids, *filter(None, [img.built_manifest_digest]))):
+        raise ArchiveError(archive, f"{img.recipe}: a diff_id or the built manifest digest is not "
+                                    "sha256:<64 hex>", META)
     if not names.RECIPE_NAME.fullmatch(img.recipe):
         raise ArchiveError(archive, f"{META}: '{img.recipe}' is not a recipe name", META)
     if not names.DIGEST.fullmatch(img.manifest_digest):
@@ -442,5 +538,8 @@ def _check_config(archive: Path, img: ExportedImage, manifest: bytes, blobs: Map
         diff_ids = tuple(config["rootfs"]["diff_ids"])
     except (ValueError, KeyError, TypeError) as e:
         raise _not_oci(archive, img, f"{type(e).__name__}: {e}") from e
-    if diff_ids != tuple(d for d, _ in descs[1:]) or diff_ids != img.diff_ids:
+    # Compressed layers are checked against the diff_ids when they are decompressed (``_inflate``).
+    layers = tuple(d for d, _ in descs[1:])
+    if diff_ids != img.diff_ids or len(layers) != len(diff_ids) or \
+            (img.built_manifest_digest is None and diff_ids != layers):
         raise ArchiveError(archive, f"{img.recipe}: its config's diff_ids do not match its layers")

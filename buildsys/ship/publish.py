@@ -1,10 +1,13 @@
 """``publish``: push a canonical image to a registry with its exact bytes.
 
-The layers go up as the store has them: uncompressed OCI layer tars
-(``application/vnd.oci.image.layer.v1.tar``), so the blob digest is the
-diff_id and no compressor stands between what was verified and what was
-published. The manifest goes up byte for byte, by its digest, so the digest
-the registry serves is the one ``build`` printed; then, last, the tag.
+The layers go up compressed by one pinned method (``buildsys.oci.compress``:
+gzip by default, zstd, or none), each compressed once and kept in the store.
+The config goes up as built (its diff_ids name the uncompressed layers, so
+docker's image ID after a pull is the built one); the manifest is the built
+one with the compressed layer descriptors, a function of the built manifest
+and the method alone. With ``none`` the layers go up as the store has them and
+the manifest is the built one byte for byte. Blobs first, then the manifest by
+its digest, then, last, the tag: nothing is tagged before all of it is there.
 
 A publish is refused when a lock of the chain is stale (exit 3, from
 ``fresh_locks``), when the store has no image of the current locks (exit 1),
@@ -14,6 +17,7 @@ skips that check and the CLI says so).
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,6 +31,7 @@ from buildsys.core.progress import NO_PROGRESS, Progress
 from buildsys.core.store import Store, sha256_file
 from buildsys.model.graph import Graph
 from buildsys.model.lockfile import Lock
+from buildsys.oci.compress import DEFAULT, CompressedBlobs, ShippedImage, compressed_image, method
 from buildsys.oci.image import MANIFEST_MEDIA_TYPE, DamagedBlob, ImageError, OciLayout, digest_bytes
 from buildsys.oci.registry import BlobProgress, Reference, Registry, RegistryError
 from buildsys.ship.mount_sources import mount_sources, record_published
@@ -37,19 +42,27 @@ class Published:
     recipe: str
     reference: str  # what a user pins: HOST/REPO@DIGEST
     tag: str | None
-    manifest_digest: str
+    manifest_digest: str  # the pushed manifest's: what the registry serves
     image_id: str
     blobs_sent: int
     blobs_present: int
     bytes_sent: int
     seconds: float
     verified: bool
+    built_manifest_digest: str = ""  # the store's (uncompressed) manifest, the one `build` printed
+    compression: str = "none"  # the method string (compress.Method.describe)
+    layers_compressed: int = 0  # compressed by this publish (0: the store had them all)
+    layer_bytes: int = 0  # the layers' uncompressed size
+    shipped_layer_bytes: int = 0  # the layers' size as pushed
 
     def to_json(self) -> dict[str, Any]:
         return {"recipe": self.recipe, "reference": self.reference, "tag": self.tag,
                 "manifest_digest": self.manifest_digest, "image_id": self.image_id, "blobs_sent": self.blobs_sent,
                 "blobs_present": self.blobs_present, "bytes_sent": self.bytes_sent,
-                "seconds": round(self.seconds, 3), "verified": self.verified}
+                "seconds": round(self.seconds, 3), "verified": self.verified,
+                "built_manifest_digest": self.built_manifest_digest, "compression": self.compression,
+                "layers_compressed": self.layers_compressed, "layer_bytes": self.layer_bytes,
+                "shipped_layer_bytes": self.shipped_layer_bytes}
 
 
 def stored_image(store: Store, graph: Graph, locks: Mapping[str, Lock], recipe: str) -> LayerRecord:
@@ -62,8 +75,9 @@ def stored_image(store: Store, graph: Graph, locks: Mapping[str, Lock], recipe: 
 
 def publish(store: Store, graph: Graph, locks: Mapping[str, Lock], recipe: str, to: str, *,
             insecure: bool = False, force: bool = False, registry: Registry | None = None,
-            progress: Progress = NO_PROGRESS) -> Published:
+            compression: str = DEFAULT, progress: Progress = NO_PROGRESS) -> Published:
     ref = Reference.parse(to)
+    m = method(compression)
     record = stored_image(store, graph, locks, recipe)
     verified = was_verified(store, record.manifest_digest)
     if not verified and not force:
@@ -72,21 +86,24 @@ def publish(store: Store, graph: Graph, locks: Mapping[str, Lock], recipe: str, 
     started = time.monotonic()
     progress(recipe, "connect", f"{reg.base}/v2/")
     reg.ping()
-    sent, present, nbytes = push_image(reg, ref.repository, OciLayout(store.oci), record.manifest_digest,
+    shipped = compressed_image(CompressedBlobs(store), record.manifest_digest, m,
+                               progress=lambda stage, detail: progress(recipe, stage, detail))
+    sent, present, nbytes = push_image(reg, ref.repository, OciLayout(store.oci), shipped,
                                        lambda stage, detail: progress(recipe, stage, detail),
                                        mount_from=mount_sources(store, ref.host, ref.repository))
     if ref.tag:
-        progress(recipe, "tag", f"{ref.repository}:{ref.tag} -> {record.manifest_digest[:19]}")
-        manifest = OciLayout(store.oci).read_blob(record.manifest_digest)
-        reg.put_manifest(ref.repository, ref.tag, manifest, MANIFEST_MEDIA_TYPE)
+        progress(recipe, "tag", f"{ref.repository}:{ref.tag} -> {shipped.manifest_digest[:19]}")
+        reg.put_manifest(ref.repository, ref.tag, shipped.manifest_bytes, MANIFEST_MEDIA_TYPE)
     record_published(store, ref.host, ref.repository)
-    return Published(recipe=recipe, reference=ref.with_digest(record.manifest_digest), tag=ref.tag,
-                     manifest_digest=record.manifest_digest, image_id=record.config_digest, blobs_sent=sent,
+    return Published(recipe=recipe, reference=ref.with_digest(shipped.manifest_digest), tag=ref.tag,
+                     manifest_digest=shipped.manifest_digest, image_id=record.config_digest, blobs_sent=sent,
                      blobs_present=present, bytes_sent=nbytes, seconds=time.monotonic() - started,
-                     verified=verified)
+                     verified=verified, built_manifest_digest=record.manifest_digest, compression=shipped.method,
+                     layers_compressed=shipped.compressed, layer_bytes=shipped.uncompressed_bytes,
+                     shipped_layer_bytes=sum(size for _, size, _ in shipped.blobs[1:]))
 
 
-def push_image(reg: Registry, repo: str, layout: OciLayout, manifest_digest: str,
+def push_image(reg: Registry, repo: str, layout: OciLayout, shipped: ShippedImage | str,
                progress: Callable[[str, str], None] = lambda stage, detail: None,
                mount_from: Sequence[str] = ()) -> tuple[int, int, int]:
     """Blobs (config, then layers bottom first), then the manifest by digest; no tag.
@@ -95,17 +112,18 @@ def push_image(reg: Registry, repo: str, layout: OciLayout, manifest_digest: str
     the same registry (mounted, not sent: counted as there), then uploaded, with
     the bytes the registry holds reported as they land.
 
+    ``shipped`` is the image as it leaves (``compress.compressed_image``), or the
+    digest of a manifest of ``layout`` to push as it is stored (uncompressed).
+
     Returns (blobs sent, blobs the registry had, bytes sent). A blob the store
     has damaged is caught by the registry (it checks the digest) and named here.
     """
-    manifest_bytes = layout.read_blob(manifest_digest)
-    manifest, _ = layout.read_image(manifest_digest)
-    descs = [manifest["config"], *manifest["layers"]]
+    if isinstance(shipped, str):
+        shipped = stored_as_is(layout, shipped)
+    manifest_bytes, manifest_digest = shipped.manifest_bytes, shipped.manifest_digest
     sent = present = nbytes = 0
-    for i, desc in enumerate(descs):
-        digest, size = desc["digest"], int(desc["size"])
-        path = layout.blob_path(digest)
-        what = "config" if i == 0 else f"layer {i}/{len(descs) - 1}"
+    for i, (digest, size, path) in enumerate(shipped.blobs):
+        what = "config" if i == 0 else f"layer {i}/{len(shipped.blobs) - 1}"
         progress("upload", f"{what} {digest[:19]} ({size / 1e6:.1f} MB)")
         try:
             if reg.push_blob(repo, digest, size, path, mount_from=mount_from, progress=_bytes(progress, what)):
@@ -130,6 +148,17 @@ def _bytes(progress: Callable[[str, str], None], what: str) -> BlobProgress:
         if sent:
             progress("upload", f"{what} {digest[:19]}: {sent / 1e6:.1f} of {size / 1e6:.1f} MB")
     return report
+
+
+def stored_as_is(layout: OciLayout, manifest_digest: str) -> ShippedImage:
+    """A manifest of ``layout`` and its blobs as they are stored: no compression."""
+    data = layout.read_blob(manifest_digest)
+    manifest = json.loads(data)
+    descs = [manifest["config"], *manifest["layers"]]
+    return ShippedImage(manifest_bytes=data, manifest_digest=manifest_digest, built_manifest_digest=manifest_digest,
+                        blobs=tuple((d["digest"], int(d["size"]), layout.blob_path(d["digest"])) for d in descs),
+                        method=method("none").describe(), compressed=0,
+                        uncompressed_bytes=sum(int(d["size"]) for d in manifest["layers"]))
 
 
 def _check_local(layout: OciLayout, digest: str) -> None:
