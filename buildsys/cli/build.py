@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
@@ -178,3 +179,32 @@ def diff_cmd(obj: Context, image_a: str, image_b: str, limit: int) -> None:
         raise ImagesDiffer(f"{image_a} and {image_b} differ: {len(result.files)} file(s), "
                            f"{len(result.config)} config key(s)")
     click.echo(f"{image_a} and {image_b} are identical ({a})")
+
+
+@click.command("reproduce")
+@click.argument("reference", metavar="HOST[:PORT]/REPO[:TAG|@DIGEST]")
+@click.option("--key", "key", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="Check the image's cosign signature with this public key first (exit 5 when none matches).")
+@click.option("--insecure", is_flag=True, help="Plain HTTP to a registry that is not on loopback.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_obj
+def reproduce_cmd(obj: Context, reference: str, key: Path | None, insecure: bool, as_json: bool) -> None:
+    """Rebuild a published image from this project's locks, from nothing, and prove its digests.
+
+    Exit 0 when the image ID, every layer and the manifest digest are equal; 3 when not,
+    naming the first differing layer and its files.
+    """
+    from buildsys.engine import Engine
+    from buildsys.lock import fresh_locks
+    from buildsys.ship.keys import KeyVerifier, load_public_key
+    from buildsys.ship.reproduce import format_result, reproduce
+
+    verifier = KeyVerifier(load_public_key(key)) if key else None
+    g = obj.graph()
+    with LiveProgress() as progress:
+        result = reproduce(obj.project, obj.open_store(), g, reference, engine=Engine.connect(), insecure=insecure,
+                           verifier=verifier, locks_for=lambda recipe: fresh_locks(obj.project, g, [recipe]),
+                           progress=progress)
+    click.echo(json.dumps(result.to_json(), indent=2) if as_json else format_result(result))
+    if not result.equal:
+        raise NotReproducible(f"{result.reference} is not what {result.recipe}'s locks build")

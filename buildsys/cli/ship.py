@@ -21,23 +21,31 @@ from buildsys.cli.render import LiveProgress
               help="Layer compression, one pinned method each (the digest depends on the layers alone). "
                    "zstd: smaller and faster, but docker before 23.0 cannot pull it. none: the built manifest "
                    "byte for byte.")
+@click.option("--sign", "sign_key", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              metavar="PREFIX.key", help="Sign the pushed image with this key (cosign-compatible), before any tag.")
+@click.option("--attest", is_flag=True, help="Attach its signed SLSA provenance and CycloneDX SBOM (needs --sign).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
 def publish_cmd(obj: Context, recipe: str, to: str, insecure: bool, force: bool, compression: str,
-                as_json: bool) -> None:
+                sign_key: Path | None, attest: bool, as_json: bool) -> None:
     """Push RECIPE's canonical image by digest; the registry's digest is the one printed.
 
     With compression the pushed manifest differs from the built one (its layers are the compressed
     blobs) but the config, and so docker's image ID after a pull, is the built one.
     """
+    from buildsys.cli.sign import load_signer
+    from buildsys.core.errors import UsageError
     from buildsys.lock import fresh_locks
     from buildsys.ship.publish import publish
 
+    if attest and sign_key is None:
+        raise UsageError("--attest signs its statements: it needs --sign KEY", "add --sign PREFIX.key")
+    signer = load_signer(sign_key) if sign_key else None  # the passphrase is asked before anything is pushed
     g = obj.graph()
     locks = fresh_locks(obj.project, g, [recipe])
     with LiveProgress() as progress:
         result = publish(obj.open_store(), g, locks, recipe, to, insecure=insecure, force=force,
-                         compression=compression, progress=progress)
+                         compression=compression, signer=signer, attest=attest, progress=progress)
     if not result.verified:
         click.echo(f"warning: {recipe}: published with --force; its chain was never verified "
                    f"(`buildsys build --verify {recipe}` proves it)", err=True)
@@ -49,6 +57,12 @@ def publish_cmd(obj: Context, recipe: str, to: str, insecure: bool, force: bool,
                f"{result.blobs_present} already there, {result.seconds:.1f}s")
     click.echo(f"  layers {result.layer_bytes / 1e6:.1f} MB -> {result.shipped_layer_bytes / 1e6:.1f} MB "
                f"({result.compression}; {result.layers_compressed} compressed now)")
+    if result.signed:
+        click.echo(f"  signed with key {result.signed.signer} ({result.signed.signatures} signature(s) stored)")
+    if result.attested:
+        from buildsys.cli.attest import print_attested
+
+        print_attested(result.attested)
     click.echo(result.manifest_digest)
 
 

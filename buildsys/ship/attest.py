@@ -29,7 +29,9 @@ from buildsys.core.progress import NO_PROGRESS, Progress
 from buildsys.core.store import Store
 from buildsys.model.graph import Graph
 from buildsys.model.lockfile import Lock
-from buildsys.oci.image import MANIFEST_MEDIA_TYPE, OciLayout, digest_bytes
+from buildsys.oci import compress
+from buildsys.oci.compress import CompressedBlobs, ShippedImage, compressed_image
+from buildsys.oci.image import MANIFEST_MEDIA_TYPE, digest_bytes
 from buildsys.oci.registry import Reference, Registry, RegistryDataError, parse_descriptor, parse_manifest
 from buildsys.ship import dsse, provenance, referrers
 from buildsys.ship.dsse import IN_TOTO_PAYLOAD
@@ -132,24 +134,26 @@ def attach(reg: Registry, repo: str, subject: Mapping[str, Any], body: bytes, pr
 
 
 def attest_records(reg: Registry, repo: str, graph: Graph, locks: Mapping[str, Lock], recipe: str,
-                   chain: Sequence[LayerRecord], manifest_size: int, signer: Signer, *,
-                   compression: str | None = None, progress: Progress = NO_PROGRESS) -> Attested:
-    """Attest the image ``chain[-1]`` already in ``repo``: provenance and SBOM, signed, attached.
+                   chain: Sequence[LayerRecord], shipped: ShippedImage, signer: Signer, *,
+                   progress: Progress = NO_PROGRESS) -> Attested:
+    """Attest the image ``chain[-1]`` as ``shipped`` (its manifest as pushed, layers compressed) in ``repo``:
+    provenance and SBOM, signed, attached.
 
-    What ``publish --attest`` calls once the image is up (with the publish's registry and the size of
-    the manifest it pushed). Refuses a digest the registry does not hold.
+    What ``publish --attest`` calls once the image is up. Refuses a digest the registry does not hold.
     """
     started = time.monotonic()
-    digest = chain[-1].manifest_digest
+    digest = shipped.manifest_digest
     reference = f"{reg.host}/{repo}@{digest}"
     if not reg.has_manifest(repo, digest):
         raise AttestationNotPushed(reference)
     name = docker_reference(reg.host, repo)  # as cosign names the image (Docker Hub's library/ expanded)
-    subject = {"mediaType": MANIFEST_MEDIA_TYPE, "digest": digest, "size": manifest_size}
+    subject = {"mediaType": MANIFEST_MEDIA_TYPE, "digest": digest, "size": len(shipped.manifest_bytes)}
     statements = (
         (provenance.SLSA_PROVENANCE,
-         provenance.provenance_statement(name, graph, locks, recipe, chain, compression=compression)),
-        (provenance.CYCLONEDX_BOM, provenance.sbom_statement(name, graph, locks, recipe, chain)),
+         provenance.provenance_statement(name, graph, locks, recipe, chain, compression=shipped.method,
+                                         subject_digest=digest)),
+        (provenance.CYCLONEDX_BOM, provenance.sbom_statement(name, graph, locks, recipe, chain,
+                                                             subject_digest=digest)),
     )
     attached: list[Attached] = []
     storage = "referrers-api"
@@ -162,24 +166,42 @@ def attest_records(reg: Registry, repo: str, graph: Graph, locks: Mapping[str, L
     return Attested(reference, digest, signer.identity, storage, tag, tuple(attached), time.monotonic() - started)
 
 
+def published_form(store: Store, reg: Registry, repo: str, built_digest: str) -> ShippedImage | None:
+    """The form in which this store published the image ``built_digest`` to ``repo``: gzip, zstd or as built,
+    whichever the registry holds. Only forms whose compressed layers this store kept are tried (``publish``
+    keeps them): nothing is compressed here."""
+    blobs = CompressedBlobs(store)
+    layers = json.loads(blobs.layout.read_blob(built_digest))["layers"]
+    for fmt in compress.FORMATS:
+        m = compress.method(fmt)
+        if fmt != "none" and any(blobs.lookup(m, d["digest"]) is None for d in layers):
+            continue
+        shipped = compressed_image(blobs, built_digest, m)
+        if reg.has_manifest(repo, shipped.manifest_digest):
+            return shipped
+    return None
+
+
 def attest(store: Store, graph: Graph, locks: Mapping[str, Lock], recipe: str, to: str, signer: Signer, *,
-           insecure: bool = False, registry: Registry | None = None, compression: str | None = None,
+           insecure: bool = False, registry: Registry | None = None,
            progress: Progress = NO_PROGRESS) -> Attested:
-    """``buildsys attest RECIPE --to REF``: the image of RECIPE's current locks, which must be in REF's
-    repository (a tag in ``to`` is ignored: the digest is the store's; a digest must be that one)."""
+    """``buildsys attest RECIPE --to REF``: the image of RECIPE's current locks as ``publish`` pushed it to REF's
+    repository (a tag in ``to`` is ignored; a digest must be the one publish pushed)."""
     ref = Reference.parse(to)
     chain = Builder(store, graph, locks).stored_chain(recipe)
     if chain is None:
         raise ImageNotBuilt(recipe)
-    if ref.digest and ref.digest != chain[-1].manifest_digest:
-        raise UsageError(f"{to}: names {ref.digest}, but the image of {recipe}'s current locks is "
-                         f"{chain[-1].manifest_digest}",
-                         f"give the repository alone (--to {ref.host}/{ref.repository}); `buildsys attest` "
-                         "attests the image the locks make, and `publish` pushed it by that digest")
     reg = registry or Registry(ref.host, insecure=insecure)
-    size = len(OciLayout(store.oci).read_blob(chain[-1].manifest_digest))
-    return attest_records(reg, ref.repository, graph, locks, recipe, chain, size, signer,
-                          compression=compression, progress=progress)
+    shipped = published_form(store, reg, ref.repository, chain[-1].manifest_digest)
+    if shipped is None:
+        raise AttestationNotPushed(f"{ref.host}/{ref.repository}: the image of {recipe}'s current locks "
+                                   f"({chain[-1].manifest_digest}, as built or as this store compressed it)")
+    if ref.digest and ref.digest != shipped.manifest_digest:
+        raise UsageError(f"{to}: names {ref.digest}, but the image of {recipe}'s current locks was published as "
+                         f"{shipped.manifest_digest}",
+                         f"give the repository alone (--to {ref.host}/{ref.repository}); `buildsys attest` "
+                         "attests the image the locks make, as `publish` pushed it")
+    return attest_records(reg, ref.repository, graph, locks, recipe, chain, shipped, signer, progress=progress)
 
 
 # ---------------------------------------------------------------- reading

@@ -111,13 +111,15 @@ def resolved_dependencies(graph: Graph, locks: Mapping[str, Lock], recipe: str, 
 
 
 def provenance_statement(name: str, graph: Graph, locks: Mapping[str, Lock], recipe: str,
-                         chain: Sequence[LayerRecord], *, compression: str | None = None) -> bytes:
-    return statement(name, chain[-1].manifest_digest, SLSA_PROVENANCE,
+                         chain: Sequence[LayerRecord], *, compression: str | None = None,
+                         subject_digest: str | None = None) -> bytes:
+    """About ``subject_digest``: the manifest as published (its layers compressed); the built one by default."""
+    return statement(name, subject_digest or chain[-1].manifest_digest, SLSA_PROVENANCE,
                      provenance(graph, locks, recipe, chain, compression=compression))
 
 
 def sbom_statement(name: str, graph: Graph, locks: Mapping[str, Lock], recipe: str,
-                   chain: Sequence[LayerRecord]) -> bytes:
+                   chain: Sequence[LayerRecord], *, subject_digest: str | None = None) -> bytes:
     """The CycloneDX document of ``ship.sbom`` as the predicate (its own schema check runs there)."""
     bom = json.loads(cyclonedx_json(graph, locks, recipe, chain[-1]))
-    return statement(name, chain[-1].manifest_digest, CYCLONEDX_BOM, bom)
+    return statement(name, subject_digest or chain[-1].manifest_digest, CYCLONEDX_BOM, bom)

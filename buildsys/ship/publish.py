@@ -26,7 +26,7 @@ from typing import Any
 from buildsys.build.builder import Builder
 from buildsys.build.records import LayerRecord
 from buildsys.build.verify import was_verified
-from buildsys.core.errors import ImageNotBuilt, NotVerified
+from buildsys.core.errors import ImageNotBuilt, NotVerified, UsageError
 from buildsys.core.progress import NO_PROGRESS, Progress
 from buildsys.core.store import Store, sha256_file
 from buildsys.model.graph import Graph
@@ -34,7 +34,10 @@ from buildsys.model.lockfile import Lock
 from buildsys.oci.compress import DEFAULT, CompressedBlobs, ShippedImage, compressed_image, method
 from buildsys.oci.image import MANIFEST_MEDIA_TYPE, DamagedBlob, ImageError, OciLayout, digest_bytes
 from buildsys.oci.registry import BlobProgress, Reference, Registry, RegistryError
+from buildsys.ship.attest import Attested, attest_records
+from buildsys.ship.keys import Signer
 from buildsys.ship.mount_sources import mount_sources, record_published
+from buildsys.ship.signing import Signed, sign_manifest
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,8 @@ class Published:
     layers_compressed: int = 0  # compressed by this publish (0: the store had them all)
     layer_bytes: int = 0  # the layers' uncompressed size
     shipped_layer_bytes: int = 0  # the layers' size as pushed
+    signed: Signed | None = None  # --sign: the signature stored
+    attested: Attested | None = None  # --attest: the statements attached
 
     def to_json(self) -> dict[str, Any]:
         return {"recipe": self.recipe, "reference": self.reference, "tag": self.tag,
@@ -62,7 +67,9 @@ class Published:
                 "seconds": round(self.seconds, 3), "verified": self.verified,
                 "built_manifest_digest": self.built_manifest_digest, "compression": self.compression,
                 "layers_compressed": self.layers_compressed, "layer_bytes": self.layer_bytes,
-                "shipped_layer_bytes": self.shipped_layer_bytes}
+                "shipped_layer_bytes": self.shipped_layer_bytes,
+                "signed": self.signed.to_json() if self.signed else None,
+                "attested": self.attested.to_json() if self.attested else None}
 
 
 def stored_image(store: Store, graph: Graph, locks: Mapping[str, Lock], recipe: str) -> LayerRecord:
@@ -75,7 +82,13 @@ def stored_image(store: Store, graph: Graph, locks: Mapping[str, Lock], recipe: 
 
 def publish(store: Store, graph: Graph, locks: Mapping[str, Lock], recipe: str, to: str, *,
             insecure: bool = False, force: bool = False, registry: Registry | None = None,
-            compression: str = DEFAULT, progress: Progress = NO_PROGRESS) -> Published:
+            compression: str = DEFAULT, signer: Signer | None = None, attest: bool = False,
+            progress: Progress = NO_PROGRESS) -> Published:
+    """Push ``recipe``'s image: blobs, the manifest by digest, then (with ``signer``) its cosign signature
+    and (with ``attest``) its signed provenance and SBOM, and only then the tag: a tag never names an image
+    that is incomplete, or unsigned when a signature was asked for."""
+    if attest and signer is None:
+        raise UsageError("--attest signs its statements: it needs --sign KEY", "add --sign PREFIX.key")
     ref = Reference.parse(to)
     m = method(compression)
     record = stored_image(store, graph, locks, recipe)
@@ -91,6 +104,15 @@ def publish(store: Store, graph: Graph, locks: Mapping[str, Lock], recipe: str, 
     sent, present, nbytes = push_image(reg, ref.repository, OciLayout(store.oci), shipped,
                                        lambda stage, detail: progress(recipe, stage, detail),
                                        mount_from=mount_sources(store, ref.host, ref.repository))
+    signed = attested = None
+    if signer is not None:
+        progress(recipe, "sign", f"{ref.repository}@{shipped.manifest_digest[:19]} with key {signer.identity}")
+        signed = sign_manifest(reg, ref.repository, shipped.manifest_digest, signer)
+    if attest and signer is not None:
+        chain = Builder(store, graph, locks).stored_chain(recipe)
+        assert chain is not None  # stored_image found it above
+        attested = attest_records(reg, ref.repository, graph, locks, recipe, chain, shipped, signer,
+                                  progress=progress)
     if ref.tag:
         progress(recipe, "tag", f"{ref.repository}:{ref.tag} -> {shipped.manifest_digest[:19]}")
         reg.put_manifest(ref.repository, ref.tag, shipped.manifest_bytes, MANIFEST_MEDIA_TYPE)
@@ -98,7 +120,8 @@ def publish(store: Store, graph: Graph, locks: Mapping[str, Lock], recipe: str, 
     return Published(recipe=recipe, reference=ref.with_digest(shipped.manifest_digest), tag=ref.tag,
                      manifest_digest=shipped.manifest_digest, image_id=record.config_digest, blobs_sent=sent,
                      blobs_present=present, bytes_sent=nbytes, seconds=time.monotonic() - started,
-                     verified=verified, built_manifest_digest=record.manifest_digest, compression=shipped.method,
+                     verified=verified, signed=signed, attested=attested,
+                     built_manifest_digest=record.manifest_digest, compression=shipped.method,
                      layers_compressed=shipped.compressed, layer_bytes=shipped.uncompressed_bytes,
                      shipped_layer_bytes=sum(size for _, size, _ in shipped.blobs[1:]))
 
