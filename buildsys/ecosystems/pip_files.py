@@ -27,6 +27,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 from buildsys.core.errors import RecipeError
+from buildsys.model.recipe import KeyPath, RecipeValidator, project_file
 
 _HASH = re.compile(r"--hash[=\s]+([A-Za-z0-9]+):([0-9a-fA-F]+)")
 _INDEX = re.compile(r"(?:-i|--index-url)(?:\s+|=)(\S+)$")
@@ -52,23 +53,6 @@ class RequirementsFile:
     pinned: tuple[Pinned, ...] = ()  # every requirement, when the file carries --hash lines
 
 
-def project_file(recipe_path: Path, key: str, value: str) -> tuple[Path, bytes]:
-    """The project file ``value`` (relative to the project root, the folder above ``recipes/``) and its bytes."""
-    root = recipe_path.parent.parent
-    rel = Path(value)
-    if rel.is_absolute() or ".." in rel.parts:
-        raise RecipeError(recipe_path, f"'{value}' must be a path inside the project, relative to its root",
-                          key=key, hint='e.g. requirements = "requirements.txt"')
-    path = root / rel
-    try:
-        return path, path.read_bytes()
-    except FileNotFoundError as e:
-        raise RecipeError(recipe_path, f"names {path}, which does not exist", key=key,
-                          hint=f"create it, or fix the path (relative to the project root {root})") from e
-    except OSError as e:
-        raise RecipeError(recipe_path, f"cannot read {path}: {e.strerror or e}", key=key) from e
-
-
 def _logical_lines(text: str) -> list[tuple[str, int]]:
     """Lines with ``\\`` continuations joined and comments removed, each with the line it starts on."""
     out: list[tuple[str, int]] = []
@@ -89,9 +73,9 @@ def _logical_lines(text: str) -> list[tuple[str, int]]:
     return out
 
 
-def read_requirements(recipe_path: Path, key: str, value: str, index_url: str) -> RequirementsFile:
+def read_requirements(v: RecipeValidator, key: KeyPath, value: str, index_url: str) -> RequirementsFile:
     """Read ``[pip] requirements``; every line it cannot take is a ``RecipeError`` naming the file and line."""
-    path, raw = project_file(recipe_path, key, value)
+    path, raw = project_file(v, key, value)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -167,9 +151,9 @@ def _pinned(path: Path, hashed: list[tuple[Requirement, list[str], int]]) -> tup
     return tuple(out)
 
 
-def read_pyproject(recipe_path: Path, key: str, value: str, extras: tuple[str, ...]) -> RequirementsFile:
+def read_pyproject(v: RecipeValidator, key: KeyPath, value: str, extras: tuple[str, ...]) -> RequirementsFile:
     """``[project] dependencies`` of a pyproject.toml and the optional-dependencies groups ``extras`` names."""
-    path, raw = project_file(recipe_path, key, value)
+    path, raw = project_file(v, key, value)
     try:
         text = raw.decode("utf-8")
         data = tomllib.loads(text)
@@ -186,8 +170,8 @@ def read_pyproject(recipe_path: Path, key: str, value: str, extras: tuple[str, .
     specs: list[str] = list(project.get("dependencies", []))
     for extra in extras:
         if extra not in groups:
-            raise RecipeError(recipe_path, f"'{extra}' is no group of [project.optional-dependencies] in {path}",
-                              key="pip.extras", hint=f"groups there: {', '.join(sorted(groups)) or '(none)'}")
+            raise v.fail((*key[:-1], "extras"), f"'{extra}' is no group of [project.optional-dependencies] in {path}",
+                         hint=f"groups there: {', '.join(sorted(groups)) or '(none)'}")
         specs += groups[extra]
     own = canonicalize_name(str(project.get("name", "")))
     reqs: list[tuple[str, int]] = []

@@ -100,10 +100,10 @@ class PipRecipe(RecipeSection):
                          hint='add pyproject = "pyproject.toml"')
         files = []
         if "requirements" in value:
-            files.append(read_requirements(v.path, render_key((*key, "requirements")), value["requirements"],
+            files.append(read_requirements(v, (*key, "requirements"), value["requirements"],
                                            value.get("index-url", DEFAULT_INDEX)))
         if "pyproject" in value:
-            files.append(read_pyproject(v.path, render_key((*key, "pyproject")), value["pyproject"],
+            files.append(read_pyproject(v, (*key, "pyproject"), value["pyproject"],
                                         tuple(value.get("extras", []))))
         if any(f.pinned for f in files) and (value.get("packages") or len(files) > 1):
             pinned = next(f for f in files if f.pinned)

@@ -641,6 +641,27 @@ def _check_run(v: RecipeValidator, steps: list[str]) -> None:
                          hint='put the packages in [apt] packages = [...]; they are locked and installed offline')
 
 
+def project_file(v: RecipeValidator, key: KeyPath, value: str) -> tuple[Path, bytes]:
+    """The project file ``value`` (relative to the project root, the folder above ``recipes/``) and its bytes.
+
+    A recipe may name files of its project (``[pip] requirements``, ``[cran] renv``): their content is then part
+    of the recipe hash (``RecipeSection.inputs``), so they must be inside the project, where git keeps them.
+    """
+    root = v.path.parent.parent
+    rel = Path(value)
+    if rel.is_absolute() or ".." in rel.parts:
+        raise v.fail(key, f"'{value}' must be a path inside the project, relative to its root",
+                     hint='e.g. requirements = "requirements.txt"')
+    path = root / rel
+    try:
+        return path, path.read_bytes()
+    except FileNotFoundError as e:
+        raise v.fail(key, f"names {path}, which does not exist",
+                     hint=f"create it, or fix the path (relative to the project root {root})") from e
+    except OSError as e:
+        raise v.fail(key, f"cannot read {path}: {e.strerror or e}") from e
+
+
 def key_line(path: Path, key: KeyPath | str) -> int | None:
     """Line of ``key`` in the recipe file at ``path`` (for errors found after parsing, e.g. by the graph)."""
     try:
