@@ -66,10 +66,10 @@ def _logical_lines(text: str) -> list[tuple[str, int]]:
             continue
         buf += line
         if buf.strip():
-            out.append((buf.strip(), start))
+            out.append((" ".join(buf.split()), start))
         buf = ""
     if buf.strip():
-        out.append((buf.strip(), start))
+        out.append((" ".join(buf.split()), start))
     return out
 
 
