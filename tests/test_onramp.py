@@ -180,7 +180,8 @@ def test_python_slim_is_a_registry_root(tmp_path: Path) -> None:
     pip = r["app"].section(PipRecipe)
     assert pip.packages == ("requests==2.32.3",) and pip.index_url == "https://pypi.org/simple"
     assert r["app"].image.workdir == "/srv/app"  # $APP_HOME from the ENV above it
-    assert r["app"].run == ("python -m compileall -q /usr/local/lib/python3.11",)
+    # docker runs RUN in the WORKDIR (which it creates); run steps say so
+    assert r["app"].run == ("mkdir -p /srv/app && cd /srv/app && python -m compileall -q /usr/local/lib/python3.11",)
     assert r["app"].image.entrypoint == ("python",)
 
 
@@ -215,6 +216,16 @@ def test_unsupported_constructs_are_reported_line_by_line(tmp_path: Path) -> Non
     assert r["app-base"].data["base"] == {"image": "docker.io/library/ubuntu:22.04"}
     assert r["app"].data.get("apt") == {"packages": ["nodejs"]} and "pip" not in r["app"].data
     assert not r["app"].run
+
+
+def test_a_stage_from_an_earlier_stage_carries_it(tmp_path: Path) -> None:
+    code, out, _ = init(tmp_path, "FROM python:3.11-slim AS base\nRUN pip install six\n"
+                                  "FROM base AS final\nUSER 1000\nRUN touch /tmp/x\n")
+    assert code == 0 and "not translated" not in out, out
+    r = recipes(tmp_path)
+    assert r["app-base"].data["base"] == {"image": "docker.io/library/python:3.11-slim"}
+    assert r["app"].section(PipRecipe).packages == ("six",) and r["app"].run == ("touch /tmp/x",)
+    assert "5: kept: the Dockerfile ran it as USER 1000; run steps run as root" in out
 
 
 # --- bad input: named, line-numbered, nothing written ---------------------------------------------------------------
@@ -379,6 +390,9 @@ def test_renv_lock_is_read_with_its_lines(tmp_path: Path) -> None:
     cran = r.section(CranRecipe)
     assert cran.packages == ("digest", "mime") and cran.renv and cran.renv.r_version == "4.2.2"
     assert r.inputs[0][0] == "renv.lock"
+    (tmp_path / "recipes" / "rpkgs.toml").write_text('parents = ["r"]\n[cran]\nrenv = "renv.lock"\n')
+    # without [cran] repo: renv.lock's own CRAN repository
+    assert parse_recipe(tmp_path / "recipes" / "rpkgs.toml").section(CranRecipe).repo == "https://cloud.r-project.org"
     renv["Packages"]["cli"] = {"Package": "cli", "Version": "3.6.3", "Source": "GitHub", "RemoteUrl":
                                "https://github.com/r-lib/cli"}
     with pytest.raises(RecipeError) as e:

@@ -164,7 +164,11 @@ class CranRecipe(RecipeSection):
             raise v.fail((*key, "packages"), f"{renv.path} is the whole R package set: nothing may be resolved "
                                              "beside it", hint=f"add them to {renv.path} (renv::snapshot())")
         own = tuple(n for n, _, _ in renv.versions) if renv else tuple(value.get("packages", []))
-        return cls(own, value.get("repo"), renv)
+        repo = value.get("repo") or (renv.repository if renv else None)
+        if renv and repo and "repo" not in value and not repo.startswith(("https://", "http://")):
+            raise v.fail((*key, "renv"), f"{renv.path}'s CRAN repository {repo!r} is not an http(s) URL",
+                         hint='set [cran] repo = "https://..." in the recipe')
+        return cls(own, repo, renv)
 
     def count(self) -> int:
         return len(self.packages)

@@ -30,6 +30,7 @@ class RenvLock:
     r_version: str
     r_line: int
     versions: tuple[tuple[str, str, int], ...]  # (name, version, line), sorted by name
+    repository: str | None = None  # R.Repositories' CRAN entry (the first one without one named CRAN)
 
 
 def _line(text: str, pattern: str) -> int:
@@ -68,7 +69,11 @@ def read_renv(v: RecipeValidator, key: KeyPath, value: str) -> RenvLock:
         out.append((name, str(entry["Version"]), line))
     if not out:
         raise RecipeError(path, "lists no packages")
-    return RenvLock(value, hashlib.sha256(raw).hexdigest(), version, _line(text, r'"Version"\s*:'), tuple(out))
+    listed = r.get("Repositories") if isinstance(r, dict) else None
+    repos = [x for x in listed or [] if isinstance(x, dict) and isinstance(x.get("URL"), str)]
+    cran = next((x["URL"] for x in repos if x.get("Name") == "CRAN"), repos[0]["URL"] if repos else None)
+    return RenvLock(value, hashlib.sha256(raw).hexdigest(), version, _line(text, r'"Version"\s*:'), tuple(out),
+                    cran)
 
 
 def same_minor(a: str, b: str) -> bool:

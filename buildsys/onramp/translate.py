@@ -49,7 +49,7 @@ _PIP_FLAGS = frozenset({"--no-cache-dir", "-U", "--upgrade", "-q", "--quiet", "-
                         "--break-system-packages", "--no-compile", "--disable-pip-version-check", "--no-input",
                         "--no-warn-script-location", "--ignore-installed", "-I", "--compile", "--user",
                         "--progress-bar=off", "--root-user-action=ignore", "--prefer-binary", "--only-binary=:all:",
-                        "--force-reinstall", "--exists-action=i", "--upgrade-strategy=only-if-needed",
+                        "--force-reinstall", "--exists-action=i", "--require-hashes", "--upgrade-strategy=only-if-needed",
                         "--upgrade-strategy=eager"})
 _PIP_WITH_VALUE = frozenset({"--progress-bar", "--root-user-action", "--upgrade-strategy", "--exists-action",
                              "--timeout", "--retries", "--only-binary", "--no-binary", "--trusted-host"})
@@ -399,9 +399,15 @@ def _run(dockerfile: Path, ins: Instruction, layer: _Layer, project: Path) -> li
         if outcome:
             kept.append(command)
     if kept:
-        layer.run.append(" && ".join(kept))
-        notes.append(Note(ins.line, "kept", f"run step {' && '.join(kept)[:120]!r}: builds have no network; "
+        step = " && ".join(kept)
+        if layer.workdir and layer.workdir != "/":  # docker runs RUN in the WORKDIR it creates
+            step = f"mkdir -p {shlex.quote(layer.workdir)} && cd {shlex.quote(layer.workdir)} && {step}"
+        layer.run.append(step)
+        notes.append(Note(ins.line, "kept", f"run step {step[:120]!r}: builds have no network; "
                                             "check that it needs none"))
+        if layer.user and layer.user.split(":")[0] not in ("root", "0"):
+            notes.append(Note(ins.line, "kept", f"the Dockerfile ran it as USER {layer.user}; run steps run as "
+                                                "root: chown what it makes, or run it with su"))
     return notes
 
 
