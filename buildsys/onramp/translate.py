@@ -49,8 +49,8 @@ _PIP_FLAGS = frozenset({"--no-cache-dir", "-U", "--upgrade", "-q", "--quiet", "-
                         "--break-system-packages", "--no-compile", "--disable-pip-version-check", "--no-input",
                         "--no-warn-script-location", "--ignore-installed", "-I", "--compile", "--user",
                         "--progress-bar=off", "--root-user-action=ignore", "--prefer-binary", "--only-binary=:all:",
-                        "--force-reinstall", "--exists-action=i", "--require-hashes", "--upgrade-strategy=only-if-needed",
-                        "--upgrade-strategy=eager"})
+                        "--force-reinstall", "--exists-action=i", "--require-hashes",
+                        "--upgrade-strategy=only-if-needed", "--upgrade-strategy=eager"})
 _PIP_WITH_VALUE = frozenset({"--progress-bar", "--root-user-action", "--upgrade-strategy", "--exists-action",
                              "--timeout", "--retries", "--only-binary", "--no-binary", "--trusted-host"})
 _VAR = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
