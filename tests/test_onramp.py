@@ -135,7 +135,7 @@ LABEL org.opencontainers.image.authors="data team" version="1.0"
 RUN apt-get update && apt-get install -y r-base-core r-base-dev libxml2-dev && apt-get clean
 RUN R -e "install.packages(c('jsonlite', 'data.table'), repos='https://cloud.r-project.org')"
 RUN Rscript -e 'install.packages("ggplot2")' && Rscript -e "remotes::install_github('r-lib/cli')"
-RUN useradd -m analyst && mkdir -p /data && chown analyst /data
+RUN useradd -m analyst && mkdir -p /data && chown analyst /data || true
 USER analyst
 WORKDIR /home/analyst
 CMD R --no-save
@@ -153,7 +153,7 @@ def test_debian_with_r(tmp_path: Path) -> None:
     assert cran.packages == ("jsonlite", "data.table", "ggplot2")
     # cloud.r-project.org moves every day: a dated snapshot instead, said in a comment
     assert cran.repo and "/cran/20" in cran.repo
-    assert layer.run == ("useradd -m analyst && mkdir -p /data && chown analyst /data",)
+    assert layer.run == ("useradd -m analyst && mkdir -p /data && chown analyst /data || true",)
     assert layer.image.user == "analyst" and layer.image.cmd == ("/bin/sh", "-c", "R --no-save")
     assert dict(layer.image.labels) == {"org.opencontainers.image.authors": "data team", "version": "1.0"}
     assert "5: not translated: remotes::install_github('r-lib/cli')" in out
@@ -216,6 +216,11 @@ def test_unsupported_constructs_are_reported_line_by_line(tmp_path: Path) -> Non
     assert r["app-base"].data["base"] == {"image": "docker.io/library/ubuntu:22.04"}
     assert r["app"].data.get("apt") == {"packages": ["nodejs"]} and "pip" not in r["app"].data
     assert not r["app"].run
+
+
+def test_a_debian_root_without_python_says_what_to_add(tmp_path: Path) -> None:
+    code, out, _ = init(tmp_path, "FROM debian:bookworm\nRUN pip install --break-system-packages six\n")
+    assert code == 0 and '1: not translated: a Debian root has no Python: add "python3"' in out, out
 
 
 def test_a_stage_from_an_earlier_stage_carries_it(tmp_path: Path) -> None:

@@ -125,6 +125,7 @@ def translate(dockerfile: Path, instructions: Sequence[Instruction], project: Pa
             notes.append(Note(line, "not translated", f"COPY {words}: the build context is not copied into "
                                                       "images; `buildsys run` mounts your project folder instead, "
                                                       "or pin a downloadable file with [[files]]"))
+    notes += _missing_runtimes(first, root, layer)
     recipes = {f"{name}-base": root, name: _layer_toml(name, dockerfile, first, layer)}
     return Translation(recipes, tuple(sorted(notes, key=lambda n: n.line)))
 
@@ -150,6 +151,20 @@ def write_recipes(project: Path, translation: Translation) -> list[Path]:
             path.unlink(missing_ok=True)
         raise
     return targets
+
+
+def _missing_runtimes(first: Instruction, root: str, layer: _Layer) -> list[Note]:
+    """A Debian root has no Python or R: [pip] and [cran] need them in [apt], as the lock will say otherwise."""
+    if "debian = " not in root:
+        return []
+    notes = []
+    if (layer.pip or layer.requirements) and "python3" not in layer.apt:
+        notes.append(Note(first.line, "not translated", 'a Debian root has no Python: add "python3" (and '
+                                                        '"python3-pip") to [apt] packages for [pip]'))
+    if layer.cran and not {"r-base-core", "r-base"} & set(layer.apt):
+        notes.append(Note(first.line, "not translated", 'a Debian root has no R: add "r-base-core" (and '
+                                                        '"r-base-dev" to compile) to [apt] packages for [cran]'))
+    return notes
 
 
 # --- stages and the root -------------------------------------------------------------------------------------------
@@ -423,6 +438,7 @@ def _words(command: str) -> list[str] | None:
 
 def _command(dockerfile: Path, line: int, command: str, layer: _Layer, project: Path, notes: list[Note]) -> bool:
     """Take one command into ``layer``; True when it is to be kept as a run step."""
+    command = re.sub(r"\s*\|\|\s*(true|:)\s*$", "", command)  # "|| true": the command's own outcome is what counts
     words = _words(command)
     if not words or any(w in ("|", "||") for w in words) or "|" in command.replace("||", ""):
         network = re.search(r"\b(curl|wget)\b", command)
