@@ -242,6 +242,7 @@ def test_a_stage_from_an_earlier_stage_carries_it(tmp_path: Path) -> None:
     ("FROM debian:bookworm\nFROBNICATE now\n", 2, "unknown instruction 'FROBNICATE'"),
     ("RUN true\nFROM debian:bookworm\n", 1, "RUN before the first FROM"),
     ("FROM scratch\nCOPY app /app\n", 1, "FROM scratch"),
+    ("# an empty FROM\nFROM\n", 2, "FROM names no image"),
 ])
 def test_bad_dockerfiles_name_file_and_line(tmp_path: Path, dockerfile: str, line: int, words: str) -> None:
     code, out, path = init(tmp_path, dockerfile)

@@ -194,7 +194,7 @@ def _final_chain(stages: list[list[Instruction]], notes: list[Note]) -> list[lis
     """The final stage and the stages it is FROM, the first one first; the others reported."""
     named = {_stage_name(s[0]): s for s in stages if _stage_name(s[0])}
     chain = [stages[-1]]
-    while (base := chain[0][0].args.split()[0].lower()) in named and named[base] not in chain:
+    while (base := (chain[0][0].args.split() or [""])[0].lower()) in named and named[base] not in chain:
         chain.insert(0, named[base])
     for s in stages:
         if s not in chain:
@@ -221,7 +221,9 @@ def _root(dockerfile: Path, ins: Instruction) -> tuple[str, list[Note]]:
     if "$" in ref:
         raise DockerfileError(dockerfile, f"FROM {ref}: an ARG-driven base cannot be translated", line=ins.line,
                               hint="write the image the build really uses, e.g. FROM python:3.11-slim")
-    if not ref or ref.lower() == "scratch":
+    if not ref:
+        raise DockerfileError(dockerfile, "FROM names no image", line=ins.line, hint="e.g. FROM debian:bookworm")
+    if ref.lower() == "scratch":
         raise DockerfileError(dockerfile, "FROM scratch has no base to translate", line=ins.line,
                               hint="start from a Debian suite (FROM debian:bookworm) or a registry image")
     notes = []
