@@ -24,7 +24,7 @@ from packaging.pylock import Pylock
 # The python3 image and the store of the [pip] lock tests, shared (pytest takes fixtures imported here).
 from test_pip_lock import engine, python_image, root_image  # noqa: F401
 
-from buildsys.core.errors import EXIT_NOT_REPRODUCIBLE, EXIT_USAGE, RecipeError
+from buildsys.core.errors import EXIT_NOT_REPRODUCIBLE, EXIT_USAGE, RecipeError, StaleLock
 from buildsys.core.store import Store
 from buildsys.ecosystems.cran import lock_renv
 from buildsys.ecosystems.cran_index import CranRecipe, InstalledR, parse_index
@@ -313,9 +313,10 @@ def test_editing_the_requirements_file_makes_the_lock_stale(tmp_path: Path) -> N
     write_lock(tmp_path, Lock(recipe="py", recipe_hash=r.recipe_hash, parents={"base": "sha256:" + "0" * 64},
                                source_date_epoch=0))
     (tmp_path / "requirements.txt").write_text("six==1.16.0\n")
-    with pytest.raises(Exception, match="changed since it was locked") as e:
+    with pytest.raises(StaleLock, match=r"py\.toml or a file it names \(requirements\.txt\) changed since it "
+                                        "was locked") as e:
         check_fresh(tmp_path, parse_recipe(path), {})
-    assert getattr(e.value, "exit_code", None) == EXIT_NOT_REPRODUCIBLE
+    assert e.value.exit_code == EXIT_NOT_REPRODUCIBLE
 
 
 @pytest.mark.parametrize(("text", "line", "words"), [
