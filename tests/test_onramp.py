@@ -209,6 +209,7 @@ def test_unsupported_constructs_are_reported_line_by_line(tmp_path: Path) -> Non
     lines = sorted({int(ln.split(":")[1]) for ln in notes})
     assert lines == [1, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13], out
     assert "downloads at build time (curl)" in out and "[[files]]" in out
+    assert "5: kept: apt packages nodejs come from the image's own apt sources" in out
     assert "the build context is not copied into images" in out
     assert "COPY --from=build" in out and "stage 'golang:1.22 AS build'" in out
     assert "$PATH comes from the base image" in out

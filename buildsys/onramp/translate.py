@@ -411,10 +411,15 @@ def _run(dockerfile: Path, ins: Instruction, layer: _Layer, project: Path) -> li
     script = _expand(shlex.join(ins.exec_form) if ins.exec_form is not None else ins.args, layer.args)[0]
     notes: list[Note] = []
     kept: list[str] = []
+    apt_before = len(layer.apt)
     for command in split_commands(script):
         outcome = _command(dockerfile, ins.line, command, layer, project, notes)
         if outcome:
             kept.append(command)
+    if len(layer.apt) > apt_before and any(n.kind == "not translated" and "downloads" in n.text for n in notes):
+        notes.append(Note(ins.line, "kept", f"apt packages {', '.join(layer.apt[apt_before:])} come from the "
+                                            "image's own apt sources; if the download above added one, declare "
+                                            "it as [[apt.sources]] (docs/recipes.md)"))
     if kept:
         step = " && ".join(kept)
         if layer.workdir and layer.workdir != "/":  # docker runs RUN in the WORKDIR it creates
