@@ -28,7 +28,7 @@ from buildsys.core.errors import EXIT_NOT_REPRODUCIBLE, EXIT_USAGE, RecipeError,
 from buildsys.core.store import Store
 from buildsys.ecosystems.cran import lock_renv
 from buildsys.ecosystems.cran_index import CranRecipe, InstalledR, parse_index
-from buildsys.ecosystems.pip import take_pinned
+from buildsys.ecosystems.pip import PipSection, take_pinned
 from buildsys.ecosystems.pip_export import pylock, requirements
 from buildsys.ecosystems.pip_resolve import PipRecipe, lock_pip
 from buildsys.ecosystems.pypi import index_files
@@ -36,7 +36,7 @@ from buildsys.engine import Engine
 from buildsys.lock.freshness import check_fresh
 from buildsys.model.lockfile import Lock, lock_path, read_lock, write_lock
 from buildsys.model.recipe import Recipe, parse_recipe
-from buildsys.onramp.dockerfile import DockerfileError, parse_dockerfile
+from buildsys.onramp.dockerfile import parse_dockerfile
 from buildsys.onramp.translate import split_commands
 
 REPO = Path(__file__).parent.parent
@@ -421,8 +421,8 @@ def test_export_pylock_and_requirements_of_the_committed_stack(tmp_path: Path) -
     ok(bs(REPO, tmp_path / "store", "lock", "--export", "pylock", "jupyter", "-o", str(out)))
     lock = Pylock.from_dict(tomllib.loads(out.read_text()))
     lock.validate()
-    chain = {p.name for name in ("python", "jupyter") for p in read_lock(lock_path(REPO, name)).section(
-        __import__("buildsys.ecosystems.pip", fromlist=["PipSection"]).PipSection).packages}
+    chain = {p.name for name in ("python", "jupyter")
+             for p in read_lock(lock_path(REPO, name)).section(PipSection).packages}
     assert {p.name for p in lock.packages} == chain and "numpy" in chain  # the parent's numpy too
     assert all(w.hashes and "sha256" in w.hashes for p in lock.packages for w in p.wheels or ())
     req = tmp_path / "requirements.txt"
@@ -528,7 +528,3 @@ def test_renv_versions_are_locked_exactly_from_the_repo_or_its_archive(cran_repo
     with pytest.raises(RecipeError, match=r"mime .*: the parent image already has mime 0\.1"):
         lock_renv(recipe, recipe.section(CranRecipe).renv, store, index,  # type: ignore[arg-type]
                   InstalledR("4.2.2", {"mime": ("0.1", "")}), True, lambda m: None)
-
-
-def test_dockerfile_error_is_a_recipe_error() -> None:
-    assert issubclass(DockerfileError, RecipeError)
