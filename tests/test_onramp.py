@@ -308,6 +308,22 @@ def test_requirements_file_joins_packages_and_its_content_is_in_the_recipe_hash(
     assert parse_recipe(plain).recipe_hash == Recipe("py", plain, data=parse_recipe(plain).data).recipe_hash
 
 
+def test_nested_requirement_files_are_read_and_hashed(tmp_path: Path) -> None:
+    path = project(tmp_path, '[pip]\nrequirements = "requirements/dev.txt"',
+                   {"requirements/dev.txt": "-r base.txt\npytest\n", "requirements/base.txt": "numpy\n-rextra.txt\n",
+                    "requirements/extra.txt": "six\n-r base.txt\n"})  # a cycle is read once
+    r = parse_recipe(path)
+    assert r.section(PipRecipe).packages == ("numpy", "six", "pytest")
+    assert r.section(PipRecipe).origin("six") == "requirements/extra.txt:1"
+    assert [p for p, _ in r.inputs] == ["requirements/base.txt", "requirements/dev.txt", "requirements/extra.txt"]
+    before = r.recipe_hash
+    (tmp_path / "requirements/extra.txt").write_text("six==1.17.0\n")
+    assert parse_recipe(path).recipe_hash != before
+    (tmp_path / "requirements/extra.txt").write_text("six\n-e .\n")
+    with pytest.raises(RecipeError, match=r"requirements/extra\.txt:2: -e \.: an editable install"):
+        parse_recipe(path)
+
+
 def test_editing_the_requirements_file_makes_the_lock_stale(tmp_path: Path) -> None:
     path = project(tmp_path, '[pip]\nrequirements = "requirements.txt"', {"requirements.txt": "six\n"})
     r = parse_recipe(path)
@@ -326,7 +342,9 @@ def test_editing_the_requirements_file_makes_the_lock_stale(tmp_path: Path) -> N
     ("git+https://github.com/org/lib.git\n", 1, "a path, URL or VCS link"),
     ("six\n\n--extra-index-url https://example.org/simple\n", 3, "a second index"),
     ("--index-url https://example.org/simple\nsix\n", 1, "not the recipe's"),
-    ("-r other.txt\n", 1, "a nested requirements file"),
+    ("six\n-r other.txt\n", 2, "other.txt does not exist"),
+    ("-r ../../outside.txt\n", 1, "the file is not inside the project"),
+    ("-c constraints.txt\n", 1, "a constraints file"),
     ("six==1.17.0 --hash=sha256:" + "a" * 64 + "\nnumpy>=2\n", 2, "every requirement is pinned with =="),
     ("six==1.17.0 --hash=md5:" + "a" * 32 + "\n", 1, "only --hash=sha256"),
     ("six ===\n", 1, "not a requirement"),

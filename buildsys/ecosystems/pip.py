@@ -268,6 +268,7 @@ def take_pinned(recipe: Recipe, packages: Sequence[LockedPip]) -> tuple[LockedPi
     if not pinned:
         return tuple(packages)
     path = next(f.path for f in section.files if f.pinned)
+    root = recipe.path.parent.parent
     out = []
     for p in packages:
         name = canonicalize_name(p.name)
@@ -278,7 +279,7 @@ def take_pinned(recipe: Recipe, packages: Sequence[LockedPip]) -> tuple[LockedPi
                               hint=f"regenerate {path} with `pip-compile --generate-hashes` so it is complete")
         files = tuple(f for f in p.files if f.sha256 in pin.sha256)
         if p.version != pin.version or not any(f.name == p.selected for f in files):
-            raise RecipeError(Path(recipe.path.parent.parent / path),
+            raise RecipeError(root / (pin.path or path),
                               f"{p.name}=={pin.version}: none of its --hash values is a file pip installs on "
                               f"this image's Python (it chose {p.selected})", line=pin.line,
                               hint="add that file's hash (`pip-compile --generate-hashes` on this Python), "
@@ -356,7 +357,7 @@ class Pip(Ecosystem):
             pin = pinned.get(canonicalize_name(p.name))
             if pin and (p.version != pin.version or not {f.sha256 for f in p.files} <= pin.sha256):
                 problems.append(f"pip package '{p.name}' is locked at {p.version} with files the requirements file "
-                                f"does not list (line {pin.line} pins {pin.version})")
+                                f"does not list ({pin.path}:{pin.line} pins {pin.version})")
         if pip.packages and pip.installer is None:
             problems.append("[pip-installer] (the pinned pip that installs [[pip]]) is missing")
         index = urlsplit(recipe.section(PipRecipe).index_url or DEFAULT_INDEX)

@@ -8,7 +8,8 @@ file makes the lock stale as an edit to the recipe does.
 
 A requirements file is what pip reads, less what cannot be locked: an
 editable install, a path or URL, a VCS link, another index (``--extra-index-url``,
-``--find-links``), an ``--index-url`` other than the recipe's, a nested ``-r``/``-c``.
+``--find-links``), an ``--index-url`` other than the recipe's, a constraints file (``-c``).
+A nested ``-r FILE`` is read too (relative to the file naming it, inside the project), and is an input.
 When its requirements carry ``--hash`` (pip's hash-checking mode), every one
 must be ``==``-pinned with hashes, as pip itself requires: the file is then the
 pin. The lock takes exactly its versions, selects only files whose sha256 it
@@ -43,14 +44,16 @@ class Pinned:
     version: str
     sha256: frozenset[str]
     line: int
+    path: str = ""  # the file it is in, relative to the project root (a nested -r file's own)
 
 
 @dataclass(frozen=True)
 class RequirementsFile:
     path: str  # as the recipe names it, relative to the project root
     sha256: str  # of the file's bytes: part of the recipe hash
-    requirements: tuple[tuple[str, int], ...]  # (PEP 508 text, line)
-    pinned: tuple[Pinned, ...] = ()  # every requirement, when the file carries --hash lines
+    requirements: tuple[tuple[str, str], ...]  # (PEP 508 text, "FILE:LINE" where it is written)
+    pinned: tuple[Pinned, ...] = ()  # every requirement, when the files carry --hash lines
+    included: tuple[tuple[str, str], ...] = ()  # files its -r lines read (path, sha256): in the recipe hash too
 
 
 def _logical_lines(text: str) -> list[tuple[str, int]]:
@@ -74,15 +77,35 @@ def _logical_lines(text: str) -> list[tuple[str, int]]:
 
 
 def read_requirements(v: RecipeValidator, key: KeyPath, value: str, index_url: str) -> RequirementsFile:
-    """Read ``[pip] requirements``; every line it cannot take is a ``RecipeError`` naming the file and line."""
+    """Read ``[pip] requirements`` and the files its ``-r`` lines name (relative to the file, inside the project,
+    as pip reads them); every line it cannot take is a ``RecipeError`` naming the file and line."""
     path, raw = project_file(v, key, value)
+    root = v.path.parent.parent
+    reqs: list[tuple[str, str]] = []
+    hashed: list[tuple[Requirement, list[str], Path, int]] = []
+    read: dict[Path, str] = {}
+    _read_file(root, path, raw, index_url, reqs, hashed, read)
+    pinned = _pinned(root, hashed) if any(h for _, h, _, _ in hashed) else ()
+    included = tuple((p.relative_to(root.resolve()).as_posix(), sha) for p, sha in read.items()
+                     if p != path.resolve())
+    return RequirementsFile(value, hashlib.sha256(raw).hexdigest(), tuple(reqs), pinned, included)
+
+
+def _read_file(root: Path, path: Path, raw: bytes, index_url: str, reqs: list[tuple[str, str]],
+               hashed: list[tuple[Requirement, list[str], Path, int]], read: dict[Path, str]) -> None:
+    read[path.resolve()] = hashlib.sha256(raw).hexdigest()
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise RecipeError(path, f"not UTF-8 text ({e.reason})", hint="save the file as UTF-8") from e
-    reqs: list[tuple[str, int]] = []
-    hashed: list[tuple[Requirement, list[str], int]] = []
+    rel = path.resolve().relative_to(root.resolve()).as_posix()
     for line, n in _logical_lines(text):
+        word = line.split()[0].split("=")[0]
+        if word in ("-r", "--requirement") or (word.startswith("-r") and not word.startswith("--")):
+            nested = _nested(root, path, line, n)
+            if nested.resolve() not in read:  # each file once, as a cycle of -r lines would read it again
+                _read_file(root, nested, nested.read_bytes(), index_url, reqs, hashed, read)
+            continue
         if line.startswith("-"):
             _option(path, line, n, index_url)
             continue
@@ -92,10 +115,22 @@ def read_requirements(v: RecipeValidator, key: KeyPath, value: str, index_url: s
             raise RecipeError(path, f"{spec}: only --hash=sha256:... is locked", line=n,
                               hint="regenerate the hashes with `pip-compile --generate-hashes`")
         req = _requirement(path, spec, n)
-        reqs.append((spec, n))
-        hashed.append((req, [h.lower() for _, h in hashes], n))
-    pinned = _pinned(path, hashed) if any(h for _, h, _ in hashed) else ()
-    return RequirementsFile(value, hashlib.sha256(raw).hexdigest(), tuple(reqs), pinned)
+        reqs.append((spec, f"{rel}:{n}"))
+        hashed.append((req, [h.lower() for _, h in hashes], path, n))
+
+
+def _nested(root: Path, path: Path, line: str, n: int) -> Path:
+    """The file of a ``-r FILE`` line: relative to the file that names it, inside the project, present."""
+    words = line.replace("=", " ", 1).split() if line.startswith("--requirement=") else line.split()
+    name = words[1] if len(words) > 1 else line[2:].strip()
+    target = (path.parent / name).resolve()
+    if not target.is_relative_to(root.resolve()) or re.match(r"[a-z][a-z0-9+.-]*://", name):
+        raise RecipeError(path, f"{line}: the file is not inside the project {root}", line=n,
+                          hint="keep the requirement files in the project, where git keeps them")
+    if not target.is_file():
+        raise RecipeError(path, f"{line}: {target} does not exist", line=n, hint="fix the path (relative to "
+                                                                                 f"{path.parent})")
+    return target
 
 
 def _option(path: Path, line: str, n: int, index_url: str) -> None:
@@ -110,13 +145,11 @@ def _option(path: Path, line: str, n: int, index_url: str) -> None:
     if word in _HARMLESS:
         return
     why = {"-e": "an editable install of local code", "--editable": "an editable install of local code",
-           "-r": "a nested requirements file", "--requirement": "a nested requirements file",
            "-c": "a constraints file", "--constraint": "a constraints file",
            "--extra-index-url": "a second index", "-f": "a folder or page of archives",
            "--find-links": "a folder or page of archives"}.get(word, "an option buildsys does not lock")
     hint = ("install the project's own code at run time (`buildsys run` mounts it); lock only its dependencies"
             if word in ("-e", "--editable") else
-            "name that file in [pip] requirements instead" if word in ("-r", "--requirement") else
             "publish the packages on the recipe's index (one [pip] index-url per recipe)"
             if word in ("--extra-index-url", "-f", "--find-links") else "remove the line")
     raise RecipeError(path, f"{line}: {why} cannot be locked", line=n, hint=hint)
@@ -138,16 +171,17 @@ def _requirement(path: Path, spec: str, n: int) -> Requirement:
     return req
 
 
-def _pinned(path: Path, hashed: list[tuple[Requirement, list[str], int]]) -> tuple[Pinned, ...]:
+def _pinned(root: Path, hashed: list[tuple[Requirement, list[str], Path, int]]) -> tuple[Pinned, ...]:
     """pip's hash-checking mode: once one line has --hash, every requirement is ==-pinned with hashes."""
     out = []
-    for req, hashes, n in hashed:
+    for req, hashes, path, n in hashed:
         specs = list(req.specifier)
         if len(specs) != 1 or specs[0].operator not in ("==", "===") or "*" in specs[0].version or not hashes:
             raise RecipeError(path, f"{req}: in a file with --hash lines, every requirement is pinned with == and "
                                     "its hashes (as pip's hash-checking mode requires)", line=n,
                               hint="regenerate the file with `pip-compile --generate-hashes`, or drop every --hash")
-        out.append(Pinned(str(canonicalize_name(req.name)), specs[0].version, frozenset(hashes), n))
+        out.append(Pinned(str(canonicalize_name(req.name)), specs[0].version, frozenset(hashes), n,
+                          path.resolve().relative_to(root.resolve()).as_posix()))
     return tuple(out)
 
 
@@ -174,7 +208,7 @@ def read_pyproject(v: RecipeValidator, key: KeyPath, value: str, extras: tuple[s
                          hint=f"groups there: {', '.join(sorted(groups)) or '(none)'}")
         specs += groups[extra]
     own = canonicalize_name(str(project.get("name", "")))
-    reqs: list[tuple[str, int]] = []
+    reqs: list[tuple[str, str]] = []
     for spec in specs:
         n = _line_of(text, spec)
         req = _requirement(path, spec, n)
@@ -182,7 +216,7 @@ def read_pyproject(v: RecipeValidator, key: KeyPath, value: str, extras: tuple[s
             raise RecipeError(path, f"{spec}: the project requires itself (an extra of its own)", line=n,
                               hint="name the groups in [pip] extras instead")
         if spec not in [r for r, _ in reqs]:
-            reqs.append((spec, n))
+            reqs.append((spec, f"{value}:{n}"))
     return RequirementsFile(value, hashlib.sha256(raw).hexdigest(), tuple(reqs))
 
 

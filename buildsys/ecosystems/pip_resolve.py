@@ -120,7 +120,7 @@ class PipRecipe(RecipeSection):
         return len(self.packages)
 
     def inputs(self) -> tuple[tuple[str, str], ...]:
-        return tuple((f.path, f.sha256) for f in self.files)
+        return tuple(i for f in self.files for i in ((f.path, f.sha256), *f.included))
 
     @property
     def pinned(self) -> tuple[Pinned, ...]:
@@ -130,9 +130,9 @@ class PipRecipe(RecipeSection):
     def origin(self, spec: str) -> str:
         """Where a requirement was written: ``pip.packages[i]`` or ``requirements.txt:LINE``."""
         for f in self.files:
-            for text, line in f.requirements:
+            for text, where in f.requirements:
                 if text == spec:
-                    return f"{f.path}:{line}"
+                    return where
         return "pip.packages"
 
 
