@@ -569,8 +569,12 @@ def _compile_error(recipe: Recipe, index: str, python: str, log: str, ancestors:
 
 
 def _recipe_req(recipe: Recipe, line: int) -> str:
-    packages = recipe.section(PipRecipe).packages
-    return packages[line - 1] if 0 < line <= len(packages) else f"[pip] packages[{line - 1}]"
+    pip = recipe.section(PipRecipe)
+    if not 0 < line <= len(pip.packages):
+        return f"[pip] packages[{line - 1}]"
+    spec = pip.packages[line - 1]
+    where = pip.origin(spec)
+    return spec if where == "pip.packages" else f"{spec} ({where})"
 
 
 def _dist_of(url: str) -> str:
