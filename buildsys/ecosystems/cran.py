@@ -24,7 +24,7 @@ from packageurl import PackageURL
 
 from buildsys.core import licenses, net
 from buildsys.core.dcf import DcfError, parse_dcf
-from buildsys.core.errors import FetchError, HashMismatch, LockError
+from buildsys.core.errors import FetchError, HashMismatch, LockError, RecipeError
 from buildsys.core.store import Artifact, Store
 from buildsys.core.urlpolicy import local_reason
 from buildsys.ecosystems.apt_layer import chain_debs
@@ -64,6 +64,7 @@ from buildsys.ecosystems.cran_index import (
     repo_relative_problem,
     tarball_urls,
 )
+from buildsys.ecosystems.cran_renv import RenvLock, same_minor
 from buildsys.model.lockfile import Lock
 from buildsys.model.recipe import Recipe
 
@@ -233,10 +234,14 @@ def lock_cran(recipe: Recipe, store: Store, engine: Engine, image: str, above: M
     if installed is None:
         raise LockError(f"{recipe.path}: [cran] packages need R in the image, and the parent chain has none",
                         hint='add [apt] packages = ["r-base-core", "r-base-dev"] to this recipe or a parent')
+    allow_local = local_reason(repo) is not None
+    renv = recipe.section(CranRecipe).renv
+    if renv is not None:
+        return CranLock(lock_renv(recipe, renv, store, index[0], installed, allow_local, progress), index[1],
+                        installed.version)
     entries = resolve_closure(recipe, index[0], installed, above)
     progress(f"cran: {len(entries)} packages to pin (R {installed.version}): "
              + " ".join(f"{e.name}={e.version}" for e in entries))
-    allow_local = local_reason(repo) is not None
     locked = []
     for e in entries:
         url = tarball_urls(repo, e.name, e.version, e.path)[0]
@@ -244,6 +249,38 @@ def lock_cran(recipe: Recipe, store: Store, engine: Engine, image: str, above: M
         locked.append(LockedCran(name=e.name, version=e.version, sha256=sha, size=size, url=url,
                                  depends=tuple(sorted({d.name for d in e.depends}))))
     return CranLock(tuple(locked), index[1], installed.version)
+
+
+def lock_renv(recipe: Recipe, renv: RenvLock, store: Store, index: Mapping[str, IndexEntry], installed: InstalledR,
+              allow_local: bool, progress: Callable[[str], None]) -> tuple[LockedCran, ...]:
+    """renv.lock's versions exactly: current ones from the top level, others from Archive/NAME/ (no resolution)."""
+    renv_file = recipe.path.parent.parent / renv.path
+    if not same_minor(renv.r_version, installed.version):
+        raise RecipeError(renv_file, f"R.Version is {renv.r_version}, the image's R is {installed.version}: "
+                                     "packages are built for one R minor release", line=renv.r_line or None,
+                          hint="snapshot renv with the image's R, or give the layer a parent chain with "
+                               f"R {'.'.join(renv.r_version.split('.')[:2])}")
+    repo = recipe.section(CranRecipe).repo or ""
+    progress(f"cran: {len(renv.versions)} packages pinned by {renv.path} (R {installed.version})")
+    locked = []
+    for name, version, line in renv.versions:
+        have = installed.packages.get(name)
+        if have is not None:
+            if have[0] != version:
+                raise RecipeError(renv_file, f"{name} {version}: the parent image already has {name} {have[0]}",
+                                  line=line or None,
+                                  hint=f"pin {name} {have[0]} in {renv.path}, or drop it there and from the parent")
+            continue
+        current = index.get(name)
+        if current is not None and current.version == version:
+            entry, url = current, tarball_urls(repo, name, version, current.path)[0]
+        else:  # the repository moved on: the version is kept under Archive/NAME/
+            entry, url = IndexEntry(name, version, (), ()), tarball_urls(repo, name, version)[1]
+        sha, size = _download(store, url, entry, allow_local)
+        needs = entry.depends if current is entry else tarball_needs(store.vendor_path(sha), name) or []
+        locked.append(LockedCran(name=name, version=version, sha256=sha, size=size, url=url,
+                                 depends=tuple(sorted({d.name for d in needs}))))
+    return tuple(locked)
 
 
 def _download(store: Store, url: str, entry: IndexEntry, allow_local: bool) -> tuple[str, int]:
@@ -258,8 +295,10 @@ def _download(store: Store, url: str, entry: IndexEntry, allow_local: bool) -> t
     try:
         with net.Client(net.Policy(local_ok=allow_local), attempts=3) as client, client.send("GET", url) as resp:
             if resp.status_code >= 400:
+                listed = "the repository's index lists it" if entry.md5 or entry.depends else \
+                    "the recipe pins that version (the repository keeps older ones under Archive/NAME/)"
                 raise FetchError(f"{entry.name} {entry.version}: {url} answered HTTP {resp.status_code}, though "
-                                 "the repository's index lists it",
+                                 f"{listed}",
                                  hint="the repository may be mid-update: run `buildsys lock` again later, or use "
                                       "a dated snapshot")
             return store.vendor_stream(resp.reader(None, url), "cran-", also=[md5], check=md5_matches)
@@ -324,6 +363,12 @@ class Cran(Ecosystem):
         for name in wanted.packages:
             if name not in pinned and f"r-cran-{name.lower()}" not in debs:
                 problems.append(f"R package '{name}' is not locked")
+        mine = {c.name: c.version for c in lock.section(CranSection).packages}
+        renv = wanted.renv
+        for name, version, line in renv.versions if renv else ():
+            if renv and name in mine and mine[name] != version:
+                problems.append(f"R package '{name}' is locked at {mine[name]}, {renv.path}:{line} "
+                                f"pins {version}")
         cran = lock.section(CranSection)
         if (cran.packages or wanted.packages) and cran.repo != wanted.repo:
             problems.append(f"[cran-repo] is {cran.repo!r}, the recipe's cran.repo is {wanted.repo!r}")

@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Self, TypeVar
 from buildsys.core import names
 from buildsys.core.dcf import parse_dcf
 from buildsys.core.errors import LockError, did_you_mean
+from buildsys.ecosystems.cran_renv import RenvLock, read_renv
 from buildsys.model.lockfile import LockSection
 from buildsys.model.lockschema import (
     SHA256,
@@ -140,13 +141,15 @@ class InstalledR:
 
 @dataclass(frozen=True)
 class CranRecipe(RecipeSection):
-    """``[cran]``: R package names, from the CRAN-like repository ``repo`` (a dated snapshot)."""
+    """``[cran]``: R package names, from the CRAN-like repository ``repo`` (a dated snapshot); or renv's exact
+    versions (``renv``, ``cran_renv``), whose names are then ``packages`` too."""
 
     packages: tuple[str, ...] = ()
     repo: str | None = None
+    renv: RenvLock | None = None
 
     KEY = "cran"
-    SCHEMA = {"packages": "str-list", "repo": "str"}
+    SCHEMA = {"packages": "str-list", "repo": "str", "renv": "str"}
 
     @classmethod
     def parse(cls, v: RecipeValidator, value: Any, key: KeyPath) -> Self:
@@ -156,10 +159,22 @@ class CranRecipe(RecipeSection):
                              hint="versions come from the dated snapshot in cran.repo and the lock, not the recipe")
         if "repo" in value:
             v.url((*key, "repo"), value["repo"])
-        return cls(tuple(value.get("packages", [])), value.get("repo"))
+        renv = read_renv(v, (*key, "renv"), value["renv"]) if "renv" in value else None
+        if renv and value.get("packages"):
+            raise v.fail((*key, "packages"), f"{renv.path} is the whole R package set: nothing may be resolved "
+                                             "beside it", hint=f"add them to {renv.path} (renv::snapshot())")
+        own = tuple(n for n, _, _ in renv.versions) if renv else tuple(value.get("packages", []))
+        repo = value.get("repo") or (renv.repository if renv else None)
+        if renv and repo and "repo" not in value and not repo.startswith(("https://", "http://")):
+            raise v.fail((*key, "renv"), f"{renv.path}'s CRAN repository {repo!r} is not an http(s) URL",
+                         hint='set [cran] repo = "https://..." in the recipe')
+        return cls(own, repo, renv)
 
     def count(self) -> int:
         return len(self.packages)
+
+    def inputs(self) -> tuple[tuple[str, str], ...]:
+        return ((self.renv.path, self.renv.sha256),) if self.renv else ()
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ each (``pip_source``).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shlex
@@ -28,7 +29,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from buildsys.core import licenses
-from buildsys.core.errors import LockError, NotVendored
+from buildsys.core.errors import LockError, NotVendored, RecipeError
 from buildsys.core.store import Artifact, Store, atomic_write
 from buildsys.core.urlpolicy import local_reason
 from buildsys.ecosystems.apt_layer import chain_debs
@@ -255,6 +256,39 @@ sys.exit(1 if failed else 0)
 """
 
 
+def take_pinned(recipe: Recipe, packages: Sequence[LockedPip]) -> tuple[LockedPip, ...]:
+    """With a hashed requirements file, the lock holds exactly its pins and only the files it lists.
+
+    pip-compile ran with the file's ``==`` pins, so versions can only differ if
+    a distribution is missing from the file (pip-compile added it) or pip chose
+    a file the file's hashes do not allow: either is the file's to fix, named
+    with its line.
+    """
+    section = recipe.section(PipRecipe)
+    pinned = {p.name: p for p in section.pinned}
+    if not pinned:
+        return tuple(packages)
+    path = next(f.path for f in section.files if f.pinned)
+    root = recipe.path.parent.parent
+    out = []
+    for p in packages:
+        name = canonicalize_name(p.name)
+        pin = pinned.get(name)
+        if pin is None:
+            raise RecipeError(recipe.path, f"{path} is hashed but lacks {p.name}, which its requirements need "
+                                           f"(pip-compile takes {p.name}=={p.version})", key="pip.requirements",
+                              hint=f"regenerate {path} with `pip-compile --generate-hashes` so it is complete")
+        files = tuple(f for f in p.files if f.sha256 in pin.sha256)
+        if p.version != pin.version or not any(f.name == p.selected for f in files):
+            raise RecipeError(root / (pin.path or path),
+                              f"{p.name}=={pin.version}: none of its --hash values is a file pip installs on "
+                              f"this image's Python (it chose {p.selected})", line=pin.line,
+                              hint="add that file's hash (`pip-compile --generate-hashes` on this Python), "
+                                   "or pin another version")
+        out.append(dataclasses.replace(p, files=files))
+    return tuple(out)
+
+
 def chain_pips(locks: Sequence[Lock]) -> dict[str, str]:
     """The pip pins of a chain of layers, name -> version."""
     return {p.name: p.version for lk in locks for p in lk.section(PipSection).packages}
@@ -282,7 +316,8 @@ class Pip(Ecosystem):
         pip = lock_pip(ctx.engine(), image, recipe, ctx.store, constraints=chain_pips(ctx.ancestors),
                        previous=previous.packages, upgrade=ctx.upgrade, upgrade_packages=ctx.upgrade_packages,
                        previous_installer=previous.installer, previous_build=previous.build)
-        return lock.with_sections(PipSection(pip.packages, pip.python, pip.installer, pip.build), epoch=pip.epoch)
+        packages = take_pinned(recipe, pip.packages)
+        return lock.with_sections(PipSection(packages, pip.python, pip.installer, pip.build), epoch=pip.epoch)
 
     def artifacts(self, lock: Lock) -> list[Artifact]:
         return [a for p in lock.section(PipSection).with_installer() for a in p.artifacts()]
@@ -307,6 +342,7 @@ class Pip(Ecosystem):
     def covers(self, recipe: Recipe, lock: Lock, above: Sequence[Lock]) -> list[str]:
         problems: list[str] = []
         pins = {canonicalize_name(p.name): p.version for lk in (*above, lock) for p in lk.section(PipSection).packages}
+        pinned = {p.name: p for p in recipe.section(PipRecipe).pinned}
         for spec in recipe.section(PipRecipe).packages:
             try:
                 req = Requirement(spec)
@@ -318,6 +354,11 @@ class Pip(Ecosystem):
             elif req.specifier and not req.specifier.contains(Version(pins[name]), prereleases=True):
                 problems.append(f"pip package '{req.name}' is locked at {pins[name]}, which is not {req.specifier}")
         pip = lock.section(PipSection)
+        for p in pip.packages:
+            pin = pinned.get(canonicalize_name(p.name))
+            if pin and (p.version != pin.version or not {f.sha256 for f in p.files} <= pin.sha256):
+                problems.append(f"pip package '{p.name}' is locked at {p.version} with files the requirements file "
+                                f"does not list ({pin.path}:{pin.line} pins {pin.version})")
         if pip.packages and pip.installer is None:
             problems.append("[pip-installer] (the pinned pip that installs [[pip]]) is missing")
         index = urlsplit(recipe.section(PipRecipe).index_url or DEFAULT_INDEX)

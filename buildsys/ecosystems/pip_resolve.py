@@ -43,6 +43,7 @@ from buildsys.ecosystems.pip_errors import (
     PythonTooOld,
     requirement_name,
 )
+from buildsys.ecosystems.pip_files import Pinned, RequirementsFile, read_pyproject, read_requirements
 from buildsys.ecosystems.pip_source import SOURCES_PY, is_sdist, split_pin
 from buildsys.ecosystems.pip_tools import MIN_PYTHON, PipToolFailed, host_ca_bundle, tools_dir
 from buildsys.ecosystems.pypi import (
@@ -70,14 +71,20 @@ _NO_PYTHON, _PROBE, _COMPILE, _SELECT, _INSTALLER, _SOURCES = 80, 81, 82, 83, 84
 @dataclass(frozen=True)
 class PipRecipe(RecipeSection):
     """``[pip]``: PEP 508 requirements, the index they are resolved from (PyPI unless ``index-url``), and
-    the distributions built from their source distribution in the layer (``from-source``)."""
+    the distributions built from their source distribution in the layer (``from-source``).
+
+    ``requirements`` and ``pyproject`` (with ``extras``) name project files whose requirements join
+    ``packages`` (``pip_files``); ``packages`` here is all of them, the recipe's own first.
+    """
 
     packages: tuple[str, ...] = ()
     index_url: str | None = None
     from_source: tuple[str, ...] = ()
+    files: tuple[RequirementsFile, ...] = ()  # the project files read, requirements first, then pyproject
 
     KEY = "pip"
-    SCHEMA = {"packages": "str-list", "index-url": "str", "from-source": "str-list"}
+    SCHEMA = {"packages": "str-list", "index-url": "str", "from-source": "str-list", "requirements": "str",
+              "pyproject": "str", "extras": "str-list"}
 
     @classmethod
     def parse(cls, v: RecipeValidator, value: Any, key: KeyPath) -> Self:
@@ -88,10 +95,45 @@ class PipRecipe(RecipeSection):
                 raise RecipeError(v.path, f"{name!r} is not a Python distribution name",
                                   key=render_key((*key, "from-source", i)),
                                   hint='name distributions as [pip] packages does, without a version: "markupsafe"')
-        return cls(tuple(value.get("packages", [])), value.get("index-url"), tuple(value.get("from-source", [])))
+        if "extras" in value and "pyproject" not in value:
+            raise v.fail((*key, "extras"), "names optional-dependency groups, but [pip] has no pyproject",
+                         hint='add pyproject = "pyproject.toml"')
+        files = []
+        if "requirements" in value:
+            files.append(read_requirements(v, (*key, "requirements"), value["requirements"],
+                                           value.get("index-url", DEFAULT_INDEX)))
+        if "pyproject" in value:
+            files.append(read_pyproject(v, (*key, "pyproject"), value["pyproject"],
+                                        tuple(value.get("extras", []))))
+        if any(f.pinned for f in files) and (value.get("packages") or len(files) > 1):
+            pinned = next(f for f in files if f.pinned)
+            raise v.fail((*key, "packages" if value.get("packages") else "pyproject"),
+                         f"{pinned.path} is hashed (--hash lines): it is the whole pin set, so nothing may be "
+                         "resolved beside it", hint=f"add these requirements to {pinned.path} "
+                                                    "(`pip-compile --generate-hashes`), or drop its --hash lines")
+        own = list(value.get("packages", []))
+        extra = [spec for f in files for spec, _ in f.requirements if spec not in own]
+        return cls(tuple(own + list(dict.fromkeys(extra))), value.get("index-url"),
+                   tuple(value.get("from-source", [])), tuple(files))
 
     def count(self) -> int:
         return len(self.packages)
+
+    def inputs(self) -> tuple[tuple[str, str], ...]:
+        return tuple(i for f in self.files for i in ((f.path, f.sha256), *f.included))
+
+    @property
+    def pinned(self) -> tuple[Pinned, ...]:
+        """The hashed requirements file's pins (the lock takes exactly these), or none."""
+        return next((f.pinned for f in self.files if f.pinned), ())
+
+    def origin(self, spec: str) -> str:
+        """Where a requirement was written: ``pip.packages[i]`` or ``requirements.txt:LINE``."""
+        for f in self.files:
+            for text, where in f.requirements:
+                if text == spec:
+                    return where
+        return "pip.packages"
 
 
 @dataclass(frozen=True)
@@ -527,8 +569,12 @@ def _compile_error(recipe: Recipe, index: str, python: str, log: str, ancestors:
 
 
 def _recipe_req(recipe: Recipe, line: int) -> str:
-    packages = recipe.section(PipRecipe).packages
-    return packages[line - 1] if 0 < line <= len(packages) else f"[pip] packages[{line - 1}]"
+    pip = recipe.section(PipRecipe)
+    if not 0 < line <= len(pip.packages):
+        return f"[pip] packages[{line - 1}]"
+    spec = pip.packages[line - 1]
+    where = pip.origin(spec)
+    return spec if where == "pip.packages" else f"{spec} ({where})"
 
 
 def _dist_of(url: str) -> str:

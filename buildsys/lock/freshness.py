@@ -69,7 +69,8 @@ def check_fresh(project: Path, recipe: Recipe, locks: Mapping[str, Lock]) -> Loc
     if lock.recipe != recipe.name:
         raise StaleLock(recipe.name, path, f"it was written for recipe '{lock.recipe}'")
     if lock.recipe_hash != recipe.recipe_hash:
-        raise StaleLock(recipe.name, path, f"recipes/{recipe.name}.toml changed since it was locked")
+        files = f" or a file it names ({', '.join(p for p, _ in recipe.inputs)})" if recipe.inputs else ""
+        raise StaleLock(recipe.name, path, f"recipes/{recipe.name}.toml{files} changed since it was locked")
     if set(lock.parents) != set(recipe.parents):
         raise StaleLock(recipe.name, path, f"the recipe's parents are now {sorted(recipe.parents)}, "
                                            f"the lock has {sorted(lock.parents)}")

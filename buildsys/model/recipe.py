@@ -102,6 +102,11 @@ class RecipeSection:
         """How many things this part installs (0 for none), for a layer's summary."""
         return 0
 
+    def inputs(self) -> tuple[tuple[str, str], ...]:
+        """Project files this part read (path relative to the project root, sha256 of its bytes): they count in
+        the recipe hash, so an edit to one makes the lock stale (``[pip] requirements``, ``[cran] renv``)."""
+        return ()
+
 
 def _schema(kinds: tuple[type[RecipeSection], ...]) -> dict[str, Any]:
     base: dict[str, Any] = {}
@@ -167,6 +172,8 @@ class Recipe:
     gpu_tests: tuple[str, ...] = ()  # [test] gpu: run only with a GPU request, else reported skipped
     # The parsed document as plain data, the input of ``recipe_hash``.
     data: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    # The project files its parts read, (path, sha256) sorted: in ``recipe_hash`` too when there are any.
+    inputs: tuple[tuple[str, str], ...] = ()
 
     @property
     def is_root(self) -> bool:
@@ -181,8 +188,10 @@ class Recipe:
 
     @property
     def recipe_hash(self) -> str:
-        """sha256 of the canonical content: formatting and comments do not count."""
-        return "sha256:" + hashlib.sha256(canonical_json(self.data)).hexdigest()
+        """sha256 of the canonical content: formatting and comments do not count; the content of the project
+        files it names does (a recipe that names none hashes as before there were any)."""
+        content = {"recipe": self.data, "files": dict(self.inputs)} if self.inputs else self.data
+        return "sha256:" + hashlib.sha256(canonical_json(content)).hexdigest()
 
 
 def canonical_json(data: Any) -> bytes:
@@ -521,10 +530,10 @@ def _toml_error(path: Path, text: str, e: tomlkit.exceptions.TOMLKitError) -> Re
     return RecipeError(path, f"invalid TOML: {problem}", line=line or None, hint="see https://toml.io for the syntax")
 
 
-def parse_recipe(path: Path) -> Recipe:
-    """Read and validate one recipe file."""
+def parse_recipe(path: Path, text: str | None = None) -> Recipe:
+    """Read and validate one recipe file (``text``: its content, not yet written at ``path``)."""
     name = path.name.removesuffix(".toml")
-    text, data = _read_toml(path)
+    text, data = _read_toml(path, text)
     if not names.RECIPE_NAME.fullmatch(name):
         raise RecipeError(path, f"recipe name '{name}' must match {names.RECIPE_NAME.pattern}", hint="rename the file")
     v = RecipeValidator(path, text)
@@ -550,13 +559,14 @@ def parse_recipe(path: Path) -> Recipe:
         tests=tuple(data.get("test", {}).get("commands", [])),
         gpu_tests=tuple(data.get("test", {}).get("gpu", [])),
         data=data,
+        inputs=tuple(sorted({i for part in sections for i in part.inputs()})),
     )
 
 
-def _read_toml(path: Path) -> tuple[str, dict[str, Any]]:
+def _read_toml(path: Path, text: str | None = None) -> tuple[str, dict[str, Any]]:
     """The recipe's text and its parsed document, a read or TOML failure as a ``RecipeError`` with the line."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8") if text is None else text
     except UnicodeDecodeError as e:
         raise RecipeError(path, f"not UTF-8 text ({e.reason})", hint="save the file as UTF-8") from e
     except OSError as e:
@@ -629,6 +639,27 @@ def _check_run(v: RecipeValidator, steps: list[str]) -> None:
         if _APT_UPDATE.search(step):
             raise v.fail(("run", i), "runs `apt-get update`, which cannot reach anything: builds have no network",
                          hint='put the packages in [apt] packages = [...]; they are locked and installed offline')
+
+
+def project_file(v: RecipeValidator, key: KeyPath, value: str) -> tuple[Path, bytes]:
+    """The project file ``value`` (relative to the project root, the folder above ``recipes/``) and its bytes.
+
+    A recipe may name files of its project (``[pip] requirements``, ``[cran] renv``): their content is then part
+    of the recipe hash (``RecipeSection.inputs``), so they must be inside the project, where git keeps them.
+    """
+    root = v.path.parent.parent
+    rel = Path(value)
+    if rel.is_absolute() or ".." in rel.parts:
+        raise v.fail(key, f"'{value}' must be a path inside the project, relative to its root",
+                     hint='e.g. requirements = "requirements.txt"')
+    path = root / rel
+    try:
+        return path, path.read_bytes()
+    except FileNotFoundError as e:
+        raise v.fail(key, f"names {path}, which does not exist",
+                     hint=f"create it, or fix the path (relative to the project root {root})") from e
+    except OSError as e:
+        raise v.fail(key, f"cannot read {path}: {e.strerror or e}") from e
 
 
 def key_line(path: Path, key: KeyPath | str) -> int | None:
