@@ -11,6 +11,10 @@ largest layer blob of ``--store``, else the first 256 MB of a tar of /usr):
 MB/s of input and the ratio; then, with a store, publish with gzip and with
 none to a loopback registry (seconds, bytes sent).
 
+Then the signing of that published image: sign and verify milliseconds
+against one GET of its manifest; with the chain: ``reproduce`` of the
+published app (fetch, build from nothing, compare) against the cold build.
+
 ``--store`` must hold the image of ``--recipe`` for the current locks (run
 ``buildsys build jupyter`` first); publish adds the compressed layers to it
 (``STORE/compressed``), nothing else in it is changed. A docker-registry
@@ -34,7 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -50,9 +54,13 @@ from buildsys.model.graph import Graph, build_graph  # noqa: E402
 from buildsys.model.lockfile import Lock  # noqa: E402
 from buildsys.model.recipe import load_recipes  # noqa: E402
 from buildsys.oci.compress import compress_file, method  # noqa: E402
+from buildsys.oci.registry import Registry  # noqa: E402
 from buildsys.ship.export import export, import_archive  # noqa: E402
+from buildsys.ship.keys import KeySigner, KeyVerifier, generate_keypair, load_private_key, load_public_key  # noqa: E402
 from buildsys.ship.publish import publish  # noqa: E402
 from buildsys.ship.remote_cache import RemoteCache  # noqa: E402
+from buildsys.ship.reproduce import reproduce  # noqa: E402
+from buildsys.ship.signing import sign_manifest, verify_manifest  # noqa: E402
 
 
 def main() -> None:
@@ -76,6 +84,7 @@ def main() -> None:
         tmp = Path(tmp_s)
         with docker_registry(tmp / "registry") as reg:
             publish_compressed(store, graph, locks, args.recipe, reg.host)
+            signing(reg.host, f"gz1/{args.recipe}", tmp)
             secs, pub = timed(lambda: publish(store, graph, locks, args.recipe, f"{reg.host}/bench/{args.recipe}:1",
                                               force=True, compression="none"))
             print(f"publish {args.recipe} uncompressed: {secs:.1f}s, {pub.blobs_sent} blobs, "
@@ -164,6 +173,27 @@ def publish_compressed(store: Store, graph: Graph, locks: Mapping[str, Lock], re
               f"({pub.shipped_layer_bytes / pub.layer_bytes:.0%})")
 
 
+def signing(host: str, repo: str, tmp: Path, runs: int = 6) -> None:
+    """Milliseconds to sign and verify the image published to ``repo``, against its peer in the same process:
+    one GET of the image's manifest from the same registry (the round trip every signing step makes)."""
+    reg = Registry(host)
+    digest = reg.get_manifest(repo, "1")[2]
+    generate_keypair(tmp / "bench", b"bench passphrase")
+    signer = KeySigner(load_private_key(tmp / "bench.key", b"bench passphrase"))
+    verifier = KeyVerifier(load_public_key(tmp / "bench.pub"))
+
+    def median(work: Callable[[], object]) -> float:
+        times = sorted(timed(work)[0] for _ in range(runs))
+        return times[len(times) // 2] * 1000
+
+    peer = median(lambda: reg.get_manifest(repo, digest))
+    sign_first = timed(lambda: sign_manifest(reg, repo, digest, signer))[0] * 1000
+    sign_again = median(lambda: sign_manifest(reg, repo, digest, signer))
+    verify = median(lambda: verify_manifest(reg, repo, digest, verifier))
+    print(f"sign (first) {sign_first:.0f} ms, sign again (nothing new) {sign_again:.0f} ms, verify {verify:.0f} ms; "
+          f"peer GET manifest {peer:.1f} ms: verify = {verify / peer:.1f}x the GET")
+
+
 def chain(project: Path, store: Store, host: str, tmp: Path, engine: Engine) -> None:
     graph = build_graph(load_recipes(project))
     locks = fresh_locks(project, graph, ["app"])
@@ -180,6 +210,12 @@ def chain(project: Path, store: Store, host: str, tmp: Path, engine: Engine) -> 
     started = [s for _, _, s, _ in events.seen if s in ("run", "bootstrap")]
     print(f"chain --cache-from build (fresh store, nothing vendored): {secs_warm:.1f}s, containers started: "
           f"{len(started)}, same image: {img_warm.record == img_cold.record}")
+    ref = publish(store, graph, locks, "app", f"{host}/bench/app:1", force=True).reference
+    elsewhere = Store(tmp / "reproduce")  # a machine with the project only: fetches, then rebuilds
+    secs_repro, result = timed(lambda: reproduce(project, elsewhere, graph, ref, engine=engine,
+                                                 locks_for=lambda r: locks))
+    print(f"reproduce {ref} (fetch + build from nothing + compare): {secs_repro:.1f}s "
+          f"({secs_repro / secs_cold:.2f}x the cold build), equal: {result.equal}, {result.seconds}")
 
 
 if __name__ == "__main__":
