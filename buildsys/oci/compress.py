@@ -267,6 +267,16 @@ class _WriteFailed(Exception):
         self.error = error
 
 
+# The most a published layer may inflate to, per byte received: deflate's own limit is ~1032:1, so a gzip
+# layer beyond it is not one; zstd can go further only on degenerate data (a layer of zeros).
+MAX_RATIO = 1100
+
+
+def inflate_limit(compressed_size: int) -> int:
+    """What a layer of ``compressed_size`` received bytes may decompress to before it is refused as a bomb."""
+    return compressed_size * MAX_RATIO + (1 << 20)
+
+
 def decompress_stream(fmt: str, src: IO[bytes], dst: IO[bytes], limit: int | None = None) -> tuple[str, int]:
     """Decompress ``src`` (any gzip or zstd stream, not only ours) into ``dst``; (sha256 digest, size).
 

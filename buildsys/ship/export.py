@@ -78,6 +78,7 @@ from buildsys.oci.compress import (
     built_descriptor,
     compressed_image,
     decompress_stream,
+    inflate_limit,
     media_format,
     method,
 )
@@ -100,8 +101,6 @@ from buildsys.ship.sbom import cyclonedx_json
 EXPORT_VERSION = 1
 META = "buildsys/export.json"
 _CHUNK = 1 << 20
-# Deflate's largest ratio is 1032:1; a layer inflating past this many times its size is refused.
-_MAX_RATIO = 1100
 
 
 
@@ -318,7 +317,7 @@ def _inflate_layer(archive: Path, img: ExportedImage, desc: Mapping[str, Any], f
     progress("import", "decompress", f"{desc['digest'][:19]} ({int(desc['size']) / 1e6:.1f} MB, {fmt})")
     with open(src, "rb") as f, open(path, "wb") as dst:
         try:
-            got, _ = decompress_stream(fmt, f, dst, int(desc["size"]) * _MAX_RATIO + (1 << 20))
+            got, _ = decompress_stream(fmt, f, dst, inflate_limit(int(desc["size"])))
         except CompressionError as e:
             raise ArchiveError(archive, f"{img.recipe}: layer {desc['digest']}: {e.message}",
                                _blob_name(desc["digest"])) from e

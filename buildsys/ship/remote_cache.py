@@ -39,6 +39,7 @@ from buildsys.oci.compress import (
     built_descriptor,
     compressed_image,
     decompress_stream,
+    inflate_limit,
     media_format,
     method,
 )
@@ -54,8 +55,6 @@ from buildsys.oci.registry import (
 from buildsys.ship.publish import push_image
 
 TAG_PREFIX = "bs-"
-# Deflate's largest ratio is 1032:1: a gzip layer inflating beyond this many times its size is no layer.
-_GZIP_MAX_RATIO = 1100
 
 
 class RemoteCache:
@@ -160,9 +159,8 @@ class RemoteCache:
                 tmps.append(tmp)
             with open(tmps[0], "wb") as out:
                 reg.get_blob(repo, digest, out, size)  # stops at size + 1; hashed: BlobMismatch if not ``digest``
-            limit = size * _GZIP_MAX_RATIO + (1 << 20) if fmt == "gzip" else None
             with open(tmps[0], "rb") as src, open(tmps[1], "wb") as out:
-                got, n = decompress_stream(fmt, src, out, limit)
+                got, n = decompress_stream(fmt, src, out, inflate_limit(size))
             if got != diff_id:
                 raise CompressionError(f"registry {reg.host}: layer {digest} of {repo} decompresses to {got}, "
                                        f"not the config's diff_id {diff_id}", "the entry is damaged; ignored")

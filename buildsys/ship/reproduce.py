@@ -158,7 +158,8 @@ def _published_layer(reg: Registry, repo: str, desc: Mapping[str, Any], into: Pa
     with open(packed, "wb") as f:
         reg.get_blob(repo, desc["digest"], f, int(desc["size"]))
     with open(packed, "rb") as src, open(into, "wb") as dst:
-        compress.decompress_stream(compress.media_format(str(desc["mediaType"])) or "none", src, dst)
+        compress.decompress_stream(compress.media_format(str(desc["mediaType"])) or "none", src, dst,
+                                   compress.inflate_limit(int(desc["size"])))
     packed.unlink()
     return into
 
