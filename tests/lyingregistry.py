@@ -55,6 +55,7 @@ class Lies:
     sessions: bool = False  # keep real upload sessions (PATCH appends, GET says Range: 0-N, PUT checks the digest)
     cut_patches: dict[int, int] = field(default_factory=dict)  # PATCH number -> bytes kept before hanging up
     short_patches: dict[int, int] = field(default_factory=dict)  # PATCH number -> bytes kept, then a 202 (Range)
+    refuse_media: str | None = None  # a manifest PUT naming this media type is refused (400 MANIFEST_INVALID)
 
 
 @dataclass
@@ -128,6 +129,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _record(self) -> Received:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
+        self.body = body
         rec = Received(self.command, self.path, dict(self.headers.items()), len(body))
         self.server.state.received.append(rec)
         return rec
@@ -221,6 +223,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         """A PUT is taken (with an empty digest header); a GET or HEAD serves what the test stored."""
         state = self.server.state
         if self.command == "PUT":
+            if state.lies.refuse_media and state.lies.refuse_media.encode() in self.body:
+                return self._send(400, b'{"errors":[{"code":"MANIFEST_INVALID","message":"manifest invalid",'
+                                       b'"detail":"unsupported layer media type"}]}')
             return self._send(201, b"", {"Docker-Content-Digest": ""})
         if ref not in state.manifests:
             return self._send(404, b'{"errors":[{"code":"MANIFEST_UNKNOWN"}]}')

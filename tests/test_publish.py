@@ -168,6 +168,22 @@ def test_a_registry_that_is_down_or_failing_is_named_with_no_traceback(shipped) 
         assert "Traceback" not in result.output + result.stderr
 
 
+def test_a_registry_that_refuses_the_layer_type_is_named_and_nothing_is_tagged(shipped) -> None:
+    """Some registries take no zstd (or no uncompressed) layers: the refusal of the manifest names its layer
+    types and says what to publish with; the tag, which comes last, is never written."""
+    from lyingregistry import Lies, lying_registry
+
+    proj, store = shipped
+    with lying_registry(Lies(refuse_media="tar+zstd")) as reg:
+        result = bs(proj, store, "publish", "app", "--to", f"{reg.host}/team/app:v1", "--compression", "zstd")
+        assert result.exit_code == 1, result.output
+        assert "refused the manifest team/app@sha256:" in result.stderr, result.stderr
+        assert "application/vnd.oci.image.layer.v1.tar+zstd" in result.stderr
+        assert "MANIFEST_INVALID" in result.stderr and "--compression gzip" in result.stderr
+        assert "Traceback" not in result.output + result.stderr
+        assert not [r for r in reg.received if r.method == "PUT" and r.path.endswith("/manifests/v1")]
+
+
 def test_credentials_come_from_docker_config_and_wrong_ones_are_refused(shipped, auth_registry, tmp_path,
                                                                         monkeypatch) -> None:
     proj, store = shipped

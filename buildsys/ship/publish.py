@@ -33,7 +33,14 @@ from buildsys.model.graph import Graph
 from buildsys.model.lockfile import Lock
 from buildsys.oci.compress import DEFAULT, CompressedBlobs, ShippedImage, compressed_image, method
 from buildsys.oci.image import MANIFEST_MEDIA_TYPE, DamagedBlob, ImageError, OciLayout, digest_bytes
-from buildsys.oci.registry import BlobProgress, Reference, Registry, RegistryError
+from buildsys.oci.registry import (
+    BlobProgress,
+    Reference,
+    Registry,
+    RegistryAuthError,
+    RegistryError,
+    RegistryUnavailable,
+)
 from buildsys.ship.attest import Attested, attest_records
 from buildsys.ship.keys import Signer
 from buildsys.ship.mount_sources import mount_sources, record_published
@@ -156,7 +163,17 @@ def push_image(reg: Registry, repo: str, layout: OciLayout, shipped: ShippedImag
         except (RegistryError, FileNotFoundError):
             _check_local(layout, digest)  # the store's fault rather than the registry's? say so
             raise
-    got = reg.put_manifest(repo, manifest_digest, manifest_bytes, MANIFEST_MEDIA_TYPE)
+    try:
+        got = reg.put_manifest(repo, manifest_digest, manifest_bytes, MANIFEST_MEDIA_TYPE)
+    except (RegistryUnavailable, RegistryAuthError):
+        raise
+    except RegistryError as e:  # a 4xx on the manifest: it refuses what the manifest says, most likely its types
+        kinds = sorted({str(d["mediaType"]) for d in json.loads(manifest_bytes)["layers"]})
+        raise RegistryError(reg.host, f"refused the manifest {repo}@{manifest_digest} (layers of type "
+                                      f"{', '.join(kinds)}): {e.message}",
+                            "this registry may not take these layer types: publish with --compression gzip "
+                            "(what every registry takes) or none. Nothing was tagged; the blobs sent stay "
+                            "unreferenced until the registry's garbage collection") from e
     if got != manifest_digest or digest_bytes(manifest_bytes) != manifest_digest:
         raise RegistryError(reg.host, f"the registry names the manifest {got}, not {manifest_digest}",
                             "it rewrote the manifest; publish to a registry that stores manifests as sent")
