@@ -46,6 +46,10 @@ def _load_sdk() -> None:
 
 T = TypeVar("T")
 
+# The docker SDK's base_url for an engine reached through a local socket (unix, Windows' named pipe);
+# tcp:// gives http(s)://HOST:PORT and ssh:// gives http+docker://ssh.
+_LOCAL_BASE_URLS = ("http+docker://localhost", "http+docker://localnpipe")
+
 
 class EngineError(BuildsysError):
     """The engine refused an operation."""
@@ -112,11 +116,20 @@ class Engine:
         """Connect using DOCKER_HOST and friends; exit 4 when nobody answers."""
         _load_sdk()
         try:
-            client = docker.from_env(timeout=timeout)
+            # ssh:// through the ssh client, as the docker CLI does (its config, keys and agent; no paramiko).
+            ssh = os.environ.get("DOCKER_HOST", "").startswith("ssh://")
+            client = docker.from_env(timeout=timeout, use_ssh_client=ssh)
             client.ping()
         except _TRANSPORT as e:
             raise EngineUnavailable(_short(e)) from e
         return cls(client)
+
+    @property
+    def is_remote(self) -> bool:
+        """Whether the engine may be on another machine (``DOCKER_HOST=tcp://`` or ``ssh://``): then it
+        cannot see this machine's files, so nothing of this host's filesystem is mounted into a build
+        container or read from the engine's storage; only the local socket (unix, npipe) is taken as here."""
+        return str(getattr(self.client.api, "base_url", "")) not in _LOCAL_BASE_URLS
 
     def info(self) -> EngineInfo:
         try:
@@ -250,7 +263,11 @@ class Engine:
         """
         privileges: dict[str, Any] = ({"cap_add": ["SYS_ADMIN"], "security_opt": ["apparmor=unconfined"]}
                                       if namespaces else {})
-        volumes = {src: {"bind": dst, "mode": "ro" if ro else "rw"} for src, dst, ro in mounts}
+        mounts = list(mounts)
+        remote = self.is_remote
+        # A remote engine cannot see this host's folders: they are copied into the container before it
+        # starts (put_archive), and the writable ones copied back once it is done.
+        volumes = {} if remote else {src: {"bind": dst, "mode": "ro" if ro else "rw"} for src, dst, ro in mounts}
         try:
             c = self.client.containers.create(
                 image, command=list(command), entrypoint=list(entrypoint), environment=dict(env or {}), user=user,
@@ -260,10 +277,58 @@ class Engine:
         except _TRANSPORT as e:
             raise _translate(f"creating a container of {image}", e) from e
         try:
+            if remote:
+                for src, dst, _ in mounts:
+                    self._copy_in(c.id, Path(src), dst)
             yield Container(self, c)
+            if remote:
+                for src, dst, ro in mounts:
+                    if not ro:
+                        self._copy_out(c.id, dst, Path(src))
         finally:
             with contextlib.suppress(*_TRANSPORT):
                 c.remove(force=True)
+
+    def _copy_in(self, container_id: str, src: Path, dst: str) -> None:
+        """``src`` (a folder or a file of this host) at ``dst`` in a created container, as a tar streamed from
+        a temporary file: the inputs of a big layer do not have to fit in memory."""
+        import tarfile
+        import tempfile
+
+        with tempfile.TemporaryFile() as buf:
+            with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+                tf.add(src, arcname=dst.strip("/"))
+            buf.seek(0)
+            try:
+                self.client.api.put_archive(container_id, "/", buf)
+            except _TRANSPORT as e:
+                raise _translate(f"copying {src} into container {container_id[:12]} at {dst}", e) from e
+
+    def _copy_out(self, container_id: str, src: str, dst: Path) -> None:
+        """The folder ``src`` of a container back into ``dst`` on this host (a writable mount of a remote engine).
+
+        Extracted with tarfile's ``data`` filter: no links out of ``dst``, no devices, no absolute paths.
+        """
+        import tarfile
+        import tempfile
+
+        with tempfile.TemporaryFile() as buf:
+            try:
+                stream, _ = self.client.api.get_archive(container_id, src)
+                for chunk in stream:
+                    buf.write(chunk)
+            except _TRANSPORT as e:
+                raise _translate(f"copying {src} out of container {container_id[:12]}", e) from e
+            buf.seek(0)
+            top = src.rstrip("/").rsplit("/", 1)[-1]
+            with tarfile.open(fileobj=buf) as tf:
+                members = []
+                for m in tf.getmembers():
+                    name = m.name.split("/", 1)
+                    if name[0] == top and len(name) == 2 and name[1]:
+                        m.name = name[1]
+                        members.append(m)
+                tf.extractall(dst, members=members, filter="data")
 
     # -- containers people use (run / up), as opposed to build containers ----
 
@@ -574,6 +639,8 @@ class Container:
         Reading it costs what the layer holds, whatever the depth of the image
         below; ``docker save`` would rewrite every layer of the image instead.
         """
+        if self.engine.is_remote:  # its storage is on another machine (or may be): export it instead
+            return None
         try:
             data = self.engine.client.api.inspect_container(self.id)["GraphDriver"]
         except _TRANSPORT as e:
