@@ -136,8 +136,8 @@ def engines(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="module")
-def locked(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, dict]]:
-    """The chain project locked once, and each recipe's image as a plain local build makes it."""
+def locked(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, dict], Path]:
+    """The chain project locked once, each recipe's image as a plain local build makes it, and its store."""
     proj = copy_project("chain", tmp_path_factory.mktemp("ci-chain"))
     store = tmp_path_factory.mktemp("ci-local-store")
     ok(bs(proj, store, "lock", "app"))
@@ -147,7 +147,7 @@ def locked(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, di
     for recipe in ("root", "tools", "app"):
         (image,) = json.loads(ok(bs(proj, store, "build", "--json", recipe)).stdout)
         images[recipe] = image
-    return proj, images
+    return proj, images, store
 
 
 def ordered(jobs: dict[str, dict]) -> list[str]:
@@ -165,7 +165,7 @@ def ordered(jobs: dict[str, dict]) -> list[str]:
 @pytest.mark.slow
 def test_the_generated_pipeline_runs_job_by_job_on_two_engines(locked, engines, registry, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    proj, local = locked
+    proj, local, local_store = locked
     space = f"ci-{uuid.uuid4().hex[:8]}"
     cache, publish_to = f"{registry.host}/{space}/cache", f"{registry.host}/{space}/pub"
     out = tmp_path / "workflow.yml"
@@ -228,7 +228,7 @@ def test_the_generated_pipeline_runs_job_by_job_on_two_engines(locked, engines, 
 @pytest.mark.slow
 def test_build_test_and_run_on_an_engine_reached_over_tcp(locked, engines, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    proj, local = locked
+    proj, local, local_store = locked
     assert engines.tcp
     monkeypatch.setenv("DOCKER_HOST", engines.tcp)
     store = tmp_path / "remote-store"
@@ -260,3 +260,78 @@ def test_build_test_and_run_on_an_engine_reached_over_tcp(locked, engines, tmp_p
     assert sdk_line[:2] == ["SDK", "False"], noop.stdout
     print(f"\nover tcp: cold build of tools+app (root bootstrapped here) {cold:.1f}s; "
           f"no-op build {sdk_line[2]}s in-process")
+
+
+# ---------------------------------------------------------------- a remote engine: DOCKER_HOST=ssh://
+
+
+@pytest.fixture(scope="module")
+def ssh_engine(engines, tmp_path_factory: pytest.TempPathFactory):
+    """DOCKER_HOST=ssh://root@127.0.0.1:PORT reaching the second dockerd through a real sshd.
+
+    sshd runs on loopback with its own host key and an authorized key whose forced command is
+    ``docker system dial-stdio`` against the second engine's socket; the client is the ssh binary
+    (what the docker SDK runs for ssh://), given its own config by a wrapper first on PATH:
+    root's ~/.ssh is left alone.
+    """
+    import shutil
+
+    from shipenv import free_port
+
+    if not Path("/usr/sbin/sshd").exists():
+        pytest.skip("no sshd (apt-get install openssh-server)")
+    root = tmp_path_factory.mktemp("ci-ssh")
+    for key in ("host", "client"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / key)], check=True)
+    dial = f"docker -H {engines.host} system dial-stdio"
+    (root / "authorized_keys").write_text(f'command="{dial}",no-pty,no-port-forwarding '
+                                          f"{(root / 'client.pub').read_text()}")
+    port = free_port()
+    Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation folder
+    sshd = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", "/dev/null", "-p", str(port),
+                             "-o", "ListenAddress=127.0.0.1", "-o", f"HostKey={root / 'host'}",
+                             "-o", f"AuthorizedKeysFile={root / 'authorized_keys'}", "-o", "StrictModes=no",
+                             "-o", "PasswordAuthentication=no", "-o", "PermitRootLogin=prohibit-password",
+                             "-o", f"PidFile={root / 'sshd.pid'}"],
+                            stdout=subprocess.DEVNULL, stderr=open(root / "sshd.log", "wb"))  # noqa: SIM115
+    (root / "bin").mkdir()
+    (root / "config").write_text(f"Host 127.0.0.1\n  IdentityFile {root / 'client'}\n  IdentitiesOnly yes\n"
+                                 f"  UserKnownHostsFile {root / 'known_hosts'}\n  StrictHostKeyChecking accept-new\n"
+                                 "  BatchMode yes\n")
+    wrapper = root / "bin" / "ssh"
+    wrapper.write_text(f"#!/bin/sh\nexec {shutil.which('ssh')} -F {root / 'config'} \"$@\"\n")
+    wrapper.chmod(0o755)
+    try:
+        deadline = time.monotonic() + 20
+        env = {**os.environ, "PATH": f"{root / 'bin'}:{os.environ['PATH']}",
+               "DOCKER_HOST": f"ssh://root@127.0.0.1:{port}"}
+        while subprocess.run(["docker", "version"], env=env, capture_output=True).returncode != 0:
+            if sshd.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"docker over ssh did not answer: {(root / 'sshd.log').read_text()[-2000:]}")
+            time.sleep(0.3)
+        yield env
+    finally:
+        sshd.terminate()
+        sshd.wait(10)
+
+
+@pytest.mark.docker
+@pytest.mark.network
+@pytest.mark.slow
+def test_build_test_and_run_on_an_engine_reached_over_ssh(locked, ssh_engine, registry, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    proj, local, local_store = locked
+    cache = f"{registry.host}/ci-{uuid.uuid4().hex[:8]}/cache"
+    ok(bs(proj, local_store, "build", "root", "--cache-to", cache))
+    for name in ("PATH", "DOCKER_HOST"):
+        monkeypatch.setenv(name, ssh_engine[name])
+    store = tmp_path / "ssh-store"
+    ok(bs(proj, store, "fetch", "app"))
+    ok(bs(proj, store, "build", "root", "--cache-from", cache))  # the root from the cache: no bootstrap here
+    result = ok(bs(proj, store, "build", "--json", "app"))
+    said = " ".join(result.stderr.split())
+    assert said.count(", export ") == 2 and "upper dir" not in said, said  # tools and app, in containers
+    assert json.loads(result.stdout)[0]["image_id"] == local["app"]["image_id"]
+    ok(bs(proj, store, "test", "app"))
+    ran = ok(bs(proj, store, "run", "app", "--", "sh", "-c", "cat /home/app/built.txt"))
+    assert "built" in ran.output
