@@ -191,11 +191,12 @@ def test_the_generated_pipeline_runs_job_by_job_on_two_engines(locked, engines, 
             said += events(result.stderr)
             outputs.append(result.output)
         seconds = time.monotonic() - started
-        for recipe, stage in said:
+        for recipe, stage in said:  # a job's own pushes count for the jobs after it
             if stage == "built":
                 assert recipe not in pushed, f"{job_id} rebuilt {recipe}, which {pushed[recipe]} had pushed"
                 built.append((job_id, recipe))
-            elif stage == "cache push":
+        for recipe, stage in said:
+            if stage == "cache push":
                 pushed.setdefault(recipe, job_id)
         recipe = jobs[job_id]["name"].split()[-1]
         (image,) = json.loads(ok(bs(proj, store, "build", "--json", recipe)).stdout)  # a local hit now
@@ -249,7 +250,11 @@ def test_build_test_and_run_on_an_engine_reached_over_tcp(locked, engines, tmp_p
     ok(bs(proj, store, "test", "app"))
     ran = ok(bs(proj, store, "run", "app", "--", "sh", "-c", "cat /home/app/built.txt"))
     assert "built" in ran.output
-    # The no-op build loads no docker SDK: it asks the engine one question over TCP, or nothing.
+    # The no-op build loads no docker SDK: it asks the engine one question over plain TCP.
+    from buildsys.engine.probe import tagged_image
+
+    assert tagged_image("app:latest") == local["app"]["image_id"]
+    assert tagged_image("no-such-image-here:latest") == ""
     script = ("import sys, time\nfrom buildsys.cli import cli\nt = time.monotonic()\n"
               f"cli(['-C', {str(proj)!r}, '--store', {str(store)!r}, 'build', 'app'], standalone_mode=False)\n"
               "print('SDK', 'docker' in sys.modules, round(time.monotonic() - t, 3))\n")
@@ -260,6 +265,36 @@ def test_build_test_and_run_on_an_engine_reached_over_tcp(locked, engines, tmp_p
     assert sdk_line[:2] == ["SDK", "False"], noop.stdout
     print(f"\nover tcp: cold build of tools+app (root bootstrapped here) {cold:.1f}s; "
           f"no-op build {sdk_line[2]}s in-process")
+
+
+@pytest.mark.docker
+@pytest.mark.network
+@pytest.mark.slow
+def test_a_remote_engine_gets_folders_copied_in_and_the_writable_ones_back(locked, engines, tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """What ``lock``'s pip resolution needs of a remote engine: inputs in, its results back out."""
+    from buildsys.engine import Engine
+
+    _, local, _ = locked
+    image = local["root"]["image_id"]
+    if engines.docker("image", "inspect", image, check=False).returncode != 0:
+        saved = subprocess.run(["docker", "save", image], check=True, capture_output=True).stdout
+        subprocess.run(["docker", "-H", engines.host, "load"], input=saved, check=True, capture_output=True)
+    inputs, results = tmp_path / "in", tmp_path / "out"
+    (inputs / "sub").mkdir(parents=True)
+    (inputs / "sub" / "a.txt").write_text("hello\n")
+    results.mkdir()
+    (tmp_path / "ca.pem").write_text("a file mounted alone\n")
+    assert Engine.connect().is_remote is False  # the local socket
+    monkeypatch.setenv("DOCKER_HOST", str(engines.tcp))
+    engine = Engine.connect()
+    assert engine.is_remote
+    run = engine.run(image, ["/bin/sh", "-c", "cat /in/sub/a.txt /ca.pem && mkdir /out/d && echo made > /out/d/new"],
+                     mounts=[(str(inputs), "/in", True), (str(results), "/out", False),
+                             (str(tmp_path / "ca.pem"), "/ca.pem", True)])
+    assert run.exit_code == 0 and run.output.split("\n")[:2] == ["hello", "a file mounted alone"], run.output
+    assert (results / "d" / "new").read_text() == "made\n"
+    assert sorted(p.name for p in inputs.rglob("*")) == ["a.txt", "sub"]  # a read-only one is not copied back
 
 
 # ---------------------------------------------------------------- a remote engine: DOCKER_HOST=ssh://

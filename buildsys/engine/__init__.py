@@ -19,6 +19,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from buildsys.core.errors import BuildsysError, EngineUnavailable
 from buildsys.core.store import pid_alive
+from buildsys.engine.sshrelay import SshRelay
 
 if TYPE_CHECKING:
     import docker
@@ -107,28 +108,43 @@ class RunResult:
 
 
 class Engine:
-    def __init__(self, client: docker.DockerClient) -> None:
+    def __init__(self, client: docker.DockerClient, *, remote: bool | None = None) -> None:
         _load_sdk()
         self.client = client
+        self._remote = remote
+        self._host: str | None = None  # DOCKER_HOST, when the SDK talks to a relay of it
 
     @classmethod
     def connect(cls, timeout: int = 600) -> Engine:
-        """Connect using DOCKER_HOST and friends; exit 4 when nobody answers."""
+        """Connect using DOCKER_HOST and friends; exit 4 when nobody answers.
+
+        ``ssh://`` goes through the ssh client, as the docker CLI does (``sshrelay``).
+        """
         _load_sdk()
+        host = os.environ.get("DOCKER_HOST", "")
+        relay = SshRelay(host) if host.startswith("ssh://") else None
         try:
-            # ssh:// through the ssh client, as the docker CLI does (its config, keys and agent; no paramiko).
-            ssh = os.environ.get("DOCKER_HOST", "").startswith("ssh://")
-            client = docker.from_env(timeout=timeout, use_ssh_client=ssh)
+            if relay is not None:
+                client = docker.DockerClient(base_url=f"unix://{relay.path}", timeout=timeout)
+            else:
+                client = docker.from_env(timeout=timeout)
             client.ping()
         except _TRANSPORT as e:
-            raise EngineUnavailable(_short(e)) from e
-        return cls(client)
+            said = f" (ssh: {relay.errors[-1]})" if relay is not None and relay.errors else ""
+            if relay is not None:
+                relay.close()
+            raise EngineUnavailable(_short(e) + said) from e
+        engine = cls(client, remote=True if relay is not None else None)
+        engine._host = host if relay is not None else None
+        return engine
 
     @property
     def is_remote(self) -> bool:
         """Whether the engine may be on another machine (``DOCKER_HOST=tcp://`` or ``ssh://``): then it
         cannot see this machine's files, so nothing of this host's filesystem is mounted into a build
         container or read from the engine's storage; only the local socket (unix, npipe) is taken as here."""
+        if self._remote is not None:
+            return self._remote
         return str(getattr(self.client.api, "base_url", "")) not in _LOCAL_BASE_URLS
 
     def info(self) -> EngineInfo:
@@ -147,7 +163,7 @@ class Engine:
             runtimes=tuple(sorted(i.get("Runtimes") or {})),
             default_runtime=i.get("DefaultRuntime", ""),
             cdi_spec_dirs=tuple(i.get("CDISpecDirs") or ()),
-            host=str(getattr(self.client.api, "base_url", "")),
+            host=self._host or str(getattr(self.client.api, "base_url", "")),
         )
 
     def load(self, archive: IO[bytes] | bytes) -> None:
