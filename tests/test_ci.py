@@ -15,6 +15,7 @@ import re
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -363,10 +364,27 @@ def test_build_test_and_run_on_an_engine_reached_over_ssh(locked, ssh_engine, re
     store = tmp_path / "ssh-store"
     ok(bs(proj, store, "fetch", "app"))
     ok(bs(proj, store, "build", "root", "--cache-from", cache))  # the root from the cache: no bootstrap here
+    started = time.monotonic()
     result = ok(bs(proj, store, "build", "--json", "app"))
+    print(f"\nover ssh: tools and app built in containers there in {time.monotonic() - started:.1f}s")
     said = " ".join(result.stderr.split())
     assert said.count(", export ") == 2 and "upper dir" not in said, said  # tools and app, in containers
     assert json.loads(result.stdout)[0]["image_id"] == local["app"]["image_id"]
     ok(bs(proj, store, "test", "app"))
     ran = ok(bs(proj, store, "run", "app", "--", "sh", "-c", "cat /home/app/built.txt"))
     assert "built" in ran.output
+
+
+def test_an_ssh_engine_that_does_not_answer_is_exit_4_with_what_ssh_said(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from shipenv import free_port
+
+    def relays() -> set[Path]:
+        return set(Path(tempfile.gettempdir()).glob("buildsys-ssh-*"))
+
+    before = relays()
+    monkeypatch.setenv("DOCKER_HOST", f"ssh://nobody@127.0.0.1:{free_port()}")
+    result = bs(copy_project("chain", tmp_path / "p"), tmp_path / "s", "engine")
+    assert result.exit_code == 4, result.output
+    assert "(ssh: ssh: connect to host 127.0.0.1 port" in result.stderr and "Connection refused" in result.stderr
+    assert relays() <= before  # the relay's socket folder is gone
