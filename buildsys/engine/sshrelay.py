@@ -72,17 +72,28 @@ class SshRelay:
             with contextlib.suppress(OSError):
                 stdin.close()
 
+        said: list[bytes] = []
+
+        def errors() -> None:  # read as it comes: a full stderr pipe would stall ssh
+            with contextlib.suppress(OSError, ValueError):
+                said.append(stderr.read())
+
         sender = threading.Thread(target=upstream, daemon=True)
+        reader = threading.Thread(target=errors, daemon=True)
         sender.start()
+        reader.start()
         with contextlib.suppress(OSError):
             while data := os.read(stdout.fileno(), 65536):
                 conn.sendall(data)
+        # What ssh said is kept before the connection closes: the client's error then finds it.
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            if proc.wait(timeout=5) != 0:
+                reader.join(timeout=5)
+                if text := b"".join(said).decode(errors="replace").strip():
+                    self.errors.append(text.splitlines()[-1])
         with contextlib.suppress(OSError):
             conn.shutdown(socket.SHUT_RDWR)
         conn.close()
-        said = stderr.read().decode(errors="replace").strip()
-        if proc.wait() != 0 and said:
-            self.errors.append(said.splitlines()[-1])
         sender.join(timeout=1)
 
     def close(self) -> None:
