@@ -185,6 +185,10 @@ class Engine:
         at most a few MB in flight). An error of ``produce`` wins over docker's
         complaint about the archive it then cut short.
         """
+        return self._send_stream(produce, self.load)
+
+    def _send_stream(self, produce: Callable[[IO[bytes]], T], send: Callable[[Any], object]) -> T:
+        """Hand ``send`` the bytes ``produce`` writes, as an iterator of chunks, while it writes them."""
         chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
         stop = threading.Event()
         outcome: dict[str, Any] = {}
@@ -213,7 +217,7 @@ class Engine:
         worker = threading.Thread(target=run, name="buildsys-load", daemon=True)
         worker.start()
         try:
-            self.load(body())  # type: ignore[arg-type]
+            send(body())
         except BaseException:
             if "error" not in outcome:
                 raise
@@ -306,19 +310,18 @@ class Engine:
                 c.remove(force=True)
 
     def _copy_in(self, container_id: str, src: Path, dst: str) -> None:
-        """``src`` (a folder or a file of this host) at ``dst`` in a created container, as a tar streamed from
-        a temporary file: the inputs of a big layer do not have to fit in memory."""
+        """``src`` (a folder or a file of this host) at ``dst`` in a created container: a tar streamed as it
+        is written, so the inputs of a big layer need neither memory nor a temporary copy."""
         import tarfile
-        import tempfile
 
-        with tempfile.TemporaryFile() as buf:
-            with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        def produce(sink: IO[bytes]) -> None:
+            with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT, bufsize=1 << 20) as tf:
                 tf.add(src, arcname=dst.strip("/"))
-            buf.seek(0)
-            try:
-                self.client.api.put_archive(container_id, "/", buf)
-            except _TRANSPORT as e:
-                raise _translate(f"copying {src} into container {container_id[:12]} at {dst}", e) from e
+
+        try:
+            self._send_stream(produce, lambda body: self.client.api.put_archive(container_id, "/", body))
+        except _TRANSPORT as e:
+            raise _translate(f"copying {src} into container {container_id[:12]} at {dst}", e) from e
 
     def _copy_out(self, container_id: str, src: str, dst: Path) -> None:
         """The folder ``src`` of a container back into ``dst`` on this host (a writable mount of a remote engine).
