@@ -7,7 +7,7 @@ set -eu
 # verification patched out, so it finds buildsys's cosign signatures but cannot check them: docs/shipping.md);
 # golang-docker-credential-helpers and pass: a real docker credential helper (docker-credential-pass) the registry
 # client is tested with; docker-compose: Compose v1 (1.29, Debian 12 has no `docker compose` plugin), which `buildsys compose` files are tested with.
-PKGS="docker.io mmdebstrap apt-utils gnupg debian-archive-keyring util-linux python3-venv ca-certificates docker-registry apache2-utils zstd skopeo golang-docker-credential-helpers pass docker-compose"
+PKGS="docker.io mmdebstrap apt-utils gnupg debian-archive-keyring util-linux python3-venv ca-certificates docker-registry apache2-utils zstd skopeo golang-docker-credential-helpers pass openssh-server docker-compose"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"

@@ -8,10 +8,10 @@ from __future__ import annotations
 import base64
 import contextlib
 import http.server
-import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -115,6 +115,7 @@ def failing_registry() -> Iterator[tuple[str, _CountingServer]]:
 class SecondEngine:
     host: str  # unix:///.../docker.sock, for DOCKER_HOST
     root: Path
+    tcp: str | None = None  # tcp://127.0.0.1:PORT when asked for: the same engine, as a remote one is reached
 
     def docker(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["docker", "-H", self.host, *args], check=check, capture_output=True, text=True)
@@ -124,27 +125,30 @@ BRIDGE = "bsexp0"
 
 
 @contextlib.contextmanager
-def second_dockerd(root: Path) -> Iterator[SecondEngine]:
+def second_dockerd(root: Path, *, tcp: bool = False, bridge: str = BRIDGE,
+                   subnet: str = "10.213.77.1/24") -> Iterator[SecondEngine]:
     """A dockerd with its own data root, exec root, pidfile, socket and bridge.
 
     Never ``--bridge=none``: that removes the first engine's docker0. Its own bridge,
-    and no iptables rules, leave the first engine as it was.
+    and no iptables rules, leave the first engine as it was. ``tcp``: it listens on a
+    loopback TCP port too (plain HTTP, as ``DOCKER_HOST=tcp://`` reaches a remote engine).
+    ``bridge``/``subnet``: another pair lets two test sessions each run their own.
     """
     root.mkdir(parents=True, exist_ok=True)
-    short = Path(f"/tmp/bsexp-{os.getpid()}")  # socket paths must stay short
-    short.mkdir(exist_ok=True)
+    short = Path(tempfile.mkdtemp(prefix="bsexp-", dir="/tmp"))  # socket paths must stay short
     sock = short / "docker.sock"
-    made_bridge = subprocess.run(["ip", "link", "show", BRIDGE], capture_output=True).returncode != 0
+    made_bridge = subprocess.run(["ip", "link", "show", bridge], capture_output=True).returncode != 0
     if made_bridge:
-        subprocess.run(["ip", "link", "add", BRIDGE, "type", "bridge"], check=True)
-        subprocess.run(["ip", "addr", "add", "10.213.77.1/24", "dev", BRIDGE], check=True)
-        subprocess.run(["ip", "link", "set", BRIDGE, "up"], check=True)
+        subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], check=True)
+        subprocess.run(["ip", "addr", "add", subnet, "dev", bridge], check=True)
+        subprocess.run(["ip", "link", "set", bridge, "up"], check=True)
+    tcp_host = f"tcp://127.0.0.1:{free_port()}" if tcp else None
     log = open(root / "dockerd.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         ["dockerd", "--data-root", str(root / "data"), "--exec-root", str(short / "exec"),
-         "--pidfile", str(short / "docker.pid"), "-H", f"unix://{sock}", "-b", BRIDGE, "--iptables=false",
-         "--ip-masq=false"], stdout=log, stderr=log)
-    engine = SecondEngine(f"unix://{sock}", root)
+         "--pidfile", str(short / "docker.pid"), "-H", f"unix://{sock}", *(["-H", tcp_host] if tcp_host else []),
+         "-b", bridge, "--iptables=false", "--ip-masq=false"], stdout=log, stderr=log)
+    engine = SecondEngine(f"unix://{sock}", root, tcp_host)
     try:
         deadline = time.monotonic() + 60
         while engine.docker("version", check=False).returncode != 0:
@@ -161,7 +165,7 @@ def second_dockerd(root: Path) -> Iterator[SecondEngine]:
             proc.wait()
         log.close()
         if made_bridge:
-            subprocess.run(["ip", "link", "delete", BRIDGE], check=False)
+            subprocess.run(["ip", "link", "delete", bridge], check=False)
         shutil.rmtree(short, ignore_errors=True)
         # Its images are ours to remove, once nothing of it is mounted any more.
         data = str(root / "data")

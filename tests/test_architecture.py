@@ -28,7 +28,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "buildsys"
 # Bottom -> top. The package's own __init__ (the version) sits under every floor;
 # __main__ is the command line's.
 FLOORS = ("core", "model", "oci", "engine", "ecosystems", "lock", "fetch", "build", "ship", "use", "onramp",
-          "cli")
+          "ci", "cli")
 FUNCTION_IMPORTS_ALLOWED = ("cli",)
 # third-party package -> the only floor that may import it
 ADAPTERS = {"docker": "engine", "click": "cli"}

@@ -11,6 +11,7 @@ from __future__ import annotations
 from buildsys.cli.app import Context, _os_error_message, cli
 from buildsys.cli.attest import attest_cmd, attestations_cmd
 from buildsys.cli.build import build_cmd, diff_cmd, reproduce_cmd, test_cmd
+from buildsys.cli.ci import ci_cmd
 from buildsys.cli.fetch import fetch_cmd
 from buildsys.cli.graph import graph_cmd
 from buildsys.cli.init import init_cmd
@@ -25,7 +26,7 @@ __all__ = ["Context", "_os_error_message", "cli", "main"]
 for _command in (graph_cmd, lock_cmd, fetch_cmd, build_cmd, test_cmd, diff_cmd, publish_cmd, export_cmd,
                  import_cmd, sbom_cmd, run_cmd, doctor_cmd, up_cmd, down_cmd, compose_cmd, engine_cmd,
                  keygen_cmd, sign_cmd, verify_signature_cmd, attest_cmd, attestations_cmd, reproduce_cmd,
-                 init_cmd):
+                 init_cmd, ci_cmd):
     cli.add_command(_command)
 
 

@@ -19,6 +19,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from buildsys.core.errors import BuildsysError, EngineUnavailable
 from buildsys.core.store import pid_alive
+from buildsys.engine.sshrelay import SshRelay
 
 if TYPE_CHECKING:
     import docker
@@ -45,6 +46,10 @@ def _load_sdk() -> None:
     _TRANSPORT = (docker.errors.DockerException, requests.exceptions.RequestException)
 
 T = TypeVar("T")
+
+# The docker SDK's base_url for an engine reached through a local socket (unix, Windows' named pipe);
+# tcp:// gives http(s)://HOST:PORT and ssh:// gives http+docker://ssh.
+_LOCAL_BASE_URLS = ("http+docker://localhost", "http+docker://localnpipe")
 
 
 class EngineError(BuildsysError):
@@ -103,20 +108,44 @@ class RunResult:
 
 
 class Engine:
-    def __init__(self, client: docker.DockerClient) -> None:
+    def __init__(self, client: docker.DockerClient, *, remote: bool | None = None) -> None:
         _load_sdk()
         self.client = client
+        self._remote = remote
+        self._host: str | None = None  # DOCKER_HOST, when the SDK talks to a relay of it
 
     @classmethod
     def connect(cls, timeout: int = 600) -> Engine:
-        """Connect using DOCKER_HOST and friends; exit 4 when nobody answers."""
+        """Connect using DOCKER_HOST and friends; exit 4 when nobody answers.
+
+        ``ssh://`` goes through the ssh client, as the docker CLI does (``sshrelay``).
+        """
         _load_sdk()
+        host = os.environ.get("DOCKER_HOST", "")
+        relay = SshRelay(host) if host.startswith("ssh://") else None
         try:
-            client = docker.from_env(timeout=timeout)
+            if relay is not None:
+                client = docker.DockerClient(base_url=f"unix://{relay.path}", timeout=timeout)
+            else:
+                client = docker.from_env(timeout=timeout)
             client.ping()
         except _TRANSPORT as e:
-            raise EngineUnavailable(_short(e)) from e
-        return cls(client)
+            said = f" (ssh: {relay.errors[-1]})" if relay is not None and relay.errors else ""
+            if relay is not None:
+                relay.close()
+            raise EngineUnavailable(_short(e) + said) from e
+        engine = cls(client, remote=True if relay is not None else None)
+        engine._host = host if relay is not None else None
+        return engine
+
+    @property
+    def is_remote(self) -> bool:
+        """Whether the engine may be on another machine (``DOCKER_HOST=tcp://`` or ``ssh://``): then it
+        cannot see this machine's files, so nothing of this host's filesystem is mounted into a build
+        container or read from the engine's storage; only the local socket (unix, npipe) is taken as here."""
+        if self._remote is not None:
+            return self._remote
+        return str(getattr(self.client.api, "base_url", "")) not in _LOCAL_BASE_URLS
 
     def info(self) -> EngineInfo:
         try:
@@ -134,7 +163,7 @@ class Engine:
             runtimes=tuple(sorted(i.get("Runtimes") or {})),
             default_runtime=i.get("DefaultRuntime", ""),
             cdi_spec_dirs=tuple(i.get("CDISpecDirs") or ()),
-            host=str(getattr(self.client.api, "base_url", "")),
+            host=self._host or str(getattr(self.client.api, "base_url", "")),
         )
 
     def load(self, archive: IO[bytes] | bytes) -> None:
@@ -156,6 +185,10 @@ class Engine:
         at most a few MB in flight). An error of ``produce`` wins over docker's
         complaint about the archive it then cut short.
         """
+        return self._send_stream(produce, self.load)
+
+    def _send_stream(self, produce: Callable[[IO[bytes]], T], send: Callable[[Any], object]) -> T:
+        """Hand ``send`` the bytes ``produce`` writes, as an iterator of chunks, while it writes them."""
         chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
         stop = threading.Event()
         outcome: dict[str, Any] = {}
@@ -184,7 +217,7 @@ class Engine:
         worker = threading.Thread(target=run, name="buildsys-load", daemon=True)
         worker.start()
         try:
-            self.load(body())  # type: ignore[arg-type]
+            send(body())
         except BaseException:
             if "error" not in outcome:
                 raise
@@ -250,7 +283,11 @@ class Engine:
         """
         privileges: dict[str, Any] = ({"cap_add": ["SYS_ADMIN"], "security_opt": ["apparmor=unconfined"]}
                                       if namespaces else {})
-        volumes = {src: {"bind": dst, "mode": "ro" if ro else "rw"} for src, dst, ro in mounts}
+        mounts = list(mounts)
+        remote = self.is_remote
+        # A remote engine cannot see this host's folders: they are copied into the container before it
+        # starts (put_archive), and the writable ones copied back once it is done.
+        volumes = {} if remote else {src: {"bind": dst, "mode": "ro" if ro else "rw"} for src, dst, ro in mounts}
         try:
             c = self.client.containers.create(
                 image, command=list(command), entrypoint=list(entrypoint), environment=dict(env or {}), user=user,
@@ -260,10 +297,57 @@ class Engine:
         except _TRANSPORT as e:
             raise _translate(f"creating a container of {image}", e) from e
         try:
+            if remote:
+                for src, dst, _ in mounts:
+                    self._copy_in(c.id, Path(src), dst)
             yield Container(self, c)
+            if remote:
+                for src, dst, ro in mounts:
+                    if not ro:
+                        self._copy_out(c.id, dst, Path(src))
         finally:
             with contextlib.suppress(*_TRANSPORT):
                 c.remove(force=True)
+
+    def _copy_in(self, container_id: str, src: Path, dst: str) -> None:
+        """``src`` (a folder or a file of this host) at ``dst`` in a created container: a tar streamed as it
+        is written, so the inputs of a big layer need neither memory nor a temporary copy."""
+        import tarfile
+
+        def produce(sink: IO[bytes]) -> None:
+            with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT, bufsize=1 << 20) as tf:
+                tf.add(src, arcname=dst.strip("/"))
+
+        try:
+            self._send_stream(produce, lambda body: self.client.api.put_archive(container_id, "/", body))
+        except _TRANSPORT as e:
+            raise _translate(f"copying {src} into container {container_id[:12]} at {dst}", e) from e
+
+    def _copy_out(self, container_id: str, src: str, dst: Path) -> None:
+        """The folder ``src`` of a container back into ``dst`` on this host (a writable mount of a remote engine).
+
+        Extracted with tarfile's ``data`` filter: no links out of ``dst``, no devices, no absolute paths.
+        """
+        import tarfile
+        import tempfile
+
+        with tempfile.TemporaryFile() as buf:
+            try:
+                stream, _ = self.client.api.get_archive(container_id, src)
+                for chunk in stream:
+                    buf.write(chunk)
+            except _TRANSPORT as e:
+                raise _translate(f"copying {src} out of container {container_id[:12]}", e) from e
+            buf.seek(0)
+            top = src.rstrip("/").rsplit("/", 1)[-1]
+            with tarfile.open(fileobj=buf) as tf:
+                members = []
+                for m in tf.getmembers():
+                    name = m.name.split("/", 1)
+                    if name[0] == top and len(name) == 2 and name[1]:
+                        m.name = name[1]
+                        members.append(m)
+                tf.extractall(dst, members=members, filter="data")
 
     # -- containers people use (run / up), as opposed to build containers ----
 
@@ -574,6 +658,8 @@ class Container:
         Reading it costs what the layer holds, whatever the depth of the image
         below; ``docker save`` would rewrite every layer of the image instead.
         """
+        if self.engine.is_remote:  # its storage is on another machine (or may be): export it instead
+            return None
         try:
             data = self.engine.client.api.inspect_container(self.id)["GraphDriver"]
         except _TRANSPORT as e:
