@@ -371,3 +371,70 @@ def test_verify_reads_a_bounded_number_of_signatures(registry, keys, tmp_path: P
     put_sig(reg, repo, digest, [(b"{}", "AAAA")] * (signing.MAX_SIGNATURES + 1))
     result = run(tmp_path, "verify-signature", f"{host}/{repo}@{digest}", "--key", str(keys["pub"]))
     assert result.exit_code == 1 and f"{signing.MAX_SIGNATURES + 1} signatures, more than the" in result.output
+
+
+# ---------------------------------------------------------------- a signature cosign made
+
+
+CONTAINERS_IMAGE = "golang-github-containers-image"
+FIXTURES = "signature/fixtures/"
+
+
+def _cosign_fixtures(request: pytest.FixtureRequest) -> dict[str, bytes]:
+    """containers/image's own sigstore test fixtures (signatures made by cosign, its public key), from
+    Debian's source package of it, pinned by the sha256 that bookworm's Sources index lists."""
+    from cranrepo import DownloadFailed, _get, origs
+
+    cache = Path(request.config.cache.mkdir("containers-image"))
+    try:
+        ((url, sha),) = origs(cache, (CONTAINERS_IMAGE,)).values()
+        tarball = cache / url.rsplit("/", 1)[1]
+        if not tarball.is_file() or hashlib.sha256(tarball.read_bytes()).hexdigest() != sha:
+            data = _get(url)
+            assert hashlib.sha256(data).hexdigest() == sha, f"{url} is not what bookworm's Sources lists"
+            tarball.write_bytes(data)
+    except DownloadFailed as e:
+        pytest.fail(f"Debian's source package of containers/image: {e}")
+    wanted = ("cosign.pub", "dir-img-cosign-valid/manifest.json", "dir-img-cosign-valid/signature-1",
+              "dir-img-cosign-modified-manifest/manifest.json", "dir-img-cosign-modified-manifest/signature-1")
+    out: dict[str, bytes] = {}
+    with tarfile.open(tarball) as tf:
+        for member in tf.getmembers():
+            name = member.name.split(FIXTURES, 1)[-1]
+            if FIXTURES in member.name and name in wanted:
+                f = tf.extractfile(member)
+                assert f is not None
+                out[name] = f.read()
+    assert sorted(out) == sorted(wanted)
+    return out
+
+
+@pytest.mark.network
+def test_a_signature_cosign_made_verifies_and_buildsys_signs_the_same_payload_bytes(
+        request: pytest.FixtureRequest, keys, tmp_path: Path) -> None:
+    """The check no foreign verifier can make here (Debian's skopeo has sigstore patched out), turned around:
+    signatures made by cosign itself, kept by containers/image for its tests, verify with buildsys's verifier
+    and cosign's key, and the payload buildsys would sign for that image is cosign's, byte for byte."""
+    from cryptography.exceptions import InvalidSignature
+
+    fixtures = _cosign_fixtures(request)
+    (tmp_path / "cosign.pub").write_bytes(fixtures["cosign.pub"])
+    theirs = keyfiles.KeyVerifier(keyfiles.load_public_key(tmp_path / "cosign.pub"))
+    ours = keyfiles.KeyVerifier(keyfiles.load_public_key(keys["other.pub"]))
+    for case, same_image in (("dir-img-cosign-valid", True), ("dir-img-cosign-modified-manifest", False)):
+        raw = fixtures[f"{case}/signature-1"]
+        assert raw.startswith(b"\x00sigstore-json\n")  # containers/image's on-disk form of one signature
+        doc = json.loads(raw[raw.index(b"{"):])
+        assert doc["mimeType"] == "application/vnd.dev.cosign.simplesigning.v1+json"
+        payload, signature = base64.b64decode(doc["payload"]), doc["annotations"][signing.SIGNATURE_ANNOTATION]
+        theirs.verify(payload, signature, doc["annotations"])  # cosign's signature: buildsys accepts it
+        with pytest.raises(InvalidSignature):
+            ours.verify(payload, signature, doc["annotations"])  # and only with cosign's key
+        critical = json.loads(payload)["critical"]
+        host, repo = critical["identity"]["docker-reference"].split("/", 1)
+        signed_digest = critical["image"]["docker-manifest-digest"]
+        assert signing.payload(host, repo, signed_digest) == payload  # what buildsys signs is cosign's bytes
+        manifest_digest = "sha256:" + hashlib.sha256(fixtures[f"{case}/manifest.json"]).hexdigest()
+        # The modified manifest's signature is a good signature of another digest (verify_manifest's
+        # SignatureForOtherDigest, tested above against the registry).
+        assert (signed_digest == manifest_digest) is same_image
