@@ -26,6 +26,8 @@ import yaml
 from helpers import bs, copy_project, ok
 
 from buildsys.ci import yamltext
+from buildsys.core.store import Store
+from buildsys.oci.compress import CompressedBlobs, compressed_image, method
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CACHE = "127.0.0.1:5000/ci/cache"
@@ -207,7 +209,10 @@ def test_the_generated_pipeline_runs_job_by_job_on_two_engines(locked, engines, 
             assert f"{recipe}: reproducible" in outputs[-1]
         if job_id.startswith("publish-"):
             digest = outputs[-1].strip().splitlines()[-1]
-            assert digest == local[recipe]["manifest_digest"]
+            # What publish pushes: the local image with its layers gzip-compressed (one pinned method).
+            shipped = compressed_image(CompressedBlobs(Store(local_store)), local[recipe]["manifest_digest"],
+                                       method("gzip"))
+            assert digest == shipped.manifest_digest != local[recipe]["manifest_digest"]
             url = f"http://{registry.host}/v2/{space}/pub/{recipe}/manifests/{digest}"
             assert requests.head(url, headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
                                  timeout=10).status_code == 200
