@@ -298,7 +298,7 @@ def test_streamed_load_of_a_layer_written_while_docker_reads(tmp_path: Path) -> 
             made["config"] = rec.config_digest
             return layout.read_blob(rec.config_digest)
 
-        engine.load_stream(lambda sink: write_streamed_archive(sink, [], plan.size, write_layer))
+        engine.load_stream(lambda sink: write_streamed_archive(sink, [], [plan.size], lambda _, s: write_layer(s)))
     try:
         assert engine.image_id(made["config"]) == made["config"]  # docker's image ID is the config digest
     finally:

@@ -57,9 +57,14 @@ class Builder:
         # A registry as a shared layer cache (``remote_cache.RemoteCache``): asked on a local miss,
         # given each layer of the chain it lacks. None: this machine only.
         remote: LayerCache | None = None,
+        # Load into docker the images no later step of this build runs (each named chain's own image)?
+        # False: they stay in the store until ``run``/``test`` ask (``build --no-load``, verify's rebuild).
+        load_leaves: bool = True,
     ) -> None:
         self.store, self.graph, self.locks = store, graph, locks
         self.no_cache, self.tag, self.progress, self.remote = no_cache, tag, progress, remote
+        self.load_leaves = load_leaves
+        self._runs_on: set[tuple[str, ...]] = set()  # the chain prefixes a layer of this build is built on
         self.cache = Cache(store, no_cache)
         self._memo: dict[tuple[str, ...], tuple[LayerRecord, bool]] = {}
         self.loader = Loader(store, progress, engine, connect, trust_loaded,
@@ -139,6 +144,7 @@ class Builder:
 
     def _build(self, names: Sequence[str], jobs: int) -> list[BuiltImage]:
         selected = self.graph.select(names)
+        self._runs_on = {tuple(c[:i]) for c in map(self.graph.chain, selected) for i in range(1, len(c))}
         self._sweep_litter()
         if jobs > 1:
             self.prebuild([self.graph.chain(n) for n in selected], jobs)
@@ -260,11 +266,12 @@ class Builder:
         started = time.monotonic()
         check_vendored(self.store, self.locks, recipe, prefix)
         timings = self.timings[tuple(prefix)] = {"install": 0.0, "normalize": 0.0, "load": 0.0}
+        load = self.load_leaves or tuple(prefix) in self._runs_on
         if recipe.is_root:
-            record = self.maker.root(recipe, timings)
+            record = self.maker.root(recipe, timings, load=load)
         else:
             assert parent is not None
-            record = self.maker.child(recipe, parent, prefix, timings)
+            record = self.maker.child(recipe, parent, prefix, timings, load=load)
         self.cache.put(key, record)
         self.cache.put(files_key, record)
         if self.remote is not None:

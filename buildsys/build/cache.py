@@ -23,7 +23,7 @@ from buildsys.oci.layer.normalize import NORMALIZER_VERSION
 
 # Bump when the way a layer is made changes (build steps, environment), so
 # old cache entries stop matching. The normalizer has its own version.
-BUILDER_VERSION = "4"  # 4: OCI labels and annotations, history with the lock (issue 26)
+BUILDER_VERSION = "5"  # 5: a big [pip] set is split into layers (issue 21); 4: OCI labels (issue 26)
 
 
 class LayerCache(Protocol):

@@ -16,9 +16,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from buildsys.build import baseimage, bootstrap, steps
+from buildsys.build import baseimage, bootstrap, steps, sublayers
 from buildsys.build.checks import check_built
 from buildsys.build.load import Loader
 from buildsys.build.records import LayerRecord
@@ -40,11 +40,11 @@ from buildsys.oci.image import (
     write_streamed_archive,
 )
 from buildsys.oci.layer.inputs import read_filesystem, read_upper_dir
-from buildsys.oci.layer.normalize import LayerPlan, normalize_tar, plan_layer
+from buildsys.oci.layer.normalize import LayerInfo, LayerPlan, canonical_entries, normalize_tar
 from buildsys.oci.layer.tree import ParentTree
 
 if TYPE_CHECKING:  # docker's client is imported only when an engine is used (a no-op build needs none)
-    from buildsys.engine import Container, RunResult
+    from buildsys.engine import Container, Engine, RunResult
 
 # The vendor store's mount point inside build containers; never part of a layer.
 VENDOR_MOUNT = "buildsys"
@@ -64,10 +64,11 @@ class LayerMaker:
     def layout(self) -> OciLayout:
         return OciLayout(self.store.oci)
 
-    def root(self, recipe: Recipe, timings: dict[str, float]) -> LayerRecord:
+    def root(self, recipe: Recipe, timings: dict[str, float], load: bool = True) -> LayerRecord:
+        """A root's image; into docker too unless ``load`` is False (nothing of this build runs on it)."""
         lock = self.locks[recipe.name]
         if lock.get(ImageBaseLock) is not None:
-            return self._image_root(recipe, timings)
+            return self._image_root(recipe, timings, load)
         base = lock.get(DebianBaseLock)
         assert base is not None
         with self.store.scratch(f"build-{recipe.name}") as tmp:
@@ -81,16 +82,17 @@ class LayerMaker:
             with open(result.tarball, "rb") as src, open(layer_tmp, "wb") as dst:
                 info = normalize_tar(src, dst, lock.source_date_epoch)
             result.tarball.unlink()
-            record = self._write_image(recipe, lock, None, layer_tmp, info.digest, info.size,
-                                       created_by=_history(recipe, lock, f"mmdebstrap {base.suite}/{base.variant}, "
-                                                                         f"{len(base.packages)} packages"))
+            created_by = _history(recipe, lock, f"mmdebstrap {base.suite}/{base.variant}, "
+                                                f"{len(base.packages)} packages")
+            record = self._write_image(recipe, None, [(layer_tmp, info.digest, info.size)],
+                                       self._config(recipe, lock, None, info.digest, created_by))
             t2 = time.monotonic()
-            # Every root is needed by docker next (its child's build, or its own run): load it now.
-            self.loader.load(record)
+            if load:  # its child's build runs on it, or its user asked for it
+                self.loader.load(record)
             timings.update(install=t1 - t0, normalize=t2 - t1, load=time.monotonic() - t2)
             return record
 
-    def _image_root(self, recipe: Recipe, timings: dict[str, float]) -> LayerRecord:
+    def _image_root(self, recipe: Recipe, timings: dict[str, float], load: bool) -> LayerRecord:
         """A registry root: the image's vendored layers, unpacked and checked, under its canonical config."""
         lock = self.locks[recipe.name]
         base = lock.get(ImageBaseLock)
@@ -107,7 +109,8 @@ class LayerMaker:
                              layers=tuple(layers))
         t2 = time.monotonic()
         try:
-            self.loader.load(record)
+            if load:
+                self.loader.load(record)
         except EngineError as e:  # its layers matched their locked digests: the base itself is refused
             raise BuildError(recipe.name, f"docker load of the base image {base.reference}", e.message,
                              hint=f"its layers are the ones locked (each matched its digest and diff_id), so this "
@@ -136,14 +139,19 @@ class LayerMaker:
             config = self._image_root_config(recipe, lock, base, baseimage.read_config(self.store, recipe.name, base))
         else:
             made = self.layout.read_config(same_files.config_digest)
-            config = self._config(recipe, lock, parent, same_files.diff_ids[-1], made["history"][-1]["created_by"])
+            own = len(same_files.layers) - len(parent.layers if parent else ())
+            ids = same_files.diff_ids[-own:]
+            history = [str(h["created_by"]) for h in made["history"] if not h.get("empty_layer")][-own:]
+            config = self._config(recipe, lock, parent, ids[-1], history[-1],
+                                  below=list(zip(ids[:-1], history[:-1], strict=True)))
         img = self.layout.write_image(config, same_files.layers)
         return LayerRecord(recipe=recipe.name, config_digest=img.config_digest, manifest_digest=img.manifest_digest,
                            diff_ids=tuple(img.diff_ids), layers=tuple(same_files.layers))
 
     def child(self, recipe: Recipe, parent: LayerRecord, prefix: Sequence[str],
-                     timings: dict[str, float]) -> LayerRecord:
-        """Run the layer's steps in a container of the parent image, network none; take its diff.
+              timings: dict[str, float], load: bool = True) -> LayerRecord:
+        """Run the layer's steps in a container of the parent image, network none; take its diff; stream it
+        into docker as it is written unless ``load`` is False (nothing of this build runs on it).
 
         The diff is read from the overlay upper dir where this host can, else from
         commit + save; both are reduced to what changed against the parent chain's
@@ -172,49 +180,108 @@ class LayerMaker:
                     raw.seek(0)
                     layer = read_filesystem(raw, below)
                 t_plan = time.monotonic()
-                plan = plan_layer(layer, lock.source_date_epoch, (VENDOR_MOUNT,), below)
+                entries = canonical_entries(layer, lock.source_date_epoch, (VENDOR_MOUNT,), below)
+                parts = sublayers.plan(recipe, lock, parent, entries)
+                plans = [LayerPlan(part.entries, lock.source_date_epoch) for part in parts]
                 t_write = time.monotonic()
-                record, t2 = self._write_layer(recipe, lock, parent, plan, scratch / "layer.tar", created_by)
+                record, t2 = self._write_layers(recipe, lock, parent, parts, plans, scratch, created_by, load)
+                split = "" if len(parts) == 1 else " in {} layers ({})".format(len(parts), ", ".join(
+                    f"{part.label(recipe.name)} {p.size / 1e6:.0f} MB" for part, p in zip(parts, plans, strict=True)))
                 self.progress(recipe.name, "normalized",
-                            f"{plan.entries} entries, {plan.size / 1e6:.0f} MB: parent chain {t_read - t1:.1f}s, "
+                            f"{sum(p.entries for p in plans)} entries, {sum(p.size for p in plans) / 1e6:.0f} MB"
+                            f"{split}: parent chain {t_read - t1:.1f}s, "
                             f"{'upper dir' if upper is not None else 'export'} {t_plan - t_read:.1f}s, compare "
                             f"{t_write - t_plan:.1f}s, write+hash+stream {t2 - t_write:.1f}s")
         timings.update(install=t1 - t0, normalize=t2 - t1, load=time.monotonic() - t2)
         return record
 
-    def _write_layer(self, recipe: Recipe, lock: Lock, parent: LayerRecord, plan: LayerPlan, layer_file: Path,
-                     created_by: str) -> tuple[LayerRecord, float]:
-        """Write the canonical layer to the store and, in the same pass, into ``docker load``.
+    def _write_layers(self, recipe: Recipe, lock: Lock, parent: LayerRecord, parts: Sequence[sublayers.SubLayer],
+                      plans: Sequence[LayerPlan], scratch: Path, created_by: str,
+                      load: bool = True) -> tuple[LayerRecord, float]:
+        """Write the canonical layers to the store and, in the same pass, into ``docker load``.
 
-        Return the record and when the layer's last byte was written: what docker
-        does after that (apply the layer it received) is the load's own time.
+        ``plans`` are the recipe's layers, bottom first (one, or a split layer's
+        groups and then the recipe's own). A group expected to come out as before
+        (``sublayers.Expected``) is only hashed when the store has its blob, and
+        left out of the load when docker has it too (the bottom groups, up to the
+        first it lacks); a digest other than the expected one is written again,
+        whole. Return the record and when the last layer's last byte was written:
+        what docker does after that (apply the layers it received) is the load's
+        own time.
         """
+        n = len(plans)
+        layout = self.layout
+        expected = [sublayers.Expected.find(self.store, part.key) for part in parts]
+        infos: dict[int, LayerInfo] = {}
+        files: dict[int, Path] = {}  # the layers whose blob is new to the store
         done: dict[str, Any] = {}
         store_writes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="buildsys-store")
 
-        def write_layer(into: Any = None) -> bytes:
-            with open(layer_file, "wb") as f:
-                info = plan.write(f, *(into,) if into is not None else ())
+        def write(i: int, into: Any = None) -> None:
+            sinks = (into,) if into is not None else ()
+            exp = expected[i]
+            if exp is not None and i not in files and layout.has_blob(exp.diff_id):
+                infos[i] = plans[i].write(*sinks)  # hashed (and sent to docker): the store has these bytes
+                if infos[i].digest == exp.diff_id:
+                    return
+                self.progress(recipe.name, "warning", f"{parts[i].label(recipe.name)}: made {infos[i].digest[:19]},"
+                                                      f" not {exp.diff_id[:19]} as last time: written again")
+                sinks = ()  # docker has them already; the store gets them in a second pass
+            path = scratch / f"layer{i}.tar"
+            with open(path, "wb") as f:
+                infos[i] = plans[i].write(f, *sinks)
+            files[i] = path
+
+        def finish() -> bytes:
             done["at"] = time.monotonic()
-            config = self._config(recipe, lock, parent, info.digest, created_by)
+            below = [(infos[k].digest, _history(recipe, lock, part.what, part.name))
+                     for k, part in enumerate(parts[:-1])]
+            config = self._config(recipe, lock, parent, infos[n - 1].digest, created_by, below=below)
             # The store's copy is made durable (fsync, rename, config, manifest) while docker
-            # applies the layer: docker needs only the config bytes, which are ready now.
-            done["record"] = store_writes.submit(self._write_image, recipe, lock, parent, layer_file, info.digest,
-                                                 info.size, created_by, config)
+            # applies the layers: docker needs only the config bytes, which are ready now.
+            blobs = [(files.get(k), infos[k].digest, infos[k].size) for k in range(n)]
+            done["record"] = store_writes.submit(self._write_image, recipe, parent, blobs, config)
             return canonical_bytes(config)
 
         try:
-            engine = self.loader.docker()
+            engine = self.loader.docker() if load else None
             if engine is None:
-                write_layer()
+                for i in range(n):
+                    write(i)
+                finish()
             else:
-                self.progress(recipe.name, "load", "docker load (new layer only), streamed as it is written")
-                lower = list(parent.diff_ids)
-                engine.load_stream(lambda sink: write_streamed_archive(sink, lower, plan.size, write_layer))
+                have = _docker_has(engine, expected)
+                for i in range(have):
+                    write(i)
+                if any(i in files for i in range(have)):  # one came out otherwise: docker lacks it, send them all
+                    have = 0
+                try:
+                    self._stream(recipe, engine, parent, plans, have, infos, write, finish)
+                except EngineError:
+                    if not have or "record" not in done:
+                        raise
+                    # Refused for want of a layer it was expected to have (removed meanwhile): from the store.
+                    self.progress(recipe.name, "load", "docker lacked a layer it had: loading from the store")
+                    self.loader.load(done["record"].result())
             record: LayerRecord = done["record"].result()
         finally:
             store_writes.shutdown(wait=True)
+        sublayers.Expected.remember(self.store, list(parts), record)
         return record, done["at"]
+
+    def _stream(self, recipe: Recipe, engine: Engine, parent: LayerRecord, plans: Sequence[LayerPlan], have: int,
+                infos: dict[int, LayerInfo], write: Callable[[int, Any], None], finish: Callable[[], bytes]) -> None:
+        """``docker load`` of the layers above the ``have`` bottom ones, each written into it as it is made."""
+        sent = len(plans) - have
+        self.progress(recipe.name, "load", f"docker load ({sent} new layer{'s' if sent > 1 else ''}"
+                                           + (f"; {have} it has" if have else "") + "), streamed as written")
+
+        def streamed(k: int, sink: IO[bytes]) -> bytes | None:
+            write(have + k, sink)
+            return finish() if have + k == len(plans) - 1 else None
+
+        lower = [*parent.diff_ids, *(infos[i].digest for i in range(have))]
+        engine.load_stream(lambda sink: write_streamed_archive(sink, lower, [p.size for p in plans[have:]], streamed))
 
     @contextlib.contextmanager
     def run_steps(self, recipe: Recipe, lock: Lock, parent: LayerRecord,
@@ -266,29 +333,43 @@ class LayerMaker:
             self.progress(recipe, "warning", line.removeprefix(steps.WARNING_MARKER))
 
     def _config(self, recipe: Recipe, lock: Lock, parent: LayerRecord | None, diff_id: str,
-                created_by: str) -> dict[str, Any]:
+                created_by: str, below: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
         parent_config = self.layout.read_config(parent.config_digest) if parent else None
         labels = oci_labels(recipe.name, recipe.recipe_hash, lock.lock_hash, recipe.description,
                             epoch=lock.source_date_epoch, meta=self.meta(recipe.name))
         return make_config(parent=parent_config, diff_id=diff_id, epoch=lock.source_date_epoch,
-                           image=recipe.image, labels=labels, created_by=created_by)
+                           image=recipe.image, labels=labels, created_by=created_by, below=below)
 
-    def _write_image(self, recipe: Recipe, lock: Lock, parent: LayerRecord | None, layer_file: Path,
-                     diff_id: str, size: int, created_by: str, config: dict[str, Any] | None = None) -> LayerRecord:
+    def _write_image(self, recipe: Recipe, parent: LayerRecord | None,
+                     files: Sequence[tuple[Path | None, str, int]], config: dict[str, Any]) -> LayerRecord:
+        """The recipe's layer files (path, diff_id, size; bottom first; no path: a blob the store has) into the
+        store, and its image."""
         layout = self.layout
-        digest = layout.add_blob_file(layer_file, digest=diff_id)
-        if config is None:
-            config = self._config(recipe, lock, parent, diff_id, created_by)
-        layers = [*(parent.layers if parent else ()), (digest, size)]
+        layers = [*(parent.layers if parent else ()),
+                  *((layout.add_blob_file(path, digest=diff_id) if path else diff_id, size)
+                    for path, diff_id, size in files)]
         img = layout.write_image(config, layers)
         return LayerRecord(recipe=recipe.name, config_digest=img.config_digest,
                            manifest_digest=img.manifest_digest, diff_ids=tuple(img.diff_ids),
                            layers=tuple((d, s) for d, s in layers))
 
 
-def _history(recipe: Recipe, lock: Lock, what: str) -> str:
-    """The layer's one line of history: its recipe, what it installed, the lock it was made from."""
-    return f"buildsys: {recipe.name} ({what}; lock {lock.lock_hash.removeprefix('sha256:')[:12]})"
+def _docker_has(engine: Engine, expected: Sequence[sublayers.Expected | None]) -> int:
+    """How many bottom groups docker has: those made for one image it has (on these parent layers, so it has
+    their chain), up to the first expected otherwise; never the recipe's own top layer."""
+    first = expected[0]
+    have = 0
+    if first is not None and engine.has_image(first.image):
+        while have < len(expected) - 1 and (exp := expected[have]) is not None and exp.image == first.image:
+            have += 1
+    return have
+
+
+def _history(recipe: Recipe, lock: Lock, what: str, group: str | None = None) -> str:
+    """A layer's one line of history: its recipe (and group, of a split layer), what it installed, the lock it
+    was made from."""
+    name = f"{recipe.name}/{group}" if group else recipe.name
+    return f"buildsys: {name} ({what}; lock {lock.lock_hash.removeprefix('sha256:')[:12]})"
 
 
 def _summary(recipe: Recipe) -> str:

@@ -42,6 +42,7 @@ class LayerMismatch:
     diff_id: tuple[str, str]
     files: list[FileDifference]
     config: list[str]  # config keys that differ
+    part: str = ""  # the OCI layer of a split recipe layer that differs first: "pytorch/cuda" ("": not split)
 
 
 @dataclass
@@ -67,7 +68,9 @@ def verify(store: Store, graph: Graph, locks: Mapping[str, Lock], names: Sequenc
     with store.scratch("verify") as tmp:
         fresh = Store(Path(tmp), vendor_root=store.vendor_root)
         progress("*", "verify", "rebuilding from nothing (no cache, fresh store)")
-        second = Builder(fresh, graph, locks, engine=engine, no_cache=True, tag=False,
+        # Its images nobody runs (the named ones: same IDs as the first build's when reproducible) stay in
+        # the store: for pytorch that is a minute of docker load saved.
+        second = Builder(fresh, graph, locks, engine=engine, no_cache=True, tag=False, load_leaves=False,
                          progress=lambda r, s, d: progress(r, f"verify {s}", d)).build(names, jobs=jobs)
         for a, b in zip(first, second, strict=True):
             results.append(compare(a, b, OciLayout(store.oci), OciLayout(fresh.oci)))
@@ -106,15 +109,33 @@ def was_verified(store: Store, manifest_digest: str) -> bool:
 
 def compare(a: BuiltImage, b: BuiltImage, layout_a: OciLayout, layout_b: OciLayout) -> VerifyResult:
     result = VerifyResult(recipe=a.recipe, first=a, second=b)
+    below = 0  # layers of the chain under this recipe's
     for i, (la, lb) in enumerate(zip(a.layers, b.layers, strict=True)):
-        da, db = la.diff_ids[-1], lb.diff_ids[-1]
-        if da != db or la.config_digest != lb.config_digest:
-            files = diff_layers(layout_a.blob_path(la.layers[-1][0]), layout_b.blob_path(lb.layers[-1][0])) \
-                if da != db else []
-            cfg = config_differences(layout_a.read_config(la.config_digest), layout_b.read_config(lb.config_digest))
-            result.mismatch = LayerMismatch(recipe=a.chain[i], index=i, diff_id=(da, db), files=files, config=cfg)
+        own_a, own_b = la.diff_ids[below:], lb.diff_ids[below:]
+        if own_a != own_b or la.config_digest != lb.config_digest:
+            cfg_a, cfg_b = layout_a.read_config(la.config_digest), layout_b.read_config(lb.config_digest)
+            # The first of the recipe's layers that differs (a split layer has several), else its top one.
+            k = next((k for k, (x, y) in enumerate(zip(own_a, own_b, strict=False)) if x != y),
+                     min(len(own_a), len(own_b)) - 1)
+            da, db = own_a[k], own_b[k]
+            files = diff_layers(layout_a.blob_path(la.layers[below + k][0]),
+                                layout_b.blob_path(lb.layers[below + k][0])) if da != db else []
+            part = layer_name(cfg_a, below + k) if len(own_a) > 1 else ""
+            result.mismatch = LayerMismatch(recipe=a.chain[i], index=i, diff_id=(da, db), files=files,
+                                            config=config_differences(cfg_a, cfg_b), part=part)
             break
+        below = len(la.diff_ids)
     return result
+
+
+def layer_name(config: Mapping[str, Any], index: int) -> str:
+    """What the history of layer ``index`` (of the image's diff_ids) says it is: ``pytorch/cuda`` of
+    ``buildsys: pytorch/cuda (pip 19: ...; lock ...)``; "" for a layer buildsys did not write."""
+    made = [h for h in config.get("history") or [] if not h.get("empty_layer")]
+    if index >= len(made):
+        return ""
+    by = str(made[index].get("created_by", ""))
+    return by.removeprefix("buildsys: ").partition(" (")[0] if by.startswith("buildsys: ") else ""
 
 
 def config_differences(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> list[str]:
@@ -138,7 +159,7 @@ def format_mismatch(result: VerifyResult, limit: int = 50) -> str:
                 "here: report it, and publish with --compression none meanwhile)")
     assert m is not None
     lines = [f"{result.recipe}: NOT reproducible; first differing layer: '{m.recipe}' (layer {m.index + 1} of "
-             f"{len(result.first.chain)})"]
+             f"{len(result.first.chain)})" + (f", its OCI layer '{m.part}'" if m.part else "")]
     if m.diff_id[0] != m.diff_id[1]:
         lines.append(f"  diff_id {m.diff_id[0]}\n       vs {m.diff_id[1]}")
     for d in m.files[:limit]:
@@ -212,13 +233,25 @@ def diff_images(layout_a: OciLayout, manifest_a: str, layout_b: OciLayout, manif
     with contextlib.ExitStack() as stack:
         files = diff_entries({p: e for p, (e, _) in a.items()}, {p: e for p, (e, _) in b.items()},
                              _reader(a, stack), _reader(b, stack))
-    _, cfg_a = layout_a.read_image(manifest_a)
-    _, cfg_b = layout_b.read_image(manifest_b)
+    man_a, cfg_a = layout_a.read_image(manifest_a)
+    man_b, cfg_b = layout_b.read_image(manifest_b)
+    # Which layer holds each differing path, by its history name ("pytorch/cuda"): a split recipe has several.
+    where_a = _layer_names(layout_a, man_a, cfg_a)
+    where_b = _layer_names(layout_b, man_b, cfg_b)
+    for d in files:
+        held = [w[v[1]] for w, v in ((where_a, a.get(d.path)), (where_b, b.get(d.path))) if v is not None]
+        d.layer = " / ".join(dict.fromkeys(held))
     # rootfs.diff_ids and history differ whenever any file does; they add nothing.
     skip = ("rootfs", "history")
     config = config_differences({k: v for k, v in cfg_a.items() if k not in skip},
                                 {k: v for k, v in cfg_b.items() if k not in skip})
     return ImageDiff(files=files, config=config)
+
+
+def _layer_names(layout: OciLayout, manifest: Mapping[str, Any], config: Mapping[str, Any]) -> dict[Path, str]:
+    """Each layer tar of an image -> its name: the recipe (and group) its history gives, else "layer N"."""
+    return {layout.blob_path(desc["digest"]): layer_name(config, i) or f"layer {i + 1}"
+            for i, desc in enumerate(manifest["layers"])}
 
 
 def resolve_image(layout: OciLayout, ref: str) -> str:

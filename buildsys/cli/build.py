@@ -33,10 +33,13 @@ if TYPE_CHECKING:
 @click.option("--cache-compression", "cache_compression", type=click.Choice(["gzip", "zstd", "none"]),
               default="gzip", show_default=True,
               help="How --cache-to compresses layers (zstd: docker before 23 cannot pull them; docs/shipping.md).")
+@click.option("--no-load", "no_load", is_flag=True,
+              help="Keep the named images in the store only: not loaded into docker, nothing tagged "
+                   "(publish, export and cache jobs need no docker copy; run and test load on demand).")
 @click.pass_obj
 def build_cmd(obj: Context, recipes: tuple[str, ...], verify: bool, no_cache: bool, as_json: bool,
               jobs: int, cache_from: str | None, cache_to: str | None, insecure: bool,
-              cache_compression: str) -> None:
+              cache_compression: str, no_load: bool) -> None:
     """Build the chains of RECIPES (default: all) with the network off."""
     from buildsys.build.builder import Builder
     from buildsys.lock import fresh_locks
@@ -45,6 +48,9 @@ def build_cmd(obj: Context, recipes: tuple[str, ...], verify: bool, no_cache: bo
     locks = fresh_locks(obj.project, g, recipes)
     progress = LiveProgress()
     store = obj.open_store()
+    if verify and no_load:
+        raise UsageError("--verify keeps its rebuild out of docker already; it takes no --no-load",
+                         "run `buildsys build --verify` alone")
     if verify and (cache_from or cache_to):
         raise UsageError("--verify rebuilds from nothing; it takes no --cache-from/--cache-to",
                          "run `buildsys build --verify` alone")
@@ -79,7 +85,7 @@ def build_cmd(obj: Context, recipes: tuple[str, ...], verify: bool, no_cache: bo
     with progress:
         # The engine is connected only when the store cannot answer alone (see Builder.connect).
         images = Builder(store, g, locks, connect=_connect, trust_loaded=True, no_cache=no_cache, remote=remote,
-                         progress=progress).build(recipes, jobs=jobs)
+                         progress=progress, tag=not no_load, load_leaves=not no_load).build(recipes, jobs=jobs)
     _print_images(images, as_json)
 
 
@@ -168,7 +174,7 @@ def diff_cmd(obj: Context, image_a: str, image_b: str, limit: int) -> None:
     a, b = resolve_image(layout, image_a), resolve_image(layout, image_b)
     result = diff_images(layout, a, layout, b)
     for d in result.files[:limit]:
-        click.echo(f"{d.path}: {', '.join(d.what)}")
+        click.echo(f"{d.path}: {', '.join(d.what)}" + (f" (in {d.layer})" if d.layer else ""))
         for line in d.detail.splitlines():
             click.echo(f"    {line}")
     if len(result.files) > limit:

@@ -44,6 +44,7 @@ from buildsys.ecosystems.pip_errors import (
     requirement_name,
 )
 from buildsys.ecosystems.pip_files import Pinned, RequirementsFile, read_pyproject, read_requirements
+from buildsys.ecosystems.pip_layers import LayerSpec, parse_layers
 from buildsys.ecosystems.pip_source import SOURCES_PY, is_sdist, split_pin
 from buildsys.ecosystems.pip_tools import MIN_PYTHON, PipToolFailed, host_ca_bundle, tools_dir
 from buildsys.ecosystems.pypi import (
@@ -81,10 +82,13 @@ class PipRecipe(RecipeSection):
     index_url: str | None = None
     from_source: tuple[str, ...] = ()
     files: tuple[RequirementsFile, ...] = ()  # the project files read, requirements first, then pyproject
+    layers: tuple[LayerSpec, ...] = ()  # [[pip.layers]]: groups with a layer of their own (pip_layers)
+    split: bool = True  # false: one layer whatever the set weighs
 
     KEY = "pip"
     SCHEMA = {"packages": "str-list", "index-url": "str", "from-source": "str-list", "requirements": "str",
-              "pyproject": "str", "extras": "str-list"}
+              "pyproject": "str", "extras": "str-list", "split": "bool",
+              "layers": ("tables", {"name": "str", "packages": "str-list"})}
 
     @classmethod
     def parse(cls, v: RecipeValidator, value: Any, key: KeyPath) -> Self:
@@ -111,10 +115,15 @@ class PipRecipe(RecipeSection):
                          f"{pinned.path} is hashed (--hash lines): it is the whole pin set, so nothing may be "
                          "resolved beside it", hint=f"add these requirements to {pinned.path} "
                                                     "(`pip-compile --generate-hashes`), or drop its --hash lines")
+        layers = parse_layers(value.get("layers", []), lambda k, problem, hint: v.fail(k, problem, hint=hint),
+                              (*key, "layers"))
+        if layers and value.get("split") is False:
+            raise v.fail((*key, "split"), "is false, but [[pip.layers]] lists layers to split into",
+                         hint="remove one of them")
         own = list(value.get("packages", []))
         extra = [spec for f in files for spec, _ in f.requirements if spec not in own]
         return cls(tuple(own + list(dict.fromkeys(extra))), value.get("index-url"),
-                   tuple(value.get("from-source", [])), tuple(files))
+                   tuple(value.get("from-source", [])), tuple(files), layers, value.get("split", True))
 
     def count(self) -> int:
         return len(self.packages)

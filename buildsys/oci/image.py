@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -174,8 +175,12 @@ def make_config(
     created_by: str,
     architecture: str = "amd64",
     os: str = "linux",
+    below: Sequence[tuple[str, str]] = (),
 ) -> dict[str, Any]:
     """The config of an image made of ``parent`` plus one layer (none: ``diff_id`` None), Dockerfile-like.
+
+    ``below``: the (diff_id, created_by) of layers of the same step under that one (a split layer's groups,
+    ``build/sublayers``), each with its own history entry.
 
     Labels are applied as inherited < buildsys's defaults < recipe ``[image] labels``
     < buildsys's fixed ones (``oci_labels``), so that the derived labels (hashes, created,
@@ -230,9 +235,9 @@ def make_config(
     rootfs = cfg.setdefault("rootfs", {"type": "layers", "diff_ids": []})
     rootfs["type"] = "layers"
     # No diff_id: a config-only step (a registry root's [image] on the image as it is), an empty layer.
-    rootfs["diff_ids"] = [*rootfs.get("diff_ids", []), *([diff_id] if diff_id else [])]
+    rootfs["diff_ids"] = [*rootfs.get("diff_ids", []), *(d for d, _ in below), *([diff_id] if diff_id else [])]
     step = {"created": when, "created_by": created_by, **({} if diff_id else {"empty_layer": True})}
-    cfg["history"] = [*cfg.get("history", []), step]
+    cfg["history"] = [*cfg.get("history", []), *({"created": when, "created_by": by} for _, by in below), step]
     return cfg
 
 
@@ -461,24 +466,28 @@ def write_docker_archive(layout: OciLayout, manifest_digest: str, repo_tags: lis
     writer.close()
 
 
-def write_streamed_archive(dst: IO[bytes], lower_diff_ids: Sequence[str], layer_size: int,
-                           write_layer: Callable[[IO[bytes]], bytes]) -> None:
-    """A ``docker load`` archive whose top layer is written into it while it is made.
+def write_streamed_archive(dst: IO[bytes], lower_diff_ids: Sequence[str], layer_sizes: Sequence[int],
+                           write_layer: Callable[[int, IO[bytes]], bytes | None]) -> None:
+    """A ``docker load`` archive whose new layers are written into it while they are made.
 
-    ``write_layer`` writes exactly ``layer_size`` bytes (the canonical layer) and
-    returns the image's config, which can only be made once the layer's digest
-    is known: docker reads ``manifest.json`` after the whole archive, so the
-    config and manifest may come last. The lower layers are named but not sent:
-    docker must have them (it ran the build on the parent image), and its loader
-    skips a layer it has without opening its file (see ``write_docker_archive``).
+    ``write_layer(i, sink)`` writes exactly ``layer_sizes[i]`` bytes (the i-th
+    new layer, bottom first); the last call returns the image's config, which
+    can only be made once every layer's digest is known: docker reads
+    ``manifest.json`` after the whole archive, so the config and manifest may
+    come last. The lower layers are named but not sent: docker must have them
+    (it ran the build on the parent image), and its loader skips a layer it has
+    without opening its file (see ``write_docker_archive``).
     """
     writer = TarWriter(dst, hashed=False)
-    config = writer.add_stream("layer.tar", layer_size, write_layer)
+    config: bytes | None = None
+    names = [f"layer{i}.tar" if len(layer_sizes) > 1 else "layer.tar" for i in range(len(layer_sizes))]
+    for i, (name, size) in enumerate(zip(names, layer_sizes, strict=True)):
+        config = writer.add_stream(name, size, functools.partial(write_layer, i))
     assert isinstance(config, bytes)
     docker_manifest = [{
         "Config": "config.json",
         "RepoTags": [],
-        "Layers": [f"lower/{d.split(':', 1)[1]}.tar" for d in lower_diff_ids] + ["layer.tar"],
+        "Layers": [f"lower/{d.split(':', 1)[1]}.tar" for d in lower_diff_ids] + names,
     }]
 
     for name, data in (("config.json", config), ("manifest.json", canonical_bytes(docker_manifest))):

@@ -108,7 +108,7 @@ class RemoteCache:
         if not all(isinstance(d, str) and names.DIGEST.fullmatch(d) for d, _, _ in layers):
             raise ValueError("a layer digest is not sha256:<64 hex>")
         below = list(parent.layers) if parent else []
-        if manifest.get("mediaType") != MANIFEST_MEDIA_TYPE or len(layers) != len(below) + 1 or \
+        if manifest.get("mediaType") != MANIFEST_MEDIA_TYPE or len(layers) <= len(below) or \
                 any(fmt is None for _, _, fmt in layers):
             self.progress(recipe.name, "remote miss", f"entry {self.tag(key)[:19]} does not build on the parent "
                                                     "layers; ignored")
@@ -121,24 +121,24 @@ class RemoteCache:
         diff_ids = tuple(config.get("rootfs", {}).get("diff_ids", []))
         labels = (config.get("config") or {}).get("Labels") or {}
         # The layers below are the parent's (by diff_id: the entry's may be compressed another way).
-        if diff_ids[:-1] != tuple(d for d, _ in below) or len(diff_ids) != len(layers) or \
+        if diff_ids[:len(below)] != tuple(d for d, _ in below) or len(diff_ids) != len(layers) or \
                 labels.get("io.buildsys.recipe-hash") != recipe.recipe_hash:
             self.progress(recipe.name, "remote miss", f"entry {self.tag(key)[:19]} is not this recipe's layer; "
                                                     "ignored")
             return None
-        top, size, fmt = layers[-1]
-        diff_id = diff_ids[-1]
-        if not isinstance(diff_id, str) or not names.DIGEST.fullmatch(diff_id):
-            raise ValueError("a diff_id is not sha256:<64 hex>")
-        if layout.has_blob(diff_id):
-            top_size = layout.blob_path(diff_id).stat().st_size
-        else:
-            self.progress(recipe.name, "remote fetch", f"layer {top[:19]} ({size / 1e6:.1f} MB, {fmt})")
-            top_size = self._fetch_layer(reg, repo, top, size, fmt or "none", diff_id, layout)
+        own: list[tuple[str, int]] = []  # the recipe's layers (several: a split layer), bottom first
+        for (blob, size, fmt), diff_id in zip(layers[len(below):], diff_ids[len(below):], strict=True):
+            if not isinstance(diff_id, str) or not names.DIGEST.fullmatch(diff_id):
+                raise ValueError("a diff_id is not sha256:<64 hex>")
+            if layout.has_blob(diff_id):
+                own.append((diff_id, layout.blob_path(diff_id).stat().st_size))
+                continue
+            self.progress(recipe.name, "remote fetch", f"layer {blob[:19]} ({size / 1e6:.1f} MB, {fmt})")
+            own.append((diff_id, self._fetch_layer(reg, repo, blob, size, fmt or "none", diff_id, layout)))
         assert digest_bytes(config_bytes) == config_digest
         layout.add_blob_bytes(config_bytes)
         # The manifest a build here writes: the entry's, with the uncompressed layer descriptors.
-        uncompressed = [*below, (diff_id, top_size)]
+        uncompressed = [*below, *own]
         local = canonical_bytes({**manifest, "layers": [built_descriptor(desc, d, n) for desc, (d, n)
                                                         in zip(manifest["layers"], uncompressed, strict=True)]})
         manifest_digest = layout.add_blob_bytes(local)

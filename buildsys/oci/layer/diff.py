@@ -37,6 +37,7 @@ class FileDifference:
     path: str
     what: list[str]  # e.g. ["content"], ["mode", "mtime"], ["only in A"]
     detail: str = ""
+    layer: str = ""  # of two whole images: the layer(s) holding the path, "pytorch/cuda" (``verify.diff_images``)
 
 
 def _pax_xattrs(member: tarfile.TarInfo) -> dict[str, bytes]:

@@ -492,10 +492,16 @@ class TarWriter:
         return LayerInfo(digest="sha256:" + self._out.hash.hexdigest(), size=self._out.size, entries=0)
 
 
+def canonical_entries(layer: LayerInput, epoch: int, drop_prefixes: Sequence[str] = (),
+                 parent: ParentTree | None = None) -> list[Item]:
+    """The canonical layer's entries, sorted, hard links resolved: what a ``LayerPlan`` writes (or several,
+    when ``split.split_entries`` divides them)."""
+    return _resolve_links(_layer_diff(layer, parent or ParentTree(), _dropper(drop_prefixes), epoch))
+
+
 def plan_layer(layer: LayerInput, epoch: int, drop_prefixes: Sequence[str] = (),
                parent: ParentTree | None = None) -> LayerPlan:
-    out = _layer_diff(layer, parent or ParentTree(), _dropper(drop_prefixes), epoch)
-    return LayerPlan(_resolve_links(out), epoch)
+    return LayerPlan(canonical_entries(layer, epoch, drop_prefixes, parent), epoch)
 
 
 def normalize_tar(src: IO[bytes], dst: IO[bytes], epoch: int, drop_prefixes: Sequence[str] = (),

@@ -1,0 +1,204 @@
+"""The GPU images at the speed of their bytes: what buildsys adds to a big layer, and what a small change costs.
+
+For each recipe named (default: pytorch), in a new store holding only hard links
+to the project store's vendored files:
+
+1. cold build of the recipe on its cached parents (their images built first, not
+   timed): install, normalize and load seconds, the ratio (normalize + load) /
+   install, and the recipe's OCI layers (a big pip set is split: docs/recipes.md);
+2. peers over the same bytes, in this process: ``sha256sum`` of the recipe's
+   layer blobs against the normalizer's MB/s, and ``docker commit`` of a
+   container that ran the same steps (the engine making its own layer of it);
+3. ``publish`` (gzip) to a loopback docker-registry: seconds and bytes sent;
+4. a one-package change: a copy of the project whose recipe asks one more small
+   distribution (``--change``, default ``toolz``), locked (pins kept), fetched,
+   built and published again to the same repository: seconds, which layers
+   changed, bytes rebuilt and bytes sent, as a share of the image.
+
+    .venv/bin/python bench/bench_gpu.py                  # pytorch
+    .venv/bin/python bench/bench_gpu.py keras pytorch
+
+Needs PyPI (the change's lock and fetch; the first ``fetch`` of the recipe
+downloads its wheels, ~3 GB each) and docker; uses ~25 GB of disk per recipe
+under $BENCH_TMP (default /var/tmp). Not part of ``make bench``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import tomlkit
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from benchlib import MB  # noqa: E402
+from shipenv import docker_registry  # noqa: E402
+
+from buildsys.build.builder import Builder  # noqa: E402
+from buildsys.core.store import Store  # noqa: E402
+from buildsys.engine import Engine  # noqa: E402
+from buildsys.lock import fresh_locks  # noqa: E402
+from buildsys.model.graph import build_graph  # noqa: E402
+from buildsys.model.recipe import load_recipes  # noqa: E402
+from buildsys.oci.image import OciLayout  # noqa: E402
+
+
+def bs(project: Path, store: Path, *args: str) -> tuple[float, subprocess.CompletedProcess[str]]:
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "buildsys", "-C", str(project), "--store", str(store), *args],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        sys.exit(f"buildsys {' '.join(args)} failed:\n{done.stderr[-4000:]}")
+    return time.monotonic() - started, done
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("recipes", nargs="*", default=["pytorch"])
+    ap.add_argument("--store", type=Path, default=ROOT / ".buildsys", help="the project store (its vendor/)")
+    ap.add_argument("--change", default="toolz", help="the small distribution the change adds")
+    ap.add_argument("--keep", action="store_true", help="keep the work folder")
+    return ap.parse_args()
+
+
+def own_layers(store: Path, name: str, parent: str | None) -> list[dict[str, Any]]:
+    """The recipe's own layers in the store's image: digest, size, history name."""
+    layout = OciLayout(store / "oci")
+    digest = layout.resolve(name)
+    assert digest is not None
+    manifest, config = layout.read_image(digest)
+    below = 0
+    if parent:
+        pdigest = layout.resolve(parent)
+        assert pdigest is not None
+        below = len(layout.read_image(pdigest)[0]["layers"])
+    made = [h["created_by"] for h in config["history"] if not h.get("empty_layer")]
+    return [{"digest": d["digest"], "size": int(d["size"]),
+             "name": made[i].removeprefix("buildsys: ").partition(" (")[0]}
+            for i, d in enumerate(manifest["layers"]) if i >= below]
+
+
+def sha256sum_seconds(store: Path, layers: list[dict[str, Any]]) -> float:
+    files = [str(store / "oci" / "blobs" / "sha256" / x["digest"][7:]) for x in layers]
+    subprocess.run(["cat", *files], stdout=subprocess.DEVNULL, check=True)  # the same page cache for both
+    started = time.monotonic()
+    subprocess.run(["sha256sum", *files], stdout=subprocess.DEVNULL, check=True)
+    return time.monotonic() - started
+
+
+def commit_seconds(store: Path, name: str) -> tuple[float, float]:
+    """(install, commit) seconds: the recipe's steps in a container of its parent, then ``docker commit``."""
+    graph = build_graph(load_recipes(ROOT))
+    locks = fresh_locks(ROOT, graph, [name])
+    builder = Builder(Store(store), graph, locks, connect=Engine.connect)
+    parent_chain = builder.stored_chain(graph.recipes[name].parents[0])
+    assert parent_chain is not None
+    started = time.monotonic()
+    with builder.run_steps(graph.recipes[name], locks[name], parent_chain[-1]) as (container, _, _):
+        ran = time.monotonic()
+        image = container.commit()
+        committed = time.monotonic()
+    with contextlib.suppress(docker.errors.APIError):
+        docker.from_env().images.remove(image, force=True)
+    return ran - started, committed - ran
+
+
+def publish(store: Path, project: Path, name: str, host: str) -> dict[str, Any]:
+    seconds, done = bs(project, store, "publish", name, "--to", f"{host}/bench/{name}:1", "--json", "--force")
+    out: dict[str, Any] = json.loads(done.stdout)
+    out["wall"] = seconds
+    return out
+
+
+def changed_project(work: Path, name: str, package: str) -> Path:
+    proj = work / "changed"
+    for part in ("recipes", "locks"):
+        shutil.copytree(ROOT / part, proj / part)
+    path = proj / "recipes" / f"{name}.toml"
+    doc = tomlkit.parse(path.read_text())
+    doc["pip"]["packages"].append(package)  # type: ignore[index, union-attr]
+    path.write_text(tomlkit.dumps(doc))
+    return proj
+
+
+def bench(name: str, args: argparse.Namespace, work: Path, client: docker.DockerClient, host: str) -> None:
+    graph = build_graph(load_recipes(ROOT))
+    parent = graph.recipes[name].parents[0]
+    t_fetch, _ = bs(ROOT, args.store, "fetch", name)
+    print(f"\n== {name}  (fetch into the project store {t_fetch:.1f} s)")
+    store = work / f"store-{name}"
+    store.mkdir()
+    subprocess.run(["cp", "-al", str(args.store / "vendor"), str(store / "vendor")], check=True)
+    for p in graph.chain(name)[:-1]:
+        bs(ROOT, store, "build", p)
+    with contextlib.suppress(docker.errors.APIError):
+        client.images.remove(f"{name}:latest", force=False)
+    seconds, done = bs(ROOT, store, "build", "--json", name)
+    image = next(i for i in json.loads(done.stdout) if i["recipe"] == name)
+    t = image["timings"]
+    layers = own_layers(store, name, parent)
+    total = sum(x["size"] for x in layers)
+    print(f"cold build {seconds:.1f} s: install {t['install']:.1f}, normalize {t['normalize']:.1f}, load "
+          f"{t['load']:.1f}; (normalize + load) / install = {(t['normalize'] + t['load']) / t['install']:.2f}")
+    for x in layers:
+        print(f"  layer {x['name']:22} {x['size'] / MB:8.0f} MB  {x['digest'][:19]}")
+    t_sum = sha256sum_seconds(store, layers)
+    print(f"normalizer {total / MB / t['normalize']:.0f} MB/s (write+hash+stream) vs sha256sum {total / MB / t_sum:.0f}"
+          f" MB/s over the same {total / MB:.0f} MB: ratio {t['normalize'] / t_sum:.2f}")
+    install, commit = commit_seconds(store, name)
+    print(f"docker commit of the same steps' container: {commit:.1f} s (its install {install:.1f} s); buildsys "
+          f"normalize + load {t['normalize'] + t['load']:.1f} s: ratio {(t['normalize'] + t['load']) / commit:.2f}")
+    first = publish(store, ROOT, name, host)
+    print(f"publish gzip: {first['wall']:.1f} s, {first['bytes_sent'] / MB:.0f} MB sent of "
+          f"{first['layer_bytes'] / MB:.0f} MB of layers")
+
+    proj = changed_project(work, name, args.change)
+    t_lock, _ = bs(proj, store, "lock", name)
+    t_fetch2, _ = bs(proj, store, "fetch", name)
+    seconds2, done2 = bs(proj, store, "build", "--json", name)
+    t2 = next(i for i in json.loads(done2.stdout) if i["recipe"] == name)["timings"]
+    after = own_layers(store, name, parent)
+    before = {x["digest"] for x in layers}
+    new = [x for x in after if x["digest"] not in before]
+    rebuilt = sum(x["size"] for x in new)
+    again = publish(store, proj, name, host)
+    print(f"one more package ({args.change}): lock {t_lock:.1f} s, fetch {t_fetch2:.1f} s, build {seconds2:.1f} s "
+          f"(install {t2['install']:.1f}, normalize {t2['normalize']:.1f}, load {t2['load']:.1f})")
+    print(f"  new layers: {', '.join(x['name'] for x in new) or 'none'}: {rebuilt / MB:.0f} MB of "
+          f"{sum(x['size'] for x in after) / MB:.0f} MB ({rebuilt / max(1, sum(x['size'] for x in after)):.1%})")
+    print(f"  publish again: {again['wall']:.1f} s, {again['bytes_sent'] / MB:.1f} MB sent of "
+          f"{again['shipped_layer_bytes'] / MB:.0f} MB shipped "
+          f"({again['bytes_sent'] / again['shipped_layer_bytes']:.1%})")
+
+
+def main() -> None:
+    args = parse_args()
+    client = docker.from_env()
+    work = Path(tempfile.mkdtemp(prefix="bench-gpu-", dir=os.environ.get("BENCH_TMP", "/var/tmp")))
+    try:
+        with docker_registry(work / "registry") as reg:
+            for name in args.recipes:
+                bench(name, args, work, client, reg.host)
+    finally:
+        if args.keep:
+            print(f"kept {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
