@@ -34,7 +34,7 @@ from typing import Any
 
 from buildsys.build.builder import Builder
 from buildsys.build.records import BuiltImage
-from buildsys.build.verify import config_differences
+from buildsys.build.verify import config_differences, layer_name
 from buildsys.core.errors import BuildsysError
 from buildsys.core.progress import NO_PROGRESS, Progress
 from buildsys.core.store import Store
@@ -147,9 +147,12 @@ def _methods(manifest: Mapping[str, Any]) -> compress.Method | str:
     return m
 
 
-def _layer_recipe(image: BuiltImage, index: int) -> str:
-    """The recipe of the chain whose step added layer ``index`` (a registry root adds several)."""
-    return next(r.recipe for r in image.layers if len(r.diff_ids) > index)
+def _layer_recipe(image: BuiltImage, index: int, config: Mapping[str, Any]) -> str:
+    """The recipe of the chain whose step added layer ``index`` (a registry root adds several), with the group
+    of a split layer as its history names it (``tools/six``)."""
+    recipe = next(r.recipe for r in image.layers if len(r.diff_ids) > index)
+    named = layer_name(config, index)
+    return named if named.partition("/")[0] == recipe else recipe
 
 
 def _published_layer(reg: Registry, repo: str, desc: Mapping[str, Any], into: Path) -> Path:
@@ -205,7 +208,9 @@ def reproduce(project: Path, store: Store, graph: Graph, reference: str, *, engi
             a = published_ids[i] if i < len(published_ids) else "(none)"
             b = mine[i] if i < len(mine) else "(none)"
             if a != b:
-                result.layer, result.diff_ids = (i, _layer_recipe(rebuilt, min(i, len(mine) - 1))), (a, b)
+                made = json.loads((fresh.oci / "blobs" / "sha256" / rebuilt.record.config_digest.split(":", 1)[1])
+                                  .read_bytes())
+                result.layer, result.diff_ids = (i, _layer_recipe(rebuilt, min(i, len(mine) - 1), made)), (a, b)
                 if i < len(published_ids) and i < len(mine) and i < len(manifest["layers"]):
                     progress(recipe, "diff", f"layer {i + 1}: downloading the published one to compare its files")
                     theirs = _published_layer(reg, ref.repository, manifest["layers"][i], Path(tmp) / "published.tar")
