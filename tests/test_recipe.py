@@ -266,7 +266,8 @@ DEBIAN = '[base]\ndebian = { suite = "bookworm" }\n'
 
 # (recipe text, key path, line, words the message must hold)
 FIELD_ERRORS = [
-    ('packages = ["git"]\n' + DEBIAN, "packages", 1, ["unknown key (it belongs in [apt], [pip], [[pip.layers]] or [cran])"]),
+    ('packages = ["git"]\n' + DEBIAN, "packages", 1,
+     ["unknown key (it belongs in [apt], [pip], [[pip.layers]] or [cran])"]),
     (DEBIAN + "[image]\nENV = {}\n", "image.ENV", 4, ["did you mean 'env'?"]),
     (DEBIAN + "[image]\nports = [80]\n", "image.ports", 4, ["did you mean 'expose'?"]),
     ("ports = [80]\n" + DEBIAN, "ports", 1, ["did you mean 'expose' in [image]?"]),
