@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--store", type=Path, default=ROOT / ".buildsys", help="the project store (its vendor/)")
     ap.add_argument("--change", default="toolz", help="the small distribution the change adds")
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
+    ap.add_argument("--no-peer", action="store_true", help="skip the peer run with split = false (one layer)")
     return ap.parse_args()
 
 
@@ -100,10 +102,10 @@ def sha256sum_seconds(store: Path, layers: list[dict[str, Any]]) -> float:
     return time.monotonic() - started
 
 
-def commit_seconds(store: Path, name: str) -> tuple[float, float]:
+def commit_seconds(project: Path, store: Path, name: str) -> tuple[float, float]:
     """(install, commit) seconds: the recipe's steps in a container of its parent, then ``docker commit``."""
-    graph = build_graph(load_recipes(ROOT))
-    locks = fresh_locks(ROOT, graph, [name])
+    graph = build_graph(load_recipes(project))
+    locks = fresh_locks(project, graph, [name])
     builder = Builder(Store(store), graph, locks, connect=Engine.connect)
     parent_chain = builder.stored_chain(graph.recipes[name].parents[0])
     assert parent_chain is not None
@@ -117,37 +119,38 @@ def commit_seconds(store: Path, name: str) -> tuple[float, float]:
     return ran - started, committed - ran
 
 
-def publish(store: Path, project: Path, name: str, host: str) -> dict[str, Any]:
-    seconds, done = bs(project, store, "publish", name, "--to", f"{host}/bench/{name}:1", "--json", "--force")
+def publish(store: Path, project: Path, name: str, host: str, label: str) -> dict[str, Any]:
+    repo = f"bench/{name}-{label.split()[0]}"
+    seconds, done = bs(project, store, "publish", name, "--to", f"{host}/{repo}:1", "--json", "--force")
     out: dict[str, Any] = json.loads(done.stdout)
     out["wall"] = seconds
     return out
 
 
-def changed_project(work: Path, name: str, package: str) -> Path:
-    proj = work / "changed"
+def project_copy(src: Path, dest: Path, name: str, change: Callable[[Any], None]) -> Path:
+    """A copy of ``src``'s recipes and locks whose recipe ``name`` ``change`` edits (its TOML document)."""
     for part in ("recipes", "locks"):
-        shutil.copytree(ROOT / part, proj / part)
-    path = proj / "recipes" / f"{name}.toml"
+        shutil.copytree(src / part, dest / part)
+    path = dest / "recipes" / f"{name}.toml"
     doc = tomlkit.parse(path.read_text())
-    doc["pip"]["packages"].append(package)  # type: ignore[index, union-attr]
+    change(doc)
     path.write_text(tomlkit.dumps(doc))
-    return proj
+    return dest
 
 
-def bench(name: str, args: argparse.Namespace, work: Path, client: docker.DockerClient, host: str) -> None:
-    graph = build_graph(load_recipes(ROOT))
+def bench(name: str, args: argparse.Namespace, work: Path, client: docker.DockerClient, host: str,
+          project: Path, label: str) -> dict[str, float]:
+    graph = build_graph(load_recipes(project))
     parent = graph.recipes[name].parents[0]
-    t_fetch, _ = bs(ROOT, args.store, "fetch", name)
-    print(f"\n== {name}  (fetch into the project store {t_fetch:.1f} s)")
-    store = work / f"store-{name}"
+    print(f"\n== {name} ({label})")
+    store = work / f"store-{name}-{label.split()[0]}"
     store.mkdir()
     subprocess.run(["cp", "-al", str(args.store / "vendor"), str(store / "vendor")], check=True)
     for p in graph.chain(name)[:-1]:
-        bs(ROOT, store, "build", p)
+        bs(project, store, "build", p)
     with contextlib.suppress(docker.errors.APIError):
         client.images.remove(f"{name}:latest", force=False)
-    seconds, done = bs(ROOT, store, "build", "--json", name)
+    seconds, done = bs(project, store, "build", "--json", name)
     image = next(i for i in json.loads(done.stdout) if i["recipe"] == name)
     t = image["timings"]
     layers = own_layers(store, name, parent)
@@ -159,14 +162,15 @@ def bench(name: str, args: argparse.Namespace, work: Path, client: docker.Docker
     t_sum = sha256sum_seconds(store, layers)
     print(f"normalizer {total / MB / t['normalize']:.0f} MB/s (write+hash+stream) vs sha256sum {total / MB / t_sum:.0f}"
           f" MB/s over the same {total / MB:.0f} MB: ratio {t['normalize'] / t_sum:.2f}")
-    install, commit = commit_seconds(store, name)
+    install, commit = commit_seconds(project, store, name)
     print(f"docker commit of the same steps' container: {commit:.1f} s (its install {install:.1f} s); buildsys "
           f"normalize + load {t['normalize'] + t['load']:.1f} s: ratio {(t['normalize'] + t['load']) / commit:.2f}")
-    first = publish(store, ROOT, name, host)
+    first = publish(store, project, name, host, label)
     print(f"publish gzip: {first['wall']:.1f} s, {first['bytes_sent'] / MB:.0f} MB sent of "
           f"{first['layer_bytes'] / MB:.0f} MB of layers")
 
-    proj = changed_project(work, name, args.change)
+    proj = project_copy(project, work / f"changed-{name}-{label.split()[0]}", name,
+                        lambda doc: doc["pip"]["packages"].append(args.change))
     t_lock, _ = bs(proj, store, "lock", name)
     t_fetch2, _ = bs(proj, store, "fetch", name)
     seconds2, done2 = bs(proj, store, "build", "--json", name)
@@ -175,7 +179,7 @@ def bench(name: str, args: argparse.Namespace, work: Path, client: docker.Docker
     before = {x["digest"] for x in layers}
     new = [x for x in after if x["digest"] not in before]
     rebuilt = sum(x["size"] for x in new)
-    again = publish(store, proj, name, host)
+    again = publish(store, proj, name, host, label)
     print(f"one more package ({args.change}): lock {t_lock:.1f} s, fetch {t_fetch2:.1f} s, build {seconds2:.1f} s "
           f"(install {t2['install']:.1f}, normalize {t2['normalize']:.1f}, load {t2['load']:.1f})")
     print(f"  new layers: {', '.join(x['name'] for x in new) or 'none'}: {rebuilt / MB:.0f} MB of "
@@ -183,6 +187,14 @@ def bench(name: str, args: argparse.Namespace, work: Path, client: docker.Docker
     print(f"  publish again: {again['wall']:.1f} s, {again['bytes_sent'] / MB:.1f} MB sent of "
           f"{again['shipped_layer_bytes'] / MB:.0f} MB shipped "
           f"({again['bytes_sent'] / again['shipped_layer_bytes']:.1%})")
+    with contextlib.suppress(docker.errors.APIError):  # the next run starts cold
+        client.images.remove(f"{name}:latest", force=True)
+    shutil.rmtree(store, ignore_errors=True)  # GBs: the peer's store would come on top
+    return {"cold (normalize+load)/install": (t["normalize"] + t["load"]) / t["install"],
+            "cold normalize+load s": t["normalize"] + t["load"], "docker commit s": commit,
+            "change build s": seconds2, "change rebuilt MB": rebuilt / MB,
+            "change pushed MB": again["bytes_sent"] / MB,
+            "change (normalize+load)/install": (t2["normalize"] + t2["load"]) / t2["install"]}
 
 
 def main() -> None:
@@ -192,7 +204,18 @@ def main() -> None:
     try:
         with docker_registry(work / "registry") as reg:
             for name in args.recipes:
-                bench(name, args, work, client, reg.host)
+                t_fetch, _ = bs(ROOT, args.store, "fetch", name)
+                print(f"\n{name}: fetch into the project store {t_fetch:.1f} s")
+                split = bench(name, args, work, client, reg.host, ROOT, "split")
+                if args.no_peer:
+                    continue
+                # The peer: the same recipe as one layer (what buildsys built before split layers).
+                one = project_copy(ROOT, work / f"one-{name}", name, lambda doc: doc["pip"].add("split", False))
+                bs(one, args.store, "lock", name)  # the recipe changed; its pins are kept
+                single = bench(name, args, work, client, reg.host, one, "one layer (split = false)")
+                print(f"\n{name}: split vs one layer")
+                for key, value in split.items():
+                    print(f"  {key:34} {value:9.2f} {single[key]:9.2f}  ratio {value / max(single[key], 1e-9):.2f}")
     finally:
         if args.keep:
             print(f"kept {work}", file=sys.stderr)
