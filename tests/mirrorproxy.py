@@ -5,7 +5,9 @@
 (an Artifactory remote repository, apt-cacher-ng and devpi do this), and logs
 every path asked. ``rewrite`` replaces upstream URLs in the bodies it relays by
 its own (as PyPI mirrors do in their index pages), so that clients read the
-files through it too. ``files`` serves fixed bytes at fixed paths (a snapshot
+files through it too. Range requests pass through (with upstream's
+Accept-Ranges and Content-Range), and ``sent`` counts the body bytes answered
+per path. ``files`` serves fixed bytes at fixed paths (a snapshot
 that still has a file upstream dropped), and every other path is 404.
 """
 
@@ -24,6 +26,7 @@ from dataclasses import dataclass, field
 class Served:
     url: str  # http://127.0.0.1:PORT
     asked: list[str] = field(default_factory=list)  # every path asked, in order
+    sent: dict[str, int] = field(default_factory=dict)  # body bytes answered, by path
 
     def saw(self, part: str) -> list[str]:
         return [p for p in self.asked if part in p]
@@ -41,13 +44,18 @@ def proxy(routes: Mapping[str, str] | None = None, *, rewrite: Mapping[str, str]
         def log_message(self, *args: object) -> None:
             pass
 
-        def _answer(self, status: int, body: bytes, ctype: str = "application/octet-stream") -> None:
+        def _answer(self, status: int, body: bytes, ctype: str = "application/octet-stream",
+                    headers: Mapping[str, str] | None = None) -> None:
             self.send_response(status)
             self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
+            headers = dict(headers or {})
+            self.send_header("Content-Length", headers.pop("Content-Length", str(len(body))))
+            for k, v in headers.items():
+                self.send_header(k, v)
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(body)
+                served.sent[self.path] = served.sent.get(self.path, 0) + len(body)
 
         def do_HEAD(self) -> None:  # noqa: N802 (http.server's name)
             self.do_GET()
@@ -63,13 +71,17 @@ def proxy(routes: Mapping[str, str] | None = None, *, rewrite: Mapping[str, str]
             url = route[prefix] + self.path[len(prefix):]
             headers = {k: v for k, v in self.headers.items() if k.lower() in ("accept", "range", "user-agent")}
             try:
-                with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=60) as r:
+                # A HEAD goes upstream as a HEAD: files.pythonhosted.org says Accept-Ranges only there.
+                ask = urllib.request.Request(url, headers=headers, method=self.command)
+                with urllib.request.urlopen(ask, timeout=60) as r:
                     body, status, ctype = r.read(), r.status, r.headers.get("Content-Type", "")
+                    kept = ("Accept-Ranges", "Content-Range") + (("Content-Length",) if self.command == "HEAD" else ())
+                    passed = {k: r.headers[k] for k in kept if r.headers.get(k)}
             except urllib.error.HTTPError as e:
-                body, status, ctype = e.read(), e.code, e.headers.get("Content-Type", "")
+                body, status, ctype, passed = e.read(), e.code, e.headers.get("Content-Type", ""), {}
             for old, new in rewrites.items():
                 body = body.replace(old.encode(), new.replace("@SELF@", served.url).encode())
-            self._answer(status, body, ctype)
+            self._answer(status, body, ctype, passed)
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     served.url = f"http://127.0.0.1:{server.server_address[1]}"

@@ -448,3 +448,30 @@ def test_a_lock_made_through_a_mirror_names_only_pypi(engine: Engine, python_ima
     assert relay.saw("/simple/six/") and relay.saw("/simple/pip/") and relay.saw("/files/packages/")
     urls = [f.url for p in (*pl.packages, pl.installer) for f in p.files]
     assert urls and all(u.startswith("https://files.pythonhosted.org/packages/") for u in urls), urls
+
+
+@integration
+def test_a_lock_reads_the_metadata_of_wheels_not_the_wheels(engine: Engine, python_image: str, store: Store) -> None:
+    """An index that does not serve a wheel's METADATA alone (no PEP 658 core-metadata, as this workplace's
+    PyPI): pip reads it with range requests (fast-deps), so a lock takes a fraction of the wheel's bytes,
+    where it took the whole wheel twice (pip-compile, then the dry run)."""
+    from mirrorproxy import proxy
+
+    from buildsys.core import mirrors
+    from buildsys.core.mirrors import Mirror, Mirrors
+
+    no_pep658 = {'"core-metadata"': '"x-core-metadata"', '"data-dist-info-metadata"': '"x-dist-info-metadata"',
+                 "data-core-metadata=": "data-x-core-metadata=", "data-dist-info-metadata=": "data-x-dist-info="}
+    with proxy({"/simple": "https://pypi.org/simple", "/files": "https://files.pythonhosted.org"},
+               rewrite={"https://files.pythonhosted.org": "@SELF@/files", **no_pep658}) as relay:
+        mirrors.configure(Mirrors([Mirror("https://pypi.org/simple", f"{relay.url}/simple", "test"),
+                                   Mirror("https://files.pythonhosted.org", f"{relay.url}/files", "test")]))
+        try:
+            pl = lock(engine, python_image, store, "numpy==2.2.6")
+        finally:
+            mirrors.configure(Mirrors())
+    wheel = selected(by_name(pl)["numpy"])
+    assert wheel.size and wheel.size > 10_000_000, wheel  # a wheel worth not downloading
+    read = sum(n for path, n in relay.sent.items() if path.endswith("/" + wheel.name))
+    assert read and not relay.saw(".metadata"), relay.asked  # pip read the wheel itself, not a PEP 658 file
+    assert read < wheel.size / 10, f"{read} bytes of {wheel.name} ({wheel.size} bytes) were downloaded"

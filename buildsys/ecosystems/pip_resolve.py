@@ -65,6 +65,15 @@ CA_MOUNT = "/buildsys-ca.pem"
 
 _PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
 
+# pip reads a wheel's dependencies from its METADATA. Where the index serves that file alone (PEP 658, said by
+# the index page's core-metadata), pip downloads it; otherwise pip downloads the whole wheel, and the lock
+# script's pip runs twice (pip-compile, then the dry run, with no cache between): torch's 900 MB wheel twice,
+# 6 GB for `lock pytorch`. This workplace's PyPI pages carry no core-metadata. fast-deps reads the wheel's zip
+# directory and METADATA with HTTP range requests instead; pip 26.3 still tries PEP 658 first, and takes the
+# whole file from a server without ranges, as before. Hashes never needed the file: they come from the index
+# (pypi.py). bench/bench_lock.py measures it (docs/locks.md, "How a lock gets its hashes").
+_LAZY_WHEELS = "export PIP_USE_FEATURE=fast-deps"
+
 # Exit statuses of the lock script, one per stage.
 _NO_PYTHON, _PROBE, _COMPILE, _SELECT, _INSTALLER, _SOURCES = 80, 81, 82, 83, 84, 85
 
@@ -480,6 +489,7 @@ def _script(index: str, upgrade: bool, upgrade_packages: Sequence[str], installe
         "done",
         "export PIP_CONFIG_FILE=/dev/null PIP_NO_INPUT=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1",
         "export PIP_ROOT_USER_ACTION=ignore",
+        _LAZY_WHEELS,
         f"command -v python3 >/dev/null 2>&1 || exit {_NO_PYTHON}",
         f"python3 {WORK_MOUNT}/probe.py >{WORK_MOUNT}/probe.log 2>&1 || exit {_PROBE}",
         f"python3 -m piptools compile {shlex.join(compile_args)} >{WORK_MOUNT}/compile.log 2>&1 || exit {_COMPILE}",
