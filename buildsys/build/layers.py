@@ -30,6 +30,7 @@ from buildsys.ecosystems.registry_image import ImageBaseLock
 from buildsys.engine import EngineError
 from buildsys.model.lockfile import Lock
 from buildsys.model.recipe import Recipe
+from buildsys.oci.compress import CompressedBlobs, CompressingSink, Method
 from buildsys.oci.image import (
     NO_META,
     ImageMeta,
@@ -39,8 +40,8 @@ from buildsys.oci.image import (
     oci_labels,
     write_streamed_archive,
 )
-from buildsys.oci.layer.inputs import read_filesystem, read_upper_dir
-from buildsys.oci.layer.normalize import LayerPlan, normalize_tar, plan_layer
+from buildsys.oci.layer.inputs import read_filesystem, read_tar, read_upper_dir
+from buildsys.oci.layer.normalize import LayerPlan, plan_layer
 from buildsys.oci.layer.tree import ParentTree
 
 if TYPE_CHECKING:  # docker's client is imported only when an engine is used (a no-op build needs none)
@@ -59,6 +60,9 @@ class LayerMaker:
     loader: Loader
     progress: Progress
     meta: Callable[[str], ImageMeta] = lambda recipe: NO_META  # Builder.meta: revision, source, base
+    # Compress each layer made here while it is written (the store's ``CompressedBlobs`` entry, so publish,
+    # --cache-to and --verify never read it again to compress it); None: only when it leaves.
+    compress: Method | None = None
 
     @property
     def layout(self) -> OciLayout:
@@ -79,7 +83,11 @@ class LayerMaker:
             self.progress(recipe.name, "normalize", f"{result.tarball.stat().st_size / 1e6:.0f} MB rootfs")
             layer_tmp = Path(tmp) / "layer.tar"
             with open(result.tarball, "rb") as src, open(layer_tmp, "wb") as dst:
-                info = normalize_tar(src, dst, lock.source_date_epoch)
+                plan = plan_layer(read_tar(src), lock.source_date_epoch)
+                with self._compressing(plan.size) or contextlib.nullcontext() as sink:
+                    info = plan.write(dst, *(sink,) if sink is not None else ())
+                    if sink is not None:
+                        sink.keep(info.digest)
             result.tarball.unlink()
             record = self._write_image(recipe, lock, None, layer_tmp, info.digest, info.size,
                                        created_by=_history(recipe, lock, f"mmdebstrap {base.suite}/{base.variant}, "
@@ -99,7 +107,8 @@ class LayerMaker:
         self.progress(recipe.name, "unpack", f"{base.reference}: {len(base.layers)} layer(s) from the vendor store, "
                                            "no registry")
         upstream = baseimage.read_config(self.store, recipe.name, base)
-        layers = baseimage.unpack_layers(self.store, self.layout, recipe.name, base, upstream)
+        layers = baseimage.unpack_layers(self.store, self.layout, recipe.name, base, upstream,
+                                         compress=lambda: self._compressing(None))
         t1 = time.monotonic()
         img = self.layout.write_image(self._image_root_config(recipe, lock, base, upstream), layers)
         record = LayerRecord(recipe=recipe.name, config_digest=img.config_digest,
@@ -191,16 +200,24 @@ class LayerMaker:
         """
         done: dict[str, Any] = {}
         store_writes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="buildsys-store")
+        sink = self._compressing(plan.size)
 
         def write_layer(into: Any = None) -> bytes:
             with open(layer_file, "wb") as f:
-                info = plan.write(f, *(into,) if into is not None else ())
+                info = plan.write(f, *(s for s in (into, sink) if s is not None))
             done["at"] = time.monotonic()
             config = self._config(recipe, lock, parent, info.digest, created_by)
+
+            def stored() -> LayerRecord:
+                record = self._write_image(recipe, lock, parent, layer_file, info.digest, info.size, created_by,
+                                           config)
+                if sink is not None:  # its last blocks are compressed while docker applies the layer
+                    sink.keep(info.digest)
+                return record
+
             # The store's copy is made durable (fsync, rename, config, manifest) while docker
             # applies the layer: docker needs only the config bytes, which are ready now.
-            done["record"] = store_writes.submit(self._write_image, recipe, lock, parent, layer_file, info.digest,
-                                                 info.size, created_by, config)
+            done["record"] = store_writes.submit(stored)
             return canonical_bytes(config)
 
         try:
@@ -214,7 +231,16 @@ class LayerMaker:
             record: LayerRecord = done["record"].result()
         finally:
             store_writes.shutdown(wait=True)
+            if sink is not None:
+                sink.discard()  # after keep(): nothing left; after a failure: its temporary file
         return record, done["at"]
+
+    def _compressing(self, size: int | None) -> CompressingSink | None:
+        """A sink that compresses a layer into the store as it is written, when this build compresses
+        (``compress``); zstd needs the layer's size up front (a registry root's layers have none)."""
+        if self.compress is None or (size is None and self.compress.format == "zstd"):
+            return None
+        return CompressedBlobs(self.store).sink(self.compress, size=size)
 
     @contextlib.contextmanager
     def run_steps(self, recipe: Recipe, lock: Lock, parent: LayerRecord,

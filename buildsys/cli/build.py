@@ -33,13 +33,19 @@ if TYPE_CHECKING:
 @click.option("--cache-compression", "cache_compression", type=click.Choice(["gzip", "zstd", "none"]),
               default="gzip", show_default=True,
               help="How --cache-to compresses layers (zstd: docker before 23 cannot pull them; docs/shipping.md).")
+@click.option("--compress", "compress", type=click.Choice(["gzip", "zstd", "none"]), default="none",
+              show_default=True, envvar="BUILDSYS_COMPRESS", show_envvar=True,
+              help="Also compress each layer made while it is written, for images that publish, export or "
+                   "--cache-to will ship: they then read no layer again (costs ~2x the write if never shipped; "
+                   "docs/shipping.md). --verify and --cache-to do it anyway.")
 @click.pass_obj
 def build_cmd(obj: Context, recipes: tuple[str, ...], verify: bool, no_cache: bool, as_json: bool,
               jobs: int, cache_from: str | None, cache_to: str | None, insecure: bool,
-              cache_compression: str) -> None:
+              cache_compression: str, compress: str) -> None:
     """Build the chains of RECIPES (default: all) with the network off."""
     from buildsys.build.builder import Builder
     from buildsys.lock import fresh_locks
+    from buildsys.oci.compress import method
 
     g = obj.graph()
     locks = fresh_locks(obj.project, g, recipes)
@@ -76,10 +82,13 @@ def build_cmd(obj: Context, recipes: tuple[str, ...], verify: bool, no_cache: bo
 
         remote = RemoteCache(cache_from, cache_to, insecure=insecure, progress=progress,
                              compression=cache_compression)
+    if compress == "none" and cache_to:
+        compress = cache_compression  # what the cache push compresses anyway, done while each layer is written
     with progress:
         # The engine is connected only when the store cannot answer alone (see Builder.connect).
         images = Builder(store, g, locks, connect=_connect, trust_loaded=True, no_cache=no_cache, remote=remote,
-                         progress=progress).build(recipes, jobs=jobs)
+                         progress=progress, compress=method(compress) if compress != "none" else None,
+                         ).build(recipes, jobs=jobs)
     _print_images(images, as_json)
 
 
