@@ -81,20 +81,15 @@ class LayerMaker:
             result = bootstrap.bootstrap_debian(self.store, lock, recipe.run, Path(tmp))
             t1 = time.monotonic()
             self.progress(recipe.name, "normalize", f"{result.tarball.stat().st_size / 1e6:.0f} MB rootfs")
-            layer_tmp = Path(tmp) / "layer.tar"
-            with open(result.tarball, "rb") as src, open(layer_tmp, "wb") as dst:
+            with open(result.tarball, "rb") as src:
                 plan = plan_layer(read_tar(src), lock.source_date_epoch)
-                with self._compressing(plan.size) or contextlib.nullcontext() as sink:
-                    info = plan.write(dst, *(sink,) if sink is not None else ())
-                    if sink is not None:
-                        sink.keep(info.digest)
+                # Every root is needed by docker next (its child's build, or its own run): it is streamed into
+                # docker load as it is written, hashed (and compressed, with ``compress``), as a child layer is.
+                record, t2 = self._write_layer(recipe, lock, None, plan, Path(tmp) / "layer.tar",
+                                               _history(recipe, lock, f"mmdebstrap {base.suite}/{base.variant}, "
+                                                                      f"{len(base.packages)} packages"))
             result.tarball.unlink()
-            record = self._write_image(recipe, lock, None, layer_tmp, info.digest, info.size,
-                                       created_by=_history(recipe, lock, f"mmdebstrap {base.suite}/{base.variant}, "
-                                                                         f"{len(base.packages)} packages"))
-            t2 = time.monotonic()
-            # Every root is needed by docker next (its child's build, or its own run): load it now.
-            self.loader.load(record)
+            self.loader.load(record)  # loaded above: this only notes it (and loads it where it was not streamed)
             timings.update(install=t1 - t0, normalize=t2 - t1, load=time.monotonic() - t2)
             return record
 
@@ -191,8 +186,8 @@ class LayerMaker:
         timings.update(install=t1 - t0, normalize=t2 - t1, load=time.monotonic() - t2)
         return record
 
-    def _write_layer(self, recipe: Recipe, lock: Lock, parent: LayerRecord, plan: LayerPlan, layer_file: Path,
-                     created_by: str) -> tuple[LayerRecord, float]:
+    def _write_layer(self, recipe: Recipe, lock: Lock, parent: LayerRecord | None, plan: LayerPlan,
+                     layer_file: Path, created_by: str) -> tuple[LayerRecord, float]:
         """Write the canonical layer to the store and, in the same pass, into ``docker load``.
 
         Return the record and when the layer's last byte was written: what docker
@@ -225,9 +220,10 @@ class LayerMaker:
             if engine is None:
                 write_layer()
             else:
-                self.progress(recipe.name, "load", "docker load (new layer only), streamed as it is written")
-                lower = list(parent.diff_ids)
-                engine.load_stream(lambda sink: write_streamed_archive(sink, lower, plan.size, write_layer))
+                self.progress(recipe.name, "load", f"docker load{' (new layer only)' if parent else ''}, streamed as "
+                                                   "it is written")
+                lower = list(parent.diff_ids) if parent is not None else []
+                engine.load_stream(lambda out: write_streamed_archive(out, lower, plan.size, write_layer))
             record: LayerRecord = done["record"].result()
         finally:
             store_writes.shutdown(wait=True)
