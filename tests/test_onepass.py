@@ -24,6 +24,7 @@ from buildsys.oci.compress import (
     GZIP_BLOCK,
     ZSTD_CHUNK,
     CompressedBlobs,
+    CompressingSink,
     CompressionError,
     Compressor,
     compress_bytes,
@@ -35,7 +36,7 @@ from buildsys.oci.layer.inputs import read_upper_dir
 from buildsys.oci.layer.normalize import plan_layer
 
 
-def feed(sink: Compressor, data: bytes, seed: int) -> None:
+def feed(sink: Compressor | CompressingSink, data: bytes, seed: int) -> None:
     """``data`` written as ``_Tee`` writes it: pieces of every size, some through one reused buffer."""
     rnd = random.Random(seed)
     buf = bytearray(1 << 20)
@@ -80,7 +81,7 @@ def test_a_kept_sink_is_the_store_entry_publish_uses_and_a_discarded_one_leaves_
     data = layer_bytes(GZIP_BLOCK + 4321)
     diff_id = digest_bytes(data)
     with CompressedBlobs(store).sink(method("gzip")) as sink:
-        feed(sink._compressor, data, seed=3)
+        feed(sink, data, seed=3)
         kept = sink.keep(diff_id)
     layout.add_blob_bytes(data)
     assert layout.blob_path(kept.digest).read_bytes() == compress_bytes(method("gzip"), data)
@@ -92,6 +93,9 @@ def test_a_kept_sink_is_the_store_entry_publish_uses_and_a_discarded_one_leaves_
         sink.write(data[:1000])
         raise OSError("the layer's disk is full")
     assert CompressedBlobs(store).lookup(method("zstd"), diff_id) is None
+    assert list((store.root / "tmp").iterdir()) == []
+    with pytest.raises(CompressionError, match="needs the layer's size"):  # refused before a file is made
+        CompressedBlobs(store).sink(method("zstd"))
     assert list((store.root / "tmp").iterdir()) == []
 
 

@@ -459,9 +459,11 @@ class CompressedBlobs:
         """A sink that compresses a layer with ``m`` while it is written, for the store: the layer is never
         read again to be compressed (``CompressingSink``)."""
         fd, tmp = self._temp()
+        out = os.fdopen(fd, "wb")
         try:
-            return CompressingSink(self, m, os.fdopen(fd, "wb"), Path(tmp), threads=threads, size=size)
+            return CompressingSink(self, m, out, Path(tmp), threads=threads, size=size)
         except BaseException:
+            out.close()
             os.unlink(tmp)
             raise
 
