@@ -89,9 +89,17 @@ def write_compressing(plan: LayerPlan, out: Path, blob: Path, threads: int) -> C
         return sink.close(info.digest)
 
 
-def best(repeat: int, run: Callable[[], T]) -> tuple[float, T]:
-    """The fastest of ``repeat`` runs (a shared machine's load only ever adds time)."""
-    return min((timed(run) for _ in range(repeat)), key=lambda r: r[0])
+def cpu_timed(run: Callable[[], T]) -> tuple[float, float, T]:
+    """Wall seconds, CPU seconds of this process (every thread, user + system), result."""
+    c0, t0 = os.times(), time.monotonic()
+    result = run()
+    t1, c1 = time.monotonic(), os.times()
+    return t1 - t0, c1.user - c0.user + c1.system - c0.system, result
+
+
+def best(repeat: int, run: Callable[[], T]) -> tuple[float, float, T]:
+    """The fastest of ``repeat`` runs (a shared machine's load only ever adds time), with its CPU seconds."""
+    return min((cpu_timed(run) for _ in range(repeat)), key=lambda r: r[0])
 
 
 def compression_row(name: str, work: Path, plan: LayerPlan, out: Path, repeat: int) -> list[str]:
@@ -105,17 +113,17 @@ def compression_row(name: str, work: Path, plan: LayerPlan, out: Path, repeat: i
         with open(blob, "wb") as g:
             return compress_file(method("gzip"), out, g, threads=2)
 
-    write_s, _ = best(repeat, plain)
-    one_s, one = best(repeat, lambda: write_compressing(plan, out, blob, 1))
-    two_s, two = best(repeat, lambda: write_compressing(plan, out, blob, 2))
-    pass_s, later = best(repeat, separate)
+    write_s, write_cpu, _ = best(repeat, plain)
+    one_s, _, one = best(repeat, lambda: write_compressing(plan, out, blob, 1))
+    two_s, two_cpu, two = best(repeat, lambda: write_compressing(plan, out, blob, 2))
+    pass_s, pass_cpu, later = best(repeat, separate)
     assert one == two == later, (one, two, later)  # the one-pass blob is the separate pass's
     size = plan.size / MB
     blob.unlink()
     return [name, f"{size:,.0f}", f"{later.size / later.uncompressed_size:.2f}", f"{write_s:.2f}",
             f"{one_s:.2f}", f"{one_s / write_s:.2f}", f"{two_s:.2f}", f"{two_s / write_s:.2f}", f"{pass_s:.2f}",
-            f"{(write_s + pass_s) / write_s:.2f}", f"{size / one_s:,.0f}", f"{size / two_s:,.0f}",
-            f"{size / pass_s:,.0f}"]
+            f"{(write_s + pass_s) / write_s:.2f}", f"{size / two_s:,.0f}", f"{size / pass_s:,.0f}",
+            f"{write_cpu:.1f} / {two_cpu:.1f} / {write_cpu + pass_cpu:.1f}"]
 
 
 def run_case(work: Path, name: str, spec: tuple[int, int, int, int], text: bool,
@@ -161,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     gz = Table(title=f"gzip during the write ({args.content} files) vs after it; x: seconds / the plain write's "
                      f"(best of {args.repeat})")
     for col in ("case", "MB", "gz/raw", "write s", "+sink 1w s", "x", "+sink 2w s", "x", "pass 2w s",
-                "write+pass x", "sink 1w MB/s", "sink 2w MB/s", "pass MB/s"):
+                "write+pass x", "sink 2w MB/s", "pass MB/s", "CPU s: write / +sink 2w / +pass"):
         gz.add_column(col, justify="right" if col != "case" else "left")
     gz_rows: list[list[str]] = []
     started = time.monotonic()
