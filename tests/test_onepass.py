@@ -121,6 +121,39 @@ def test_a_normalized_layer_written_with_the_sink_compresses_as_the_stored_file_
     assert blob == compress_bytes(method("gzip"), layer.read_bytes())
 
 
+def test_a_registry_roots_layers_are_compressed_as_they_are_unpacked(tmp_path) -> None:
+    """``baseimage.unpack_layers`` with the sink ``LayerMaker._image_root`` gives it: each of the tiny image's
+    layers (vendored gzip, plain and zstd) compressed while it is decompressed into the store, byte for byte
+    what compressing the stored layer gives (no docker: the root is only unpacked here)."""
+    from regimage import push_tiny_image
+    from shipenv import docker_registry
+    from test_registry_base import project
+
+    from buildsys.build import baseimage
+    from buildsys.ecosystems.registry_image import ImageBaseLock
+    from buildsys.model.lockfile import load_lock
+
+    with docker_registry(tmp_path / "registry") as reg:
+        image = push_tiny_image(reg.host)
+        proj, where = project(tmp_path / "proj", image.ref(), child=None), tmp_path / "store"
+        ok(bs(proj, where, "lock"))
+        ok(bs(proj, where, "fetch"))
+    store, m = Store(where), method("gzip")
+    base = load_lock(proj, "root").get(ImageBaseLock)
+    assert base is not None
+    layout, blobs = OciLayout(store.oci), CompressedBlobs(store)
+    layers = baseimage.unpack_layers(store, layout, "root", base, baseimage.read_config(store, "root", base),
+                                     compress=lambda: blobs.sink(m))
+    assert [d for d, _ in layers] == image.diff_ids and blobs.made == 3
+    for diff_id, _ in layers:
+        made = blobs.lookup(m, diff_id)
+        assert made is not None
+        later = io.BytesIO()
+        assert compress_file(m, layout.blob_path(diff_id), later, diff_id) == made
+        assert layout.blob_path(made.digest).read_bytes() == later.getvalue()
+    assert list(store.tmp.iterdir()) == []
+
+
 def test_the_build_option_is_documented_with_its_variable() -> None:
     from click.testing import CliRunner
 
