@@ -24,6 +24,7 @@ import hashlib
 import json
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -31,6 +32,7 @@ from buildsys.core.errors import BuildsysError, NotVendored
 from buildsys.core.store import Store
 from buildsys.ecosystems.registry_image import ImageBaseLock
 from buildsys.model.lockschema import LAYER_MEDIA_TYPES
+from buildsys.oci.compress import CompressingSink
 from buildsys.oci.image import _TOP_KEYS, OciLayout, rfc3339
 
 _CHUNK = 1 << 20
@@ -57,9 +59,13 @@ def read_config(store: Store, recipe: str, base: ImageBaseLock) -> dict[str, Any
     return dict(json.loads(data))
 
 
-def unpack_layers(store: Store, layout: OciLayout, recipe: str, base: ImageBaseLock,
-                  config: dict[str, Any]) -> list[tuple[str, int]]:
-    """Decompress every locked layer into ``layout``; return (diff_id, size) per layer, bottom first."""
+def unpack_layers(store: Store, layout: OciLayout, recipe: str, base: ImageBaseLock, config: dict[str, Any],
+                  compress: Callable[[], CompressingSink | None] = lambda: None) -> list[tuple[str, int]]:
+    """Decompress every locked layer into ``layout``; return (diff_id, size) per layer, bottom first.
+
+    ``compress`` gives a sink per layer (``LayerMaker.compressing``): fed the same bytes as they are
+    unpacked, it keeps the layer compressed by the store's own method, so a publish does not read it again.
+    """
     diff_ids = list((config.get("rootfs") or {}).get("diff_ids") or [])
     if len(diff_ids) != len(base.layers):
         raise BaseImageError(recipe, f"the config of {base.reference} lists {len(diff_ids)} diff_ids "
@@ -71,22 +77,28 @@ def unpack_layers(store: Store, layout: OciLayout, recipe: str, base: ImageBaseL
         if not src.is_file():
             raise NotVendored(recipe, f"layer {i + 1} of {base.reference} ({layer.digest})")
         tmp = store.tmp / f"unpack-{layer.digest.split(':', 1)[1]}.tar"
+        sink = compress()
         try:
             with open(tmp, "wb") as dst:
-                digest, size = _decompress(src, LAYER_MEDIA_TYPES[layer.media_type], dst, recipe, i + 1)
+                digest, size = _decompress(src, LAYER_MEDIA_TYPES[layer.media_type], dst, recipe, i + 1, sink)
             if digest != expected:
                 raise BaseImageError(recipe, f"layer {i + 1} of {base.reference} ({layer.digest}) unpacks to "
                                              f"{digest}, but the image's config says its diff_id is {expected}",
                                      hint="the image is inconsistent (or the vendored blob was replaced); relock "
                                           f"from a good image: `buildsys lock --upgrade {recipe}`")
             layout.add_blob_file(tmp, digest=digest)
+            if sink is not None:
+                sink.keep(digest)
         finally:
             tmp.unlink(missing_ok=True)
+            if sink is not None:
+                sink.discard()
         out.append((digest, size))
     return out
 
 
-def _decompress(src: Path, compression: str, dst: IO[bytes], recipe: str, n: int) -> tuple[str, int]:
+def _decompress(src: Path, compression: str, dst: IO[bytes], recipe: str, n: int,
+                sink: CompressingSink | None = None) -> tuple[str, int]:
     h, size = hashlib.sha256(), 0
 
     def put(chunk: bytes) -> None:
@@ -94,6 +106,8 @@ def _decompress(src: Path, compression: str, dst: IO[bytes], recipe: str, n: int
         h.update(chunk)
         size += len(chunk)
         dst.write(chunk)
+        if sink is not None:
+            sink.write(chunk)
 
     if compression == "zstd":
         if shutil.which("zstd") is None:

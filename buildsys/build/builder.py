@@ -30,6 +30,7 @@ from buildsys.ecosystems.registry_image import ImageBaseLock
 from buildsys.model.graph import Graph
 from buildsys.model.lockfile import Lock, lock_path
 from buildsys.model.recipe import Recipe
+from buildsys.oci.compress import Method
 from buildsys.oci.image import DamagedBlob, ImageMeta, OciLayout
 
 if TYPE_CHECKING:  # docker's client is imported only when an engine is used (a no-op build needs none)
@@ -60,6 +61,9 @@ class Builder:
         # Load into docker the images no later step of this build runs (each named chain's own image)?
         # False: they stay in the store until ``run``/``test`` ask (``build --no-load``, verify's rebuild).
         load_leaves: bool = True,
+        # Compress each layer made here while it is written (``LayerMaker.compress``): for a build whose
+        # images leave (publish, --cache-to, --verify's comparison). None: only when they leave.
+        compress: Method | None = None,
     ) -> None:
         self.store, self.graph, self.locks = store, graph, locks
         self.no_cache, self.tag, self.progress, self.remote = no_cache, tag, progress, remote
@@ -69,7 +73,7 @@ class Builder:
         self._memo: dict[tuple[str, ...], tuple[LayerRecord, bool]] = {}
         self.loader = Loader(store, progress, engine, connect, trust_loaded,
                              known=lambda: (r for r, _ in self._memo.values()))
-        self.maker = LayerMaker(store, locks, self.loader, progress, self.meta)
+        self.maker = LayerMaker(store, locks, self.loader, progress, self.meta, compress)
         self._meta: dict[str, ImageMeta] = {}
         # Seconds spent per built layer (by chain prefix): install, normalize, load.
         self.timings: dict[tuple[str, ...], dict[str, float]] = {}

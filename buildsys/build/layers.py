@@ -14,7 +14,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -30,6 +30,7 @@ from buildsys.ecosystems.registry_image import ImageBaseLock
 from buildsys.engine import EngineError
 from buildsys.model.lockfile import Lock
 from buildsys.model.recipe import Recipe
+from buildsys.oci.compress import CompressedBlobs, CompressingSink, Method
 from buildsys.oci.image import (
     NO_META,
     ImageMeta,
@@ -39,8 +40,8 @@ from buildsys.oci.image import (
     oci_labels,
     write_streamed_archive,
 )
-from buildsys.oci.layer.inputs import read_filesystem, read_upper_dir
-from buildsys.oci.layer.normalize import LayerInfo, LayerPlan, canonical_entries, normalize_tar
+from buildsys.oci.layer.inputs import read_filesystem, read_tar, read_upper_dir
+from buildsys.oci.layer.normalize import LayerInfo, LayerPlan, canonical_entries
 from buildsys.oci.layer.tree import ParentTree
 
 if TYPE_CHECKING:  # docker's client is imported only when an engine is used (a no-op build needs none)
@@ -59,6 +60,9 @@ class LayerMaker:
     loader: Loader
     progress: Progress
     meta: Callable[[str], ImageMeta] = lambda recipe: NO_META  # Builder.meta: revision, source, base
+    # Compress each layer made here while it is written (the store's ``CompressedBlobs`` entry, so publish,
+    # --cache-to and --verify never read it again to compress it); None: only when it leaves.
+    compress: Method | None = None
 
     @property
     def layout(self) -> OciLayout:
@@ -78,16 +82,16 @@ class LayerMaker:
             result = bootstrap.bootstrap_debian(self.store, lock, recipe.run, Path(tmp))
             t1 = time.monotonic()
             self.progress(recipe.name, "normalize", f"{result.tarball.stat().st_size / 1e6:.0f} MB rootfs")
-            layer_tmp = Path(tmp) / "layer.tar"
-            with open(result.tarball, "rb") as src, open(layer_tmp, "wb") as dst:
-                info = normalize_tar(src, dst, lock.source_date_epoch)
+            with open(result.tarball, "rb") as src:
+                plan = LayerPlan(canonical_entries(read_tar(src), lock.source_date_epoch), lock.source_date_epoch)
+                # A root is needed by docker next (its child's build, or its own run): it is streamed into docker
+                # load as it is written, hashed (and compressed, with ``compress``), as a child layer is.
+                record, t2 = self._write_layers(recipe, lock, None, [sublayers.SubLayer(None, "", [])], [plan],
+                                                Path(tmp), _history(recipe, lock, f"mmdebstrap {base.suite}/"
+                                                                    f"{base.variant}, {len(base.packages)} packages"),
+                                                load)
             result.tarball.unlink()
-            created_by = _history(recipe, lock, f"mmdebstrap {base.suite}/{base.variant}, "
-                                                f"{len(base.packages)} packages")
-            record = self._write_image(recipe, None, [(layer_tmp, info.digest, info.size)],
-                                       self._config(recipe, lock, None, info.digest, created_by))
-            t2 = time.monotonic()
-            if load:  # its child's build runs on it, or its user asked for it
+            if load:  # loaded above: this only notes it (and loads it where it was not streamed)
                 self.loader.load(record)
             timings.update(install=t1 - t0, normalize=t2 - t1, load=time.monotonic() - t2)
             return record
@@ -101,7 +105,8 @@ class LayerMaker:
         self.progress(recipe.name, "unpack", f"{base.reference}: {len(base.layers)} layer(s) from the vendor store, "
                                            "no registry")
         upstream = baseimage.read_config(self.store, recipe.name, base)
-        layers = baseimage.unpack_layers(self.store, self.layout, recipe.name, base, upstream)
+        layers = baseimage.unpack_layers(self.store, self.layout, recipe.name, base, upstream,
+                                         compress=lambda: self.compressing(None))
         t1 = time.monotonic()
         img = self.layout.write_image(self._image_root_config(recipe, lock, base, upstream), layers)
         record = LayerRecord(recipe=recipe.name, config_digest=img.config_digest,
@@ -195,82 +200,52 @@ class LayerMaker:
         timings.update(install=t1 - t0, normalize=t2 - t1, load=time.monotonic() - t2)
         return record
 
-    def _write_layers(self, recipe: Recipe, lock: Lock, parent: LayerRecord, parts: Sequence[sublayers.SubLayer],
-                      plans: Sequence[LayerPlan], scratch: Path, created_by: str,
-                      load: bool = True) -> tuple[LayerRecord, float]:
-        """Write the canonical layers to the store and, in the same pass, into ``docker load``.
+    def _write_layers(self, recipe: Recipe, lock: Lock, parent: LayerRecord | None,
+                      parts: Sequence[sublayers.SubLayer], plans: Sequence[LayerPlan], scratch: Path,
+                      created_by: str, load: bool = True) -> tuple[LayerRecord, float]:
+        """Write the canonical layers to the store and, in the same pass, into ``docker load`` (and, with
+        ``compress``, into the store's compressed blobs).
 
         ``plans`` are the recipe's layers, bottom first (one, or a split layer's
-        groups and then the recipe's own). A group expected to come out as before
-        (``sublayers.Expected``) is only hashed when the store has its blob, and
-        left out of the load when docker has it too (the bottom groups, up to the
-        first it lacks); a digest other than the expected one is written again,
-        whole. Return the record and when the last layer's last byte was written:
-        what docker does after that (apply the layers it received) is the load's
-        own time.
+        groups and then the recipe's own; a root's one, with no parent). A group
+        expected to come out as before (``sublayers.Expected``) is only hashed
+        when the store has its blob, and left out of the load when docker has it
+        too (the bottom groups, up to the first it lacks); a digest other than the
+        expected one is written again, whole. Return the record and when the last
+        layer's last byte was written: what docker does after that (apply the
+        layers it received) is the load's own time.
         """
-        n = len(plans)
-        layout = self.layout
-        expected = [sublayers.Expected.find(self.store, part.key) for part in parts]
-        infos: dict[int, LayerInfo] = {}
-        files: dict[int, Path] = {}  # the layers whose blob is new to the store
-        done: dict[str, Any] = {}
-        store_writes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="buildsys-store")
-
-        def write(i: int, into: Any = None) -> None:
-            sinks = (into,) if into is not None else ()
-            exp = expected[i]
-            if exp is not None and i not in files and layout.has_blob(exp.diff_id):
-                infos[i] = plans[i].write(*sinks)  # hashed (and sent to docker): the store has these bytes
-                if infos[i].digest == exp.diff_id:
-                    return
-                self.progress(recipe.name, "warning", f"{parts[i].label(recipe.name)}: made {infos[i].digest[:19]},"
-                                                      f" not {exp.diff_id[:19]} as last time: written again")
-                sinks = ()  # docker has them already; the store gets them in a second pass
-            path = scratch / f"layer{i}.tar"
-            with open(path, "wb") as f:
-                infos[i] = plans[i].write(f, *sinks)
-            files[i] = path
-
-        def finish() -> bytes:
-            done["at"] = time.monotonic()
-            below = [(infos[k].digest, _history(recipe, lock, part.what, part.name))
-                     for k, part in enumerate(parts[:-1])]
-            config = self._config(recipe, lock, parent, infos[n - 1].digest, created_by, below=below)
-            # The store's copy is made durable (fsync, rename, config, manifest) while docker
-            # applies the layers: docker needs only the config bytes, which are ready now.
-            blobs = [(files.get(k), infos[k].digest, infos[k].size) for k in range(n)]
-            done["record"] = store_writes.submit(self._write_image, recipe, parent, blobs, config)
-            return canonical_bytes(config)
-
+        run = _Pass(self, recipe, lock, parent, parts, plans, scratch, created_by,
+                    [sublayers.Expected.find(self.store, part.key) for part in parts])
         try:
             engine = self.loader.docker() if load else None
             if engine is None:
-                for i in range(n):
-                    write(i)
-                finish()
+                for i in range(len(plans)):
+                    run.write(i)
+                run.finish()
             else:
-                have = _docker_has(engine, expected)
+                have = _docker_has(engine, run.expected)
                 for i in range(have):
-                    write(i)
-                if any(i in files for i in range(have)):  # one came out otherwise: docker lacks it, send them all
+                    run.write(i)
+                if any(i in run.files for i in range(have)):  # one came out otherwise: docker lacks it: send all
                     have = 0
                 try:
-                    self._stream(recipe, engine, parent, plans, have, infos, write, finish)
+                    self._stream(recipe, engine, parent, plans, have, run.infos, run.write, run.finish)
                 except EngineError:
-                    if not have or "record" not in done:
+                    if not have or "record" not in run.done:
                         raise
                     # Refused for want of a layer it was expected to have (removed meanwhile): from the store.
                     self.progress(recipe.name, "load", "docker lacked a layer it had: loading from the store")
-                    self.loader.load(done["record"].result())
-            record: LayerRecord = done["record"].result()
+                    self.loader.load(run.done["record"].result())
+            record: LayerRecord = run.done["record"].result()
         finally:
-            store_writes.shutdown(wait=True)
+            run.close()
         sublayers.Expected.remember(self.store, list(parts), record)
-        return record, done["at"]
+        return record, run.done["at"]
 
-    def _stream(self, recipe: Recipe, engine: Engine, parent: LayerRecord, plans: Sequence[LayerPlan], have: int,
-                infos: dict[int, LayerInfo], write: Callable[[int, Any], None], finish: Callable[[], bytes]) -> None:
+    def _stream(self, recipe: Recipe, engine: Engine, parent: LayerRecord | None, plans: Sequence[LayerPlan],
+                have: int, infos: dict[int, LayerInfo], write: Callable[[int, Any], None],
+                finish: Callable[[], bytes]) -> None:
         """``docker load`` of the layers above the ``have`` bottom ones, each written into it as it is made."""
         sent = len(plans) - have
         self.progress(recipe.name, "load", f"docker load ({sent} new layer{'s' if sent > 1 else ''}"
@@ -280,8 +255,19 @@ class LayerMaker:
             write(have + k, sink)
             return finish() if have + k == len(plans) - 1 else None
 
-        lower = [*parent.diff_ids, *(infos[i].digest for i in range(have))]
+        lower = [*(parent.diff_ids if parent else ()), *(infos[i].digest for i in range(have))]
         engine.load_stream(lambda sink: write_streamed_archive(sink, lower, [p.size for p in plans[have:]], streamed))
+
+    def compressing(self, size: int | None, known: str | None = None) -> CompressingSink | None:
+        """A sink that compresses a layer into the store as it is written, when this build compresses
+        (``compress``) and the store has no compressed form of ``known`` (the diff_id the layer is expected
+        to have); zstd needs the layer's size up front (a registry root's layers have none)."""
+        if self.compress is None or (size is None and self.compress.format == "zstd"):
+            return None
+        blobs = CompressedBlobs(self.store)
+        if known is not None and blobs.lookup(self.compress, known) is not None:
+            return None
+        return blobs.sink(self.compress, size=size)
 
     @contextlib.contextmanager
     def run_steps(self, recipe: Recipe, lock: Lock, parent: LayerRecord,
@@ -352,6 +338,77 @@ class LayerMaker:
         return LayerRecord(recipe=recipe.name, config_digest=img.config_digest,
                            manifest_digest=img.manifest_digest, diff_ids=tuple(img.diff_ids),
                            layers=tuple((d, s) for d, s in layers))
+
+
+@dataclass
+class _Pass:
+    """One pass writing a recipe's layers (``LayerMaker._write_layers``): what each came out as, where it went."""
+
+    maker: LayerMaker
+    recipe: Recipe
+    lock: Lock
+    parent: LayerRecord | None
+    parts: Sequence[sublayers.SubLayer]
+    plans: Sequence[LayerPlan]
+    scratch: Path
+    created_by: str
+    expected: list[sublayers.Expected | None]
+    infos: dict[int, LayerInfo] = field(default_factory=dict)
+    files: dict[int, Path] = field(default_factory=dict)  # the layers whose blob is new to the store
+    sinks: dict[int, CompressingSink] = field(default_factory=dict)  # the layers compressed in this pass
+    done: dict[str, Any] = field(default_factory=dict)  # "at": the last byte's time; "record": its future
+    store_writes: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="buildsys-store"))
+
+    def _sink(self, i: int, known: str | None = None) -> list[IO[bytes]]:
+        if i in self.sinks:
+            self.sinks.pop(i).discard()
+        if (sink := self.maker.compressing(self.plans[i].size, known)) is None:
+            return []
+        self.sinks[i] = sink
+        return [sink]  # type: ignore[list-item]
+
+    def write(self, i: int, into: Any = None) -> None:
+        """Layer ``i``: into the store (unless it holds it already), ``into`` (docker) and a compressor."""
+        exp, plan = self.expected[i], self.plans[i]
+        out = [*([into] if into is not None else []), *self._sink(i, exp.diff_id if exp else None)]
+        if exp is not None and i not in self.files and self.maker.layout.has_blob(exp.diff_id):
+            self.infos[i] = plan.write(*out)  # hashed (and sent to docker): the store has these bytes
+            if self.infos[i].digest == exp.diff_id:
+                return
+            self.maker.progress(self.recipe.name, "warning", f"{self.parts[i].label(self.recipe.name)}: made "
+                                f"{self.infos[i].digest[:19]}, not {exp.diff_id[:19]} as last time: written again")
+            out = self._sink(i)  # docker has them already; the store (and a new compressor) gets them again
+        path = self.scratch / f"layer{i}.tar"
+        with open(path, "wb") as f:
+            self.infos[i] = plan.write(f, *out)
+        self.files[i] = path
+
+    def finish(self) -> bytes:
+        """The image's config, once every layer is written; the store's copy is made durable meanwhile."""
+        n, m = len(self.plans), self.maker
+        self.done["at"] = time.monotonic()
+        below = [(self.infos[k].digest, _history(self.recipe, self.lock, part.what, part.name))
+                 for k, part in enumerate(self.parts[:-1])]
+        config = m._config(self.recipe, self.lock, self.parent, self.infos[n - 1].digest, self.created_by,
+                           below=below)
+
+        def stored() -> LayerRecord:
+            record = m._write_image(self.recipe, self.parent, [(self.files.get(k), self.infos[k].digest,
+                                                                self.infos[k].size) for k in range(n)], config)
+            for k, sink in self.sinks.items():  # their last blocks are compressed while docker applies the layers
+                sink.keep(self.infos[k].digest)
+            return record
+
+        # Docker needs only the config bytes, which are ready now; fsync, rename, config and manifest of the
+        # store's copy happen while it applies the layers.
+        self.done["record"] = self.store_writes.submit(stored)
+        return canonical_bytes(config)
+
+    def close(self) -> None:
+        self.store_writes.shutdown(wait=True)
+        for sink in self.sinks.values():
+            sink.discard()  # after keep(): nothing left; after a failure: its temporary file
 
 
 def _docker_has(engine: Engine, expected: Sequence[sublayers.Expected | None]) -> int:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,7 +114,7 @@ class Loader:
     def _docker_load(self, record: LayerRecord, omit_layers: int) -> None:
         engine = self.docker()
         assert engine is not None
-        with tempfile.TemporaryFile(dir=self.store.tmp) as archive:
-            write_docker_archive(self.layout, record.manifest_digest, [], archive, omit_layers=omit_layers)
-            archive.seek(0)
-            engine.load(archive)
+        # Streamed as it is read from the store: a temporary archive would write every layer once more
+        # and read it twice more (a registry root of several GB: its whole size, twice).
+        engine.load_stream(lambda sink: write_docker_archive(self.layout, record.manifest_digest, [], sink,
+                                                             omit_layers=omit_layers))

@@ -63,18 +63,20 @@ class VerifyResult:
 
 def verify(store: Store, graph: Graph, locks: Mapping[str, Lock], names: Sequence[str],
            engine: Engine | None, progress: Progress, jobs: int = 1) -> list[VerifyResult]:
-    first = Builder(store, graph, locks, engine=engine, progress=progress).build(names, jobs=jobs)
+    # Both builds' images are compressed below: each layer made is compressed while it is written, so
+    # the comparison reads no layer again (a layer the cache answered is compressed there, once per store).
+    m = method(DEFAULT)
+    first = Builder(store, graph, locks, engine=engine, progress=progress, compress=m).build(names, jobs=jobs)
     results: list[VerifyResult] = []
     with store.scratch("verify") as tmp:
         fresh = Store(Path(tmp), vendor_root=store.vendor_root)
         progress("*", "verify", "rebuilding from nothing (no cache, fresh store)")
         # Its images nobody runs (the named ones: same IDs as the first build's when reproducible) stay in
         # the store: for pytorch that is a minute of docker load saved.
-        second = Builder(fresh, graph, locks, engine=engine, no_cache=True, tag=False, load_leaves=False,
+        second = Builder(fresh, graph, locks, engine=engine, no_cache=True, tag=False, load_leaves=False, compress=m,
                          progress=lambda r, s, d: progress(r, f"verify {s}", d)).build(names, jobs=jobs)
         for a, b in zip(first, second, strict=True):
             results.append(compare(a, b, OciLayout(store.oci), OciLayout(fresh.oci)))
-        m = method(DEFAULT)
         kept, scratch = CompressedBlobs(store), CompressedBlobs(fresh)  # per store: a shared layer once
         for r in results:
             if r.equal:

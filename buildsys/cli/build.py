@@ -36,13 +36,19 @@ if TYPE_CHECKING:
 @click.option("--no-load", "no_load", is_flag=True,
               help="Keep the named images in the store only: not loaded into docker, nothing tagged "
                    "(publish, export and cache jobs need no docker copy; run and test load on demand).")
+@click.option("--compress", "compress", type=click.Choice(["gzip", "zstd", "none"]), default="none",
+              show_default=True, envvar="BUILDSYS_COMPRESS", show_envvar=True,
+              help="Also compress each layer made while it is written, for images that publish, export or "
+                   "--cache-to will ship: they then read no layer again (costs ~2x the write if never shipped; "
+                   "docs/shipping.md). --verify and --cache-to do it anyway.")
 @click.pass_obj
 def build_cmd(obj: Context, recipes: tuple[str, ...], verify: bool, no_cache: bool, as_json: bool,
               jobs: int, cache_from: str | None, cache_to: str | None, insecure: bool,
-              cache_compression: str, no_load: bool) -> None:
+              cache_compression: str, no_load: bool, compress: str) -> None:
     """Build the chains of RECIPES (default: all) with the network off."""
     from buildsys.build.builder import Builder
     from buildsys.lock import fresh_locks
+    from buildsys.oci.compress import method
 
     g = obj.graph()
     locks = fresh_locks(obj.project, g, recipes)
@@ -82,10 +88,13 @@ def build_cmd(obj: Context, recipes: tuple[str, ...], verify: bool, no_cache: bo
 
         remote = RemoteCache(cache_from, cache_to, insecure=insecure, progress=progress,
                              compression=cache_compression)
+    if compress == "none" and cache_to:
+        compress = cache_compression  # what the cache push compresses anyway, done while each layer is written
     with progress:
         # The engine is connected only when the store cannot answer alone (see Builder.connect).
         images = Builder(store, g, locks, connect=_connect, trust_loaded=True, no_cache=no_cache, remote=remote,
-                         progress=progress, tag=not no_load, load_leaves=not no_load).build(recipes, jobs=jobs)
+                         progress=progress, tag=not no_load, load_leaves=not no_load,
+                         compress=method(compress) if compress != "none" else None).build(recipes, jobs=jobs)
     _print_images(images, as_json)
 
 

@@ -175,7 +175,7 @@ def _in_order(pool: ThreadPoolExecutor, work: Callable[[bytes], bytes], blocks: 
         yield pending.popleft().result()
 
 
-def _gzip_block(block: bytes) -> bytes:
+def _gzip_block(block: bytes | bytearray) -> bytes:
     out = bytes(deflate.gzip_compress(block, GZIP_LEVEL))
     _check_gzip_header(out)
     return out
@@ -256,6 +256,81 @@ class _Counted:
             self._next += 64 << 20
             self.progress(self.n)
         return data
+
+
+class Compressor:
+    """Compresses a layer with ``m`` as it is written, into ``dst``: a sink for ``LayerPlan.write``.
+
+    The bytes are ``compress_stream``'s for the whole layer, however the writes split: blocks are cut at
+    the same offsets (``GZIP_BLOCK`` or ``ZSTD_CHUNK`` of input, from the first byte) and compressed by the
+    same calls. Blocks are compressed on ``threads`` workers (zstd: one, its stream is sequential) while
+    the writer goes on; when ``threads`` + 1 blocks are in flight, ``write`` waits for the oldest, so the
+    writer runs at most that far ahead and memory stays ~ 2 x 32 MiB per worker. The layer's digest is
+    the writer's (it hashed the same bytes): this side only counts them.
+    """
+
+    def __init__(self, m: Method, dst: IO[bytes], *, threads: int = 2, size: int | None = None) -> None:
+        self.method, self.dst = m, dst
+        self._hout = hashlib.sha256()
+        self.n = self.out = 0
+        self._buf = bytearray()
+        self._pending: deque[Future[bytes]] = deque()
+        self._tail: Callable[[], bytes] = bytes
+        work: Callable[[bytes | bytearray], bytes]
+        if m.format == "gzip":
+            self._block, work, workers = GZIP_BLOCK, _gzip_block, max(1, threads)
+        elif m.format == "zstd":
+            if size is None:  # compress_file puts the layer's size in the frame header: so must this
+                raise CompressionError("a zstd sink needs the layer's size", "pass size= (LayerPlan.size)")
+            cobj = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True, write_checksum=True,
+                                            write_dict_id=False, threads=0).compressobj(size=size)
+            self._block, work, workers, self._tail = ZSTD_CHUNK, cobj.compress, 1, cobj.flush
+        else:
+            raise CompressionError(f"'{m.format}' compresses nothing", "keep the layer as it is")
+        self._work, self._window = work, workers + 1
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix=f"{m.format}-sink")
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        view = memoryview(data).cast("B")
+        n = len(view)
+        self.n += n
+        while view:
+            room = self._block - len(self._buf)
+            self._buf += view[:room]
+            view = view[room:]
+            if len(self._buf) == self._block:
+                self._submit()
+        return n
+
+    def _submit(self) -> None:
+        self._pending.append(self._pool.submit(self._work, self._buf))
+        self._buf = bytearray()
+        while self._pending and (self._pending[0].done() or len(self._pending) >= self._window):
+            self._put(self._pending.popleft().result())
+
+    def _put(self, chunk: bytes) -> None:
+        if chunk:
+            self._hout.update(chunk)
+            self.dst.write(chunk)
+            self.out += len(chunk)
+
+    def close(self, diff_id: str) -> Compressed:
+        """Compress what is left, wait for every block; ``diff_id`` is the writer's digest of the layer."""
+        if self._buf:
+            self._submit()
+        try:
+            while self._pending:
+                self._put(self._pending.popleft().result())
+            self._put(self._tail())
+        finally:
+            self._pool.shutdown(wait=True)
+        return Compressed("sha256:" + self._hout.hexdigest(), self.out, diff_id, self.n)
+
+    def abort(self) -> None:
+        for f in self._pending:
+            f.cancel()
+        self._pending.clear()
+        self._pool.shutdown(wait=True)
 
 
 # ---------------------------------------------------------------- decompressing
@@ -369,22 +444,81 @@ class CompressedBlobs:
         found = self.lookup(m, diff_id)
         if found is not None:
             return found
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.tmp_dir, prefix=f"compress-{os.getpid()}-", suffix=".tmp")
-        os.fchmod(fd, 0o644)  # as every other blob of the layout (mkstemp makes 0600)
+        fd, tmp = self._temp()
         try:
             with os.fdopen(fd, "wb") as out:
                 got = compress_file(m, self.layout.blob_path(diff_id), out, diff_id, threads=threads,
                                     progress=progress)
-            self.layout.add_blob_file(Path(tmp), digest=got.digest)
+            self._keep(m, Path(tmp), got)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-        self.made += 1
-        entry = {"version": self.VERSION, "method": m.describe(), "diff_id": diff_id, "digest": got.digest,
-                 "size": got.size, "uncompressed_size": got.uncompressed_size, "media_type": m.media_type}
-        atomic_write(self._entry_path(m, diff_id), json.dumps(entry, sort_keys=True, indent=1).encode() + b"\n")
         return got
+
+    def sink(self, m: Method, *, size: int | None = None, threads: int = 2) -> CompressingSink:
+        """A sink that compresses a layer with ``m`` while it is written, for the store: the layer is never
+        read again to be compressed (``CompressingSink``)."""
+        fd, tmp = self._temp()
+        out = os.fdopen(fd, "wb")
+        try:
+            return CompressingSink(self, m, out, Path(tmp), threads=threads, size=size)
+        except BaseException:
+            out.close()
+            os.unlink(tmp)
+            raise
+
+    def _temp(self) -> tuple[int, str]:
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.tmp_dir, prefix=f"compress-{os.getpid()}-", suffix=".tmp")
+        os.fchmod(fd, 0o644)  # as every other blob of the layout (mkstemp makes 0600)
+        return fd, tmp
+
+    def _keep(self, m: Method, tmp: Path, got: Compressed) -> None:
+        """The finished blob ``tmp`` into the layout, then its index entry (so an entry always has its blob)."""
+        self.layout.add_blob_file(tmp, digest=got.digest)
+        self.made += 1
+        entry = {"version": self.VERSION, "method": m.describe(), "diff_id": got.diff_id, "digest": got.digest,
+                 "size": got.size, "uncompressed_size": got.uncompressed_size, "media_type": m.media_type}
+        atomic_write(self._entry_path(m, got.diff_id), json.dumps(entry, sort_keys=True, indent=1).encode() + b"\n")
+
+
+class CompressingSink:
+    """A layer compressed into the store while it is written: pass it to ``LayerPlan.write`` beside the layer's
+    own file, then ``keep(diff_id)`` (the blob and its ``CompressedBlobs`` entry) or, on failure, ``discard()``.
+
+    As a context manager it discards whatever was not kept, so a failed write leaves no temporary file.
+    """
+
+    def __init__(self, blobs: CompressedBlobs, m: Method, out: IO[bytes], tmp: Path, *, threads: int,
+                 size: int | None) -> None:
+        self.blobs, self.method, self._out, self._tmp = blobs, m, out, tmp
+        self._compressor = Compressor(m, out, threads=threads, size=size)
+        self.kept: Compressed | None = None
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        return self._compressor.write(data)
+
+    def keep(self, diff_id: str) -> Compressed:
+        """Finish the blob of the layer ``diff_id`` (the writer's digest of the bytes written) and index it."""
+        try:
+            got = self._compressor.close(diff_id)
+            self._out.close()
+            self.blobs._keep(self.method, self._tmp, got)
+        finally:
+            self.discard()
+        self.kept = got
+        return got
+
+    def discard(self) -> None:
+        self._compressor.abort()
+        self._out.close()
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> CompressingSink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.discard()
 
 
 def compressed_descriptor(built: dict[str, Any], m: Method, c: Compressed) -> dict[str, Any]:

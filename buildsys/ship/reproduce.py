@@ -196,7 +196,10 @@ def reproduce(project: Path, store: Store, graph: Graph, reference: str, *, engi
         t = time.monotonic()
         fresh = Store(Path(tmp) / "store", vendor_root=store.vendor_root)
         progress(recipe, "rebuild", "from nothing: no cache, fresh store, fresh containers")
+        m = _methods(manifest)
+        # The published method, applied to each layer as it is written: the comparison below reads none again.
         (rebuilt,) = Builder(fresh, graph, locks, engine=engine, no_cache=True, tag=False,
+                             compress=m if isinstance(m, compress.Method) and m.format != "none" else None,
                              progress=lambda r, s, d: progress(r, f"rebuild {s}", d)).build([recipe])
         seconds["build"] = time.monotonic() - t
         result = Reproduced(reference=pinned, recipe=recipe, published_id=manifest["config"]["digest"],
@@ -218,7 +221,6 @@ def reproduce(project: Path, store: Store, graph: Graph, reference: str, *, engi
                 break
         result.config = config_differences(config, json.loads(
             (fresh.oci / "blobs" / "sha256" / rebuilt.record.config_digest.split(":", 1)[1]).read_bytes()))
-        m = _methods(manifest)
         if isinstance(m, str):
             result.manifest = f"not compared: {m}"
         elif result.layer is None:

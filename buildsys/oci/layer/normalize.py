@@ -22,7 +22,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any, Protocol, TypeVar
 
 from buildsys.oci.layer.entry import (
     CAPABILITY_XATTR,
@@ -331,6 +331,12 @@ def _header(it: Item, mtime: int) -> bytes:
     return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
 
 
+class Sink(Protocol):
+    """Where ``LayerPlan.write`` sends the layer: a file, a ``docker load`` stream, a compressor (only ``write``)."""
+
+    def write(self, data: bytes | bytearray | memoryview, /) -> object: ...
+
+
 class LayerPlan:
     """A canonical layer decided but not yet written: its headers, sources and exact size.
 
@@ -358,7 +364,7 @@ class LayerPlan:
         self.size = -(-size // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
         self.entries = len(entries)
 
-    def write(self, *sinks: IO[bytes]) -> LayerInfo:
+    def write(self, *sinks: Sink) -> LayerInfo:
         """Write the tar to every sink, hashing it once; the content of each file is read once."""
         out = _Tee(sinks)
         buf = bytearray(CHUNK)
@@ -413,7 +419,7 @@ _FIXED_PATHS = frozenset(("etc/machine-id", "etc/shadow"))
 class _Tee:
     """Buffers small writes, hashes everything once and writes it to every sink."""
 
-    def __init__(self, sinks: Sequence[IO[bytes]], hashed: bool = True) -> None:
+    def __init__(self, sinks: Sequence[Sink], hashed: bool = True) -> None:
         self.sinks = sinks
         self.hashed = hashed
         self.hash = hashlib.sha256()
