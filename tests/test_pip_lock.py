@@ -10,6 +10,7 @@ removed at the end of the session.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import http.server
@@ -22,7 +23,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 from click.testing import CliRunner
@@ -428,23 +429,31 @@ def test_no_hint_for_a_step_that_is_not_a_source_build() -> None:
     assert PIP.failure_hint("::buildsys-step::pip: install 3 packages\nerror\n") is None
 
 
-@integration
-def test_a_lock_made_through_a_mirror_names_only_pypi(engine: Engine, python_image: str, store: Store) -> None:
-    """pip-compile in the container and the index reads on the host go to the mirror (core/mirrors); the
-    file links it answers with are its own, and the lock gets PyPI's back."""
+
+@contextlib.contextmanager
+def relayed_pypi(rewrite: dict[str, str] | None = None) -> Iterator[Any]:
+    """PyPI and its file host through a loopback relay (``mirrorproxy``) configured as their mirrors; ``rewrite``
+    edits what the index answers."""
     from mirrorproxy import proxy
 
     from buildsys.core import mirrors
     from buildsys.core.mirrors import Mirror, Mirrors
 
     with proxy({"/simple": "https://pypi.org/simple", "/files": "https://files.pythonhosted.org"},
-               rewrite={"https://files.pythonhosted.org": "@SELF@/files"}) as relay:
+               rewrite={"https://files.pythonhosted.org": "@SELF@/files", **(rewrite or {})}) as relay:
         mirrors.configure(Mirrors([Mirror("https://pypi.org/simple", f"{relay.url}/simple", "test"),
                                    Mirror("https://files.pythonhosted.org", f"{relay.url}/files", "test")]))
         try:
-            pl = lock(engine, python_image, store, "six==1.17.0")
+            yield relay
         finally:
             mirrors.configure(Mirrors())
+
+@integration
+def test_a_lock_made_through_a_mirror_names_only_pypi(engine: Engine, python_image: str, store: Store) -> None:
+    """pip-compile in the container and the index reads on the host go to the mirror (core/mirrors); the
+    file links it answers with are its own, and the lock gets PyPI's back."""
+    with relayed_pypi() as relay:
+        pl = lock(engine, python_image, store, "six==1.17.0")
     assert relay.saw("/simple/six/") and relay.saw("/simple/pip/") and relay.saw("/files/packages/")
     urls = [f.url for p in (*pl.packages, pl.installer) for f in p.files]
     assert urls and all(u.startswith("https://files.pythonhosted.org/packages/") for u in urls), urls
@@ -455,21 +464,10 @@ def test_a_lock_reads_the_metadata_of_wheels_not_the_wheels(engine: Engine, pyth
     """An index that does not serve a wheel's METADATA alone (no PEP 658 core-metadata, as this workplace's
     PyPI): pip reads it with range requests (fast-deps), so a lock takes a fraction of the wheel's bytes,
     where it took the whole wheel twice (pip-compile, then the dry run)."""
-    from mirrorproxy import proxy
-
-    from buildsys.core import mirrors
-    from buildsys.core.mirrors import Mirror, Mirrors
-
     no_pep658 = {'"core-metadata"': '"x-core-metadata"', '"data-dist-info-metadata"': '"x-dist-info-metadata"',
                  "data-core-metadata=": "data-x-core-metadata=", "data-dist-info-metadata=": "data-x-dist-info="}
-    with proxy({"/simple": "https://pypi.org/simple", "/files": "https://files.pythonhosted.org"},
-               rewrite={"https://files.pythonhosted.org": "@SELF@/files", **no_pep658}) as relay:
-        mirrors.configure(Mirrors([Mirror("https://pypi.org/simple", f"{relay.url}/simple", "test"),
-                                   Mirror("https://files.pythonhosted.org", f"{relay.url}/files", "test")]))
-        try:
-            pl = lock(engine, python_image, store, "numpy==2.2.6")
-        finally:
-            mirrors.configure(Mirrors())
+    with relayed_pypi(no_pep658) as relay:
+        pl = lock(engine, python_image, store, "numpy==2.2.6")
     wheel = selected(by_name(pl)["numpy"])
     assert wheel.size and wheel.size > 10_000_000, wheel  # a wheel worth not downloading
     read = sum(n for path, n in relay.sent.items() if path.endswith("/" + wheel.name))
