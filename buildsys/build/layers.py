@@ -13,7 +13,7 @@ import contextlib
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -41,7 +41,7 @@ from buildsys.oci.image import (
     write_streamed_archive,
 )
 from buildsys.oci.layer.inputs import read_filesystem, read_tar, read_upper_dir
-from buildsys.oci.layer.normalize import LayerInfo, LayerPlan, canonical_entries
+from buildsys.oci.layer.normalize import LayerInfo, LayerPlan, Sink, canonical_entries, plan_layer
 from buildsys.oci.layer.tree import ParentTree
 
 if TYPE_CHECKING:  # docker's client is imported only when an engine is used (a no-op build needs none)
@@ -83,7 +83,7 @@ class LayerMaker:
             t1 = time.monotonic()
             self.progress(recipe.name, "normalize", f"{result.tarball.stat().st_size / 1e6:.0f} MB rootfs")
             with open(result.tarball, "rb") as src:
-                plan = LayerPlan(canonical_entries(read_tar(src), lock.source_date_epoch), lock.source_date_epoch)
+                plan = plan_layer(read_tar(src), lock.source_date_epoch)
                 # A root is needed by docker next (its child's build, or its own run): it is streamed into docker
                 # load as it is written, hashed (and compressed, with ``compress``), as a child layer is.
                 record, t2 = self._write_layers(recipe, lock, None, [sublayers.SubLayer(None, "", [])], [plan],
@@ -164,6 +164,7 @@ class LayerMaker:
         """
         lock = self.locks[recipe.name]
         created_by = _history(recipe, lock, _summary(recipe))
+        groups = sublayers.groups(recipe, lock)  # a [[pip.layers]] that matches nothing fails before the install
         t0 = time.monotonic()
         with self.run_steps(recipe, lock, parent) as (container, result, scratch):
             t1 = time.monotonic()
@@ -186,7 +187,7 @@ class LayerMaker:
                     layer = read_filesystem(raw, below)
                 t_plan = time.monotonic()
                 entries = canonical_entries(layer, lock.source_date_epoch, (VENDOR_MOUNT,), below)
-                parts = sublayers.plan(recipe, lock, parent, entries)
+                parts = sublayers.plan(lock, parent, groups, entries)
                 plans = [LayerPlan(part.entries, lock.source_date_epoch) for part in parts]
                 t_write = time.monotonic()
                 record, t2 = self._write_layers(recipe, lock, parent, parts, plans, scratch, created_by, load)
@@ -215,8 +216,7 @@ class LayerMaker:
         layer's last byte was written: what docker does after that (apply the
         layers it received) is the load's own time.
         """
-        run = _Pass(self, recipe, lock, parent, parts, plans, scratch, created_by,
-                    [sublayers.Expected.find(self.store, part.key) for part in parts])
+        run = _Pass(self, recipe, lock, parent, parts, plans, scratch, created_by)
         try:
             engine = self.loader.docker() if load else None
             if engine is None:
@@ -224,39 +224,12 @@ class LayerMaker:
                     run.write(i)
                 run.finish()
             else:
-                have = _docker_has(engine, run.expected)
-                for i in range(have):
-                    run.write(i)
-                if any(i in run.files for i in range(have)):  # one came out otherwise: docker lacks it: send all
-                    have = 0
-                try:
-                    self._stream(recipe, engine, parent, plans, have, run.infos, run.write, run.finish)
-                except EngineError:
-                    if not have or "record" not in run.done:
-                        raise
-                    # Refused for want of a layer it was expected to have (removed meanwhile): from the store.
-                    self.progress(recipe.name, "load", "docker lacked a layer it had: loading from the store")
-                    self.loader.load(run.done["record"].result())
-            record: LayerRecord = run.done["record"].result()
+                run.load(engine)
+            record = run.stored()
         finally:
             run.close()
         sublayers.Expected.remember(self.store, list(parts), record)
-        return record, run.done["at"]
-
-    def _stream(self, recipe: Recipe, engine: Engine, parent: LayerRecord | None, plans: Sequence[LayerPlan],
-                have: int, infos: dict[int, LayerInfo], write: Callable[[int, Any], None],
-                finish: Callable[[], bytes]) -> None:
-        """``docker load`` of the layers above the ``have`` bottom ones, each written into it as it is made."""
-        sent = len(plans) - have
-        self.progress(recipe.name, "load", f"docker load ({sent} new layer{'s' if sent > 1 else ''}"
-                                           + (f"; {have} it has" if have else "") + "), streamed as written")
-
-        def streamed(k: int, sink: IO[bytes]) -> bytes | None:
-            write(have + k, sink)
-            return finish() if have + k == len(plans) - 1 else None
-
-        lower = [*(parent.diff_ids if parent else ()), *(infos[i].digest for i in range(have))]
-        engine.load_stream(lambda sink: write_streamed_archive(sink, lower, [p.size for p in plans[have:]], streamed))
+        return record, run.last_byte
 
     def compressing(self, size: int | None, known: str | None = None) -> CompressingSink | None:
         """A sink that compresses a layer into the store as it is written, when this build compresses
@@ -352,23 +325,27 @@ class _Pass:
     plans: Sequence[LayerPlan]
     scratch: Path
     created_by: str
-    expected: list[sublayers.Expected | None]
+    expected: list[sublayers.Expected | None] = field(init=False)
     infos: dict[int, LayerInfo] = field(default_factory=dict)
     files: dict[int, Path] = field(default_factory=dict)  # the layers whose blob is new to the store
     sinks: dict[int, CompressingSink] = field(default_factory=dict)  # the layers compressed in this pass
-    done: dict[str, Any] = field(default_factory=dict)  # "at": the last byte's time; "record": its future
+    last_byte: float = 0.0  # when the last layer's last byte was written
+    record: Future[LayerRecord] | None = None  # the store's copy, made durable while docker applies the layers
     store_writes: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="buildsys-store"))
 
-    def _sink(self, i: int, known: str | None = None) -> list[IO[bytes]]:
+    def __post_init__(self) -> None:
+        self.expected = [sublayers.Expected.find(self.maker.store, part.key) for part in self.parts]
+
+    def _sink(self, i: int, known: str | None = None) -> list[Sink]:
         if i in self.sinks:
             self.sinks.pop(i).discard()
         if (sink := self.maker.compressing(self.plans[i].size, known)) is None:
             return []
         self.sinks[i] = sink
-        return [sink]  # type: ignore[list-item]
+        return [sink]
 
-    def write(self, i: int, into: Any = None) -> None:
+    def write(self, i: int, into: Sink | None = None) -> None:
         """Layer ``i``: into the store (unless it holds it already), ``into`` (docker) and a compressor."""
         exp, plan = self.expected[i], self.plans[i]
         out = [*([into] if into is not None else []), *self._sink(i, exp.diff_id if exp else None)]
@@ -387,7 +364,7 @@ class _Pass:
     def finish(self) -> bytes:
         """The image's config, once every layer is written; the store's copy is made durable meanwhile."""
         n, m = len(self.plans), self.maker
-        self.done["at"] = time.monotonic()
+        self.last_byte = time.monotonic()
         below = [(self.infos[k].digest, _history(self.recipe, self.lock, part.what, part.name))
                  for k, part in enumerate(self.parts[:-1])]
         config = m._config(self.recipe, self.lock, self.parent, self.infos[n - 1].digest, self.created_by,
@@ -402,24 +379,54 @@ class _Pass:
 
         # Docker needs only the config bytes, which are ready now; fsync, rename, config and manifest of the
         # store's copy happen while it applies the layers.
-        self.done["record"] = self.store_writes.submit(stored)
+        self.record = self.store_writes.submit(stored)
         return canonical_bytes(config)
+
+    def stored(self) -> LayerRecord:
+        assert self.record is not None, "finish() makes the record"
+        return self.record.result()
+
+    def docker_has(self, engine: Engine) -> int:
+        """How many bottom groups docker has: those made for one image it has (on these parent layers, so it
+        has their chain), up to the first expected otherwise; never the recipe's own top layer."""
+        first = self.expected[0]
+        have = 0
+        if first is not None and engine.has_image(first.image):
+            while have < len(self.expected) - 1 and (exp := self.expected[have]) is not None \
+                    and exp.image == first.image:
+                have += 1
+        return have
+
+    def load(self, engine: Engine) -> None:
+        """Into ``docker load`` the layers docker lacks, each written into it as it is made."""
+        have = self.docker_has(engine)
+        for i in range(have):
+            self.write(i)
+        if any(i in self.files for i in range(have)):  # one came out otherwise: docker lacks it, send them all
+            have = 0
+        sent = len(self.plans) - have
+        self.maker.progress(self.recipe.name, "load", f"docker load ({sent} new layer{'s' if sent > 1 else ''}"
+                            + (f"; {have} it has" if have else "") + "), streamed as written")
+
+        def streamed(k: int, sink: IO[bytes]) -> bytes | None:
+            self.write(have + k, sink)
+            return self.finish() if have + k == len(self.plans) - 1 else None
+
+        lower = [*(self.parent.diff_ids if self.parent else ()), *(self.infos[i].digest for i in range(have))]
+        try:
+            engine.load_stream(lambda sink: write_streamed_archive(sink, lower, [p.size for p in self.plans[have:]],
+                                                                   streamed))
+        except EngineError:
+            if not have or self.record is None:
+                raise
+            # Refused for want of a layer it was expected to have (removed meanwhile): from the store.
+            self.maker.progress(self.recipe.name, "load", "docker lacked a layer it had: loading from the store")
+            self.maker.loader.load(self.stored())
 
     def close(self) -> None:
         self.store_writes.shutdown(wait=True)
         for sink in self.sinks.values():
             sink.discard()  # after keep(): nothing left; after a failure: its temporary file
-
-
-def _docker_has(engine: Engine, expected: Sequence[sublayers.Expected | None]) -> int:
-    """How many bottom groups docker has: those made for one image it has (on these parent layers, so it has
-    their chain), up to the first expected otherwise; never the recipe's own top layer."""
-    first = expected[0]
-    have = 0
-    if first is not None and engine.has_image(first.image):
-        while have < len(expected) - 1 and (exp := expected[have]) is not None and exp.image == first.image:
-            have += 1
-    return have
 
 
 def _history(recipe: Recipe, lock: Lock, what: str, group: str | None = None) -> str:

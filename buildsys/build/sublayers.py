@@ -23,8 +23,9 @@ from pathlib import Path
 from buildsys.build.records import LayerRecord
 from buildsys.core.store import Store, atomic_write
 from buildsys.ecosystems.pip import PipSection
-from buildsys.ecosystems.pip_layers import PipGroup, canonical, owners, pip_groups
+from buildsys.ecosystems.pip_layers import PipGroup, owners, pip_groups
 from buildsys.ecosystems.pip_resolve import PipRecipe
+from buildsys.ecosystems.pypi import canonical_name
 from buildsys.model.lockfile import Lock
 from buildsys.model.recipe import Recipe
 from buildsys.oci.layer.entry import Item
@@ -47,21 +48,19 @@ class SubLayer:
 
 
 def groups(recipe: Recipe, lock: Lock) -> tuple[PipGroup, ...]:
-    """The groups of ``recipe``'s layer that are layers of their own, bottom first (none: one layer)."""
+    """The groups of ``recipe``'s layer that are layers of their own, bottom first (none: one layer). Asked
+    before the layer's steps run, so a ``[[pip.layers]]`` that matches nothing fails before the install."""
     spec = recipe.get(PipRecipe)
     section = lock.get(PipSection)
     if spec is None or section is None:
         return ()
-    sizes: dict[str, int] = {}
-    for pin in section.packages:
-        chosen = [f for f in pin.files if f.name == pin.selected] if pin.selected else list(pin.files)
-        sizes[canonical(pin.name)] = sum(f.size or 0 for f in chosen[:1])
-    return pip_groups(recipe.name, spec.layers, spec.split, sizes)
+    sizes = {canonical_name(pin.name): sum(f.size or 0 for f in pin.chosen[:1]) for pin in section.packages}
+    return pip_groups(recipe.name, spec.layers, spec.split, sizes, where=str(recipe.path))
 
 
-def plan(recipe: Recipe, lock: Lock, parent: LayerRecord, entries: list[Item]) -> list[SubLayer]:
-    """``entries`` (``normalize.canonical_entries``) as the recipe's layers, bottom first."""
-    found = groups(recipe, lock)
+def plan(lock: Lock, parent: LayerRecord, found: tuple[PipGroup, ...], entries: list[Item]) -> list[SubLayer]:
+    """``entries`` (``normalize.canonical_entries``) as the recipe's layers, bottom first: one per group of
+    ``found`` (``groups``), then the recipe's own."""
     if not found:
         return [SubLayer(None, "", entries)]
     parts = split_entries(entries, len(found), owners(entries, found).get)
@@ -71,12 +70,12 @@ def plan(recipe: Recipe, lock: Lock, parent: LayerRecord, entries: list[Item]) -
 
 
 def _group_key(lock: Lock, parent: LayerRecord, group: PipGroup) -> str:
-    """What a group's layer is made from: the parent's layers, the group's files, the pip installing them."""
+    """What a group's layer is made from: the parent's layers, the files the group installs, the pip installing
+    them, the normalizer and the epoch its mtimes are clamped to."""
     section = lock.section(PipSection)
-    pins = {canonical(p.name): p for p in section.packages}
-    files = [[n, pins[n].version, pins[n].selected or "", sorted(f.sha256 for f in pins[n].files)]
-             for n in group.distributions]
-    installer = section.installer.selected if section.installer else None
+    pins = {canonical_name(p.name): p for p in section.packages}
+    files = [[f.name, f.sha256] for n in group.distributions for f in pins[n].chosen]
+    installer = [[f.name, f.sha256] for f in section.installer.chosen] if section.installer else None
     doc = {"parent": list(parent.diff_ids), "name": group.name, "files": files, "installer": installer,
            "normalizer": NORMALIZER_VERSION, "epoch": lock.source_date_epoch}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()

@@ -136,7 +136,7 @@ class PipSection(LockSection):
 
 
 def _selected_file(recipe: str, pin: LockedPip) -> LockedWheelFile:
-    chosen = [f for f in pin.files if f.name == pin.selected] if pin.selected else list(pin.files)
+    chosen = pin.chosen
     if len(chosen) != 1:
         raise LockError(f"{recipe}: the lock names no single file to install for {pin.name}=={pin.version}",
                         f"relock: `buildsys lock {recipe}`")

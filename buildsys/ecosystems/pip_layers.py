@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from buildsys.core.errors import BuildError
+from buildsys.ecosystems.pypi import canonical_name
 from buildsys.oci.layer.entry import Item, dirname, read_content
 
 SPLIT_THRESHOLD = 1 << 30  # 1 GiB of selected wheel files: the default rule splits
@@ -49,7 +50,7 @@ class LayerSpec:
     packages: tuple[str, ...]
 
     def takes(self, canonical: str) -> bool:
-        return any(fnmatch.fnmatchcase(canonical, canonical_pattern(p)) for p in self.packages)
+        return any(fnmatch.fnmatchcase(canonical, canonical_name(p)) for p in self.packages)
 
 
 @dataclass(frozen=True)
@@ -58,20 +59,10 @@ class PipGroup:
 
     name: str
     distributions: tuple[str, ...]  # canonical names, sorted
-    rule: str  # how it was chosen, for history and progress: "[[pip.layers]] 1", "default: nvidia-*"
 
     def describe(self) -> str:
         shown = ", ".join(self.distributions[:3]) + (", ..." if len(self.distributions) > 3 else "")
         return f"pip {len(self.distributions)}: {shown}"
-
-
-def canonical(name: str) -> str:
-    return "-".join(part for part in name.lower().replace("_", "-").replace(".", "-").split("-") if part)
-
-
-def canonical_pattern(pattern: str) -> str:
-    """A pattern in the canonical spelling of names (``Foo_Bar*`` matches ``foo-bar-baz``)."""
-    return pattern.lower().replace("_", "-").replace(".", "-")
 
 
 def parse_layers(value: Any, fail: Callable[[tuple[str | int, ...], str, str | None], Exception],
@@ -99,9 +90,10 @@ def parse_layers(value: Any, fail: Callable[[tuple[str | int, ...], str, str | N
     return tuple(specs)
 
 
-def pip_groups(recipe: str, specs: Sequence[LayerSpec], split: bool,
-               sizes: Mapping[str, int]) -> tuple[PipGroup, ...]:
-    """The groups of ``sizes`` (canonical name -> the selected file's bytes, the lock's [[pip]]), bottom first."""
+def pip_groups(recipe: str, specs: Sequence[LayerSpec], split: bool, sizes: Mapping[str, int],
+               where: str = "") -> tuple[PipGroup, ...]:
+    """The groups of ``sizes`` (canonical name -> the selected file's bytes, the lock's [[pip]]), bottom first;
+    ``where`` (the recipe file) names the table a group that matches nothing comes from."""
     if not split or not sizes:
         return ()
     left = sorted(sizes)
@@ -111,21 +103,22 @@ def pip_groups(recipe: str, specs: Sequence[LayerSpec], split: bool,
             taken = tuple(n for n in left if spec.takes(n))
             if not taken:
                 raise BuildError(recipe, f"split layer '{spec.name}'",
-                                 f"[[pip.layers]] {i} ('{spec.name}': {', '.join(spec.packages)}) matches none of "
-                                 f"the {len(sizes)} locked distributions",
-                                 hint="name distributions the lock has (`buildsys lock` lists them in "
-                                      "[[pip]]), or remove that [[pip.layers]] table")
-            groups.append(PipGroup(spec.name, taken, f"[[pip.layers]] {i}"))
+                                 f"{where + ': ' if where else ''}[[pip.layers]] {i} ('{spec.name}': "
+                                 f"{', '.join(spec.packages)}) matches none of the {len(sizes)} locked "
+                                 f"distributions", hint=f"name distributions the lock has (the [[pip]] names of "
+                                 f"locks/{recipe}.lock), or remove that [[pip.layers]] table; then `buildsys "
+                                 f"lock {recipe}`")
+            groups.append(PipGroup(spec.name, taken))
             left = [n for n in left if n not in taken]
         return tuple(groups)
     if sum(sizes.values()) < SPLIT_THRESHOLD:
         return ()
     cuda = tuple(n for n in left if fnmatch.fnmatchcase(n, CUDA_PATTERN))
     if cuda:
-        groups.append(PipGroup("cuda", cuda, f"default: {CUDA_PATTERN}"))
+        groups.append(PipGroup("cuda", cuda))
     frameworks = tuple(n for n in left if n not in cuda and sizes[n] >= LARGE_FILE)
     if frameworks:
-        groups.append(PipGroup("frameworks", frameworks, f"default: files of {LARGE_FILE >> 20} MiB or more"))
+        groups.append(PipGroup("frameworks", frameworks))
     return tuple(groups)
 
 
@@ -138,7 +131,7 @@ def owners(entries: Iterable[Item], groups: Sequence[PipGroup]) -> dict[str, int
         folder, _, base = it.path.rpartition("/")
         if base != "RECORD" or not folder.endswith(".dist-info") or it.kind != "file":
             continue
-        dist = canonical(folder.rpartition("/")[2].removesuffix(".dist-info").partition("-")[0])
+        dist = canonical_name(folder.rpartition("/")[2].removesuffix(".dist-info").partition("-")[0])
         if dist not in group_of:
             continue
         i = group_of[dist]

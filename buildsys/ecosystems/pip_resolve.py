@@ -181,8 +181,13 @@ class LockedPip:
     # a [[pip-build]] entry of the same lock. None for a wheel.
     build_requires: tuple[str, ...] | None = None
 
+    @property
+    def chosen(self) -> list[LockedWheelFile]:
+        """The file(s) the build installs: the selected one, or every file of an older lock without one."""
+        return [f for f in self.files if f.name == self.selected] if self.selected else list(self.files)
+
     def artifacts(self) -> list[Artifact]:
-        chosen = [f for f in self.files if f.name == self.selected] if self.selected else list(self.files)
+        chosen = self.chosen
         # local=True: wheel URLs on this machine pass the freshness check only under a local index-url.
         return [Artifact(kind="wheel", name=self.name, version=self.version, filename=f.name, sha256=f.sha256,
                          size=f.size, urls=(f.url,), local=True) for f in chosen]

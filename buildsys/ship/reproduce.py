@@ -25,7 +25,6 @@ rebuilt one) or the config keys that differ.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ from buildsys.fetch.vendor import fetch
 from buildsys.model.graph import Graph
 from buildsys.model.lockfile import Lock, lock_path, read_lock
 from buildsys.oci import compress
+from buildsys.oci.image import OciLayout
 from buildsys.oci.layer.diff import FileDifference, diff_layers
 from buildsys.oci.registry import MANIFEST_TYPES, Reference, Registry, parse_config, parse_manifest
 from buildsys.ship.keys import Verifier
@@ -207,20 +207,19 @@ def reproduce(project: Path, store: Store, graph: Graph, reference: str, *, engi
         t = time.monotonic()
         published_ids = list((config.get("rootfs") or {}).get("diff_ids") or [])
         mine = list(rebuilt.record.diff_ids)
+        made = OciLayout(fresh.oci).read_config(rebuilt.record.config_digest)  # the rebuilt image's config
         for i in range(max(len(published_ids), len(mine))):
             a = published_ids[i] if i < len(published_ids) else "(none)"
             b = mine[i] if i < len(mine) else "(none)"
             if a != b:
-                made = json.loads((fresh.oci / "blobs" / "sha256" / rebuilt.record.config_digest.split(":", 1)[1])
-                                  .read_bytes())
-                result.layer, result.diff_ids = (i, _layer_recipe(rebuilt, min(i, len(mine) - 1), made)), (a, b)
+                result.layer = (i, _layer_recipe(rebuilt, min(i, len(mine) - 1), made))
+                result.diff_ids = (a, b)
                 if i < len(published_ids) and i < len(mine) and i < len(manifest["layers"]):
                     progress(recipe, "diff", f"layer {i + 1}: downloading the published one to compare its files")
                     theirs = _published_layer(reg, ref.repository, manifest["layers"][i], Path(tmp) / "published.tar")
                     result.files = diff_layers(theirs, fresh.oci / "blobs" / "sha256" / b.split(":", 1)[1])
                 break
-        result.config = config_differences(config, json.loads(
-            (fresh.oci / "blobs" / "sha256" / rebuilt.record.config_digest.split(":", 1)[1]).read_bytes()))
+        result.config = config_differences(config, made)
         if isinstance(m, str):
             result.manifest = f"not compared: {m}"
         elif result.layer is None:
