@@ -13,7 +13,11 @@ to the project store's vendored files:
 4. a one-package change: a copy of the project whose recipe asks one more small
    distribution (``--change``, default ``toolz``), locked (pins kept), fetched,
    built and published again to the same repository: seconds, which layers
-   changed, bytes rebuilt and bytes sent, as a share of the image.
+   changed, bytes rebuilt and bytes sent, as a share of the image;
+5. a cold ``build --no-load`` on the same parents (nothing goes to docker: what
+   publish, export and CI's cache jobs need), then that image loaded alone from
+   the store into a docker lacking it, in one archive (docker's own cost, with
+   no tool above it) and one load per layer (as ``test`` and ``run`` load it).
 
     .venv/bin/python bench/bench_gpu.py                  # pytorch
     .venv/bin/python bench/bench_gpu.py keras pytorch
@@ -50,18 +54,21 @@ from benchlib import MB  # noqa: E402
 from shipenv import docker_registry  # noqa: E402
 
 from buildsys.build.builder import Builder  # noqa: E402
+from buildsys.build.load import Loader  # noqa: E402
+from buildsys.build.records import LayerRecord  # noqa: E402
 from buildsys.core.store import Store  # noqa: E402
 from buildsys.engine import Engine  # noqa: E402
 from buildsys.lock import fresh_locks  # noqa: E402
 from buildsys.model.graph import build_graph  # noqa: E402
 from buildsys.model.recipe import load_recipes  # noqa: E402
-from buildsys.oci.image import OciLayout  # noqa: E402
+from buildsys.oci.image import OciLayout, write_docker_archive  # noqa: E402
 
 
-def bs(project: Path, store: Path, *args: str) -> tuple[float, subprocess.CompletedProcess[str]]:
+def bs(project: Path, store: Path, *args: str,
+       env: dict[str, str] | None = None) -> tuple[float, subprocess.CompletedProcess[str]]:
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "buildsys", "-C", str(project), "--store", str(store), *args],
-                          capture_output=True, text=True, check=False)
+                          capture_output=True, text=True, check=False, env={**os.environ, **(env or {})})
     if done.returncode != 0:
         sys.exit(f"buildsys {' '.join(args)} failed:\n{done.stderr[-4000:]}")
     return time.monotonic() - started, done
@@ -74,7 +81,22 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--change", default="toolz", help="the small distribution the change adds")
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
     ap.add_argument("--no-peer", action="store_true", help="skip the peer run with split = false (one layer)")
+    ap.add_argument("--load-ab", action="store_true",
+                    help="only: cold builds of the split recipe sending its layers one load per layer, and in one "
+                         "archive (BUILDSYS_LOAD_EACH_LAYER=0), alternated twice")
     return ap.parse_args()
+
+
+def forget(client: docker.DockerClient, name: str) -> None:
+    """Remove every image of recipe ``name`` that docker holds, tagged or not (an earlier run's cold image is
+    left untagged by its one-package change): a cold build that found its layers in docker would skip unpacking
+    them, and its load time would be a cache hit's."""
+    found = client.images.list(all=True, filters={"label": f"org.opencontainers.image.title={name}"})
+    for image in found:
+        with contextlib.suppress(docker.errors.APIError):
+            client.images.remove(image.id, force=True)
+    if found:
+        print(f"  (docker held {len(found)} image(s) of {name}: removed)")
 
 
 def own_layers(store: Path, name: str, parent: str | None) -> list[dict[str, Any]]:
@@ -148,15 +170,17 @@ def bench(name: str, args: argparse.Namespace, work: Path, client: docker.Docker
     subprocess.run(["cp", "-al", str(args.store / "vendor"), str(store / "vendor")], check=True)
     for p in graph.chain(name)[:-1]:
         bs(project, store, "build", p)
-    with contextlib.suppress(docker.errors.APIError):
-        client.images.remove(f"{name}:latest", force=False)
+    unloaded = work / f"store-{name}-{label.split()[0]}-no-load"  # the same parents, for a build never loaded
+    subprocess.run(["cp", "-al", str(store), str(unloaded)], check=True)
+    forget(client, name)
     seconds, done = bs(project, store, "build", "--json", name)
     image = next(i for i in json.loads(done.stdout) if i["recipe"] == name)
     t = image["timings"]
     layers = own_layers(store, name, parent)
     total = sum(x["size"] for x in layers)
     print(f"cold build {seconds:.1f} s: install {t['install']:.1f}, normalize {t['normalize']:.1f}, load "
-          f"{t['load']:.1f}; (normalize + load) / install = {(t['normalize'] + t['load']) / t['install']:.2f}")
+          f"{t['load']:.1f}, cleanup (docker removing the build container) {t.get('cleanup', 0):.1f}; "
+          f"(normalize + load) / install = {(t['normalize'] + t['load']) / t['install']:.2f}")
     for x in layers:
         print(f"  layer {x['name']:22} {x['size'] / MB:8.0f} MB  {x['digest'][:19]}")
     t_sum = sha256sum_seconds(store, layers)
@@ -181,20 +205,84 @@ def bench(name: str, args: argparse.Namespace, work: Path, client: docker.Docker
     rebuilt = sum(x["size"] for x in new)
     again = publish(store, proj, name, host, label)
     print(f"one more package ({args.change}): lock {t_lock:.1f} s, fetch {t_fetch2:.1f} s, build {seconds2:.1f} s "
-          f"(install {t2['install']:.1f}, normalize {t2['normalize']:.1f}, load {t2['load']:.1f})")
+          f"(install {t2['install']:.1f}, normalize {t2['normalize']:.1f}, load {t2['load']:.1f}, "
+          f"cleanup {t2.get('cleanup', 0):.1f})")
     print(f"  new layers: {', '.join(x['name'] for x in new) or 'none'}: {rebuilt / MB:.0f} MB of "
           f"{sum(x['size'] for x in after) / MB:.0f} MB ({rebuilt / max(1, sum(x['size'] for x in after)):.1%})")
     print(f"  publish again: {again['wall']:.1f} s, {again['bytes_sent'] / MB:.1f} MB sent of "
           f"{again['shipped_layer_bytes'] / MB:.0f} MB shipped "
           f"({again['bytes_sent'] / again['shipped_layer_bytes']:.1%})")
-    with contextlib.suppress(docker.errors.APIError):  # the next run starts cold
-        client.images.remove(f"{name}:latest", force=True)
+    t3, alone, each = no_load(project, unloaded, name, client)
+    print(f"cold build --no-load: install {t3['install']:.1f}, normalize {t3['normalize']:.1f}: normalize / "
+          f"install = {t3['normalize'] / t3['install']:.2f}; then docker load of those layers from the store, "
+          f"docker lacking them: one archive {alone:.1f} s = {alone / t3['install']:.2f} x install, one load per "
+          f"layer {each:.1f} s: ratio {each / alone:.2f}")
+    forget(client, name)  # the next run starts cold
     shutil.rmtree(store, ignore_errors=True)  # GBs: the peer's store would come on top
+    shutil.rmtree(unloaded, ignore_errors=True)
     return {"cold (normalize+load)/install": (t["normalize"] + t["load"]) / t["install"],
             "cold normalize+load s": t["normalize"] + t["load"], "docker commit s": commit,
             "change build s": seconds2, "change rebuilt MB": rebuilt / MB,
             "change pushed MB": again["bytes_sent"] / MB,
-            "change (normalize+load)/install": (t2["normalize"] + t2["load"]) / t2["install"]}
+            "change (normalize+load)/install": (t2["normalize"] + t2["load"]) / t2["install"],
+            "cold --no-load normalize/install": t3["normalize"] / t3["install"],
+            "docker load alone / install": alone / t3["install"],
+            "load per layer from the store s": each}
+
+
+def no_load(project: Path, store: Path, name: str,
+            client: docker.DockerClient) -> tuple[dict[str, float], float, float]:
+    """A cold ``build --no-load`` (what publish and export need: nothing goes to docker), then that image loaded
+    by itself into a docker lacking it (the parent's layers left out), twice: the store's layers in one streamed
+    archive (what docker's load costs with no tool above it), and one load per layer, as ``test`` and ``run``
+    load an image from the store (``load.load_each_layer``)."""
+    _, done = bs(project, store, "build", "--json", "--no-load", name)
+    image = next(i for i in json.loads(done.stdout) if i["recipe"] == name)
+    layout = OciLayout(store / "oci")  # --no-load names nothing in the store: the image by its digests
+    parent = build_graph(load_recipes(project)).recipes[name].parents[0]
+    pdigest = layout.resolve(parent)
+    assert pdigest is not None
+    below = len(layout.read_image(pdigest)[0]["layers"])
+    forget(client, name)  # the cold build loaded the same layers
+    engine = Engine.connect()
+    started = time.monotonic()
+    engine.load_stream(lambda sink: write_docker_archive(layout, image["manifest_digest"], [], sink,
+                                                         omit_layers=below))
+    one = time.monotonic() - started
+    client.images.remove(image["image_id"], force=True)
+    manifest, config = layout.read_image(image["manifest_digest"])
+    record = LayerRecord(recipe=name, config_digest=image["image_id"], manifest_digest=image["manifest_digest"],
+                         diff_ids=tuple(config["rootfs"]["diff_ids"]),
+                         layers=tuple((d["digest"], int(d["size"])) for d in manifest["layers"]))
+    started = time.monotonic()
+    Loader(Store(store), lambda *_: None, engine=engine)._docker_load(record, below)  # what `test` and `run` do
+    return image["timings"], one, time.monotonic() - started
+
+
+def load_ab(name: str, args: argparse.Namespace, work: Path, client: docker.DockerClient) -> None:
+    """Cold builds of ``name`` on the same parents, its layers sent one load per layer (the default) and in one
+    archive (the peer), in the order A B B A; each in a copy of the parents' store, docker lacking the layers."""
+    graph = build_graph(load_recipes(ROOT))
+    parents = work / f"store-{name}-parents"
+    parents.mkdir()
+    subprocess.run(["cp", "-al", str(args.store / "vendor"), str(parents / "vendor")], check=True)
+    for p in graph.chain(name)[:-1]:
+        bs(ROOT, parents, "build", p)
+    figures: dict[str, list[float]] = {"each": [], "one": []}
+    for k, mode in enumerate(("each", "one", "one", "each")):
+        store = work / f"store-{name}-{k}"
+        subprocess.run(["cp", "-al", str(parents), str(store)], check=True)
+        forget(client, name)
+        _, done = bs(ROOT, store, "build", "--json", name, env={"BUILDSYS_LOAD_EACH_LAYER": "1" if mode == "each"
+                                                                 else "0"})
+        t = next(i for i in json.loads(done.stdout) if i["recipe"] == name)["timings"]
+        figures[mode].append(t["normalize"] + t["load"])
+        print(f"{mode:4} install {t['install']:.1f}, normalize {t['normalize']:.1f}, load {t['load']:.1f}: "
+              f"(normalize + load) / install {(t['normalize'] + t['load']) / t['install']:.2f}")
+        shutil.rmtree(store, ignore_errors=True)
+    forget(client, name)
+    each, one = (sum(v) / len(v) for v in (figures["each"], figures["one"]))
+    print(f"{name}: normalize + load, one load per layer {each:.1f} s, one archive {one:.1f} s: ratio {each / one:.2f}")
 
 
 def main() -> None:
@@ -206,6 +294,9 @@ def main() -> None:
             for name in args.recipes:
                 t_fetch, _ = bs(ROOT, args.store, "fetch", name)
                 print(f"\n{name}: fetch into the project store {t_fetch:.1f} s")
+                if args.load_ab:
+                    load_ab(name, args, work, client)
+                    continue
                 split = bench(name, args, work, client, reg.host, ROOT, "split")
                 if args.no_peer:
                     continue

@@ -17,6 +17,9 @@ in the repository) and with a store of its own:
   metadata, then every file of every pinned release to hash it: pip-tools
   7.6.2 looks for PyPI's JSON API at ``https://pypi.org/<name>/json``, a 404)
   at the rate it downloaded;
+- the host's index reads alone (every pinned project's simple page), with one
+  client per worker thread as the lock does, against a new client per page
+  (as before: two DNS lookups and a TLS handshake a page);
 - with ``--uv PATH`` (a uv binary, e.g. from uv's wheel on PyPI, unpacked by
   hand: buildsys does not use uv), ``uv pip compile --generate-hashes`` of the
   same requirements in the same image, and whether its pins are the lock's.
@@ -52,6 +55,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,7 +66,7 @@ from rich.table import Table
 from buildsys.build.builder import Builder
 from buildsys.core.store import Store
 from buildsys.ecosystems import artifacts as locked_artifacts
-from buildsys.ecosystems import pip_resolve
+from buildsys.ecosystems import pip_resolve, pypi
 from buildsys.ecosystems.pip import PipSection, chain_pips
 from buildsys.ecosystems.pip_resolve import PipRecipe
 from buildsys.ecosystems.pip_tools import host_ca_bundle, tools_dir
@@ -337,6 +341,21 @@ class Row:
     uv: Peer | None
 
 
+def index_reads(projects: Sequence[str]) -> tuple[float, float]:
+    """Seconds to read the projects' index pages (what a lock reads on the host), best of 2 each, alternated:
+    ``pypi.index_files_many`` (one client per worker thread), and the peer, a new client per page (as before:
+    two DNS lookups and a TLS handshake each)."""
+    def per_page() -> object:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            return list(pool.map(lambda p: pypi.index_files(DEFAULT_INDEX, p), projects))
+
+    shared, old = [], []
+    for _ in range(2):
+        shared.append(timed(lambda: pypi.index_files_many(DEFAULT_INDEX, projects))[0])
+        old.append(timed(per_page)[0])
+    return min(shared), min(old)
+
+
 def estimate(row: Row) -> tuple[float, float] | None:
     """(seconds, bytes) a stopped peer would need: the selected wheels for metadata plus every file to hash."""
     peer = row.peer
@@ -428,6 +447,10 @@ def run(args: argparse.Namespace, work: Path, proxy: CountingProxy) -> int:
             console.print(f"{'':<16}{uv.measured.seconds:8.1f} s  uv pip compile --generate-hashes "
                           f"({'finished' if uv.finished else 'stopped'}, {len(uv.pins)} pins, {same}): "
                           f"{uv.measured.hosts()}")
+        shared, per_page = index_reads([p.name for p in locks[name].section(PipSection).packages])
+        console.print(f"{'':<16}{shared:8.1f} s  the host's index reads of the {described.pins} pins, a client per "
+                      f"worker thread (lock's way); a client per page (before): {per_page:.1f} s "
+                      f"(ratio {shared / per_page:.2f}; best of 2 each, alternated)")
         rows.append(Row(name, described, after, before, peer, uv))
 
     table = Table(title="buildsys lock --upgrade against pip-compile --generate-hashes, same image and index",

@@ -19,6 +19,7 @@ here is written to look like an archive by hand.
 
 from __future__ import annotations
 
+import atexit
 import gzip
 import hashlib
 import lzma
@@ -145,6 +146,8 @@ def make_key(home: Path, name: str = "buildsys test repository") -> Key:
     home.mkdir(parents=True, exist_ok=True)
     home.chmod(0o700)
     env = {**os.environ, "GNUPGHOME": str(home)}
+    # gpg starts an agent per home that outlives the test (a CI run left dozens): stopped when pytest exits.
+    atexit.register(subprocess.run, ["gpgconf", "--kill", "gpg-agent"], env=env, capture_output=True, check=False)
     subprocess.run(["gpg", "--batch", "--pinentry-mode", "loopback", "--passphrase", "", "--quick-gen-key",
                     f"{name} <repo@buildsys.invalid>", "ed25519", "sign", "never"],
                    env=env, capture_output=True, check=True)

@@ -18,6 +18,7 @@ import io
 import os
 import re
 import shutil
+import socket
 import threading
 import time
 import uuid
@@ -29,6 +30,7 @@ import pytest
 from click.testing import CliRunner
 
 from buildsys.cli import cli
+from buildsys.core import net
 from buildsys.core.errors import NotVendored, RecipeError
 from buildsys.core.store import Store
 from buildsys.ecosystems import artifacts
@@ -44,7 +46,7 @@ from buildsys.ecosystems.pip_resolve import (
     lock_pip,
 )
 from buildsys.ecosystems.pip_tools import TOOLS, tools_dir
-from buildsys.ecosystems.pypi import index_files
+from buildsys.ecosystems.pypi import index_files, index_files_many
 from buildsys.engine import Engine
 from buildsys.fetch.vendor import fetch
 from buildsys.model.lockfile import Lock
@@ -380,6 +382,55 @@ def test_an_index_without_the_json_api_is_read_from_its_html(tmp_path: Path) -> 
     assert files["b" * 64].url == "https://files.example.org/six-1.0-py3-none-any.whl"
     assert files["c" * 64].name == "six-0.9.tar.gz"
     assert files["c" * 64].url == f"http://127.0.0.1:{server.server_port}/six-0.9.tar.gz"
+
+
+def test_many_index_pages_are_read_over_a_few_kept_connections(tmp_path: Path) -> None:
+    """``index_files_many`` keeps one client per worker thread: 24 pages over at most 8 connections (a new
+    client per page opened 24, each looked up twice in DNS: 12 s of a pytorch lock went to lookups)."""
+    names = [f"proj{i}" for i in range(24)]
+    for i, name in enumerate(names):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "index.html").write_text(f'<a href="../{name}-1.0.tar.gz#sha256={i:064x}">x</a>')
+    connections: list[int] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as PyPI
+
+        def setup(self) -> None:
+            connections.append(1)
+            super().setup()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(tmp_path))) \
+            as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            files = index_files_many(f"http://127.0.0.1:{server.server_port}", names)
+        finally:
+            server.shutdown()
+    assert [next(iter(files[n])) for n in names] == [f"{i:064x}" for i in range(24)]
+    assert 1 <= len(connections) <= 8
+
+
+@pytest.mark.network
+def test_a_policy_resolves_a_host_once_for_many_pages(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The policy's "does it lead to this machine?" lookup is made once a minute per host, not per page."""
+    lookups: list[str] = []
+    real = socket.getaddrinfo
+
+    def counted(host: str, *args: Any, **kwargs: Any) -> Any:
+        lookups.append(host)
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", counted)
+    policy = net.Policy()
+    for name in ("six", "toolz", "idna"):
+        policy.check(f"https://pypi.org/simple/{name}/")
+    assert lookups == ["pypi.org"]
+    net.Policy().check("https://pypi.org/simple/six/")  # remembered by that policy (its client) only
+    assert lookups == ["pypi.org", "pypi.org"]
 
 
 @pytest.mark.network

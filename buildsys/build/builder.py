@@ -233,7 +233,8 @@ class Builder:
                 if prefix in self.timings and not self._memo[prefix][1]:
                     t = self.timings[prefix]
                     self.progress(prefix[-1], "timings", f"install {t['install']:.1f}s, normalize "
-                                                       f"{t['normalize']:.1f}s, load {t['load']:.1f}s")
+                                                       f"{t['normalize']:.1f}s, load {t['load']:.1f}s"
+                                  + (f", cleanup {t['cleanup']:.1f}s" if "cleanup" in t else ""))
             parent, cached = self._memo[prefix]
             records.append(parent)
             all_cached &= cached

@@ -20,7 +20,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from buildsys.build import baseimage, bootstrap, steps, sublayers
 from buildsys.build.checks import check_built
-from buildsys.build.load import Loader
+from buildsys.build.load import Loader, each_layer, load_each_layer
 from buildsys.build.records import LayerRecord
 from buildsys.core.errors import BuildError
 from buildsys.core.progress import Progress
@@ -38,7 +38,6 @@ from buildsys.oci.image import (
     canonical_bytes,
     make_config,
     oci_labels,
-    write_streamed_archive,
 )
 from buildsys.oci.layer.inputs import read_filesystem, read_tar, read_upper_dir
 from buildsys.oci.layer.normalize import LayerInfo, LayerPlan, Sink, canonical_entries, plan_layer
@@ -198,7 +197,9 @@ class LayerMaker:
                             f"{split}: parent chain {t_read - t1:.1f}s, "
                             f"{'upper dir' if upper is not None else 'export'} {t_plan - t_read:.1f}s, compare "
                             f"{t_write - t_plan:.1f}s, write+hash+stream {t2 - t_write:.1f}s")
-        timings.update(install=t1 - t0, normalize=t2 - t1, load=time.monotonic() - t2)
+            t3 = time.monotonic()
+        # cleanup: docker removing the build container (a GPU layer's GBs of files) and the scratch folder
+        timings.update(install=t1 - t0, normalize=t2 - t1, load=t3 - t2, cleanup=time.monotonic() - t3)
         return record
 
     def _write_layers(self, recipe: Recipe, lock: Lock, parent: LayerRecord | None,
@@ -398,24 +399,30 @@ class _Pass:
         return have
 
     def load(self, engine: Engine) -> None:
-        """Into ``docker load`` the layers docker lacks, each written into it as it is made."""
+        """Into ``docker load`` the layers docker lacks, each written into it as it is made, one load per layer:
+        docker applies a layer (it takes an upload whole, then unpacks it) while the next one is written,
+        instead of every layer after the last byte."""
         have = self.docker_has(engine)
         for i in range(have):
             self.write(i)
         if any(i in self.files for i in range(have)):  # one came out otherwise: docker lacks it, send them all
             have = 0
-        sent = len(self.plans) - have
+        n = len(self.plans)
+        sent = n - have
         self.maker.progress(self.recipe.name, "load", f"docker load ({sent} new layer{'s' if sent > 1 else ''}"
-                            + (f"; {have} it has" if have else "") + "), streamed as written")
+                            + (f"; {have} it has" if have else "") + ")"
+                            + (", each streamed as written" if sent > 1 and each_layer() else ", streamed as written"))
+        parent_config = (self.maker.layout.read_config(self.parent.config_digest)
+                         if self.parent and sent > 1 else None)
 
-        def streamed(k: int, sink: IO[bytes]) -> bytes | None:
+        def layer(k: int, sink: IO[bytes]) -> str:
             self.write(have + k, sink)
-            return self.finish() if have + k == len(self.plans) - 1 else None
+            return self.infos[have + k].digest
 
         lower = [*(self.parent.diff_ids if self.parent else ()), *(self.infos[i].digest for i in range(have))]
         try:
-            engine.load_stream(lambda sink: write_streamed_archive(sink, lower, [p.size for p in self.plans[have:]],
-                                                                   streamed))
+            # The top layer's record is made (``finish``) before its load waits for the one below.
+            load_each_layer(engine, lower, [p.size for p in self.plans[have:]], layer, self.finish, parent_config)
         except EngineError:
             if not have or self.record is None:
                 raise
