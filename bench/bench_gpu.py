@@ -16,8 +16,7 @@ to the project store's vendored files:
    changed, bytes rebuilt and bytes sent, as a share of the image;
 5. a cold ``build --no-load`` on the same parents (nothing goes to docker: what
    publish, export and CI's cache jobs need), then that image loaded alone from
-   the store into a docker lacking it, in one archive (docker's own cost, with
-   no tool above it) and one load per layer (as ``test`` and ``run`` load it).
+   the store into a docker lacking it: docker's own cost, with no tool above it.
 
     .venv/bin/python bench/bench_gpu.py                  # pytorch
     .venv/bin/python bench/bench_gpu.py keras pytorch
@@ -54,8 +53,6 @@ from benchlib import MB  # noqa: E402
 from shipenv import docker_registry  # noqa: E402
 
 from buildsys.build.builder import Builder  # noqa: E402
-from buildsys.build.load import Loader  # noqa: E402
-from buildsys.build.records import LayerRecord  # noqa: E402
 from buildsys.core.store import Store  # noqa: E402
 from buildsys.engine import Engine  # noqa: E402
 from buildsys.lock import fresh_locks  # noqa: E402
@@ -64,11 +61,10 @@ from buildsys.model.recipe import load_recipes  # noqa: E402
 from buildsys.oci.image import OciLayout, write_docker_archive  # noqa: E402
 
 
-def bs(project: Path, store: Path, *args: str,
-       env: dict[str, str] | None = None) -> tuple[float, subprocess.CompletedProcess[str]]:
+def bs(project: Path, store: Path, *args: str) -> tuple[float, subprocess.CompletedProcess[str]]:
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "buildsys", "-C", str(project), "--store", str(store), *args],
-                          capture_output=True, text=True, check=False, env={**os.environ, **(env or {})})
+                          capture_output=True, text=True, check=False)
     if done.returncode != 0:
         sys.exit(f"buildsys {' '.join(args)} failed:\n{done.stderr[-4000:]}")
     return time.monotonic() - started, done
@@ -81,9 +77,6 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--change", default="toolz", help="the small distribution the change adds")
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
     ap.add_argument("--no-peer", action="store_true", help="skip the peer run with split = false (one layer)")
-    ap.add_argument("--load-ab", action="store_true",
-                    help="only: cold builds of the split recipe sending its layers one load per layer, and in one "
-                         "archive (BUILDSYS_LOAD_EACH_LAYER=0), alternated twice")
     return ap.parse_args()
 
 
@@ -212,11 +205,10 @@ def bench(name: str, args: argparse.Namespace, work: Path, client: docker.Docker
     print(f"  publish again: {again['wall']:.1f} s, {again['bytes_sent'] / MB:.1f} MB sent of "
           f"{again['shipped_layer_bytes'] / MB:.0f} MB shipped "
           f"({again['bytes_sent'] / again['shipped_layer_bytes']:.1%})")
-    t3, alone, each = no_load(project, unloaded, name, client)
+    t3, alone = no_load(project, unloaded, name, client)
     print(f"cold build --no-load: install {t3['install']:.1f}, normalize {t3['normalize']:.1f}: normalize / "
-          f"install = {t3['normalize'] / t3['install']:.2f}; then docker load of those layers from the store, "
-          f"docker lacking them: one archive {alone:.1f} s = {alone / t3['install']:.2f} x install, one load per "
-          f"layer {each:.1f} s: ratio {each / alone:.2f}")
+          f"install = {t3['normalize'] / t3['install']:.2f}; then docker load of those layers alone (one archive "
+          f"from the store, docker lacking them): {alone:.1f} s = {alone / t3['install']:.2f} x install")
     forget(client, name)  # the next run starts cold
     shutil.rmtree(store, ignore_errors=True)  # GBs: the peer's store would come on top
     shutil.rmtree(unloaded, ignore_errors=True)
@@ -226,16 +218,13 @@ def bench(name: str, args: argparse.Namespace, work: Path, client: docker.Docker
             "change pushed MB": again["bytes_sent"] / MB,
             "change (normalize+load)/install": (t2["normalize"] + t2["load"]) / t2["install"],
             "cold --no-load normalize/install": t3["normalize"] / t3["install"],
-            "docker load alone / install": alone / t3["install"],
-            "load per layer from the store s": each}
+            "docker load alone / install": alone / t3["install"]}
 
 
-def no_load(project: Path, store: Path, name: str,
-            client: docker.DockerClient) -> tuple[dict[str, float], float, float]:
+def no_load(project: Path, store: Path, name: str, client: docker.DockerClient) -> tuple[dict[str, float], float]:
     """A cold ``build --no-load`` (what publish and export need: nothing goes to docker), then that image loaded
-    by itself into a docker lacking it (the parent's layers left out), twice: the store's layers in one streamed
-    archive (what docker's load costs with no tool above it), and one load per layer, as ``test`` and ``run``
-    load an image from the store (``load.load_each_layer``)."""
+    by itself into a docker lacking it (the store's layers in one streamed archive, the parent's left out): what
+    docker's load costs with no tool above it."""
     _, done = bs(project, store, "build", "--json", "--no-load", name)
     image = next(i for i in json.loads(done.stdout) if i["recipe"] == name)
     layout = OciLayout(store / "oci")  # --no-load names nothing in the store: the image by its digests
@@ -248,41 +237,7 @@ def no_load(project: Path, store: Path, name: str,
     started = time.monotonic()
     engine.load_stream(lambda sink: write_docker_archive(layout, image["manifest_digest"], [], sink,
                                                          omit_layers=below))
-    one = time.monotonic() - started
-    client.images.remove(image["image_id"], force=True)
-    manifest, config = layout.read_image(image["manifest_digest"])
-    record = LayerRecord(recipe=name, config_digest=image["image_id"], manifest_digest=image["manifest_digest"],
-                         diff_ids=tuple(config["rootfs"]["diff_ids"]),
-                         layers=tuple((d["digest"], int(d["size"])) for d in manifest["layers"]))
-    started = time.monotonic()
-    Loader(Store(store), lambda *_: None, engine=engine)._docker_load(record, below)  # what `test` and `run` do
-    return image["timings"], one, time.monotonic() - started
-
-
-def load_ab(name: str, args: argparse.Namespace, work: Path, client: docker.DockerClient) -> None:
-    """Cold builds of ``name`` on the same parents, its layers sent one load per layer (the default) and in one
-    archive (the peer), in the order A B B A; each in a copy of the parents' store, docker lacking the layers."""
-    graph = build_graph(load_recipes(ROOT))
-    parents = work / f"store-{name}-parents"
-    parents.mkdir()
-    subprocess.run(["cp", "-al", str(args.store / "vendor"), str(parents / "vendor")], check=True)
-    for p in graph.chain(name)[:-1]:
-        bs(ROOT, parents, "build", p)
-    figures: dict[str, list[float]] = {"each": [], "one": []}
-    for k, mode in enumerate(("each", "one", "one", "each")):
-        store = work / f"store-{name}-{k}"
-        subprocess.run(["cp", "-al", str(parents), str(store)], check=True)
-        forget(client, name)
-        _, done = bs(ROOT, store, "build", "--json", name, env={"BUILDSYS_LOAD_EACH_LAYER": "1" if mode == "each"
-                                                                 else "0"})
-        t = next(i for i in json.loads(done.stdout) if i["recipe"] == name)["timings"]
-        figures[mode].append(t["normalize"] + t["load"])
-        print(f"{mode:4} install {t['install']:.1f}, normalize {t['normalize']:.1f}, load {t['load']:.1f}: "
-              f"(normalize + load) / install {(t['normalize'] + t['load']) / t['install']:.2f}")
-        shutil.rmtree(store, ignore_errors=True)
-    forget(client, name)
-    each, one = (sum(v) / len(v) for v in (figures["each"], figures["one"]))
-    print(f"{name}: normalize + load, one load per layer {each:.1f} s, one archive {one:.1f} s: ratio {each / one:.2f}")
+    return image["timings"], time.monotonic() - started
 
 
 def main() -> None:
@@ -294,9 +249,6 @@ def main() -> None:
             for name in args.recipes:
                 t_fetch, _ = bs(ROOT, args.store, "fetch", name)
                 print(f"\n{name}: fetch into the project store {t_fetch:.1f} s")
-                if args.load_ab:
-                    load_ab(name, args, work, client)
-                    continue
                 split = bench(name, args, work, client, reg.host, ROOT, "split")
                 if args.no_peer:
                     continue

@@ -20,7 +20,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from buildsys.build import baseimage, bootstrap, steps, sublayers
 from buildsys.build.checks import check_built
-from buildsys.build.load import Loader, each_layer, load_each_layer
+from buildsys.build.load import Loader
 from buildsys.build.records import LayerRecord
 from buildsys.core.errors import BuildError
 from buildsys.core.progress import Progress
@@ -38,6 +38,7 @@ from buildsys.oci.image import (
     canonical_bytes,
     make_config,
     oci_labels,
+    write_streamed_archive,
 )
 from buildsys.oci.layer.inputs import read_filesystem, read_tar, read_upper_dir
 from buildsys.oci.layer.normalize import LayerInfo, LayerPlan, Sink, canonical_entries, plan_layer
@@ -399,30 +400,24 @@ class _Pass:
         return have
 
     def load(self, engine: Engine) -> None:
-        """Into ``docker load`` the layers docker lacks, each written into it as it is made, one load per layer:
-        docker applies a layer (it takes an upload whole, then unpacks it) while the next one is written,
-        instead of every layer after the last byte."""
+        """Into ``docker load`` the layers docker lacks, each written into it as it is made."""
         have = self.docker_has(engine)
         for i in range(have):
             self.write(i)
         if any(i in self.files for i in range(have)):  # one came out otherwise: docker lacks it, send them all
             have = 0
-        n = len(self.plans)
-        sent = n - have
+        sent = len(self.plans) - have
         self.maker.progress(self.recipe.name, "load", f"docker load ({sent} new layer{'s' if sent > 1 else ''}"
-                            + (f"; {have} it has" if have else "") + ")"
-                            + (", each streamed as written" if sent > 1 and each_layer() else ", streamed as written"))
-        parent_config = (self.maker.layout.read_config(self.parent.config_digest)
-                         if self.parent and sent > 1 else None)
+                            + (f"; {have} it has" if have else "") + "), streamed as written")
 
-        def layer(k: int, sink: IO[bytes]) -> str:
+        def streamed(k: int, sink: IO[bytes]) -> bytes | None:
             self.write(have + k, sink)
-            return self.infos[have + k].digest
+            return self.finish() if have + k == len(self.plans) - 1 else None
 
         lower = [*(self.parent.diff_ids if self.parent else ()), *(self.infos[i].digest for i in range(have))]
         try:
-            # The top layer's record is made (``finish``) before its load waits for the one below.
-            load_each_layer(engine, lower, [p.size for p in self.plans[have:]], layer, self.finish, parent_config)
+            engine.load_stream(lambda sink: write_streamed_archive(sink, lower, [p.size for p in self.plans[have:]],
+                                                                   streamed))
         except EngineError:
             if not have or self.record is None:
                 raise

@@ -8,27 +8,19 @@ question (``engine.probe``).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-import threading
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from buildsys.build.records import LayerRecord
 from buildsys.core.progress import Progress
 from buildsys.core.store import Store, atomic_write
 from buildsys.engine import EngineError
 from buildsys.engine.probe import tagged_image
-from buildsys.oci.image import (
-    OciLayout,
-    interim_config,
-    write_docker_archive,
-    write_streamed_archive,
-)
+from buildsys.oci.image import OciLayout, write_docker_archive
 
 if TYPE_CHECKING:
     from buildsys.engine import Engine
@@ -126,72 +118,3 @@ class Loader:
         # and read it twice more (a registry root of several GB: its whole size, twice).
         engine.load_stream(lambda sink: write_docker_archive(self.layout, record.manifest_digest, [], sink,
                                                              omit_layers=omit_layers))
-
-
-def each_layer() -> bool:
-    """Whether a build sends a recipe's new layers one load per layer (the default) or in one archive
-    (``BUILDSYS_LOAD_EACH_LAYER=0``: the peer ``bench/bench_gpu.py`` measures against)."""
-    return os.environ.get("BUILDSYS_LOAD_EACH_LAYER", "1") != "0"
-
-
-def load_each_layer(engine: Engine, lower: Sequence[str], sizes: Sequence[int],
-                    write: Callable[[int, IO[bytes]], str], final: Callable[[], bytes],
-                    platform: dict[str, Any] | None) -> None:
-    """``docker load`` of layers on ``lower`` (diff_ids docker has), one load per layer, each streamed as
-    ``write(i, sink)`` writes it (exactly ``sizes[i]`` bytes; it returns the layer's diff_id).
-
-    docker 20.10 copies an upload whole to disk before it unpacks any of it: in one
-    archive, every layer waits for the last byte, and GBs of upload pass through its
-    temporary folder at the disk's pace. One load per layer lets docker unpack layer i
-    while layer i + 1 is sent. Each load's config goes last, once docker has the layer
-    below (a load names its lower layers without sending them): an interim image of
-    the layers so far (``image.interim_config``, on ``platform``'s os and
-    architecture), removed at the end, then the image's own config, ``final()``,
-    called after the last layer is written (before that wait: a refusal below still
-    finds the caller's record made). The first error is raised: a write's, or docker's.
-    One layer, or ``each_layer()`` off: one archive, as before (the bench's peer).
-    """
-    n = len(sizes)
-    digests: list[str] = []
-    interim: list[str] = []
-    loads: list[Future[None]] = []
-    if n == 1 or not each_layer():  # one archive: docker unpacks every layer after the last byte
-        def whole(i: int, sink: IO[bytes]) -> bytes | None:
-            digests.append(write(i, sink))
-            return final() if i == n - 1 else None
-
-        engine.load_stream(lambda sink: write_streamed_archive(sink, lower, sizes, whole))
-        return
-
-    def archive(i: int, previous: Future[None] | None, written: threading.Event) -> Callable[[IO[bytes]], None]:
-        def layer(_: int, sink: IO[bytes]) -> bytes:
-            try:
-                digests.append(write(i, sink))
-            finally:
-                written.set()
-            if i == n - 1:
-                config = final()
-            else:
-                config = interim_config(platform, [*lower, *digests])
-                interim.append("sha256:" + hashlib.sha256(config).hexdigest())
-            if previous is not None:
-                previous.result()  # docker has the layer below, or its refusal is this load's too
-            return config
-
-        below = [*lower, *digests]
-        return lambda sink: write_streamed_archive(sink, below, [sizes[i]], layer)
-
-    with ThreadPoolExecutor(max_workers=n, thread_name_prefix="buildsys-load-each") as pool:
-        for i in range(n):
-            written = threading.Event()
-            loads.append(pool.submit(engine.load_stream, archive(i, loads[-1] if loads else None, written)))
-            while not written.wait(0.2) and not loads[-1].done():
-                pass
-            if len(digests) <= i:  # its write failed (or docker stopped reading): nothing above it
-                break
-    failed = next((e for f in loads if (e := f.exception()) is not None), None)
-    for image in interim:  # vehicles only: the image loaded last holds their layers
-        with contextlib.suppress(EngineError):
-            engine.remove_image(image)
-    if failed is not None:
-        raise failed

@@ -466,21 +466,6 @@ def write_docker_archive(layout: OciLayout, manifest_digest: str, repo_tags: lis
     writer.close()
 
 
-# The label of the images that exist only while a recipe's layers are loaded one at a time (``interim_config``).
-INTERIM_LABEL = "io.buildsys.interim"
-
-
-def interim_config(parent: dict[str, Any] | None, diff_ids: Sequence[str]) -> bytes:
-    """The config of an image that is only a vehicle for ``docker load``: ``diff_ids`` under the platform of
-    ``parent``, no history, labelled ``INTERIM_LABEL``. A split layer's lower groups are loaded in images of
-    their own so that docker applies each while the next is written; the builder removes these images after
-    the recipe's own is loaded (a build killed meanwhile leaves them untagged, for ``docker image prune``)."""
-    parent = parent or {}
-    return canonical_bytes({"architecture": parent.get("architecture", "amd64"), "os": parent.get("os", "linux"),
-                            "config": {"Labels": {INTERIM_LABEL: "true"}},
-                            "rootfs": {"type": "layers", "diff_ids": list(diff_ids)}})
-
-
 def write_streamed_archive(dst: IO[bytes], lower_diff_ids: Sequence[str], layer_sizes: Sequence[int],
                            write_layer: Callable[[int, IO[bytes]], bytes | None]) -> None:
     """A ``docker load`` archive whose new layers are written into it while they are made.
