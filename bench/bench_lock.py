@@ -17,8 +17,8 @@ in the repository) and with a store of its own:
   metadata, then every file of every pinned release to hash it: pip-tools
   7.6.2 looks for PyPI's JSON API at ``https://pypi.org/<name>/json``, a 404)
   at the rate it downloaded;
-- the host's index reads alone (every pinned project's simple page), with one
-  client per worker thread as the lock does, against a new client per page
+- the host's index reads alone (every pinned project's simple page), on one
+  client shared by 8 threads as the lock does, against a new client per page
   (as before: two DNS lookups and a TLS handshake a page);
 - with ``--uv PATH`` (a uv binary, e.g. from uv's wheel on PyPI, unpacked by
   hand: buildsys does not use uv), ``uv pip compile --generate-hashes`` of the
@@ -343,7 +343,7 @@ class Row:
 
 def index_reads(projects: Sequence[str]) -> tuple[float, float]:
     """Seconds to read the projects' index pages (what a lock reads on the host), best of 2 each, alternated:
-    ``pypi.index_files_many`` (one client per worker thread), and the peer, a new client per page (as before:
+    ``pypi.index_files_many`` (one client for its 8 threads), and the peer, a new client per page (as before:
     two DNS lookups and a TLS handshake each)."""
     def per_page() -> object:
         with ThreadPoolExecutor(max_workers=8) as pool:
@@ -448,8 +448,8 @@ def run(args: argparse.Namespace, work: Path, proxy: CountingProxy) -> int:
                           f"({'finished' if uv.finished else 'stopped'}, {len(uv.pins)} pins, {same}): "
                           f"{uv.measured.hosts()}")
         shared, per_page = index_reads([p.name for p in locks[name].section(PipSection).packages])
-        console.print(f"{'':<16}{shared:8.1f} s  the host's index reads of the {described.pins} pins, a client per "
-                      f"worker thread (lock's way); a client per page (before): {per_page:.1f} s "
+        console.print(f"{'':<16}{shared:8.1f} s  the host's index reads of the {described.pins} pins, one client "
+                      f"(lock's way); a client per page (before): {per_page:.1f} s "
                       f"(ratio {shared / per_page:.2f}; best of 2 each, alternated)")
         rows.append(Row(name, described, after, before, peer, uv))
 

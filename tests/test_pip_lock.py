@@ -23,6 +23,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -385,7 +386,7 @@ def test_an_index_without_the_json_api_is_read_from_its_html(tmp_path: Path) -> 
 
 
 def test_many_index_pages_are_read_over_a_few_kept_connections(tmp_path: Path) -> None:
-    """``index_files_many`` keeps one client per worker thread: 24 pages over at most 8 connections (a new
+    """``index_files_many`` reads on one client: 24 pages over at most 8 connections, one per worker (a new
     client per page opened 24, each looked up twice in DNS: 12 s of a pytorch lock went to lookups)."""
     names = [f"proj{i}" for i in range(24)]
     for i, name in enumerate(names):
@@ -431,6 +432,10 @@ def test_a_policy_resolves_a_host_once_for_many_pages(monkeypatch: pytest.Monkey
     assert lookups == ["pypi.org"]
     net.Policy().check("https://pypi.org/simple/six/")  # remembered by that policy (its client) only
     assert lookups == ["pypi.org", "pypi.org"]
+    shared = net.Policy()  # 8 threads of one client asking at once: still one lookup
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda i: shared.check(f"https://pypi.org/simple/p{i}/"), range(8)))
+    assert lookups == ["pypi.org"] * 3
 
 
 @pytest.mark.network

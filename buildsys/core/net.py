@@ -192,8 +192,10 @@ class Policy:
     insecure: frozenset[str] = frozenset()
     loopback: Callable[[str], bool] = field(default=is_loopback)
     # host -> (when, why it is local or None): a client reading many pages of one index resolves its host
-    # once a minute, not once a page (measured: 12 of a 40 s lock were lookups, 8 threads timing out together).
+    # once a minute, not once a page (measured: 12 of a 40 s lock were lookups, 8 threads timing out together);
+    # threads asking at once wait for the one lookup.
     _resolved: dict[str, tuple[float, str | None]] = field(default_factory=dict, compare=False, repr=False)
+    _resolving: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
 
     def check(self, url: str, *, mirror: bool = False) -> None:
         """Refuse a hop the policy forbids; ``mirror``: a configured mirror's URL, which may be on this
@@ -215,11 +217,11 @@ class Policy:
 
     def _local_reason(self, url: str) -> str | None:
         host = (urlsplit(url).hostname or "").lower()
-        now = time.monotonic()
-        hit = self._resolved.get(host)
-        if hit is None or now - hit[0] > RESOLVE_TTL:
-            hit = self._resolved[host] = (now, local_reason(url, resolve=True))
-        return hit[1]
+        with self._resolving:
+            hit = self._resolved.get(host)
+            if hit is None or time.monotonic() - hit[0] > RESOLVE_TTL:
+                hit = self._resolved[host] = (time.monotonic(), local_reason(url, resolve=True))
+            return hit[1]
 
     def carries_credentials(self, url: str) -> bool:
         """Credentials travel only encrypted, or to this machine."""

@@ -19,7 +19,6 @@ import datetime
 import email.utils
 import html.parser
 import json
-import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -82,23 +81,11 @@ def release_files(listed: Mapping[str, IndexFile], name: str, version: str) -> d
 
 
 def index_files_many(index: str, projects: Sequence[str]) -> dict[str, dict[str, IndexFile]]:
-    """``index_files`` of each project, 8 at a time, each worker thread on one client: its connection is kept
-    and its host resolved once, not twice a page (a new client per page stalled a lock 12 s on lookups)."""
-    mine = threading.local()
-    clients: list[net.Client] = []
-
-    def one(project: str) -> dict[str, IndexFile]:
-        if (client := getattr(mine, "client", None)) is None:
-            client = mine.client = _client(f"{index.rstrip('/')}/")
-            clients.append(client)  # list.append is atomic: closed below, whichever thread made it
-        return index_files(index, project, client)
-
-    try:
-        with ThreadPoolExecutor(max_workers=8, thread_name_prefix="pip-index") as pool:
-            return dict(zip(projects, pool.map(one, projects), strict=True))
-    finally:
-        for client in clients:
-            client.close()
+    """``index_files`` of each project, 8 at a time, on one client: its connections are kept and its host
+    resolved once, not twice a page (a new client per page stalled a lock 12 s on lookups)."""
+    with _client(f"{index.rstrip('/')}/") as client, \
+            ThreadPoolExecutor(max_workers=8, thread_name_prefix="pip-index") as pool:
+        return dict(zip(projects, pool.map(lambda p: index_files(index, p, client), projects), strict=True))
 
 
 def upstream(url: str) -> str:
@@ -177,11 +164,6 @@ def head_file(url: str, sha: str) -> IndexFile:
             with contextlib.suppress(TypeError, ValueError):
                 uploaded = int(email.utils.parsedate_to_datetime(headers["Last-Modified"]).timestamp())
     return IndexFile(name, url.split("#", 1)[0], sha, size, uploaded)
-
-
-def _http_get(url: str, accept: str) -> tuple[bytes, str, str]:
-    body, ctype, final, _ = _request(url, accept=accept)
-    return body, ctype, final
 
 
 def _client(url: str) -> net.Client:
