@@ -98,15 +98,20 @@ def own_layers(store: Path, name: str, parent: str | None) -> list[dict[str, Any
     digest = layout.resolve(name)
     assert digest is not None
     manifest, config = layout.read_image(digest)
-    below = 0
-    if parent:
-        pdigest = layout.resolve(parent)
-        assert pdigest is not None
-        below = len(layout.read_image(pdigest)[0]["layers"])
+    below = parent_layers(layout, parent)
     made = [h["created_by"] for h in config["history"] if not h.get("empty_layer")]
     return [{"digest": d["digest"], "size": int(d["size"]),
              "name": made[i].removeprefix("buildsys: ").partition(" (")[0]}
             for i, d in enumerate(manifest["layers"]) if i >= below]
+
+
+def parent_layers(layout: OciLayout, parent: str | None) -> int:
+    """How many layers the image the store names ``parent`` has (0 for none)."""
+    if parent is None:
+        return 0
+    digest = layout.resolve(parent)
+    assert digest is not None
+    return len(layout.read_image(digest)[0]["layers"])
 
 
 def sha256sum_seconds(store: Path, layers: list[dict[str, Any]]) -> float:
@@ -228,10 +233,7 @@ def no_load(project: Path, store: Path, name: str, client: docker.DockerClient) 
     _, done = bs(project, store, "build", "--json", "--no-load", name)
     image = next(i for i in json.loads(done.stdout) if i["recipe"] == name)
     layout = OciLayout(store / "oci")  # --no-load names nothing in the store: the image by its digests
-    parent = build_graph(load_recipes(project)).recipes[name].parents[0]
-    pdigest = layout.resolve(parent)
-    assert pdigest is not None
-    below = len(layout.read_image(pdigest)[0]["layers"])
+    below = parent_layers(layout, build_graph(load_recipes(project)).recipes[name].parents[0])
     forget(client, name)  # the cold build loaded the same layers
     engine = Engine.connect()
     started = time.monotonic()

@@ -152,6 +152,13 @@ def _image(store: Path, name: str) -> tuple[str, dict, dict]:
     return digest, manifest, config
 
 
+def _docker_layers(ref: str) -> list[str]:
+    """The diff_ids of the image docker holds as ``ref``."""
+    out = subprocess.run(["docker", "image", "inspect", ref, "--format", "{{json .RootFS.Layers}}"],
+                         capture_output=True, text=True, check=True).stdout
+    return list(json.loads(out))
+
+
 def _layer_files(store: Path, digest: str) -> list[str]:
     import tarfile
 
@@ -175,9 +182,7 @@ def test_a_split_layer_builds_verifies_and_keeps_its_groups_when_the_rest_change
     # The three layers streamed into one docker load as they are written; docker's image is the store's.
     assert "docker load (3 new layers), streamed as written" in built.output
     digest, manifest, config = _image(store, "tools")
-    loaded = subprocess.run(["docker", "image", "inspect", "tools:latest", "--format", "{{json .RootFS.Layers}}"],
-                            capture_output=True, text=True, check=True).stdout
-    assert json.loads(loaded) == config["rootfs"]["diff_ids"]
+    assert _docker_layers("tools:latest") == config["rootfs"]["diff_ids"]
     below = len(whole["layers"]) - 1
     own = manifest["layers"][below:]
     assert len(own) == 3, manifest["layers"]
@@ -222,7 +227,5 @@ def test_a_split_layer_builds_verifies_and_keeps_its_groups_when_the_rest_change
     subprocess.run(["docker", "image", "rm", "-f", image_id, root_id], capture_output=True, check=True)
     ok(bs(proj, store, "test", "app"))
     app_ids = OciLayout(store / "oci").read_config(image_id)["rootfs"]["diff_ids"]
-    loaded = subprocess.run(["docker", "image", "inspect", image_id, "--format", "{{json .RootFS.Layers}}"],
-                            capture_output=True, text=True, check=True).stdout
-    assert json.loads(loaded) == app_ids and len(app_ids) == below + 4
+    assert _docker_layers(image_id) == app_ids and len(app_ids) == below + 4
     subprocess.run(["docker", "image", "rm", image_id], capture_output=True)
